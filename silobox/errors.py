@@ -1,0 +1,60 @@
+"""The closed set of silobox errors, the Linux counterpart of HCS's HRESULTs.
+
+Every layer raises one of these classes; the API layer maps each class to an HTTP status once
+(``silobox.api.errors``) and the CLI maps them to exit codes. Each error carries the operation that
+failed, the id of the object it concerned and the underlying cause, so a message can say exactly
+what went wrong without the caller re-wrapping it.
+"""
+
+from __future__ import annotations
+
+
+class SiloboxError(Exception):
+    """Base class: ``message`` is what a user sees; ``operation``/``object_id``/``cause`` add context."""
+
+    def __init__(self, message: str, *, operation: str = "", object_id: str = "",
+                 cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.operation = operation
+        self.object_id = object_id
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(SiloboxError):
+    """The object does not exist (HCS: ErrComputeSystemDoesNotExist; Docker: 404)."""
+
+
+class AlreadyExists(SiloboxError):
+    """An object with that name or id exists already (Docker: 409)."""
+
+
+class InvalidArgument(SiloboxError):
+    """The request or document is malformed or out of range (HCS: InvalidJSON; Docker: 400)."""
+
+
+class Conflict(SiloboxError):
+    """The object is in a state that forbids the operation (HCS: OperationInvalidState; Docker: 409)."""
+
+
+class NotRunning(Conflict):
+    """The operation needs a running compute system or process, and it is not running."""
+
+
+class NotModified(SiloboxError):
+    """The operation asked for a state the object is already in (Docker: 304)."""
+
+
+class Unavailable(SiloboxError):
+    """A service or kernel feature is not available here (Docker: 503 / 500 for missing features)."""
+
+
+class SystemFailure(SiloboxError):
+    """The kernel or a helper process failed unexpectedly (HCS: UnexpectedExit; Docker: 500)."""
+
+
+ALL_ERRORS = (NotFound, AlreadyExists, InvalidArgument, Conflict, NotRunning, NotModified,
+              Unavailable, SystemFailure)
