@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs silobox on a Debian 12 host, as root: the Debian packages it uses at run time, a
+# virtual environment under /opt/silobox with silobox (and, with --test, the test tools) in it,
+# and the `silo`/`silod` commands on PATH. Safe to run again.
+set -euo pipefail
+
+PREFIX=${SILOBOX_PREFIX:-/opt/silobox}
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+WITH_TESTS=0
+[ "${1:-}" = "--test" ] && WITH_TESTS=1
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root (silobox manages namespaces, cgroups and mounts)" >&2
+    exit 1
+fi
+
+# busybox-static: the built-in busybox image; tini: --init; libseccomp2: syscall filters;
+# python3-venv: the interpreter silobox runs on (Debian's, which starts fastest).
+PKGS="busybox-static tini libseccomp2 python3 python3-venv ca-certificates"
+[ "$WITH_TESTS" = 1 ] && PKGS="$PKGS procps iproute2 util-linux"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing
+fi
+
+[ -x "$PREFIX/bin/python" ] || /usr/bin/python3 -m venv "$PREFIX"
+"$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade pip==24.3.1
+if [ "$WITH_TESTS" = 1 ]; then
+    "$PREFIX/bin/pip" install -q --disable-pip-version-check "$SRC[test]"
+else
+    "$PREFIX/bin/pip" install -q --disable-pip-version-check "$SRC"
+fi
+ln -sf "$PREFIX/bin/silo" /usr/local/bin/silo
+ln -sf "$PREFIX/bin/silod" /usr/local/bin/silod
+echo "silobox installed in $PREFIX (silo, silod on PATH)"
