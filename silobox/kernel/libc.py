@@ -131,6 +131,13 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), "prctl")
 
 
+def set_process_name(name: str) -> None:
+    """Name the calling thread (what ps and top show as COMMAND), at most 15 bytes."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0),
+           "prctl")
+
+
 def pidfd_open(pid: int) -> int:
     return _check(_libc.syscall(_NR["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)),
                   "pidfd_open")
@@ -183,3 +190,119 @@ def seccomp_load(bpf: bytes, flags: int = 0) -> None:
     prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
     _check(_libc.syscall(_NR["seccomp"], ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
                          ctypes.c_uint(flags), ctypes.byref(prog)), "seccomp")
+
+
+# bpf(2): cgroup device programs, the cgroup v2 replacement for the v1 devices controller
+# (linux/bpf.h). Only the commands the device filter needs are bound.
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_PROG_QUERY = 16
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+BPF_F_ALLOW_OVERRIDE = 1
+BPF_F_ALLOW_MULTI = 2
+
+_BPF_NR = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+
+
+class _BpfProgLoadAttr(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
+                ("prog_ifindex", ctypes.c_uint32), ("expected_attach_type", ctypes.c_uint32)]
+
+
+class _BpfAttachAttr(ctypes.Structure):
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_bpf_fd", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("replace_bpf_fd", ctypes.c_uint32)]
+
+
+class _BpfQueryAttr(ctypes.Structure):
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32)]
+
+
+class _BpfGetIdAttr(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
+                ("open_flags", ctypes.c_uint32)]
+
+
+class _BpfInfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
+                ("info", ctypes.c_uint64)]
+
+
+class _BpfProgInfoHead(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("tag", ctypes.c_uint8 * 8)]
+
+
+def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
+    return _check(_libc.syscall(ctypes.c_long(_BPF_NR), ctypes.c_long(cmd), ctypes.byref(attr),
+                                ctypes.c_uint(ctypes.sizeof(attr))), what)
+
+
+def bpf_prog_load(prog_type: int, insns: bytes, license: str = "Apache-2.0",
+                  expected_attach_type: int = 0, name: str = "") -> int:
+    """Load eBPF instructions (8 bytes each); return the program fd (close-on-exec).
+
+    On a verifier rejection the OSError message carries the verifier's log.
+    """
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(65536)
+    attr = _BpfProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8,
+                            insns=ctypes.addressof(code), license=ctypes.addressof(lic),
+                            prog_name=name.encode()[:15], expected_attach_type=expected_attach_type)
+    try:
+        return _bpf(BPF_PROG_LOAD, attr, "bpf(BPF_PROG_LOAD)")
+    except OSError as first:
+        if first.errno not in (22, 13):  # EINVAL, EACCES: rerun with the verifier log
+            raise
+    attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+    try:
+        return _bpf(BPF_PROG_LOAD, attr, "bpf(BPF_PROG_LOAD)")
+    except OSError as e:
+        detail = log.value.decode(errors="replace").strip()
+        raise OSError(e.errno, f"bpf(BPF_PROG_LOAD): {os.strerror(e.errno)}: {detail}") from None
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    """Attach a loaded program to a target (a cgroup directory fd for cgroup programs)."""
+    attr = _BpfAttachAttr(target_fd=target_fd, attach_bpf_fd=prog_fd, attach_type=attach_type,
+                          attach_flags=flags)
+    _bpf(BPF_PROG_ATTACH, attr, "bpf(BPF_PROG_ATTACH)")
+
+
+def bpf_prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
+    attr = _BpfAttachAttr(target_fd=target_fd, attach_bpf_fd=prog_fd, attach_type=attach_type)
+    _bpf(BPF_PROG_DETACH, attr, "bpf(BPF_PROG_DETACH)")
+
+
+def bpf_prog_query(target_fd: int, attach_type: int, max_progs: int = 64) -> list[int]:
+    """Ids of the programs attached directly to the target for this attach type."""
+    ids = (ctypes.c_uint32 * max_progs)()
+    attr = _BpfQueryAttr(target_fd=target_fd, attach_type=attach_type,
+                         prog_ids=ctypes.addressof(ids), prog_cnt=max_progs)
+    _bpf(BPF_PROG_QUERY, attr, "bpf(BPF_PROG_QUERY)")
+    return [ids[i] for i in range(min(attr.prog_cnt, max_progs))]
+
+
+def bpf_prog_get_fd_by_id(prog_id: int) -> int:
+    return _bpf(BPF_PROG_GET_FD_BY_ID, _BpfGetIdAttr(id=prog_id), "bpf(BPF_PROG_GET_FD_BY_ID)")
+
+
+def bpf_prog_id(prog_fd: int) -> int:
+    """The kernel-wide id of a loaded program (what bpf_prog_query reports)."""
+    info = _BpfProgInfoHead()
+    attr = _BpfInfoAttr(bpf_fd=prog_fd, info_len=ctypes.sizeof(info),
+                        info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "bpf(BPF_OBJ_GET_INFO_BY_FD)")
+    return info.id

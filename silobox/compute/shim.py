@@ -1,0 +1,683 @@
+"""The per-container shim (containerd-shim-runhcs on Windows).
+
+One shim per running compute system. It is a fork of the spawner (no interpreter start-up), it
+detaches into its own session, enters a fresh PID namespace for its children, builds the
+container's first process (parked before exec until Start), and then owns everything that must
+outlive silod: the stdio pipes or pty, the json-file log, the exit status, exec'd processes.
+silod talks to it on ``shim.sock``; a silod restart only drops those connections.
+
+Control protocol on ``shim.sock``: the client sends one JSON line ``{"op": ...}``; the shim answers
+one JSON line. ``attach`` and ``exec`` then turn the connection into a stream: output goes out in
+Docker's 8-byte stdcopy frames (stream 1 stdout, 2 stderr, 3 a final JSON exit record), and bytes
+from the client are the process's stdin; the client's half-close closes stdin.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import termios
+import time
+from dataclasses import dataclass, field
+
+from silobox.atomic import atomic_write_json
+from silobox.timeutil import now_iso as rfc3339
+from silobox.kernel import libc
+from silobox.kernel.silo import SiloSpec
+from silobox.kernel.spawn import ProcessSpec, child_exec, child_init, read_messages
+
+STDOUT, STDERR, EXIT = 1, 2, 3
+_FRAME = struct.Struct(">BxxxI")
+_NS_ORDER = (("ipc", libc.CLONE_NEWIPC), ("uts", libc.CLONE_NEWUTS), ("net", libc.CLONE_NEWNET),
+             ("cgroup", libc.CLONE_NEWCGROUP), ("mnt", libc.CLONE_NEWNS))
+
+
+def frame(stream: int, data: bytes) -> bytes:
+    return _FRAME.pack(stream, len(data)) + data
+
+
+
+
+def set_winsize(fd: int, height: int, width: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+@dataclass
+class _Proc:
+    """A process the shim watches: the init or an exec."""
+
+    key: str
+    pid: int
+    tty: bool
+    stdin_fd: int | None
+    out_fds: dict[int, int]                    # fd → stream
+    subscribers: list["_Conn"] = field(default_factory=list)
+    stdin_buf: bytearray = field(default_factory=bytearray)
+    status: int | None = None
+    close_stdin_on_detach: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.status is not None and not self.out_fds
+
+
+class _Conn:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbuf = b""
+        self.proc: _Proc | None = None     # set once the connection is a stream
+        self.stdin = False
+        self.waiting = False
+
+
+class Shim:
+    def __init__(self, cfg: dict, report: socket.socket) -> None:
+        self.cfg = cfg
+        self.report = report
+        self.id: str = cfg["id"]
+        self.state_dir: str = cfg["state_dir"]
+        self.sel = selectors.DefaultSelector()
+        self.procs: dict[str, _Proc] = {}
+        self.pid_to_proc: dict[int, _Proc] = {}
+        self.init: _Proc | None = None
+        self.log_fd: int | None = None
+        self.partial: dict[int, bytes] = {STDOUT: b"", STDERR: b""}
+        self.waiters: list[_Conn] = []
+        self.start_w: int | None = None
+        self.sync_r: int | None = None
+        self.listener: socket.socket | None = None
+        self.exit_record: dict | None = None
+        self.ns_fds: list[tuple[int, int]] = []
+        self.root_fd: int | None = None
+        self.started_at = ""
+        self.pty_master: int | None = None
+
+    # ----- set-up -------------------------------------------------------------------------
+    def run(self) -> None:
+        os.setsid()
+        libc.set_process_name("silobox-shim")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_IGN)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        libc.unshare(libc.CLONE_NEWPID)
+        try:
+            self._create_init()
+        except Exception as e:  # report and leave nothing behind
+            self._report({"t": "error", "stage": getattr(e, "stage", "shim"),
+                          "errno": getattr(e, "errno", 0) or 0, "msg": str(e)})
+            self._cleanup_job()
+            os._exit(1)
+        self._loop()
+
+    def _report(self, msg: dict) -> None:
+        try:
+            self.report.sendall((json.dumps(msg) + "\n").encode())
+        except OSError:
+            pass
+
+    def _create_init(self) -> None:
+        cfg = self.cfg
+        proc = ProcessSpec.from_dict(cfg["process"])
+        silo = SiloSpec.from_dict(cfg["silo"])
+        child_close: list[int] = []
+        parent_close: list[int] = []
+        if proc.tty:
+            master, slave = os.openpty()
+            os.set_blocking(master, False)
+            h, w = cfg.get("console_size") or (24, 80)
+            set_winsize(master, h or 24, w or 80)
+            silo.console = os.ttyname(slave)
+            stdio = (slave, slave, slave)
+            stdin_fd: int | None = master if cfg.get("open_stdin") else None
+            out = {master: STDOUT}
+            child_close.append(master)
+            parent_close.append(slave)
+            self.pty_master = master
+        else:
+            if cfg.get("open_stdin"):
+                in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(in_w, False)
+                stdin_fd = in_w
+                child_close.append(in_w)
+                parent_close.append(in_r)
+            else:
+                in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                stdin_fd = None
+                parent_close.append(in_r)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            for fd in (out_r, err_r):
+                os.set_blocking(fd, False)
+            stdio = (in_r, out_w, err_w)
+            out = {out_r: STDOUT, err_r: STDERR}
+            child_close += [out_r, err_r]
+            parent_close += [out_w, err_w]
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        start_r, start_w = os.pipe2(os.O_CLOEXEC)
+        child_close += [sync_r, start_w, self.wake_r, self.wake_w, self.report.fileno()]
+        pid = os.fork()
+        if pid == 0:
+            child_init(silo, proc, cfg["procs_files"], sync_w, start_r, stdio, child_close)
+        for fd in parent_close + [sync_w, start_r]:
+            os.close(fd)
+        msgs = read_messages(sync_r)
+        last = msgs[-1] if msgs else {"t": "error", "stage": "init", "errno": 0,
+                                      "msg": "container init exited before it was ready"}
+        if last.get("t") != "ready":
+            os.waitpid(pid, 0)
+            err = RuntimeError(last.get("msg", "init failed"))
+            err.stage = last.get("stage", "init")  # type: ignore[attr-defined]
+            err.errno = last.get("errno", 0)  # type: ignore[attr-defined]
+            raise err
+        self.sync_r, self.start_w = sync_r, start_w
+        self.init = _Proc("init", pid, proc.tty, stdin_fd, dict(out),
+                          close_stdin_on_detach=bool(cfg.get("stdin_once")))
+        self.procs["init"] = self.init
+        self.pid_to_proc[pid] = self.init
+        for fd in out:
+            self.sel.register(fd, selectors.EVENT_READ, ("out", self.init))
+        log_path = cfg.get("log_path")
+        if log_path:
+            self.log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                  0o640)
+        # Namespace handles for exec: opened now, while the init surely exists.
+        for name, flag in _NS_ORDER:
+            if name in silo.namespaces or (name == "net" and silo.netns_path):
+                self.ns_fds.append((os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC),
+                                    flag))
+        sock_path = os.path.join(self.state_dir, "shim.sock")
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.listener.bind(sock_path)
+        os.chmod(sock_path, 0o600)
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, ("accept", None))
+        self.sel.register(self.wake_r, selectors.EVENT_READ, ("signal", None))
+        atomic_write_json(os.path.join(self.state_dir, "shim.json"),
+                          {"ShimPid": os.getpid(), "Pid": pid})
+        if cfg.get("autostart"):
+            result = self._start()
+            self._report({"t": "ready", "pid": pid, "shim_pid": os.getpid(), **result})
+        else:
+            self._report({"t": "ready", "pid": pid, "shim_pid": os.getpid()})
+        self.report.close()
+
+    def _start(self) -> dict:
+        """Release the parked init to exec (HCS Start); answer whether exec succeeded."""
+        if self.start_w is None:
+            return {"ok": True, "already": True}
+        os.write(self.start_w, b"1")
+        os.close(self.start_w)
+        self.start_w = None
+        msgs = read_messages(self.sync_r) if self.sync_r is not None else []
+        if self.sync_r is not None:
+            os.close(self.sync_r)
+            self.sync_r = None
+        self.started_at = rfc3339()
+        if msgs and msgs[-1].get("t") == "error":
+            m = msgs[-1]
+            return {"ok": False, "stage": m.get("stage"), "errno": m.get("errno", 0),
+                    "msg": m.get("msg", "")}
+        return {"ok": True, "started_at": self.started_at}
+
+    # ----- event loop ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            for key, mask in self.sel.select(timeout=1.0):
+                kind, obj = key.data
+                if kind == "accept":
+                    self._accept()
+                elif kind == "signal":
+                    self._on_signal()
+                elif kind == "out":
+                    self._on_output(key.fd, obj)
+                elif kind == "conn":
+                    self._on_conn(obj)
+                elif kind == "stdin":
+                    self._flush_stdin(obj)
+            self._reap()
+            if self.init is not None and self.init.done and self.exit_record is None:
+                self._finish()
+                return
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(True)
+        sock.settimeout(10)
+        conn = _Conn(sock)
+        self.sel.register(sock, selectors.EVENT_READ, ("conn", conn))
+
+    def _on_signal(self) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.pid_to_proc.pop(pid, None)
+            if proc is None:
+                continue
+            proc.status = os.waitstatus_to_exitcode(status)
+            if proc is self.init:
+                # The kernel kills the rest of the PID namespace now; their output ends with them.
+                self._init_exited()
+            self._maybe_proc_done(proc)
+
+    def _init_exited(self) -> None:
+        for p in self.procs.values():
+            if p is not self.init and p.status is None and p.pid in self.pid_to_proc:
+                try:
+                    os.kill(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self.init and self.init.tty and self.pty_master is not None:
+            # A pty master keeps returning EIO after the last slave closes: drain now.
+            self._drain_pty(self.init)
+
+    def _drain_pty(self, proc: _Proc) -> None:
+        for fd in list(proc.out_fds):
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    self._close_out(proc, fd)
+                    break
+                self._emit(proc, STDOUT, data)
+
+    def _on_output(self, fd: int, proc: _Proc) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            data = b""
+        if not data:
+            self._close_out(proc, fd)
+            self._maybe_proc_done(proc)
+            return
+        self._emit(proc, proc.out_fds[fd], data)
+
+    def _close_out(self, proc: _Proc, fd: int) -> None:
+        if fd in proc.out_fds:
+            try:
+                self.sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+            del proc.out_fds[fd]
+            if fd != proc.stdin_fd:
+                os.close(fd)
+
+    def _emit(self, proc: _Proc, stream: int, data: bytes) -> None:
+        if proc is self.init:
+            self._log(stream, data)
+        payload = frame(stream, data)
+        for conn in list(proc.subscribers):
+            try:
+                conn.sock.sendall(payload)
+            except OSError:
+                self._drop(conn)
+
+    def _log(self, stream: int, data: bytes) -> None:
+        """Append json-file log records, one per line, as Docker's json-file driver does."""
+        if self.log_fd is None:
+            return
+        buf = self.partial[stream] + data
+        lines = buf.split(b"\n")
+        self.partial[stream] = lines.pop()
+        if len(self.partial[stream]) > 16384:
+            lines.append(self.partial[stream])
+            self.partial[stream] = b""
+            partial_tail = True
+        else:
+            partial_tail = False
+        if not lines:
+            return
+        name = "stdout" if stream == STDOUT else "stderr"
+        now = rfc3339()
+        out = []
+        for i, line in enumerate(lines):
+            end = "" if partial_tail and i == len(lines) - 1 else "\n"
+            text = line.decode("utf-8", "replace") + end
+            out.append(json.dumps({"log": text, "stream": name, "time": now}) + "\n")
+        os.write(self.log_fd, "".join(out).encode())
+
+    def _flush_log_partials(self) -> None:
+        if self.log_fd is None:
+            return
+        for stream, rest in self.partial.items():
+            if rest:
+                name = "stdout" if stream == STDOUT else "stderr"
+                rec = {"log": rest.decode("utf-8", "replace"), "stream": name, "time": rfc3339()}
+                os.write(self.log_fd, (json.dumps(rec) + "\n").encode())
+                self.partial[stream] = b""
+
+    def _maybe_proc_done(self, proc: _Proc) -> None:
+        if proc is self.init or not proc.done:
+            return
+        record = {"ExitCode": proc.status if proc.status >= 0 else 128 - proc.status}  # type: ignore[operator]
+        for conn in list(proc.subscribers):
+            try:
+                conn.sock.sendall(frame(EXIT, json.dumps(record).encode()))
+            except OSError:
+                pass
+            self._drop(conn)
+        if proc.stdin_fd is not None:
+            self._close_stdin(proc)
+        self.procs.pop(proc.key, None)
+
+    # ----- connections ----------------------------------------------------------------------
+    def _drop(self, conn: _Conn) -> None:
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        if conn.proc is not None and conn in conn.proc.subscribers:
+            conn.proc.subscribers.remove(conn)
+            if conn.stdin and conn.proc.close_stdin_on_detach:
+                self._close_stdin(conn.proc)
+        if conn in self.waiters:
+            self.waiters.remove(conn)
+        conn.sock.close()
+
+    def _on_conn(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if conn.proc is not None:  # streaming: bytes are stdin
+            if not data:
+                if conn.stdin:
+                    self._close_stdin(conn.proc)
+                    conn.stdin = False
+                # keep the connection for output; stop reading from it
+                try:
+                    self.sel.unregister(conn.sock)
+                except (KeyError, ValueError):
+                    pass
+                return
+            if conn.stdin:
+                self._write_stdin(conn.proc, data)
+            return
+        if not data:
+            self._drop(conn)
+            return
+        conn.inbuf += data
+        if b"\n" not in conn.inbuf:
+            return
+        line, rest = conn.inbuf.split(b"\n", 1)
+        conn.inbuf = b""
+        try:
+            req = json.loads(line)
+            reply = self._handle(conn, req)
+        except Exception as e:  # a bad request must not take the container down
+            reply = {"ok": False, "msg": f"{type(e).__name__}: {e}"}
+        if reply is not None:
+            try:
+                conn.sock.sendall((json.dumps(reply) + "\n").encode())
+            except OSError:
+                self._drop(conn)
+                return
+        if conn.proc is not None and rest and conn.stdin:
+            self._write_stdin(conn.proc, rest)
+
+    def _handle(self, conn: _Conn, req: dict) -> dict | None:
+        op = req.get("op")
+        if op == "start":
+            return self._start()
+        if op == "state":
+            return {"ok": True, "pid": self.init.pid if self.init else 0,
+                    "started": self.start_w is None, "started_at": self.started_at,
+                    "execs": {k: p.pid for k, p in self.procs.items() if k != "init"}}
+        if op == "attach":
+            proc = self.procs.get(req.get("target") or "init")
+            if proc is None:
+                return {"ok": False, "msg": "no such process"}
+            conn.proc = proc
+            conn.stdin = bool(req.get("stdin")) and proc.stdin_fd is not None
+            proc.subscribers.append(conn)
+            return {"ok": True}
+        if op == "wait":
+            self.waiters.append(conn)
+            return None
+        if op == "signal":
+            proc = self.procs.get(req.get("target") or "init")
+            if proc is None or proc.status is not None:
+                return {"ok": False, "msg": "process is not running"}
+            os.kill(proc.pid, int(req["signal"]))
+            return {"ok": True}
+        if op == "resize":
+            proc = self.procs.get(req.get("target") or "init")
+            if proc is None or not proc.tty or proc.stdin_fd is None and not proc.out_fds:
+                return {"ok": False, "msg": "process has no console"}
+            fd = proc.stdin_fd if proc.stdin_fd is not None else next(iter(proc.out_fds))
+            set_winsize(fd, int(req["height"]), int(req["width"]))
+            return {"ok": True}
+        if op == "close_stdin":
+            proc = self.procs.get(req.get("target") or "init")
+            if proc is not None:
+                self._close_stdin(proc)
+            return {"ok": True}
+        if op == "exec":
+            return self._exec(conn, req)
+        return {"ok": False, "msg": f"unknown op {op!r}"}
+
+    # ----- stdin ----------------------------------------------------------------------------
+    def _write_stdin(self, proc: _Proc, data: bytes) -> None:
+        if proc.stdin_fd is None:
+            return
+        proc.stdin_buf += data
+        self._flush_stdin(proc)
+
+    def _flush_stdin(self, proc: _Proc) -> None:
+        fd = proc.stdin_fd
+        if fd is None:
+            return
+        while proc.stdin_buf:
+            try:
+                n = os.write(fd, proc.stdin_buf)
+            except BlockingIOError:
+                break
+            except OSError:
+                proc.stdin_buf.clear()
+                break
+            del proc.stdin_buf[:n]
+        if fd in proc.out_fds:  # pty master: readable and writable on one fd
+            return
+        try:
+            if proc.stdin_buf:
+                self.sel.register(fd, selectors.EVENT_WRITE, ("stdin", proc))
+            else:
+                self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def _close_stdin(self, proc: _Proc) -> None:
+        fd = proc.stdin_fd
+        if fd is None:
+            return
+        if proc.tty:
+            # A terminal has no half-close: send EOF (Ctrl-D) the way a user would.
+            try:
+                os.write(fd, b"\x04")
+            except OSError:
+                pass
+            return
+        proc.stdin_fd = None
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        os.close(fd)
+
+    # ----- exec -----------------------------------------------------------------------------
+    def _exec(self, conn: _Conn, req: dict) -> dict:
+        if self.init is None or self.init.status is not None:
+            return {"ok": False, "msg": "container is not running"}
+        proc_spec = ProcessSpec.from_dict(req["process"])
+        key = req["id"]
+        child_close: list[int] = [self.wake_r, self.wake_w, self.listener.fileno()]  # type: ignore[union-attr]
+        parent_close: list[int] = []
+        if proc_spec.tty:
+            master, slave = os.openpty()
+            os.set_blocking(master, False)
+            h, w = req.get("console_size") or (24, 80)
+            set_winsize(master, h or 24, w or 80)
+            stdio = (slave, slave, slave)
+            stdin_fd: int | None = master if req.get("stdin") else None
+            out = {master: STDOUT}
+            child_close.append(master)
+            parent_close.append(slave)
+        else:
+            if req.get("stdin"):
+                in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(in_w, False)
+                stdin_fd = in_w
+                child_close.append(in_w)
+            else:
+                in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                stdin_fd = None
+            parent_close.append(in_r)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            for fd in (out_r, err_r):
+                os.set_blocking(fd, False)
+            stdio = (in_r, out_w, err_w)
+            out = {out_r: STDOUT, err_r: STDERR}
+            child_close += [out_r, err_r]
+            parent_close += [out_w, err_w]
+        for p in self.procs.values():
+            child_close += [fd for fd in p.out_fds if fd not in child_close]
+            if p.stdin_fd is not None and p.stdin_fd not in child_close:
+                child_close.append(p.stdin_fd)
+        root_fd = os.open(f"/proc/{self.init.pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        ns = [(os.dup(fd), flag) for fd, flag in self.ns_fds]
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        child_close.append(sync_r)
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for fd in parent_close + [root_fd, sync_r, sync_w] + [f for f, _ in ns]:
+                os.close(fd)
+            return {"ok": False, "msg": f"cannot create process: {e.strerror}"}
+        if pid == 0:
+            child_exec(self.init.pid, ns, root_fd, proc_spec, self.cfg["procs_files"], sync_w,
+                       stdio, [fd for fd in child_close if fd not in stdio])
+        for fd in parent_close + [root_fd, sync_w] + [f for f, _ in ns]:
+            os.close(fd)
+        msgs = read_messages(sync_r)
+        os.close(sync_r)
+        proc = _Proc(key, pid, proc_spec.tty, stdin_fd, dict(out))
+        self.procs[key] = proc
+        self.pid_to_proc[pid] = proc
+        for fd in out:
+            self.sel.register(fd, selectors.EVENT_READ, ("out", proc))
+        conn.proc = proc
+        conn.stdin = stdin_fd is not None
+        proc.subscribers.append(conn)
+        if msgs and msgs[-1].get("t") == "error":
+            m = msgs[-1]
+            return {"ok": False, "pid": pid, "stage": m.get("stage"), "errno": m.get("errno", 0),
+                    "msg": m.get("msg", "")}
+        return {"ok": True, "pid": pid}
+
+    # ----- exit -----------------------------------------------------------------------------
+    def _cleanup_job(self) -> None:
+        from silobox.kernel.jobobject import JobObject
+        job = self.cfg.get("job")
+        if not job:
+            return
+        jo = JobObject(job["name"], job["parent"])
+        oom = False
+        try:
+            oom = jo.oom_killed()
+        except Exception:
+            pass
+        try:
+            jo.kill_all()
+        except Exception:
+            pass
+        try:
+            jo.delete()
+        except Exception:
+            pass
+        return oom  # type: ignore[return-value]
+
+    def _finish(self) -> None:
+        assert self.init is not None and self.init.status is not None
+        status = self.init.status
+        code = status if status >= 0 else 128 - status
+        self._flush_log_partials()
+        oom = bool(self._cleanup_job())
+        started = self.start_w is None
+        self.exit_record = {"ExitCode": code, "OOMKilled": oom, "FinishedAt": rfc3339(),
+                            "Pid": self.init.pid, "Started": started,
+                            "StartedAt": self.started_at}
+        if self.cfg.get("exit_path"):
+            atomic_write_json(self.cfg["exit_path"], self.exit_record)
+        payload = json.dumps(self.exit_record).encode()
+        for conn in list(self.init.subscribers):
+            try:
+                conn.sock.sendall(frame(EXIT, payload))
+            except OSError:
+                pass
+            self._drop(conn)
+        for conn in list(self.waiters):
+            try:
+                conn.sock.sendall(payload + b"\n")
+            except OSError:
+                pass
+            self._drop(conn)
+        try:
+            os.unlink(os.path.join(self.state_dir, "shim.sock"))
+        except FileNotFoundError:
+            pass
+        if self.log_fd is not None:
+            os.close(self.log_fd)
+
+
+def run_shim(cfg: dict, report_fd: int) -> None:
+    """Entry point inside the forked shim process; never returns."""
+    code = 0
+    try:
+        report = socket.socket(fileno=report_fd)
+        Shim(cfg, report).run()
+    except BaseException:
+        code = 1
+        import traceback
+        try:
+            with open(os.path.join(cfg.get("state_dir", "/tmp"), "shim.err"), "a") as f:
+                traceback.print_exc(file=f)
+        except OSError:
+            pass
+    os._exit(code)

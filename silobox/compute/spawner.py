@@ -1,0 +1,139 @@
+"""The spawner: a small single-threaded process that forks shims for silod.
+
+silod is an asyncio program with threads; forking container children from it risks deadlocks
+(only the forking thread survives a fork). So before any thread exists silod forks this process,
+with the kernel modules already imported, and asks it for every shim. A shim is a fork of the
+spawner: no interpreter start-up, and its pages are shared copy-on-write.
+
+Protocol: silod sends one SOCK_SEQPACKET message per shim, a JSON config plus, as SCM_RIGHTS, the
+socket on which the new shim reports to silod directly. The spawner only forks and reaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import signal
+import socket
+
+from silobox.errors import SystemFailure, Unavailable
+
+
+def _reap(*_: object) -> None:
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _serve(sock: socket.socket) -> None:
+    from silobox.compute.shim import run_shim
+    from silobox.kernel import libc
+    import silobox.kernel.jobobject  # noqa: F401  (imported once here, shared by every shim)
+
+    libc.set_process_name("silobox-spawner")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, _reap)
+    gc.collect()
+    gc.freeze()  # keep shared pages shared across shim forks
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if not msg:
+            break  # silod is gone: shims keep running on their own
+        try:
+            cfg = json.loads(msg)
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            continue
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for fd in fds:
+                try:
+                    os.write(fd, (json.dumps({"t": "error", "stage": "fork", "errno": e.errno,
+                                              "msg": f"cannot fork shim: {e.strerror}"}) + "\n").encode())
+                except OSError:
+                    pass
+                os.close(fd)
+            continue
+        if pid == 0:
+            sock.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            run_shim(cfg, fds[0])
+        for fd in fds:
+            os.close(fd)
+    os._exit(0)
+
+
+class Spawner:
+    """silod's handle on the spawner process."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+    @classmethod
+    def fork(cls) -> "Spawner":
+        """Start the spawner; call before any thread exists in the daemon."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            try:
+                _serve(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        return cls(pid, ours)
+
+    async def spawn_shim(self, cfg: dict, timeout: float = 30.0) -> tuple[dict, socket.socket]:
+        """Ask for a shim and wait for its first report; returns (report, report socket)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                socket.send_fds(self.sock, [json.dumps(cfg).encode()], [theirs.fileno()])
+            except OSError as e:
+                raise Unavailable(f"the spawner is not running: {e.strerror}",
+                                  operation="start", object_id=cfg.get("id", "")) from e
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        loop = asyncio.get_running_loop()
+        buf = b""
+        try:
+            async with asyncio.timeout(timeout):
+                while b"\n" not in buf:
+                    chunk = await loop.sock_recv(mine, 65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+        except TimeoutError:
+            mine.close()
+            raise SystemFailure("timed out waiting for the container shim",
+                                operation="start", object_id=cfg.get("id", "")) from None
+        if not buf.strip():
+            mine.close()
+            raise SystemFailure("the container shim exited before reporting",
+                                operation="start", object_id=cfg.get("id", ""))
+        return json.loads(buf.split(b"\n", 1)[0]), mine
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass

@@ -1,0 +1,797 @@
+"""Docker containers on top of compute systems (the container half of dockerd).
+
+A Docker container is a record in silod's store (Config, HostConfig, State, name) plus, while it
+runs, a compute system. Each start builds a fresh compute system from the stored record, as
+Docker on Windows does; the writable sandbox and the log outlive it until ``rm``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal as _signal
+import time
+from typing import Any, AsyncIterator
+
+from silobox.atomic import atomic_write
+from silobox.compute.schema import ProcessParameters
+from silobox.compute.system import ComputeSystem, StartError, State
+from silobox.engine import spec as S
+from silobox.engine.logs import read_log
+from silobox.engine.names import random_name
+from silobox.timeutil import ZERO_TIME, now_iso, parse_iso
+from silobox.engine.sessions import AttachSession, ExecSession
+from silobox.errors import (AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified,
+                            NotRunning)
+
+class Container:
+    """The stored record of one Docker container (what ``docker inspect`` shows)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    @property
+    def id(self) -> str:
+        return self.data["Id"]
+
+    @property
+    def name(self) -> str:
+        return self.data["Name"].lstrip("/")
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.data["State"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.data["Config"]
+
+    @property
+    def host_config(self) -> dict[str, Any]:
+        return self.data["HostConfig"]
+
+    @property
+    def running(self) -> bool:
+        return self.state["Status"] in ("running", "paused")
+
+
+class ContainerService:
+    """Implements ``api.backend.ContainerBackend``; shares the engine's store and services."""
+
+    # Attributes provided by the Engine that mixes this in.
+    config: Any
+    db: Any
+    compute: Any
+    images: Any
+    containers: dict[str, Container]
+    execs: dict[str, dict[str, Any]]
+
+    def _init_containers(self) -> None:
+        self.db.migrate("containers", [
+            "CREATE TABLE containers (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, "
+            "data TEXT NOT NULL)",
+        ])
+        self.containers = {}
+        self.execs = {}
+        self._pending_attach: dict[str, list[AttachSession]] = {}
+        self._exit_waiters: dict[str, list[asyncio.Future]] = {}
+        self._removed_waiters: dict[str, list[asyncio.Future]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        import json
+        for row in self.db.query("SELECT data FROM containers"):
+            c = Container(json.loads(row["data"]))
+            self.containers[c.id] = c
+
+    # ----- lookup & persistence ---------------------------------------------------------------
+    def _find(self, ref: str) -> Container:
+        if not ref:
+            raise NotFound("No such container: ")
+        ref = ref.lstrip("/") if not ref.startswith("/") or len(ref) > 1 else ref
+        c = self.containers.get(ref)
+        if c:
+            return c
+        for c in self.containers.values():
+            if c.name == ref:
+                return c
+        matches = [c for c in self.containers.values() if c.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
+        raise NotFound(f"No such container: {ref}", object_id=ref)
+
+    def _lock(self, cid: str) -> asyncio.Lock:
+        return self._locks.setdefault(cid, asyncio.Lock())
+
+    def _save(self, c: Container) -> None:
+        with self.db.tx():
+            self.db.execute("INSERT OR REPLACE INTO containers (id, name, data) VALUES (?, ?, ?)",
+                            (c.id, c.name, S.dumps(c.data)))
+
+    def _container_dir(self, cid: str) -> str:
+        return os.path.join(self.config.containers_dir, cid)
+
+    # ----- create ---------------------------------------------------------------------------
+    async def container_create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        body = S.check_create_body(body)
+        if name:
+            name = S.validate_name(name)
+            self._check_name_free(name)
+        hc = dict(body.get("HostConfig") or {})
+        iso = (hc.get("Isolation") or "").lower()
+        if iso not in ("", "default", "process"):
+            raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - silobox supports '
+                                  'only "process" isolation on this host')
+        net = hc.get("NetworkMode") or "default"
+        if net not in ("default", "none", "bridge", "nat"):
+            raise InvalidArgument(f'network {net} not found')
+        resources = S.resources_from_hostconfig(hc)
+        sec = S.parse_security_opts(hc.get("SecurityOpt") or [])
+        from silobox.kernel.sandbox import capabilities
+        capabilities.resolve_capabilities(hc.get("CapAdd") or [], hc.get("CapDrop") or [],
+                                          bool(hc.get("Privileged")))
+        ulimits = S.parse_ulimits(hc.get("Ulimits") or [])
+        if hc.get("Init") and not os.path.exists(self.config.init_binary):
+            raise InvalidArgument(f"--init needs {self.config.init_binary}: "
+                                  "apt-get install tini")
+        image = await self.image_for_create(body["Image"])
+        icfg = image.config.get("config") or {}
+        entry, cmd = S.command_of(body, icfg)
+        argv = entry + cmd
+        if not argv:
+            raise InvalidArgument("No command specified")
+        cid = secrets.token_hex(32)
+        if not name:
+            name = self._unique_random_name()
+        hostname = body.get("Hostname") or cid[:12]
+        env = S.merge_env(icfg.get("Env") or [S.DEFAULT_PATH], body.get("Env") or [])
+        config = {
+            "Hostname": hostname, "Domainname": body.get("Domainname") or "",
+            "User": body.get("User") if body.get("User") is not None else icfg.get("User", ""),
+            "AttachStdin": bool(body.get("AttachStdin")),
+            "AttachStdout": bool(body.get("AttachStdout", True)),
+            "AttachStderr": bool(body.get("AttachStderr", True)),
+            "ExposedPorts": body.get("ExposedPorts") or icfg.get("ExposedPorts"),
+            "Tty": bool(body.get("Tty")), "OpenStdin": bool(body.get("OpenStdin")),
+            "StdinOnce": bool(body.get("StdinOnce")), "Env": env,
+            "Cmd": cmd, "Image": body["Image"],
+            "Volumes": body.get("Volumes") or icfg.get("Volumes"),
+            "WorkingDir": body.get("WorkingDir") or icfg.get("WorkingDir") or "",
+            "Entrypoint": entry or None, "OnBuild": None,
+            "Labels": {**(icfg.get("Labels") or {}), **(body.get("Labels") or {})},
+            "StopSignal": body.get("StopSignal") or icfg.get("StopSignal"),
+            "StopTimeout": body.get("StopTimeout"),
+        }
+        if config["StopSignal"]:
+            S.parse_signal(config["StopSignal"])
+        host_config = {
+            **hc, "NetworkMode": "none" if net in ("default", "none", "bridge", "nat") else net,
+            "Isolation": "process", "Ulimits": ulimits or None,
+            "CapAdd": hc.get("CapAdd"), "CapDrop": hc.get("CapDrop"),
+            "SecurityOpt": hc.get("SecurityOpt"),
+            "RestartPolicy": hc.get("RestartPolicy") or {"Name": "no", "MaximumRetryCount": 0},
+            "LogConfig": {"Type": "json-file", "Config": {}},
+        }
+        cdir = self._container_dir(cid)
+        data = {
+            "Id": cid, "Created": now_iso(), "Path": argv[0], "Args": argv[1:],
+            "State": {"Status": "created", "Running": False, "Paused": False,
+                      "Restarting": False, "OOMKilled": False, "Dead": False, "Pid": 0,
+                      "ExitCode": 0, "Error": "", "StartedAt": ZERO_TIME,
+                      "FinishedAt": ZERO_TIME},
+            "Image": image.id, "ResolvConfPath": os.path.join(cdir, "resolv.conf"),
+            "HostnamePath": os.path.join(cdir, "hostname"),
+            "HostsPath": os.path.join(cdir, "hosts"),
+            "LogPath": os.path.join(cdir, f"{cid}-json.log"),
+            "Name": "/" + name, "RestartCount": 0, "Driver": "windowsfilter",
+            "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
+            "ExecIDs": None, "HostConfig": host_config,
+            "GraphDriver": {"Name": "windowsfilter",
+                            "Data": {"dir": os.path.join(cdir, "sandbox")}},
+            "Mounts": [], "Config": config,
+            "NetworkSettings": {"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {},
+                                "Networks": {"none": {"NetworkID": "", "EndpointID": "",
+                                                      "Gateway": "", "IPAddress": "",
+                                                      "IPPrefixLen": 0, "MacAddress": ""}}},
+            "Silobox": {"Resources": resources, "Security": {
+                "Seccomp": sec["seccomp"], "SeccompUnconfined": sec["seccomp_unconfined"],
+                "NoNewPrivileges": sec["no_new_privileges"]}},
+        }
+        c = Container(data)
+        os.makedirs(cdir, mode=0o710, exist_ok=True)
+        try:
+            self._write_etc_files(c)
+            self.sandbox_for(cid).create()
+            self._check_name_free(name)
+            self.containers[cid] = c
+            self._save(c)
+        except BaseException:
+            self.containers.pop(cid, None)
+            self.sandbox_for(cid).remove()
+            shutil.rmtree(cdir, ignore_errors=True)
+            raise
+        self.emit_event("container", "create", c)
+        return {"Id": cid, "Warnings": []}
+
+    def _check_name_free(self, name: str) -> None:
+        for other in self.containers.values():
+            if other.name == name:
+                raise AlreadyExists(f'Conflict. The container name "/{name}" is already in use by '
+                                    f'container "{other.id}". You have to remove (or rename) that '
+                                    "container to be able to reuse that name.")
+
+    def _unique_random_name(self) -> str:
+        used = {c.name for c in self.containers.values()}
+        for i in range(100):
+            n = random_name(i > 10)
+            if n not in used:
+                return n
+        return "silo_" + secrets.token_hex(6)
+
+    def _write_etc_files(self, c: Container) -> None:
+        cfg = c.config
+        atomic_write(c.data["HostnamePath"], cfg["Hostname"] + "\n")
+        hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                 "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n"
+                 "ff02::2\tip6-allrouters\n")
+        atomic_write(c.data["HostsPath"], hosts)
+        try:
+            with open("/etc/resolv.conf") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            lines = []
+        kept = [l for l in lines if not (l.startswith("nameserver") and
+                                         (" 127." in l or " ::1" in l))]
+        atomic_write(c.data["ResolvConfPath"], "\n".join(kept) + "\n")
+
+    # ----- the compute document ----------------------------------------------------------------
+    def _document(self, c: Container) -> dict[str, Any]:
+        image = self.images.resolve(c.data["Image"])
+        hc = c.host_config
+        diff_ids = list(reversed(image.config.get("rootfs", {}).get("diff_ids", [])))
+        lowers = image.lower_dirs()
+        sec = c.data["Silobox"]["Security"]
+        mapped = [
+            {"HostPath": c.data["HostnamePath"], "ContainerPath": "/etc/hostname"},
+            {"HostPath": c.data["HostsPath"], "ContainerPath": "/etc/hosts"},
+            {"HostPath": c.data["ResolvConfPath"], "ContainerPath": "/etc/resolv.conf"},
+        ]
+        if hc.get("Init"):
+            mapped.append({"HostPath": self.config.init_binary,
+                           "ContainerPath": "/sbin/docker-init", "ReadOnly": True})
+        res = dict(c.data["Silobox"]["Resources"])
+        return {
+            "Owner": "silod", "SchemaVersion": {"Major": 2, "Minor": 1},
+            "ShouldTerminateOnLastHandleClosed": False,
+            "Container": {
+                "GuestOs": {"HostName": c.config["Hostname"]},
+                "Storage": {"Layers": [{"Id": i, "Path": p} for i, p in zip(diff_ids, lowers)],
+                            "Path": self.sandbox_for(c.id).path},
+                "MappedDirectories": mapped,
+                "Memory": {"SizeInMB": (res.get("memory") or 0) // 2**20},
+                "Networking": {},
+                "Linux": {
+                    "Resources": res, "CapAdd": hc.get("CapAdd") or [],
+                    "CapDrop": hc.get("CapDrop") or [],
+                    "Seccomp": sec["Seccomp"], "SeccompUnconfined": sec["SeccompUnconfined"],
+                    "NoNewPrivileges": sec["NoNewPrivileges"],
+                    "ReadonlyRootfs": bool(hc.get("ReadonlyRootfs")),
+                    "Privileged": bool(hc.get("Privileged")),
+                    "Rlimits": hc.get("Ulimits") or [],
+                    "Domainname": c.config.get("Domainname") or "",
+                    "ShmSize": hc.get("ShmSize") or 64 * 1024 * 1024,
+                },
+            },
+        }
+
+    def _init_params(self, c: Container) -> ProcessParameters:
+        cfg = c.config
+        argv = [c.data["Path"]] + list(c.data["Args"])
+        if c.host_config.get("Init"):
+            argv = ["/sbin/docker-init", "--"] + argv
+        env = {}
+        for item in cfg["Env"]:
+            k, _, v = item.partition("=")
+            env[k] = v
+        return ProcessParameters(
+            command_args=argv, working_directory=cfg.get("WorkingDir") or "/",
+            environment=env, user=cfg.get("User") or "", emulate_console=cfg["Tty"],
+            create_stdin_pipe=cfg["OpenStdin"], stdin_once=cfg["StdinOnce"])
+
+    # ----- start / exit ----------------------------------------------------------------------
+    async def container_start(self, ref: str) -> None:
+        c = self._find(ref)
+        async with self._lock(c.id):
+            await self._start(c)
+
+    async def _start(self, c: Container) -> None:
+        if c.running:
+            raise NotModified(f"container {c.id[:12]} is already running")
+        if c.state["Status"] == "removing":
+            raise Conflict(f"container {c.id[:12]} is marked for removal and cannot be started")
+        self.compute.close_system(c.id)
+        system = self.compute.create(c.id, self._document(c))
+        system.on_exit.append(self._on_exit)
+        pending = self._pending_attach.pop(c.id, [])
+
+        async def before_release(shim: Any) -> None:
+            for sess in pending:
+                await sess.bind_system(system)
+
+        try:
+            await system.start(self._init_params(c), log_path=c.data["LogPath"],
+                               before_release=before_release if pending else None)
+        except StartError as e:
+            st = c.state
+            st.update(Status="created" if c.state["StartedAt"] == ZERO_TIME else "exited",
+                      ExitCode=e.exit_code, Error=e.message, Running=False, Pid=0)
+            self._save(c)
+            for sess in pending:
+                sess.finish()
+            self.compute.close_system(c.id)
+            raise
+        except BaseException:
+            for sess in pending:
+                sess.finish()
+            self.compute.close_system(c.id)
+            raise
+        c.state.update(Status="running", Running=True, Paused=False, Pid=system.pid,
+                       ExitCode=0, Error="", OOMKilled=False, StartedAt=system.started_at,
+                       FinishedAt=ZERO_TIME)
+        self._save(c)
+        self.emit_event("container", "start", c)
+
+    async def _on_exit(self, system: ComputeSystem) -> None:
+        c = self.containers.get(system.id)
+        if c is None or system.exit is None:
+            return
+        ex = system.exit
+        c.state.update(Status="exited", Running=False, Paused=False, Pid=0,
+                       ExitCode=ex.exit_code, OOMKilled=ex.oom_killed, FinishedAt=ex.finished_at,
+                       Error=ex.error)
+        self._save(c)
+        if ex.oom_killed:
+            self.emit_event("container", "oom", c)
+        self.emit_event("container", "die", c, {"exitCode": str(ex.exit_code)})
+        for fut in self._exit_waiters.pop(c.id, []):
+            if not fut.done():
+                fut.set_result(ex.exit_code)
+        if c.host_config.get("AutoRemove"):
+            try:
+                await self._remove(c, force=True)
+            except Exception:  # the record stays for a manual rm
+                pass
+
+    def system_of(self, c: Container) -> ComputeSystem | None:
+        try:
+            return self.compute.open(c.id)
+        except NotFound:
+            return None
+
+    # ----- stop / kill / restart ----------------------------------------------------------
+    async def container_stop(self, ref: str, timeout: int | None = None,
+                             signal: str | None = None) -> None:
+        c = self._find(ref)
+        system = self.system_of(c)
+        if not c.running or system is None or system.state not in (State.RUNNING, State.PAUSED):
+            raise NotModified(f"container {c.id[:12]} is not running")
+        if timeout is None:
+            timeout = c.config.get("StopTimeout")
+            if timeout is None:
+                timeout = self.config.default_stop_timeout
+        sig = S.parse_signal(signal or c.config.get("StopSignal"))
+        await system.shutdown(float(timeout), sig)
+        await self._settled(c)
+
+    async def _settled(self, c: Container) -> None:
+        """Wait until the exit callback has recorded the exit (it runs as a task)."""
+        for _ in range(200):
+            if not c.running:
+                return
+            await asyncio.sleep(0.005)
+
+    async def container_kill(self, ref: str, signal: str = "SIGKILL") -> None:
+        c = self._find(ref)
+        sig = S.parse_signal(signal or "SIGKILL", _signal.SIGKILL)
+        system = self.system_of(c)
+        if not c.running or system is None or system.state not in (State.RUNNING, State.PAUSED):
+            raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
+        if sig == _signal.SIGKILL:
+            await system.terminate()
+            await self._settled(c)
+        else:
+            await system.signal(sig)
+        self.emit_event("container", "kill", c, {"signal": str(sig)})
+
+    async def container_restart(self, ref: str, timeout: int | None = None,
+                                signal: str | None = None) -> None:
+        c = self._find(ref)
+        try:
+            await self.container_stop(ref, timeout, signal)
+        except NotModified:
+            pass
+        async with self._lock(c.id):
+            await self._start(c)
+        c.data["RestartCount"] = c.data.get("RestartCount", 0)
+        self.emit_event("container", "restart", c)
+
+    # ----- wait ------------------------------------------------------------------------------
+    async def container_wait(self, ref: str, condition: str = "not-running") -> dict[str, Any]:
+        condition = condition or "not-running"
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise InvalidArgument(f"invalid condition: \"{condition}\"")
+        c = self._find(ref)
+        loop = asyncio.get_running_loop()
+        if condition == "removed":
+            fut = loop.create_future()
+            self._removed_waiters.setdefault(c.id, []).append(fut)
+            code = await fut
+        else:
+            if condition == "not-running" and not c.running:
+                return {"StatusCode": c.state["ExitCode"], "Error": None}
+            fut = loop.create_future()
+            self._exit_waiters.setdefault(c.id, []).append(fut)
+            code = await fut
+        return {"StatusCode": code, "Error": None}
+
+    # ----- remove ----------------------------------------------------------------------------
+    async def container_remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        c = self._find(ref)
+        if c.running and not force:
+            raise Conflict(f"You cannot remove a running container {c.id}. Stop the container "
+                           "before attempting removal or force remove")
+        await self._remove(c, force)
+
+    async def _remove(self, c: Container, force: bool) -> None:
+        async with self._lock(c.id):
+            if c.id not in self.containers:
+                return
+            system = self.system_of(c)
+            if system is not None and system.state in (State.RUNNING, State.PAUSED):
+                c.state["Status"] = "removing"
+                await system.terminate()
+                await self._settled(c)
+            self.compute.close_system(c.id)
+            self.sandbox_for(c.id).remove()
+            shutil.rmtree(self._container_dir(c.id), ignore_errors=True)
+            with self.db.tx():
+                self.db.execute("DELETE FROM containers WHERE id = ?", (c.id,))
+            del self.containers[c.id]
+            self._locks.pop(c.id, None)
+            for eid in [e for e, x in self.execs.items() if x["ContainerID"] == c.id]:
+                self.execs.pop(eid, None)
+            code = c.state.get("ExitCode", 0)
+            for fut in self._removed_waiters.pop(c.id, []) + self._exit_waiters.pop(c.id, []):
+                if not fut.done():
+                    fut.set_result(code)
+            self.emit_event("container", "destroy", c)
+
+    # ----- pause / rename / resize -----------------------------------------------------------
+    async def container_pause(self, ref: str) -> None:
+        c = self._find(ref)
+        system = self.system_of(c)
+        if system is None or not c.running:
+            raise Conflict(f"Container {c.id} is not running")
+        if system.state == State.PAUSED:
+            raise Conflict(f"Container {c.id} is already paused")
+        await asyncio.get_running_loop().run_in_executor(None, system.pause)
+        c.state.update(Status="paused", Paused=True)
+        self._save(c)
+        self.emit_event("container", "pause", c)
+
+    async def container_unpause(self, ref: str) -> None:
+        c = self._find(ref)
+        system = self.system_of(c)
+        if system is None or system.state != State.PAUSED:
+            raise Conflict(f"Container {c.id} is not paused")
+        system.resume()
+        c.state.update(Status="running", Paused=False)
+        self._save(c)
+        self.emit_event("container", "unpause", c)
+
+    async def container_rename(self, ref: str, new_name: str) -> None:
+        c = self._find(ref)
+        if not new_name:
+            raise InvalidArgument("Neither old nor new names may be empty")
+        new = S.validate_name(new_name)
+        if new == c.name:
+            raise InvalidArgument(f"Renaming a container with the same name as its current name")
+        self._check_name_free(new)
+        old = c.name
+        c.data["Name"] = "/" + new
+        try:
+            self._save(c)
+        except Exception:
+            c.data["Name"] = "/" + old
+            raise
+        self.emit_event("container", "rename", c, {"oldName": "/" + old})
+
+    async def container_resize(self, ref: str, height: int, width: int) -> None:
+        c = self._find(ref)
+        system = self.system_of(c)
+        if system is None or not c.running:
+            raise Conflict(f"Container {c.id} is not running")
+        if not c.config["Tty"]:
+            return
+        await system.resize_console(height, width)
+
+    # ----- inspect / list ---------------------------------------------------------------------
+    async def container_inspect(self, ref: str, size: bool = False) -> dict[str, Any]:
+        c = self._find(ref)
+        out = {k: v for k, v in c.data.items() if k != "Silobox"}
+        out["ExecIDs"] = [e for e, x in self.execs.items() if x["ContainerID"] == c.id] or None
+        hc = dict(out["HostConfig"])
+        out["HostConfig"] = hc
+        system = self.system_of(c)
+        out["Silobox"] = {"ComputeSystem": system.state.value if system else None,
+                          "JobObject": f"/{self.config.cgroup_parent}/{c.id}"}
+        if size:
+            out["SizeRw"] = self.sandbox_for(c.id).used_bytes()
+            out["SizeRootFs"] = out["SizeRw"]
+        return out
+
+    def _status_text(self, c: Container) -> str:
+        st = c.state
+        if st["Status"] in ("running", "paused"):
+            txt = "Up " + human_duration(time.time() - parse_iso(st["StartedAt"]))
+            return txt + " (Paused)" if st["Status"] == "paused" else txt
+        if st["Status"] == "created":
+            return "Created"
+        if st["Status"] == "removing":
+            return "Removal In Progress"
+        fin = parse_iso(st["FinishedAt"])
+        return f"Exited ({st['ExitCode']}) {human_duration(time.time() - fin)} ago"
+
+    async def container_list(self, all: bool = False, limit: int = -1, size: bool = False,
+                             filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        filters = filters or {}
+        known = {"id", "name", "status", "label", "exited", "ancestor", "before", "since",
+                 "isolation", "health", "network", "volume", "publish", "expose", "is-task"}
+        for k in filters:
+            if k not in known:
+                raise InvalidArgument(f"invalid filter '{k}'")
+        for s in filters.get("status", []):
+            if s not in ("created", "restarting", "running", "removing", "paused", "exited",
+                         "dead"):
+                raise InvalidArgument(f"invalid filter 'status={s}'")
+        items = sorted(self.containers.values(), key=lambda c: c.data["Created"], reverse=True)
+        out = []
+        for c in items:
+            if not all and not c.running and not filters.get("status") and \
+                    not filters.get("exited"):
+                continue
+            if not self._match(c, filters):
+                continue
+            out.append(self._summary(c, size))
+        if limit is not None and limit > 0:
+            out = out[:limit]
+        return out
+
+    def _match(self, c: Container, f: dict[str, list[str]]) -> bool:
+        if f.get("id") and not any(c.id.startswith(v) for v in f["id"]):
+            return False
+        if f.get("name") and not any(v.lstrip("/") in c.name for v in f["name"]):
+            return False
+        if f.get("status") and c.state["Status"] not in f["status"]:
+            return False
+        if f.get("exited"):
+            if c.state["Status"] != "exited" or str(c.state["ExitCode"]) not in f["exited"]:
+                return False
+        if f.get("label"):
+            labels = c.config.get("Labels") or {}
+            for v in f["label"]:
+                k, eq, val = v.partition("=")
+                if k not in labels or (eq and labels[k] != val):
+                    return False
+        if f.get("ancestor"):
+            ok = False
+            for v in f["ancestor"]:
+                try:
+                    if self.images.resolve(v).id == c.data["Image"]:
+                        ok = True
+                except NotFound:
+                    pass
+            if not ok:
+                return False
+        if f.get("isolation") and "process" not in f["isolation"]:
+            return False
+        return True
+
+    def _summary(self, c: Container, size: bool) -> dict[str, Any]:
+        argv = [c.data["Path"]] + c.data["Args"]
+        d = {
+            "Id": c.id, "Names": ["/" + c.name], "Image": c.config["Image"],
+            "ImageID": c.data["Image"], "Command": " ".join(argv),
+            "Created": int(parse_iso(c.data["Created"])), "Ports": [],
+            "Labels": c.config.get("Labels") or {}, "State": c.state["Status"],
+            "Status": self._status_text(c),
+            "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "none")},
+            "NetworkSettings": {"Networks": c.data["NetworkSettings"]["Networks"]},
+            "Mounts": [],
+        }
+        if size:
+            d["SizeRw"] = self.sandbox_for(c.id).used_bytes()
+        return d
+
+    # ----- logs ------------------------------------------------------------------------------
+    async def container_logs(self, ref: str, *, stdout: bool = True, stderr: bool = True,
+                             follow: bool = False, since: float = 0, until: float = 0,
+                             timestamps: bool = False, tail: str = "all"
+                             ) -> tuple[bool, AsyncIterator[tuple[int, bytes]]]:
+        c = self._find(ref)
+        if not (stdout or stderr):
+            raise InvalidArgument("You must choose at least one stream")
+
+        def still_running() -> bool:
+            return c.id in self.containers and c.running
+
+        it = read_log(c.data["LogPath"], stdout=stdout, stderr=stderr, follow=follow,
+                      since=since, until=until, timestamps=timestamps, tail=tail,
+                      running=still_running)
+        return bool(c.config["Tty"]), it
+
+    # ----- attach ----------------------------------------------------------------------------
+    async def container_attach(self, ref: str, *, stdin: bool, stdout: bool, stderr: bool,
+                               logs: bool, stream: bool) -> AttachSession:
+        c = self._find(ref)
+        sess = AttachSession(tty=c.config["Tty"], stdin=stdin and c.config["OpenStdin"],
+                             stdout=stdout, stderr=stderr)
+        if logs:
+            _tty, it = await self.container_logs(c.id, stdout=stdout, stderr=stderr)
+            await sess.preload(it)
+        if not stream:
+            sess.finish()
+            return sess
+        system = self.system_of(c)
+        if c.running and system is not None and system.state in (State.RUNNING, State.PAUSED):
+            await sess.bind_system(system)
+        elif c.state["Status"] in ("created", "exited"):
+            self._pending_attach.setdefault(c.id, []).append(sess)
+        else:
+            sess.finish()
+        return sess
+
+    # ----- exec ------------------------------------------------------------------------------
+    async def exec_create(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
+        c = self._find(ref)
+        if not isinstance(body, dict):
+            raise InvalidArgument("exec config must be a JSON object")
+        cmd = body.get("Cmd")
+        if isinstance(cmd, str):
+            cmd = [cmd]
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(x, str) for x in cmd):
+            raise InvalidArgument("No exec command specified")
+        env = body.get("Env") or []
+        if not isinstance(env, list) or not all(isinstance(x, str) for x in env):
+            raise InvalidArgument("Env: expected a list of strings")
+        if not c.running:
+            raise Conflict(f"Container {c.id} is not running")
+        if c.state["Status"] == "paused":
+            raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
+        eid = secrets.token_hex(32)
+        size = body.get("ConsoleSize")
+        self.execs[eid] = {
+            "ID": eid, "Running": False, "ExitCode": None, "ContainerID": c.id,
+            "ProcessConfig": {"tty": bool(body.get("Tty")), "entrypoint": cmd[0],
+                              "arguments": cmd[1:], "privileged": bool(body.get("Privileged")),
+                              "user": body.get("User") or ""},
+            "OpenStdin": bool(body.get("AttachStdin")),
+            "OpenStderr": bool(body.get("AttachStderr", True)),
+            "OpenStdout": bool(body.get("AttachStdout", True)),
+            "CanRemove": False, "DetachKeys": body.get("DetachKeys") or "", "Pid": 0,
+            "_env": env, "_cwd": body.get("WorkingDir") or "", "_size": size,
+        }
+        self.emit_event("container", "exec_create", c, {"execID": eid})
+        return {"Id": eid}
+
+    def _find_exec(self, exec_id: str) -> dict[str, Any]:
+        x = self.execs.get(exec_id)
+        if x is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        return x
+
+    async def exec_start(self, exec_id: str, detach: bool = False,
+                         tty: bool | None = None) -> ExecSession | None:
+        x = self._find_exec(exec_id)
+        if x["Running"] or x["ExitCode"] is not None:
+            raise Conflict(f"exec {exec_id} has already been started")
+        c = self._find(x["ContainerID"])
+        system = self.system_of(c)
+        if system is None or system.state != State.RUNNING:
+            raise Conflict(f"Container {c.id} is not running")
+        pc = x["ProcessConfig"]
+        use_tty = pc["tty"] if tty is None else bool(tty)
+        env = {}
+        for item in S.merge_env(c.config["Env"], x["_env"]):
+            k, _, v = item.partition("=")
+            env[k] = v
+        size = x.get("_size")
+        params = ProcessParameters(
+            command_args=[pc["entrypoint"]] + pc["arguments"],
+            working_directory=x["_cwd"] or c.config.get("WorkingDir") or "/",
+            environment=env, user=pc["user"] or c.config.get("User") or "",
+            emulate_console=use_tty, create_stdin_pipe=x["OpenStdin"] and not detach,
+            console_size=(int(size[0]), int(size[1])) if size else None)
+        x["Running"] = True
+        try:
+            proc = await system.create_process(exec_id, params, pc["privileged"])
+        except BaseException:
+            x["Running"] = False
+            x["ExitCode"] = 126
+            raise
+        x["Pid"] = proc.pid
+        if proc.start_error is not None:
+            x["Running"] = False
+            x["ExitCode"] = proc.start_error.exit_code
+            await proc.stream.close()
+            raise proc.start_error
+        self.emit_event("container", "exec_start", c, {"execID": exec_id})
+        sess = ExecSession(proc, x, tty=use_tty, stdin=x["OpenStdin"])
+        if detach:
+            asyncio.get_running_loop().create_task(sess.drain())
+            return None
+        return sess
+
+    async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        x = self._find_exec(exec_id)
+        return {k: v for k, v in x.items() if not k.startswith("_")}
+
+    async def exec_resize(self, exec_id: str, height: int, width: int) -> None:
+        x = self._find_exec(exec_id)
+        if not x["Running"]:
+            raise Conflict(f"exec {exec_id} is not running")
+        c = self._find(x["ContainerID"])
+        system = self.system_of(c)
+        if system is None:
+            raise Conflict(f"Container {c.id} is not running")
+        await system.resize_console(height, width, target=exec_id)
+
+    # ----- recovery ------------------------------------------------------------------------------
+    async def recover_containers(self) -> None:
+        """After a (re)start of silod: re-attach to the shims of containers still running."""
+        for c in list(self.containers.values()):
+            if c.state["Status"] == "removing":
+                await self._remove(c, force=True)
+                continue
+            if not c.running:
+                continue
+            system = self.compute.create(c.id, self._document(c))
+            system.on_exit.append(self._on_exit)
+            await system.reattach()
+            if system.state in (State.RUNNING, State.PAUSED):
+                c.state.update(Pid=system.pid,
+                               Status="paused" if system.state == State.PAUSED else "running",
+                               Paused=system.state == State.PAUSED)
+                self._save(c)
+            else:
+                await self._on_exit(system)
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's units.HumanDuration."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    m = s // 60
+    if m == 1:
+        return "About a minute"
+    if m < 60:
+        return f"{m} minutes"
+    h = round(s / 3600)
+    if h == 1:
+        return "About an hour"
+    if h < 48:
+        return f"{h} hours"
+    if h < 24 * 7 * 2:
+        return f"{h // 24} days"
+    if h < 24 * 30 * 2:
+        return f"{h // (24 * 7)} weeks"
+    if h < 24 * 365 * 2:
+        return f"{h // (24 * 30)} months"
+    return f"{h // (24 * 365)} years"

@@ -1,0 +1,56 @@
+"""The engine: one object that owns the store and the services and implements the API backend."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+from silobox.compute.spawner import Spawner
+from silobox.compute.system import ComputeService
+from silobox.engine.config import DaemonConfig
+from silobox.engine.containers import ContainerService
+from silobox.engine.events import EventLog
+from silobox.engine.images import ImageService
+from silobox.engine.stats import StatsService
+from silobox.engine.system import SystemService
+
+
+class Engine(ContainerService, StatsService, ImageService, SystemService, EventLog):
+    """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
+
+    def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:
+        from silobox.storage.db import Database
+        from silobox.storage.images import ImageStore
+        from silobox.storage.layers import LayerStore
+
+        EventLog.__init__(self)
+        self.config = config
+        self.started = time.time()
+        os.makedirs(config.root, mode=0o711, exist_ok=True)
+        os.makedirs(config.containers_dir, mode=0o710, exist_ok=True)
+        self.db = Database(config.db_path)
+        self.layers = LayerStore(config.root, self.db)
+        self.images = ImageStore(self.db, self.layers)
+        self.compute = ComputeService(spawner, config.compute_dir, config.cgroup_parent)
+        self.daemon_id = self._daemon_id()
+        self._init_containers()
+
+    def _daemon_id(self) -> str:
+        path = os.path.join(self.config.root, "engine-id")
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            from silobox.atomic import atomic_write
+            new = secrets.token_hex(16)
+            atomic_write(path, new)
+            return new
+
+    async def start(self) -> None:
+        await self.recover_containers()
+
+    async def close(self) -> None:
+        for system in list(self.compute.systems.values()):
+            system.close()
+        self.db.close()

@@ -1,0 +1,259 @@
+"""Docker's container create body → validated settings and an HCS compute-system document.
+
+This is the engine's translation step (moby's ``daemon/oci_windows.go`` on Windows): every
+option of ``POST /containers/create`` is checked here, once, with Docker's error messages, and
+turned into the JSON document the compute service consumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal as _signal
+from typing import Any
+
+from silobox.errors import InvalidArgument
+
+NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] "
+                              "are allowed")
+    return name.lstrip("/")
+
+
+def _typed(d: dict, key: str, kind: type | tuple, where: str) -> Any:
+    v = d.get(key)
+    if v is None:
+        return None
+    ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+    if not ok:
+        k = kind.__name__ if isinstance(kind, type) else kind[0].__name__
+        raise InvalidArgument(f"json: cannot unmarshal {type(v).__name__} into Go struct field "
+                              f"{where}.{key} of type {k}")
+    return v
+
+
+def _str_list(d: dict, key: str, where: str) -> list[str] | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise InvalidArgument(f"json: cannot unmarshal {type(v).__name__} into Go struct field "
+                              f"{where}.{key} of type []string")
+    return list(v)
+
+
+def parse_signal(value: str | int | None, default: int = _signal.SIGTERM) -> int:
+    """Docker accepts SIGTERM, TERM and 15."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        num = value
+    else:
+        s = str(value).strip().upper()
+        if s.isdigit():
+            num = int(s)
+        else:
+            name = s if s.startswith("SIG") else "SIG" + s
+            try:
+                num = int(getattr(_signal.Signals, name))
+            except AttributeError:
+                raise InvalidArgument(f"Invalid signal: {value}") from None
+    if not 0 < num < 65:
+        raise InvalidArgument(f"Invalid signal: {value}")
+    return num
+
+
+def check_create_body(body: Any) -> dict:
+    """Type-check the parts of a create body silobox reads; returns the normalised body."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("invalid JSON: the container config must be an object")
+    for key, kind in (("Image", str), ("Hostname", str), ("Domainname", str), ("User", str),
+                      ("WorkingDir", str), ("Tty", bool), ("OpenStdin", bool),
+                      ("StdinOnce", bool), ("AttachStdin", bool), ("AttachStdout", bool),
+                      ("AttachStderr", bool), ("StopSignal", str), ("StopTimeout", int),
+                      ("Labels", dict), ("HostConfig", dict), ("NetworkingConfig", dict),
+                      ("ExposedPorts", dict), ("Volumes", dict)):
+        _typed(body, key, kind, "container.Config")
+    for key in ("Env", "Cmd", "Entrypoint"):
+        _str_list(body, key, "container.Config")
+    hc = body.get("HostConfig") or {}
+    for key, kind in (("Memory", int), ("MemorySwap", int), ("MemoryReservation", int),
+                      ("NanoCpus", int), ("CpuShares", int), ("CpuPeriod", int),
+                      ("CpuQuota", int), ("CpusetCpus", str), ("CpusetMems", str),
+                      ("PidsLimit", int), ("Privileged", bool), ("ReadonlyRootfs", bool),
+                      ("AutoRemove", bool), ("Init", bool), ("Isolation", str),
+                      ("ShmSize", int), ("Ulimits", list), ("NetworkMode", str)):
+        _typed(hc, key, kind, "container.HostConfig")
+    for key in ("CapAdd", "CapDrop", "SecurityOpt", "Binds", "Dns", "ExtraHosts"):
+        _str_list(hc, key, "container.HostConfig")
+    if not body.get("Image"):
+        raise InvalidArgument("config: image name is required")
+    return body
+
+
+def parse_security_opts(opts: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"seccomp": None, "seccomp_unconfined": False, "no_new_privileges": False}
+    for opt in opts or []:
+        if opt in ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true"):
+            out["no_new_privileges"] = True
+            continue
+        if opt in ("no-new-privileges:false", "no-new-privileges=false"):
+            continue
+        key, sep, value = opt.partition("=")
+        if not sep:
+            key, sep, value = opt.partition(":")
+        if key == "seccomp" and sep:
+            if value == "unconfined":
+                out["seccomp_unconfined"] = True
+            elif value in ("builtin", ""):
+                pass
+            else:
+                from silobox.kernel.sandbox import seccomp
+                out["seccomp"] = seccomp.load_profile(value)
+            continue
+        if key in ("label", "apparmor") and sep:
+            if value in ("disable", "unconfined"):
+                continue
+            raise InvalidArgument(f"Invalid --security-opt: {key} profiles are not available on "
+                                  "this host")
+        raise InvalidArgument(f'Invalid --security-opt: "{opt}"')
+    return out
+
+
+def _available_cpus() -> set[int]:
+    return set(os.sched_getaffinity(0))
+
+
+def _parse_cpuset(spec: str) -> set[int]:
+    cpus: set[int] = set()
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                if int(a) > int(b):
+                    raise ValueError
+                cpus.update(range(int(a), int(b) + 1))
+            elif part:
+                cpus.add(int(part))
+    except ValueError:
+        raise InvalidArgument(f"Invalid value {spec} for cpuset cpus") from None
+    return cpus
+
+
+def resources_from_hostconfig(hc: dict) -> dict[str, Any]:
+    """HostConfig's resource fields → JobLimits fields, with Docker's range checks."""
+    res: dict[str, Any] = {}
+    mem = hc.get("Memory") or 0
+    if mem:
+        if mem < 6 * 1024 * 1024:
+            raise InvalidArgument("Minimum memory limit allowed is 6MB")
+        res["memory"] = mem
+    swap = hc.get("MemorySwap") or 0
+    if swap:
+        if swap != -1 and not mem:
+            raise InvalidArgument("You should always set the Memory limit when using Memoryswap "
+                                  "limit, see usage")
+        if swap != -1 and swap < mem:
+            raise InvalidArgument("Minimum memoryswap limit should be larger than memory limit, "
+                                  "see usage")
+        res["memory_swap"] = swap
+    elif mem:
+        res["memory_swap"] = 2 * mem
+    if hc.get("MemoryReservation"):
+        res["memory_reservation"] = hc["MemoryReservation"]
+    ncpu = os.cpu_count() or 1
+    if hc.get("NanoCpus"):
+        if hc.get("CpuQuota") or hc.get("CpuPeriod"):
+            raise InvalidArgument("Conflicting options: Nano CPUs and CPU Period cannot both be set")
+        n = hc["NanoCpus"]
+        if n < 10**7 or n > ncpu * 10**9:
+            raise InvalidArgument(f"Range of CPUs is from 0.01 to {ncpu:.2f}, as there are only "
+                                  f"{ncpu} CPUs available")
+        res["cpu_period"] = 100000
+        res["cpu_quota"] = n * 100000 // 10**9
+    else:
+        if hc.get("CpuPeriod"):
+            if not 1000 <= hc["CpuPeriod"] <= 1000000:
+                raise InvalidArgument("CPU cfs period can not be less than 1ms (i.e. 1000) or "
+                                      "larger than 1s (i.e. 1000000)")
+            res["cpu_period"] = hc["CpuPeriod"]
+        if hc.get("CpuQuota"):
+            if 0 < hc["CpuQuota"] < 1000:
+                raise InvalidArgument("CPU cfs quota can not be less than 1ms (i.e. 1000)")
+            res["cpu_quota"] = hc["CpuQuota"]
+    if hc.get("CpuShares"):
+        if hc["CpuShares"] < 0:
+            raise InvalidArgument("invalid CPU shares: must be positive")
+        res["cpu_shares"] = max(2, hc["CpuShares"])
+    if hc.get("CpusetCpus"):
+        wanted = _parse_cpuset(hc["CpusetCpus"])
+        avail = _available_cpus()
+        if not wanted <= avail:
+            lo, hi = min(avail), max(avail)
+            raise InvalidArgument(f"Requested CPUs are not available - requested "
+                                  f"{hc['CpusetCpus']}, available: {lo}-{hi}")
+        res["cpuset_cpus"] = hc["CpusetCpus"]
+    if hc.get("CpusetMems"):
+        res["cpuset_mems"] = hc["CpusetMems"]
+    pids = hc.get("PidsLimit")
+    if pids is not None and pids > 0:
+        res["pids_limit"] = pids
+    return res
+
+
+def parse_ulimits(items: list[Any]) -> list[dict[str, Any]]:
+    from silobox.kernel.sandbox import rlimits
+    out = []
+    parsed = []
+    for u in items or []:
+        if not isinstance(u, dict) or not isinstance(u.get("Name"), str):
+            raise InvalidArgument("Ulimits: each entry needs Name, Soft and Hard")
+        ul = rlimits.parse_ulimit(f"{u['Name']}={int(u.get('Soft', 0))}:{int(u.get('Hard', 0))}")
+        parsed.append(ul)
+        out.append({"Name": ul.name, "Soft": ul.soft, "Hard": ul.hard})
+    rlimits.check_ulimits(parsed)
+    return out
+
+
+def merge_env(image_env: list[str], env: list[str]) -> list[str]:
+    merged: dict[str, str] = {}
+    order: list[str] = []
+    for item in list(image_env or []) + list(env or []):
+        k, _, _v = item.partition("=")
+        if k not in merged:
+            order.append(k)
+        merged[k] = item
+    return [merged[k] for k in order]
+
+
+def command_of(body: dict, image_config: dict) -> tuple[list[str], list[str]]:
+    """(Entrypoint, Cmd) with Docker's rules: --entrypoint resets the image's Cmd."""
+    entry = body.get("Entrypoint")
+    cmd = body.get("Cmd")
+    if isinstance(entry, str):
+        entry = [entry]
+    if isinstance(cmd, str):
+        cmd = [cmd]
+    if entry is not None:
+        if entry == [""]:
+            entry = []
+        if cmd is None:
+            cmd = []
+    else:
+        entry = list(image_config.get("Entrypoint") or [])
+        if cmd is None:
+            cmd = list(image_config.get("Cmd") or [])
+    return list(entry), list(cmd)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))

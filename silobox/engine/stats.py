@@ -1,0 +1,124 @@
+"""Docker's stats and top documents, read from the job object and /proc (as hcsshim does)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, AsyncIterator
+
+from silobox.compute.system import State
+from silobox.errors import Conflict, InvalidArgument
+from silobox.timeutil import now_iso, ZERO_TIME
+
+
+def _system_cpu_ns() -> int:
+    with open("/proc/stat") as f:
+        parts = f.readline().split()[1:8]
+    return sum(int(p) for p in parts) * 10**9 // os.sysconf("SC_CLK_TCK")
+
+
+class StatsService:
+    config: Any
+
+    def _stats_doc(self, c: Any, pre: dict[str, Any] | None) -> dict[str, Any]:
+        system = self.system_of(c)  # type: ignore[attr-defined]
+        base: dict[str, Any] = {"read": now_iso(), "preread": pre["read"] if pre else ZERO_TIME,
+                                "name": "/" + c.name, "id": c.id, "num_procs": 0}
+        if system is None or system.state not in (State.RUNNING, State.PAUSED) \
+                or not system.job.exists():
+            base.update(cpu_stats={"cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0,
+                                                 "usage_in_usermode": 0},
+                                   "throttling_data": {"periods": 0, "throttled_periods": 0,
+                                                       "throttled_time": 0}},
+                        memory_stats={}, pids_stats={}, blkio_stats={
+                            "io_service_bytes_recursive": None, "io_serviced_recursive": None},
+                        storage_stats={})
+            base["precpu_stats"] = pre["cpu_stats"] if pre else base["cpu_stats"]
+            return base
+        st = system.job.statistics()
+        ncpu = os.cpu_count() or 1
+        cpu = {
+            "cpu_usage": {"total_usage": st.cpu_usage_ns, "percpu_usage": st.percpu_usage or None,
+                          "usage_in_kernelmode": st.cpu_system_ns,
+                          "usage_in_usermode": st.cpu_user_ns},
+            "system_cpu_usage": _system_cpu_ns(), "online_cpus": ncpu,
+            "throttling_data": {"periods": st.nr_periods, "throttled_periods": st.throttled_periods,
+                                "throttled_time": st.throttled_time_ns},
+        }
+        mem_stats = {k: int(v) for k, v in (st.memory_stat or {}).items()}
+        base.update(
+            cpu_stats=cpu,
+            precpu_stats=pre["cpu_stats"] if pre else {
+                "cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
+                "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0}},
+            memory_stats={"usage": st.memory_usage, "max_usage": st.memory_max_usage,
+                          "limit": st.memory_limit, "stats": mem_stats},
+            pids_stats={"current": st.pids_current,
+                        **({"limit": st.pids_limit} if st.pids_limit else {})},
+            blkio_stats={
+                "io_service_bytes_recursive": [
+                    {"major": 0, "minor": 0, "op": "read", "value": st.blkio_read_bytes},
+                    {"major": 0, "minor": 0, "op": "write", "value": st.blkio_write_bytes}],
+                "io_serviced_recursive": [
+                    {"major": 0, "minor": 0, "op": "read", "value": st.blkio_read_ops},
+                    {"major": 0, "minor": 0, "op": "write", "value": st.blkio_write_ops}],
+                "io_queue_recursive": None, "io_service_time_recursive": None,
+                "io_wait_time_recursive": None, "io_merged_recursive": None,
+                "io_time_recursive": None, "sectors_recursive": None},
+            storage_stats={},
+        )
+        return base
+
+    async def container_stats(self, ref: str, stream: bool = True,
+                              one_shot: bool = False) -> AsyncIterator[dict[str, Any]]:
+        c = self._find(ref)  # type: ignore[attr-defined]
+
+        async def gen() -> AsyncIterator[dict[str, Any]]:
+            pre = None
+            if not stream and not one_shot:
+                pre = self._stats_doc(c, None)
+                await asyncio.sleep(1.0)
+            while True:
+                doc = self._stats_doc(c, pre)
+                yield doc
+                if not stream or c.id not in self.containers or not c.running:  # type: ignore[attr-defined]
+                    return
+                pre = doc
+                await asyncio.sleep(1.0)
+
+        return gen()
+
+    async def container_top(self, ref: str, ps_args: str | None = None) -> dict[str, Any]:
+        c = self._find(ref)  # type: ignore[attr-defined]
+        system = self.system_of(c)  # type: ignore[attr-defined]
+        if system is None or not c.running:
+            raise Conflict(f"Container {c.id} is not running")
+        pids = set(system.job.pids())
+        args = (ps_args or "-ef").split()
+        if any(a.startswith("-") is False and ";" in a for a in args):
+            raise InvalidArgument("invalid ps arguments")
+        proc = await asyncio.create_subprocess_exec(
+            "ps", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise InvalidArgument(f"Error running ps: {err.decode().strip() or out.decode().strip()}")
+        lines = out.decode().splitlines()
+        if not lines:
+            return {"Titles": [], "Processes": []}
+        titles = lines[0].split()
+        try:
+            pid_col = titles.index("PID")
+        except ValueError:
+            raise InvalidArgument(f"Couldn't find PID field in ps output") from None
+        procs = []
+        for line in lines[1:]:
+            fields = line.split(None, len(titles) - 1)
+            if len(fields) < len(titles):
+                continue
+            try:
+                if int(fields[pid_col]) in pids:
+                    procs.append(fields)
+            except ValueError:
+                continue
+        return {"Titles": titles, "Processes": procs}

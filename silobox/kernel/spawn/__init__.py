@@ -1,0 +1,282 @@
+"""The child side of a container start or exec: named stages between fork and exec.
+
+This is what vmcompute's container init does on Windows. A freshly forked child walks through
+named stages (stdio, job object, silo, rootfs, sandbox, exec) doing nothing but syscalls. Each
+failure is reported to the parent as one typed message on the sync pipe; a successful ``execve``
+closes the CLOEXEC pipe, which the parent sees as EOF (the ``subprocess`` errpipe idea).
+
+Messages are single JSON lines: ``{"t": "ready"}`` when the child is parked waiting for the
+start signal, ``{"t": "error", "stage": ..., "errno": ..., "msg": ...}`` on failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import resource
+import termios
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from silobox.kernel import libc
+from silobox.kernel.silo import SiloSpec, build_rootfs, enter
+
+EXIT_CANNOT_INVOKE = 126
+EXIT_NOT_FOUND = 127
+
+
+@dataclass
+class ProcessSpec:
+    """A process to start inside a silo, fully resolved (the Linux side of HCS ProcessParameters)."""
+
+    argv: list[str]
+    env: list[str] = field(default_factory=list)
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    groups: list[int] = field(default_factory=list)
+    capabilities: int = 0            # bounding/effective/permitted mask
+    last_cap: int = 40
+    no_new_privs: bool = False
+    seccomp: bytes | None = None     # compiled classic BPF, None = unconfined
+    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
+    tty: bool = False
+    umask: int = 0o022
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["seccomp"] = self.seccomp.hex() if self.seccomp else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProcessSpec":
+        d = dict(d)
+        d["seccomp"] = bytes.fromhex(d["seccomp"]) if d.get("seccomp") else None
+        d["rlimits"] = [tuple(r) for r in d.get("rlimits", [])]
+        return cls(**d)
+
+
+class _StageError(Exception):
+    def __init__(self, stage: str, err: OSError | str) -> None:
+        self.stage = stage
+        if isinstance(err, OSError):
+            self.errno = err.errno or 0
+            self.msg = f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+        else:
+            self.errno = 0
+            self.msg = err
+
+
+def _report(sync_fd: int, msg: dict) -> None:
+    data = (json.dumps(msg) + "\n").encode()
+    try:
+        os.write(sync_fd, data)
+    except OSError:
+        pass
+
+
+def _fail(sync_fd: int, e: _StageError) -> NoReturn:
+    _report(sync_fd, {"t": "error", "stage": e.stage, "errno": e.errno, "msg": e.msg})
+    code = EXIT_NOT_FOUND if e.errno == errno.ENOENT and e.stage == "exec" else EXIT_CANNOT_INVOKE
+    os._exit(code)
+
+
+def _stdio(stdio: tuple[int, int, int], tty: bool) -> None:
+    os.setsid()
+    for target, fd in enumerate(stdio):
+        if fd != target:
+            os.dup2(fd, target, inheritable=True)
+        else:
+            os.set_inheritable(target, True)
+    if tty:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _join_job(procs_files: list[str]) -> None:
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
+def _env_value(env: list[str], key: str) -> str | None:
+    prefix = key + "="
+    for item in env:
+        if item.startswith(prefix):
+            return item[len(prefix):]
+    return None
+
+
+def resolve_executable(argv0: str, env: list[str], cwd: str) -> str:
+    """Find the program like exec.LookPath does, inside the (already entered) root."""
+    if "/" in argv0:
+        path = argv0 if argv0.startswith("/") else os.path.join(cwd, argv0)
+        if not os.path.exists(path):
+            raise _StageError("exec", OSError(errno.ENOENT, f'exec: "{argv0}": stat {argv0}: '
+                                              "no such file or directory"))
+        return path
+    search = _env_value(env, "PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    for d in search.split(":"):
+        cand = os.path.join(d or ".", argv0)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise _StageError("exec", OSError(errno.ENOENT,
+                                      f'exec: "{argv0}": executable file not found in $PATH'))
+
+
+def _sandbox(proc: ProcessSpec, seccomp_done: bool) -> None:
+    """Rlimits, capabilities, user, working directory, no_new_privs and (last) seccomp."""
+    stage = "rlimits"
+    try:
+        for res, soft, hard in proc.rlimits:
+            resource.setrlimit(res, (soft, hard))
+        stage = "seccomp"
+        if proc.seccomp and not proc.no_new_privs and not seccomp_done:
+            # Without no_new_privs the kernel only accepts a filter while we hold CAP_SYS_ADMIN,
+            # so it goes in before the capability drop (as runc does).
+            libc.seccomp_load(proc.seccomp)
+        stage = "capabilities"
+        for cap in range(proc.last_cap + 1):
+            if not proc.capabilities & (1 << cap):
+                try:
+                    libc.prctl(libc.PR_CAPBSET_DROP, cap)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+        libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
+        libc.capset(proc.capabilities, proc.capabilities, 0)
+        stage = "user"
+        os.setgroups(proc.groups)
+        os.setgid(proc.gid)
+        os.setuid(proc.uid)
+        stage = "cwd"
+        os.chdir(proc.cwd)
+        os.umask(proc.umask)
+        if proc.no_new_privs:
+            stage = "no_new_privs"
+            libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+            if proc.seccomp:
+                stage = "seccomp"
+                libc.seccomp_load(proc.seccomp)
+    except OSError as e:
+        raise _StageError(stage, e) from None
+
+
+def _exec(path: str, proc: ProcessSpec) -> NoReturn:
+    try:
+        os.execve(path, proc.argv, dict(_split_env(proc.env)))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise _StageError("exec", OSError(errno.ENOENT, f'exec: "{proc.argv[0]}": '
+                                              "no such file or directory")) from None
+        raise _StageError("exec", OSError(e.errno, f'exec: "{proc.argv[0]}": '
+                                          f"{os.strerror(e.errno or errno.EACCES).lower()}")) from None
+
+
+def _split_env(env: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in env:
+        k, _, v = item.partition("=")
+        out.append((k, v))
+    return out
+
+
+def _wait_start(start_fd: int) -> None:
+    """Park until the shim says go (HCS Start after Create); EOF means the start was abandoned."""
+    while True:
+        try:
+            data = os.read(start_fd, 1)
+            break
+        except InterruptedError:
+            continue
+    if not data:
+        os._exit(EXIT_CANNOT_INVOKE)
+    os.close(start_fd)
+
+
+def child_init(silo: SiloSpec, proc: ProcessSpec, procs_files: list[str], sync_fd: int,
+               start_fd: int, stdio: tuple[int, int, int], close_fds: list[int]) -> NoReturn:
+    """Stages of a container's first process: it becomes PID 1 of the silo."""
+    try:
+        try:
+            for fd in close_fds:
+                os.close(fd)
+            stage = "stdio"
+            _stdio(stdio, proc.tty)
+            stage = "jobobject"
+            _join_job(procs_files)
+            stage = "namespaces"
+            enter(silo)
+            stage = "rootfs"
+            build_rootfs(silo)
+            stage = "cwd"
+            if proc.cwd != "/":
+                os.makedirs(proc.cwd, 0o755, exist_ok=True)
+        except OSError as e:
+            raise _StageError(stage, e) from None
+        path = resolve_executable(proc.argv[0], proc.env, proc.cwd)
+        _report(sync_fd, {"t": "ready"})
+        _wait_start(start_fd)
+        _sandbox(proc, seccomp_done=False)
+        _exec(path, proc)
+    except _StageError as e:
+        _fail(sync_fd, e)
+    except BaseException as e:  # anything else is a bug; still tell the parent why
+        _fail(sync_fd, _StageError("internal", f"{type(e).__name__}: {e}"))
+
+
+def child_exec(init_pid: int, ns_fds: list[tuple[int, int]], root_fd: int, proc: ProcessSpec,
+               procs_files: list[str], sync_fd: int, stdio: tuple[int, int, int],
+               close_fds: list[int]) -> NoReturn:
+    """Stages of a process joining a running silo (``docker exec``, HCS CreateProcess)."""
+    try:
+        try:
+            for fd in close_fds:
+                os.close(fd)
+            stage = "stdio"
+            _stdio(stdio, proc.tty)
+            stage = "jobobject"
+            _join_job(procs_files)
+            stage = "namespaces"
+            for fd, nstype in ns_fds:
+                libc.setns(fd, nstype)
+                os.close(fd)
+            stage = "rootfs"
+            os.fchdir(root_fd)
+            os.chroot(".")
+            os.close(root_fd)
+            os.chdir("/")
+        except OSError as e:
+            raise _StageError(stage, e) from None
+        path = resolve_executable(proc.argv[0], proc.env, proc.cwd)
+        _sandbox(proc, seccomp_done=False)
+        _exec(path, proc)
+    except _StageError as e:
+        _fail(sync_fd, e)
+    except BaseException as e:
+        _fail(sync_fd, _StageError("internal", f"{type(e).__name__}: {e}"))
+
+
+def read_messages(sync_fd: int) -> list[dict]:
+    """Parent side: read the child's messages until EOF (exec done) or a 'ready' (parked)."""
+    buf = b""
+    msgs: list[dict] = []
+    while True:
+        try:
+            chunk = os.read(sync_fd, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            msg = json.loads(line)
+            msgs.append(msg)
+            if msg.get("t") in ("ready", "error"):
+                return msgs
+    return msgs
