@@ -129,18 +129,15 @@ class Shim:
         silo = SiloSpec.from_dict(cfg["silo"])
         child_close: list[int] = []
         parent_close: list[int] = []
+        console_size = tuple(cfg.get("console_size") or (24, 80))
+        con_parent = con_child = None
         if proc.tty:
-            master, slave = os.openpty()
-            os.set_blocking(master, False)
-            h, w = cfg.get("console_size") or (24, 80)
-            set_winsize(master, h or 24, w or 80)
-            silo.console = os.ttyname(slave)
-            stdio = (slave, slave, slave)
-            stdin_fd: int | None = master if cfg.get("open_stdin") else None
-            out = {master: STDOUT}
-            child_close.append(master)
-            parent_close.append(slave)
-            self.pty_master = master
+            con_parent, con_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            stdio: tuple[int, int, int] | None = None
+            child_close.append(con_parent.fileno())
+            parent_close.append(con_child.fileno())
+            out: dict[int, int] = {}
+            stdin_fd: int | None = None
         else:
             if cfg.get("open_stdin"):
                 in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -165,9 +162,15 @@ class Shim:
         child_close += [sync_r, start_w, self.wake_r, self.wake_w, self.report.fileno()]
         pid = os.fork()
         if pid == 0:
-            child_init(silo, proc, cfg["procs_files"], sync_w, start_r, stdio, child_close)
-        for fd in parent_close + [sync_w, start_r]:
+            child_init(silo, proc, cfg["procs_files"], sync_w, start_r, stdio, child_close,
+                       con_child.fileno() if con_child else None, console_size)  # type: ignore[arg-type]
+        for fd in [sync_w, start_r]:
             os.close(fd)
+        if con_child is not None:
+            con_child.close()
+        else:
+            for fd in parent_close:
+                os.close(fd)
         msgs = read_messages(sync_r)
         last = msgs[-1] if msgs else {"t": "error", "stage": "init", "errno": 0,
                                       "msg": "container init exited before it was ready"}
@@ -177,6 +180,11 @@ class Shim:
             err.stage = last.get("stage", "init")  # type: ignore[attr-defined]
             err.errno = last.get("errno", 0)  # type: ignore[attr-defined]
             raise err
+        if con_parent is not None:
+            master = _recv_master(con_parent)
+            out = {master: STDOUT}
+            stdin_fd = master if cfg.get("open_stdin") else None
+            self.pty_master = master
         self.sync_r, self.start_w = sync_r, start_w
         self.init = _Proc("init", pid, proc.tty, stdin_fd, dict(out),
                           close_stdin_on_detach=bool(cfg.get("stdin_once")))
@@ -548,16 +556,13 @@ class Shim:
         key = req["id"]
         child_close: list[int] = [self.wake_r, self.wake_w, self.listener.fileno()]  # type: ignore[union-attr]
         parent_close: list[int] = []
+        con_parent = con_child = None
         if proc_spec.tty:
-            master, slave = os.openpty()
-            os.set_blocking(master, False)
-            h, w = req.get("console_size") or (24, 80)
-            set_winsize(master, h or 24, w or 80)
-            stdio = (slave, slave, slave)
-            stdin_fd: int | None = master if req.get("stdin") else None
-            out = {master: STDOUT}
-            child_close.append(master)
-            parent_close.append(slave)
+            con_parent, con_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            stdio: tuple[int, int, int] | None = None
+            stdin_fd: int | None = None
+            out: dict[int, int] = {}
+            child_close.append(con_parent.fileno())
         else:
             if req.get("stdin"):
                 in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -592,11 +597,20 @@ class Shim:
             return {"ok": False, "msg": f"cannot create process: {e.strerror}"}
         if pid == 0:
             child_exec(self.init.pid, ns, root_fd, proc_spec, self.cfg["procs_files"], sync_w,
-                       stdio, [fd for fd in child_close if fd not in stdio])
+                       stdio, [fd for fd in child_close if fd not in (stdio or ())],
+                       con_child.fileno() if con_child else None,
+                       tuple(req.get("console_size") or (24, 80)))  # type: ignore[arg-type]
         for fd in parent_close + [root_fd, sync_w] + [f for f, _ in ns]:
             os.close(fd)
+        if con_child is not None:
+            con_child.close()
         msgs = read_messages(sync_r)
         os.close(sync_r)
+        if con_parent is not None:
+            master = _recv_master(con_parent)
+            if master >= 0:
+                out = {master: STDOUT}
+                stdin_fd = master if req.get("stdin") else None
         proc = _Proc(key, pid, proc_spec.tty, stdin_fd, dict(out))
         self.procs[key] = proc
         self.pid_to_proc[pid] = proc
@@ -664,6 +678,21 @@ class Shim:
             pass
         if self.log_fd is not None:
             os.close(self.log_fd)
+
+
+def _recv_master(sock: socket.socket) -> int:
+    """The pty master the child opened inside the silo; -1 if the child died before sending."""
+    try:
+        sock.setblocking(False)
+        _msg, fds, _f, _a = socket.recv_fds(sock, 16, 1)
+    except (BlockingIOError, OSError):
+        fds = []
+    sock.close()
+    if not fds:
+        return -1
+    os.set_blocking(fds[0], False)
+    os.set_inheritable(fds[0], False)
+    return fds[0]
 
 
 def run_shim(cfg: dict, report_fd: int) -> None:

@@ -59,7 +59,6 @@ class SiloSpec:
     readonly_rootfs: bool = False
     privileged: bool = False
     shm_size: int = 64 * 1024 * 1024
-    console: str | None = None                    # pty slave to expose as /dev/console
 
     @classmethod
     def from_dict(cls, d: dict) -> "SiloSpec":
@@ -168,10 +167,6 @@ def _mount_dev(root: str, spec: SiloSpec) -> None:
     mq = os.path.join(dev, "mqueue")
     os.mkdir(mq, 0o755)
     libc.mount("mqueue", mq, "mqueue", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
-    if spec.console:
-        console = os.path.join(dev, "console")
-        os.close(os.open(console, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        libc.mount(spec.console, console, None, libc.MS_BIND)
 
 
 def build_rootfs(spec: SiloSpec) -> None:

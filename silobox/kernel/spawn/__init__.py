@@ -16,6 +16,8 @@ import fcntl
 import json
 import os
 import resource
+import socket
+import struct
 import termios
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -92,6 +94,27 @@ def _stdio(stdio: tuple[int, int, int], tty: bool) -> None:
             os.set_inheritable(target, True)
     if tty:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _console(console_fd: int, size: tuple[int, int] | None, bind_console: bool) -> int:
+    """Open the pty inside the silo's own devpts, hand the master to the shim, keep the slave.
+
+    Opening it here (not in the shim) is what makes ``tty`` print ``/dev/pts/0`` in the
+    container: the slave lives in the container's devpts instance.
+    """
+    master, slave = os.openpty()
+    h, w = size or (24, 80)
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", h or 24, w or 80, 0, 0))
+    sock = socket.socket(fileno=console_fd)
+    socket.send_fds(sock, [b"pty"], [master])
+    sock.close()
+    os.close(master)
+    if bind_console:
+        console = "/dev/console"
+        if not os.path.exists(console):
+            os.close(os.open(console, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        libc.mount(os.ttyname(slave), console, None, libc.MS_BIND)
+    return slave
 
 
 def _join_job(procs_files: list[str]) -> None:
@@ -199,20 +222,27 @@ def _wait_start(start_fd: int) -> None:
 
 
 def child_init(silo: SiloSpec, proc: ProcessSpec, procs_files: list[str], sync_fd: int,
-               start_fd: int, stdio: tuple[int, int, int], close_fds: list[int]) -> NoReturn:
+               start_fd: int, stdio: tuple[int, int, int] | None, close_fds: list[int],
+               console_fd: int | None = None,
+               console_size: tuple[int, int] | None = None) -> NoReturn:
     """Stages of a container's first process: it becomes PID 1 of the silo."""
     try:
         try:
             for fd in close_fds:
                 os.close(fd)
-            stage = "stdio"
-            _stdio(stdio, proc.tty)
+            if stdio is not None:
+                stage = "stdio"
+                _stdio(stdio, False)
             stage = "jobobject"
             _join_job(procs_files)
             stage = "namespaces"
             enter(silo)
             stage = "rootfs"
             build_rootfs(silo)
+            if console_fd is not None:
+                stage = "console"
+                slave = _console(console_fd, console_size, True)
+                _stdio((slave, slave, slave), True)
             stage = "cwd"
             if proc.cwd != "/":
                 os.makedirs(proc.cwd, 0o755, exist_ok=True)
@@ -230,15 +260,17 @@ def child_init(silo: SiloSpec, proc: ProcessSpec, procs_files: list[str], sync_f
 
 
 def child_exec(init_pid: int, ns_fds: list[tuple[int, int]], root_fd: int, proc: ProcessSpec,
-               procs_files: list[str], sync_fd: int, stdio: tuple[int, int, int],
-               close_fds: list[int]) -> NoReturn:
+               procs_files: list[str], sync_fd: int, stdio: tuple[int, int, int] | None,
+               close_fds: list[int], console_fd: int | None = None,
+               console_size: tuple[int, int] | None = None) -> NoReturn:
     """Stages of a process joining a running silo (``docker exec``, HCS CreateProcess)."""
     try:
         try:
             for fd in close_fds:
                 os.close(fd)
-            stage = "stdio"
-            _stdio(stdio, proc.tty)
+            if stdio is not None:
+                stage = "stdio"
+                _stdio(stdio, False)
             stage = "jobobject"
             _join_job(procs_files)
             stage = "namespaces"
@@ -250,6 +282,10 @@ def child_exec(init_pid: int, ns_fds: list[tuple[int, int]], root_fd: int, proc:
             os.chroot(".")
             os.close(root_fd)
             os.chdir("/")
+            if console_fd is not None:
+                stage = "console"
+                slave = _console(console_fd, console_size, False)
+                _stdio((slave, slave, slave), True)
         except OSError as e:
             raise _StageError(stage, e) from None
         path = resolve_executable(proc.argv[0], proc.env, proc.cwd)

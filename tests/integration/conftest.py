@@ -1,0 +1,196 @@
+"""A real silod on a temporary root, socket and cgroup parent, shared by the integration tests.
+
+Everything it creates carries the run's prefix; at the end the fixture removes every container,
+stops silod and checks that nothing of the run is left on the host: no cgroup, no mount, no shim.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+HIERARCHIES = "/sys/fs/cgroup"
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.path)
+        self.sock = s
+
+
+class Silod:
+    """A silod process under test, plus clients for it."""
+
+    def __init__(self, base: str, run_id: str) -> None:
+        self.base = base
+        self.root = os.path.join(base, "root")
+        self.exec_root = os.path.join(base, "run")
+        self.socket = os.path.join(self.exec_root, "silod.sock")
+        self.cgroup_parent = f"silobox/t{run_id}"
+        self.env = {**os.environ, "SILOBOX_HOST": f"unix://{self.socket}"}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(base, "silod.log")
+        self._client = None
+
+    def start(self) -> None:
+        os.makedirs(self.base, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "silobox.engine.daemon", "--debug", "--root", self.root,
+             "--exec-root", self.exec_root, "--cgroup-parent", self.cgroup_parent,
+             "-H", f"unix://{self.socket}"],
+            stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"silod exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                status, _ = self.request("GET", "/_ping")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"silod did not come up:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._client = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self._client = None
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-8000:]
+        except OSError:
+            return ""
+
+    def request(self, method: str, path: str, body: Any = None,
+                raw: bytes | None = None, headers: dict | None = None) -> tuple[int, Any]:
+        conn = UnixHTTPConnection(self.socket)
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        payload = resp.read()
+        conn.close()
+        try:
+            return resp.status, json.loads(payload) if payload else None
+        except ValueError:
+            return resp.status, payload
+
+    @property
+    def client(self):  # docker.APIClient, imported lazily
+        if self._client is None:
+            import docker
+            self._client = docker.APIClient(base_url=f"unix://{self.socket}", version="auto",
+                                            timeout=60)
+        return self._client
+
+    def silo(self, *args: str, input: bytes | None = None, timeout: float = 60,
+             check: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "silobox.cli.main", *args], env=self.env,
+                              input=input, capture_output=True, timeout=timeout, check=check)
+
+    def remove_all(self) -> None:
+        try:
+            status, items = self.request("GET", "/containers/json?all=1")
+        except OSError:
+            return
+        if status != 200:
+            return
+        for c in items:
+            self.request("DELETE", f"/containers/{c['Id']}?force=1")
+
+
+def cgroup_dirs(parent: str) -> list[str]:
+    found = []
+    for h in os.listdir(HIERARCHIES):
+        top = os.path.join(HIERARCHIES, h, parent)
+        if os.path.isdir(top):
+            for dirpath, dirnames, _ in os.walk(top):
+                found += [os.path.join(dirpath, d) for d in dirnames]
+    return found
+
+
+def remove_cgroup_parent(parent: str) -> None:
+    for h in os.listdir(HIERARCHIES):
+        top = os.path.join(HIERARCHIES, h, parent)
+        if os.path.isdir(top):
+            for dirpath, dirnames, _ in sorted(os.walk(top, topdown=False), reverse=False):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+
+
+def mounts_under(path: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [l.split()[4] for l in f if l.split()[4].startswith(path)]
+
+
+def shims_of(base: str) -> list[int]:
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm.startswith("silobox-") and base.encode() in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.fixture(scope="session")
+def silod(run_id: str):
+    base = f"/tmp/sbxt-{run_id}"
+    d = Silod(base, run_id)
+    d.start()
+    try:
+        yield d
+    finally:
+        if d.proc and d.proc.poll() is not None:
+            d.start()
+        d.remove_all()
+        d.stop()
+        leftovers = cgroup_dirs(d.cgroup_parent)
+        mounts = mounts_under(base)
+        remove_cgroup_parent(d.cgroup_parent)
+        for m in reversed(mounts):
+            subprocess.run(["umount", "-l", m], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+        assert not leftovers, f"cgroups left behind: {leftovers}"
+        assert not mounts, f"mounts left behind: {mounts}"
