@@ -1,0 +1,15 @@
+"""Storage: the Linux counterpart of windowsfilter, wclayer and the container's sandbox.vhdx.
+
+One module per concern: ``db`` (the daemon's SQLite store), ``layers`` (content-addressed
+read-only layers), ``images`` (image configs and tags), ``reference`` (image name parsing),
+``sandbox`` (each container's writable layer) and ``builtin`` (the offline busybox image).
+"""
+
+from silobox.storage.db import Database
+from silobox.storage.images import Image, ImageStore
+from silobox.storage.layers import Layer, LayerStore, chain_ids
+from silobox.storage.reference import Reference, parse as parse_reference
+from silobox.storage.sandbox import Sandbox, SandboxPaths
+
+__all__ = ["Database", "Image", "ImageStore", "Layer", "LayerStore", "Reference", "Sandbox",
+           "SandboxPaths", "chain_ids", "parse_reference"]

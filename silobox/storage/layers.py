@@ -1,0 +1,633 @@
+"""The read-only layer store, the Linux counterpart of windowsfilter's layer folders.
+
+Windows keeps each image layer as ``windowsfilter\\<id>\\{Files, layerchain.json}`` and imports
+it with wclayer ``ImportLayer``. Here each layer is ``<root>/layers/<hex diff id>/`` holding
+``diff/`` (the extracted tree, usable directly as an overlay ``lowerdir``), ``layerchain.json``
+(its parent layer folders, nearest first, base last, as windowsfilter writes it) and
+``meta.json``. Layers are content addressed by their diff id (sha256 of the uncompressed tar), so
+importing the same tar twice stores it once. OCI whiteouts become overlay whiteouts as they are
+extracted, so mounting needs no conversion step.
+
+The ``diff/`` tree does not depend on the parent, so one stored layer can sit under different
+parents in different images; ``parent`` and ``layerchain.json`` record the chain it was first
+imported with, while an image's own ``rootfs.diff_ids`` decides its mount order.
+"""
+
+from __future__ import annotations
+
+import bz2
+import errno
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import stat
+import tarfile
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from silobox.atomic import atomic_write_json
+from silobox.errors import Conflict, InvalidArgument, NotFound, SystemFailure
+from silobox.storage.db import Database
+
+SCHEMA_COMPONENT = "storage.layers"
+SCHEMA: list[str] = [
+    """
+    CREATE TABLE layers (
+        diff_id  TEXT PRIMARY KEY,          -- sha256:<hex> of the uncompressed tar
+        chain_id TEXT NOT NULL,             -- OCI chain id under the recorded parent
+        parent   TEXT,                      -- diff id of the parent it was imported under
+        size     INTEGER NOT NULL,          -- bytes of regular file content in diff/
+        created  TEXT NOT NULL
+    );
+    """,
+]
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+_COPY_CHUNK = 1 << 20
+
+# Namespace of layer GUIDs (HCS names layers by a GUID derived from the folder name, NameToGuid).
+LAYER_GUID_NAMESPACE = uuid.UUID("0905ac57-030b-4f70-88f9-5ac4142019c9")
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_BZIP2_MAGIC = b"BZh"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One stored layer. ``path`` is the ``diff/`` tree, the directory given to overlay."""
+
+    diff_id: str
+    chain_id: str
+    parent: str | None
+    size: int
+    path: str
+
+    @property
+    def folder(self) -> str:
+        """The layer folder (``windowsfilter\\<id>``): ``diff/``, ``layerchain.json``, meta."""
+        return os.path.dirname(self.path)
+
+    @property
+    def guid(self) -> str:
+        """The layer's id in an HCS document (``Storage.Layers[].Id``), stable per folder name."""
+        return str(uuid.uuid5(LAYER_GUID_NAMESPACE, os.path.basename(self.folder)))
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """OCI chain ids for a stack of diff ids, base first.
+
+    ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln)).
+    """
+    out: list[str] = []
+    for diff_id in diff_ids:
+        if not out:
+            out.append(diff_id)
+        else:
+            digest = hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest()
+            out.append(f"sha256:{digest}")
+    return out
+
+
+def normalize_diff_id(diff_id: str) -> str:
+    """Accept ``sha256:<hex>`` or bare ``<hex>``; return ``sha256:<hex>``."""
+    hex_part = diff_id.removeprefix("sha256:")
+    if len(hex_part) != 64 or any(c not in "0123456789abcdef" for c in hex_part):
+        raise InvalidArgument(f"invalid layer diff id {diff_id!r}: expected sha256:<64 hex digits>",
+                              operation="storage::Layer", object_id=diff_id)
+    return f"sha256:{hex_part}"
+
+
+class LayerStore:
+    """Layers under ``<root>/layers``, their metadata in the ``layers`` table."""
+
+    def __init__(self, root: str, db: Database) -> None:
+        self.root = os.path.abspath(root)
+        self.dir = os.path.join(self.root, "layers")
+        self.db = db
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        db.migrate(SCHEMA_COMPONENT, SCHEMA)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def folder(self, diff_id: str) -> str:
+        """Where the layer with ``diff_id`` lives (whether or not it exists)."""
+        return os.path.join(self.dir, normalize_diff_id(diff_id).removeprefix("sha256:"))
+
+    def exists(self, diff_id: str) -> bool:
+        """True if the layer is recorded and its folder is present."""
+        diff_id = normalize_diff_id(diff_id)
+        row = self.db.query_one("SELECT 1 FROM layers WHERE diff_id = ?", (diff_id,))
+        return row is not None and os.path.isdir(os.path.join(self.folder(diff_id), "diff"))
+
+    def get(self, diff_id: str) -> Layer:
+        """The stored layer with ``diff_id``; NotFound if there is none."""
+        diff_id = normalize_diff_id(diff_id)
+        row = self.db.query_one("SELECT * FROM layers WHERE diff_id = ?", (diff_id,))
+        if row is None:
+            raise NotFound(f"No such layer: {diff_id}", operation="storage::Layer::Get",
+                           object_id=diff_id)
+        return self._layer(row)
+
+    def list(self) -> list[Layer]:
+        """Every stored layer, oldest first."""
+        return [self._layer(r) for r in self.db.query("SELECT * FROM layers ORDER BY created")]
+
+    def chain(self, diff_id: str) -> list[Layer]:
+        """The layer and its recorded parents, nearest first, base last."""
+        out = [self.get(diff_id)]
+        while out[-1].parent is not None:
+            if len(out) > 1000:
+                raise SystemFailure(f"layer chain of {diff_id} does not end",
+                                    operation="storage::Layer::Chain", object_id=diff_id)
+            out.append(self.get(out[-1].parent))
+        return out
+
+    # -- import --------------------------------------------------------------------------------
+
+    def add_from_tar(self, stream: BinaryIO, parent: str | None = None) -> Layer:
+        """Import a layer tar (plain, gzip, bzip2 or xz) on top of ``parent`` (wclayer ImportLayer).
+
+        The tar is hashed while it is extracted into a temporary folder under ``layers/``; the
+        folder is renamed into place only when the whole tar was valid, so a rejected tar leaves
+        nothing behind. If the same diff id is stored already, the new copy is discarded.
+        """
+        parent_layers = self.chain(parent) if parent is not None else []
+        tmp = os.path.join(self.dir, f"tmp-{uuid.uuid4().hex}")
+        try:
+            os.mkdir(tmp, 0o700)
+            diff_id, size = _extract_stream(stream, os.path.join(tmp, "diff"))
+            parent_id = parent_layers[0].diff_id if parent_layers else None
+            if self.exists(diff_id):
+                return self._with_parent(self.get(diff_id), parent_layers)
+            chain_id = chain_ids([*(l.diff_id for l in reversed(parent_layers)), diff_id])[-1]
+            layer = Layer(diff_id, chain_id, parent_id, size,
+                          os.path.join(self.folder(diff_id), "diff"))
+            atomic_write_json(os.path.join(tmp, "layerchain.json"),
+                              [l.folder for l in parent_layers])
+            atomic_write_json(os.path.join(tmp, "meta.json"),
+                              {"diff_id": diff_id, "chain_id": chain_id, "parent": parent_id,
+                               "size": size})
+            self._install(tmp, layer)
+            return self._with_parent(self.get(diff_id), parent_layers)
+        except OSError as e:
+            raise SystemFailure(f"cannot import layer: {e}", operation="storage::Layer::Import",
+                                cause=e) from e
+        finally:
+            _remove_tree(tmp)
+
+    def _install(self, tmp: str, layer: Layer) -> None:
+        """Rename the finished folder into place and record it; an unrecorded folder with the same
+        name is a leftover of an interrupted import and is replaced."""
+        final = layer.folder
+        if os.path.lexists(final):
+            _remove_tree(self._graveyard(final))
+        try:
+            os.rename(tmp, final)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            return   # a concurrent import of the same tar won the race; ours is discarded
+        self.db.execute("INSERT OR IGNORE INTO layers (diff_id, chain_id, parent, size, created)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (layer.diff_id, layer.chain_id, layer.parent, layer.size, _now()))
+
+    # -- removal -------------------------------------------------------------------------------
+
+    def remove(self, diff_id: str) -> None:
+        """Delete a layer (wclayer DestroyLayer); Conflict while an image still uses it or
+        another layer was imported on top of it (its ``layerchain.json`` names this one).
+
+        The folder is first renamed to ``rm-<hex>`` inside the transaction that deletes the
+        record, so a crash leaves either a whole layer or a folder that is plainly garbage.
+        """
+        diff_id = normalize_diff_id(diff_id)
+        folder = self.folder(diff_id)
+        with self.db.tx():
+            child = self.db.query_one("SELECT diff_id FROM layers WHERE parent = ? LIMIT 1",
+                                      (diff_id,))
+            if child is not None:
+                raise Conflict(f"conflict: unable to remove layer {diff_id}: it is the parent of "
+                               f"layer {child['diff_id']}", operation="storage::Layer::Remove",
+                               object_id=diff_id)
+            try:
+                changed = self.db.execute("DELETE FROM layers WHERE diff_id = ?", (diff_id,))
+            except Conflict as e:
+                raise Conflict(f"conflict: unable to remove layer {diff_id}: it is used by an "
+                               "image", operation="storage::Layer::Remove", object_id=diff_id,
+                               cause=e) from e
+            if not changed:
+                raise NotFound(f"No such layer: {diff_id}", operation="storage::Layer::Remove",
+                               object_id=diff_id)
+            try:
+                doomed = self._graveyard(folder) if os.path.lexists(folder) else ""
+            except OSError as e:
+                raise SystemFailure(f"cannot remove layer {diff_id}: {e}",
+                                    operation="storage::Layer::Remove", object_id=diff_id,
+                                    cause=e) from e
+        _remove_tree(doomed)
+
+    def release(self, diff_id: str) -> list[Layer]:
+        """Remove the layer if nothing uses it any more, then its recorded parents likewise;
+        returns the layers removed (none if the layer is still in use or already gone)."""
+        removed: list[Layer] = []
+        current: str | None = diff_id
+        while current is not None:
+            try:
+                layer = self.get(current)
+                self.remove(current)
+            except (NotFound, Conflict):
+                break
+            removed.append(layer)
+            current = layer.parent
+        return removed
+
+    def _graveyard(self, folder: str) -> str:
+        doomed = os.path.join(self.dir, f"rm-{os.path.basename(folder)}-{uuid.uuid4().hex[:8]}")
+        os.rename(folder, doomed)
+        return doomed
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _layer(self, row: object) -> Layer:
+        diff_id = row["diff_id"]   # type: ignore[index]
+        return Layer(diff_id, row["chain_id"], row["parent"], row["size"],   # type: ignore[index]
+                     os.path.join(self.folder(diff_id), "diff"))
+
+    @staticmethod
+    def _with_parent(layer: Layer, parent_layers: list[Layer]) -> Layer:
+        """The stored layer seen under the caller's parent (same tree, the caller's chain id)."""
+        parent_id = parent_layers[0].diff_id if parent_layers else None
+        if parent_id == layer.parent:
+            return layer
+        chain_id = chain_ids([*(l.diff_id for l in reversed(parent_layers)), layer.diff_id])[-1]
+        return Layer(layer.diff_id, chain_id, parent_id, layer.size, layer.path)
+
+
+# -- the tar stream ----------------------------------------------------------------------------
+
+
+class _Prefixed:
+    """A read-only stream that returns some already-read bytes before the rest of ``raw``."""
+
+    def __init__(self, prefix: bytes, raw: BinaryIO) -> None:
+        self._prefix = prefix
+        self._raw = raw
+
+    def read(self, size: int = -1) -> bytes:
+        if self._prefix:
+            if size < 0:
+                data, self._prefix = self._prefix + self._raw.read(), b""
+                return data
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            return data
+        return self._raw.read(size)
+
+
+class _HashingReader:
+    """Hands the uncompressed tar to tarfile while computing its sha256 (the diff id)."""
+
+    def __init__(self, raw: object) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.total = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)   # type: ignore[attr-defined]
+        self._hash.update(data)
+        self.total += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end: the diff id covers the tar's trailing blocks and padding too."""
+        while self.read(_COPY_CHUNK):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _open_layer_stream(stream: BinaryIO) -> _HashingReader:
+    """Detect the compression by magic number and return the uncompressed, hashed stream."""
+    head = b""
+    while len(head) < 6:
+        chunk = stream.read(6 - len(head))
+        if not chunk:
+            break
+        head += chunk
+    raw = _Prefixed(head, stream)
+    if head.startswith(_GZIP_MAGIC):
+        return _HashingReader(gzip.GzipFile(fileobj=raw, mode="rb"))   # type: ignore[arg-type]
+    if head.startswith(_BZIP2_MAGIC):
+        return _HashingReader(bz2.BZ2File(raw, mode="rb"))   # type: ignore[arg-type]
+    if head.startswith(_XZ_MAGIC):
+        return _HashingReader(lzma.LZMAFile(raw, mode="rb"))   # type: ignore[arg-type]
+    if head.startswith(_ZSTD_MAGIC):
+        raise InvalidArgument("invalid layer tar: zstd-compressed layers are not supported; "
+                              "decompress the layer first (zstd -d)",
+                              operation="storage::Layer::Import")
+    return _HashingReader(raw)
+
+
+def _extract_stream(stream: BinaryIO, diff_dir: str) -> tuple[str, int]:
+    """Extract the layer tar into ``diff_dir``; returns its diff id and content size."""
+    os.mkdir(diff_dir)
+    os.chmod(diff_dir, 0o755)   # whatever the daemon's umask: containers run as any user
+    reader = _open_layer_stream(stream)
+    try:
+        try:
+            size = _extract(reader, diff_dir)
+        except tarfile.ReadError:
+            if reader.total:
+                raise
+            size = 0   # an empty stream is an empty layer, as Docker reads it
+        reader.drain()
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
+        raise InvalidArgument(f"invalid layer tar: {e}", operation="storage::Layer::Import",
+                              cause=e) from e
+    except OSError as e:
+        if e.errno is None:   # decompressors report corrupt data as OSError without errno
+            raise InvalidArgument(f"invalid layer tar: {e}", operation="storage::Layer::Import",
+                                  cause=e) from e
+        raise
+    return f"sha256:{reader.hexdigest()}", size
+
+
+# -- extraction --------------------------------------------------------------------------------
+
+
+def _extract(reader: _HashingReader, dest: str) -> int:
+    """Apply every member of the tar under ``dest``; returns the bytes of file content written.
+
+    Written for untrusted input: each name must stay inside ``dest`` (no absolute names, no
+    ``..``, never through a symlink), hard links must point at entries of this layer, and no
+    symlink is ever followed. Ownership, modes (setuid included), xattrs, device numbers and
+    mtimes are kept as they are in the tar, which is why tarfile's own extraction filters are
+    not used.
+    """
+    size = 0
+    verified_dirs: set[str] = {""}
+    dir_times: list[tuple[str, int]] = []
+    with tarfile.open(fileobj=reader, mode="r|") as tar:   # type: ignore[call-overload]
+        for member in tar:
+            parts = _clean_name(member.name)
+            base = parts[-1] if parts else ""
+            parent_rel = "/".join(parts[:-1])
+            if base.startswith(WHITEOUT_PREFIX):
+                parent = _ensure_parent(dest, parts[:-1], verified_dirs)
+                _apply_whiteout(parent, base, member.name)
+                continue
+            if not parts:   # "./": the layer's root directory itself
+                _apply_metadata(dest, member)
+                dir_times.append((dest, int(member.mtime)))
+                continue
+            parent = _ensure_parent(dest, parts[:-1], verified_dirs)
+            target = os.path.join(parent, base)
+            rel = f"{parent_rel}/{base}" if parent_rel else base
+            if member.isdir():
+                _make_room(target, keep_dir=True, verified_dirs=verified_dirs, rel=rel)
+                if not os.path.isdir(target):
+                    os.mkdir(target, 0o700)
+                verified_dirs.add(rel)
+                _apply_metadata(target, member)
+                dir_times.append((target, int(member.mtime)))
+                continue
+            _make_room(target, keep_dir=False, verified_dirs=verified_dirs, rel=rel)
+            if member.isreg():
+                size += _write_file(tar, member, target)
+            elif member.issym():
+                os.symlink(member.linkname, target)
+            elif member.islnk():
+                source = os.path.join(dest, *_clean_link(member))
+                _check_link_source(dest, source, member, verified_dirs)
+                os.link(source, target, follow_symlinks=False)
+                continue   # a hard link shares its inode's metadata
+            elif member.ischr() or member.isblk():
+                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+                os.mknod(target, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+            elif member.isfifo():
+                os.mkfifo(target, 0o600)
+            else:
+                raise InvalidArgument(f"invalid layer tar: {member.name}: unsupported entry "
+                                      f"type {member.type!r}",
+                                      operation="storage::Layer::Import", object_id=member.name)
+            _apply_metadata(target, member)
+    # Creating entries changes a directory's mtime, so directory times are set last.
+    for path, mtime in reversed(dir_times):
+        os.utime(path, ns=(mtime * 10**9, mtime * 10**9), follow_symlinks=False)
+    return size
+
+
+def _clean_name(name: str) -> list[str]:
+    """Split a member name into components; refuse absolute names and ``..``."""
+    if name.startswith("/"):
+        raise InvalidArgument(f"invalid layer tar: {name}: absolute path",
+                              operation="storage::Layer::Import", object_id=name)
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidArgument(f"invalid layer tar: {name}: path escapes the layer",
+                              operation="storage::Layer::Import", object_id=name)
+    return parts
+
+
+def _clean_link(member: tarfile.TarInfo) -> list[str]:
+    """A hard link's target, which must name an entry inside the layer."""
+    if member.linkname.startswith("/"):
+        # GNU tar strips a leading slash from link targets the same way as from names.
+        raise InvalidArgument(f"invalid layer tar: {member.name}: hard link to absolute path "
+                              f"{member.linkname}", operation="storage::Layer::Import",
+                              object_id=member.name)
+    parts = [p for p in member.linkname.split("/") if p not in ("", ".")]
+    if ".." in parts or not parts:
+        raise InvalidArgument(f"invalid layer tar: {member.name}: hard link to "
+                              f"{member.linkname} points outside the layer",
+                              operation="storage::Layer::Import", object_id=member.name)
+    return parts
+
+
+def _ensure_parent(dest: str, parts: list[str], verified_dirs: set[str]) -> str:
+    """The parent directory of a member, created if the tar did not list it first.
+
+    Every existing component must be a real directory: writing through a symlink could land
+    anywhere on the host, so a tar that tries is refused.
+    """
+    path = dest
+    rel = ""
+    for part in parts:
+        path = os.path.join(path, part)
+        rel = f"{rel}/{part}" if rel else part
+        if rel in verified_dirs:
+            continue
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path)
+            os.chmod(path, 0o755)   # a directory the tar implies but does not list, as Docker
+        else:
+            if stat.S_ISLNK(st.st_mode):
+                raise InvalidArgument(f"invalid layer tar: {rel} is a symlink and an entry is "
+                                      "written through it", operation="storage::Layer::Import",
+                                      object_id=rel)
+            if not stat.S_ISDIR(st.st_mode):
+                raise InvalidArgument(f"invalid layer tar: {rel} is not a directory",
+                                      operation="storage::Layer::Import", object_id=rel)
+        verified_dirs.add(rel)
+    return path
+
+
+def _make_room(target: str, keep_dir: bool, verified_dirs: set[str], rel: str) -> None:
+    """A later entry replaces an earlier one of the same name (a directory stays a directory)."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        if keep_dir:
+            return
+        shutil.rmtree(target)
+        for known in [d for d in verified_dirs if d == rel or d.startswith(rel + "/")]:
+            verified_dirs.discard(known)
+    else:
+        os.unlink(target)
+
+
+def _check_link_source(dest: str, source: str, member: tarfile.TarInfo,
+                       verified_dirs: set[str]) -> None:
+    """A hard link source must be an existing non-directory reached without symlinks."""
+    parts = _clean_link(member)
+    _ensure_parent_exists(dest, parts[:-1], member, verified_dirs)
+    try:
+        st = os.lstat(source)
+    except FileNotFoundError:
+        raise InvalidArgument(f"invalid layer tar: {member.name}: hard link target "
+                              f"{member.linkname} is not in the layer",
+                              operation="storage::Layer::Import", object_id=member.name) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidArgument(f"invalid layer tar: {member.name}: hard link to a directory",
+                              operation="storage::Layer::Import", object_id=member.name)
+
+
+def _ensure_parent_exists(dest: str, parts: list[str], member: tarfile.TarInfo,
+                          verified_dirs: set[str]) -> None:
+    path = dest
+    rel = ""
+    for part in parts:
+        path = os.path.join(path, part)
+        rel = f"{rel}/{part}" if rel else part
+        if rel in verified_dirs:
+            continue
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            raise InvalidArgument(f"invalid layer tar: {member.name}: hard link target "
+                                  f"{member.linkname} is not in the layer",
+                                  operation="storage::Layer::Import", object_id=member.name)
+        verified_dirs.add(rel)
+
+
+def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> int:
+    src = tar.extractfile(member)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    written = 0
+    try:
+        if src is not None:
+            while chunk := src.read(_COPY_CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                    written += n
+    finally:
+        os.close(fd)
+    return written
+
+
+def _apply_whiteout(parent: str, base: str, name: str) -> None:
+    """OCI whiteouts become what overlayfs reads: a 0:0 character device for a deleted entry,
+    ``trusted.overlay.opaque=y`` for a directory whose lower contents are hidden."""
+    if base == OPAQUE_MARKER:
+        os.setxattr(parent, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+        return
+    hidden = base[len(WHITEOUT_PREFIX):]
+    if hidden.startswith(WHITEOUT_PREFIX) or hidden in ("", ".", ".."):
+        return   # other ".wh..wh." metadata entries (aufs hard-link dirs) carry nothing to apply
+    if "/" in hidden:
+        raise InvalidArgument(f"invalid layer tar: {name}: bad whiteout",
+                              operation="storage::Layer::Import", object_id=name)
+    target = os.path.join(parent, hidden)
+    if os.path.lexists(target):
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        else:
+            os.unlink(target)
+    os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+
+def _apply_metadata(path: str, member: tarfile.TarInfo) -> None:
+    """Owner, then mode (chown clears setuid bits), xattrs, then mtime — never through a link."""
+    os.chown(path, member.uid, member.gid, follow_symlinks=False)
+    if not member.issym():
+        os.chmod(path, member.mode & 0o7777)
+    for key, value in member.pax_headers.items():
+        if not key.startswith("SCHILY.xattr."):
+            continue
+        name = key[len("SCHILY.xattr."):]
+        if name.startswith("trusted.overlay."):
+            continue   # overlay metadata is ours to write; a tar must not plant redirects
+        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+        try:
+            os.setxattr(path, name, raw, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+    if not member.isdir():
+        mtime_ns = int(member.mtime * 10**9)
+        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+
+def _remove_tree(path: str) -> None:
+    """Delete a folder we own, whatever it contains (device nodes, read-only dirs)."""
+    def onerror(func: object, p: str, exc: object) -> None:
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.unlink(p)
+        except FileNotFoundError:
+            pass
+    if path and os.path.lexists(path):
+        shutil.rmtree(path, onerror=onerror)
+
+
+def _now() -> str:
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+
+
+def read_layerchain(folder: str) -> list[str]:
+    """The parent folders recorded in a layer (or sandbox) folder, nearest first."""
+    try:
+        with open(os.path.join(folder, "layerchain.json")) as f:
+            chain = json.load(f)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise SystemFailure(f"cannot read {folder}/layerchain.json: {e}",
+                            operation="storage::Layer::Chain", object_id=folder, cause=e) from e
+    if not isinstance(chain, list) or not all(isinstance(p, str) for p in chain):
+        raise SystemFailure(f"{folder}/layerchain.json is not a list of paths",
+                            operation="storage::Layer::Chain", object_id=folder)
+    return chain
