@@ -84,6 +84,7 @@ class ComputeSystem:
         self._exited = asyncio.Event()
         self._monitor: asyncio.Task | None = None
         self._stopping: str | None = None
+        self._starting = False
         self._lock = asyncio.Lock()
 
     # ----- state machine ------------------------------------------------------------------
@@ -140,9 +141,11 @@ class ComputeSystem:
             self._stopping = None
             self._monitor = asyncio.get_running_loop().create_task(self._watch())
             if before_release is not None:
+                self._starting = True
                 try:
                     await before_release(self.shim)
                 finally:
+                    self._starting = False
                     result = await self.shim.request({"op": "start"})
             else:
                 result = report
@@ -326,7 +329,8 @@ class ComputeSystem:
             self.job.set_limits(limits)
 
     async def attach(self, stdin: bool) -> ShimStream:
-        self._require("attach", State.RUNNING, State.PAUSED)
+        if not (self.pid and self._starting):   # between shim ready and release, attach is how
+            self._require("attach", State.RUNNING, State.PAUSED)   # clients get all output
         res, stream = await self.shim.stream({"op": "attach", "stdin": stdin})
         if not res.get("ok"):
             await stream.close()

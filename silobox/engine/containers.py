@@ -133,6 +133,7 @@ class ContainerService:
         capabilities.resolve_capabilities(hc.get("CapAdd") or [], hc.get("CapDrop") or [],
                                           bool(hc.get("Privileged")))
         ulimits = S.parse_ulimits(hc.get("Ulimits") or [])
+        mounts = S.parse_binds(hc.get("Binds"))
         if hc.get("Init") and not os.path.exists(self.config.init_binary):
             raise InvalidArgument(f"--init needs {self.config.init_binary}: "
                                   "apt-get install tini")
@@ -190,7 +191,7 @@ class ContainerService:
             "ExecIDs": None, "HostConfig": host_config,
             "GraphDriver": {"Name": "windowsfilter",
                             "Data": {"dir": os.path.join(cdir, "sandbox")}},
-            "Mounts": [], "Config": config,
+            "Mounts": mounts, "Config": config,
             "NetworkSettings": {"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {},
                                 "Networks": {"none": {"NetworkID": "", "EndpointID": "",
                                                       "Gateway": "", "IPAddress": "",
@@ -250,14 +251,14 @@ class ContainerService:
     def _document(self, c: Container) -> dict[str, Any]:
         image = self.images.resolve(c.data["Image"])
         hc = c.host_config
-        diff_ids = list(reversed(image.config.get("rootfs", {}).get("diff_ids", [])))
-        lowers = image.lower_dirs()
         sec = c.data["Silobox"]["Security"]
         mapped = [
             {"HostPath": c.data["HostnamePath"], "ContainerPath": "/etc/hostname"},
             {"HostPath": c.data["HostsPath"], "ContainerPath": "/etc/hosts"},
             {"HostPath": c.data["ResolvConfPath"], "ContainerPath": "/etc/resolv.conf"},
         ]
+        mapped += [{"HostPath": m["Source"], "ContainerPath": m["Destination"],
+                    "ReadOnly": not m["RW"]} for m in c.data.get("Mounts") or []]
         if hc.get("Init"):
             mapped.append({"HostPath": self.config.init_binary,
                            "ContainerPath": "/sbin/docker-init", "ReadOnly": True})
@@ -267,7 +268,7 @@ class ContainerService:
             "ShouldTerminateOnLastHandleClosed": False,
             "Container": {
                 "GuestOs": {"HostName": c.config["Hostname"]},
-                "Storage": {"Layers": [{"Id": i, "Path": p} for i, p in zip(diff_ids, lowers)],
+                "Storage": {"Layers": image.storage_layers(),
                             "Path": self.sandbox_for(c.id).path},
                 "MappedDirectories": mapped,
                 "Memory": {"SizeInMB": (res.get("memory") or 0) // 2**20},
@@ -609,7 +610,7 @@ class ContainerService:
             "Status": self._status_text(c),
             "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "none")},
             "NetworkSettings": {"Networks": c.data["NetworkSettings"]["Networks"]},
-            "Mounts": [],
+            "Mounts": c.data.get("Mounts") or [],
         }
         if size:
             d["SizeRw"] = self.sandbox_for(c.id).used_bytes()

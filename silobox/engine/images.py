@@ -17,18 +17,12 @@ class ImageService:
         from silobox.storage.builtin import ensure_builtin_image
         try:
             return self.images.resolve(ref)
-        except NotFound:
-            pass
-        image = await asyncio.get_running_loop().run_in_executor(
-            None, ensure_builtin_image, self.images, ref)
-        if image is None:
-            from silobox.storage.reference import parse_reference
-            try:
-                shown = str(parse_reference(ref))
-            except Exception:
-                shown = ref
-            raise NotFound(f"No such image: {shown}", object_id=ref)
-        return image
+        except NotFound as missing:
+            image = await asyncio.get_running_loop().run_in_executor(
+                None, ensure_builtin_image, self.images, ref)
+            if image is None:
+                raise missing
+            return image
 
     def sandbox_for(self, cid: str) -> Any:
         from silobox.storage.sandbox import Sandbox

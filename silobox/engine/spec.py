@@ -224,6 +224,31 @@ def parse_ulimits(items: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def parse_binds(binds: list[str] | None) -> list[dict[str, Any]]:
+    """``-v /host:/ctr[:ro|rw]`` → mount records; host directories are created as Docker does."""
+    out = []
+    for b in binds or []:
+        parts = b.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise InvalidArgument(f"invalid volume specification: '{b}'")
+        src, dst = parts[0], parts[1]
+        mode = parts[2] if len(parts) == 3 else ""
+        if not src.startswith("/"):
+            raise InvalidArgument(f"invalid volume specification: '{b}': named volumes are "
+                                  "handled by the volume service, which this daemon lacks")
+        if not dst.startswith("/") or dst == "/":
+            raise InvalidArgument(f"invalid volume specification: '{b}': mount path must be "
+                                  "absolute and not /")
+        opts = [o for o in mode.split(",") if o]
+        if any(o not in ("ro", "rw", "z", "Z", "private", "rprivate") for o in opts):
+            raise InvalidArgument(f"invalid mode: {mode}")
+        if not os.path.exists(src):
+            os.makedirs(src, 0o755, exist_ok=True)
+        out.append({"Type": "bind", "Source": src, "Destination": dst, "Mode": mode,
+                    "RW": "ro" not in opts, "Propagation": "rprivate"})
+    return out
+
+
 def merge_env(image_env: list[str], env: list[str]) -> list[str]:
     merged: dict[str, str] = {}
     order: list[str] = []

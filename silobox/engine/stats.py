@@ -18,6 +18,12 @@ def _system_cpu_ns() -> int:
     return sum(int(p) for p in parts) * 10**9 // os.sysconf("SC_CLK_TCK")
 
 
+def _mem_total() -> int:
+    """Docker reports the host's RAM as the limit of an unlimited container."""
+    with open("/proc/meminfo") as f:
+        return int(f.readline().split()[1]) * 1024
+
+
 class StatsService:
     config: Any
 
@@ -53,7 +59,7 @@ class StatsService:
                 "cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
                 "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0}},
             memory_stats={"usage": st.memory_usage, "max_usage": st.memory_max_usage,
-                          "limit": st.memory_limit, "stats": mem_stats},
+                          "limit": st.memory_limit or _mem_total(), "stats": mem_stats},
             pids_stats={"current": st.pids_current,
                         **({"limit": st.pids_limit} if st.pids_limit else {})},
             blkio_stats={
