@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import resource
+import signal
 import socket
 import struct
 import termios
@@ -117,6 +118,23 @@ def _console(console_fd: int, size: tuple[int, int] | None, bind_console: bool) 
     return slave
 
 
+def _default_signals() -> None:
+    """Hand the process clean signal state: the shim ignores TERM/INT/HUP/PIPE and Python
+    ignores PIPE/XFSZ, and ignored dispositions survive exec (a shell could not even trap them)."""
+    try:
+        signal.set_wakeup_fd(-1)
+    except (ValueError, OSError):
+        pass
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def _join_job(procs_files: list[str]) -> None:
     for path in procs_files:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -171,11 +189,17 @@ def _sandbox(proc: ProcessSpec, seccomp_done: bool) -> None:
                     if e.errno != errno.EINVAL:
                         raise
         libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
-        libc.capset(proc.capabilities, proc.capabilities, 0)
         stage = "user"
+        # Keep the permitted set across setuid so the capability step below still works; a
+        # non-root user then ends with empty sets, as on Docker.
+        libc.prctl(libc.PR_SET_KEEPCAPS, 1)
         os.setgroups(proc.groups)
         os.setgid(proc.gid)
         os.setuid(proc.uid)
+        libc.prctl(libc.PR_SET_KEEPCAPS, 0)
+        stage = "capabilities"
+        caps = proc.capabilities if proc.uid == 0 else 0
+        libc.capset(caps, caps, 0)
         stage = "cwd"
         os.chdir(proc.cwd)
         os.umask(proc.umask)
@@ -230,6 +254,8 @@ def child_init(silo: SiloSpec, proc: ProcessSpec, procs_files: list[str], sync_f
         try:
             for fd in close_fds:
                 os.close(fd)
+            stage = "signals"
+            _default_signals()
             if stdio is not None:
                 stage = "stdio"
                 _stdio(stdio, False)
@@ -268,6 +294,8 @@ def child_exec(init_pid: int, ns_fds: list[tuple[int, int]], root_fd: int, proc:
         try:
             for fd in close_fds:
                 os.close(fd)
+            stage = "signals"
+            _default_signals()
             if stdio is not None:
                 stage = "stdio"
                 _stdio(stdio, False)
