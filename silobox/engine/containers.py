@@ -768,6 +768,27 @@ class ContainerService:
                 self._save(c)
             else:
                 await self._on_exit(system)
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Reconcile the host with the store: job objects and shim state nobody owns go."""
+        from silobox.kernel.jobobject import JobObject, list_job_objects
+        live = {cid for cid, s in self.compute.systems.items()
+                if s.state in (State.RUNNING, State.PAUSED)}
+        for name in list_job_objects(self.config.cgroup_parent):
+            if name in live:
+                continue
+            job = JobObject(name, self.config.cgroup_parent)
+            job.kill_all()
+            job.wait_empty(5.0)
+            job.delete()
+        try:
+            entries = os.listdir(self.config.compute_dir)
+        except FileNotFoundError:
+            entries = []
+        for name in entries:
+            if name not in live:
+                shutil.rmtree(os.path.join(self.config.compute_dir, name), ignore_errors=True)
 
 
 def human_duration(seconds: float) -> str:

@@ -87,9 +87,15 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.makedirs(config.exec_root, mode=0o711, exist_ok=True)
     os.makedirs(os.path.dirname(config.socket) or "/", mode=0o711, exist_ok=True)
-    pid_fd = _lock_pidfile(config.pid_file)
     from silobox.compute.spawner import Spawner
+    # The spawner first: shims are its forks, and a shim must not inherit the pid-file lock
+    # (it would outlive a killed silod and block the next one).
     spawner = Spawner.fork()
+    try:
+        pid_fd = _lock_pidfile(config.pid_file)
+    except SystemExit:
+        spawner.close()
+        raise
     import asyncio
     try:
         asyncio.run(_serve(config, spawner))
