@@ -1,0 +1,175 @@
+"""Shared plumbing of the ``silo`` commands: invocation context, argument parser, exit statuses.
+
+Each command is a function ``(ctx, argv) -> int`` that builds only its own parser, so a ``silo
+run`` never pays for the option tables of forty other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
+    from typing import Any, Callable, Iterable, NoReturn
+
+from silobox.cli.client import APIError, Client, ConnectError
+
+
+class UsageError(Exception):
+    """Bad flags or arguments: docker exits 125 and points at ``--help``."""
+
+
+class StatusError(Exception):
+    """End the command with this exit status, printing ``message`` (if any) to stderr."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Context:
+    """What every command needs: the API client, the program name and the command path."""
+
+    def __init__(self, host: str, debug: bool, prog: str = "silo") -> None:
+        self.host = host
+        self.debug = debug
+        self.prog = prog
+        self.cmd_path = prog
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.host, debug=self.debug)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    @staticmethod
+    def out(text: str) -> None:
+        sys.stdout.write(text)
+
+    @staticmethod
+    def err(text: str) -> None:
+        sys.stderr.write(text)
+
+
+def _translate(message: str, prog: str) -> str:
+    """argparse's wording → docker's (cobra/pflag) wording."""
+    if message.startswith("unrecognized arguments: "):
+        arg = message.split(": ", 1)[1].split(" ")[0]
+        return f"unknown flag: {arg}" if arg.startswith("-") else \
+            f'"{prog}" accepts no argument(s): {arg}'
+    if message.startswith("the following arguments are required"):
+        return f'"{prog}" requires at least 1 argument.'
+    if message.startswith("argument ") and ": expected one argument" in message:
+        flag = message[len("argument "):].split(":")[0].split("/")[-1]
+        return f"flag needs an argument: {flag}"
+    if message.startswith("argument ") and ": invalid " in message:
+        flag, _, rest = message[len("argument "):].partition(": ")
+        return f'invalid argument for "{flag}" flag: {rest}'
+    return message
+
+
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    """An explicit width spares argparse importing shutil on every add_argument."""
+    try:
+        width = max(40, min(os.get_terminal_size(1).columns, 120)) - 2
+    except OSError:
+        width = 78
+    return argparse.HelpFormatter(prog, max_help_position=32, width=width)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` with docker's wording instead of exiting 2."""
+
+    def __init__(self, prog: str, usage: str, description: str, help_short: bool = True) -> None:
+        super().__init__(prog=prog, usage=f"{prog} {usage}", description=description,
+                         add_help=False, allow_abbrev=False,
+                         formatter_class=_help_formatter)
+        flags = ("-h", "--help") if help_short else ("--help",)
+        self.add_argument(*flags, action="help", help="Print usage")
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(_translate(message, self.prog))
+
+
+def parser(ctx: Context, name: str, usage: str, description: str,
+           help_short: bool = True) -> CommandParser:
+    """A parser for ``<cmd_path>``; also records the command path for error hints."""
+    return CommandParser(ctx.cmd_path, usage, description, help_short=help_short)
+
+
+def parse(p: CommandParser, argv: list[str], intermixed: bool = True) -> argparse.Namespace:
+    """Parse allowing flags after positionals (``rm c1 -f``), as docker's commands do."""
+    if intermixed:
+        return p.parse_intermixed_args(argv)
+    return p.parse_args(argv)
+
+
+def for_each(ctx: Context, names: Iterable[str], action: Callable[[Client, str], Any],
+             echo: bool = True) -> int:
+    """Apply an action to several objects in parallel, reporting in argument order.
+
+    Like docker: print each name that succeeded, each error on stderr, exit 1 if any failed.
+    Removing twenty containers at once is a common call, so they go out concurrently.
+    """
+    names = list(names)
+    results: list[Any] = [None] * len(names)
+    if len(names) <= 1:
+        for i, n in enumerate(names):
+            results[i] = _attempt(action, ctx.client, n)
+    else:
+        import threading
+
+        gate = threading.BoundedSemaphore(16)
+
+        def worker(i: int, n: str) -> None:
+            with gate:
+                c = Client(ctx.host, debug=ctx.debug)
+                try:
+                    results[i] = _attempt(action, c, n)
+                finally:
+                    c.close()
+
+        # one request first: it starts silod if needed, so workers do not race to start it
+        results[0] = _attempt(action, ctx.client, names[0])
+        threads = [threading.Thread(target=worker, args=(i, n))
+                   for i, n in enumerate(names) if i > 0]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    failed = False
+    for n, r in zip(names, results):
+        if isinstance(r, BaseException):
+            failed = True
+            sys.stderr.write(f"{r}\n")
+        elif echo:
+            sys.stdout.write(f"{r if isinstance(r, str) else n}\n")
+    return 1 if failed else 0
+
+
+def _attempt(action: Callable[[Client, str], Any], client: Client, name: str) -> Any:
+    try:
+        r = action(client, name)
+        return name if r is None else r
+    except (APIError, ConnectError) as e:
+        return e
+
+
+def short_id(value: str) -> str:
+    """``sha256:0123…`` or a 64-hex id → its 12-character short form."""
+    if value.startswith("sha256:"):
+        value = value[len("sha256:"):]
+    return value[:12]
+
+
+def load_json(data: bytes | str) -> Any:
+    import json
+
+    return json.loads(data)

@@ -1,0 +1,179 @@
+"""``version`` and ``info``, laid out like docker's so habits and scripts carry over."""
+
+from __future__ import annotations
+
+import os
+import sys
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
+    from typing import Any
+
+from silobox.cli import formatter, units
+from silobox.cli.client import APIError, ConnectError
+from silobox.cli.commands import Context, StatusError, parse, parser
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}
+
+
+def client_version() -> dict[str, Any]:
+    from silobox import API_VERSION, __version__
+
+    return {
+        "Platform": {"Name": ""},
+        "Version": __version__,
+        "ApiVersion": API_VERSION,
+        "DefaultAPIVersion": API_VERSION,
+        "PythonVersion": sys.version.split()[0],
+        "GitCommit": "",
+        "BuildTime": "",
+        "Os": sys.platform,
+        "Arch": _ARCH.get(os.uname().machine, os.uname().machine),
+        "Context": "default",
+    }
+
+
+def _client_lines(c: dict[str, Any]) -> list[str]:
+    lines = ["Client:" + (f" {c['Platform']['Name']}" if c["Platform"]["Name"] else "")]
+    lines += [f" Version:\t{c['Version']}",
+              f" API version:\t{c['ApiVersion']}",
+              f" Python version:\t{c['PythonVersion']}",
+              f" OS/Arch:\t{c['Os']}/{c['Arch']}",
+              f" Context:\t{c['Context']}"]
+    return lines
+
+
+def _server_lines(s: dict[str, Any]) -> list[str]:
+    name = (s.get("Platform") or {}).get("Name") or ""
+    lines = ["", "Server:" + (f" {name}" if name else "")]
+    components = s.get("Components") or [{
+        "Name": "Engine", "Version": s.get("Version", ""),
+        "Details": {"ApiVersion": s.get("ApiVersion", ""),
+                    "MinAPIVersion": s.get("MinAPIVersion", ""),
+                    "GitCommit": s.get("GitCommit", ""), "GoVersion": s.get("GoVersion", ""),
+                    "Os": s.get("Os", ""), "Arch": s.get("Arch", ""),
+                    "BuildTime": s.get("BuildTime", ""),
+                    "KernelVersion": s.get("KernelVersion", ""),
+                    "Experimental": str(s.get("Experimental", False)).lower()}}]
+    for comp in components:
+        d = comp.get("Details") or {}
+        lines.append(f" {comp.get('Name', '')}:")
+        if comp.get("Name") == "Engine":
+            lines.append(f"  Version:\t{comp.get('Version', '')}")
+            api = d.get("ApiVersion") or s.get("ApiVersion", "")
+            minimum = d.get("MinAPIVersion") or s.get("MinAPIVersion", "")
+            lines.append(f"  API version:\t{api} (minimum version {minimum})")
+            runtime = str(d.get("GoVersion") or "")
+            if runtime.startswith("python"):
+                lines.append(f"  Python version:\t{runtime[len('python'):]}")
+            elif runtime:
+                lines.append(f"  Go version:\t{runtime}")
+            lines.append(f"  Git commit:\t{d.get('GitCommit', '')}")
+            lines.append(f"  Built:\t{d.get('BuildTime', '')}")
+            lines.append(f"  OS/Arch:\t{d.get('Os', '')}/{d.get('Arch', '')}")
+            lines.append(f"  Experimental:\t{d.get('Experimental', 'false')}")
+        else:
+            lines.append(f"  Version:\t{comp.get('Version', '')}")
+            for key in sorted(d):
+                lines.append(f"  {key}:\t{d[key]}")
+    return lines
+
+
+def version(ctx: Context, argv: list[str]) -> int:
+    """``silo version``: client and server versions (docker's layout)."""
+    p = parser(ctx, "version", "[OPTIONS]", "Show the silobox version information")
+    p.add_argument("-f", "--format", metavar="string",
+                   help="Format output using a custom template")
+    ns = parse(p, argv)
+    client = client_version()
+    server: dict[str, Any] | None = None
+    error: BaseException | None = None
+    try:
+        server = ctx.client.get("/version")
+    except (APIError, ConnectError) as e:
+        error = e
+    if ns.format:
+        doc = {"Client": client, "Server": server}
+        text = formatter.go_json(doc) + "\n" if ns.format == "json" else \
+            formatter.render_one(ns.format, doc)
+        ctx.out(text)
+    else:
+        lines = _client_lines(client)
+        if server is not None:
+            lines += _server_lines(server)
+        ctx.out(formatter.tabwrite("\n".join(lines) + "\n", minwidth=20, padding=1))
+    if error is not None:
+        raise StatusError(1, str(error))
+    return 0
+
+
+def _security_lines(opts: list[str]) -> list[str]:
+    lines = [" Security Options:"]
+    for opt in opts:
+        fields = dict(kv.partition("=")[::2] for kv in opt.split(","))
+        if "name" not in fields:
+            lines.append(f"  {opt}")
+            continue
+        lines.append(f"  {fields.pop('name')}")
+        for k, v in fields.items():
+            lines.append(f"   {k[:1].upper() + k[1:]}: {v}")
+    return lines
+
+
+def info(ctx: Context, argv: list[str]) -> int:
+    """``silo info``: the daemon's system-wide information (docker's layout)."""
+    p = parser(ctx, "info", "[OPTIONS]", "Display system-wide information")
+    p.add_argument("-f", "--format", metavar="string",
+                   help="Format output using a custom template")
+    ns = parse(p, argv)
+    from silobox import __version__
+
+    doc = ctx.client.get("/info") or {}
+    if ns.format:
+        full = dict(doc)
+        full["ClientInfo"] = {"Version": __version__, "Context": "default",
+                              "Debug": ctx.debug}
+        ctx.out(formatter.go_json(full) + "\n" if ns.format == "json"
+                else formatter.render_one(ns.format, full))
+        return 0
+    out = ["Client:", f" Version:    {__version__}", " Context:    default",
+           f" Debug Mode: {str(ctx.debug).lower()}", "", "Server:"]
+
+    def add(label: str, key: str, indent: int = 1) -> None:
+        if key in doc and doc[key] not in (None, ""):
+            value = doc[key]
+            if isinstance(value, bool):
+                value = str(value).lower()
+            out.append(f"{' ' * indent}{label}: {value}")
+
+    add("Containers", "Containers")
+    add("Running", "ContainersRunning", 2)
+    add("Paused", "ContainersPaused", 2)
+    add("Stopped", "ContainersStopped", 2)
+    add("Images", "Images")
+    add("Server Version", "ServerVersion")
+    add("Storage Driver", "Driver")
+    for k, v in doc.get("DriverStatus") or []:
+        out.append(f"  {k}: {v}")
+    add("Logging Driver", "LoggingDriver")
+    add("Cgroup Driver", "CgroupDriver")
+    add("Cgroup Version", "CgroupVersion")
+    add("Default Isolation", "Isolation")
+    if doc.get("SecurityOptions"):
+        out += _security_lines(doc["SecurityOptions"])
+    add("Kernel Version", "KernelVersion")
+    add("Operating System", "OperatingSystem")
+    add("OSType", "OSType")
+    add("Architecture", "Architecture")
+    add("CPUs", "NCPU")
+    if doc.get("MemTotal"):
+        out.append(f" Total Memory: {units.bytes_size(doc['MemTotal'])}")
+    add("Name", "Name")
+    add("ID", "ID")
+    add("Docker Root Dir", "DockerRootDir")
+    add("Debug Mode", "Debug")
+    add("Experimental", "ExperimentalBuild")
+    add("Live Restore Enabled", "LiveRestoreEnabled")
+    ctx.out("\n".join(out) + "\n")
+    for w in doc.get("Warnings") or []:
+        ctx.err(f"{w}\n" if w.startswith("WARNING") else f"WARNING: {w}\n")
+    return 0
