@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import json
 import os
 import selectors
@@ -698,6 +699,10 @@ def _recv_master(sock: socket.socket) -> int:
 def run_shim(cfg: dict, report_fd: int) -> None:
     """Entry point inside the forked shim process; never returns."""
     code = 0
+    # Every page the shim writes stops being shared with the spawner and its sibling shims; the
+    # collector would write to every object it scans, so it stays off (the shim makes no cycles
+    # that matter: a few per connection, freed when the shim exits).
+    gc.disable()
     try:
         report = socket.socket(fileno=report_fd)
         Shim(cfg, report).run()

@@ -42,7 +42,7 @@ class Silod:
         self.root = os.path.join(base, "root")
         self.exec_root = os.path.join(base, "run")
         self.socket = os.path.join(self.exec_root, "silod.sock")
-        self.cgroup_parent = f"silobox/t{run_id}"
+        self.cgroup_parent = f"silobox/i{run_id}"
         self.env = {**os.environ, "SILOBOX_HOST": f"unix://{self.socket}"}
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(base, "silod.log")
