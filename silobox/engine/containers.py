@@ -19,6 +19,7 @@ from silobox.atomic import atomic_write
 from silobox.compute.schema import ProcessParameters
 from silobox.compute.system import ComputeSystem, StartError, State
 from silobox.engine import spec as S
+from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
 from silobox.timeutil import ZERO_TIME, now_iso, parse_iso
@@ -79,6 +80,7 @@ class ContainerService:
         self._exit_waiters: dict[str, list[asyncio.Future]] = {}
         self._removed_waiters: dict[str, list[asyncio.Future]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.container_hooks: list[ContainerHook] = []
         import json
         for row in self.db.query("SELECT data FROM containers"):
             c = Container(json.loads(row["data"]))
@@ -201,8 +203,12 @@ class ContainerService:
                 "NoNewPrivileges": sec["no_new_privileges"]}},
         }
         c = Container(data)
-        os.makedirs(cdir, mode=0o710, exist_ok=True)
+        done: list[ContainerHook] = []
         try:
+            for hook in self.container_hooks:
+                hook.on_create(c, body)
+                done.append(hook)
+            os.makedirs(cdir, mode=0o710, exist_ok=True)
             self._write_etc_files(c)
             self.sandbox_for(cid).create()
             self._check_name_free(name)
@@ -210,6 +216,8 @@ class ContainerService:
             self._save(c)
         except BaseException:
             self.containers.pop(cid, None)
+            for hook in reversed(done):
+                hook.undo_create(c)
             self.sandbox_for(cid).remove()
             shutil.rmtree(cdir, ignore_errors=True)
             raise
@@ -313,7 +321,15 @@ class ContainerService:
         if c.state["Status"] == "removing":
             raise Conflict(f"container {c.id[:12]} is marked for removal and cannot be started")
         self.compute.close_system(c.id)
-        system = self.compute.create(c.id, self._document(c))
+        document = self._document(c)
+        try:
+            for hook in self.container_hooks:
+                await hook.on_start(c, document)
+            system = self.compute.create(c.id, document)
+        except BaseException:
+            for hook in self.container_hooks:
+                await hook.on_stop(c)
+            raise
         system.on_exit.append(self._on_exit)
         pending = self._pending_attach.pop(c.id, [])
 
@@ -332,11 +348,15 @@ class ContainerService:
             for sess in pending:
                 sess.finish()
             self.compute.close_system(c.id)
+            for hook in self.container_hooks:
+                await hook.on_stop(c)
             raise
         except BaseException:
             for sess in pending:
                 sess.finish()
             self.compute.close_system(c.id)
+            for hook in self.container_hooks:
+                await hook.on_stop(c)
             raise
         c.state.update(Status="running", Running=True, Paused=False, Pid=system.pid,
                        ExitCode=0, Error="", OOMKilled=False, StartedAt=system.started_at,
@@ -353,6 +373,8 @@ class ContainerService:
                        ExitCode=ex.exit_code, OOMKilled=ex.oom_killed, FinishedAt=ex.finished_at,
                        Error=ex.error)
         self._save(c)
+        for hook in self.container_hooks:
+            await hook.on_stop(c)
         if ex.oom_killed:
             self.emit_event("container", "oom", c)
         self.emit_event("container", "die", c, {"exitCode": str(ex.exit_code)})
@@ -455,6 +477,8 @@ class ContainerService:
                 await system.terminate()
                 await self._settled(c)
             self.compute.close_system(c.id)
+            for hook in self.container_hooks:
+                await hook.on_remove(c)
             self.sandbox_for(c.id).remove()
             shutil.rmtree(self._container_dir(c.id), ignore_errors=True)
             with self.db.tx():
@@ -531,6 +555,8 @@ class ContainerService:
         if size:
             out["SizeRw"] = self.sandbox_for(c.id).used_bytes()
             out["SizeRootFs"] = out["SizeRw"]
+        for hook in self.container_hooks:
+            hook.on_inspect(c, out)
         return out
 
     def _status_text(self, c: Container) -> str:
@@ -766,6 +792,8 @@ class ContainerService:
                                Status="paused" if system.state == State.PAUSED else "running",
                                Paused=system.state == State.PAUSED)
                 self._save(c)
+                for hook in self.container_hooks:
+                    await hook.on_recover(c)
             else:
                 await self._on_exit(system)
         self._remove_orphans()
