@@ -7,6 +7,8 @@ Engines take turns in each round so background noise hits them alike. Timings us
 (-N, no shell); the start20 test and the shim memory use this script's own clock and /proc.
 
     bench/compare.py [--runs 10] [--rounds 2] [--only run,exec,start20,mem,cli] [--no-podman]
+
+SILO=/path/to/silo and SILOBOX_HOST=unix:///path choose the silobox client and daemon.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import tempfile
 import time
 
-SILO = shutil.which("silo") or "/usr/local/bin/silo"
+SILO = os.environ.get("SILO") or shutil.which("silo") or "/usr/local/bin/silo"
 DOCKER = "/usr/bin/docker"
 PODMAN = "/usr/bin/podman"
 ANCHOR = "unix:///run/docker-anchor.sock"

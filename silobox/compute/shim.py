@@ -31,7 +31,8 @@ from silobox.atomic import atomic_write_json
 from silobox.timeutil import now_iso as rfc3339
 from silobox.kernel import libc
 from silobox.kernel.silo import SiloSpec
-from silobox.kernel.spawn import ProcessSpec, child_exec, child_init, read_messages
+from silobox.kernel.spawn import (ProcessSpec, child_exec, child_init, child_pooled,
+                                  read_messages)
 
 STDOUT, STDERR, EXIT = 1, 2, 3
 _FRAME = struct.Struct(">BxxxI")
@@ -125,31 +126,33 @@ class Shim:
             pass
 
     def _create_init(self) -> None:
+        """Cold start: make the stdio, fork the init and let it join the job object itself."""
         cfg = self.cfg
+        if cfg.get("pool"):
+            # silod asked for a warm shim and the pool was empty: make the job object here.
+            from silobox.kernel.jobobject import JobLimits, JobObject
+            JobObject(cfg["job"]["name"], cfg["job"]["parent"]).create(
+                JobLimits(**cfg.get("limits", {})))
         proc = ProcessSpec.from_dict(cfg["process"])
         silo = SiloSpec.from_dict(cfg["silo"])
         child_close: list[int] = []
         parent_close: list[int] = []
         console_size = tuple(cfg.get("console_size") or (24, 80))
         con_parent = con_child = None
+        out: dict[int, int] = {}
+        stdin_fd: int | None = None
+        stdio: tuple[int, int, int] | None = None
         if proc.tty:
             con_parent, con_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            stdio: tuple[int, int, int] | None = None
             child_close.append(con_parent.fileno())
-            parent_close.append(con_child.fileno())
-            out: dict[int, int] = {}
-            stdin_fd: int | None = None
         else:
             if cfg.get("open_stdin"):
                 in_r, in_w = os.pipe2(os.O_CLOEXEC)
                 os.set_blocking(in_w, False)
                 stdin_fd = in_w
                 child_close.append(in_w)
-                parent_close.append(in_r)
             else:
                 in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-                stdin_fd = None
-                parent_close.append(in_r)
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             for fd in (out_r, err_r):
@@ -157,7 +160,7 @@ class Shim:
             stdio = (in_r, out_w, err_w)
             out = {out_r: STDOUT, err_r: STDERR}
             child_close += [out_r, err_r]
-            parent_close += [out_w, err_w]
+            parent_close += [in_r, out_w, err_w]
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         child_close += [sync_r, start_w, self.wake_r, self.wake_w, self.report.fileno()]
@@ -165,13 +168,17 @@ class Shim:
         if pid == 0:
             child_init(silo, proc, cfg["procs_files"], sync_w, start_r, stdio, child_close,
                        con_child.fileno() if con_child else None, console_size)  # type: ignore[arg-type]
-        for fd in [sync_w, start_r]:
+        for fd in parent_close + [sync_w, start_r]:
             os.close(fd)
         if con_child is not None:
             con_child.close()
-        else:
-            for fd in parent_close:
-                os.close(fd)
+        self._adopt_init(pid, proc, silo, out, stdin_fd, con_parent, sync_r, start_w)
+
+    def _adopt_init(self, pid: int, proc: ProcessSpec, silo: SiloSpec, out: dict[int, int],
+                    stdin_fd: int | None, con_parent: socket.socket | None, sync_r: int,
+                    start_w: int) -> None:
+        """Wait for the init to park before exec, then open for business and report ready."""
+        cfg = self.cfg
         msgs = read_messages(sync_r)
         last = msgs[-1] if msgs else {"t": "error", "stage": "init", "errno": 0,
                                       "msg": "container init exited before it was ready"}
@@ -222,6 +229,94 @@ class Shim:
         else:
             self._report({"t": "ready", "pid": pid, "shim_pid": os.getpid()})
         self.report.close()
+
+    # ----- the warm pool --------------------------------------------------------------------
+    def run_pooled(self, spawner: socket.socket, parent: str) -> None:
+        """A warm shim: everything up to the parked init is done before any container asks.
+
+        The init is forked and joined to a pool job object now; when the spawner hands over a
+        container's configuration, the job object is renamed to the container's id (cgroupfs
+        keeps the members), given its limits, and the init continues with the silo.
+        """
+        from silobox.kernel.jobobject import JobLimits, JobObject
+        os.setsid()
+        libc.set_process_name("silobox-shim")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_IGN)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        libc.unshare(libc.CLONE_NEWPID)
+        pool_job = JobObject(f"pool-{os.getpid()}-{os.urandom(4).hex()}", parent)
+        pool_job.create(JobLimits())
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        con_parent, con_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cfg_r, cfg_w = os.pipe2(os.O_CLOEXEC)
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        start_r, start_w = os.pipe2(os.O_CLOEXEC)
+        ours = [in_w, out_r, err_r, con_parent.fileno(), cfg_w, sync_r, start_w, self.wake_r,
+                self.wake_w, spawner.fileno()]
+        pid = os.fork()
+        if pid == 0:
+            child_pooled(pool_job.procs_files(), cfg_r, sync_w, start_r, (in_r, out_w, err_w),
+                         con_child.fileno(), ours)
+        for fd in (in_r, out_w, err_w, cfg_r, sync_w, start_r):
+            os.close(fd)
+        con_child.close()
+        try:
+            msg, fds, _f, _a = socket.recv_fds(spawner, 1 << 20, 4)
+        except OSError:
+            msg, fds = b"", []
+        spawner.close()
+        if not msg or not fds:
+            # Drained: the parked init sees EOF on its configuration and exits.
+            os.close(cfg_w)
+            os.waitpid(pid, 0)
+            pool_job.delete()
+            os._exit(0)
+        self.cfg = cfg = json.loads(msg)
+        self.id = cfg["id"]
+        self.state_dir = cfg["state_dir"]
+        self.report = socket.socket(fileno=fds[0])
+        try:
+            job = pool_job.rename(cfg["job"]["name"])
+            job.set_limits(JobLimits(**cfg.get("limits", {})))
+            proc = ProcessSpec.from_dict(cfg["process"])
+            silo = SiloSpec.from_dict(cfg["silo"])
+            payload = json.dumps({"silo": cfg["silo"], "process": cfg["process"],
+                                  "open_stdin": cfg.get("open_stdin"),
+                                  "console_size": cfg.get("console_size")}).encode()
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(cfg_w, view):]
+            os.close(cfg_w)
+            out: dict[int, int] = {}
+            stdin_fd: int | None = None
+            if proc.tty:
+                for fd in (in_w, out_r, err_r):
+                    os.close(fd)
+                con: socket.socket | None = con_parent
+            else:
+                con_parent.close()
+                con = None
+                for fd in (out_r, err_r):
+                    os.set_blocking(fd, False)
+                out = {out_r: STDOUT, err_r: STDERR}
+                if cfg.get("open_stdin"):
+                    os.set_blocking(in_w, False)
+                    stdin_fd = in_w
+                else:
+                    os.close(in_w)
+            self._adopt_init(pid, proc, silo, out, stdin_fd, con, sync_r, start_w)
+        except Exception as e:
+            self._report({"t": "error", "stage": getattr(e, "stage", "shim"),
+                          "errno": getattr(e, "errno", 0) or 0, "msg": str(e)})
+            self._cleanup_job()
+            pool_job.delete()
+            os._exit(1)
+        self._loop()
 
     def _start(self) -> dict:
         """Release the parked init to exec (HCS Start); answer whether exec succeeded."""
@@ -694,6 +789,18 @@ def _recv_master(sock: socket.socket) -> int:
     os.set_blocking(fds[0], False)
     os.set_inheritable(fds[0], False)
     return fds[0]
+
+
+def run_pooled_shim(spawner_fd: int, parent: str) -> None:
+    """Entry point of a warm shim forked into the spawner's pool; never returns."""
+    code = 0
+    gc.disable()
+    try:
+        Shim({"id": "", "state_dir": "/nonexistent"}, None).run_pooled(  # type: ignore[arg-type]
+            socket.socket(fileno=spawner_fd), parent)
+    except BaseException:
+        code = 1
+    os._exit(code)
 
 
 def run_shim(cfg: dict, report_fd: int) -> None:

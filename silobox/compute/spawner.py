@@ -21,6 +21,9 @@ import socket
 from silobox.errors import SystemFailure, Unavailable
 
 
+POOL_SIZE = 2
+
+
 def _reap(*_: object) -> None:
     while True:
         try:
@@ -31,7 +34,66 @@ def _reap(*_: object) -> None:
             return
 
 
-def _serve(sock: socket.socket) -> None:
+class _Pool:
+    """Warm shims: forked, PID namespace entered, init parked in a pool job object.
+
+    Filled after each request, not at start-up, so silod's reconciliation at start (which removes
+    job objects no container owns) never races with a fresh pool.
+    """
+
+    def __init__(self, parent: str, size: int) -> None:
+        self.parent = parent
+        self.size = size
+        self.warm: list[tuple[int, socket.socket]] = []
+
+    def sockets(self) -> list[socket.socket]:
+        return [s for _, s in self.warm]
+
+    def take(self) -> tuple[int, socket.socket] | None:
+        while self.warm:
+            pid, sock = self.warm.pop(0)
+            try:
+                os.kill(pid, 0)
+                return pid, sock
+            except ProcessLookupError:
+                sock.close()
+        return None
+
+    def fill(self, silod: socket.socket) -> None:
+        from silobox.compute.shim import run_pooled_shim
+        while len(self.warm) < self.size:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                pid = os.fork()
+            except OSError:
+                ours.close()
+                theirs.close()
+                return
+            if pid == 0:
+                silod.close()
+                ours.close()
+                for s in self.sockets():
+                    s.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                run_pooled_shim(theirs.detach(), self.parent)
+            theirs.close()
+            self.warm.append((pid, ours))
+
+    def drain(self) -> None:
+        """Tell every warm shim to go (EOF) and wait until they removed their job objects."""
+        pids = [pid for pid, _ in self.warm]
+        for _, sock in self.warm:
+            sock.close()
+        self.warm.clear()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _serve(sock: socket.socket, parent: str, pool_size: int) -> None:
     from silobox.compute.shim import run_shim
     from silobox.kernel import libc
     import silobox.kernel.jobobject  # noqa: F401  (imported once here, shared by every shim)
@@ -42,6 +104,7 @@ def _serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, _reap)
     gc.collect()
     gc.freeze()  # keep shared pages shared across shim forks
+    pool = _Pool(parent, pool_size)
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
@@ -57,6 +120,20 @@ def _serve(sock: socket.socket) -> None:
             for fd in fds:
                 os.close(fd)
             continue
+        warm = pool.take() if cfg.get("pool") else None
+        if warm is not None:
+            _pid, wsock = warm
+            try:
+                socket.send_fds(wsock, [msg], fds[:1])
+                handed = True
+            except OSError:
+                handed = False
+            wsock.close()
+            if handed:
+                for fd in fds:
+                    os.close(fd)
+                pool.fill(sock)
+                continue
         try:
             pid = os.fork()
         except OSError as e:
@@ -70,10 +147,15 @@ def _serve(sock: socket.socket) -> None:
             continue
         if pid == 0:
             sock.close()
+            for s in pool.sockets():
+                s.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             run_shim(cfg, fds[0])
         for fd in fds:
             os.close(fd)
+        if cfg.get("pool"):
+            pool.fill(sock)
+    pool.drain()
     os._exit(0)
 
 
@@ -85,14 +167,14 @@ class Spawner:
         self.sock = sock
 
     @classmethod
-    def fork(cls) -> "Spawner":
+    def fork(cls, cgroup_parent: str = "silobox", pool_size: int = POOL_SIZE) -> "Spawner":
         """Start the spawner; call before any thread exists in the daemon."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             ours.close()
             try:
-                _serve(theirs)
+                _serve(theirs, cgroup_parent, pool_size)
             finally:
                 os._exit(0)
         theirs.close()

@@ -112,7 +112,12 @@ class ComputeSystem:
                 except FileNotFoundError:
                     pass
             lx = self.doc.linux
-            self.job.create(job_limits(lx.resources, lx.privileged))
+            limits = job_limits(lx.resources, lx.privileged)
+            # A warm shim's job object has the default device rules: privileged containers
+            # (all devices) take the cold path.
+            pooled = self.service.pool and not lx.privileged
+            if not pooled:
+                self.job.create(limits)
             try:
                 silo, proc = await asyncio.get_running_loop().run_in_executor(
                     None, self.service.translate, self.doc, init)
@@ -126,6 +131,7 @@ class ComputeSystem:
                     "process": proc.to_dict(), "procs_files": self.job.procs_files(),
                     "job": {"name": self.id, "parent": self.service.cgroup_parent},
                     "autostart": before_release is None,
+                    "pool": pooled, "limits": dict(lx.resources),
                 }
                 report, report_sock = await self.service.spawner.spawn_shim(cfg)
                 report_sock.close()
@@ -431,8 +437,10 @@ class Process:
 class ComputeService:
     """The registry of compute systems (HcsEnumerateComputeSystems / HcsOpenComputeSystem)."""
 
-    def __init__(self, spawner: Spawner, state_root: str, cgroup_parent: str = "silobox") -> None:
+    def __init__(self, spawner: Spawner, state_root: str, cgroup_parent: str = "silobox",
+                 pool: bool = True) -> None:
         self.spawner = spawner
+        self.pool = pool
         self.state_root = state_root
         self.cgroup_parent = cgroup_parent
         self.systems: dict[str, ComputeSystem] = {}

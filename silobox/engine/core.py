@@ -32,7 +32,8 @@ class Engine(ContainerService, StatsService, ImageService, SystemService, EventL
         self.db = Database(config.db_path)
         self.layers = LayerStore(config.root, self.db)
         self.images = ImageStore(self.db, self.layers)
-        self.compute = ComputeService(spawner, config.compute_dir, config.cgroup_parent)
+        self.compute = ComputeService(spawner, config.compute_dir, config.cgroup_parent,
+                                      pool=config.shim_pool > 0)
         self.daemon_id = self._daemon_id()
         self._init_containers()
 

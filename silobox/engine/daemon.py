@@ -30,6 +30,9 @@ def _parse_args(argv: list[str] | None) -> DaemonConfig:
                    help="runtime state directory (default %(default)s)")
     p.add_argument("--cgroup-parent", default=os.environ.get("SILOBOX_CGROUP_PARENT", "silobox"),
                    help="parent cgroup of every job object (default %(default)s)")
+    p.add_argument("--shim-pool", type=int, default=int(os.environ.get("SILOBOX_SHIM_POOL", "2")),
+                   help="warm shims kept ready to take the forks and the cgroup attach off the "
+                        "start path; 0 disables (default %(default)s)")
     p.add_argument("-v", "--version", action="version", version=f"silod {__version__}")
     a = p.parse_args(argv)
     host = a.host or os.environ.get("SILOBOX_HOST") or f"unix://{a.exec_root}/silod.sock"
@@ -39,7 +42,8 @@ def _parse_args(argv: list[str] | None) -> DaemonConfig:
     if not parent or ".." in parent.split("/"):
         p.error(f"invalid --cgroup-parent {a.cgroup_parent!r}")
     return DaemonConfig(root=os.path.abspath(a.root), exec_root=os.path.abspath(a.exec_root),
-                        socket=host[len("unix://"):], cgroup_parent=parent, debug=a.debug)
+                        socket=host[len("unix://"):], cgroup_parent=parent, debug=a.debug,
+                        shim_pool=max(0, a.shim_pool))
 
 
 def _lock_pidfile(path: str) -> int:
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     from silobox.compute.spawner import Spawner
     # The spawner first: shims are its forks, and a shim must not inherit the pid-file lock
     # (it would outlive a killed silod and block the next one).
-    spawner = Spawner.fork()
+    spawner = Spawner.fork(config.cgroup_parent, config.shim_pool)
     try:
         pid_fd = _lock_pidfile(config.pid_file)
     except SystemExit:

@@ -404,6 +404,24 @@ class JobObject:
         """Kill what is left, then remove the cgroup(s); a missing job object is fine."""
         self._impl.delete(timeout)
 
+    def rename(self, new_name: str) -> "JobObject":
+        """Give the job object another name under the same parent; members and limits stay.
+
+        A cgroupfs rename moves no process, so it costs none of the attach's RCU grace period:
+        this is how a job object prepared ahead of time becomes a container's.
+        """
+        new = JobObject(new_name, self.parent, backend=self.backend)
+        done: list[tuple[str, str]] = []
+        try:
+            for old_dir, new_dir in zip(self.directories, new.directories):
+                os.rename(old_dir, new_dir)
+                done.append((old_dir, new_dir))
+        except OSError as e:
+            for old_dir, new_dir in reversed(done):
+                os.rename(new_dir, old_dir)
+            raise cgroup_error(e, new.path) from None
+        return new
+
 
 def list_job_objects(parent: str = DEFAULT_PARENT, *, backend: str | None = None) -> list[str]:
     """Names of the job objects under ``parent`` (present in any hierarchy), sorted."""

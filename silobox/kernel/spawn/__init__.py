@@ -261,28 +261,94 @@ def child_init(silo: SiloSpec, proc: ProcessSpec, procs_files: list[str], sync_f
                 _stdio(stdio, False)
             stage = "jobobject"
             _join_job(procs_files)
-            stage = "namespaces"
-            enter(silo)
-            stage = "rootfs"
-            build_rootfs(silo)
-            if console_fd is not None:
-                stage = "console"
-                slave = _console(console_fd, console_size, True)
-                _stdio((slave, slave, slave), True)
-            stage = "cwd"
-            if proc.cwd != "/":
-                os.makedirs(proc.cwd, 0o755, exist_ok=True)
         except OSError as e:
             raise _StageError(stage, e) from None
-        path = resolve_executable(proc.argv[0], proc.env, proc.cwd)
-        _report(sync_fd, {"t": "ready"})
-        _wait_start(start_fd)
-        _sandbox(proc, seccomp_done=False)
-        _exec(path, proc)
+        _silo_stages(silo, proc, sync_fd, start_fd, console_fd, console_size)
     except _StageError as e:
         _fail(sync_fd, e)
     except BaseException as e:  # anything else is a bug; still tell the parent why
         _fail(sync_fd, _StageError("internal", f"{type(e).__name__}: {e}"))
+
+
+def child_pooled(procs_files: list[str], config_fd: int, sync_fd: int, start_fd: int,
+                 pipes: tuple[int, int, int], console_fd: int,
+                 close_fds: list[int]) -> NoReturn:
+    """A container's first process made ahead of time, for a pool of warm shims.
+
+    It joins a pool job object and parks until its configuration arrives on ``config_fd``
+    (JSON: silo, process, open_stdin, console_size). The forks and the cgroup attach, whose RCU
+    grace period dominates a cold start on cgroup v1, are then off the start path.
+    """
+    try:
+        try:
+            for fd in close_fds:
+                os.close(fd)
+            stage = "signals"
+            _default_signals()
+            stage = "jobobject"
+            _join_job(procs_files)
+            stage = "config"
+            chunks = []
+            while True:
+                try:
+                    data = os.read(config_fd, 65536)
+                except InterruptedError:
+                    continue
+                if not data:
+                    break
+                chunks.append(data)
+            os.close(config_fd)
+            if not chunks:
+                os._exit(0)   # the pool was drained without using us
+            cfg = json.loads(b"".join(chunks))
+            silo = SiloSpec.from_dict(cfg["silo"])
+            proc = ProcessSpec.from_dict(cfg["process"])
+            stage = "stdio"
+            in_r, out_w, err_w = pipes
+            if proc.tty:
+                for fd in pipes:
+                    os.close(fd)
+                console: int | None = console_fd
+            else:
+                os.close(console_fd)
+                console = None
+                if not cfg.get("open_stdin"):
+                    os.close(in_r)
+                    in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                _stdio((in_r, out_w, err_w), False)
+        except OSError as e:
+            raise _StageError(stage, e) from None
+        size = cfg.get("console_size")
+        _silo_stages(silo, proc, sync_fd, start_fd, console,
+                     (int(size[0]), int(size[1])) if size else None)
+    except _StageError as e:
+        _fail(sync_fd, e)
+    except BaseException as e:
+        _fail(sync_fd, _StageError("internal", f"{type(e).__name__}: {e}"))
+
+
+def _silo_stages(silo: SiloSpec, proc: ProcessSpec, sync_fd: int, start_fd: int,
+                 console_fd: int | None, console_size: tuple[int, int] | None) -> NoReturn:
+    """From the namespaces to exec: shared by cold and pooled starts."""
+    try:
+        stage = "namespaces"
+        enter(silo)
+        stage = "rootfs"
+        build_rootfs(silo)
+        if console_fd is not None:
+            stage = "console"
+            slave = _console(console_fd, console_size, True)
+            _stdio((slave, slave, slave), True)
+        stage = "cwd"
+        if proc.cwd != "/":
+            os.makedirs(proc.cwd, 0o755, exist_ok=True)
+    except OSError as e:
+        raise _StageError(stage, e) from None
+    path = resolve_executable(proc.argv[0], proc.env, proc.cwd)
+    _report(sync_fd, {"t": "ready"})
+    _wait_start(start_fd)
+    _sandbox(proc, seccomp_done=False)
+    _exec(path, proc)
 
 
 def child_exec(init_pid: int, ns_fds: list[tuple[int, int]], root_fd: int, proc: ProcessSpec,
