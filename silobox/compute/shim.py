@@ -231,14 +231,15 @@ class Shim:
         self.report.close()
 
     # ----- the warm pool --------------------------------------------------------------------
-    def run_pooled(self, spawner: socket.socket, parent: str) -> None:
+    def run_pooled(self, spawner: socket.socket, parent: str, pool_name: str) -> None:
         """A warm shim: everything up to the parked init is done before any container asks.
 
-        The init is forked and joined to a pool job object now; when the spawner hands over a
-        container's configuration, the job object is renamed to the container's id (cgroupfs
-        keeps the members), given its limits, and the init continues with the silo.
+        The init is forked and joined to a pool job object (made by the spawner) now; when the
+        spawner hands over a container's configuration it has already renamed that job object to
+        the container's id (cgroupfs keeps the members) and set its limits, and the init
+        continues with the silo. The job-object work stays in the spawner so that this process
+        touches, and so copies, as few of the pages it shares with its siblings as it can.
         """
-        from silobox.kernel.jobobject import JobLimits, JobObject
         os.setsid()
         libc.set_process_name("silobox-shim")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
@@ -247,8 +248,8 @@ class Shim:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         libc.unshare(libc.CLONE_NEWPID)
-        pool_job = JobObject(f"pool-{os.getpid()}-{os.urandom(4).hex()}", parent)
-        pool_job.create(JobLimits())
+        procs_files = [os.path.join(os.path.dirname(f), pool_name, "cgroup.procs")
+                       for f in self._parent_procs_files(parent)]
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -260,7 +261,7 @@ class Shim:
                 self.wake_w, spawner.fileno()]
         pid = os.fork()
         if pid == 0:
-            child_pooled(pool_job.procs_files(), cfg_r, sync_w, start_r, (in_r, out_w, err_w),
+            child_pooled(procs_files, cfg_r, sync_w, start_r, (in_r, out_w, err_w),
                          con_child.fileno(), ours)
         for fd in (in_r, out_w, err_w, cfg_r, sync_w, start_r):
             os.close(fd)
@@ -272,17 +273,16 @@ class Shim:
         spawner.close()
         if not msg or not fds:
             # Drained: the parked init sees EOF on its configuration and exits.
+            from silobox.kernel.jobobject import JobObject
             os.close(cfg_w)
             os.waitpid(pid, 0)
-            pool_job.delete()
+            JobObject(pool_name, parent).delete()
             os._exit(0)
         self.cfg = cfg = json.loads(msg)
         self.id = cfg["id"]
         self.state_dir = cfg["state_dir"]
         self.report = socket.socket(fileno=fds[0])
         try:
-            job = pool_job.rename(cfg["job"]["name"])
-            job.set_limits(JobLimits(**cfg.get("limits", {})))
             proc = ProcessSpec.from_dict(cfg["process"])
             silo = SiloSpec.from_dict(cfg["silo"])
             payload = json.dumps({"silo": cfg["silo"], "process": cfg["process"],
@@ -314,9 +314,15 @@ class Shim:
             self._report({"t": "error", "stage": getattr(e, "stage", "shim"),
                           "errno": getattr(e, "errno", 0) or 0, "msg": str(e)})
             self._cleanup_job()
-            pool_job.delete()
             os._exit(1)
         self._loop()
+
+    @staticmethod
+    def _parent_procs_files(parent: str) -> list[str]:
+        """``<hierarchy>/<parent>/cgroup.procs`` for each hierarchy (where pool groups live)."""
+        from silobox.kernel.jobobject import JobObject
+        return [os.path.join(os.path.dirname(d), "cgroup.procs")
+                for d in JobObject("probe", parent).directories]
 
     def _start(self) -> dict:
         """Release the parked init to exec (HCS Start); answer whether exec succeeded."""
@@ -791,13 +797,13 @@ def _recv_master(sock: socket.socket) -> int:
     return fds[0]
 
 
-def run_pooled_shim(spawner_fd: int, parent: str) -> None:
+def run_pooled_shim(spawner_fd: int, parent: str, pool_name: str) -> None:
     """Entry point of a warm shim forked into the spawner's pool; never returns."""
     code = 0
     gc.disable()
     try:
         Shim({"id": "", "state_dir": "/nonexistent"}, None).run_pooled(  # type: ignore[arg-type]
-            socket.socket(fileno=spawner_fd), parent)
+            socket.socket(fileno=spawner_fd), parent, pool_name)
     except BaseException:
         code = 1
     os._exit(code)

@@ -44,30 +44,52 @@ class _Pool:
     def __init__(self, parent: str, size: int) -> None:
         self.parent = parent
         self.size = size
-        self.warm: list[tuple[int, socket.socket]] = []
+        self.warm: list[tuple[int, socket.socket, str]] = []
 
     def sockets(self) -> list[socket.socket]:
-        return [s for _, s in self.warm]
+        return [s for _, s, _ in self.warm]
 
-    def take(self) -> tuple[int, socket.socket] | None:
+    def take(self) -> tuple[int, socket.socket, str] | None:
         while self.warm:
-            pid, sock = self.warm.pop(0)
+            pid, sock, name = self.warm.pop(0)
             try:
                 os.kill(pid, 0)
-                return pid, sock
+                return pid, sock, name
             except ProcessLookupError:
                 sock.close()
         return None
 
+    def hand_over(self, warm: tuple[int, socket.socket, str], msg: bytes, cfg: dict,
+                  report_fd: int) -> bool:
+        """Give a warm shim a container: its job object gets the id and limits, then the config."""
+        from silobox.kernel.jobobject import JobLimits, JobObject
+        _pid, sock, name = warm
+        try:
+            job = JobObject(name, self.parent).rename(cfg["job"]["name"])
+            job.set_limits(JobLimits(**cfg.get("limits", {})))
+            socket.send_fds(sock, [msg], [report_fd])
+            return True
+        except Exception:
+            return False
+        finally:
+            sock.close()
+
     def fill(self, silod: socket.socket) -> None:
         from silobox.compute.shim import run_pooled_shim
+        from silobox.kernel.jobobject import JobLimits, JobObject
         while len(self.warm) < self.size:
+            name = f"pool-{os.urandom(6).hex()}"
+            try:
+                JobObject(name, self.parent).create(JobLimits())
+            except Exception:
+                return
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 pid = os.fork()
             except OSError:
                 ours.close()
                 theirs.close()
+                JobObject(name, self.parent).delete()
                 return
             if pid == 0:
                 silod.close()
@@ -75,14 +97,14 @@ class _Pool:
                 for s in self.sockets():
                     s.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                run_pooled_shim(theirs.detach(), self.parent)
+                run_pooled_shim(theirs.detach(), self.parent, name)
             theirs.close()
-            self.warm.append((pid, ours))
+            self.warm.append((pid, ours, name))
 
     def drain(self) -> None:
         """Tell every warm shim to go (EOF) and wait until they removed their job objects."""
-        pids = [pid for pid, _ in self.warm]
-        for _, sock in self.warm:
+        pids = [pid for pid, _, _ in self.warm]
+        for _, sock, _ in self.warm:
             sock.close()
         self.warm.clear()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -120,16 +142,9 @@ def _serve(sock: socket.socket, parent: str, pool_size: int) -> None:
             for fd in fds:
                 os.close(fd)
             continue
-        warm = pool.take() if cfg.get("pool") else None
+        warm = pool.take() if cfg.get("pool") and fds else None
         if warm is not None:
-            _pid, wsock = warm
-            try:
-                socket.send_fds(wsock, [msg], fds[:1])
-                handed = True
-            except OSError:
-                handed = False
-            wsock.close()
-            if handed:
+            if pool.hand_over(warm, msg, cfg, fds[0]):
                 for fd in fds:
                     os.close(fd)
                 pool.fill(sock)
