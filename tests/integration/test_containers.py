@@ -440,3 +440,39 @@ def test_hcs_views(api, silod):
         assert any(p["ImageName"] == "sleep" for p in props["ProcessList"])
     finally:
         api.remove_container(c, force=True)
+
+
+def test_custom_seccomp_profile(api):
+    import json
+    profile = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
+    _, out = sh(api, "mkdir /tmp/x 2>&1; echo rc=$?",
+                host_config={"security_opt": [f"seccomp={json.dumps(profile)}"]})
+    assert "Operation not permitted" in out and "rc=1" in out
+    _, out = sh(api, "mkdir /tmp/x && echo made", host_config={"security_opt": ["seccomp=unconfined"]})
+    assert out.strip() == "made"
+
+
+def test_bad_seccomp_profile_and_isolation(api):
+    with pytest.raises(docker.errors.APIError) as e:
+        api.create_container(IMAGE, ["true"], host_config=api.create_host_config(
+            security_opt=['seccomp={"defaultAction": "SCMP_ACT_NOPE"}']))
+    assert e.value.status_code == 400
+    with pytest.raises(docker.errors.APIError) as e:
+        api.create_container(IMAGE, ["true"], host_config=api.create_host_config(
+            isolation="hyperv"))
+    assert e.value.status_code == 400 and "isolation" in e.value.explanation
+
+
+def test_docker_cli_runs_against_silod(silod):
+    docker_cli = shutil.which("docker")
+    if not docker_cli:
+        pytest.skip("no docker CLI on this machine")
+    env = {**os.environ, "DOCKER_HOST": f"unix://{silod.socket}"}
+    r = subprocess.run([docker_cli, "run", "--rm", IMAGE, "echo", "via-docker"], env=env,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == "via-docker"
+    r = subprocess.run([docker_cli, "run", "--rm", IMAGE, "sh", "-c", "exit 4"], env=env,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 4
