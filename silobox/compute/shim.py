@@ -24,7 +24,6 @@ import signal
 import socket
 import struct
 import termios
-import time
 from dataclasses import dataclass, field
 
 from silobox.atomic import atomic_write_json

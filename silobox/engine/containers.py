@@ -24,8 +24,7 @@ from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
 from silobox.timeutil import ZERO_TIME, now_iso, parse_iso
 from silobox.engine.sessions import AttachSession, ExecSession
-from silobox.errors import (AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified,
-                            NotRunning)
+from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified
 
 class Container:
     """The stored record of one Docker container (what ``docker inspect`` shows)."""
@@ -90,7 +89,7 @@ class ContainerService:
     def _find(self, ref: str) -> Container:
         if not ref:
             raise NotFound("No such container: ")
-        ref = ref.lstrip("/") if not ref.startswith("/") or len(ref) > 1 else ref
+        ref = ref.lstrip("/") or ref
         c = self.containers.get(ref)
         if c:
             return c
@@ -437,7 +436,6 @@ class ContainerService:
             pass
         async with self._lock(c.id):
             await self._start(c)
-        c.data["RestartCount"] = c.data.get("RestartCount", 0)
         self.emit_event("container", "restart", c)
 
     # ----- wait ------------------------------------------------------------------------------
@@ -522,7 +520,7 @@ class ContainerService:
             raise InvalidArgument("Neither old nor new names may be empty")
         new = S.validate_name(new_name)
         if new == c.name:
-            raise InvalidArgument(f"Renaming a container with the same name as its current name")
+            raise InvalidArgument("Renaming a container with the same name as its current name")
         self._check_name_free(new)
         old = c.name
         c.data["Name"] = "/" + new

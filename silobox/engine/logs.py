@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections import deque
 from typing import AsyncIterator, Callable
 
