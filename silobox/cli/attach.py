@@ -12,6 +12,7 @@ import errno
 import os
 import select
 import time
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Callable

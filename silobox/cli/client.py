@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any, Iterator
@@ -269,7 +270,7 @@ class Response:
 
     def read(self) -> bytes:
         """The whole remaining body."""
-        parts = []
+        parts: list[bytes] = []
         while True:
             d = self.read_some()
             if not d:
@@ -436,7 +437,7 @@ class Client:
     def url(self, path: str, params: dict[str, Any] | None = None) -> str:
         return self.prefix + path + query_string(params)
 
-    def _log(self, method: str, url: str) -> None:
+    def log_request(self, method: str, url: str) -> None:
         if self.debug:
             sys.stderr.write(f"silo: {method} {url}\n")
 
@@ -449,7 +450,7 @@ class Client:
         A reused keep-alive connection the daemon closed meanwhile is retried once on a new one.
         """
         url = self.url(path, params)
-        self._log(method, url)
+        self.log_request(method, url)
         data = raw
         if body is not None:
             import json

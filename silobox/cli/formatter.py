@@ -15,6 +15,7 @@ lt, le, gt, ge, and, or, not).
 from __future__ import annotations
 
 import re
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any, Callable, Iterable
@@ -183,7 +184,7 @@ def _fn_eq(a: Any, *others: Any) -> bool:
 
 def _fn_ne(a: Any, b: Any) -> bool:
     x, y = _cmp_args(a, b)
-    return x != y
+    return bool(x != y)
 
 
 def _ordered(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
@@ -575,11 +576,12 @@ class _Parser:
     def _operand(self, toks: list[_Tok], k: int) -> tuple[Any, int]:
         t = toks[k]
         k += 1
+        names: list[str]
         if t.kind == "field":
             names = [] if t.val == "." else t.val[1:].split(".")
             return _Field(None, names), k
         if t.kind == "variable":
-            names: list[str] = []
+            names = []
             if k < len(toks) and toks[k].kind == "chain":
                 names = toks[k].val[1:].split(".")
                 k += 1

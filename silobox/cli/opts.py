@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
-    from typing import Any, Callable
+    from typing import Any, Callable, Mapping
 
 from silobox.cli import units
 
@@ -32,9 +33,9 @@ def env_value(item: str, environ: dict[str, str] | None = None) -> str | None:
         if item.startswith("="):
             raise OptError(f"invalid environment variable: {item}")
         return item
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    if item in environ:
-        return f"{item}={environ[item]}"
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    if item in env:
+        return f"{item}={env[item]}"
     return item
 
 
@@ -58,8 +59,8 @@ def read_env_file(path: str, environ: dict[str, str] | None = None) -> list[str]
         if sep:
             out.append(f"{name}={value}")
         else:
-            environ_ = os.environ if environ is None else environ
-            out.append(f"{name}={environ_[name]}" if name in environ_ else name)
+            env: Mapping[str, str] = os.environ if environ is None else environ
+            out.append(f"{name}={env[name]}" if name in env else name)
     return out
 
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 from types import TracebackType
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
+    from typing import Any
+
 
 def is_tty(fd: int) -> bool:
     try:
@@ -34,7 +38,7 @@ class RawMode:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.saved: list | None = None
+        self.saved: list[Any] | None = None
 
     def __enter__(self) -> "RawMode":
         import termios
@@ -105,7 +109,8 @@ class SignalPipe:
     def close(self) -> None:
         signal = self._signal
         for s, old in self._old.items():
-            signal.signal(s, old)  # type: ignore[arg-type]
+            if old is not None:  # None: a handler installed outside Python; leave ours
+                signal.signal(s, old)
         signal.set_wakeup_fd(self._old_wakeup)
         os.close(self.r)
         os.close(self.w)

@@ -636,11 +636,8 @@ class Shim:
         if fd is None:
             return
         if proc.tty:
-            # A terminal has no half-close: send EOF (Ctrl-D) the way a user would.
-            try:
-                os.write(fd, b"\x04")
-            except OSError:
-                pass
+            # A terminal has no half-close, and a client leaving (detach keys, a dropped
+            # connection) must not end the shell it leaves behind: keep the terminal open.
             return
         proc.stdin_fd = None
         try:

@@ -311,8 +311,16 @@ class ContainerService:
     # ----- start / exit ----------------------------------------------------------------------
     async def container_start(self, ref: str) -> None:
         c = self._find(ref)
-        async with self._lock(c.id):
-            await self._start(c)
+        try:
+            async with self._lock(c.id):
+                await self._start(c)
+        except (NotModified, Conflict):
+            raise
+        except BaseException:
+            # Docker removes an --rm container whose start failed, too.
+            if c.host_config.get("AutoRemove") and c.id in self.containers:
+                await self._remove(c, force=True)
+            raise
 
     async def _start(self, c: Container) -> None:
         if c.running:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any, Callable, Iterable, NoReturn
@@ -112,7 +113,7 @@ def parse(p: CommandParser, argv: list[str], intermixed: bool = True) -> argpars
 
 
 def for_each(ctx: Context, names: Iterable[str], action: Callable[[Client, str], Any],
-             echo: bool = True) -> int:
+             echo: bool = True, failed: list[str] | None = None) -> int:
     """Apply an action to several objects in parallel, reporting in argument order.
 
     Like docker: print each name that succeeded, each error on stderr, exit 1 if any failed.
@@ -144,14 +145,16 @@ def for_each(ctx: Context, names: Iterable[str], action: Callable[[Client, str],
             t.start()
         for t in threads:
             t.join()
-    failed = False
+    status = 0
     for n, r in zip(names, results):
         if isinstance(r, BaseException):
-            failed = True
+            status = 1
+            if failed is not None:
+                failed.append(n)
             sys.stderr.write(f"{r}\n")
         elif echo:
             sys.stdout.write(f"{r if isinstance(r, str) else n}\n")
-    return 1 if failed else 0
+    return status
 
 
 def _attempt(action: Callable[[Client, str], Any], client: Client, name: str) -> Any:

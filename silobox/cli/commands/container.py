@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any, Callable
@@ -147,7 +148,7 @@ _PS_DEFAULT = ("table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Sta
 
 def display_ports(ports: list[dict[str, Any]]) -> str:
     """docker's DisplayablePorts: contiguous ports grouped into ranges, mappings listed last."""
-    def key(p: dict[str, Any]) -> tuple:
+    def key(p: dict[str, Any]) -> tuple[int, str, int, str]:
         return (p.get("PrivatePort", 0), p.get("IP", ""), p.get("PublicPort", 0),
                 p.get("Type", ""))
 
@@ -282,7 +283,7 @@ class ContainerRow:
     def Status(self) -> str:
         st = self.c.get("Status")
         if st:
-            return st
+            return str(st)
         state = self.c.get("State")
         return status_text({"Status": state} if isinstance(state, str) else state or {},
                            self.now)
@@ -301,7 +302,7 @@ class ContainerRow:
         return ",".join(f"{k}={labels[k]}" for k in sorted(labels))
 
     def Label(self, name: str) -> str:
-        return (self.c.get("Labels") or {}).get(name, "")
+        return str((self.c.get("Labels") or {}).get(name, ""))
 
     @property
     def Mounts(self) -> str:
@@ -574,8 +575,8 @@ def mem_usage(s: dict[str, Any]) -> float:
     usage = float(mem.get("usage") or 0)
     stats = mem.get("stats") or {}
     if "total_inactive_file" in stats and stats["total_inactive_file"] < usage:
-        return usage - stats["total_inactive_file"]
-    v = stats.get("inactive_file", 0) or 0
+        return usage - float(stats["total_inactive_file"])
+    v = float(stats.get("inactive_file", 0) or 0)
     if v < usage:
         return usage - v
     return usage

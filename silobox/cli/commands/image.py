@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any
@@ -219,7 +220,7 @@ def import_(ctx: Context, argv: list[str]) -> int:
             size = os.fstat(f.fileno()).st_size
             conn = client.connect()
             url = client.url("/images/create", params)
-            client._log("POST", url)
+            client.log_request("POST", url)
             head = (f"POST {url} HTTP/1.1\r\nHost: docker\r\nUser-Agent: silo\r\n"
                     f"Content-Type: application/x-tar\r\nContent-Length: {size}\r\n\r\n")
             conn.sock.sendall(head.encode("latin-1"))

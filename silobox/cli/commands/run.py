@@ -12,6 +12,7 @@ import argparse
 import select
 import signal
 import sys
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any
@@ -19,7 +20,8 @@ if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
 from silobox.cli import opts as copts
 from silobox.cli import tty as ttymod
 from silobox.cli.client import APIError, Client, Connection, ConnectError, Hijacked, quote
-from silobox.cli.commands import Context, StatusError, UsageError, parse, parser
+from silobox.cli.commands import (CommandParser, Context, StatusError, UsageError, parse,
+                                  parser)
 
 # Signals a non-tty attached client forwards to the container (docker's --sig-proxy).
 _PROXY_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
@@ -38,7 +40,7 @@ def _run_error(ctx: Context, err: BaseException, status: int = 125,
 
 # --------------------------------------------------------------------------- create / run
 
-def _create_parser(ctx: Context, run_cmd: bool):
+def _create_parser(ctx: Context, run_cmd: bool) -> CommandParser:
     if run_cmd:
         p = parser(ctx, "run", "[OPTIONS] IMAGE [COMMAND] [ARG...]",
                    "Create and run a new container from an image", help_short=False)
@@ -72,7 +74,7 @@ def _create(ctx: Context, ns: Any, detach: bool, console: tuple[int, int] | None
         raise _run_error(ctx, e) from None
     for w in (created or {}).get("Warnings") or []:
         ctx.err(f"WARNING: {w}\n")
-    return created["Id"]
+    return str(created["Id"])
 
 
 def create(ctx: Context, argv: list[str]) -> int:
@@ -87,9 +89,9 @@ def create(ctx: Context, argv: list[str]) -> int:
     return 0
 
 
-def _start(ctx: Context, cid: str, conn: Client | None = None) -> None:
+def _start(ctx: Context, cid: str) -> None:
     try:
-        (conn or ctx.client).request("POST", f"/containers/{quote(cid)}/start")
+        ctx.client.request("POST", f"/containers/{quote(cid)}/start")
     except APIError as e:
         raise _run_error(ctx, e, status=copts.start_error_status(e.message)) from None
 
@@ -107,8 +109,6 @@ def run(ctx: Context, argv: list[str]) -> int:
             parse_detach_keys(ns.detach_keys)
         except ValueError as e:
             raise _run_error(ctx, e, help_hint=True) from None
-    if ns.rm and ns.detach is False and ns.restart not in ("no", ""):
-        raise _run_error(ctx, "Conflicting options: --restart and --rm", help_hint=True)
     interactive_tty = ns.tty and ns.interactive
     if not ns.detach and interactive_tty and not ttymod.is_tty(0):
         raise StatusError(1, "the input device is not a TTY")
@@ -137,7 +137,7 @@ def _send_wait(ctx: Context, cid: str, condition: str) -> Connection:
     client = ctx.client
     conn = client.connect()
     url = client.url(f"/containers/{quote(cid)}/wait", {"condition": condition or None})
-    client._log("POST", url)
+    client.log_request("POST", url)
     conn.send_request("POST", url)
     return conn
 
@@ -205,7 +205,7 @@ def attach_and_start(ctx: Context, cid: str, *, tty: bool, stdin: bool, stdout: 
         wait_conn.close()
 
 
-def _drain_wait(conn: Connection, resp: Any, timeout: float = 5.0) -> None:
+def _drain_wait(conn: Connection, resp: Any, timeout: float = 2.0) -> None:
     """After a failed start with --rm, give the daemon a moment to remove the container."""
     ready, _, _ = select.select([conn.sock], [], [], timeout)
     if ready:
@@ -303,9 +303,9 @@ def start(ctx: Context, argv: list[str]) -> int:
     def act(c: Client, name: str) -> None:
         c.request("POST", f"/containers/{quote(name)}/start")
 
-    status = for_each(ctx, ns.containers, act)
-    if status:
-        raise StatusError(1, "Error: failed to start containers: " + ", ".join(ns.containers))
+    failed: list[str] = []
+    if for_each(ctx, ns.containers, act, failed=failed):
+        raise StatusError(1, "Error: failed to start containers: " + ", ".join(failed))
     return 0
 
 
