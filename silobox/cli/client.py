@@ -10,7 +10,8 @@ stderr framing (stdcopy) is decoded by :class:`StdDemux`.
 from __future__ import annotations
 
 import os
-import socket
+# The C module directly: the socket.py wrapper costs ~5 ms of enum set-up at start.
+import _socket as socket
 import sys
 
 TYPE_CHECKING = False

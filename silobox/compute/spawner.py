@@ -22,6 +22,9 @@ from silobox.errors import SystemFailure, Unavailable
 
 
 POOL_SIZE = 2
+# Refill the pool only once requests pause this long: making a pool job object while a
+# container that just started is exiting slows that container's cgroup removal (cpuset).
+REFILL_DELAY = 0.03
 
 
 def _reap(*_: object) -> None:
@@ -127,9 +130,15 @@ def _serve(sock: socket.socket, parent: str, pool_size: int) -> None:
     gc.collect()
     gc.freeze()  # keep shared pages shared across shim forks
     pool = _Pool(parent, pool_size)
+    want_fill = False
     while True:
+        sock.settimeout(REFILL_DELAY if want_fill else None)
         try:
             msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
+        except TimeoutError:
+            pool.fill(sock)
+            want_fill = False
+            continue
         except InterruptedError:
             continue
         except OSError:
@@ -147,7 +156,7 @@ def _serve(sock: socket.socket, parent: str, pool_size: int) -> None:
             if pool.hand_over(warm, msg, cfg, fds[0]):
                 for fd in fds:
                     os.close(fd)
-                pool.fill(sock)
+                want_fill = True
                 continue
         try:
             pid = os.fork()
@@ -169,7 +178,7 @@ def _serve(sock: socket.socket, parent: str, pool_size: int) -> None:
         for fd in fds:
             os.close(fd)
         if cfg.get("pool"):
-            pool.fill(sock)
+            want_fill = True
     pool.drain()
     os._exit(0)
 

@@ -224,7 +224,8 @@ def import_(ctx: Context, argv: list[str]) -> int:
             head = (f"POST {url} HTTP/1.1\r\nHost: docker\r\nUser-Agent: silo\r\n"
                     f"Content-Type: application/x-tar\r\nContent-Length: {size}\r\n\r\n")
             conn.sock.sendall(head.encode("latin-1"))
-            conn.sock.sendfile(f)
+            while chunk := f.read(1 << 20):
+                conn.sock.sendall(chunk)
             resp = conn.read_response("POST")
     if resp.status >= 400:
         body = resp.read()

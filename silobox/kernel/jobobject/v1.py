@@ -275,6 +275,8 @@ class V1JobObject:
     def kill_all(self, sig: int) -> None:
         """v1 has no cgroup.kill: freeze so nothing can fork, signal every task, thaw."""
         self._require()
+        if not self.pids():
+            return  # nothing to stop forking: skip the freeze round trip
         if "freezer" not in self._dirs:
             signal_pids(self.pids(), sig)
             return
