@@ -265,7 +265,13 @@ class Shim:
         for fd in (in_r, out_w, err_w, cfg_r, sync_w, start_r):
             os.close(fd)
         con_child.close()
+        # Ready for a container only once the init is inside the pool job object: the spawner
+        # renames that job object at hand-over.
+        joined = _read_line(sync_r)
         try:
+            if joined.get("t") != "pooled":
+                raise OSError("the pooled init could not join its job object")
+            spawner.send(b"ready")
             msg, fds, _f, _a = socket.recv_fds(spawner, 1 << 20, 4)
         except OSError:
             msg, fds = b"", []
@@ -776,6 +782,23 @@ class Shim:
             pass
         if self.log_fd is not None:
             os.close(self.log_fd)
+
+
+def _read_line(fd: int) -> dict:
+    """One JSON message from a child's sync pipe, read byte by byte so nothing after it is lost."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        try:
+            ch = os.read(fd, 1)
+        except InterruptedError:
+            continue
+        if not ch:
+            return {}
+        buf += ch
+    try:
+        return json.loads(buf)
+    except ValueError:
+        return {}
 
 
 def _recv_master(sock: socket.socket) -> int:

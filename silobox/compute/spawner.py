@@ -48,18 +48,30 @@ class _Pool:
         self.parent = parent
         self.size = size
         self.warm: list[tuple[int, socket.socket, str]] = []
+        self.ready: set[int] = set()
 
     def sockets(self) -> list[socket.socket]:
         return [s for _, s, _ in self.warm]
 
     def take(self) -> tuple[int, socket.socket, str] | None:
-        while self.warm:
-            pid, sock, name = self.warm.pop(0)
-            try:
-                os.kill(pid, 0)
-                return pid, sock, name
-            except ProcessLookupError:
-                sock.close()
+        """A warm shim whose init already joined its pool job object; None if none is."""
+        for entry in list(self.warm):
+            pid, sock, _name = entry
+            if pid not in self.ready:
+                try:
+                    word = sock.recv(16, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue           # still starting: leave it for the next request
+                except OSError:
+                    word = b""
+                if word != b"ready":   # it died: forget it
+                    self.warm.remove(entry)
+                    sock.close()
+                    continue
+                self.ready.add(pid)
+            self.warm.remove(entry)
+            self.ready.discard(pid)
+            return entry
         return None
 
     def hand_over(self, warm: tuple[int, socket.socket, str], msg: bytes, cfg: dict,

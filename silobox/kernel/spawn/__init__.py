@@ -287,6 +287,7 @@ def child_pooled(procs_files: list[str], config_fd: int, sync_fd: int, start_fd:
             _default_signals()
             stage = "jobobject"
             _join_job(procs_files)
+            _report(sync_fd, {"t": "pooled"})
             stage = "config"
             chunks = []
             while True:
