@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import time
 
+from silobox.timeutil import human_duration  # noqa: F401  (shared with the daemon)
+
 _SIZE_RE = r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$"
 _BINARY = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
@@ -61,34 +63,6 @@ def human_size(size: float, precision: int = 3) -> str:
 def bytes_size(size: float) -> str:
     """Binary units, four significant digits: docker's BytesSize (``1.5MiB``)."""
     return _custom_size("%.4g%s", float(size), 1024.0, _BINARY_UNITS)
-
-
-def human_duration(seconds: float) -> str:
-    """Elapsed time in words, e.g. ``About a minute``: docker's HumanDuration."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = int(seconds / 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)  # Go rounds to the nearest hour here
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
 
 
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,

@@ -137,29 +137,8 @@ class Shim:
         child_close: list[int] = []
         parent_close: list[int] = []
         console_size = tuple(cfg.get("console_size") or (24, 80))
-        con_parent = con_child = None
-        out: dict[int, int] = {}
-        stdin_fd: int | None = None
-        stdio: tuple[int, int, int] | None = None
-        if proc.tty:
-            con_parent, con_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            child_close.append(con_parent.fileno())
-        else:
-            if cfg.get("open_stdin"):
-                in_r, in_w = os.pipe2(os.O_CLOEXEC)
-                os.set_blocking(in_w, False)
-                stdin_fd = in_w
-                child_close.append(in_w)
-            else:
-                in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            for fd in (out_r, err_r):
-                os.set_blocking(fd, False)
-            stdio = (in_r, out_w, err_w)
-            out = {out_r: STDOUT, err_r: STDERR}
-            child_close += [out_r, err_r]
-            parent_close += [in_r, out_w, err_w]
+        con_parent, con_child, stdio, stdin_fd, out = _stdio_for(
+            proc.tty, bool(cfg.get("open_stdin")), child_close, parent_close)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         child_close += [sync_r, start_w, self.wake_r, self.wake_w, self.report.fileno()]
@@ -660,31 +639,8 @@ class Shim:
         key = req["id"]
         child_close: list[int] = [self.wake_r, self.wake_w, self.listener.fileno()]  # type: ignore[union-attr]
         parent_close: list[int] = []
-        con_parent = con_child = None
-        if proc_spec.tty:
-            con_parent, con_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            stdio: tuple[int, int, int] | None = None
-            stdin_fd: int | None = None
-            out: dict[int, int] = {}
-            child_close.append(con_parent.fileno())
-        else:
-            if req.get("stdin"):
-                in_r, in_w = os.pipe2(os.O_CLOEXEC)
-                os.set_blocking(in_w, False)
-                stdin_fd = in_w
-                child_close.append(in_w)
-            else:
-                in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-                stdin_fd = None
-            parent_close.append(in_r)
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            for fd in (out_r, err_r):
-                os.set_blocking(fd, False)
-            stdio = (in_r, out_w, err_w)
-            out = {out_r: STDOUT, err_r: STDERR}
-            child_close += [out_r, err_r]
-            parent_close += [out_w, err_w]
+        con_parent, con_child, stdio, stdin_fd, out = _stdio_for(
+            proc_spec.tty, bool(req.get("stdin")), child_close, parent_close)
         for p in self.procs.values():
             child_close += [fd for fd in p.out_fds if fd not in child_close]
             if p.stdin_fd is not None and p.stdin_fd not in child_close:
@@ -782,6 +738,33 @@ class Shim:
             pass
         if self.log_fd is not None:
             os.close(self.log_fd)
+
+
+def _stdio_for(tty: bool, open_stdin: bool, child_close: list[int], parent_close: list[int]
+               ) -> tuple[socket.socket | None, socket.socket | None,
+                          tuple[int, int, int] | None, int | None, dict[int, int]]:
+    """The stdio of a new process: a console socket (the child opens the pty inside the silo)
+    or pipes. Returns (console parent end, console child end, child stdio, our stdin end, our
+    output ends → stream); fds each side must close after the fork are appended to the lists."""
+    if tty:
+        con_parent, con_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child_close.append(con_parent.fileno())
+        return con_parent, con_child, None, None, {}
+    stdin_fd = None
+    if open_stdin:
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(in_w, False)
+        stdin_fd = in_w
+        child_close.append(in_w)
+    else:
+        in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    for fd in (out_r, err_r):
+        os.set_blocking(fd, False)
+    child_close += [out_r, err_r]
+    parent_close += [in_r, out_w, err_w]
+    return None, None, (in_r, out_w, err_w), stdin_fd, {out_r: STDOUT, err_r: STDERR}
 
 
 def _read_line(fd: int) -> dict:

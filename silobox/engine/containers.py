@@ -22,7 +22,7 @@ from silobox.engine import spec as S
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
-from silobox.timeutil import ZERO_TIME, now_iso, parse_iso
+from silobox.timeutil import ZERO_TIME, human_duration, now_iso, parse_iso
 from silobox.engine.sessions import AttachSession, ExecSession
 from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified
 
@@ -125,9 +125,7 @@ class ContainerService:
         if iso not in ("", "default", "process"):
             raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - silobox supports '
                                   'only "process" isolation on this host')
-        net = hc.get("NetworkMode") or "default"
-        if net not in ("default", "none", "bridge", "nat"):
-            raise InvalidArgument(f'network {net} not found')
+        net = hc.get("NetworkMode") or "default"  # validated by the network hook
         resources = S.resources_from_hostconfig(hc)
         sec = S.parse_security_opts(hc.get("SecurityOpt") or [])
         from silobox.kernel.sandbox import capabilities
@@ -169,7 +167,7 @@ class ContainerService:
         if config["StopSignal"]:
             S.parse_signal(config["StopSignal"])
         host_config = {
-            **hc, "NetworkMode": "none" if net in ("default", "none", "bridge", "nat") else net,
+            **hc, "NetworkMode": net,
             "Isolation": "process", "Ulimits": ulimits or None,
             "CapAdd": hc.get("CapAdd"), "CapDrop": hc.get("CapDrop"),
             "SecurityOpt": hc.get("SecurityOpt"),
@@ -347,18 +345,12 @@ class ContainerService:
         try:
             await system.start(self._init_params(c), log_path=c.data["LogPath"],
                                before_release=before_release if pending else None)
-        except StartError as e:
-            st = c.state
-            st.update(Status="created" if c.state["StartedAt"] == ZERO_TIME else "exited",
-                      ExitCode=e.exit_code, Error=e.message, Running=False, Pid=0)
-            self._save(c)
-            for sess in pending:
-                sess.finish()
-            self.compute.close_system(c.id)
-            for hook in self.container_hooks:
-                await hook.on_stop(c)
-            raise
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, StartError):
+                c.state.update(Status="created" if c.state["StartedAt"] == ZERO_TIME
+                               else "exited", ExitCode=e.exit_code, Error=e.message,
+                               Running=False, Pid=0)
+                self._save(c)
             for sess in pending:
                 sess.finish()
             self.compute.close_system(c.id)
@@ -471,6 +463,7 @@ class ContainerService:
         if c.running and not force:
             raise Conflict(f"You cannot remove a running container {c.id}. Stop the container "
                            "before attempting removal or force remove")
+        c.remove_volumes = volumes   # type: ignore[attr-defined]  # read by the storage hook
         await self._remove(c, force)
 
     async def _remove(self, c: Container, force: bool) -> None:
@@ -823,31 +816,3 @@ class ContainerService:
         for name in entries:
             if name not in live:
                 shutil.rmtree(os.path.join(self.config.compute_dir, name), ignore_errors=True)
-
-
-def human_duration(seconds: float) -> str:
-    """Docker's units.HumanDuration."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    m = s // 60
-    if m == 1:
-        return "About a minute"
-    if m < 60:
-        return f"{m} minutes"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour"
-    if h < 48:
-        return f"{h} hours"
-    if h < 24 * 7 * 2:
-        return f"{h // 24} days"
-    if h < 24 * 30 * 2:
-        return f"{h // (24 * 7)} weeks"
-    if h < 24 * 365 * 2:
-        return f"{h // (24 * 30)} months"
-    return f"{h // (24 * 365)} years"

@@ -251,18 +251,7 @@ def child_init(silo: SiloSpec, proc: ProcessSpec, procs_files: list[str], sync_f
                console_size: tuple[int, int] | None = None) -> NoReturn:
     """Stages of a container's first process: it becomes PID 1 of the silo."""
     try:
-        try:
-            for fd in close_fds:
-                os.close(fd)
-            stage = "signals"
-            _default_signals()
-            if stdio is not None:
-                stage = "stdio"
-                _stdio(stdio, False)
-            stage = "jobobject"
-            _join_job(procs_files)
-        except OSError as e:
-            raise _StageError(stage, e) from None
+        _prelude(close_fds, stdio, procs_files)
         _silo_stages(silo, proc, sync_fd, start_fd, console_fd, console_size)
     except _StageError as e:
         _fail(sync_fd, e)
@@ -280,14 +269,9 @@ def child_pooled(procs_files: list[str], config_fd: int, sync_fd: int, start_fd:
     grace period dominates a cold start on cgroup v1, are then off the start path.
     """
     try:
+        _prelude(close_fds, None, procs_files)
+        _report(sync_fd, {"t": "pooled"})
         try:
-            for fd in close_fds:
-                os.close(fd)
-            stage = "signals"
-            _default_signals()
-            stage = "jobobject"
-            _join_job(procs_files)
-            _report(sync_fd, {"t": "pooled"})
             stage = "config"
             chunks = []
             while True:
@@ -328,6 +312,23 @@ def child_pooled(procs_files: list[str], config_fd: int, sync_fd: int, start_fd:
         _fail(sync_fd, _StageError("internal", f"{type(e).__name__}: {e}"))
 
 
+def _prelude(close_fds: list[int], stdio: tuple[int, int, int] | None,
+             procs_files: list[str]) -> None:
+    """First stages of every child: drop the parent's fds, clean signals, stdio, job object."""
+    stage = "signals"
+    try:
+        for fd in close_fds:
+            os.close(fd)
+        _default_signals()
+        if stdio is not None:
+            stage = "stdio"
+            _stdio(stdio, False)
+        stage = "jobobject"
+        _join_job(procs_files)
+    except OSError as e:
+        raise _StageError(stage, e) from None
+
+
 def _silo_stages(silo: SiloSpec, proc: ProcessSpec, sync_fd: int, start_fd: int,
                  console_fd: int | None, console_size: tuple[int, int] | None) -> NoReturn:
     """From the namespaces to exec: shared by cold and pooled starts."""
@@ -358,16 +359,8 @@ def child_exec(init_pid: int, ns_fds: list[tuple[int, int]], root_fd: int, proc:
                console_size: tuple[int, int] | None = None) -> NoReturn:
     """Stages of a process joining a running silo (``docker exec``, HCS CreateProcess)."""
     try:
+        _prelude(close_fds, stdio, procs_files)
         try:
-            for fd in close_fds:
-                os.close(fd)
-            stage = "signals"
-            _default_signals()
-            if stdio is not None:
-                stage = "stdio"
-                _stdio(stdio, False)
-            stage = "jobobject"
-            _join_job(procs_files)
             stage = "namespaces"
             for fd, nstype in ns_fds:
                 libc.setns(fd, nstype)
