@@ -84,6 +84,13 @@ class ContainerBackend(Protocol):
 
     async def container_resize(self, ref: str, height: int, width: int) -> None: ...
 
+    async def container_update(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /containers/{id}/update → {"Warnings"}: new limits, applied live."""
+
+    async def container_prune(self, filters: dict[str, list[str]] | None = None
+                              ) -> dict[str, Any]:
+        """POST /containers/prune → {"ContainersDeleted", "SpaceReclaimed"}."""
+
     async def exec_create(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST /containers/{id}/exec → {"Id"}. Raises Conflict when the container is not running."""
 
@@ -102,11 +109,56 @@ class ImageBackend(Protocol):
 
     async def image_inspect(self, ref: str) -> dict[str, Any]: ...
 
+    async def image_history(self, ref: str) -> list[dict[str, Any]]: ...
+
+    async def image_tag(self, ref: str, repo: str, tag: str | None) -> None: ...
+
+    async def image_delete(self, ref: str, force: bool = False,
+                           noprune: bool = False) -> list[dict[str, str]]:
+        """→ Docker's [{"Untagged": …}, {"Deleted": …}]; Conflict (409) for images in use."""
+
+    async def image_prune(self, filters: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        """→ {"ImagesDeleted": [...] | None, "SpaceReclaimed": int}."""
+
+    async def image_import(self, body: AsyncIterator[bytes], repo: str = "", tag: str = "",
+                           message: str = "", changes: list[str] | None = None,
+                           platform: str = "", progress: Any = None) -> str:
+        """A rootfs tar → new image id; ``progress(doc)`` gets Docker's progress messages."""
+
+    async def image_load(self, body: AsyncIterator[bytes], quiet: bool = False,
+                         progress: Any = None) -> list[str]:
+        """An image archive (docker-archive or OCI layout) → ``Loaded image: …`` lines."""
+
+    async def image_save(self, names: list[str], oci: bool = False) -> AsyncIterator[bytes]:
+        """The archive of the named images (names are checked before the first chunk)."""
+
+    async def container_commit(self, ref: str, repo: str = "", tag: str = "",
+                               comment: str = "", author: str = "",
+                               changes: list[str] | None = None, pause: bool = True,
+                               config: dict[str, Any] | None = None) -> str: ...
+
+    async def container_export(self, ref: str) -> AsyncIterator[bytes]: ...
+
+    async def container_changes(self, ref: str) -> list[dict[str, Any]] | None: ...
+
+    async def container_archive_stat(self, ref: str, path: str) -> dict[str, Any]: ...
+
+    async def container_archive_get(self, ref: str, path: str
+                                    ) -> tuple[dict[str, Any], AsyncIterator[bytes]]: ...
+
+    async def container_archive_put(self, ref: str, path: str, body: AsyncIterator[bytes],
+                                    no_overwrite_dir_non_dir: bool = False) -> None: ...
+
 
 class SystemBackend(Protocol):
     async def version(self) -> dict[str, Any]: ...
 
     async def info(self) -> dict[str, Any]: ...
+
+    async def events(self, since: float = 0, until: float = 0,
+                     filters: dict[str, list[str]] | None = None
+                     ) -> AsyncIterator[dict[str, Any]]:
+        """Awaited, returns the iterator: past events from ``since``, then live ones."""
 
     async def compute_systems(self) -> list[dict[str, Any]]:
         """GET /silobox/compute-systems: HCS enumerate (Id, SystemType, Name, Owner, State, ...)."""
@@ -116,5 +168,72 @@ class SystemBackend(Protocol):
         """GET /silobox/compute-systems/{id}: HCS Properties with Statistics and ProcessList."""
 
 
-class Backend(ContainerBackend, ImageBackend, SystemBackend, Protocol):
+class NetworkBackend(Protocol):
+    """Docker's /networks over the Host Networking Service, plus HNS's own records."""
+
+    async def network_list(self, filters: dict[str, list[str]] | None = None
+                           ) -> list[dict[str, Any]]: ...
+
+    async def network_inspect(self, ref: str) -> dict[str, Any]: ...
+
+    async def network_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /networks/create → {"Id", "Warning"}."""
+
+    async def network_remove(self, ref: str) -> None:
+        """Raises Conflict when the network still has endpoints."""
+
+    async def network_prune(self, filters: dict[str, list[str]] | None = None
+                            ) -> dict[str, Any]: ...
+
+    async def network_connect(self, ref: str, container: str,
+                              endpoint_config: dict[str, Any]) -> None: ...
+
+    async def network_disconnect(self, ref: str, container: str, force: bool = False) -> None: ...
+
+    async def hns_networks(self) -> list[dict[str, Any]]:
+        """GET /silobox/hns/networks: Get-HnsNetwork's records."""
+
+    async def hns_network(self, ref: str) -> dict[str, Any]: ...
+
+    async def hns_endpoints(self) -> list[dict[str, Any]]: ...
+
+    async def hns_endpoint(self, ref: str) -> dict[str, Any]: ...
+
+
+class Backend(ContainerBackend, ImageBackend, SystemBackend, NetworkBackend, Protocol):
     """Everything silod serves."""
+
+
+class VolumeBackend(Protocol):
+    """Docker's /volumes: the local volume driver."""
+
+    async def volume_list(self, filters: dict[str, list[str]] | None = None
+                          ) -> dict[str, Any]:
+        """→ {"Volumes": [...], "Warnings": []}."""
+
+    async def volume_create(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def volume_inspect(self, name: str) -> dict[str, Any]: ...
+
+    async def volume_remove(self, name: str, force: bool = False) -> None:
+        """Raises Conflict ("volume is in use") while a container uses it."""
+
+    async def volume_prune(self, filters: dict[str, list[str]] | None = None,
+                           all_volumes: bool = False) -> dict[str, Any]:
+        """→ {"VolumesDeleted": [...], "SpaceReclaimed": int}."""
+
+
+class SandboxBackend(Protocol):
+    """/silobox/sandboxes: each container's writable sandbox (disk or directory)."""
+
+    async def sandbox_list(self) -> list[dict[str, Any]]: ...
+
+    async def sandbox_inspect(self, ref: str) -> dict[str, Any]: ...
+
+    async def sandbox_expand(self, ref: str, size: str | int) -> dict[str, Any]: ...
+
+    async def sandbox_attach(self, ref: str, mountpoint: str = "", merged: bool = False,
+                             rw: bool = False) -> dict[str, Any]:
+        """Refused (Conflict) while the container runs."""
+
+    async def sandbox_detach(self, ref: str) -> dict[str, Any]: ...

@@ -227,9 +227,11 @@ class ComputeSystem:
                 return
         record = self._read_exit_file()
         self._record_exit(record)
-        if self.job.exists():
+        try:
             self.job.kill_all()
             self.job.delete()
+        except NotFound:
+            pass
 
     def _frozen(self) -> bool:
         try:
@@ -274,9 +276,12 @@ class ComputeSystem:
             raise NotModified(f"container {self.id[:12]} is not running", object_id=self.id)
         if self._stopping is None:
             self._stopping = "kill"
-        self.job.kill_all(_signal.SIGKILL)
-        if self.state == State.PAUSED:
-            self.job.thaw()
+        try:
+            self.job.kill_all(_signal.SIGKILL)
+            if self.state == State.PAUSED:
+                self.job.thaw()
+        except NotFound:
+            pass   # the last process is already gone and the shim removed the job object
         try:
             async with asyncio.timeout(10):
                 await self._exited.wait()
@@ -474,9 +479,11 @@ class ComputeService:
             raise Conflict(f"compute system {cid[:12]} is running", object_id=cid)
         if system is not None:
             system.close()
-            if system.job.exists():
+            try:   # the shim may be deleting it at this very moment
                 system.job.kill_all()
                 system.job.delete()
+            except NotFound:
+                pass
         self.systems.pop(cid, None)
         shutil.rmtree(os.path.join(self.state_root, cid), ignore_errors=True)
 

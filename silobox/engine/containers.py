@@ -79,6 +79,8 @@ class ContainerService:
         self._exit_waiters: dict[str, list[asyncio.Future]] = {}
         self._removed_waiters: dict[str, list[asyncio.Future]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._backoff: dict[str, float] = {}
+        self._restarts: dict[str, asyncio.Task] = {}
         self.container_hooks: list[ContainerHook] = []
         import json
         for row in self.db.query("SELECT data FROM containers"):
@@ -133,6 +135,7 @@ class ContainerService:
                                           bool(hc.get("Privileged")))
         ulimits = S.parse_ulimits(hc.get("Ulimits") or [])
         mounts = S.parse_binds(hc.get("Binds"))
+        restart = S.parse_restart_policy(hc.get("RestartPolicy"), bool(hc.get("AutoRemove")))
         if hc.get("Init") and not os.path.exists(self.config.init_binary):
             raise InvalidArgument(f"--init needs {self.config.init_binary}: "
                                   "apt-get install tini")
@@ -171,7 +174,7 @@ class ContainerService:
             "Isolation": "process", "Ulimits": ulimits or None,
             "CapAdd": hc.get("CapAdd"), "CapDrop": hc.get("CapDrop"),
             "SecurityOpt": hc.get("SecurityOpt"),
-            "RestartPolicy": hc.get("RestartPolicy") or {"Name": "no", "MaximumRetryCount": 0},
+            "RestartPolicy": restart,
             "LogConfig": {"Type": "json-file", "Config": {}},
         }
         cdir = self._container_dir(cid)
@@ -357,9 +360,10 @@ class ContainerService:
             for hook in self.container_hooks:
                 await hook.on_stop(c)
             raise
-        c.state.update(Status="running", Running=True, Paused=False, Pid=system.pid,
-                       ExitCode=0, Error="", OOMKilled=False, StartedAt=system.started_at,
-                       FinishedAt=ZERO_TIME)
+        c.state.update(Status="running", Running=True, Paused=False, Restarting=False,
+                       Pid=system.pid, ExitCode=0, Error="", OOMKilled=False,
+                       StartedAt=system.started_at, FinishedAt=ZERO_TIME)
+        c.data["Silobox"]["StoppedByUser"] = False
         self._save(c)
         self.emit_event("container", "start", c)
 
@@ -385,6 +389,53 @@ class ContainerService:
                 await self._remove(c, force=True)
             except Exception:  # the record stays for a manual rm
                 pass
+        elif self._should_restart(c, ex.exit_code):
+            self._restarts[c.id] = asyncio.get_running_loop().create_task(self._restart_later(c))
+
+    def _cancel_restart(self, c: Container) -> bool:
+        """A user's stop or kill between two restarts: no more restarts; True if one was due."""
+        task = self._restarts.pop(c.id, None)
+        if task is None:
+            return False
+        task.cancel()
+        c.state.update(Status="exited", Restarting=False)
+        self._save(c)
+        return True
+
+    def _should_restart(self, c: Container, exit_code: int) -> bool:
+        """The restart policy, as Docker applies it after an exit nobody asked for."""
+        rp = c.host_config.get("RestartPolicy") or {}
+        name = rp.get("Name") or "no"
+        if name == "no" or c.data["Silobox"].get("StoppedByUser"):
+            return False
+        if name == "on-failure":
+            limit = rp.get("MaximumRetryCount") or 0
+            return exit_code != 0 and (limit == 0 or c.data.get("RestartCount", 0) < limit)
+        return name in ("always", "unless-stopped")
+
+    async def _restart_later(self, c: Container) -> None:
+        """Restart with Docker's back-off: 100 ms doubling, reset after 10 s of running."""
+        started = parse_iso(c.state.get("StartedAt", ""))
+        finished = parse_iso(c.state.get("FinishedAt", ""))
+        backoff = self._backoff.get(c.id, 0.05)
+        backoff = 0.1 if finished - started > 10 else min(backoff * 2, 60.0)
+        self._backoff[c.id] = backoff
+        c.state.update(Status="restarting", Restarting=True)
+        self._save(c)
+        try:
+            await asyncio.sleep(backoff)
+        finally:
+            self._restarts.pop(c.id, None)
+        try:
+            async with self._lock(c.id):
+                if (c.id not in self.containers or c.running
+                        or c.data["Silobox"].get("StoppedByUser")):
+                    return
+                c.data["RestartCount"] = c.data.get("RestartCount", 0) + 1
+                await self._start(c)
+        except Exception as e:  # recorded on the container; the policy tries again on exit
+            c.state.update(Status="exited", Restarting=False, Error=str(e))
+            self._save(c)
 
     def system_of(self, c: Container) -> ComputeSystem | None:
         try:
@@ -396,16 +447,26 @@ class ContainerService:
     async def container_stop(self, ref: str, timeout: int | None = None,
                              signal: str | None = None) -> None:
         c = self._find(ref)
-        system = self.system_of(c)
-        if not c.running or system is None or system.state not in (State.RUNNING, State.PAUSED):
-            raise NotModified(f"container {c.id[:12]} is not running")
-        if timeout is None:
-            timeout = c.config.get("StopTimeout")
+        async with self._lock(c.id):   # a start in progress (a policy restart) finishes first
+            self._stopped_by_user(c)
+            if self._cancel_restart(c):
+                return
+            system = self.system_of(c)
+            if not c.running or system is None or system.state not in (State.RUNNING,
+                                                                         State.PAUSED):
+                raise NotModified(f"container {c.id[:12]} is not running")
             if timeout is None:
-                timeout = self.config.default_stop_timeout
-        sig = S.parse_signal(signal or c.config.get("StopSignal"))
-        await system.shutdown(float(timeout), sig)
-        await self._settled(c)
+                timeout = c.config.get("StopTimeout")
+                if timeout is None:
+                    timeout = self.config.default_stop_timeout
+            sig = S.parse_signal(signal or c.config.get("StopSignal"))
+            await system.shutdown(float(timeout), sig)
+            await self._settled(c)
+
+    def _stopped_by_user(self, c: Container) -> None:
+        """A stop or kill from a user: the restart policy no longer applies until a start."""
+        c.data["Silobox"]["StoppedByUser"] = True
+        self._save(c)
 
     async def _settled(self, c: Container) -> None:
         """Wait until the exit callback has recorded the exit (it runs as a task)."""
@@ -417,14 +478,20 @@ class ContainerService:
     async def container_kill(self, ref: str, signal: str = "SIGKILL") -> None:
         c = self._find(ref)
         sig = S.parse_signal(signal or "SIGKILL", _signal.SIGKILL)
-        system = self.system_of(c)
-        if not c.running or system is None or system.state not in (State.RUNNING, State.PAUSED):
-            raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
-        if sig == _signal.SIGKILL:
-            await system.terminate()
-            await self._settled(c)
-        else:
-            await system.signal(sig)
+        async with self._lock(c.id):
+            system = self.system_of(c)
+            running = c.running and system is not None and system.state in (State.RUNNING,
+                                                                               State.PAUSED)
+            if not running and c.id not in self._restarts:
+                raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
+            self._stopped_by_user(c)
+            if self._cancel_restart(c):
+                return
+            if sig == _signal.SIGKILL:
+                await system.terminate()  # type: ignore[union-attr]
+                await self._settled(c)
+            else:
+                await system.signal(sig)  # type: ignore[union-attr]
         self.emit_event("container", "kill", c, {"signal": str(sig)})
 
     async def container_restart(self, ref: str, timeout: int | None = None,
@@ -467,10 +534,14 @@ class ContainerService:
         await self._remove(c, force)
 
     async def _remove(self, c: Container, force: bool) -> None:
+        pending = self._restarts.pop(c.id, None)
+        if pending is not None:
+            pending.cancel()
         async with self._lock(c.id):
             if c.id not in self.containers:
                 return
             system = self.system_of(c)
+            c.data["Silobox"]["StoppedByUser"] = True   # no policy restart during removal
             if system is not None and system.state in (State.RUNNING, State.PAUSED):
                 c.state["Status"] = "removing"
                 await system.terminate()
@@ -491,6 +562,68 @@ class ContainerService:
                 if not fut.done():
                     fut.set_result(code)
             self.emit_event("container", "destroy", c)
+
+    # ----- update / prune ------------------------------------------------------------------
+    _UPDATABLE = ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus", "CpuShares",
+                  "CpuPeriod", "CpuQuota", "CpusetCpus", "CpusetMems", "PidsLimit")
+
+    async def container_update(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``docker update``: new limits, applied live to the job object (HCS Modify)."""
+        c = self._find(ref)
+        if not isinstance(body, dict):
+            raise InvalidArgument("update config must be a JSON object")
+        hc = dict(c.host_config)
+        for key in self._UPDATABLE:
+            if body.get(key) not in (None, 0, ""):
+                hc[key] = body[key]
+        S.check_create_body({"Image": "-", "HostConfig": hc})
+        if "RestartPolicy" in body and body["RestartPolicy"] is not None:
+            if hc.get("AutoRemove") and (body["RestartPolicy"].get("Name") or "no") != "no":
+                raise InvalidArgument("Restart policy cannot be updated because AutoRemove is "
+                                      "enabled for the container")
+            hc["RestartPolicy"] = S.parse_restart_policy(body["RestartPolicy"], False)
+        resources = S.resources_from_hostconfig(hc)
+        system = self.system_of(c)
+        if system is not None and system.state in (State.RUNNING, State.PAUSED):
+            await asyncio.get_running_loop().run_in_executor(None, system.modify, {
+                "ResourcePath": "Container/Linux/Resources", "RequestType": "Update",
+                "Settings": resources})
+        c.data["HostConfig"] = hc
+        c.data["Silobox"]["Resources"] = resources
+        self._save(c)
+        self.emit_event("container", "update", c)
+        return {"Warnings": []}
+
+    async def container_prune(self, filters: dict[str, list[str]] | None = None
+                              ) -> dict[str, Any]:
+        """Remove every stopped container (matching the label/until filters)."""
+        filters = filters or {}
+        for k in filters:
+            if k not in ("label", "label!", "until"):
+                raise InvalidArgument(f"invalid filter '{k}'")
+        until = 0.0
+        if filters.get("until"):
+            from silobox.timeutil import parse_iso as _p
+            v = filters["until"][0]
+            try:
+                until = float(v)
+            except ValueError:
+                until = _p(v)
+        deleted, reclaimed = [], 0
+        for c in list(self.containers.values()):
+            if c.running or c.state["Status"] in ("restarting", "removing"):
+                continue
+            if filters.get("label") and not self._match(c, {"label": filters["label"]}):
+                continue
+            if any(self._match(c, {"label": [v]}) for v in filters.get("label!", [])):
+                continue
+            if until and parse_iso(c.data["Created"]) >= until:
+                continue
+            size = self.sandbox_for(c.id).used_bytes()
+            await self._remove(c, force=False)
+            deleted.append(c.id)
+            reclaimed += size
+        return {"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
     # ----- pause / rename / resize -----------------------------------------------------------
     async def container_pause(self, ref: str) -> None:
@@ -796,6 +929,18 @@ class ContainerService:
             else:
                 await self._on_exit(system)
         self._remove_orphans()
+        for c in list(self.containers.values()):
+            if c.running:
+                continue
+            name = (c.host_config.get("RestartPolicy") or {}).get("Name")
+            if name == "always" or (name == "unless-stopped"
+                                    and not c.data["Silobox"].get("StoppedByUser")):
+                try:
+                    async with self._lock(c.id):
+                        await self._start(c)
+                except Exception as e:  # keep going: one bad container must not stop silod
+                    c.state["Error"] = str(e)
+                    self._save(c)
 
     def _remove_orphans(self) -> None:
         """Reconcile the host with the store: job objects and shim state nobody owns go."""

@@ -234,8 +234,7 @@ def parse_binds(binds: list[str] | None) -> list[dict[str, Any]]:
         src, dst = parts[0], parts[1]
         mode = parts[2] if len(parts) == 3 else ""
         if not src.startswith("/"):
-            raise InvalidArgument(f"invalid volume specification: '{b}': named volumes are "
-                                  "handled by the volume service, which this daemon lacks")
+            continue   # NAME:/path is a named volume: the volume service's (engine/storageops)
         if not dst.startswith("/") or dst == "/":
             raise InvalidArgument(f"invalid volume specification: '{b}': mount path must be "
                                   "absolute and not /")
@@ -247,6 +246,30 @@ def parse_binds(binds: list[str] | None) -> list[dict[str, Any]]:
         out.append({"Type": "bind", "Source": src, "Destination": dst, "Mode": mode,
                     "RW": "ro" not in opts, "Propagation": "rprivate"})
     return out
+
+
+RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
+
+
+def parse_restart_policy(rp: Any, auto_remove: bool) -> dict[str, Any]:
+    """HostConfig.RestartPolicy with Docker's checks."""
+    if rp is None:
+        rp = {}
+    if not isinstance(rp, dict):
+        raise InvalidArgument("RestartPolicy: expected an object")
+    name = rp.get("Name") or "no"
+    count = rp.get("MaximumRetryCount") or 0
+    if name not in RESTART_POLICIES:
+        raise InvalidArgument(f"invalid restart policy: unknown policy '{name}'; use one of "
+                              "'no', 'always', 'on-failure', or 'unless-stopped'")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise InvalidArgument("invalid restart policy: maximum retry count cannot be negative")
+    if count and name != "on-failure":
+        raise InvalidArgument("invalid restart policy: maximum retry count can only be used "
+                              "with 'on-failure'")
+    if auto_remove and name != "no":
+        raise InvalidArgument("conflicting options: cannot specify both --restart and --rm")
+    return {"Name": name, "MaximumRetryCount": count}
 
 
 def merge_env(image_env: list[str], env: list[str]) -> list[str]:

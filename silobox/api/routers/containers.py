@@ -126,6 +126,8 @@ class ContainerRouter:
             ("POST", "/containers/{id}/pause", self.pause),
             ("POST", "/containers/{id}/unpause", self.unpause),
             ("POST", "/containers/{id}/rename", self.rename),
+            ("POST", "/containers/{id}/update", self.update),
+            ("POST", "/containers/prune", self.prune),
             ("POST", "/containers/{id}/resize", self.resize),
             ("POST", "/containers/{id}/attach", self.attach),
             ("DELETE", "/containers/{id}", self.remove),
@@ -213,6 +215,14 @@ class ContainerRouter:
         validate_container_name(new_name)
         await complete(self.backend.container_rename(_ref(request), new_name))
         return no_content()
+
+    async def update(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request, required=True)
+        return json_response(await complete(self.backend.container_update(_ref(request), body)))
+
+    async def prune(self, request: web.Request) -> web.Response:
+        filters = Query(request).filters()
+        return json_response(await complete(self.backend.container_prune(filters)))
 
     async def remove(self, request: web.Request) -> web.Response:
         query = Query(request)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
 from silobox import API_VERSION, MIN_API_VERSION
 from silobox.api.backend import SystemBackend
-from silobox.api.routers import Route, json_response
+from silobox.api.routers import Query, Route, json_response
 
 # Headers Docker's /_ping carries besides those every response gets (see app.py).
 PING_HEADERS = {
@@ -27,6 +29,7 @@ class SystemRouter:
             ("HEAD", "/_ping", self.ping_head),
             ("GET", "/version", self.version),
             ("GET", "/info", self.info),
+            ("GET", "/events", self.events),
         ]
 
     async def ping(self, request: web.Request) -> web.Response:
@@ -46,3 +49,16 @@ class SystemRouter:
 
     async def info(self, request: web.Request) -> web.Response:
         return json_response(await self.backend.info())
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """One JSON document per event, flushed as it happens; ends at ``until`` if given."""
+        query = Query(request)
+        since, until = query.timestamp("since"), query.timestamp("until")
+        stream = await self.backend.events(since, until, query.filters())
+        response = web.StreamResponse(status=200)
+        response.content_type = "application/json"
+        await response.prepare(request)
+        async for event in stream:
+            await response.write(json.dumps(event).encode() + b"\n")
+        await response.write_eof()
+        return response

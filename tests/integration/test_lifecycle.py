@@ -1,0 +1,165 @@
+"""Live updates, restart policies, prune and the event stream, through docker-py."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import docker
+import pytest
+
+IMAGE = "busybox"
+
+
+@pytest.fixture
+def api(silod):
+    return silod.client
+
+
+def _wait_for(pred, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_update_changes_limits_live(api, silod):
+    c = api.create_container(IMAGE, ["sleep", "100"],
+                             host_config=api.create_host_config(mem_limit="64m"))
+    try:
+        api.start(c)
+        api.update_container(c, mem_limit="48m", memswap_limit="96m")
+        status, _ = silod.request("POST", f"/containers/{c['Id']}/update", {"PidsLimit": 30})
+        assert status == 200
+        path = f"/sys/fs/cgroup/memory/{silod.cgroup_parent}/{c['Id']}/memory.limit_in_bytes"
+        with open(path) as f:
+            assert int(f.read()) == 48 * 1024 * 1024
+        path = f"/sys/fs/cgroup/pids/{silod.cgroup_parent}/{c['Id']}/pids.max"
+        with open(path) as f:
+            assert f.read().strip() == "30"
+        hc = api.inspect_container(c)["HostConfig"]
+        assert hc["Memory"] == 48 * 1024 * 1024 and hc["PidsLimit"] == 30
+        with pytest.raises(docker.errors.APIError) as e:
+            api.update_container(c, mem_limit="1k")
+        assert e.value.status_code == 400
+    finally:
+        api.remove_container(c, force=True)
+
+
+def test_restart_policy_on_failure(api):
+    c = api.create_container(IMAGE, ["sh", "-c", "exit 3"], host_config=api.create_host_config(
+        restart_policy={"Name": "on-failure", "MaximumRetryCount": 2}))
+    try:
+        api.start(c)
+        assert _wait_for(lambda: api.inspect_container(c)["RestartCount"] == 2
+                         and not api.inspect_container(c)["State"]["Restarting"]
+                         and api.inspect_container(c)["State"]["Status"] == "exited")
+        time.sleep(0.5)
+        assert api.inspect_container(c)["RestartCount"] == 2
+        assert api.inspect_container(c)["State"]["ExitCode"] == 3
+    finally:
+        api.remove_container(c, force=True)
+
+
+def test_restart_always_and_stop_ends_it(api):
+    c = api.create_container(IMAGE, ["sh", "-c", "sleep 0.2"], host_config=api.create_host_config(
+        restart_policy={"Name": "always"}))
+    try:
+        api.start(c)
+        assert _wait_for(lambda: api.inspect_container(c)["RestartCount"] >= 2)
+        api.stop(c, timeout=1)
+        count = api.inspect_container(c)["RestartCount"]
+        time.sleep(1.0)
+        info = api.inspect_container(c)
+        assert info["RestartCount"] == count and info["State"]["Running"] is False
+    finally:
+        api.remove_container(c, force=True)
+
+
+def test_restart_policy_validation(api):
+    with pytest.raises(docker.errors.APIError) as e:
+        api.create_container(IMAGE, ["true"], host_config=api.create_host_config(
+            restart_policy={"Name": "sometimes"}))
+    assert e.value.status_code == 400
+    with pytest.raises(docker.errors.APIError) as e:
+        api.create_container(IMAGE, ["true"], host_config=api.create_host_config(
+            restart_policy={"Name": "always"}, auto_remove=True))
+    assert e.value.status_code == 400
+
+
+def test_unless_stopped_survives_daemon_restart(silod):
+    api = silod.client
+    c = api.create_container(IMAGE, ["sleep", "100"], host_config=api.create_host_config(
+        restart_policy={"Name": "unless-stopped"}))
+    try:
+        api.start(c)
+        pid = api.inspect_container(c)["State"]["Pid"]
+        silod.stop()
+        import os
+        import signal
+        os.kill(pid, signal.SIGKILL)      # the container dies while silod is down
+        time.sleep(0.5)
+        silod.start()
+        api = silod.client
+        assert _wait_for(lambda: api.inspect_container(c)["State"]["Running"])
+        assert api.inspect_container(c)["State"]["Pid"] != pid
+    finally:
+        silod.client.remove_container(c, force=True)
+
+
+def test_container_prune(api):
+    keep = api.create_container(IMAGE, ["sleep", "100"])
+    gone = api.create_container(IMAGE, ["true"], labels={"silotest": "prune"})
+    try:
+        api.start(keep)
+        res = api.prune_containers(filters={"label": "silotest=prune"})
+        assert res["ContainersDeleted"] == [gone["Id"]]
+        ids = [x["Id"] for x in api.containers(all=True)]
+        assert keep["Id"] in ids and gone["Id"] not in ids
+    finally:
+        api.remove_container(keep, force=True)
+        try:
+            api.remove_container(gone, force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def test_events_stream_and_filters(api):
+    since = time.time()
+    c = api.create_container(IMAGE, ["true"], name="silotest-events")
+    api.start(c)
+    api.wait(c)
+    api.remove_container(c)
+    events = list(api.events(since=since, until=time.time() + 0.5, decode=True,
+                             filters={"container": "silotest-events"}))
+    actions = [e["Action"] for e in events]
+    for want in ("create", "start", "die", "destroy"):
+        assert want in actions, actions
+    assert all(e["Actor"]["ID"] == c["Id"] for e in events)
+    die = [e for e in events if e["Action"] == "die"][0]
+    assert die["Actor"]["Attributes"]["exitCode"] == "0"
+    assert die["Actor"]["Attributes"]["name"] == "silotest-events"
+
+
+def test_events_live(api):
+    got: list[dict] = []
+    stream = api.events(decode=True, filters={"event": "start", "label": "silotest=live"})
+
+    def reader():
+        for ev in stream:
+            got.append(ev)
+            break
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    c = api.create_container(IMAGE, ["true"], labels={"silotest": "live"})
+    try:
+        api.start(c)
+        t.join(5)
+        assert got and got[0]["Action"] == "start" and got[0]["Actor"]["ID"] == c["Id"]
+    finally:
+        stream.close()
+        api.remove_container(c, force=True)
