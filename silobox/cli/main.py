@@ -32,6 +32,8 @@ _TOP: dict[str, tuple[str, str]] = {
     "top": ("container", "top"),
     "stats": ("container", "stats"),
     "rename": ("container", "rename"),
+    "update": ("lifecycle", "update"),
+    "events": ("lifecycle", "events"),
     "images": ("image", "ls"),
     "rmi": ("image", "rm"),
     "import": ("image", "import_"),
@@ -48,6 +50,8 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "ls": ("container", "ps"),
         "list": ("container", "ps"),
         "inspect": ("container", "container_inspect"),
+        "update": ("lifecycle", "update"),
+        "prune": ("lifecycle", "prune"),
     },
     "image": {
         "ls": ("image", "ls"),
@@ -58,6 +62,7 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "system": {
         "info": ("system", "info"),
+        "events": ("lifecycle", "events"),
         "version": ("system", "version"),
     },
     "hcs": {

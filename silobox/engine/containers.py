@@ -543,9 +543,9 @@ class ContainerService:
             system = self.system_of(c)
             c.data["Silobox"]["StoppedByUser"] = True   # no policy restart during removal
             if system is not None and system.state in (State.RUNNING, State.PAUSED):
-                c.state["Status"] = "removing"
                 await system.terminate()
-                await self._settled(c)
+                await self._settled(c)     # the exit is recorded (and "die" sent) first
+            c.state["Status"] = "removing"
             self.compute.close_system(c.id)
             for hook in self.container_hooks:
                 await hook.on_remove(c)

@@ -497,3 +497,21 @@ def test_exec_it_on_a_pty(silo, sleeper) -> None:
         (b"exit 6\r", b""),
     ])
     assert code == 6, out
+
+
+def test_update_prune_and_events(silo):
+    name = silo.name()
+    silo.ok("run", "-d", "--name", name, "-m", "64m", IMAGE, "sleep", "100")
+    silo.ok("update", "-m", "32m", "--memory-swap", "64m", "--restart", "on-failure:2", name)
+    out = silo.ok("inspect", "-f", "{{.HostConfig.Memory}} {{.HostConfig.RestartPolicy.Name}}",
+                  name)
+    assert out.strip() == f"{32 * 1024 * 1024} on-failure"
+    silo.ok("rm", "-f", name)
+    stopped = silo.name()
+    silo.ok("create", "--name", stopped, "--label", "silotest=cliprune", IMAGE, "true")
+    out = silo.ok("container", "prune", "-f", "--filter", "label=silotest=cliprune")
+    assert "Deleted Containers:" in out and "Total reclaimed space:" in out
+    import time as _time
+    out = silo.ok("events", "--since", "60s", "--until", str(int(_time.time()) + 2),
+                  "--filter", f"container={name}", "--filter", "event=die")
+    assert "container die" in out and f"name={name}" in out
