@@ -15,9 +15,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # busybox-static: the built-in busybox image; tini: --init; libseccomp2: syscall filters;
-# python3-venv: the interpreter silobox runs on (Debian's, which starts fastest).
-PKGS="busybox-static tini libseccomp2 python3 python3-venv ca-certificates"
-[ "$WITH_TESTS" = 1 ] && PKGS="$PKGS procps iproute2 util-linux"
+# python3-venv: the interpreter silobox runs on (Debian's, which starts fastest);
+# libnftables1/nftables + iproute2: the networking service's NAT and port mapping;
+# e2fsprogs: mkfs.ext4/e2fsck/resize2fs for sandbox disks (util-linux: losetup for inspection).
+PKGS="busybox-static tini libseccomp2 python3 python3-venv ca-certificates libnftables1 nftables iproute2 e2fsprogs"
+# Tests only: skopeo and umoci check the image archive formats against independent tools.
+[ "$WITH_TESTS" = 1 ] && PKGS="$PKGS procps iproute2 util-linux skopeo umoci"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -26,7 +26,10 @@ from silobox.api.routers.compute import ComputeRouter
 from silobox.api.routers.containers import ContainerRouter
 from silobox.api.routers.exec import ExecRouter
 from silobox.api.routers.images import ImageRouter
+from silobox.api.routers.networks import NetworkRouter
 from silobox.api.routers.system import SystemRouter
+from silobox.api.routers.sandbox import SandboxRouter
+from silobox.api.routers.volumes import VolumeRouter
 from silobox.api.streams import HIJACKED_KEY
 from silobox.errors import InvalidArgument
 
@@ -131,7 +134,8 @@ def create_app(backend: Backend) -> web.Application:
                           client_max_size=CLIENT_MAX_SIZE)
     app.on_response_prepare.append(_standard_headers)
     routers = (SystemRouter(backend), ContainerRouter(backend), ExecRouter(backend),
-               ImageRouter(backend), ComputeRouter(backend))
+               ImageRouter(backend), ComputeRouter(backend), NetworkRouter(backend))
+    routers += (VolumeRouter(backend), SandboxRouter(backend))
     routes = [route for router in routers for route in router.routes()]
     for method, path, handler in with_version_prefix(routes):
         app.router.add_route(method, path, handler)

@@ -37,8 +37,17 @@ _TOP: dict[str, tuple[str, str]] = {
     "images": ("image", "ls"),
     "rmi": ("image", "rm"),
     "import": ("image", "import_"),
+    "load": ("image", "load"),
+    "save": ("image", "save"),
+    "tag": ("image", "tag"),
+    "history": ("image", "history"),
+    "commit": ("image", "commit"),
+    "export": ("image", "export"),
+    "cp": ("image", "cp"),
+    "diff": ("image", "diff"),
     "version": ("system", "version"),
     "info": ("system", "info"),
+    "port": ("network", "port"),
 }
 
 _CONTAINER_VERBS = ("run", "create", "start", "attach", "exec", "stop", "kill", "restart", "rm",
@@ -52,18 +61,60 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "inspect": ("container", "container_inspect"),
         "update": ("lifecycle", "update"),
         "prune": ("lifecycle", "prune"),
+        "commit": ("image", "commit"),
+        "export": ("image", "export"),
+        "cp": ("image", "cp"),
+        "diff": ("image", "diff"),
     },
     "image": {
         "ls": ("image", "ls"),
         "list": ("image", "ls"),
         "inspect": ("image", "inspect"),
         "rm": ("image", "rm"),
+        "remove": ("image", "rm"),
         "import": ("image", "import_"),
+        "load": ("image", "load"),
+        "save": ("image", "save"),
+        "tag": ("image", "tag"),
+        "history": ("image", "history"),
+        "prune": ("image", "prune"),
     },
     "system": {
         "info": ("system", "info"),
         "events": ("lifecycle", "events"),
         "version": ("system", "version"),
+    },
+    "network": {
+        "ls": ("network", "ls"),
+        "list": ("network", "ls"),
+        "inspect": ("network", "inspect"),
+        "create": ("network", "create"),
+        "rm": ("network", "rm"),
+        "remove": ("network", "rm"),
+        "prune": ("network", "prune"),
+        "connect": ("network", "connect"),
+        "disconnect": ("network", "disconnect"),
+    },
+    "hns": {
+        "network": ("hns", "network"),
+        "endpoint": ("hns", "endpoint"),
+    },
+    "volume": {
+        "create": ("volume", "create"),
+        "ls": ("volume", "ls"),
+        "list": ("volume", "ls"),
+        "inspect": ("volume", "inspect"),
+        "rm": ("volume", "rm"),
+        "remove": ("volume", "rm"),
+        "prune": ("volume", "prune"),
+    },
+    "sandbox": {
+        "ls": ("sandbox", "ls"),
+        "list": ("sandbox", "ls"),
+        "inspect": ("sandbox", "inspect"),
+        "expand": ("sandbox", "expand"),
+        "attach": ("sandbox", "attach"),
+        "detach": ("sandbox", "detach"),
     },
     "hcs": {
         "ls": ("hcs", "ls"),
@@ -77,6 +128,10 @@ _GROUP_HELP = {
     "image": "Manage images",
     "system": "Manage silobox",
     "hcs": "Show the compute service's own records of compute systems",
+    "volume": "Manage volumes",
+    "sandbox": "Show and manage the containers' sandbox disks",
+    "network": "Manage networks",
+    "hns": "Show the networking service's own records of networks and endpoints",
 }
 
 _HELP = """\
@@ -97,22 +152,35 @@ Management Commands:
   image       Manage images
   system      Manage silobox
   hcs         Show the compute service's own records of compute systems
+  sandbox     Show and manage the containers' sandbox disks
+  volume      Manage volumes
+  network     Manage networks
+  hns         Show the networking service's own records of networks and endpoints
 
 Commands:
   attach      Attach local standard input, output, and error streams to a running container
+  commit      Create a new image from a container's changes
+  cp          Copy files/folders between a container and the local filesystem
   create      Create a new container
+  diff        Inspect changes to files or directories on a container's filesystem
+  export      Export a container's filesystem as a tar archive
+  history     Show the history of an image
   import      Import the contents from a tarball to create a filesystem image
   inspect     Return low-level information on silobox objects
   kill        Kill one or more running containers
+  load        Load an image from a tar archive or STDIN
   logs        Fetch the logs of a container
   pause       Pause all processes within one or more containers
+  port        List port mappings or a specific mapping for the container
   rename      Rename a container
   restart     Restart one or more containers
   rm          Remove one or more containers
   rmi         Remove one or more images
+  save        Save one or more images to a tar archive (streamed to STDOUT by default)
   start       Start one or more stopped containers
   stats       Display a live stream of container(s) resource usage statistics
   stop        Stop one or more running containers
+  tag         Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
   top         Display the running processes of a container
   unpause     Unpause all processes within one or more containers
   wait        Block until one or more containers stop, then print their exit codes

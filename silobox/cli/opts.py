@@ -243,6 +243,8 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     a("--memory-reservation", metavar="bytes", help="Memory soft limit")
     a("--memory-swap", metavar="bytes",
       help="Swap limit equal to memory plus swap: '-1' to enable unlimited swap")
+    a("--mount", action="append", default=[], metavar="mount",
+      help="Attach a filesystem mount to the container (type=bind|volume|tmpfs,src=,dst=,...)")
     a("--name", metavar="string", help="Assign a name to the container")
     a("--network", "--net", metavar="network", help="Connect a container to a network")
     a("--oom-kill-disable", action="store_true", default=None, help="Disable OOM Killer")
@@ -259,6 +261,8 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     a("--rm", action="store_true", help="Automatically remove the container when it exits")
     a("--security-opt", action="append", default=[], metavar="list", help="Security Options")
     a("--shm-size", metavar="bytes", help="Size of /dev/shm")
+    a("--storage-opt", action="append", default=[], metavar="list",
+      help="Storage driver options for the container (size=20G, sandbox=disk|dir)")
     a("--stop-signal", metavar="string", help="Signal to stop the container")
     a("--stop-timeout", type=int, metavar="int", help="Timeout (in seconds) to stop a container")
     a("--tmpfs", action="append", default=[], metavar="list", help="Mount a tmpfs directory")
@@ -405,6 +409,11 @@ def build_create_body(ns: argparse.Namespace, detach: bool = True,
             volumes[v] = {}
     if binds:
         hc["Binds"] = binds
+    if ns.mount:
+        from silobox.cli.commands.volume import parse_mount_flag
+        hc["Mounts"] = [parse_mount_flag(m) for m in ns.mount]
+    if ns.storage_opt:
+        hc["StorageOpt"] = dict(o.partition("=")[::2] for o in ns.storage_opt)
     if volumes:
         config["Volumes"] = volumes
     exposed: dict[str, dict[str, Any]] = {}

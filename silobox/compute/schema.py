@@ -62,6 +62,7 @@ class LinuxSettings:
     domainname: str = ""
     shm_size: int = 64 * 1024 * 1024
     namespaces: list[str] = field(default_factory=lambda: ["mnt", "uts", "ipc", "net", "cgroup"])
+    tmpfs: list[dict] = field(default_factory=list)            # [{"ContainerPath", "Options"}]
 
 
 @dataclass
@@ -125,7 +126,14 @@ def parse_document(doc: Any) -> ContainerDocument:
         domainname=_get(lx, "Domainname", str, "", w),
         shm_size=_get(lx, "ShmSize", int, 64 * 1024 * 1024, w),
         namespaces=_get(lx, "Namespaces", list, ["mnt", "uts", "ipc", "net", "cgroup"], w),
+        tmpfs=_get(lx, "Tmpfs", list, [], w),
     )
+    for i, t in enumerate(linux.tmpfs):
+        if not isinstance(t, dict) or not isinstance(t.get("ContainerPath"), str) \
+                or not t["ContainerPath"].startswith("/") \
+                or not isinstance(t.get("Options", ""), str):
+            raise InvalidArgument(f"{w}Tmpfs[{i}]: ContainerPath must be an absolute path and "
+                                  "Options a string")
     return ContainerDocument(
         owner=_get(doc, "Owner", str, "silod"),
         hostname=_get(guest, "HostName", str, "", "Container.GuestOs."),

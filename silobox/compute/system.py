@@ -508,6 +508,7 @@ class ComputeService:
             readonly_paths=list(paths.READONLY_PATHS if lx.readonly_paths is None
                                 else lx.readonly_paths),
             readonly_rootfs=lx.readonly_rootfs, privileged=lx.privileged, shm_size=lx.shm_size,
+            tmpfs=[[t["ContainerPath"], *_tmpfs(t.get("Options") or "")] for t in lx.tmpfs],
         )
         return silo, self.translate_process(doc, init, False)
 
@@ -555,6 +556,15 @@ class ComputeService:
             if os.path.lexists(os.path.join(root, "etc", "passwd")):
                 return root
         return candidates[0] if candidates else "/nonexistent"
+
+
+def _tmpfs(options: str) -> tuple[int, str]:
+    """A tmpfs mount's Options (Docker's syntax, defaults already merged) → (flags, data)."""
+    from silobox.kernel.silo import tmpfs_options
+    try:
+        return tmpfs_options(options)
+    except ValueError as e:
+        raise InvalidArgument(f"Container.Linux.Tmpfs: {e}") from None
 
 
 def process_list(pids: list[int]) -> list[dict[str, Any]]:

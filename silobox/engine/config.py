@@ -19,6 +19,7 @@ class DaemonConfig:
     debug: bool = False
     init_binary: str = "/usr/bin/tini-static"
     default_stop_timeout: int = 10
+    storage_opts: tuple[str, ...] = ()    # --storage-opt sandbox=disk|dir, size=20G
     shim_pool: int = 2                    # warm shims kept ready by the spawner
 
     @property

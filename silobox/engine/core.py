@@ -11,12 +11,16 @@ from silobox.compute.system import ComputeService
 from silobox.engine.config import DaemonConfig
 from silobox.engine.containers import ContainerService
 from silobox.engine.events import EventLog
+from silobox.engine.imageops import ImageOpsService
 from silobox.engine.images import ImageService
+from silobox.engine.networks import NetworkService
 from silobox.engine.stats import StatsService
+from silobox.engine.storageops import StorageOps
 from silobox.engine.system import SystemService
 
 
-class Engine(ContainerService, StatsService, ImageService, SystemService, EventLog):
+class Engine(ContainerService, StatsService, ImageOpsService, ImageService, SystemService,
+             NetworkService, StorageOps, EventLog):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
     def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:
@@ -36,6 +40,8 @@ class Engine(ContainerService, StatsService, ImageService, SystemService, EventL
                                       pool=config.shim_pool > 0)
         self.daemon_id = self._daemon_id()
         self._init_containers()
+        self._init_storage()
+        self._init_networks()
 
     def _daemon_id(self) -> str:
         path = os.path.join(self.config.root, "engine-id")
@@ -49,9 +55,14 @@ class Engine(ContainerService, StatsService, ImageService, SystemService, EventL
             return new
 
     async def start(self) -> None:
+        self.sweep_storage()
+        await self.start_networks()
         await self.recover_containers()
+        self.reconcile_networks()
 
     async def close(self) -> None:
+        self._close_storage()
         for system in list(self.compute.systems.values()):
             system.close()
+        await self.close_networks()
         self.db.close()

@@ -33,6 +33,9 @@ def _parse_args(argv: list[str] | None) -> DaemonConfig:
     p.add_argument("--shim-pool", type=int, default=int(os.environ.get("SILOBOX_SHIM_POOL", "2")),
                    help="warm shims kept ready to take the forks and the cgroup attach off the "
                         "start path; 0 disables (default %(default)s)")
+    p.add_argument("--storage-opt", action="append", default=[], metavar="OPT",
+                   help="sandbox=disk|dir (default disk when loop devices work), size=SIZE of "
+                        "sandbox disks (default 20G); also env SILOBOX_STORAGE_OPTS=a=b,c=d")
     p.add_argument("-v", "--version", action="version", version=f"silod {__version__}")
     a = p.parse_args(argv)
     host = a.host or os.environ.get("SILOBOX_HOST") or f"unix://{a.exec_root}/silod.sock"
@@ -43,7 +46,7 @@ def _parse_args(argv: list[str] | None) -> DaemonConfig:
         p.error(f"invalid --cgroup-parent {a.cgroup_parent!r}")
     return DaemonConfig(root=os.path.abspath(a.root), exec_root=os.path.abspath(a.exec_root),
                         socket=host[len("unix://"):], cgroup_parent=parent, debug=a.debug,
-                        shim_pool=max(0, a.shim_pool))
+                        shim_pool=max(0, a.shim_pool), storage_opts=tuple(a.storage_opt))
 
 
 def _lock_pidfile(path: str) -> int:

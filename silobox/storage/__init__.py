@@ -2,7 +2,9 @@
 
 One module per concern: ``db`` (the daemon's SQLite store), ``layers`` (content-addressed
 read-only layers), ``images`` (image configs and tags), ``reference`` (image name parsing),
-``sandbox`` (each container's writable layer) and ``builtin`` (the offline busybox image).
+``sandbox`` (each container's writable layer), ``disk`` (sandbox disks: sparse ext4 images on
+loop devices, the pre-formatted pool), ``volumes`` (named volumes, local driver) and ``builtin``
+(the offline busybox image).
 """
 
 from silobox.storage.db import Database

@@ -321,6 +321,15 @@ class ImageStore:
         raise NotFound(f"No such image: {shown}", operation="storage::Image::Resolve",
                        object_id=ref)
 
+    def raw_config(self, image_id: str) -> bytes:
+        """The config bytes exactly as stored (the image id is their sha256)."""
+        row = self.db.query_one("SELECT config FROM images WHERE id = ?", (image_id,))
+        if row is None:
+            raise NotFound(f"No such image: {image_id}", operation="storage::Image::Get",
+                           object_id=image_id)
+        raw = row["config"]
+        return raw.encode() if isinstance(raw, str) else bytes(raw)
+
     def exists(self, ref: str) -> bool:
         try:
             self.resolve(ref)

@@ -29,7 +29,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from silobox.atomic import atomic_write_json
 from silobox.errors import Conflict, InvalidArgument, NotFound, SystemFailure
@@ -52,6 +52,8 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 _COPY_CHUNK = 1 << 20
+TAR_SPLIT_RAW = "tar-split.raw"     # the layer tar with file contents left as holes (sparse)
+TAR_SPLIT_INDEX = "tar-split.json"  # where those contents are: [[offset, size, path], ...]
 
 # Namespace of layer GUIDs (HCS names layers by a GUID derived from the folder name, NameToGuid).
 LAYER_GUID_NAMESPACE = uuid.UUID("0905ac57-030b-4f70-88f9-5ac4142019c9")
@@ -165,7 +167,8 @@ class LayerStore:
         tmp = os.path.join(self.dir, f"tmp-{uuid.uuid4().hex}")
         try:
             os.mkdir(tmp, 0o700)
-            diff_id, size = _extract_stream(stream, os.path.join(tmp, "diff"))
+            diff_id, size = _extract_stream(stream, os.path.join(tmp, "diff"),
+                                            os.path.join(tmp, TAR_SPLIT_RAW))
             parent_id = parent_layers[0].diff_id if parent_layers else None
             if self.exists(diff_id):
                 return self._with_parent(self.get(diff_id), parent_layers)
@@ -256,6 +259,124 @@ class LayerStore:
         os.rename(folder, doomed)
         return doomed
 
+    def set_parent(self, diff_id: str, parent: str | None) -> None:
+        """Record the chain a layer sits in when it was stored before its parent was known (an
+        archive's blobs arrive before its manifest); only for layers recorded without parent."""
+        diff_id = normalize_diff_id(diff_id)
+        parents = self.chain(parent) if parent is not None else []
+        chain_id = chain_ids([*(l.diff_id for l in reversed(parents)), diff_id])[-1]
+        with self.db.tx():
+            changed = self.db.execute("UPDATE layers SET parent = ?, chain_id = ? "
+                                      "WHERE diff_id = ? AND parent IS NULL AND ? IS NOT NULL",
+                                      (parent, chain_id, diff_id, parent))
+        if changed:
+            atomic_write_json(os.path.join(self.folder(diff_id), "layerchain.json"),
+                              [l.folder for l in parents])
+
+    # -- export --------------------------------------------------------------------------------
+
+    def tar_size(self, diff_id: str) -> int | None:
+        """Bytes of the layer's original tar, if it can be reproduced exactly (else None)."""
+        index = self._split_index(diff_id)
+        return None if index is None else int(index["size"])
+
+    def export_layer(self, diff_id: str) -> Iterator[bytes]:
+        """The layer's tar, byte for byte the one imported (wclayer ExportLayer).
+
+        The diff id is the sha256 of the tar, so a saved image must carry exactly those bytes.
+        At import the tar's headers were kept in a sparse file with holes where file contents
+        go; here the holes are filled from ``diff/`` and the result is checked against the diff
+        id. A layer without that record (or whose tar repeated a file name, so contents were
+        lost) is written fresh from ``diff/`` with whiteouts converted back to OCI form.
+        """
+        diff_id = normalize_diff_id(diff_id)
+        index = self._split_index(diff_id)
+        layer = self.get(diff_id)
+        if index is None:
+            from silobox.storage.changes import tar_overlay_dir
+            yield from tar_overlay_dir(layer.path)
+            return
+        folder = layer.folder
+        digest = hashlib.sha256()
+        raw = os.open(os.path.join(folder, TAR_SPLIT_RAW), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            pos = 0
+            for start, size, rel in index["regions"]:
+                for chunk in _read_range(raw, pos, start - pos):
+                    digest.update(chunk)
+                    yield chunk
+                for chunk in _read_content(layer.path, rel, size, diff_id):
+                    digest.update(chunk)
+                    yield chunk
+                pos = start + size
+            for chunk in _read_range(raw, pos, int(index["size"]) - pos):
+                digest.update(chunk)
+                yield chunk
+        finally:
+            os.close(raw)
+        if f"sha256:{digest.hexdigest()}" != diff_id:
+            raise SystemFailure(f"layer {diff_id} does not reproduce its tar: its files were "
+                                "changed on disk", operation="storage::Layer::Export",
+                                object_id=diff_id)
+
+    def _split_index(self, diff_id: str) -> dict | None:
+        folder = self.folder(diff_id)
+        try:
+            with open(os.path.join(folder, TAR_SPLIT_INDEX)) as f:
+                index = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise SystemFailure(f"cannot read {folder}/{TAR_SPLIT_INDEX}: {e}",
+                                operation="storage::Layer::Export", object_id=diff_id,
+                                cause=e) from e
+        return index if index.get("complete") else None
+
+    # -- consistency ---------------------------------------------------------------------------
+
+    def sweep(self, keep: set[str] | None = None) -> list[str]:
+        """Make the store consistent after a crash (windowsfilter's ``Cleanup()`` at start).
+
+        Removes interrupted imports (``tmp-*``) and removals (``rm-*``), folders no record
+        names, records whose folder is gone, and recorded layers that no image uses (an
+        interrupted load or commit stores layers before its image); ``keep`` are diff ids the
+        caller still needs. Images whose layers are missing are deleted first. Runs only while
+        nothing else writes the store. Returns what was removed.
+        """
+        removed: list[str] = []
+        keep = {normalize_diff_id(d) for d in keep or set()}
+        rows = {r["diff_id"] for r in self.db.query("SELECT diff_id FROM layers")}
+        present = {d for d in rows if os.path.isdir(os.path.join(self.folder(d), "diff"))}
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            if name.startswith(("tmp-", "rm-")) or f"sha256:{name}" not in present:
+                _remove_tree(path)
+                removed.append(path)
+        has_images = self.db.query_one("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                       "AND name = 'image_layers'") is not None
+        with self.db.tx():
+            if has_images:
+                for r in self.db.query("SELECT DISTINCT image_id, diff_id FROM image_layers"):
+                    if r["diff_id"] not in present:
+                        self.db.execute("DELETE FROM images WHERE id = ?", (r["image_id"],))
+                        removed.append(r["image_id"])
+            for d in rows - present:
+                self.db.execute("DELETE FROM layers WHERE diff_id = ?", (d,))
+                removed.append(d)
+        used = set(keep)
+        if has_images:
+            used |= {r["diff_id"] for r in self.db.query("SELECT diff_id FROM image_layers")}
+        # parents of used layers stay: a chain is removed top down
+        for d in list(used):
+            try:
+                used |= {l.diff_id for l in self.chain(d)}
+            except NotFound:
+                pass
+        for d in sorted(present - used):
+            for gone in self.release(d):
+                removed.append(gone.diff_id)
+        return removed
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _layer(self, row: object) -> Layer:
@@ -300,10 +421,13 @@ class _HashingReader:
         self._raw = raw
         self._hash = hashlib.sha256()
         self.total = 0
+        self.split: _TarSplit | None = None
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size)   # type: ignore[attr-defined]
         self._hash.update(data)
+        if self.split is not None and data:
+            self.split.feed(self.total, data)
         self.total += len(data)
         return data
 
@@ -338,19 +462,88 @@ def _open_layer_stream(stream: BinaryIO) -> _HashingReader:
     return _HashingReader(raw)
 
 
-def _extract_stream(stream: BinaryIO, diff_dir: str) -> tuple[str, int]:
-    """Extract the layer tar into ``diff_dir``; returns its diff id and content size."""
+class _TarSplit:
+    """Keeps the tar's bytes except regular files' contents, at their offsets in a sparse file.
+
+    tarfile reads ahead of the member it hands out, so bytes wait in ``pending`` until the
+    member that follows them is known; bytes inside a file's content region are dropped.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.pending: list[tuple[int, bytes]] = []
+        self.region = (0, 0)
+        self.regions: list[list[object]] = []
+        self.names: set[str] = set()
+        self.complete = True
+
+    def feed(self, pos: int, data: bytes) -> None:
+        start, end = self.region
+        if pos >= start and pos < end:
+            if pos + len(data) <= end:
+                return
+            data, pos = data[end - pos:], end
+        self.pending.append((pos, data))
+
+    def content(self, start: int, size: int, rel: str) -> None:
+        """A regular file's data region; flushes what precedes it."""
+        if rel in self.names:
+            self.complete = False
+        self.names.add(rel)
+        self.regions.append([start, size, rel])
+        self._flush(start + size, start)
+        self.region = (start, start + size)
+
+    def replaced(self, rel: str, tree: bool) -> None:
+        """An entry removes or replaces ``rel`` (with ``tree``, what is under it too)."""
+        if rel in self.names or (tree and any(n.startswith(rel + "/") for n in self.names)):
+            self.complete = False
+
+    def _flush(self, upto: int, skip_from: int) -> None:
+        keep: list[tuple[int, bytes]] = []
+        for pos, data in self.pending:
+            end = pos + len(data)
+            head_end = min(end, skip_from)
+            if head_end > pos:
+                os.pwrite(self.fd, data[:head_end - pos], pos)
+            if end > upto:
+                tail_from = max(pos, upto)
+                keep.append((tail_from, data[tail_from - pos:]))
+        self.pending = keep
+
+    def finish(self, total: int) -> dict[str, object]:
+        self._flush(total, total)
+        os.ftruncate(self.fd, total)
+        return {"size": total, "complete": self.complete, "regions": self.regions}
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _extract_stream(stream: BinaryIO, diff_dir: str,
+                    split_path: str | None = None) -> tuple[str, int]:
+    """Extract the layer tar into ``diff_dir``; returns its diff id and content size.
+
+    With ``split_path`` the tar's headers are kept there (see :class:`_TarSplit`) and the index
+    next to it, so :meth:`LayerStore.export_layer` can give back the identical tar.
+    """
     os.mkdir(diff_dir)
     os.chmod(diff_dir, 0o755)   # whatever the daemon's umask: containers run as any user
     reader = _open_layer_stream(stream)
+    split = _TarSplit(split_path) if split_path else None
+    reader.split = split
     try:
         try:
-            size = _extract(reader, diff_dir)
+            size = _extract(reader, diff_dir, split)
         except tarfile.ReadError:
             if reader.total:
                 raise
             size = 0   # an empty stream is an empty layer, as Docker reads it
         reader.drain()
+        if split is not None:
+            index = split.finish(reader.total)
+            atomic_write_json(os.path.join(os.path.dirname(split_path or ""), TAR_SPLIT_INDEX),
+                              index)
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
         raise InvalidArgument(f"invalid layer tar: {e}", operation="storage::Layer::Import",
                               cause=e) from e
@@ -359,13 +552,16 @@ def _extract_stream(stream: BinaryIO, diff_dir: str) -> tuple[str, int]:
             raise InvalidArgument(f"invalid layer tar: {e}", operation="storage::Layer::Import",
                                   cause=e) from e
         raise
+    finally:
+        if split is not None:
+            split.close()
     return f"sha256:{reader.hexdigest()}", size
 
 
 # -- extraction --------------------------------------------------------------------------------
 
 
-def _extract(reader: _HashingReader, dest: str) -> int:
+def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) -> int:
     """Apply every member of the tar under ``dest``; returns the bytes of file content written.
 
     Written for untrusted input: each name must stay inside ``dest`` (no absolute names, no
@@ -378,12 +574,15 @@ def _extract(reader: _HashingReader, dest: str) -> int:
     verified_dirs: set[str] = {""}
     dir_times: list[tuple[str, int]] = []
     with tarfile.open(fileobj=reader, mode="r|") as tar:   # type: ignore[call-overload]
-        for member in tar:
+        for member in _members(tar, reader):
             parts = _clean_name(member.name)
             base = parts[-1] if parts else ""
             parent_rel = "/".join(parts[:-1])
             if base.startswith(WHITEOUT_PREFIX):
                 parent = _ensure_parent(dest, parts[:-1], verified_dirs)
+                if split is not None and base != OPAQUE_MARKER:
+                    hidden = base[len(WHITEOUT_PREFIX):]
+                    split.replaced(f"{parent_rel}/{hidden}" if parent_rel else hidden, True)
                 _apply_whiteout(parent, base, member.name)
                 continue
             if not parts:   # "./": the layer's root directory itself
@@ -393,6 +592,10 @@ def _extract(reader: _HashingReader, dest: str) -> int:
             parent = _ensure_parent(dest, parts[:-1], verified_dirs)
             target = os.path.join(parent, base)
             rel = f"{parent_rel}/{base}" if parent_rel else base
+            if split is not None and os.path.lexists(target):
+                is_dir = os.path.isdir(target) and not os.path.islink(target)
+                if not (is_dir and member.isdir()):
+                    split.replaced(rel, is_dir)
             if member.isdir():
                 _make_room(target, keep_dir=True, verified_dirs=verified_dirs, rel=rel)
                 if not os.path.isdir(target):
@@ -403,6 +606,11 @@ def _extract(reader: _HashingReader, dest: str) -> int:
                 continue
             _make_room(target, keep_dir=False, verified_dirs=verified_dirs, rel=rel)
             if member.isreg():
+                if split is not None:
+                    if member.issparse():
+                        split.complete = False
+                    if member.size:
+                        split.content(member.offset_data, member.size, rel)
                 size += _write_file(tar, member, target)
             elif member.issym():
                 os.symlink(member.linkname, target)
@@ -425,6 +633,23 @@ def _extract(reader: _HashingReader, dest: str) -> int:
     for path, mtime in reversed(dir_times):
         os.utime(path, ns=(mtime * 10**9, mtime * 10**9), follow_symlinks=False)
     return size
+
+
+def _members(tar: tarfile.TarFile, reader: _HashingReader) -> Iterator[tarfile.TarInfo]:
+    """The tar's members. A tar that stops right after its last member's content, without
+    padding or end blocks (some tools write layers so), is complete: its diff id covers exactly
+    those bytes. A tar cut inside a header or a file's content is still an error."""
+    members = iter(tar)
+    while True:
+        try:
+            member = next(members)
+        except StopIteration:
+            return
+        except tarfile.ReadError as e:
+            if str(e) == "unexpected end of data" and tar.members and not reader.read(1):
+                return
+            raise
+        yield member
 
 
 def _clean_name(name: str) -> list[str]:
@@ -610,6 +835,34 @@ def _remove_tree(path: str) -> None:
             pass
     if path and os.path.lexists(path):
         shutil.rmtree(path, onerror=onerror)
+
+
+def _read_range(fd: int, pos: int, length: int) -> Iterator[bytes]:
+    while length > 0:
+        chunk = os.pread(fd, min(length, _COPY_CHUNK), pos)
+        if not chunk:
+            raise SystemFailure("a layer's tar record is shorter than recorded",
+                                operation="storage::Layer::Export")
+        pos += len(chunk)
+        length -= len(chunk)
+        yield chunk
+
+
+def _read_content(diff: str, rel: str, size: int, diff_id: str) -> Iterator[bytes]:
+    """A file's contents from ``diff/``, never through a symlink."""
+    try:
+        fd = os.open(os.path.join(diff, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise SystemFailure(f"layer {diff_id} is missing {rel}: {e.strerror}",
+                            operation="storage::Layer::Export", object_id=diff_id,
+                            cause=e) from e
+    try:
+        if os.fstat(fd).st_size != size:
+            raise SystemFailure(f"layer {diff_id}: {rel} changed size on disk",
+                                operation="storage::Layer::Export", object_id=diff_id)
+        yield from _read_range(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def _now() -> str:

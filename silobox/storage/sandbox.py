@@ -1,17 +1,27 @@
 """The per-container writable layer, the counterpart of windowsfilter's ``<id>\\sandbox.vhdx``.
 
 Windows gives each container a scratch disk that the filter driver unions over the image layers.
-Here the scratch is an overlay ``upperdir``/``workdir`` pair in ``<root>/containers/<id>/sandbox/``
-(a plain directory for now; a sized ext4 sandbox disk can later hold the same directories), next
-to ``rootfs/``, the empty mount point of the merged view. The sandbox directory is what an HCS
-document names as ``Container.Storage.Path``. The container's own overlay mount is made by its
-child process inside its own mount namespace; :meth:`Sandbox.mount_on_host` is the host-side
-attach (diskpart ``attach vdisk`` on Windows) that tools use on a stopped container.
+Here the scratch is an overlay ``upperdir``/``workdir`` pair in ``<root>/containers/<id>/sandbox/``,
+next to ``rootfs/``, the empty mount point of the merged view. The sandbox directory is what an
+HCS document names as ``Container.Storage.Path``. It comes in two kinds:
+
+* ``disk``: a sparse ext4 image ``<root>/containers/<id>/sandbox.img`` (``storage.disk``) whose
+  root holds ``upper/``, ``work/`` and ``rootfs/``. While the container runs (or a tool works on
+  it) the image is attached to a loop device and mounted over ``sandbox/``
+  (:meth:`Sandbox.activate`, ActivateLayer), so the paths stay the same and the size is a hard
+  limit: writes past it fail with ENOSPC inside the container.
+* ``dir``: plain directories on the host's filesystem (Docker overlay2's behaviour), for hosts
+  without loop devices.
+
+The container's own overlay mount is made by its child process inside its own mount namespace;
+:meth:`Sandbox.mount_on_host` is the host-side attach (diskpart ``attach vdisk`` on Windows) that
+tools use on a stopped container.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -20,10 +30,14 @@ import uuid
 from dataclasses import dataclass
 
 from silobox.atomic import atomic_write_json
-from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, SystemFailure, \
-    Unavailable
+from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, SiloboxError, \
+    SystemFailure, Unavailable
 from silobox.kernel import libc
 from silobox.storage.layers import read_layerchain
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from silobox.storage.disk import DiskPool
 
 OVERLAY_MAX_LOWERS = 500       # OVL_MAX_STACK in fs/overlayfs
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -44,18 +58,77 @@ class Sandbox:
     ``upper/``, ``work/``, the ``rootfs/`` mount point and ``layerchain.json``."""
 
     def __init__(self, root: str, container_id: str) -> None:
+        """``root`` is the daemon's storage root; the kind is read from what is on disk."""
         if not _ID.fullmatch(container_id or ""):
             raise InvalidArgument(f"invalid container id {container_id!r}",
                                   operation="storage::Sandbox", object_id=container_id)
         self.container_id = container_id
-        self.folder = os.path.join(os.path.abspath(root), "containers", container_id)
+        self.root = os.path.abspath(root)
+        self.folder = os.path.join(self.root, "containers", container_id)
         self.path = os.path.join(self.folder, "sandbox")
+        self.image = os.path.join(self.folder, "sandbox.img")
         self.paths = SandboxPaths(upper=os.path.join(self.path, "upper"),
                                   work=os.path.join(self.path, "work"),
                                   rootfs=os.path.join(self.path, "rootfs"))
 
     def exists(self) -> bool:
         return os.path.isdir(self.paths.upper) and os.path.isdir(self.paths.work)
+
+    @property
+    def kind(self) -> str:
+        """``disk`` when the container has a sandbox disk image, else ``dir``."""
+        return "disk" if os.path.exists(self.image) else "dir"
+
+    # -- the sandbox disk ----------------------------------------------------------------------
+
+    def create_disk(self, pool: "DiskPool", size: int | None = None) -> None:
+        """Put a formatted sandbox disk in place (CreateSandboxLayer copying ``blank.vhdx``;
+        ExpandSandboxSize when a size is given). Called before :meth:`create`."""
+        os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        if os.path.exists(self.image):
+            raise AlreadyExists(f"the sandbox disk of container {self.container_id} exists "
+                                "already", operation="storage::Sandbox::Create",
+                                object_id=self.container_id)
+        pool.take(self.image, size)
+
+    def is_active(self) -> bool:
+        """Whether the sandbox disk is mounted on the host over ``sandbox/``."""
+        return os.path.realpath(self.path) in mounts_under(self.path)
+
+    def activate(self) -> str:
+        """Attach the disk to a loop device and mount it over ``sandbox/`` (ActivateLayer);
+        returns the device. A no-op returning "" for a ``dir`` sandbox or an active disk."""
+        if self.kind != "disk" or self.is_active():
+            return ""
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        from silobox.storage import disk
+        # A container that just exited can hold its disk a moment longer (its mount namespace
+        # goes after its last process); AUTOCLEAR then detaches the device. Mounting the image
+        # again before that would make a second ext4 instance of one disk: wait for it.
+        disk.wait_detached(self.image)
+        return disk.mount_image(self.image, self.path)
+
+    def deactivate(self) -> None:
+        """Unmount everything on and below ``sandbox/`` (DeactivateLayer); the loop device
+        detaches itself (AUTOCLEAR) once the last mount of the disk is gone."""
+        for mount_point in mounts_under(self.path):
+            try:
+                libc.umount2(mount_point, 0)
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    libc.umount2(mount_point, libc.MNT_DETACH)
+                elif e.errno not in (errno.EINVAL, errno.ENOENT):
+                    raise SystemFailure(f"cannot unmount {mount_point}: {e.strerror}",
+                                        operation="storage::Sandbox::Deactivate",
+                                        object_id=self.container_id, cause=e) from e
+
+    def loop_device(self) -> str:
+        """The loop device the disk is attached to, or ""."""
+        if self.kind != "disk":
+            return ""
+        from silobox.storage import disk
+        found = disk.loops_of(self.image)
+        return found[0] if found else ""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -112,6 +185,11 @@ class Sandbox:
                 doomed = os.path.join(self.folder, f".removing-{uuid.uuid4().hex[:8]}")
                 os.rename(self.path, doomed)
                 shutil.rmtree(doomed)
+            if os.path.lexists(self.image):
+                # A loop device still attached (a lingering mount elsewhere) keeps the open
+                # file; AUTOCLEAR detaches it when that goes, the blocks are freed then.
+                from silobox.storage.disk import discard
+                discard(self.image, self.root)
             for leftover in os.listdir(self.folder) if os.path.isdir(self.folder) else []:
                 if leftover.startswith((".removing-", ".sandbox-")):
                     shutil.rmtree(os.path.join(self.folder, leftover), ignore_errors=True)
@@ -126,7 +204,10 @@ class Sandbox:
 
     def used_bytes(self) -> int:
         """What the container has written: the apparent size of everything in ``upper/``,
-        hard links counted once (Docker's ``SizeRw``)."""
+        hard links counted once (Docker's ``SizeRw``). For an inactive sandbox disk, what its
+        filesystem holds beyond a freshly formatted one (read from the superblock)."""
+        if self.kind == "disk" and not self.is_active():
+            return self._disk_used_delta()
         total = 0
         seen: set[tuple[int, int]] = set()
         for top, dirs, files in os.walk(self.paths.upper):
@@ -143,6 +224,47 @@ class Sandbox:
                     seen.add((st.st_dev, st.st_ino))
                 total += st.st_size
         return total
+
+    def _disk_used_delta(self) -> int:
+        from silobox.storage import disk
+        try:
+            sb = disk.read_superblock(self.image)
+        except SiloboxError:
+            return 0
+        baseline = self.disk_info().get("Baseline", sb.used)
+        return max(0, sb.used - int(baseline))
+
+    def disk_info(self) -> dict:
+        """What was recorded when the disk was made (``sandbox.json``: Baseline, Size)."""
+        try:
+            with open(os.path.join(self.folder, "sandbox.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def expand(self, size: int) -> None:
+        """ExpandSandboxSize: grow the disk (online through its loop device while active)."""
+        from silobox.storage import disk
+        device = self.loop_device() if self.is_active() else None
+        if device is None and self.loop_device():
+            raise Conflict(f"the sandbox disk of container {self.container_id} is in use",
+                           operation="storage::Sandbox::Expand", object_id=self.container_id)
+        before = None if device else disk.read_superblock(self.image).used
+        disk.grow_image(self.image, size, device)
+        if before is not None:   # the new block groups' metadata is not the container's data
+            info = self.disk_info()
+            after = disk.read_superblock(self.image)
+            info.update(Size=after.size,
+                        Baseline=int(info.get("Baseline", before)) + after.used - before)
+            with open(os.path.join(self.folder, "sandbox.json"), "w") as f:
+                json.dump(info, f)
+
+    def record_disk_info(self) -> None:
+        from silobox.storage import disk
+        sb = disk.read_superblock(self.image)
+        # Derived data (re-readable from a fresh disk): no fsync on the create path.
+        with open(os.path.join(self.folder, "sandbox.json"), "w") as f:
+            json.dump({"Kind": "disk", "Size": sb.size, "Baseline": sb.used}, f)
 
     # -- overlay -------------------------------------------------------------------------------
 
@@ -196,9 +318,12 @@ class Sandbox:
         options = self.overlay_options(lower_dirs if lower_dirs is not None
                                        else self.layer_chain())
         flags = libc.MS_RDONLY if readonly else 0
+        activated = bool(self.activate())   # a sandbox disk is mounted over sandbox/ first
         try:
             libc.mount("overlay", self.paths.rootfs, "overlay", flags, options)
         except OSError as e:
+            if activated:
+                self.deactivate()
             if e.errno == errno.ENODEV:
                 raise Unavailable("the overlay filesystem is not available: modprobe overlay",
                                   operation="storage::Sandbox::Mount",
@@ -225,6 +350,8 @@ class Sandbox:
                                     operation="storage::Sandbox::Unmount",
                                     object_id=self.container_id, cause=e) from e
             libc.umount2(self.paths.rootfs, libc.MNT_DETACH)   # a reader still holds it open
+        if self.kind == "disk":
+            self.deactivate()   # a running container never has its rootfs on the host
         return True
 
     def is_mounted(self) -> bool:

@@ -199,7 +199,8 @@ def test_modes_owners_links_devices_xattrs_and_times_are_kept(store):
     assert layer.size == len(b"#!/bin/true\n") + len(b"tool") + 1 + len(b"parents are created")
 
     folder = layer.folder
-    assert sorted(os.listdir(folder)) == ["diff", "layerchain.json", "meta.json"]
+    assert sorted(os.listdir(folder)) == ["diff", "layerchain.json", "meta.json", "tar-split.json",
+                                         "tar-split.raw"]
     assert open(os.path.join(folder, "layerchain.json")).read() == "[]"
 
 

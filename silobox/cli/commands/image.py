@@ -207,10 +207,8 @@ def import_(ctx: Context, argv: list[str]) -> int:
                               "message": ns.message or None, "changes": ns.change or None,
                               "platform": ns.platform or None}
     client = ctx.client
-    headers = {"Content-Type": "application/x-tar"}
     if ns.source == "-":
-        data = sys.stdin.buffer.read()
-        resp = client.send("POST", "/images/create", params, headers=headers, raw=data)
+        resp = _upload(ctx, "POST", "/images/create", params, "-")   # streamed as it is read
     else:
         try:
             f = open(ns.source, "rb")
@@ -248,4 +246,398 @@ def import_(ctx: Context, argv: list[str]) -> int:
     resp.conn.close()
     if failed:
         raise StatusError(1, failed)
+    return 0
+
+
+# -- tag, history, prune -----------------------------------------------------------------------
+
+
+def tag(ctx: Context, argv: list[str]) -> int:
+    """``silo tag SOURCE TARGET``."""
+    p = parser(ctx, "tag", "SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG]",
+               "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE")
+    p.add_argument("source")
+    p.add_argument("target")
+    ns = parse(p, argv)
+    repo, tag_ = split_reference(ns.target)
+    ctx.client.request("POST", f"/images/{quote(ns.source, safe='/:@')}/tag",
+                       {"repo": repo, "tag": tag_ or None})
+    return 0
+
+
+def history(ctx: Context, argv: list[str]) -> int:
+    """``silo history IMAGE``: the layers and commands an image was made of, newest first."""
+    p = parser(ctx, "history", "[OPTIONS] IMAGE", "Show the history of an image")
+    p.add_argument("-H", "--human", action="store_true", default=True,
+                   help="Print sizes and dates in human readable format")
+    p.add_argument("--no-trunc", action="store_true", help="Don't truncate output")
+    p.add_argument("-q", "--quiet", action="store_true", help="Only show image IDs")
+    p.add_argument("--format", metavar="string", help="Format output using a custom template")
+    p.add_argument("image")
+    ns = parse(p, argv)
+    items = ctx.client.get(f"/images/{quote(ns.image, safe='/:@')}/history") or []
+    if ns.quiet:
+        for item in items:
+            ctx.out((item["Id"] if ns.no_trunc or item["Id"] == "<missing>"
+                     else short_id(item["Id"])) + "\n")
+        return 0
+    now = time.time()
+    rows = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
+    for item in items:
+        image_id = item["Id"] if ns.no_trunc or item["Id"] == "<missing>" else short_id(item["Id"])
+        created = units.human_duration(now - item["Created"]) + " ago" if item["Created"] \
+            else "N/A"
+        by = item.get("CreatedBy") or ""
+        if not ns.no_trunc and len(by) > 45:
+            by = by[:44] + "…"
+        rows.append([image_id, created, by, units.human_size(item.get("Size") or 0),
+                     item.get("Comment") or ""])
+    ctx.out(_table(rows))
+    return 0
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n"
+                   for r in rows)
+
+
+def prune(ctx: Context, argv: list[str]) -> int:
+    """``silo image prune``: remove dangling images (all unused ones with ``-a``)."""
+    p = parser(ctx, "image prune", "[OPTIONS]", "Remove unused images")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="Remove all unused images, not just dangling ones")
+    p.add_argument("-f", "--force", action="store_true", help="Do not prompt for confirmation")
+    p.add_argument("--filter", action="append", default=[], metavar="filter",
+                   help='Provide filter values (e.g. "until=<timestamp>")')
+    ns = parse(p, argv)
+    if not ns.force:
+        what = "all images without at least one container associated to them" if ns.all \
+            else "all dangling images"
+        ctx.out(f"WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ")
+        sys.stdout.flush()
+        answer = sys.stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            return 0
+    from silobox.cli.commands.container import parse_filters
+    import json
+
+    filters = parse_filters(ns.filter)
+    if ns.all:
+        filters["dangling"] = ["false"]
+    report = ctx.client.post("/images/prune",
+                             {"filters": json.dumps(filters) if filters else None}) or {}
+    deleted = report.get("ImagesDeleted") or []
+    if deleted:
+        ctx.out("Deleted Images:\n")
+        for item in deleted:
+            for key in ("Untagged", "Deleted"):
+                if item.get(key):
+                    ctx.out(f"{key.lower()}: {item[key]}\n")
+        ctx.out("\n")
+    ctx.out(f"Total reclaimed space: {units.human_size(report.get('SpaceReclaimed') or 0)}\n")
+    return 0
+
+
+# -- bodies and progress -----------------------------------------------------------------------
+
+
+def _upload(ctx: Context, method: str, path: str, params: dict[str, Any],
+            source: str) -> Any:
+    """Send a file (``sendfile``) or stdin (chunked, as it is read) as the request body."""
+    client = ctx.client
+    conn = client.connect()
+    url = client.url(path, params)
+    client.log_request(method, url)
+    head = f"{method} {url} HTTP/1.1\r\nHost: docker\r\nUser-Agent: silo\r\n" \
+           "Content-Type: application/x-tar\r\n"
+    if source == "-":
+        conn.sock.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode("latin-1"))
+        stdin = sys.stdin.buffer
+        while True:
+            chunk = stdin.read1(1 << 20) if hasattr(stdin, "read1") else stdin.read(1 << 20)
+            if not chunk:
+                break
+            conn.sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        conn.sock.sendall(b"0\r\n\r\n")
+    else:
+        try:
+            f = open(source, "rb")
+        except OSError as e:
+            raise StatusError(1, f"open {source}: {(e.strerror or str(e)).lower()}") from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            conn.sock.sendall((head + f"Content-Length: {size}\r\n\r\n").encode("latin-1"))
+            while chunk := f.read(1 << 20):
+                conn.sock.sendall(chunk)
+    resp = conn.read_response(method)
+    if resp.status >= 400:
+        body = resp.read()
+        resp.conn.close()
+        raise APIError(resp.status, error_message(resp.status, body))
+    return resp
+
+
+def _progress_messages(ctx: Context, resp: Any, show_progress: bool) -> list[str]:
+    """Print Docker's JSON message stream: progress on a terminal (one updating line per id),
+    ``stream`` and ``status`` text; returns nothing but raises on an in-band error."""
+    import json
+
+    tty = show_progress and sys.stderr.isatty()
+    failed = ""
+    for line in resp.iter_lines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            ctx.out(line.decode("utf-8", "replace") + "\n")
+            continue
+        if msg.get("error") or msg.get("errorDetail"):
+            failed = msg.get("error") or (msg.get("errorDetail") or {}).get("message", "")
+            continue
+        if msg.get("progressDetail"):
+            if tty:
+                label = f"{msg.get('id', '')}: {msg.get('status', '')}".strip(": ")
+                sys.stderr.write(f"\r{label} {msg.get('progress', '')}\x1b[K")
+                sys.stderr.flush()
+            continue
+        if tty:
+            sys.stderr.write("\r\x1b[K")
+        if msg.get("stream"):
+            ctx.out(msg["stream"])
+        elif msg.get("status"):
+            ctx.out(f"{msg['status']}\n")
+    resp.conn.close()
+    if failed:
+        raise StatusError(1, failed)
+    return []
+
+
+# -- load, save --------------------------------------------------------------------------------
+
+
+def load(ctx: Context, argv: list[str]) -> int:
+    """``silo load``: images from a docker-archive or OCI layout tar (file or stdin)."""
+    p = parser(ctx, "load", "[OPTIONS]", "Load an image from a tar archive or STDIN")
+    p.add_argument("-i", "--input", metavar="string",
+                   help="Read from tar archive file, instead of STDIN")
+    p.add_argument("-q", "--quiet", action="store_true", help="Suppress the load output")
+    ns = parse(p, argv)
+    source = ns.input or "-"
+    if source == "-" and sys.stdin.isatty():
+        raise StatusError(1, "requested load from stdin, but stdin is empty")
+    resp = _upload(ctx, "POST", "/images/load", {"quiet": "1" if ns.quiet else "0"}, source)
+    _progress_messages(ctx, resp, not ns.quiet)
+    return 0
+
+
+def save(ctx: Context, argv: list[str]) -> int:
+    """``silo save``: one archive for all the images named (docker-archive + OCI layout; with
+    ``--format oci`` a pure OCI layout)."""
+    p = parser(ctx, "save", "[OPTIONS] IMAGE [IMAGE...]",
+               "Save one or more images to a tar archive (streamed to STDOUT by default)")
+    p.add_argument("-o", "--output", metavar="string", help="Write to a file, instead of STDOUT")
+    p.add_argument("--format", default="docker", choices=("docker", "oci"),
+                   help="Archive layout: docker (also an OCI layout) or oci (OCI layout only)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    ns = parse(p, argv)
+    if not ns.output and sys.stdout.isatty():
+        raise StatusError(1, "cowardly refusing to save to a terminal. Use the -o flag or "
+                             "redirect")
+    resp = ctx.client.stream("GET", "/images/get", {"names": ns.images, "format": ns.format},
+                             own_connection=True)
+    _download(resp, ns.output, "Saving")
+    return 0
+
+
+def _download(resp: Any, output: str | None, what: str) -> None:
+    """Write a streamed body to a file (atomically, via a temp name) or stdout; show bytes."""
+    tty = sys.stderr.isatty() and bool(output)
+    target = None
+    tmp = ""
+    if output:
+        tmp = f"{output}.tmp-{os.getpid()}"
+        target = open(tmp, "wb")
+    done = 0
+    last = 0.0
+    try:
+        out = target if target is not None else sys.stdout.buffer
+        while True:
+            chunk = resp.read_some()
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+            if tty and time.monotonic() - last > 0.2:
+                last = time.monotonic()
+                sys.stderr.write(f"\r{what} {units.human_size(done)}\x1b[K")
+        out.flush()
+        if target is not None:
+            target.close()
+            os.rename(tmp, output)
+            tmp = ""
+        if tty:
+            sys.stderr.write(f"\r{what} {units.human_size(done)} done\x1b[K\n")
+    finally:
+        resp.conn.close()
+        if target is not None and not target.closed:
+            target.close()
+        if tmp:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+# -- container filesystems ---------------------------------------------------------------------
+
+
+def commit(ctx: Context, argv: list[str]) -> int:
+    """``silo commit``: a container's changes as a new image."""
+    p = parser(ctx, "commit", "[OPTIONS] CONTAINER [REPOSITORY[:TAG]]",
+               "Create a new image from a container's changes")
+    p.add_argument("-a", "--author", metavar="string",
+                   help='Author (e.g., "John Hannibal Smith <hannibal@a-team.com>")')
+    p.add_argument("-c", "--change", action="append", default=[], metavar="list",
+                   help="Apply Dockerfile instruction to the created image")
+    p.add_argument("-m", "--message", metavar="string", help="Commit message")
+    p.add_argument("-p", "--pause", default="true", nargs="?", const="true", metavar="",
+                   help="Pause container during commit (default true)")
+    p.add_argument("container")
+    p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]")
+    ns = parse(p, argv)
+    repo, tag_ = split_reference(ns.reference) if ns.reference else ("", "")
+    doc = ctx.client.post("/commit", {"container": ns.container, "repo": repo or None,
+                                      "tag": tag_ or None, "comment": ns.message or None,
+                                      "author": ns.author or None, "changes": ns.change or None,
+                                      "pause": ns.pause.lower() not in ("false", "0")})
+    ctx.out(f"{doc['Id']}\n")
+    return 0
+
+
+def export(ctx: Context, argv: list[str]) -> int:
+    """``silo export``: a container's filesystem as a tar."""
+    p = parser(ctx, "export", "[OPTIONS] CONTAINER",
+               "Export a container's filesystem as a tar archive")
+    p.add_argument("-o", "--output", metavar="string", help="Write to a file, instead of STDOUT")
+    p.add_argument("container")
+    ns = parse(p, argv)
+    if not ns.output and sys.stdout.isatty():
+        raise StatusError(1, "cowardly refusing to save to a terminal. Use the -o flag or "
+                             "redirect")
+    resp = ctx.client.stream("GET", f"/containers/{quote(ns.container)}/export",
+                             own_connection=True)
+    _download(resp, ns.output, "Exporting")
+    return 0
+
+
+def diff(ctx: Context, argv: list[str]) -> int:
+    """``silo diff``: files changed in a container (A added, C changed, D deleted)."""
+    p = parser(ctx, "diff", "CONTAINER",
+               "Inspect changes to files or directories on a container's filesystem")
+    p.add_argument("container")
+    ns = parse(p, argv)
+    for item in ctx.client.get(f"/containers/{quote(ns.container)}/changes") or []:
+        ctx.out(f"{'CAD'[item['Kind']]} {item['Path']}\n")
+    return 0
+
+
+def _split_cp(arg: str) -> tuple[str, str]:
+    """``container:path`` → (container, path); a local path gives ("", path)."""
+    if arg.startswith(("/", ".")) or ":" not in arg:
+        return "", arg
+    name, _, path = arg.partition(":")
+    return name, path
+
+
+def cp(ctx: Context, argv: list[str]) -> int:
+    """``silo cp``: copy files between a container and the local filesystem."""
+    p = parser(ctx, "cp", "[OPTIONS] CONTAINER:SRC_PATH DEST_PATH|-\n"
+               "        silo cp [OPTIONS] SRC_PATH|- CONTAINER:DEST_PATH",
+               "Copy files/folders between a container and the local filesystem")
+    p.add_argument("-a", "--archive", action="store_true", help="Archive mode (copy all uid/gid "
+                   "information)")
+    p.add_argument("-L", "--follow-link", action="store_true",
+                   help="Always follow symbol link in SRC_PATH")
+    p.add_argument("-q", "--quiet", action="store_true", help="Suppress progress output")
+    p.add_argument("src")
+    p.add_argument("dest")
+    ns = parse(p, argv)
+    src_c, src = _split_cp(ns.src)
+    dst_c, dst = _split_cp(ns.dest)
+    if bool(src_c) == bool(dst_c):
+        raise StatusError(1, "must specify at least one container source" if not src_c else
+                          "copying between containers is not supported")
+    if src_c:
+        return _cp_from(ctx, src_c, src, dst)
+    return _cp_to(ctx, src, dst_c, dst, ns.archive)
+
+
+def _cp_from(ctx: Context, container: str, src: str, dst: str) -> int:
+    import io
+    import tarfile
+
+    resp = ctx.client.stream("GET", f"/containers/{quote(container)}/archive", {"path": src},
+                             own_connection=True)
+    if dst == "-":
+        _download(resp, None, "Copying")
+        return 0
+    data = resp.read()
+    resp.conn.close()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+        top = members[0].name.split("/")[0] if members else ""
+        if os.path.isdir(dst):
+            base = dst
+        else:
+            if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
+                raise StatusError(1, f"no such directory: {os.path.dirname(dst)}")
+            base = os.path.dirname(os.path.abspath(dst))
+            new = os.path.basename(dst.rstrip("/"))
+            for m in members:
+                m.name = new + m.name[len(top):] if m.name.split("/")[0] == top else m.name
+        kwargs = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+        tar.extractall(base, members=members, **kwargs)
+    return 0
+
+
+def _cp_to(ctx: Context, src: str, container: str, dst: str, archive: bool) -> int:
+    import io
+    import json
+    import tarfile
+    import base64
+
+    if src == "-":
+        target = dst
+        data = sys.stdin.buffer.read()
+    else:
+        if not os.path.lexists(src):
+            raise StatusError(1, f"lstat {os.path.abspath(src)}: no such file or directory")
+        try:
+            _, _, headers = ctx.client.request("HEAD", f"/containers/{quote(container)}/archive",
+                                               {"path": dst})
+            stat = json.loads(base64.b64decode(headers.get("x-docker-container-path-stat", "")
+                                               or b"e30="))
+            is_dir = bool(stat.get("mode", 0) & (1 << 31))
+        except APIError as e:
+            if e.status != 404:
+                raise
+            is_dir = None
+        if is_dir:
+            target, name = dst, os.path.basename(os.path.abspath(src))
+        else:
+            target = os.path.dirname(dst.rstrip("/")) or "/"
+            name = os.path.basename(dst.rstrip("/"))
+        buf = io.BytesIO()
+
+        def owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            if not archive:
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+            return info
+
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(src, arcname=name, filter=owner)
+        data = buf.getvalue()
+    ctx.client.request("PUT", f"/containers/{quote(container)}/archive", {"path": target},
+                       headers={"Content-Type": "application/x-tar"}, raw=data)
     return 0

@@ -59,12 +59,44 @@ class SiloSpec:
     readonly_rootfs: bool = False
     privileged: bool = False
     shm_size: int = 64 * 1024 * 1024
+    # tmpfs mounts: [target, mount flags, data] each (see tmpfs_options); JSON-friendly lists
+    tmpfs: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SiloSpec":
         d = dict(d)
         d["binds"] = [BindMount(**b) for b in d.get("binds", [])]
         return cls(**d)
+
+
+_TMPFS_FLAGS = {"ro": (libc.MS_RDONLY, True), "rw": (libc.MS_RDONLY, False),
+                "nosuid": (libc.MS_NOSUID, True), "suid": (libc.MS_NOSUID, False),
+                "nodev": (libc.MS_NODEV, True), "dev": (libc.MS_NODEV, False),
+                "noexec": (libc.MS_NOEXEC, True), "exec": (libc.MS_NOEXEC, False),
+                "noatime": (libc.MS_NOATIME, True), "atime": (libc.MS_NOATIME, False),
+                "strictatime": (libc.MS_STRICTATIME, True)}
+_TMPFS_DATA = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "huge", "mpol")
+_PROPAGATION = ("private", "rprivate", "shared", "rshared", "slave", "rslave", "bind", "rbind")
+
+
+def tmpfs_options(options: str, defaults: int = 0) -> tuple[int, str]:
+    """Docker's tmpfs option string (``rw,noexec,size=64m,mode=1777``) → (flags, data).
+
+    Runs in the daemon; a bad option is a ValueError naming it."""
+    flags = defaults
+    data = []
+    for opt in (o.strip() for o in options.split(",")):
+        if not opt or opt in _PROPAGATION:
+            continue
+        key, eq, _value = opt.partition("=")
+        if not eq and key in _TMPFS_FLAGS:
+            bit, on = _TMPFS_FLAGS[key]
+            flags = flags | bit if on else flags & ~bit
+        elif eq and key in _TMPFS_DATA:
+            data.append(opt)
+        else:
+            raise ValueError(f"invalid tmpfs option {opt!r}")
+    return flags, ",".join(data)
 
 
 def namespace_flags(names: list[str]) -> int:
@@ -206,12 +238,21 @@ def build_rootfs(spec: SiloSpec) -> None:
             libc.mount(None, sys_dir, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | sys_flags)
     _mount_dev(root, spec)
 
-    for b in spec.binds:
-        target = _inside(root, b.target)
-        is_dir = os.path.isdir(b.source)
+    # Binds and tmpfs mounts together, parents before what is mounted inside them.
+    mounts: list = [*spec.binds, *spec.tmpfs]
+    mounts.sort(key=lambda m: len([p for p in (m.target if isinstance(m, BindMount)
+                                               else m[0]).split("/") if p]))
+    for m in mounts:
+        if not isinstance(m, BindMount):
+            target = _inside(root, m[0])
+            _ensure_target(target, True)
+            libc.mount("tmpfs", target, "tmpfs", int(m[1]), m[2] or None)
+            continue
+        target = _inside(root, m.target)
+        is_dir = os.path.isdir(m.source)
         _ensure_target(target, is_dir)
-        libc.mount(b.source, target, None, libc.MS_BIND | libc.MS_REC)
-        if b.readonly:
+        libc.mount(m.source, target, None, libc.MS_BIND | libc.MS_REC)
+        if m.readonly:
             libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
 
     os.chdir(root)

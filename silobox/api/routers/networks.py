@@ -1,0 +1,82 @@
+"""Network routes (moby's ``router/network``) and silobox's HNS views (``/silobox/hns/…``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from silobox.api.backend import NetworkBackend
+from silobox.api.routers import (Query, Route, check_fields, complete, json_response,
+                                 no_content, read_json_object)
+
+_CREATE = {"Name": "str", "Driver": "str", "Internal": "bool", "Attachable": "bool",
+           "Ingress": "bool", "EnableIPv6": "bool", "CheckDuplicate": "bool",
+           "IPAM": {"Driver": "str", "Config": [{"Subnet": "str", "IPRange": "str",
+                                                 "Gateway": "str"}], "Options": {"*": "str"}},
+           "Options": {"*": "str"}, "Labels": {"*": "str"}}
+_CONNECT = {"Container": "str", "EndpointConfig": "object", "Force": "bool"}
+
+
+class NetworkRouter:
+    def __init__(self, backend: NetworkBackend) -> None:
+        self.backend = backend
+
+    def routes(self) -> list[Route]:
+        return [
+            ("GET", "/networks", self.list_networks),
+            ("POST", "/networks/create", self.create),
+            ("POST", "/networks/prune", self.prune),
+            ("GET", "/networks/{id}", self.inspect),
+            ("DELETE", "/networks/{id}", self.remove),
+            ("POST", "/networks/{id}/connect", self.connect),
+            ("POST", "/networks/{id}/disconnect", self.disconnect),
+            ("GET", "/silobox/hns/networks", self.hns_networks),
+            ("GET", "/silobox/hns/networks/{id}", self.hns_network),
+            ("GET", "/silobox/hns/endpoints", self.hns_endpoints),
+            ("GET", "/silobox/hns/endpoints/{id}", self.hns_endpoint),
+        ]
+
+    async def list_networks(self, request: web.Request) -> web.Response:
+        return json_response(await self.backend.network_list(Query(request).filters()))
+
+    async def inspect(self, request: web.Request) -> web.Response:
+        return json_response(await self.backend.network_inspect(request.match_info["id"]))
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request, required=True)
+        check_fields(body, _CREATE)
+        return json_response(await complete(self.backend.network_create(body)), 201)
+
+    async def remove(self, request: web.Request) -> web.Response:
+        await complete(self.backend.network_remove(request.match_info["id"]))
+        return no_content()
+
+    async def prune(self, request: web.Request) -> web.Response:
+        return json_response(await complete(self.backend.network_prune(Query(request).filters())))
+
+    async def connect(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request, required=True)
+        check_fields(body, _CONNECT)
+        await complete(self.backend.network_connect(request.match_info["id"],
+                                                    body.get("Container") or "",
+                                                    body.get("EndpointConfig") or {}))
+        return web.Response(status=200)
+
+    async def disconnect(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request, required=True)
+        check_fields(body, _CONNECT)
+        await complete(self.backend.network_disconnect(request.match_info["id"],
+                                                       body.get("Container") or "",
+                                                       bool(body.get("Force"))))
+        return web.Response(status=200)
+
+    async def hns_networks(self, request: web.Request) -> web.Response:
+        return json_response(await self.backend.hns_networks())
+
+    async def hns_network(self, request: web.Request) -> web.Response:
+        return json_response(await self.backend.hns_network(request.match_info["id"]))
+
+    async def hns_endpoints(self, request: web.Request) -> web.Response:
+        return json_response(await self.backend.hns_endpoints())
+
+    async def hns_endpoint(self, request: web.Request) -> web.Response:
+        return json_response(await self.backend.hns_endpoint(request.match_info["id"]))

@@ -1,0 +1,526 @@
+"""Docker networks on top of the Host Networking Service (libnetwork's Windows driver role).
+
+``NetworkHook`` gives each container its network at start: a HostComputeNamespace (a network
+namespace file) holding one HostComputeEndpoint per network, passed to the compute system as
+``Container.Networking.Namespace``; ``--network host`` drops ``net`` from the namespaces the silo
+unshares; ``--network none`` leaves the silo's own fresh, empty namespace. ``NetworkService``
+implements the ``/networks`` API backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from silobox.engine.hooks import ContainerHook
+from silobox.errors import Conflict, InvalidArgument, NotFound
+from silobox.network.objects import PortMapping, new_guid, port_mapping_from
+from silobox.timeutil import now_iso
+
+DEFAULT_ALIASES = ("default", "bridge", "nat")
+_EMPTY_NET = {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "",
+              "NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "",
+              "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+              "GlobalIPv6PrefixLen": 0, "DriverOpts": None, "DNSNames": None}
+
+
+def parse_port_bindings(bindings: dict[str, Any] | None, exposed: dict[str, Any] | None,
+                        publish_all: bool) -> list[PortMapping]:
+    """HostConfig.PortBindings (+ ExposedPorts with -P) → PortMapping policies."""
+    out: list[PortMapping] = []
+    for key, binds in (bindings or {}).items():
+        port, _, proto = key.partition("/")
+        proto = (proto or "tcp").lower()
+        if proto not in ("tcp", "udp"):
+            raise InvalidArgument(f"invalid proto: {proto} (only tcp and udp can be published)")
+        try:
+            cport = int(port)
+        except ValueError:
+            raise InvalidArgument(f"invalid port specification: {key}") from None
+        for b in binds or [{}]:
+            hp = (b or {}).get("HostPort") or ""
+            ip = (b or {}).get("HostIp") or ""
+            if ip in ("0.0.0.0", "::"):
+                ip = ""
+            lo, _, hi = hp.partition("-")
+            try:
+                host = int(lo) if lo else 0
+            except ValueError:
+                raise InvalidArgument(f"invalid hostPort: {hp}") from None
+            if not 0 <= host <= 65535:
+                raise InvalidArgument(f"invalid hostPort: {hp}")
+            out.append(PortMapping(17 if proto == "udp" else 6, cport, host, ip))
+    if publish_all:
+        have = {(m.Protocol, m.InternalPort) for m in out}
+        for key in exposed or {}:
+            port, _, proto = key.partition("/")
+            p = 17 if proto == "udp" else 6
+            if (p, int(port)) not in have:
+                out.append(PortMapping(p, int(port), 0, ""))
+    return out
+
+
+class NetworkHook(ContainerHook):
+    """The container lifecycle points where networking takes part."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    @property
+    def hns(self) -> Any:
+        return self.engine.hns
+
+    def mode(self, c: Any) -> str:
+        return c.host_config.get("NetworkMode") or "default"
+
+    def on_create(self, c: Any, body: dict[str, Any]) -> None:
+        hc = c.host_config
+        mode = hc.get("NetworkMode") or "default"
+        if mode.startswith("container:"):
+            raise InvalidArgument("container network mode is not supported yet")
+        if mode not in ("none", "host"):
+            name = "nat" if mode in DEFAULT_ALIASES else mode
+            n = self.hns.find_network(name)
+            hc["NetworkMode"] = mode
+            ec = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+            cfg = ec.get(mode) or ec.get(n["Name"]) or {}
+            ipam = cfg.get("IPAMConfig") or {}
+            if ipam.get("IPv4Address") and n["Default"]:
+                raise InvalidArgument("user specified IP address is supported on user defined "
+                                      "networks only")
+            parse_port_bindings(hc.get("PortBindings"), c.config.get("ExposedPorts"),
+                                bool(hc.get("PublishAllPorts")))
+            c.data["NetworkSettings"]["Networks"] = {n["Name"]: {
+                **_EMPTY_NET, "NetworkID": n["DockerId"],
+                "IPAMConfig": ipam or None, "Aliases": cfg.get("Aliases"),
+                "MacAddress": cfg.get("MacAddress") or body.get("MacAddress") or ""}}
+            c.data["Silobox"]["RequestedMac"] = {
+                n["Name"]: cfg.get("MacAddress") or body.get("MacAddress") or ""}
+        else:
+            hc["NetworkMode"] = mode
+            c.data["NetworkSettings"]["Networks"] = {mode: dict(_EMPTY_NET)}
+        self._top_level(c)
+
+    async def on_start(self, c: Any, document: dict[str, Any]) -> None:
+        mode = self.mode(c)
+        lx = document["Container"]["Linux"]
+        if mode == "host":
+            lx["Namespaces"] = ["mnt", "uts", "ipc", "cgroup"]
+            return
+        if mode == "none":
+            self._write_files(c, False)
+            return
+        ns_id = new_guid()
+        maps = parse_port_bindings(c.host_config.get("PortBindings"),
+                                   c.config.get("ExposedPorts"),
+                                   bool(c.host_config.get("PublishAllPorts")))
+        created: list[str] = []
+        first = True
+        try:
+            for name, cfg in c.data["NetworkSettings"]["Networks"].items():
+                n = self.hns.find_network(name)
+                ipam = cfg.get("IPAMConfig") or {}
+                e = self.hns.create_endpoint(
+                    n, container_id=c.id, namespace_id=ns_id, name=f"{c.name}-{n['Name']}",
+                    ip=ipam.get("IPv4Address") or None,
+                    mac=(c.data["Silobox"].get("RequestedMac") or {}).get(name) or None,
+                    port_mappings=maps if first else [], aliases=cfg.get("Aliases") or [],
+                    ifname="eth0" if first else f"eth{len(created)}")
+                created.append(e["ID"])
+                await self.hns.attach(e, create_ns=first)
+                self._fill(cfg, n, e)
+                first = False
+        except BaseException:
+            await self.hns.delete_endpoints(created, ns_id)
+            raise
+        c.data.setdefault("Silobox", {})["NetworkNamespace"] = ns_id
+        self._top_level(c)
+        user_dns = any(not self.hns.find_network(name).get("Default")
+                       for name in c.data["NetworkSettings"]["Networks"])
+        self._write_files(c, user_dns)
+        if user_dns:
+            await self._serve_dns(c, ns_id)
+        ns = c.data["NetworkSettings"]
+        ns["SandboxID"] = ns_id
+        ns["SandboxKey"] = self.hns.netns_path(ns_id)
+        ns["Ports"] = self._ports(c)
+        self._top_level(c)
+        document["Container"]["Networking"] = {"Namespace": self.hns.netns_path(ns_id)}
+
+    async def _serve_dns(self, c: Any, ns_id: str) -> None:
+        from silobox.network.dns import DNS_ADDRESS
+        sock = await self.hns.netlink.run(self.hns.netlink.udp_socket_in,
+                                          self.hns.netns_path(ns_id), DNS_ADDRESS, 53)
+        await self.engine.dns.serve(c.id, sock)
+
+    def _write_files(self, c: Any, user_dns: bool) -> None:
+        """/etc/hosts with the container's own address and --add-host entries; resolv.conf
+        pointing at the embedded DNS on user networks, or at --dns servers."""
+        from silobox.atomic import atomic_write
+        from silobox.network.dns import DNS_ADDRESS
+        hc = c.host_config
+        ns = c.data["NetworkSettings"]
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+                 "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
+                 "ff02::2\tip6-allrouters"]
+        for item in hc.get("ExtraHosts") or []:
+            sep = "=" if "=" in item else ":"
+            name, _, ip = item.partition(sep)
+            if ip == "host-gateway":
+                ip = ns.get("Gateway") or "127.0.0.1"
+            lines.append(f"{ip}\t{name}")
+        if ns.get("IPAddress"):
+            lines.append(f"{ns['IPAddress']}\t{c.config['Hostname']}")
+        atomic_write(c.data["HostsPath"], "\n".join(lines) + "\n")
+        servers = [DNS_ADDRESS] if user_dns else list(hc.get("Dns") or [])
+        if not servers and not hc.get("DnsSearch") and not hc.get("DnsOptions"):
+            return
+        try:
+            with open(c.data["ResolvConfPath"]) as f:
+                old = f.read().splitlines()
+        except OSError:
+            old = []
+        kept = [l for l in old if not l.startswith(("nameserver", "search", "options"))]
+        search = hc.get("DnsSearch") or [l.split(None, 1)[1] for l in old
+                                         if l.startswith("search ") and len(l.split()) > 1]
+        out = kept + [f"nameserver {x}" for x in servers or
+                      [l.split()[1] for l in old if l.startswith("nameserver ")]]
+        if search:
+            out.append("search " + " ".join(search))
+        opts = list(hc.get("DnsOptions") or [])
+        if user_dns:
+            opts.append("ndots:0")
+        if opts:
+            out.append("options " + " ".join(opts))
+        atomic_write(c.data["ResolvConfPath"], "\n".join(out) + "\n")
+
+    def _fill(self, cfg: dict[str, Any], n: dict[str, Any], e: dict[str, Any]) -> None:
+        cfg.update(NetworkID=n["DockerId"], EndpointID=e["ID"].replace("-", "").lower(),
+                   Gateway="" if n["Internal"] else e["GatewayAddress"],
+                   IPAddress=e["IPAddress"], IPPrefixLen=e["PrefixLength"],
+                   MacAddress=e["MacAddress"].replace("-", ":").lower(),
+                   DNSNames=None)
+
+    def _top_level(self, c: Any) -> None:
+        ns = c.data["NetworkSettings"]
+        first = next(iter(ns["Networks"].values()), {})
+        for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress"):
+            ns[k] = first.get(k, "" if k != "IPPrefixLen" else 0)
+
+    def _ports(self, c: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in (c.config.get("ExposedPorts") or {}):
+            out[key if "/" in key else f"{key}/tcp"] = None
+        for key in (c.host_config.get("PortBindings") or {}):
+            out.setdefault(key if "/" in key else f"{key}/tcp", None)
+        for e in self.hns.endpoints.values():
+            if e.get("ContainerId") != c.id:
+                continue
+            for p in e["Policies"]:
+                if p["Type"] == "PortMapping":
+                    m = port_mapping_from(p)
+                    key = f"{m.InternalPort}/{m.proto_name}"
+                    out[key] = (out.get(key) or []) + [
+                        {"HostIp": m.VIP or "0.0.0.0", "HostPort": str(m.ExternalPort)}]
+        return out
+
+    async def on_stop(self, c: Any) -> None:
+        self.engine.dns.stop(c.id)
+        ns_id = (c.data.get("Silobox") or {}).pop("NetworkNamespace", None)
+        eps = [e["ID"] for e in self.hns.endpoints.values() if e.get("ContainerId") == c.id]
+        if eps or ns_id:
+            await self.hns.delete_endpoints(eps, ns_id)
+        ns = c.data["NetworkSettings"]
+        for cfg in ns.get("Networks", {}).values():
+            cfg.update(EndpointID="", Gateway="", IPAddress="", IPPrefixLen=0, MacAddress="")
+        ns.update(SandboxID="", SandboxKey="", Ports={})
+        self._top_level(c)
+
+    async def on_remove(self, c: Any) -> None:
+        await self.on_stop(c)
+
+    async def on_recover(self, c: Any) -> None:
+        """The endpoints of a running container stay as stored (the kernel kept them); only the
+        embedded DNS responder, which lived in the old silod, is served again."""
+        ns_id = (c.data.get("Silobox") or {}).get("NetworkNamespace")
+        if not ns_id:
+            return
+        if any(e.get("ContainerId") == c.id and
+               not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)
+               for e in self.hns.endpoints.values()):
+            try:
+                await self._serve_dns(c, ns_id)
+            except Exception as e:  # the container keeps running without name resolution
+                import logging
+                logging.getLogger("silobox.network").warning("embedded DNS for %s: %s",
+                                                             c.id[:12], e)
+
+    def on_inspect(self, c: Any, out: dict[str, Any]) -> None:
+        ns = out.get("NetworkSettings") or {}
+        ns.setdefault("Bridge", "")
+        for name, cfg in (ns.get("Networks") or {}).items():
+            if name not in ("none", "host"):
+                try:
+                    cfg["NetworkID"] = self.hns.find_network(name)["DockerId"]
+                except NotFound:
+                    pass
+
+
+class NetworkService:
+    """Implements ``api.backend.NetworkBackend`` (Docker's /networks) over the HNS records."""
+
+    hns: Any
+    containers: dict[str, Any]
+
+    def _init_networks(self) -> None:
+        from silobox.network.service import HostNetworkingService
+        from silobox.network.dns import EmbeddedDNS
+        self.hns = HostNetworkingService(self.db, self.config.root, self.config.exec_root)
+        self.dns = EmbeddedDNS(self._dns_resolve)
+        self.container_hooks.append(NetworkHook(self))
+
+    async def start_networks(self) -> None:
+        import os
+        await self.hns.start(os.environ.get("SILOBOX_NAT_SUBNET") or None)
+
+    async def close_networks(self) -> None:
+        """silod stops: endpoints of containers that are not running go now (so a daemon whose
+        containers are all gone leaves nothing behind), the others stay for the next start."""
+        self.dns.close()
+        try:
+            self.reconcile_networks()
+        except Exception as e:  # best effort; the next start reconciles again
+            import logging
+            logging.getLogger("silobox.network").warning("network reconcile at stop: %s", e)
+        await self.hns.close()
+
+    def reconcile_networks(self) -> None:
+        live = {cid for cid, c in self.containers.items() if c.running}
+        self.hns.reconcile_endpoints(live)
+
+    def _dns_resolve(self, container_id: str, name: str) -> list[str]:
+        """Containers sharing a user-created network with the asker, by name, id or alias."""
+        mine = {e["VirtualNetwork"] for e in self.hns.endpoints.values()
+                if e.get("ContainerId") == container_id
+                and not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)}
+        found = []
+        for e in self.hns.endpoints.values():
+            if e["VirtualNetwork"] not in mine:
+                continue
+            c = self.containers.get(e.get("ContainerId", ""))
+            if c is None:
+                continue
+            net = self.hns.networks[e["VirtualNetwork"]]["Name"]
+            names = {c.name.lower(), c.id[:12], c.id} | {a.lower() for a in e.get("Aliases") or []}
+            names |= {f"{x}.{net}" for x in list(names)}
+            if name in names:
+                found.append(e["IPAddress"])
+        return found
+
+    # ----- Docker view -------------------------------------------------------------------------
+    def _docker_network(self, n: dict[str, Any], verbose: bool = True) -> dict[str, Any]:
+        s = n["Subnets"][0]
+        ipam_cfg = {"Subnet": s["AddressPrefix"], "Gateway": s["GatewayAddress"]}
+        if n.get("IPRange"):
+            ipam_cfg["IPRange"] = n["IPRange"]
+        containers = {}
+        for e in self.hns.endpoints_of(n["ID"]):
+            c = self.containers.get(e.get("ContainerId", ""))
+            containers[e["ContainerId"]] = {
+                "Name": c.name if c else "", "EndpointID": e["ID"].replace("-", "").lower(),
+                "MacAddress": e["MacAddress"].replace("-", ":").lower(),
+                "IPv4Address": f"{e['IPAddress']}/{e['PrefixLength']}", "IPv6Address": ""}
+        return {
+            "Name": n["Name"], "Id": n["DockerId"],
+            "Created": now_iso() if not n.get("Created") else _iso(n["Created"]),
+            "Scope": "local", "Driver": "nat", "EnableIPv4": True, "EnableIPv6": False,
+            "IPAM": {"Driver": "windows", "Options": None, "Config": [ipam_cfg]},
+            "Internal": n["Internal"], "Attachable": False, "Ingress": False,
+            "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": containers,
+            "Options": {"com.docker.network.windowsshim.hnsid": n["ID"],
+                        "com.docker.network.windowsshim.networkname": n["Name"],
+                        **n.get("Options", {})},
+            "Labels": n.get("Labels") or {},
+        }
+
+    async def network_list(self, filters: dict[str, list[str]] | None = None
+                           ) -> list[dict[str, Any]]:
+        out = []
+        f = filters or {}
+        for n in sorted(self.hns.networks.values(), key=lambda n: n["Created"]):
+            d = self._docker_network(n)
+            if f.get("name") and not any(v in d["Name"] for v in f["name"]):
+                continue
+            if f.get("id") and not any(d["Id"].startswith(v) for v in f["id"]):
+                continue
+            if f.get("driver") and d["Driver"] not in f["driver"]:
+                continue
+            if f.get("label") and not all(
+                    (k in d["Labels"]) and (not eq or d["Labels"][k] == v)
+                    for k, eq, v in (x.partition("=") for x in f["label"])):
+                continue
+            if f.get("type"):
+                kind = "builtin" if n.get("Default") else "custom"
+                if kind not in f["type"]:
+                    continue
+            out.append(d)
+        if not f.get("driver") and not f.get("label") and "custom" not in f.get("type", []):
+            for name in ("none", "host"):
+                if f.get("name") and not any(v in name for v in f["name"]):
+                    continue
+                out.append({"Name": name, "Id": name, "Created": _iso(self.started),
+                            "Scope": "local", "Driver": "null" if name == "none" else "host",
+                            "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None,
+                                                          "Config": []},
+                            "Internal": False, "Attachable": False, "Ingress": False,
+                            "ConfigFrom": {"Network": ""}, "ConfigOnly": False,
+                            "Containers": {}, "Options": {}, "Labels": {}})
+        return out
+
+    async def network_inspect(self, ref: str) -> dict[str, Any]:
+        if ref in ("none", "host"):
+            return next(n for n in await self.network_list() if n["Name"] == ref)
+        return self._docker_network(self.hns.find_network(ref))
+
+    async def network_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("Name")
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument("network name is required")
+        if name in ("none", "host", "default", "bridge"):
+            raise Conflict(f"network with name {name} already exists")
+        driver = body.get("Driver") or "nat"
+        if driver not in ("nat", "bridge"):
+            raise InvalidArgument(f"plugin \"{driver}\" not found: silobox supports the nat "
+                                  "driver")
+        ipam = body.get("IPAM") or {}
+        cfgs = ipam.get("Config") or []
+        if len(cfgs) > 1:
+            raise InvalidArgument("silobox nat networks have one subnet")
+        cfg = cfgs[0] if cfgs else {}
+        n = await self.hns.create_network(
+            name, subnet=cfg.get("Subnet") or None, gateway=cfg.get("Gateway") or None,
+            ip_range=cfg.get("IPRange") or None, internal=bool(body.get("Internal")),
+            labels=body.get("Labels") or {}, options=body.get("Options") or {})
+        return {"Id": n["DockerId"], "Warning": ""}
+
+    async def network_remove(self, ref: str) -> None:
+        if ref in ("none", "host"):
+            raise Conflict(f"{ref} is a pre-defined network and cannot be removed")
+        n = self.hns.find_network(ref)
+        if n.get("Default"):
+            raise Conflict(f"{n['Name']} is a pre-defined network and cannot be removed")
+        await self.hns.delete_network(n["ID"])
+
+    async def network_prune(self, filters: dict[str, list[str]] | None = None
+                            ) -> dict[str, Any]:
+        removed = []
+        for n in list(self.hns.networks.values()):
+            if n.get("Default") or self.hns.endpoints_of(n["ID"]):
+                continue
+            if any(c.host_config.get("NetworkMode") == n["Name"] for c in self.containers.values()):
+                continue
+            await self.hns.delete_network(n["ID"])
+            removed.append(n["Name"])
+        return {"NetworksDeleted": removed}
+
+    async def network_connect(self, ref: str, container: str,
+                              endpoint_config: dict[str, Any]) -> None:
+        """Add a network to a container; a running one gets a new vNIC in its compartment."""
+        n = self.hns.find_network(ref)
+        c = self._find(container)  # type: ignore[attr-defined]
+        nets = c.data["NetworkSettings"]["Networks"]
+        if c.host_config.get("NetworkMode") in ("none", "host"):
+            raise Conflict("container cannot be disconnected from host network or connected "
+                           "to host network" if c.host_config["NetworkMode"] == "host" else
+                           "container sharing network namespace with none cannot be connected")
+        if n["Name"] in nets:
+            raise Conflict(f"endpoint with name {c.name} already exists in network {n['Name']}")
+        ipam = endpoint_config.get("IPAMConfig") or {}
+        cfg = {**_EMPTY_NET, "NetworkID": n["DockerId"], "IPAMConfig": ipam or None,
+               "Aliases": endpoint_config.get("Aliases"),
+               "MacAddress": endpoint_config.get("MacAddress") or ""}
+        ns_id = (c.data.get("Silobox") or {}).get("NetworkNamespace")
+        if c.running and ns_id:
+            e = self.hns.create_endpoint(
+                n, container_id=c.id, namespace_id=ns_id, name=f"{c.name}-{n['Name']}",
+                ip=ipam.get("IPv4Address") or None, mac=cfg["MacAddress"] or None,
+                aliases=cfg["Aliases"] or [], ifname=f"eth{len(nets)}")
+            try:
+                await self.hns.attach(e, create_ns=False)
+            except BaseException:
+                await self.hns.delete_endpoints([e["ID"]], None)
+                raise
+            NetworkHook(self)._fill(cfg, n, e)
+        nets[n["Name"]] = cfg
+        c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = \
+            endpoint_config.get("MacAddress") or ""
+        self._save(c)  # type: ignore[attr-defined]
+        self.emit_event("network", "connect", c)  # type: ignore[attr-defined]
+
+    async def network_disconnect(self, ref: str, container: str, force: bool = False) -> None:
+        n = self.hns.find_network(ref)
+        c = self._find(container)  # type: ignore[attr-defined]
+        nets = c.data["NetworkSettings"]["Networks"]
+        if n["Name"] not in nets:
+            raise Conflict(f"container {c.id} is not connected to network {n['Name']}")
+        eps = [e["ID"] for e in self.hns.endpoints.values()
+               if e.get("ContainerId") == c.id and e["VirtualNetwork"] == n["ID"]]
+        await self.hns.delete_endpoints(eps, None)
+        del nets[n["Name"]]
+        NetworkHook(self)._top_level(c)
+        self._save(c)  # type: ignore[attr-defined]
+
+    # ----- HNS view ----------------------------------------------------------------------------
+    async def hns_networks(self) -> list[dict[str, Any]]:
+        return [self._hns_network(n) for n in self.hns.networks.values()]
+
+    async def hns_network(self, ref: str) -> dict[str, Any]:
+        return self._hns_network(self.hns.find_network(ref))
+
+    def _hns_network(self, n: dict[str, Any]) -> dict[str, Any]:
+        from silobox.network.service import EXTENSIONS
+        cur = len(self.hns.endpoints_of(n["ID"]))
+        return {
+            "ActivityId": n["ActivityId"], "AdditionalParams": {}, "CurrentEndpointCount": cur,
+            "Extensions": EXTENSIONS, "Flags": n["Flags"],
+            "Health": {"LastErrorCode": 0, "LastUpdateTime": _filetime(n["Created"])},
+            "ID": n["ID"], "IPv6": False, "LayeredOn": n["LayeredOn"],
+            "MacPools": n["MacPools"], "MaxConcurrentEndpoints": max(cur, n["MaxConcurrentEndpoints"]),
+            "Name": n["Name"], "NatName": n["NatName"], "Policies": n["Policies"],
+            "Resources": {"ID": n["ActivityId"], "AllocationOrder": 2, "State": 1,
+                          "Allocators": [], "Health": {}, "AdditionalParams": {}},
+            "State": n["State"], "Subnets": n["Subnets"],
+            "TotalEndpoints": n["TotalEndpoints"], "Type": n["Type"], "Version": n["Version"],
+            "Silobox": {"HostVNic": self.hns.host_port(n), "Bridge": self.hns.bridge(n),
+                        "Internal": n["Internal"]},
+        }
+
+    async def hns_endpoints(self) -> list[dict[str, Any]]:
+        return [self._hns_endpoint(e) for e in self.hns.endpoints.values()]
+
+    async def hns_endpoint(self, ref: str) -> dict[str, Any]:
+        for e in self.hns.endpoints.values():
+            if e["ID"].lower().startswith(ref.lower()) or e["Name"] == ref:
+                return self._hns_endpoint(e)
+        raise NotFound(f"endpoint {ref} not found")
+
+    def _hns_endpoint(self, e: dict[str, Any]) -> dict[str, Any]:
+        keys = ("ID", "Name", "VirtualNetwork", "VirtualNetworkName", "Policies", "MacAddress",
+                "IPAddress", "GatewayAddress", "PrefixLength", "Namespace", "State",
+                "EnableInternalDNS")
+        out = {k: e.get(k) for k in keys}
+        out.update(IsRemoteEndpoint=False, SharedContainers=[e["ContainerId"]],
+                   DNSServerList="", DNSSuffix="", IPv6Address="", EncapOverhead=0,
+                   Silobox={"Port": self.hns.endpoint_port(e["ID"]), "IfName": e["IfName"]})
+        return out
+
+
+def _iso(ts: float) -> str:
+    import datetime
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat().replace(
+        "+00:00", "Z")
+
+
+def _filetime(ts: float) -> int:
+    return int((ts + 11644473600) * 10_000_000)
+
+

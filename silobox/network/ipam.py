@@ -1,0 +1,148 @@
+"""IPAM and MAC pools: HNS's address allocation, persisted in silod's store.
+
+Each network has one IPv4 subnet and one 4096-address MAC pool shaped like Hyper-V's
+(``00-15-5D-YY-Z0-00`` … ``00-15-5D-YY-ZF-FF``). Leases are rows with a primary key on
+(network, address), so two endpoints can never hold the same address or MAC even if two
+allocations raced; allocation itself is synchronous on silod's event loop. Addresses are handed
+out round-robin after the last one given, so a just-freed address is not reused at once (stale
+ARP entries in peers).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from typing import Any
+
+from silobox.errors import Conflict, InvalidArgument
+
+SCHEMA = [
+    "CREATE TABLE hns_networks (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, data TEXT NOT NULL)",
+    "CREATE TABLE hns_endpoints (id TEXT PRIMARY KEY, network_id TEXT NOT NULL, "
+    "data TEXT NOT NULL)",
+    "CREATE TABLE ipam_leases (network_id TEXT NOT NULL, address INTEGER NOT NULL, "
+    "endpoint_id TEXT NOT NULL, PRIMARY KEY (network_id, address))",
+    "CREATE TABLE mac_leases (network_id TEXT NOT NULL, mac INTEGER NOT NULL, "
+    "endpoint_id TEXT NOT NULL, PRIMARY KEY (network_id, mac))",
+]
+
+HYPERV_OUI = 0x00155D
+
+
+def mac_text(value: int, sep: str = ":") -> str:
+    return sep.join(f"{(value >> s) & 0xFF:02x}" for s in range(40, -1, -8))
+
+
+def mac_value(text: str) -> int:
+    digits = text.replace(":", "").replace("-", "").lower()
+    if len(digits) != 12 or any(c not in "0123456789abcdef" for c in digits):
+        raise InvalidArgument(f"invalid MAC address: {text}")
+    return int(digits, 16)
+
+
+def new_mac_pool(taken: list[tuple[int, int]]) -> tuple[int, int]:
+    """A fresh 4096-address pool ``00-15-5D-YY-Z0-00``…``-ZF-FF`` not used by another network."""
+    for _ in range(64):
+        start = (HYPERV_OUI << 24) | (secrets.randbelow(256) << 16) | (secrets.randbelow(16) << 12)
+        end = start + 0xFFF
+        if all(end < s or start > e for s, e in taken):
+            return start, end
+    raise Conflict("no free MAC pool left")
+
+
+class Ipam:
+    """Leases of one store; every method runs inside the caller's transaction or its own."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def allocate_ip(self, network_id: str, subnet: str, gateway: str, endpoint_id: str,
+                    wanted: str | None = None, ip_range: str | None = None,
+                    hint: int | None = None) -> str:
+        net = ipaddress.IPv4Network(subnet)
+        gw = int(ipaddress.IPv4Address(gateway)) if gateway else -1
+        used = {r["address"] for r in self.db.query(
+            "SELECT address FROM ipam_leases WHERE network_id = ?", (network_id,))}
+        if wanted:
+            a = ipaddress.IPv4Address(wanted)
+            if a not in net or a in (net.network_address, net.broadcast_address) or int(a) == gw:
+                raise InvalidArgument(f"Address {wanted} is not available in subnet {subnet}")
+            if int(a) in used:
+                raise Conflict(f"Address already in use: {wanted}")
+            self._lease(network_id, int(a), endpoint_id)
+            return str(a)
+        pool = ipaddress.IPv4Network(ip_range) if ip_range else net
+        lo, hi = int(pool.network_address) + 1, int(pool.broadcast_address) - 1
+        lo = max(lo, int(net.network_address) + 1)
+        hi = min(hi, int(net.broadcast_address) - 1)
+        if hint is None:
+            row = self.db.query_one(
+                "SELECT MAX(address) AS m FROM ipam_leases WHERE network_id = ?", (network_id,))
+            hint = row["m"] + 1 if row and row["m"] is not None else lo
+        start = hint if lo <= hint <= hi else lo
+        size = hi - lo + 1
+        for i in range(size):
+            cand = lo + (start - lo + i) % size
+            if cand != gw and cand not in used:
+                self._lease(network_id, cand, endpoint_id)
+                return str(ipaddress.IPv4Address(cand))
+        raise Conflict(f"no available IPv4 addresses on this network's address pools: "
+                       f"{subnet} is exhausted")
+
+    def _lease(self, network_id: str, address: int, endpoint_id: str) -> None:
+        self.db.execute("INSERT INTO ipam_leases (network_id, address, endpoint_id) "
+                        "VALUES (?, ?, ?)", (network_id, address, endpoint_id))
+
+    def allocate_mac(self, network_id: str, pool: tuple[int, int], endpoint_id: str,
+                     wanted: str | None = None) -> str:
+        used = {r["mac"] for r in self.db.query(
+            "SELECT mac FROM mac_leases WHERE network_id = ?", (network_id,))}
+        if wanted:
+            v = mac_value(wanted)
+            if v in used:
+                raise Conflict(f"MAC address already in use: {wanted}")
+            cand = v
+        else:
+            for cand in range(pool[0], pool[1] + 1):
+                if cand not in used and (cand & 0xFF) not in (0x00,):
+                    break
+            else:
+                raise Conflict("the network's MAC pool is exhausted")
+        self.db.execute("INSERT INTO mac_leases (network_id, mac, endpoint_id) VALUES (?, ?, ?)",
+                        (network_id, cand, endpoint_id))
+        return mac_text(cand)
+
+    def release(self, network_id: str, endpoint_id: str) -> None:
+        self.db.execute("DELETE FROM ipam_leases WHERE network_id = ? AND endpoint_id = ?",
+                        (network_id, endpoint_id))
+        self.db.execute("DELETE FROM mac_leases WHERE network_id = ? AND endpoint_id = ?",
+                        (network_id, endpoint_id))
+
+    def release_network(self, network_id: str) -> None:
+        self.db.execute("DELETE FROM ipam_leases WHERE network_id = ?", (network_id,))
+        self.db.execute("DELETE FROM mac_leases WHERE network_id = ?", (network_id,))
+
+    def lease_count(self, network_id: str | None = None) -> int:
+        if network_id is None:
+            return self.db.query_one("SELECT COUNT(*) AS n FROM ipam_leases")["n"]
+        return self.db.query_one("SELECT COUNT(*) AS n FROM ipam_leases WHERE network_id = ?",
+                                 (network_id,))["n"]
+
+
+def free_subnet(occupied: list[tuple[str, int]], candidates: list[str]) -> str | None:
+    """The first candidate /20 overlapping no host route or address, nor another network."""
+    taken = [ipaddress.IPv4Network(f"{a}/{l}", strict=False) for a, l in occupied]
+    for cidr in candidates:
+        n = ipaddress.IPv4Network(cidr)
+        if not any(n.overlaps(t) for t in taken):
+            return cidr
+    return None
+
+
+def default_candidates() -> list[str]:
+    """192.168.48.0/20 first (the talk's), then the rest of 192.168/16, then 172.16/12."""
+    out = ["192.168.48.0/20"]
+    out += [str(n) for n in ipaddress.IPv4Network("192.168.0.0/16").subnets(new_prefix=20)
+            if str(n) != "192.168.48.0/20"]
+    out += [str(n) for n in ipaddress.IPv4Network("172.16.0.0/12").subnets(new_prefix=20)]
+    return out

@@ -1,0 +1,468 @@
+"""The Host Networking Service: HostComputeNetwork/Endpoint/Namespace records and their kernel form.
+
+Records live in silod's store (the single source of truth); the kernel is derived from them and
+reconciled at every silod start: missing pieces are rebuilt, links/namespaces/tables with this
+daemon's prefix that the store does not own are removed, nothing else is touched.
+
+Linux mechanisms, per Windows object:
+
+* vSwitch (internal, for ``nat``): a bridge in silobox's own "vSwitch" network namespace. The
+  bridge is not in the host's namespace because bridged frames pass the host's IP ``forward``
+  hook (br_netfilter), where other engines' iptables-nft chains may drop them; in our own
+  namespace the bridge is plain L2, so containers of one network always reach each other.
+* host vNIC ``vEthernet (<net>)``: a veth whose host end (``sbx…nat<k>``) holds the gateway
+  address and the alias, and whose other end is a bridge port.
+* WinNAT (OutBoundNAT + PortMapping policies): one nftables table (``nft.py``).
+* compartment (HostComputeNamespace): a network namespace file ``<exec-root>/netns/<GUID>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from silobox.network import ipam as I
+from silobox.network import nft as N
+from silobox.network.netlink import Netlink, is_netns
+from silobox.network.objects import PortMapping, new_guid, policy_json, port_mapping_from
+
+log = logging.getLogger("silobox.network")
+logging.getLogger("pyroute2").setLevel(logging.WARNING)
+
+DEFAULT_ROOT = "/var/lib/silobox"
+HNS_VERSION = (9 << 32) | 2
+EXTENSIONS = [
+    {"Id": "E7C3B2F0-F3C5-48DF-AF2B-10FED6D72E7A", "IsEnabled": False,
+     "Name": "Microsoft Windows Filtering Platform"},
+    {"Id": "E9B59CFA-2BE1-4B21-828F-B6FBDBDDC017", "IsEnabled": False,
+     "Name": "Microsoft Azure VFP Switch Extension"},
+    {"Id": "EA24CD6C-D17A-4348-9190-09F0D5BE83DD", "IsEnabled": True,
+     "Name": "Microsoft NDIS Capture"},
+]
+
+
+def daemon_tag(root: str) -> str:
+    """'' for the default daemon; 4 digits derived from the root for any other one.
+
+    Every link name is ``sbx<tag>…``, so several daemons on one host never reconcile away each
+    other's objects (digits cannot start the default daemon's ``nat``/``v`` suffixes)."""
+    if os.path.abspath(root) == DEFAULT_ROOT:
+        return ""
+    return f"{int(hashlib.sha1(root.encode()).hexdigest(), 16) % 10000:04d}"
+
+
+class HostNetworkingService:
+    """HNS: create/delete/list networks and endpoints; attach endpoints to compartments."""
+
+    def __init__(self, db: Any, root: str, exec_root: str) -> None:
+        self.db = db
+        db.migrate("network", I.SCHEMA)
+        self.ipam = I.Ipam(db)
+        tag = daemon_tag(root)
+        self.prefix = "sbx" + tag
+        self.table = "silobox" + (f"_{tag}" if tag else "")
+        self.netns_dir = os.path.join(exec_root, "netns")
+        self.netlink = Netlink(os.path.join(self.netns_dir, "vswitch"))
+        self._nft: N.Nft | None = None
+        self.networks: dict[str, dict[str, Any]] = {}
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        for r in db.query("SELECT data FROM hns_networks"):
+            n = json.loads(r["data"])
+            self.networks[n["ID"]] = n
+        for r in db.query("SELECT data FROM hns_endpoints"):
+            e = json.loads(r["data"])
+            self.endpoints[e["ID"]] = e
+
+    @property
+    def nft(self) -> N.Nft:
+        if self._nft is None:
+            self._nft = N.Nft()
+        return self._nft
+
+    # ----- names of kernel objects -------------------------------------------------------------
+    def host_port(self, n: dict[str, Any]) -> str:
+        return f"{self.prefix}nat{n['Index']}"
+
+    def bridge(self, n: dict[str, Any]) -> str:
+        return f"{self.prefix}br{n['Index']}"
+
+    def switch_port(self, n: dict[str, Any]) -> str:
+        return f"{self.prefix}hp{n['Index']}"
+
+    def endpoint_port(self, endpoint_id: str) -> str:
+        room = 15 - len(self.prefix) - 1
+        return f"{self.prefix}v{endpoint_id.replace('-', '').lower()[:room]}"
+
+    def netns_path(self, namespace_id: str) -> str:
+        return os.path.join(self.netns_dir, namespace_id)
+
+    # ----- persistence -------------------------------------------------------------------------
+    def _save_network(self, n: dict[str, Any]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO hns_networks (id, name, data) VALUES (?, ?, ?)",
+                        (n["ID"], n["Name"], json.dumps(n)))
+
+    def _save_endpoint(self, e: dict[str, Any]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO hns_endpoints (id, network_id, data) "
+                        "VALUES (?, ?, ?)", (e["ID"], e["VirtualNetwork"], json.dumps(e)))
+
+    # ----- start-up: reconcile the kernel with the store -----------------------------------
+    async def start(self, fixed_cidr: str | None = None) -> None:
+        await self.netlink.run(self.netlink.ensure_netns, self.netlink.switch_path)
+        if not any(n["Name"] == "nat" for n in self.networks.values()):
+            await self.create_network("nat", subnet=fixed_cidr or None, default=True)
+        for n in list(self.networks.values()):
+            await self._realise_network(n)
+        await self.netlink.run(self._remove_orphan_links)
+        self.apply_rules()
+
+    def _remove_orphan_links(self) -> None:
+        owned_host = {self.host_port(n) for n in self.networks.values()}
+        for name in self.netlink.link_names("host"):
+            if self._ours_on_host(name) and name not in owned_host:
+                log.info("removing orphan link %s", name)
+                self.netlink.delete_link("host", name)
+        owned_sw = {"lo"} | {self.bridge(n) for n in self.networks.values()} | \
+            {self.switch_port(n) for n in self.networks.values()} | \
+            {self.endpoint_port(e["ID"]) for e in self.endpoints.values()}
+        for name in self.netlink.link_names("switch"):
+            if name not in owned_sw:
+                self.netlink.delete_link("switch", name)
+
+    def _ours_on_host(self, name: str) -> bool:
+        rest = name[len(self.prefix):] if name.startswith(self.prefix) else None
+        return rest is not None and rest.startswith("nat") and rest[3:].isdigit()
+
+    def reconcile_endpoints(self, live_containers: set[str]) -> None:
+        """After container recovery: endpoints of containers no longer running, and namespace
+        files nobody owns, are removed; their leases are released."""
+        for e in list(self.endpoints.values()):
+            ns = e.get("Namespace", {}).get("ID", "")
+            if e.get("ContainerId") not in live_containers or not is_netns(self.netns_path(ns)):
+                self._drop_endpoint(e)
+        owned = {e.get("Namespace", {}).get("ID") for e in self.endpoints.values()}
+        try:
+            names = os.listdir(self.netns_dir)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            if name != "vswitch" and name not in owned:
+                self.netlink.call(self.netlink.remove_netns, os.path.join(self.netns_dir, name))
+        self.apply_rules()
+
+    async def close(self) -> None:
+        """silod stops. Running containers keep their vNICs; with none left, the kernel objects
+        go too (the store keeps the records, the next start rebuilds them)."""
+        if not self.endpoints:
+            try:
+                for n in self.networks.values():
+                    await self.netlink.run(self.netlink.delete_link, "host", self.host_port(n))
+                await self.netlink.run(self.netlink.remove_netns, self.netlink.switch_path)
+                self.remove_everything()
+            except Exception as e:  # best effort: the next start reconciles
+                log.warning("network teardown at stop: %s", e)
+        self.netlink.close()
+        if self._nft is not None:
+            self._nft.close()
+
+    # ----- networks ---------------------------------------------------------------------------
+    def find_network(self, ref: str) -> dict[str, Any]:
+        if not ref:
+            raise NotFound("network  not found")
+        for n in self.networks.values():
+            if n["Name"] == ref:
+                return n
+        for n in self.networks.values():
+            if n["ID"].lower() == ref.lower() or n["DockerId"] == ref:
+                return n
+        found = [n for n in self.networks.values()
+                 if n["DockerId"].startswith(ref.lower()) or n["ID"].lower().startswith(ref.lower())]
+        if len(found) == 1:
+            return found[0]
+        raise NotFound(f"network {ref} not found", object_id=ref)
+
+    def _occupied(self) -> list[tuple[str, int]]:
+        """Host routes and addresses, and our networks' subnets: a new subnet must avoid all."""
+        occ = list(self.netlink.call(self.netlink.host_routes))
+        occ += [(n["Subnets"][0]["AddressPrefix"].split("/")[0],
+                 int(n["Subnets"][0]["AddressPrefix"].split("/")[1]))
+                for n in self.networks.values()]
+        return occ
+
+    async def create_network(self, name: str, *, subnet: str | None = None,
+                             gateway: str | None = None, ip_range: str | None = None,
+                             internal: bool = False, labels: dict[str, str] | None = None,
+                             options: dict[str, str] | None = None,
+                             default: bool = False) -> dict[str, Any]:
+        """HNS ``POST /networks``: a nat network with its vSwitch, host vNIC and NAT."""
+        if any(n["Name"] == name for n in self.networks.values()):
+            raise AlreadyExists(f"network with name {name} already exists")
+        occupied = self._occupied()
+        if subnet:
+            try:
+                net = ipaddress.IPv4Network(subnet, strict=False)
+            except ValueError as e:
+                raise InvalidArgument(f"invalid subnet {subnet}: {e}") from None
+            if net.prefixlen > 30:
+                raise InvalidArgument(f"subnet {subnet} is too small")
+            if I.free_subnet(occupied, [str(net)]) is None:
+                raise Conflict(f"Pool overlaps with other one on this address space: {net} "
+                               "overlaps a host route or another network")
+        else:
+            free = I.free_subnet(occupied, I.default_candidates())
+            if free is None:
+                raise Conflict("could not find an available, non-overlapping IPv4 address pool "
+                               "among the defaults to assign to the network")
+            net = ipaddress.IPv4Network(free)
+        if gateway:
+            gw = ipaddress.IPv4Address(gateway)
+            if gw not in net:
+                raise InvalidArgument(f"no matching subnet for gateway {gateway}")
+        else:
+            gw = net.network_address + 1
+        if ip_range:
+            r = ipaddress.IPv4Network(ip_range, strict=False)
+            if not r.subnet_of(net):
+                raise InvalidArgument(f"no matching subnet for range {ip_range}")
+            ip_range = str(r)
+        used_idx = {n["Index"] for n in self.networks.values()}
+        index = next(i for i in range(10000) if i not in used_idx)
+        nid = new_guid()
+        pools = [(I.mac_value(n["MacPools"][0]["StartMacAddress"]),
+                  I.mac_value(n["MacPools"][0]["EndMacAddress"])) for n in self.networks.values()]
+        start, end = I.new_mac_pool(pools)
+        n: dict[str, Any] = {
+            "ID": nid, "Name": name, "Type": "nat", "Index": index,
+            "DockerId": nid.replace("-", "").lower() + hashlib.sha256(nid.encode()).hexdigest()[:32],
+            "ActivityId": new_guid(), "LayeredOn": new_guid(),
+            "NatName": f"NAT{new_guid()}", "Version": HNS_VERSION, "Flags": 0, "State": 1,
+            "Subnets": [{"AddressPrefix": str(net), "GatewayAddress": str(gw), "ID": new_guid(),
+                         "Policies": [], "State": 0, "AdditionalParams": {}}],
+            "MacPools": [{"StartMacAddress": I.mac_text(start, "-").upper(),
+                          "EndMacAddress": I.mac_text(end, "-").upper()}],
+            "IPRange": ip_range or "", "Internal": bool(internal), "Labels": labels or {},
+            "Options": options or {}, "Default": default,
+            "Policies": [] if internal else [policy_json(_outbound())],
+            "Created": time.time(), "TotalEndpoints": 0, "MaxConcurrentEndpoints": 0,
+        }
+        with self.db.tx():
+            self._save_network(n)
+            n["HostMac"] = self.ipam.allocate_mac(nid, (start, end), "host")
+            self._save_network(n)
+        self.networks[nid] = n
+        try:
+            await self._realise_network(n)
+        except BaseException:
+            await self.delete_network(nid, force=True)
+            raise
+        self.apply_rules()
+        return n
+
+    async def _realise_network(self, n: dict[str, Any]) -> None:
+        s = n["Subnets"][0]
+        await self.netlink.run(
+            self.netlink.ensure_vswitch, self.bridge(n), self.host_port(n), self.switch_port(n),
+            s["GatewayAddress"], int(s["AddressPrefix"].split("/")[1]),
+            f"vEthernet ({n['Name']})", n["HostMac"])
+
+    async def delete_network(self, ref: str, force: bool = False) -> dict[str, Any]:
+        """HNS ``DELETE /networks/<id>``; refused while endpoints exist unless ``force``."""
+        n = self.networks.get(ref) or self.find_network(ref)
+        eps = [e for e in self.endpoints.values() if e["VirtualNetwork"] == n["ID"]]
+        if eps and not force:
+            raise Conflict(f"error while removing network: network {n['Name']} id {n['DockerId']} "
+                           "has active endpoints")
+        for e in eps:
+            self._drop_endpoint(e)
+        await self.netlink.run(self.netlink.remove_vswitch, self.bridge(n), self.host_port(n))
+        with self.db.tx():
+            self.ipam.release_network(n["ID"])
+            self.db.execute("DELETE FROM hns_networks WHERE id = ?", (n["ID"],))
+        self.networks.pop(n["ID"], None)
+        self.apply_rules()
+        return n
+
+    def endpoints_of(self, network_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.endpoints.values() if e["VirtualNetwork"] == network_id]
+
+    # ----- endpoints --------------------------------------------------------------------------
+    def create_endpoint(self, network: dict[str, Any], *, container_id: str, namespace_id: str,
+                        name: str = "", ip: str | None = None, mac: str | None = None,
+                        port_mappings: list[PortMapping] | None = None,
+                        aliases: list[str] | None = None, ifname: str = "eth0"
+                        ) -> dict[str, Any]:
+        """HNS ``POST /endpoints``: address and MAC leased in one store transaction."""
+        eid = new_guid()
+        s = network["Subnets"][0]
+        maps = self._resolve_ports(port_mappings or [])
+        with self.db.tx():
+            addr = self.ipam.allocate_ip(network["ID"], s["AddressPrefix"], s["GatewayAddress"],
+                                         eid, ip, network.get("IPRange") or None,
+                                         network.get("NextAddress"))
+            if not ip:
+                network["NextAddress"] = int(ipaddress.IPv4Address(addr)) + 1
+            pool = (I.mac_value(network["MacPools"][0]["StartMacAddress"]),
+                    I.mac_value(network["MacPools"][0]["EndMacAddress"]))
+            mac_addr = self.ipam.allocate_mac(network["ID"], pool, eid, mac)
+            e = {
+                "ID": eid, "Name": name or eid, "VirtualNetwork": network["ID"],
+                "VirtualNetworkName": network["Name"], "IPAddress": addr,
+                "PrefixLength": int(s["AddressPrefix"].split("/")[1]),
+                "GatewayAddress": s["GatewayAddress"],
+                "MacAddress": mac_addr.replace(":", "-").upper(),
+                "Namespace": {"ID": namespace_id, "CompartmentId": 0},
+                "Policies": [policy_json(m) for m in maps] + list(network["Policies"]),
+                "State": 1, "ContainerId": container_id, "IfName": ifname,
+                "Aliases": aliases or [], "EnableInternalDNS": False, "Created": time.time(),
+            }
+            self._save_endpoint(e)
+            network["TotalEndpoints"] = network.get("TotalEndpoints", 0) + 1
+            self.endpoints[eid] = e
+            cur = len(self.endpoints_of(network["ID"]))
+            network["MaxConcurrentEndpoints"] = max(network.get("MaxConcurrentEndpoints", 0), cur)
+            self._save_network(network)
+        return e
+
+    def _resolve_ports(self, maps: list[PortMapping]) -> list[PortMapping]:
+        """Pick host ports for ``-p 80`` and refuse ports another endpoint already maps."""
+        taken = {(m.Protocol, m.ExternalPort, m.VIP) for m in self.all_port_mappings()}
+        out = []
+        for m in maps:
+            if m.ExternalPort == 0:
+                m = PortMapping(m.Protocol, m.InternalPort, _free_port(m.Protocol, taken), m.VIP)
+            for vip in {m.VIP, ""} | ({t[2] for t in taken} if not m.VIP else set()):
+                if (m.Protocol, m.ExternalPort, vip) in taken:
+                    raise Conflict(f"Bind for {m.VIP or '0.0.0.0'}:{m.ExternalPort} failed: "
+                                   "port is already allocated")
+            taken.add((m.Protocol, m.ExternalPort, m.VIP))
+            out.append(m)
+        return out
+
+    def all_port_mappings(self) -> list[PortMapping]:
+        return [port_mapping_from(p) for e in self.endpoints.values()
+                for p in e["Policies"] if p["Type"] == "PortMapping"]
+
+    async def attach(self, e: dict[str, Any], create_ns: bool = True) -> None:
+        """HNS ``/endpoints/<id>/attach``: the vNIC into the compartment (made here if new)."""
+        n = self.networks[e["VirtualNetwork"]]
+        gw = None if n["Internal"] or e["IfName"] != "eth0" else e["GatewayAddress"]
+        await self.netlink.run(
+            self.netlink.create_endpoint, self.netns_path(e["Namespace"]["ID"]), self.bridge(n),
+            self.endpoint_port(e["ID"]), e["MacAddress"].replace("-", ":").lower(),
+            [(e["IPAddress"], e["PrefixLength"])], gw, e["IfName"], create_ns)
+        e["State"] = 2
+        self._save_endpoint(e)
+        if any(p["Type"] == "PortMapping" for p in e["Policies"]):
+            self.apply_rules()
+
+    def _drop_endpoint(self, e: dict[str, Any]) -> None:
+        with self.db.tx():
+            self.ipam.release(e["VirtualNetwork"], e["ID"])
+            self.db.execute("DELETE FROM hns_endpoints WHERE id = ?", (e["ID"],))
+        self.endpoints.pop(e["ID"], None)
+
+    async def delete_endpoints(self, endpoint_ids: list[str], remove_namespace: str | None) -> None:
+        """Endpoint delete; removing the namespace lets the kernel destroy the veths with it."""
+        had_ports = False
+        for eid in endpoint_ids:
+            e = self.endpoints.get(eid)
+            if e is None:
+                continue
+            had_ports |= any(p["Type"] == "PortMapping" for p in e["Policies"])
+            if not remove_namespace:
+                ns = self.netns_path(e["Namespace"]["ID"])
+                if is_netns(ns):
+                    await self.netlink.run(self.netlink.remove_endpoint_link, ns, e["IfName"])
+            self._drop_endpoint(e)
+        if remove_namespace:
+            self.netlink.remove_netns(self.netns_path(remove_namespace))
+        if had_ports:
+            self.apply_rules()
+
+    # ----- WinNAT: the nftables table ---------------------------------------------------------
+    def apply_rules(self) -> None:
+        """Regenerate our table from the store and swap it in atomically."""
+        self.nft.replace_table("ip", self.table, self._ruleset())
+
+    def _ruleset(self) -> list[dict[str, Any]]:
+        T = self.table
+
+        def chain(name: str, **kw: Any) -> dict[str, Any]:
+            return {"add": {"chain": {"family": "ip", "table": T, "name": name, **kw}}}
+
+        def rule(ch: str, *expr: dict[str, Any]) -> dict[str, Any]:
+            return {"add": {"rule": {"family": "ip", "table": T, "chain": ch, "expr": list(expr)}}}
+
+        cmds = [
+            chain("publish"),
+            chain("prerouting", type="nat", hook="prerouting", prio=-100, policy="accept"),
+            chain("output", type="nat", hook="output", prio=-100, policy="accept"),
+            chain("postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
+            chain("forward", type="filter", hook="forward", prio=-1, policy="accept"),
+            rule("prerouting", N.fib_daddr_local(), {"jump": {"target": "publish"}}),
+            rule("output", N.fib_daddr_local(), {"jump": {"target": "publish"}}),
+        ]
+        for e in self.endpoints.values():
+            for p in e["Policies"]:
+                if p["Type"] != "PortMapping":
+                    continue
+                m = port_mapping_from(p)
+                expr = []
+                if m.VIP:
+                    expr.append(N.match(N.payload("ip", "daddr"), m.VIP))
+                expr += [N.match(N.meta("l4proto"), m.proto_name),
+                         N.match(N.payload("th", "dport"), m.ExternalPort),
+                         {"dnat": {"addr": e["IPAddress"], "port": m.InternalPort}}]
+                cmds.append(rule("publish", *expr))
+        for n in self.networks.values():
+            hp = self.host_port(n)
+            subnet = n["Subnets"][0]["AddressPrefix"]
+            # 127.0.0.1 → published port: the source must become the gateway for the reply.
+            cmds.append(rule("postrouting", N.match(N.meta("oifname"), hp),
+                             N.match(N.payload("ip", "saddr"), N.prefix("127.0.0.0/8")),
+                             {"masquerade": None}))
+            # Hairpin: a container reaching a published port through a host address.
+            cmds.append(rule("postrouting", N.match(N.meta("oifname"), hp),
+                             N.match(N.payload("ip", "saddr"), N.prefix(subnet)),
+                             N.match({"ct": {"key": "status"}}, "dnat", "in"),
+                             {"masquerade": None}))
+            if n["Internal"]:
+                cmds.append(rule("forward", N.match(N.meta("iifname"), hp), {"drop": None}))
+                cmds.append(rule("forward", N.match(N.meta("oifname"), hp), {"drop": None}))
+                continue
+            # OutBoundNAT: egress of the subnet leaving through any other link.
+            cmds.append(rule("postrouting", N.match(N.payload("ip", "saddr"), N.prefix(subnet)),
+                             N.match(N.meta("oifname"), hp, "!="), {"masquerade": None}))
+            for other in self.networks.values():
+                if other is not n:
+                    cmds.append(rule("forward", N.match(N.meta("iifname"), hp),
+                                     N.match(N.meta("oifname"), self.host_port(other)),
+                                     {"drop": None}))
+        return cmds
+
+    def remove_everything(self) -> None:
+        """Used by tests and uninstall: our table goes; the rest of the ruleset stays."""
+        self.nft.delete_table("ip", self.table)
+
+
+def _outbound() -> Any:
+    from silobox.network.objects import OutBoundNAT
+    return OutBoundNAT()
+
+
+def _free_port(proto: int, taken: set[tuple[int, int, str]]) -> int:
+    """A host port for ``-p 80``: one the kernel reports free, not mapped by another endpoint."""
+    kind = socket.SOCK_DGRAM if proto == 17 else socket.SOCK_STREAM
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("0.0.0.0", 0))
+            port = s.getsockname()[1]
+        if not any(t[0] == proto and t[1] == port for t in taken):
+            return port
+    raise Conflict("no free host port for the port mapping")

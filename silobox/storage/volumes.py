@@ -1,0 +1,247 @@
+"""Named volumes, local driver: Docker's ``<root>\\volumes\\<name>\\_data`` on Windows and Linux.
+
+A volume is a directory ``<root>/volumes/<name>/_data`` plus a row in silod's store (driver,
+labels, options, creation time). Containers see it through a bind mount (HCS
+MappedDirectories). Which containers use a volume is the engine's knowledge (their Mounts), so
+the in-use refusal lives in the engine; this module only owns the directories and the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from silobox.errors import InvalidArgument, NotFound, SystemFailure
+from silobox.timeutil import now_iso
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+ANONYMOUS_LABEL = "com.docker.volume.anonymous"
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise InvalidArgument(f'"{name}" includes invalid characters for a local volume name, '
+                              'only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to '
+                              "pass a host directory, use absolute path")
+    return name
+
+
+_OPTION_KEYS = ("type", "device", "o")
+_MOUNT_FLAGS = {"ro": ("MS_RDONLY", True), "rw": ("MS_RDONLY", False),
+                "nosuid": ("MS_NOSUID", True), "suid": ("MS_NOSUID", False),
+                "nodev": ("MS_NODEV", True), "dev": ("MS_NODEV", False),
+                "noexec": ("MS_NOEXEC", True), "exec": ("MS_NOEXEC", False),
+                "noatime": ("MS_NOATIME", True), "bind": ("MS_BIND", True),
+                "rbind": ("MS_BIND", True)}
+
+
+def check_options(options: dict[str, str]) -> None:
+    """The local driver's options, as Docker's: ``type``, ``device``, ``o`` (mount options)."""
+    for key in options:
+        if key not in _OPTION_KEYS:
+            raise InvalidArgument(f'invalid option key: "{key}"', operation="volume::Create")
+    if not options.get("device"):
+        raise InvalidArgument("missing required option: \"device\"", operation="volume::Create")
+    if not options.get("type") and "bind" not in (options.get("o") or "").split(","):
+        raise InvalidArgument("missing required option: \"type\"", operation="volume::Create")
+
+
+def mount_arguments(options: dict[str, str]) -> tuple[str, str, int, str, bool]:
+    """Options → (source, fstype, flags, data, read-only bind)."""
+    from silobox.kernel import libc
+    flags, data, ro = 0, [], False
+    words = [w for w in (options.get("o") or "").split(",") if w]
+    for w in words:
+        if w in _MOUNT_FLAGS:
+            bit, on = _MOUNT_FLAGS[w]
+            flags = flags | getattr(libc, bit) if on else flags & ~getattr(libc, bit)
+            if w == "rbind":
+                flags |= libc.MS_REC
+            ro = ro or w == "ro"
+        else:
+            data.append(w)
+    fstype = options.get("type") or "none"
+    return options["device"], fstype, flags, ",".join(data), ro and bool(flags & libc.MS_BIND)
+
+
+@dataclass
+class Volume:
+    name: str
+    mountpoint: str
+    created: str
+    driver: str = "local"
+    labels: dict[str, str] | None = None
+    options: dict[str, str] | None = None
+    anonymous: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_docker(self) -> dict[str, Any]:
+        """Docker's Volume object (``GET /volumes/{name}``)."""
+        return {"CreatedAt": self.created, "Driver": self.driver, "Labels": self.labels,
+                "Mountpoint": self.mountpoint, "Name": self.name, "Options": self.options,
+                "Scope": "local"}
+
+
+class VolumeStore:
+    """The local volume driver: directories under ``<root>/volumes`` and their records."""
+
+    def __init__(self, root: str, db: Any) -> None:
+        self.dir = os.path.join(os.path.abspath(root), "volumes")
+        self.db = db
+        os.makedirs(self.dir, mode=0o701, exist_ok=True)
+        db.migrate("volumes", [
+            "CREATE TABLE volumes (name TEXT PRIMARY KEY, driver TEXT NOT NULL, "
+            "labels TEXT, options TEXT, created TEXT NOT NULL, anonymous INTEGER NOT NULL)",
+        ])
+        # Half-made or half-removed directories of an earlier run.
+        for name in os.listdir(self.dir):
+            if name.startswith((".new-", ".removing-")):
+                shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+
+    def _row(self, row: Any) -> Volume:
+        return Volume(name=row["name"], mountpoint=self.data_path(row["name"]),
+                      created=row["created"], driver=row["driver"],
+                      labels=json.loads(row["labels"]) if row["labels"] else None,
+                      options=json.loads(row["options"]) if row["options"] else None,
+                      anonymous=bool(row["anonymous"]))
+
+    def data_path(self, name: str) -> str:
+        return os.path.join(self.dir, name, "_data")
+
+    def get(self, name: str) -> Volume:
+        row = self.db.query_one("SELECT * FROM volumes WHERE name = ?", (name,)) if name else None
+        if row is None:
+            raise NotFound(f"get {name}: no such volume", operation="volume::Get",
+                           object_id=name)
+        return self._row(row)
+
+    def exists(self, name: str) -> bool:
+        return self.db.query_one("SELECT 1 FROM volumes WHERE name = ?", (name,)) is not None
+
+    def list(self) -> list[Volume]:
+        return [self._row(r) for r in self.db.query("SELECT * FROM volumes ORDER BY name")]
+
+    def create(self, name: str | None = None, *, driver: str = "local",
+               labels: dict[str, str] | None = None, options: dict[str, str] | None = None,
+               anonymous: bool = False) -> tuple[Volume, bool]:
+        """Create a volume (or return the existing one of that name); returns (volume, created)."""
+        driver = driver or "local"
+        if driver != "local":
+            raise NotFound(f'error looking up volume plugin {driver}: plugin "{driver}" not '
+                           "found", operation="volume::Create", object_id=name or "")
+        if options:
+            check_options(options)
+        if name:
+            check_name(name)
+            if self.exists(name):
+                return self.get(name), False
+        else:
+            name = secrets.token_hex(32)
+            anonymous = True
+        if anonymous:
+            labels = {**(labels or {}), ANONYMOUS_LABEL: ""}
+        tmp = os.path.join(self.dir, f".new-{uuid.uuid4().hex[:8]}")
+        try:
+            os.makedirs(os.path.join(tmp, "_data"), mode=0o755)
+            os.chmod(os.path.join(tmp, "_data"), 0o755)
+            os.rename(tmp, os.path.join(self.dir, name))
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SystemFailure(f"create {name}: {e.strerror}", operation="volume::Create",
+                                object_id=name, cause=e) from e
+        created = now_iso().split(".")[0] + "Z"   # Docker shows volumes to the second
+        try:
+            with self.db.tx():
+                self.db.execute(
+                    "INSERT INTO volumes (name, driver, labels, options, created, anonymous) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, driver, json.dumps(labels) if labels is not None else None,
+                     json.dumps(options) if options else None, created, int(anonymous)))
+        except BaseException:
+            shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+            raise
+        return self.get(name), True
+
+    def remove(self, name: str) -> None:
+        """Delete the record, then the directory (renamed aside first, so it never half-exists
+        under its name)."""
+        self.get(name)
+        self.unmount(name)
+        with self.db.tx():
+            self.db.execute("DELETE FROM volumes WHERE name = ?", (name,))
+        path = os.path.join(self.dir, name)
+        if os.path.lexists(path):
+            doomed = os.path.join(self.dir, f".removing-{uuid.uuid4().hex[:8]}")
+            os.rename(path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    # -- volumes with mount options (type/device/o): mounted while a container uses them ----
+
+    def is_mounted(self, name: str) -> bool:
+        from silobox.storage.sandbox import mounts_under
+        path = os.path.realpath(self.data_path(name))
+        return path in mounts_under(path)
+
+    def mount(self, name: str) -> bool:
+        """Mount a volume that has options on its ``_data``; False if there is nothing to do."""
+        from silobox.kernel import libc
+        vol = self.get(name)
+        if not vol.options or self.is_mounted(name):
+            return False
+        source, fstype, flags, data, ro_bind = mount_arguments(vol.options)
+        target = self.data_path(name)
+        try:
+            libc.mount(source, target, None if flags & libc.MS_BIND else fstype, flags,
+                       data or None)
+            if ro_bind:
+                libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+        except OSError as e:
+            raise SystemFailure(f"error while mounting volume '{target}': {e.strerror}",
+                                operation="volume::Mount", object_id=name, cause=e) from e
+        return True
+
+    def unmount(self, name: str) -> None:
+        from silobox.kernel import libc
+        from silobox.storage.sandbox import mounts_under
+        for point in mounts_under(self.data_path(name)):
+            try:
+                libc.umount2(point, 0)
+            except OSError:
+                libc.umount2(point, libc.MNT_DETACH)
+
+    def size(self, name: str) -> int:
+        total = 0
+        for top, _dirs, files in os.walk(self.data_path(name)):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(top, f)).st_size
+                except OSError:
+                    pass
+        return total
+
+    def is_empty(self, name: str) -> bool:
+        try:
+            return not os.listdir(self.data_path(name))
+        except FileNotFoundError:
+            return True
+
+    def populate(self, name: str, source: str) -> bool:
+        """Copy ``source`` (a directory of the image) into an empty volume, with owners, modes,
+        xattrs and hard links, as Docker does for a new volume mounted over image content."""
+        dest = self.data_path(name)
+        if not os.path.isdir(source) or os.path.islink(source) or not self.is_empty(name):
+            return False
+        res = subprocess.run(["cp", "-a", "--", source + "/.", dest + "/"],
+                             capture_output=True, timeout=600)
+        if res.returncode != 0:
+            raise SystemFailure(f"cannot copy the image's content into volume {name}: "
+                                f"{res.stderr.decode(errors='replace').strip()}",
+                                operation="volume::Populate", object_id=name)
+        return True

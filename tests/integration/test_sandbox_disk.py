@@ -1,0 +1,254 @@
+"""Sandbox disks end to end: size limit (ENOSPC inside, nothing else breaks), the plain-directory
+kind, ``silo sandbox ls/inspect/expand/attach/detach``, start refused while attached, and no
+loop device or mount left by rm or by a daemon killed mid-way (orphans removed at start)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+
+import docker
+import pytest
+
+from silobox.storage import disk as D
+
+IMAGE = "busybox"
+pytestmark = pytest.mark.skipif(bool(D.loop_supported()), reason=f"sandbox disks unavailable")
+
+
+@pytest.fixture
+def api(silod):
+    return silod.client
+
+
+def _loops_of_root(root: str) -> list[D.LoopDevice]:
+    root = os.path.realpath(root) + "/"
+    return [d for d in D.loop_devices() if d.backing_file.startswith(root)]
+
+
+def _mounts(prefix: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [l.split()[4] for l in f if l.split()[4].startswith(prefix)]
+
+
+@pytest.fixture
+def ctr(silod):
+    """Unique container names; at the end each is removed and nothing of it is left on the host:
+    no loop device backed by its disk, no mount under its directory."""
+    made: list[str] = []
+    ids: list[str] = []
+
+    def new() -> str:
+        made.append(f"sbxd-{uuid.uuid4().hex[:8]}")
+        return made[-1]
+
+    def track(name: str) -> str:
+        status, body = silod.request("GET", f"/containers/{name}/json")
+        if status == 200:
+            ids.append(body["Id"])
+        return name
+
+    new.track = track  # type: ignore[attr-defined]
+    yield new
+    for n in made:
+        status, body = silod.request("GET", f"/containers/{n}/json")
+        if status == 200:
+            ids.append(body["Id"])
+            silod.request("POST", f"/silobox/sandboxes/{n}/detach")
+            silod.request("DELETE", f"/containers/{n}?force=1&v=1")
+    deadline = time.time() + 3
+    left: list = []
+    while time.time() < deadline:
+        left = [d for d in _loops_of_root(silod.root) if any(i in d.backing_file for i in ids)]
+        left += [m for i in ids for m in _mounts(os.path.join(silod.root, "containers", i))]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left, f"left behind: {left}"
+
+
+def _run(silod, *args: str) -> subprocess.CompletedProcess:
+    return silod.silo("run", *args)
+
+
+def test_disk_is_the_default_and_sized(silod, api, ctr):
+    c = ctr()
+    r = _run(silod, "--name", c, "--storage-opt", "size=64M", IMAGE, "sh", "-c",
+             "df -k / | tail -1")
+    assert r.returncode == 0, r.stderr
+    total_kb = int(r.stdout.split()[1])
+    assert 50 * 1024 < total_kb <= 64 * 1024
+    info = api.inspect_container(c)
+    assert info["HostConfig"]["StorageOpt"] == {"size": "64M"}
+    gd = info["GraphDriver"]["Data"]
+    assert gd["sandbox"] == "disk" and gd["size"] == str(64 * 1024 * 1024)
+    assert os.path.exists(gd["disk"]) and gd["disk"].endswith(f"{info['Id']}/sandbox.img")
+    deadline = time.time() + 3                         # stopped: detached (the exit is
+    while D.loops_of(gd["disk"]) and time.time() < deadline:   # recorded asynchronously)
+        time.sleep(0.02)
+    assert not D.loops_of(gd["disk"])
+
+
+def test_write_past_the_size_is_enospc_and_nothing_else_breaks(silod, ctr):
+    c = ctr()
+    script = ("dd if=/dev/zero of=/big bs=1M count=100 2>/tmp/err; echo dd=$?; "
+              "grep -o 'No space left on device' /tmp/err; rm /big; echo ok > /after; cat /after")
+    r = _run(silod, "--name", c, "--storage-opt", "size=32M", IMAGE, "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "dd=1" in out and "No space left on device" in out and out.endswith("ok\n")
+    # the host and the daemon are fine: another container runs normally
+    r = _run(silod, "--rm", IMAGE, "echo", "still fine")
+    assert r.stdout == b"still fine\n"
+
+
+def test_plain_directory_sandbox(silod, api, ctr):
+    c = ctr()
+    r = _run(silod, "--name", c, "--storage-opt", "sandbox=dir", IMAGE, "sh", "-c",
+             "echo x > /file")
+    assert r.returncode == 0, r.stderr
+    info = api.inspect_container(c)
+    assert info["GraphDriver"]["Data"]["sandbox"] == "dir"
+    assert not os.path.exists(os.path.join(silod.root, "containers", info["Id"], "sandbox.img"))
+    sb = json.loads(silod.silo("sandbox", "inspect", c).stdout)[0]
+    assert sb["Kind"] == "dir" and sb["Used"] == 2
+    r = silod.silo("create", "--storage-opt", "sandbox=dir", "--storage-opt", "size=1G", IMAGE)
+    assert r.returncode != 0 and b"only for sandbox disks" in r.stderr
+    r = silod.silo("create", "--storage-opt", "speed=fast", IMAGE)
+    assert r.returncode != 0 and b"Unknown option speed" in r.stderr
+
+
+def test_sandbox_ls_inspect_expand(silod, api, ctr):
+    c = ctr()
+    r = _run(silod, "--name", c, "--storage-opt", "size=64M", IMAGE, "sh", "-c",
+             "dd if=/dev/zero of=/f bs=1M count=8 2>/dev/null")
+    assert r.returncode == 0, r.stderr
+    r = silod.silo("sandbox", "ls")
+    assert r.returncode == 0
+    line = [l for l in r.stdout.decode().splitlines() if f" {c} " in l][0]
+    assert " disk " in line and "64MiB" in line
+    rec = json.loads(silod.silo("sandbox", "inspect", c).stdout)[0]
+    assert rec["Kind"] == "disk" and rec["Size"] == 64 * 1024 * 1024
+    assert rec["Used"] >= 8 * 1024 * 1024 and rec["LoopDevice"] == "" and not rec["Active"]
+    assert rec["FileSize"] < rec["Size"]
+    r = silod.silo("sandbox", "expand", c, "128M")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == "128MiB"
+    r = silod.silo("start", "-a", c)     # the container sees the grown disk and its data
+    r = _run(silod, "--rm", IMAGE, "true")
+    rec = json.loads(silod.silo("sandbox", "inspect", c).stdout)[0]
+    assert rec["Size"] == 128 * 1024 * 1024
+    r = silod.silo("sandbox", "expand", c, "64M")
+    assert r.returncode != 0 and b"cannot shrink" in r.stderr
+
+
+def test_attach_detach_and_start_refused_while_attached(silod, api, ctr, tmp_path):
+    c = ctr()
+    r = silod.silo("create", "--name", c, IMAGE, "sh", "-c",
+                   "echo changed > /etc/motd2; sleep 30")
+    assert r.returncode == 0, r.stderr
+    ctr.track(c)
+    # running: refused
+    api.start(c)
+    r = silod.silo("sandbox", "attach", c)
+    assert r.returncode != 0 and b"is running" in r.stderr
+    api.kill(c)
+    api.wait(c, timeout=30)
+    # read-only view of the disk: upper/ holds only the container's changes
+    mnt = str(tmp_path / "disk")
+    r = silod.silo("sandbox", "attach", c, mnt)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == mnt
+    assert open(os.path.join(mnt, "upper", "etc", "motd2")).read() == "changed\n"
+    assert not os.path.exists(os.path.join(mnt, "upper", "bin"))
+    with pytest.raises(OSError):
+        open(os.path.join(mnt, "upper", "new"), "w")
+    rec = json.loads(silod.silo("sandbox", "inspect", c).stdout)[0]
+    assert rec["Attached"]["MountPoint"] == mnt and rec["LoopDevice"].startswith("/dev/loop")
+    # start is refused until detached
+    with pytest.raises(docker.errors.APIError) as e:
+        api.start(c)
+    assert e.value.status_code == 409 and "silo sandbox detach" in str(e.value)
+    r = silod.silo("sandbox", "attach", c, mnt)
+    assert r.returncode != 0 and b"already attached" in r.stderr
+    assert silod.silo("sandbox", "detach", c).returncode == 0
+    assert not _mounts(mnt)
+    # merged view, read-write: the whole filesystem; a change made here is seen by the container
+    r = silod.silo("sandbox", "attach", "--merged", "--rw", c)
+    assert r.returncode == 0, r.stderr
+    merged = r.stdout.decode().strip()
+    assert os.path.exists(os.path.join(merged, "bin", "busybox"))
+    assert open(os.path.join(merged, "etc", "motd2")).read() == "changed\n"
+    with open(os.path.join(merged, "etc", "from-host"), "w") as f:
+        f.write("host\n")
+    assert silod.silo("sandbox", "detach", c).returncode == 0
+    assert not os.path.exists(merged)
+    r = silod.silo("sandbox", "detach", c)
+    assert r.returncode != 0 and b"not attached" in r.stderr
+    api.start(c)
+    ex = api.exec_create(c, ["cat", "/etc/from-host"])
+    assert api.exec_start(ex) == b"host\n"
+    api.kill(c)
+
+
+def test_rm_of_an_attached_container_cleans_up(silod, ctr, tmp_path):
+    c = ctr()
+    assert _run(silod, "--name", c, IMAGE, "true").returncode == 0
+    ctr.track(c)
+    r = silod.silo("sandbox", "attach", "--merged", c, str(tmp_path / "m"))
+    assert r.returncode == 0, r.stderr
+    r = silod.silo("rm", c)
+    assert r.returncode == 0, r.stderr
+    assert not _mounts(str(tmp_path))
+
+
+def test_daemon_restart_removes_orphans_and_keeps_running_disks(silod, api, ctr):
+    c = ctr()
+    r = silod.silo("run", "-d", "--name", c, IMAGE, "sleep", "60")
+    assert r.returncode == 0, r.stderr
+    ctr.track(c)
+    cid = api.inspect_container(c)["Id"]
+    # an orphan: a disk of a container the store does not know, attached and mounted
+    orphan = os.path.join(silod.root, "containers", "f" * 64)
+    os.makedirs(os.path.join(orphan, "sandbox"))
+    D.format_image(os.path.join(orphan, "sandbox.img"), 32 * 1024 * 1024, orphan)
+    D.mount_image(os.path.join(orphan, "sandbox.img"), os.path.join(orphan, "sandbox"))
+    try:
+        silod.kill9()
+        silod.start()
+        deadline = time.time() + 3
+        while time.time() < deadline and (_mounts(orphan) or D.loops_of(
+                os.path.join(orphan, "sandbox.img"))):
+            time.sleep(0.05)
+        assert not _mounts(orphan)
+        assert not D.loops_of(os.path.join(orphan, "sandbox.img"))
+        # the running container kept its disk and works
+        assert api.inspect_container(c)["State"]["Running"]
+        ex = api.exec_create(c, ["sh", "-c", "echo alive > /x; cat /x"])
+        assert api.exec_start(ex) == b"alive\n"
+        sandbox = os.path.join(silod.root, "containers", cid, "sandbox.img")
+        assert len(D.loops_of(sandbox)) == 1
+    finally:
+        for m in reversed(_mounts(orphan)):
+            subprocess.run(["umount", "-l", m], check=False)
+        subprocess.run(["rm", "-rf", orphan], check=False)
+    api.remove_container(c, force=True)
+
+
+def test_expand_while_running(silod, api, ctr):
+    """Online grow where the daemon may resize a mounted ext4; a clear refusal otherwise."""
+    c = ctr()
+    r = silod.silo("run", "-d", "--name", c, "--storage-opt", "size=64M", IMAGE, "sleep", "30")
+    assert r.returncode == 0, r.stderr
+    r = silod.silo("sandbox", "expand", c, "96M")
+    if r.returncode == 0:
+        ex = api.exec_create(c, ["sh", "-c", "df -k / | tail -1"])
+        assert int(api.exec_start(ex).split()[1]) > 80 * 1024
+    else:
+        assert b"stop the container, then expand it" in r.stderr
+        rec = json.loads(silod.silo("sandbox", "inspect", c).stdout)[0]
+        assert rec["Size"] == 64 * 1024 * 1024        # nothing changed
+    api.kill(c)
