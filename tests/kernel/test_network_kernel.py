@@ -183,8 +183,11 @@ def test_winnat_rules_outbound_and_hairpin_in_a_simulated_host(run_id: str, tmp_
         # outbound NAT: the outside sees the host's address, never the container's
         procs.append(subprocess.Popen(["ip", "netns", "exec", o, "busybox", "nc", "-l", "-p",
                                        "9000"], stdout=subprocess.DEVNULL))
+        # the listener may not be up yet: the client retries until it connects
         procs.append(subprocess.Popen(["ip", "netns", "exec", c1, "sh", "-c",
-                                       "(echo hello; sleep 3) | busybox nc 198.51.100.2 9000"],
+                                       "for i in $(seq 40); do (echo hello; sleep 3) |"
+                                       " busybox nc 198.51.100.2 9000 && break; sleep 0.05;"
+                                       " done"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         seen = ""
         for _ in range(60):
