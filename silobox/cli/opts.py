@@ -221,6 +221,17 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     a("--cpuset-cpus", metavar="string", help="CPUs in which to allow execution (0-3, 0,1)")
     a("--cpuset-mems", metavar="string", help="MEMs in which to allow execution (0-3, 0,1)")
     a("--dns", action="append", default=[], metavar="list", help="Set custom DNS servers")
+    a("--dns-search", action="append", default=[], metavar="list",
+      help="Set custom DNS search domains")
+    a("--dns-option", action="append", default=[], metavar="list", help="Set DNS options")
+    a("--add-host", action="append", default=[], metavar="list",
+      help="Add a custom host-to-IP mapping (host:ip)")
+    a("--ip", metavar="string", help="IPv4 address (e.g., 172.30.100.104)")
+    a("--mac-address", metavar="string", help="Container MAC address (e.g., 92:d0:c6:0a:29:33)")
+    a("--network-alias", action="append", default=[], metavar="list",
+      help="Add network-scoped alias for the container")
+    a("-P", "--publish-all", action="store_true",
+      help="Publish all exposed ports to random ports")
     a("--domainname", metavar="string", help="Container NIS domain name")
     a("--entrypoint", metavar="string", help="Overwrite the default ENTRYPOINT of the image")
     a("-e", "--env", action="append", default=[], metavar="list",
@@ -383,6 +394,19 @@ def build_create_body(ns: argparse.Namespace, detach: bool = True,
         hc["Isolation"] = ns.isolation
     if ns.dns:
         hc["Dns"] = list(ns.dns)
+    if ns.dns_search:
+        hc["DnsSearch"] = list(ns.dns_search)
+    if ns.dns_option:
+        hc["DnsOptions"] = list(ns.dns_option)
+    for item in ns.add_host:
+        host, sep, addr = item.partition(":")
+        if not sep or not host or not addr:
+            raise OptError(f'invalid argument "{item}" for "--add-host" flag: bad format for '
+                           "add-host: " + repr(item))
+    if ns.add_host:
+        hc["ExtraHosts"] = list(ns.add_host)
+    if ns.publish_all:
+        hc["PublishAllPorts"] = True
     for key, val in (("IpcMode", ns.ipc), ("PidMode", ns.pid), ("UTSMode", ns.uts)):
         if val:
             hc[key] = val
@@ -434,7 +458,23 @@ def build_create_body(ns: argparse.Namespace, detach: bool = True,
     if console_size and ns.tty:
         hc["ConsoleSize"] = [console_size[0], console_size[1]]
     config["HostConfig"] = hc
-    config["NetworkingConfig"] = {"EndpointsConfig": {}}
+    endpoint: dict[str, Any] = {}
+    if ns.ip:
+        endpoint["IPAMConfig"] = {"IPv4Address": ns.ip}
+    if ns.mac_address:
+        endpoint["MacAddress"] = ns.mac_address
+        config["MacAddress"] = ns.mac_address
+    if ns.network_alias:
+        endpoint["Aliases"] = list(ns.network_alias)
+    if endpoint:
+        net = ns.network or "default"
+        if net in ("default", "bridge", "none", "host"):
+            raise OptError("user specified IP address or aliases are supported only on "
+                           "user defined networks" if (ns.ip or ns.network_alias)
+                           else "a MAC address needs a network to apply to")
+        config["NetworkingConfig"] = {"EndpointsConfig": {net: endpoint}}
+    else:
+        config["NetworkingConfig"] = {"EndpointsConfig": {}}
     return config
 
 

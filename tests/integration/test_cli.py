@@ -515,3 +515,23 @@ def test_update_prune_and_events(silo):
     out = silo.ok("events", "--since", "60s", "--until", str(int(_time.time()) + 2),
                   "--filter", f"container={name}", "--filter", "event=die")
     assert "container die" in out and f"name={name}" in out
+
+
+def test_network_flags(silo):
+    net = silo.name()
+    silo.ok("network", "create", "--subnet", "10.123.7.0/24", net)
+    try:
+        out = silo.ok("run", "--rm", "--network", net, "--ip", "10.123.7.50", "--mac-address",
+                      "02:42:0a:7b:07:32", "--network-alias", "web", "--add-host",
+                      "foo:10.1.2.3", "--dns-search", "example.org", IMAGE, "sh", "-c",
+                      "ip addr show eth0; cat /etc/hosts /etc/resolv.conf")
+        assert "inet 10.123.7.50/24" in out and "02:42:0a:7b:07:32" in out
+        assert "10.1.2.3\tfoo" in out and "search example.org" in out
+        name = silo.name()
+        silo.ok("run", "-d", "--name", name, "--expose", "80", "-P", IMAGE, "sleep", "30")
+        assert silo.ok("port", name).startswith("80/tcp -> 0.0.0.0:")
+        silo.ok("rm", "-f", name)
+        r = silo("run", "--rm", "--ip", "10.0.0.9", IMAGE, "true")
+        assert r.returncode == 125 and b"user defined networks" in r.stderr
+    finally:
+        silo("network", "rm", net)
