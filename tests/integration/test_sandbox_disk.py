@@ -147,7 +147,7 @@ def test_sandbox_ls_inspect_expand(silod, api, ctr):
 
 def test_attach_detach_and_start_refused_while_attached(silod, api, ctr, tmp_path):
     c = ctr()
-    r = silod.silo("create", "--name", c, IMAGE, "sh", "-c",
+    r = silod.silo("create", "--name", c, "--storage-opt", "sandbox=disk", IMAGE, "sh", "-c",
                    "echo changed > /etc/motd2; sleep 30")
     assert r.returncode == 0, r.stderr
     ctr.track(c)
@@ -207,7 +207,8 @@ def test_rm_of_an_attached_container_cleans_up(silod, ctr, tmp_path):
 
 def test_daemon_restart_removes_orphans_and_keeps_running_disks(silod, api, ctr):
     c = ctr()
-    r = silod.silo("run", "-d", "--name", c, IMAGE, "sleep", "60")
+    r = silod.silo("run", "-d", "--name", c, "--storage-opt", "sandbox=disk", IMAGE, "sleep",
+                   "60")
     assert r.returncode == 0, r.stderr
     ctr.track(c)
     cid = api.inspect_container(c)["Id"]
