@@ -368,7 +368,8 @@ def test_overlap_and_exhaustion_errors(net: Net, silod: Any) -> None:
 
 
 def test_parallel_starts_unique_addresses(net: Net) -> None:
-    ids = [net.run("sleep 30", start=False) for _ in range(20)]
+    count = 50
+    ids = [net.run("sleep 30", start=False) for _ in range(count)]
     errors: list[BaseException] = []
 
     def start(cid: str) -> None:
@@ -385,8 +386,8 @@ def test_parallel_starts_unique_addresses(net: Net) -> None:
         t.join()
     assert not errors, [str(e) for e in errors]
     settings = [net.inspect(c)["NetworkSettings"] for c in ids]
-    assert len({s["IPAddress"] for s in settings}) == 20
-    assert len({s["MacAddress"] for s in settings}) == 20
+    assert len({s["IPAddress"] for s in settings}) == count
+    assert len({s["MacAddress"] for s in settings}) == count
 
 
 def test_nothing_left_after_rm(net: Net, silod: Any) -> None:
