@@ -209,7 +209,8 @@ class Shim:
         self.report.close()
 
     # ----- the warm pool --------------------------------------------------------------------
-    def run_pooled(self, spawner: socket.socket, parent: str, pool_name: str) -> None:
+    def run_pooled(self, spawner: socket.socket, parent: str, pool_name: str,
+                   procs_files: list[str]) -> None:
         """A warm shim: everything up to the parked init is done before any container asks.
 
         The init is forked and joined to a pool job object (made by the spawner) now; when the
@@ -226,8 +227,6 @@ class Shim:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         libc.unshare(libc.CLONE_NEWPID)
-        procs_files = [os.path.join(os.path.dirname(f), pool_name, "cgroup.procs")
-                       for f in self._parent_procs_files(parent)]
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -300,13 +299,6 @@ class Shim:
             self._cleanup_job()
             os._exit(1)
         self._loop()
-
-    @staticmethod
-    def _parent_procs_files(parent: str) -> list[str]:
-        """``<hierarchy>/<parent>/cgroup.procs`` for each hierarchy (where pool groups live)."""
-        from silobox.kernel.jobobject import JobObject
-        return [os.path.join(os.path.dirname(d), "cgroup.procs")
-                for d in JobObject("probe", parent).directories]
 
     def _start(self) -> dict:
         """Release the parked init to exec (HCS Start); answer whether exec succeeded."""
@@ -799,13 +791,14 @@ def _recv_master(sock: socket.socket) -> int:
     return fds[0]
 
 
-def run_pooled_shim(spawner_fd: int, parent: str, pool_name: str) -> None:
+def run_pooled_shim(spawner_fd: int, parent: str, pool_name: str,
+                    procs_files: list[str]) -> None:
     """Entry point of a warm shim forked into the spawner's pool; never returns."""
     code = 0
     gc.disable()
     try:
         Shim({"id": "", "state_dir": "/nonexistent"}, None).run_pooled(  # type: ignore[arg-type]
-            socket.socket(fileno=spawner_fd), parent, pool_name)
+            socket.socket(fileno=spawner_fd), parent, pool_name, procs_files)
     except BaseException:
         code = 1
     os._exit(code)

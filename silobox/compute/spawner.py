@@ -96,7 +96,8 @@ class _Pool:
         while len(self.warm) < self.size:
             name = f"pool-{os.urandom(6).hex()}"
             try:
-                JobObject(name, self.parent).create(JobLimits())
+                job = JobObject(name, self.parent)
+                job.create(JobLimits())
             except Exception:
                 return
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -113,7 +114,7 @@ class _Pool:
                 for s in self.sockets():
                     s.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                run_pooled_shim(theirs.detach(), self.parent, name)
+                run_pooled_shim(theirs.detach(), self.parent, name, job.procs_files())
             theirs.close()
             self.warm.append((pid, ours, name))
 

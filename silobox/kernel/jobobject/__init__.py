@@ -351,9 +351,10 @@ class JobObject:
         return self._impl.exists()
 
     def procs_files(self) -> list[str]:
-        """``cgroup.procs`` paths a freshly forked child writes its pid to, to join the job.
+        """Files a freshly forked, single-threaded child writes ``0`` to, to join the job.
 
-        Computed before fork so that the child does nothing but open(2) and write(2).
+        Computed before fork so that the child does nothing but open(2) and write(2). On v1 these
+        are the ``tasks`` files (see the v1 backend: no grace-period wait), on v2 ``cgroup.procs``.
         """
         return self._impl.procs_files()
 
