@@ -256,8 +256,6 @@ class ImageOpsService:
             if filters.get("reference"):
                 summary["RepoTags"] = [t for t in image.tags if any(
                     _reference_matches(t, p) for p in filters["reference"])]
-            summary["Containers"] = sum(1 for c in self.containers.values()
-                                        if c.data.get("Image") == image.id)
             out.append(summary)
         out.sort(key=lambda d: d.get("Created", 0), reverse=True)
         return out
@@ -397,9 +395,7 @@ class ImageOpsService:
             records = await asyncio.get_running_loop().run_in_executor(
                 None, self._delete_image, image.id)
             deleted.extend(records)
-            gone_layers = {r["Deleted"] for r in records[1:]}
-            reclaimed += sum(size for d, size in before.items()
-                             if any(g for g in gone_layers) and not self.layers.exists(d))
+            reclaimed += sum(size for d, size in before.items() if not self.layers.exists(d))
             self.emit_event("image", "delete", image)
         return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 

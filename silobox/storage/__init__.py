@@ -3,8 +3,9 @@
 One module per concern: ``db`` (the daemon's SQLite store), ``layers`` (content-addressed
 read-only layers), ``images`` (image configs and tags), ``reference`` (image name parsing),
 ``sandbox`` (each container's writable layer), ``disk`` (sandbox disks: sparse ext4 images on
-loop devices, the pre-formatted pool), ``volumes`` (named volumes, local driver) and ``builtin``
-(the offline busybox image).
+loop devices, the pre-formatted pool), ``volumes`` (named volumes, local driver), ``builtin``
+(the offline busybox image), ``archive`` (docker-archive and OCI layout, both ways) and
+``changes`` (a container's changes and trees as tars: commit, export, diff, cp).
 """
 
 from silobox.storage.db import Database

@@ -182,6 +182,7 @@ def tar_overlay_dir(root: str, skip_init: bool = False) -> Iterator[bytes]:
             info.uname = info.gname = ""
             yield writer.entry(info)
             continue
+        _check_self_contained(path, rel)
         info, content = writer.header(rel, st, path)
         if content:
             yield from writer.file(info, path)
@@ -193,6 +194,19 @@ def tar_overlay_dir(root: str, skip_init: bool = False) -> Iterator[bytes]:
             marker.uname = marker.gname = ""
             yield writer.entry(marker)
     yield writer.end()
+
+
+def _check_self_contained(path: str, rel: str) -> None:
+    """An upper dir written with overlay's redirect_dir or metacopy features holds references
+    into the lower layers instead of the data; such a tree cannot become a layer by itself."""
+    for name in ("trusted.overlay.redirect", "trusted.overlay.metacopy"):
+        try:
+            os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+        raise ValueError(f"{rel}: the overlay wrote it with {name.rsplit('.', 1)[1]} "
+                         "(redirect_dir/metacopy are on): it cannot be made into a layer; "
+                         "mount container roots with redirect_dir=off,metacopy=off")
 
 
 def tar_path(path: str, name: str, one_fs: bool = False) -> Iterator[bytes]:
@@ -236,9 +250,19 @@ def list_changes(upper: str, lower_dirs: list[str]) -> list[dict[str, object]]:
             kind = KIND_MODIFIED
         else:
             kind = KIND_ADDED
-        out.append({"Path": "/" + rel, "Kind": kind})
-    out.sort(key=lambda c: str(c["Path"]))
-    return out
+        out.append({"Path": "/" + rel, "Kind": kind, "dir": stat.S_ISDIR(st.st_mode)})
+    # A directory the container did not touch itself shows up in upper only because the
+    # runtime put its mount points there (/etc/hosts…): report it when something under it is.
+    below: set[str] = set()
+    for c in out:
+        if not (c["dir"] and c["Kind"] == KIND_MODIFIED):
+            path = str(c["Path"])
+            while (path := path.rpartition("/")[0]) and path not in below:
+                below.add(path)
+    kept = [c for c in out if not (c["dir"] and c["Kind"] == KIND_MODIFIED)
+            or c["Path"] in below]
+    kept.sort(key=lambda c: str(c["Path"]))
+    return [{"Path": c["Path"], "Kind": c["Kind"]} for c in kept]
 
 
 # -- cp: stat header ---------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import shutil
 import sqlite3
 import subprocess
 import tarfile
-import threading
 import time
 import uuid
 
@@ -208,8 +207,8 @@ def test_cli_import_file_and_stdin_then_prune(silod, tmp_path):
     name = uniq()
     r = silod.silo("import", "-c", "CMD cat /hello", str(path), f"{name}:file")
     assert r.returncode == 0, r.stderr
-    file_id = r.stdout.decode().strip().splitlines()[-1]
-    assert file_id.startswith("sha256:")
+    file_id = r.stdout.decode().strip()
+    assert file_id.startswith("sha256:") and len(file_id) == 71   # only the id, as docker
     r = silod.silo("import", "-", input=rootfs_tar({"other": b"1"}))
     assert r.returncode == 0, r.stderr
     dangling_id = r.stdout.decode().strip().splitlines()[-1]
@@ -431,6 +430,7 @@ def test_commit_export_diff_round_trip_deletions(silod, tmp_path):
         changes = {c["Path"]: c["Kind"] for c in silod.client.diff(cid)}
         assert changes["/a/keep"] == 2 and changes["/new"] == 1 and changes["/hello"] == 0
         assert changes["/a"] == 0 and changes["/dir/z"] == 1
+        assert "/etc" not in changes and "/etc/hosts" not in changes   # the runtime's, not its
         r = silod.silo("diff", cid)
         assert "D /a/keep" in r.stdout.decode() and "A /new" in r.stdout.decode()
 
@@ -442,7 +442,6 @@ def test_commit_export_diff_round_trip_deletions(silod, tmp_path):
         assert silod.client.history(committed)[0]["Comment"] == "snap"
         out = run_out(silod, f"{name}:snap", "sh", "-c",
                       "cat /new /hello; ls /a; ls /dir; test -e /a/file || echo gone")
-        assert out == "new\nm\ngone\nz\ngone\n".replace("gone\nz", "z") or True
         assert out.splitlines() == ["new", "m", "z", "gone"]
 
         r = silod.silo("export", "-o", str(tmp_path / "fs.tar"), cid)

@@ -229,23 +229,7 @@ def import_(ctx: Context, argv: list[str]) -> int:
         body = resp.read()
         resp.conn.close()
         raise APIError(resp.status, error_message(resp.status, body))
-    import json
-
-    failed = ""
-    for line in resp.iter_lines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            ctx.out(line.decode("utf-8", "replace") + "\n")
-            continue
-        if msg.get("error") or msg.get("errorDetail"):
-            failed = msg.get("error") or (msg.get("errorDetail") or {}).get("message", "")
-            continue
-        if msg.get("status"):
-            ctx.out(f"{msg['status']}\n")
-    resp.conn.close()
-    if failed:
-        raise StatusError(1, failed)
+    _progress_messages(ctx, resp, True)   # bytes on a terminal; the image id on stdout
     return 0
 
 
