@@ -176,3 +176,27 @@ def load_json(data: bytes | str) -> Any:
     import json
 
     return json.loads(data)
+
+
+def inspect_objects(ctx: Context, refs: Iterable[str], path: Callable[[str], str],
+                    fmt: str | None, params: dict[str, Any] | None = None) -> int:
+    """docker's inspect shape: every object's JSON, as one pretty list or through a template;
+    the references that fail are reported after the others, with exit status 1."""
+    from silobox.cli import formatter
+    from silobox.cli.client import quote
+
+    found: list[Any] = []
+    errors: list[str] = []
+    for ref in refs:
+        try:
+            found.append(ctx.client.get(path(quote(ref)), params))
+        except APIError as e:
+            errors.append(str(e))
+    if fmt:
+        tmpl = formatter.Template(fmt)
+        ctx.out("".join(tmpl.execute(o) + "\n" for o in found))
+    else:
+        ctx.out(formatter.pretty_json(found) + "\n")
+    if errors:
+        raise StatusError(1, "\n".join(errors))
+    return 0

@@ -12,8 +12,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any
 
 from silobox.cli import formatter
-from silobox.cli.client import APIError, quote
-from silobox.cli.commands import Context, StatusError, parse, parser
+from silobox.cli.commands import Context, inspect_objects, parse, parser
 
 _HEADERS = {"Id": "ID", "ID": "ID", "Name": "NAME", "State": "STATE", "Owner": "OWNER",
             "SystemType": "SYSTEM TYPE", "Runtime": "RUNTIME", "RuntimeOsType": "RUNTIME"}
@@ -93,19 +92,5 @@ def inspect(ctx: Context, argv: list[str]) -> int:
     ns = parse(p, argv)
     types = [t.strip() for item in ns.type for t in item.split(",") if t.strip()]
     params = {"types": ",".join(types)} if types else None
-    client = ctx.client
-    found: list[Any] = []
-    errors: list[str] = []
-    for i in ns.ids:
-        try:
-            found.append(client.get(f"/silobox/compute-systems/{quote(i)}", params))
-        except APIError as e:  # reported per id, like docker inspect
-            errors.append(str(e))
-    if ns.format:
-        tmpl = formatter.Template(ns.format)
-        ctx.out("".join(tmpl.execute(o) + "\n" for o in found))
-    else:
-        ctx.out(formatter.pretty_json(found) + "\n")
-    if errors:
-        raise StatusError(1, "\n".join(errors))
-    return 0
+    return inspect_objects(ctx, ns.ids, lambda ref: f"/silobox/compute-systems/{ref}",
+                           ns.format, params)

@@ -7,8 +7,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 from silobox.cli import formatter
-from silobox.cli.client import APIError, quote
-from silobox.cli.commands import Context, StatusError, for_each, parse, parser
+from silobox.cli.client import quote
+from silobox.cli.commands import (Context, StatusError, for_each, inspect_objects, parse,
+                                  parser)
 
 _HEADERS = {"ID": "NETWORK ID", "Name": "NAME", "Driver": "DRIVER", "Scope": "SCOPE",
             "IPv6": "IPV6", "Internal": "INTERNAL", "CreatedAt": "CREATED AT",
@@ -91,21 +92,7 @@ def inspect(ctx: Context, argv: list[str]) -> int:
     p.add_argument("-f", "--format", metavar="string")
     p.add_argument("names", nargs="+", metavar="NETWORK")
     ns = parse(p, argv)
-    found: list[Any] = []
-    errors: list[str] = []
-    for n in ns.names:
-        try:
-            found.append(ctx.client.get(f"/networks/{quote(n)}"))
-        except APIError as e:
-            errors.append(str(e))
-    if ns.format:
-        tmpl = formatter.Template(ns.format)
-        ctx.out("".join(tmpl.execute(o) + "\n" for o in found))
-    else:
-        ctx.out(formatter.pretty_json(found) + "\n")
-    if errors:
-        raise StatusError(1, "\n".join(errors))
-    return 0
+    return inspect_objects(ctx, ns.names, lambda ref: f"/networks/{ref}", ns.format)
 
 
 def create(ctx: Context, argv: list[str]) -> int:

@@ -12,8 +12,8 @@ if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any
 
 from silobox.cli import formatter, units
-from silobox.cli.client import APIError, quote
-from silobox.cli.commands import Context, StatusError, parse, parser
+from silobox.cli.client import quote
+from silobox.cli.commands import Context, inspect_objects, parse, parser
 
 _HEADERS = {"ID": "CONTAINER ID", "Name": "NAME", "Kind": "KIND", "Size": "SIZE",
             "Used": "USED", "FileSize": "ON DISK", "Device": "DEVICE", "State": "STATE",
@@ -91,21 +91,7 @@ def inspect(ctx: Context, argv: list[str]) -> int:
                    help="Format output using a custom template")
     p.add_argument("refs", nargs="+", metavar="CONTAINER")
     ns = parse(p, argv)
-    found: list[Any] = []
-    errors: list[str] = []
-    for ref in ns.refs:
-        try:
-            found.append(ctx.client.get(f"/silobox/sandboxes/{quote(ref)}"))
-        except APIError as e:
-            errors.append(str(e))
-    if ns.format:
-        tmpl = formatter.Template(ns.format)
-        ctx.out("".join(tmpl.execute(o) + "\n" for o in found))
-    else:
-        ctx.out(formatter.pretty_json(found) + "\n")
-    if errors:
-        raise StatusError(1, "\n".join(errors))
-    return 0
+    return inspect_objects(ctx, ns.refs, lambda ref: f"/silobox/sandboxes/{ref}", ns.format)
 
 
 def expand(ctx: Context, argv: list[str]) -> int:

@@ -9,8 +9,9 @@ if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any
 
 from silobox.cli import formatter
-from silobox.cli.client import APIError, quote
-from silobox.cli.commands import Context, StatusError, for_each, parse, parser
+from silobox.cli.client import quote
+from silobox.cli.commands import (Context, StatusError, for_each, inspect_objects, parse,
+                                  parser)
 
 _HEADERS = {"Driver": "DRIVER", "Name": "VOLUME NAME", "Mountpoint": "MOUNTPOINT",
             "Scope": "SCOPE", "Labels": "LABELS", "Links": "LINKS", "Size": "SIZE",
@@ -127,21 +128,7 @@ def inspect(ctx: Context, argv: list[str]) -> int:
                    help="Format output using a custom template")
     p.add_argument("names", nargs="+", metavar="VOLUME")
     ns = parse(p, argv)
-    found: list[Any] = []
-    errors: list[str] = []
-    for n in ns.names:
-        try:
-            found.append(ctx.client.get(f"/volumes/{quote(n)}"))
-        except APIError as e:
-            errors.append(str(e))
-    if ns.format:
-        tmpl = formatter.Template(ns.format)
-        ctx.out("".join(tmpl.execute(o) + "\n" for o in found))
-    else:
-        ctx.out(formatter.pretty_json(found) + "\n")
-    if errors:
-        raise StatusError(1, "\n".join(errors))
-    return 0
+    return inspect_objects(ctx, ns.names, lambda ref: f"/volumes/{ref}", ns.format)
 
 
 def rm(ctx: Context, argv: list[str]) -> int:
