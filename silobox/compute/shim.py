@@ -100,7 +100,9 @@ class Shim:
         self.pty_master: int | None = None
 
     # ----- set-up -------------------------------------------------------------------------
-    def run(self) -> None:
+    def _detach(self) -> None:
+        """Own session and name; survive the signals aimed at silod; wake the loop on SIGCHLD;
+        and make the next fork the first process of a new PID namespace."""
         os.setsid()
         libc.set_process_name("silobox-shim")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
@@ -109,6 +111,9 @@ class Shim:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         libc.unshare(libc.CLONE_NEWPID)
+
+    def run(self) -> None:
+        self._detach()
         try:
             self._create_init()
         except Exception as e:  # report and leave nothing behind
@@ -219,14 +224,7 @@ class Shim:
         continues with the silo. The job-object work stays in the spawner so that this process
         touches, and so copies, as few of the pages it shares with its siblings as it can.
         """
-        os.setsid()
-        libc.set_process_name("silobox-shim")
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
-            signal.signal(sig, signal.SIG_IGN)
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        libc.unshare(libc.CLONE_NEWPID)
+        self._detach()
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
