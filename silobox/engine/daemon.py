@@ -84,6 +84,16 @@ async def _serve(config: DaemonConfig, spawner: object) -> None:
     await engine.close()
 
 
+def _remove_empty_parent(parent: str) -> None:
+    """Leave no empty cgroup of ours behind; running containers keep theirs (and the parent)."""
+    from silobox.errors import SiloboxError
+    from silobox.kernel.jobobject import cleanup_parent
+    try:
+        cleanup_parent(parent)
+    except SiloboxError as e:
+        log.debug("keeping cgroup parent %s: %s", parent, e)
+
+
 def main(argv: list[str] | None = None) -> None:
     config = _parse_args(argv)
     if os.geteuid() != 0:
@@ -107,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         asyncio.run(_serve(config, spawner))
     finally:
-        spawner.close()
+        spawner.close()   # drains the warm shims and their pool job objects
+        _remove_empty_parent(config.cgroup_parent)
         try:
             os.unlink(config.pid_file)
         except FileNotFoundError:
