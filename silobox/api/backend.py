@@ -160,6 +160,9 @@ class SystemBackend(Protocol):
                      ) -> AsyncIterator[dict[str, Any]]:
         """Awaited, returns the iterator: past events from ``since``, then live ones."""
 
+    async def system_df(self) -> dict[str, Any]:
+        """GET /system/df → {"LayersSize", "Images", "Containers", "Volumes", "BuildCache"}."""
+
     async def compute_systems(self) -> list[dict[str, Any]]:
         """GET /silobox/compute-systems: HCS enumerate (Id, SystemType, Name, Owner, State, ...)."""
 

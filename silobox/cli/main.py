@@ -82,6 +82,7 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
     "system": {
         "info": ("system", "info"),
         "events": ("lifecycle", "events"),
+        "df": ("system", "df"),
         "version": ("system", "version"),
     },
     "network": {

@@ -82,6 +82,37 @@ class SystemService:
                         "ExecRoot": self.config.exec_root},
         }
 
+    async def system_df(self) -> dict[str, Any]:
+        """GET /system/df: what images, containers and volumes take on disk."""
+        import asyncio
+        return await asyncio.get_running_loop().run_in_executor(None, self._disk_usage)
+
+    def _disk_usage(self) -> dict[str, Any]:
+        containers = list(self.containers.values())  # type: ignore[attr-defined]
+        uses: dict[str, int] = {}
+        for c in containers:
+            uses[c.data["Image"]] = uses.get(c.data["Image"], 0) + 1
+        images = []
+        for image in self.images.list():  # type: ignore[attr-defined]
+            doc = image.to_docker_summary()
+            doc["Containers"] = uses.get(image.id, 0)
+            images.append(doc)
+        ctrs = []
+        for c in containers:
+            doc = self._summary(c, True)  # type: ignore[attr-defined]
+            doc["SizeRootFs"] = doc.get("SizeRw", 0) + next(
+                (i["Size"] for i in images if i["Id"] == c.data["Image"]), 0)
+            ctrs.append(doc)
+        volumes = []
+        for v in self.volumes.list():  # type: ignore[attr-defined]
+            doc = v.to_docker()
+            doc["UsageData"] = {"Size": self.volumes.size(v.name),  # type: ignore[attr-defined]
+                                "RefCount": len(self._volume_users(v.name))}  # type: ignore[attr-defined]
+            volumes.append(doc)
+        layers = sum(l.size for l in self.layers.list())  # type: ignore[attr-defined]
+        return {"LayersSize": layers, "Images": images, "Containers": ctrs, "Volumes": volumes,
+                "BuildCache": []}
+
     async def compute_systems(self) -> list[dict[str, Any]]:
         return self.compute.enumerate()  # type: ignore[attr-defined]
 

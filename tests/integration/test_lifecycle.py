@@ -163,3 +163,17 @@ def test_events_live(api):
     finally:
         stream.close()
         api.remove_container(c, force=True)
+
+
+def test_system_df(api, silod):
+    c = api.create_container(IMAGE, ["true"])
+    try:
+        df = api.df()
+        assert df["LayersSize"] > 0 and df["BuildCache"] == []
+        busybox = [i for i in df["Images"] if "busybox:latest" in (i.get("RepoTags") or [])]
+        assert busybox and busybox[0]["Containers"] >= 1
+        assert any(x["Id"] == c["Id"] for x in df["Containers"])
+        out = silod.silo("system", "df").stdout.decode()
+        assert out.splitlines()[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+    finally:
+        api.remove_container(c, force=True)

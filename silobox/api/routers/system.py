@@ -30,6 +30,7 @@ class SystemRouter:
             ("GET", "/version", self.version),
             ("GET", "/info", self.info),
             ("GET", "/events", self.events),
+            ("GET", "/system/df", self.df),
         ]
 
     async def ping(self, request: web.Request) -> web.Response:
@@ -49,6 +50,9 @@ class SystemRouter:
 
     async def info(self, request: web.Request) -> web.Response:
         return json_response(await self.backend.info())
+
+    async def df(self, request: web.Request) -> web.Response:
+        return json_response(await self.backend.system_df())
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """One JSON document per event, flushed as it happens; ends at ``until`` if given."""
