@@ -88,6 +88,7 @@ class Shim:
         self.pid_to_proc: dict[int, _Proc] = {}
         self.init: _Proc | None = None
         self.log_fd: int | None = None
+        self.log_size = 0
         self.partial: dict[int, bytes] = {STDOUT: b"", STDERR: b""}
         self.waiters: list[_Conn] = []
         self.start_w: int | None = None
@@ -187,6 +188,7 @@ class Shim:
         if log_path:
             self.log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                                   0o640)
+            self.log_size = os.fstat(self.log_fd).st_size
         # Namespace handles for exec: opened now, while the init surely exists.
         for name, flag in _NS_ORDER:
             if name in silo.namespaces or (name == "net" and silo.netns_path):
@@ -452,7 +454,35 @@ class Shim:
             end = "" if partial_tail and i == len(lines) - 1 else "\n"
             text = line.decode("utf-8", "replace") + end
             out.append(json.dumps({"log": text, "stream": name, "time": now}) + "\n")
-        os.write(self.log_fd, "".join(out).encode())
+        if self.cfg.get("log_max_size"):
+            for record in out:           # rotation happens between records, as json-file's
+                self._write_log(record.encode())
+        else:
+            self._write_log("".join(out).encode())
+
+    def _write_log(self, data: bytes) -> None:
+        """Append to the log, rotating it first when it would pass ``max-size`` (json-file's
+        max-size/max-file: <log>.1 is the newest rotated file, <log>.N-1 the oldest kept)."""
+        assert self.log_fd is not None
+        limit = self.cfg.get("log_max_size") or 0
+        if limit and self.log_size and self.log_size + len(data) > limit:
+            path = self.cfg["log_path"]
+            keep = max(int(self.cfg.get("log_max_files") or 1), 1)
+            os.close(self.log_fd)
+            if keep == 1:
+                os.truncate(path, 0)
+            else:
+                for i in range(keep - 1, 0, -1):
+                    src = path if i == 1 else f"{path}.{i - 1}"
+                    try:
+                        os.rename(src, f"{path}.{i}")
+                    except FileNotFoundError:
+                        pass
+            self.log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                  0o640)
+            self.log_size = 0
+        os.write(self.log_fd, data)
+        self.log_size += len(data)
 
     def _flush_log_partials(self) -> None:
         if self.log_fd is None:
@@ -461,7 +491,7 @@ class Shim:
             if rest:
                 name = "stdout" if stream == STDOUT else "stderr"
                 rec = {"log": rest.decode("utf-8", "replace"), "stream": name, "time": rfc3339()}
-                os.write(self.log_fd, (json.dumps(rec) + "\n").encode())
+                self._write_log((json.dumps(rec) + "\n").encode())
                 self.partial[stream] = b""
 
     def _maybe_proc_done(self, proc: _Proc) -> None:

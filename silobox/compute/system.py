@@ -98,6 +98,7 @@ class ComputeSystem:
 
     # ----- start ----------------------------------------------------------------------------
     async def start(self, init: ProcessParameters, *, log_path: str | None = None,
+                    log_max_size: int = 0, log_max_files: int = 1,
                     before_release: Callable[[ShimClient], Awaitable[None]] | None = None) -> None:
         """Create the job object, spawn the shim, let ``before_release`` attach, then exec."""
         async with self._lock:
@@ -123,6 +124,7 @@ class ComputeSystem:
                     None, self.service.translate, self.doc, init)
                 cfg = {
                     "id": self.id, "state_dir": self.state_dir, "log_path": log_path,
+                    "log_max_size": log_max_size, "log_max_files": log_max_files,
                     "exit_path": os.path.join(self.state_dir, "exit.json"),
                     "tty": init.emulate_console, "open_stdin": init.create_stdin_pipe,
                     "stdin_once": init.stdin_once,

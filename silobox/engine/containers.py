@@ -175,7 +175,7 @@ class ContainerService:
             "CapAdd": hc.get("CapAdd"), "CapDrop": hc.get("CapDrop"),
             "SecurityOpt": hc.get("SecurityOpt"),
             "RestartPolicy": restart,
-            "LogConfig": {"Type": "json-file", "Config": {}},
+            "LogConfig": S.parse_log_config(hc.get("LogConfig")),
         }
         cdir = self._container_dir(cid)
         data = {
@@ -346,7 +346,12 @@ class ContainerService:
                 await sess.bind_system(system)
 
         try:
-            await system.start(self._init_params(c), log_path=c.data["LogPath"],
+            log = c.host_config.get("LogConfig") or {}
+            log_cfg = log.get("Config") or {}
+            await system.start(self._init_params(c),
+                               log_path=None if log.get("Type") == "none" else c.data["LogPath"],
+                               log_max_size=S.log_max_size(log_cfg),
+                               log_max_files=int(log_cfg.get("max-file") or 1),
                                before_release=before_release if pending else None)
         except BaseException as e:
             if isinstance(e, StartError):

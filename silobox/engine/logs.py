@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import deque
 from typing import AsyncIterator, Callable
 
@@ -20,6 +21,21 @@ def _records(data: bytes) -> list[dict]:
         except ValueError:
             continue
     return out
+
+
+def _rotated(path: str) -> list[bytes]:
+    """The contents of the rotated files (max-file), oldest first: <log>.N … <log>.1."""
+    found = []
+    i = 1
+    while os.path.exists(f"{path}.{i}"):
+        i += 1
+    for n in range(i - 1, 0, -1):
+        try:
+            with open(f"{path}.{n}", "rb") as f:
+                found.append(f.read())
+        except FileNotFoundError:
+            continue
+    return found
 
 
 async def read_log(path: str, *, stdout: bool, stderr: bool, follow: bool, since: float,
@@ -43,6 +59,7 @@ async def read_log(path: str, *, stdout: bool, stderr: bool, follow: bool, since
             data = f"{rec.get('time', '')} {data}"
         return (STDERR if rec.get("stream") == "stderr" else STDOUT), data.encode()
 
+    older = b"".join(_rotated(path))
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -52,7 +69,7 @@ async def read_log(path: str, *, stdout: bool, stderr: bool, follow: bool, since
         # keep any trailing partial line for the follow loop
         cut = data.rfind(b"\n") + 1
         pending = data[cut:]
-        recs = [r for r in _records(data[:cut]) if keep(r)]
+        recs = [r for r in _records(older + data[:cut]) if keep(r)]
         if tail not in ("", "all", None):
             try:
                 n = int(tail)

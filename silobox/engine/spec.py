@@ -248,6 +248,48 @@ def parse_binds(binds: list[str] | None) -> list[dict[str, Any]]:
     return out
 
 
+LOG_OPTS = ("max-size", "max-file", "compress", "labels", "env", "tag")
+
+
+def parse_log_config(lc: Any) -> dict[str, Any]:
+    """HostConfig.LogConfig: the json-file driver (the shim writes it) and its rotation."""
+    if lc is None:
+        lc = {}
+    if not isinstance(lc, dict):
+        raise InvalidArgument("LogConfig: expected an object")
+    kind = lc.get("Type") or "json-file"
+    if kind not in ("json-file", "none"):
+        raise InvalidArgument(f'logging driver "{kind}" is not supported: use json-file or none')
+    cfg = lc.get("Config") or {}
+    if not isinstance(cfg, dict) or not all(isinstance(v, str) for v in cfg.values()):
+        raise InvalidArgument("LogConfig.Config: expected an object of strings")
+    for key in cfg:
+        if key not in LOG_OPTS:
+            raise InvalidArgument(f"unknown log opt '{key}' for {kind} log driver")
+    if "max-size" in cfg:
+        log_max_size(cfg)
+    if "max-file" in cfg:
+        if "max-size" not in cfg:
+            raise InvalidArgument("max-file can only be used with max-size")
+        if not cfg["max-file"].isdigit() or int(cfg["max-file"]) < 1:
+            raise InvalidArgument("max-file cannot be less than 1")
+    return {"Type": kind, "Config": dict(cfg)}
+
+
+def log_max_size(cfg: dict[str, str]) -> int:
+    """``max-size`` in bytes (Docker's units: 10k, 10m, 1g); 0 = no rotation."""
+    raw = (cfg.get("max-size") or "").strip().lower()
+    if not raw or raw == "-1":
+        return 0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", raw)
+    if not m:
+        raise InvalidArgument(f"invalid max-size {cfg.get('max-size')!r}: use a size like 10m")
+    size = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+    if size <= 0:
+        raise InvalidArgument("max-size must be a positive number")
+    return size
+
+
 RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
 
 

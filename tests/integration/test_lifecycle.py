@@ -177,3 +177,44 @@ def test_system_df(api, silod):
         assert out.splitlines()[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
     finally:
         api.remove_container(c, force=True)
+
+
+def test_json_file_log_rotation(api):
+    import os
+    c = api.create_container(IMAGE, ["sh", "-c", "i=0; while [ $i -lt 400 ]; do echo line-$i;"
+                                     " i=$((i+1)); done"],
+                             host_config=api.create_host_config(log_config={
+                                 "Type": "json-file",
+                                 "Config": {"max-size": "2k", "max-file": "3"}}))
+    try:
+        api.start(c)
+        api.wait(c)
+        path = api.inspect_container(c)["LogPath"]
+        assert os.path.exists(path + ".1") and os.path.exists(path + ".2")
+        assert not os.path.exists(path + ".3")
+        for p in (path, path + ".1", path + ".2"):
+            assert os.path.getsize(p) <= 2048
+        lines = api.logs(c).decode().split()
+        assert lines[-1] == "line-399"
+        nums = [int(x.split("-")[1]) for x in lines]
+        assert nums == sorted(nums) and len(nums) < 400   # older lines rotated away
+    finally:
+        api.remove_container(c, force=True)
+
+
+def test_log_config_none_and_bad_options(api):
+    c = api.create_container(IMAGE, ["echo", "hidden"], host_config=api.create_host_config(
+        log_config={"Type": "none", "Config": {}}))
+    try:
+        api.start(c)
+        api.wait(c)
+        assert api.logs(c) == b""
+    finally:
+        api.remove_container(c, force=True)
+    for cfg in ({"Type": "syslog", "Config": {}},
+                {"Type": "json-file", "Config": {"max-size": "lots"}},
+                {"Type": "json-file", "Config": {"max-file": "3"}}):
+        with pytest.raises(docker.errors.APIError) as e:
+            api.create_container(IMAGE, ["true"],
+                                 host_config=api.create_host_config(log_config=cfg))
+        assert e.value.status_code == 400
