@@ -20,6 +20,25 @@ class OptError(ValueError):
     """A flag value docker would reject; the message follows docker's wording."""
 
 
+def _healthcheck(ns: Any) -> dict[str, Any] | None:
+    """The --health-* flags as a Healthcheck config (durations in nanoseconds)."""
+    if ns.no_healthcheck:
+        if ns.health_cmd:
+            raise OptError("--no-healthcheck conflicts with --health-* options")
+        return {"Test": ["NONE"]}
+    hc: dict[str, Any] = {}
+    if ns.health_cmd:
+        hc["Test"] = ["CMD-SHELL", ns.health_cmd]
+    for flag, key, value in (("--health-interval", "Interval", ns.health_interval),
+                             ("--health-timeout", "Timeout", ns.health_timeout),
+                             ("--health-start-period", "StartPeriod", ns.health_start_period)):
+        if value:
+            hc[key] = int(_flag_value(flag, value, units.parse_go_duration) * 1e9)
+    if ns.health_retries is not None:
+        hc["Retries"] = ns.health_retries
+    return hc or None
+
+
 def _flag_value(flag: str, value: str, parse: Callable[[str], Any]) -> Any:
     try:
         return parse(value)
@@ -248,6 +267,15 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     a("--isolation", metavar="string", help="Container isolation technology (process, hyperv)")
     a("-l", "--label", action="append", default=[], metavar="list",
       help="Set meta data on a container")
+    a("--health-cmd", metavar="string", help="Command to run to check health")
+    a("--health-interval", metavar="duration", help="Time between running the check (ms|s|m|h)")
+    a("--health-timeout", metavar="duration",
+      help="Maximum time to allow one check to run (ms|s|m|h)")
+    a("--health-retries", type=int, metavar="int",
+      help="Consecutive failures needed to report unhealthy")
+    a("--health-start-period", metavar="duration",
+      help="Start period for the container to initialize before counting retries")
+    a("--no-healthcheck", action="store_true", help="Disable any container-specified HEALTHCHECK")
     a("--log-driver", metavar="string", help="Logging driver for the container")
     a("--log-opt", action="append", default=[], metavar="list", help="Log driver options")
     a("-m", "--memory", metavar="bytes", help="Memory limit")
@@ -348,6 +376,9 @@ def build_create_body(ns: argparse.Namespace, detach: bool = True,
         config["StopSignal"] = ns.stop_signal
     if ns.stop_timeout is not None:
         config["StopTimeout"] = ns.stop_timeout
+    health = _healthcheck(ns)
+    if health is not None:
+        config["Healthcheck"] = health
 
     hc: dict[str, Any] = {
         "AutoRemove": ns.rm,

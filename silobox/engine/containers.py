@@ -19,6 +19,7 @@ from silobox.atomic import atomic_write
 from silobox.compute.schema import ProcessParameters
 from silobox.compute.system import ComputeSystem, StartError, State
 from silobox.engine import spec as S
+from silobox.engine.health import parse_healthcheck
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
@@ -166,6 +167,8 @@ class ContainerService:
             "Labels": {**(icfg.get("Labels") or {}), **(body.get("Labels") or {})},
             "StopSignal": body.get("StopSignal") or icfg.get("StopSignal"),
             "StopTimeout": body.get("StopTimeout"),
+            "Healthcheck": parse_healthcheck(body.get("Healthcheck")
+                                             or icfg.get("Healthcheck")),
         }
         if config["StopSignal"]:
             S.parse_signal(config["StopSignal"])
@@ -371,12 +374,16 @@ class ContainerService:
         c.data["Silobox"]["StoppedByUser"] = False
         self._save(c)
         self.emit_event("container", "start", c)
+        self._start_health(c, system)
+        if c.state.get("Health"):
+            self._save(c)
 
     async def _on_exit(self, system: ComputeSystem) -> None:
         c = self.containers.get(system.id)
         if c is None or system.exit is None:
             return
         ex = system.exit
+        self._stop_health(c)
         c.state.update(Status="exited", Running=False, Paused=False, Pid=0,
                        ExitCode=ex.exit_code, OOMKilled=ex.oom_killed, FinishedAt=ex.finished_at,
                        Error=ex.error)
@@ -700,7 +707,12 @@ class ContainerService:
         st = c.state
         if st["Status"] in ("running", "paused"):
             txt = "Up " + human_duration(time.time() - parse_iso(st["StartedAt"]))
-            return txt + " (Paused)" if st["Status"] == "paused" else txt
+            if st["Status"] == "paused":
+                return txt + " (Paused)"
+            health = (st.get("Health") or {}).get("Status")
+            if health:
+                txt += " (health: starting)" if health == "starting" else f" ({health})"
+            return txt
         if st["Status"] == "created":
             return "Created"
         if st["Status"] == "removing":
@@ -761,6 +773,9 @@ class ContainerService:
                 return False
         if f.get("isolation") and "process" not in f["isolation"]:
             return False
+        if f.get("health"):
+            if (c.state.get("Health") or {}).get("Status", "none") not in f["health"]:
+                return False
         return True
 
     def _summary(self, c: Container, size: bool) -> dict[str, Any]:

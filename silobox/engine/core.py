@@ -11,6 +11,7 @@ from silobox.compute.system import ComputeService
 from silobox.engine.config import DaemonConfig
 from silobox.engine.containers import ContainerService
 from silobox.engine.events import EventLog
+from silobox.engine.health import HealthService
 from silobox.engine.imageops import ImageOpsService
 from silobox.engine.images import ImageService
 from silobox.engine.networks import NetworkService
@@ -20,7 +21,7 @@ from silobox.engine.system import SystemService
 
 
 class Engine(ContainerService, StatsService, ImageOpsService, ImageService, SystemService,
-             NetworkService, StorageOps, EventLog):
+             NetworkService, StorageOps, HealthService, EventLog):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
     def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:

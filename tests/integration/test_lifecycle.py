@@ -218,3 +218,31 @@ def test_log_config_none_and_bad_options(api):
             api.create_container(IMAGE, ["true"],
                                  host_config=api.create_host_config(log_config=cfg))
         assert e.value.status_code == 400
+
+
+def test_healthcheck_transitions_and_events(api, silod):
+    since = time.time()
+    c = api.create_container(IMAGE, ["sleep", "60"], healthcheck={
+        "Test": ["CMD-SHELL", "test -f /tmp/ok"], "Interval": 200_000_000,
+        "Timeout": 2_000_000_000, "Retries": 2})
+    try:
+        api.start(c)
+        assert api.inspect_container(c)["State"]["Health"]["Status"] == "starting"
+        assert _wait_for(lambda: api.inspect_container(c)["State"]["Health"]["Status"]
+                         == "unhealthy")
+        e = api.exec_create(c, ["touch", "/tmp/ok"])
+        api.exec_start(e)
+        assert _wait_for(lambda: api.inspect_container(c)["State"]["Health"]["Status"]
+                         == "healthy")
+        health = api.inspect_container(c)["State"]["Health"]
+        assert health["FailingStreak"] == 0 and health["Log"][-1]["ExitCode"] == 0
+        assert "(healthy)" in api.containers(filters={"health": "healthy"})[0]["Status"]
+        events = list(api.events(since=since, until=time.time() + 0.3, decode=True,
+                                 filters={"container": c["Id"]}))
+        actions = [ev["Action"] for ev in events]
+        assert "health_status: unhealthy" in actions and "health_status: healthy" in actions
+        out = silod.silo("run", "--rm", "--health-cmd", "true", "--health-interval", "100ms",
+                         IMAGE, "true")
+        assert out.returncode == 0
+    finally:
+        api.remove_container(c, force=True)
