@@ -83,6 +83,7 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "info": ("system", "info"),
         "events": ("lifecycle", "events"),
         "df": ("system", "df"),
+        "prune": ("lifecycle", "system_prune"),
         "version": ("system", "version"),
     },
     "network": {

@@ -535,3 +535,12 @@ def test_network_flags(silo):
         assert r.returncode == 125 and b"user defined networks" in r.stderr
     finally:
         silo("network", "rm", net)
+
+
+def test_system_prune(silo):
+    name = silo.name()
+    silo.ok("create", "--name", name, "--label", "silotest=sysprune", IMAGE, "true")
+    out = silo.ok("system", "prune", "-f", "--filter", "label=silotest=sysprune")
+    assert "Deleted Containers:" in out and "Total reclaimed space:" in out
+    r = silo("inspect", name)
+    assert r.returncode != 0

@@ -144,3 +144,61 @@ def _event_line(ev: dict[str, Any], fmt: str | None) -> str:
     attrs = ", ".join(f"{k}={v}" for k, v in sorted((actor.get("Attributes") or {}).items()))
     return f"{stamp} {ev.get('Type')} {ev.get('Action')} {actor.get('ID', '')}" + \
         (f" ({attrs})" if attrs else "")
+
+
+def system_prune(ctx: Context, argv: list[str]) -> int:
+    """``silo system prune [-a] [--volumes] [-f] [--filter]``: stopped containers, unused
+    networks, dangling (or with -a unused) images and, with --volumes, unused volumes."""
+    p = parser(ctx, "system prune", "[OPTIONS]", "Remove unused data")
+    p.add_argument("-a", "--all", action="store_true", help="Remove all unused images not just "
+                   "dangling ones")
+    p.add_argument("--volumes", action="store_true", help="Prune anonymous volumes")
+    p.add_argument("-f", "--force", action="store_true", help="Do not prompt for confirmation")
+    p.add_argument("--filter", action="append", default=[], metavar="filter",
+                   help="Provide filter values (e.g. \"label=<key>=<value>\")")
+    ns = parse(p, argv)
+    if not ns.force:
+        if not sys.stdin.isatty():
+            raise StatusError(1, "refusing to prune without a terminal: use --force")
+        answer = input("WARNING! This will remove:\n  - all stopped containers\n"
+                       "  - all networks not used by at least one container\n"
+                       + ("  - all anonymous volumes not used by at least one container\n"
+                          if ns.volumes else "")
+                       + ("  - all images without at least one container associated to them\n"
+                          if ns.all else "  - all dangling images\n")
+                       + "\nAre you sure you want to continue? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return 0
+    import json
+    filters = parse_filters(ns.filter)
+    params = {"filters": json.dumps(filters)} if filters else None
+    reclaimed = 0
+    res = ctx.client.post("/containers/prune", params) or {}
+    reclaimed += int(res.get("SpaceReclaimed") or 0)
+    _listing("Deleted Containers:", res.get("ContainersDeleted"))
+    res = ctx.client.post("/networks/prune", params) or {}
+    _listing("Deleted Networks:", res.get("NetworksDeleted"))
+    if ns.volumes:
+        res = ctx.client.post("/volumes/prune", params) or {}
+        reclaimed += int(res.get("SpaceReclaimed") or 0)
+        _listing("Deleted Volumes:", res.get("VolumesDeleted"))
+    image_filters = dict(filters)
+    image_filters["dangling"] = ["false" if ns.all else "true"]
+    res = ctx.client.post("/images/prune", {"filters": json.dumps(image_filters)}) or {}
+    reclaimed += int(res.get("SpaceReclaimed") or 0)
+    deleted = [next(iter(d.items())) for d in res.get("ImagesDeleted") or []]
+    if deleted:
+        print("Deleted Images:")
+        for kind, ref in deleted:
+            print(f"{kind.lower()}: {ref}")
+        print()
+    print(f"Total reclaimed space: {units.human_size(reclaimed)}")
+    return 0
+
+
+def _listing(title: str, items: list[str] | None) -> None:
+    if items:
+        print(title)
+        for item in items:
+            print(item)
+        print()
