@@ -400,7 +400,17 @@ class NetworkService:
             name, subnet=cfg.get("Subnet") or None, gateway=cfg.get("Gateway") or None,
             ip_range=cfg.get("IPRange") or None, internal=bool(body.get("Internal")),
             labels=body.get("Labels") or {}, options=body.get("Options") or {})
+        self._network_event("create", n)
         return {"Id": n["DockerId"], "Warning": ""}
+
+    def _network_event(self, action: str, n: dict[str, Any], container: Any = None) -> None:
+        """Docker's network events: the network is the actor, the container an attribute."""
+        from types import SimpleNamespace
+        extra = {"name": n["Name"], "type": "nat"}
+        if container is not None:
+            extra["container"] = container.id
+        self.emit_event("network", action, SimpleNamespace(id=n["DockerId"]),  # type: ignore[attr-defined]
+                        extra)
 
     async def network_remove(self, ref: str) -> None:
         if ref in ("none", "host"):
@@ -409,6 +419,7 @@ class NetworkService:
         if n.get("Default"):
             raise Conflict(f"{n['Name']} is a pre-defined network and cannot be removed")
         await self.hns.delete_network(n["ID"])
+        self._network_event("destroy", n)
 
     async def network_prune(self, filters: dict[str, list[str]] | None = None
                             ) -> dict[str, Any]:
@@ -419,6 +430,7 @@ class NetworkService:
             if any(c.host_config.get("NetworkMode") == n["Name"] for c in self.containers.values()):
                 continue
             await self.hns.delete_network(n["ID"])
+            self._network_event("destroy", n)
             removed.append(n["Name"])
         return {"NetworksDeleted": removed}
 
@@ -454,7 +466,7 @@ class NetworkService:
         c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = \
             endpoint_config.get("MacAddress") or ""
         self._save(c)  # type: ignore[attr-defined]
-        self.emit_event("network", "connect", c)  # type: ignore[attr-defined]
+        self._network_event("connect", n, c)
 
     async def network_disconnect(self, ref: str, container: str, force: bool = False) -> None:
         n = self.hns.find_network(ref)
@@ -468,6 +480,7 @@ class NetworkService:
         del nets[n["Name"]]
         NetworkHook(self)._top_level(c)
         self._save(c)  # type: ignore[attr-defined]
+        self._network_event("disconnect", n, c)
 
     # ----- HNS view ----------------------------------------------------------------------------
     async def hns_networks(self) -> list[dict[str, Any]]:

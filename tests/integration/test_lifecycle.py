@@ -246,3 +246,19 @@ def test_healthcheck_transitions_and_events(api, silod):
         assert out.returncode == 0
     finally:
         api.remove_container(c, force=True)
+
+
+def test_network_and_volume_events(api):
+    since = time.time()
+    net = api.create_network("silotest-evnet")
+    vol = api.create_volume("silotest-evvol")
+    api.remove_network(net["Id"])
+    api.remove_volume(vol["Name"])
+    events = list(api.events(since=since, until=time.time() + 0.3, decode=True,
+                             filters={"type": ["network", "volume"]}))
+    seen = {(e["Type"], e["Action"], e["Actor"]["Attributes"].get("name", e["Actor"]["ID"]))
+            for e in events}
+    assert ("network", "create", "silotest-evnet") in seen
+    assert ("network", "destroy", "silotest-evnet") in seen
+    assert any(t == "volume" and a == "create" for t, a, _ in seen)
+    assert any(t == "volume" and a == "destroy" for t, a, _ in seen)
