@@ -21,7 +21,7 @@ fi
 PKGS="busybox-static tini libseccomp2 python3 python3-venv ca-certificates libnftables1 nftables iproute2 e2fsprogs"
 # Tests only: skopeo and umoci check the image archive formats against independent tools;
 # gcc builds a static probe for syscalls busybox has no applet for (keyctl).
-[ "$WITH_TESTS" = 1 ] && PKGS="$PKGS procps iproute2 util-linux skopeo umoci gcc libc6-dev"
+[ "$WITH_TESTS" = 1 ] && PKGS="$PKGS procps iproute2 util-linux skopeo umoci gcc libc6-dev mmdebstrap"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -73,6 +73,7 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "rm": ("image", "rm"),
         "remove": ("image", "rm"),
         "import": ("image", "import_"),
+        "bootstrap": ("image", "bootstrap"),
         "load": ("image", "load"),
         "save": ("image", "save"),
         "tag": ("image", "tag"),

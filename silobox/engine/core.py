@@ -10,6 +10,7 @@ from silobox.compute.spawner import Spawner
 from silobox.compute.system import ComputeService
 from silobox.engine.config import DaemonConfig
 from silobox.engine.containers import ContainerService
+from silobox.engine.bootstrap import BootstrapService
 from silobox.engine.events import EventLog
 from silobox.engine.health import HealthService
 from silobox.engine.imageops import ImageOpsService
@@ -21,7 +22,7 @@ from silobox.engine.system import SystemService
 
 
 class Engine(ContainerService, StatsService, ImageOpsService, ImageService, SystemService,
-             NetworkService, StorageOps, HealthService, EventLog):
+             NetworkService, StorageOps, HealthService, BootstrapService, EventLog):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
     def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:

@@ -34,6 +34,7 @@ class ImageRouter:
             ("POST", "/images/load", self.load),
             ("GET", "/images/get", self.save_many),
             ("POST", "/images/prune", self.prune),
+            ("POST", "/silobox/images/bootstrap", self.bootstrap),
             # Image references contain slashes and colons (registry:5000/library/busybox:1.36).
             ("GET", "/images/{name:.+}/json", self.inspect),
             ("GET", "/images/{name:.+}/history", self.history),
@@ -97,6 +98,20 @@ class ImageRouter:
                 _body_chunks(request), repo=query.text("repo") or "", tag=query.text("tag") or "",
                 message=query.text("message") or "", changes=changes,
                 platform=query.text("platform") or "", progress=progress)
+            return [{"status": image_id}]
+
+        return await _progress_stream(request, run)
+
+    async def bootstrap(self, request: web.Request) -> web.StreamResponse:
+        """silobox extension: build a Debian base image from the Debian archive."""
+        query = Query(request)
+        ref = query.text("tag") or "debian:bookworm"
+
+        async def run(progress: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+            image_id = await self.backend.image_bootstrap(  # type: ignore[attr-defined]
+                ref, suite=query.text("suite") or None,
+                variant=query.text("variant") or "minbase",
+                mirror=query.text("mirror") or None, progress=progress)
             return [{"status": image_id}]
 
         return await _progress_stream(request, run)

@@ -396,6 +396,26 @@ def _progress_messages(ctx: Context, resp: Any, show_progress: bool) -> list[str
     return []
 
 
+def bootstrap(ctx: Context, argv: list[str]) -> int:
+    """``silo image bootstrap [NAME[:TAG]]``: a Debian base image built from Debian's archive."""
+    p = parser(ctx, "image bootstrap", "[OPTIONS] [NAME[:TAG]]",
+               "Build a Debian base image from the Debian package archive (no registry)")
+    p.add_argument("name", nargs="?", default="debian:bookworm", metavar="NAME[:TAG]")
+    p.add_argument("--suite", metavar="string", help="Debian suite (default: the tag)")
+    p.add_argument("--variant", default="minbase", metavar="string",
+                   help="mmdebstrap variant (minbase, essential, apt, required, ...)")
+    p.add_argument("--mirror", metavar="url", help="Debian mirror (default: the host's apt)")
+    ns = parse(p, argv)
+    params = {"tag": ns.name, "variant": ns.variant}
+    if ns.suite:
+        params["suite"] = ns.suite
+    if ns.mirror:
+        params["mirror"] = ns.mirror
+    resp = ctx.client.stream("POST", "/silobox/images/bootstrap", params, own_connection=True)
+    _progress_messages(ctx, resp, True)
+    return 0
+
+
 # -- load, save --------------------------------------------------------------------------------
 
 
