@@ -34,28 +34,23 @@ def _verb(method: str, suffix: str, params: dict[str, Any] | None = None
 
 def stop(ctx: Context, argv: list[str]) -> int:
     """``silo stop [-t N] [-s SIG] C...``: prints each container as given."""
-    p = parser(ctx, "stop", "[OPTIONS] CONTAINER [CONTAINER...]",
-               "Stop one or more running containers")
-    p.add_argument("-s", "--signal", metavar="string", help="Signal to send to the container")
-    p.add_argument("-t", "--timeout", "--time", dest="timeout", type=int, metavar="int",
-                   help="Seconds to wait before killing the container")
-    _containers_arg(p)
-    ns = parse(p, argv)
-    params = {"t": ns.timeout, "signal": ns.signal}
-    return for_each(ctx, ns.containers, _verb("POST", "/stop", params))
+    return _stop_or_restart(ctx, argv, "stop", "Stop one or more running containers")
 
 
 def restart(ctx: Context, argv: list[str]) -> int:
     """``silo restart [-t N] [-s SIG] C...``."""
-    p = parser(ctx, "restart", "[OPTIONS] CONTAINER [CONTAINER...]",
-               "Restart one or more containers")
+    return _stop_or_restart(ctx, argv, "restart", "Restart one or more containers")
+
+
+def _stop_or_restart(ctx: Context, argv: list[str], verb: str, description: str) -> int:
+    p = parser(ctx, verb, "[OPTIONS] CONTAINER [CONTAINER...]", description)
     p.add_argument("-s", "--signal", metavar="string", help="Signal to send to the container")
     p.add_argument("-t", "--timeout", "--time", dest="timeout", type=int, metavar="int",
                    help="Seconds to wait before killing the container")
     _containers_arg(p)
     ns = parse(p, argv)
     params = {"t": ns.timeout, "signal": ns.signal}
-    return for_each(ctx, ns.containers, _verb("POST", "/restart", params))
+    return for_each(ctx, ns.containers, _verb("POST", f"/{verb}", params))
 
 
 def kill(ctx: Context, argv: list[str]) -> int:
