@@ -200,3 +200,26 @@ def inspect_objects(ctx: Context, refs: Iterable[str], path: Callable[[str], str
     if errors:
         raise StatusError(1, "\n".join(errors))
     return 0
+
+
+def is_full_id(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+class RecordRow:
+    """A row of a list view over one JSON record: missing fields show empty, full ids short."""
+
+    def __init__(self, rec: dict[str, Any], trunc: bool = True) -> None:
+        self.rec = rec
+        self.trunc = trunc
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.rec.get(name, "")
+
+    @property
+    def ID(self) -> str:
+        rid = str(self.rec.get("Id") or self.rec.get("ID") or "")
+        return rid[:12] if self.trunc and is_full_id(rid) else rid
+

@@ -12,38 +12,21 @@ if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any
 
 from silobox.cli import formatter
-from silobox.cli.commands import Context, inspect_objects, parse, parser
+from silobox.cli.commands import (Context, RecordRow, inspect_objects, is_full_id, parse,
+                                  parser)
 
 _HEADERS = {"Id": "ID", "ID": "ID", "Name": "NAME", "State": "STATE", "Owner": "OWNER",
             "SystemType": "SYSTEM TYPE", "Runtime": "RUNTIME", "RuntimeOsType": "RUNTIME"}
 _DEFAULT = "table {{.ID}}\t{{.Name}}\t{{.State}}\t{{.Owner}}\t{{.SystemType}}\t{{.Runtime}}"
 
 
-def _is_full_id(value: str) -> bool:
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-
-
-class ComputeSystemRow:
-    """One compute system in the list; missing fields show empty."""
-
-    def __init__(self, rec: dict[str, Any], trunc: bool = True) -> None:
-        self.rec = rec
-        self.trunc = trunc
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self.rec.get(name, "")
-
-    @property
-    def ID(self) -> str:
-        rid = str(self.rec.get("Id") or self.rec.get("ID") or "")
-        return rid[:12] if self.trunc and _is_full_id(rid) else rid
+class ComputeSystemRow(RecordRow):
+    """One compute system in the list."""
 
     @property
     def Name(self) -> str:
         name = str(self.rec.get("Name") or "")
-        return name[:12] if self.trunc and _is_full_id(name) else name
+        return name[:12] if self.trunc and is_full_id(name) else name
 
     @property
     def Runtime(self) -> str:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
 
 from silobox.cli import formatter, units
 from silobox.cli.client import quote
-from silobox.cli.commands import Context, inspect_objects, parse, parser
+from silobox.cli.commands import Context, RecordRow, inspect_objects, parse, parser
 
 _HEADERS = {"ID": "CONTAINER ID", "Name": "NAME", "Kind": "KIND", "Size": "SIZE",
             "Used": "USED", "FileSize": "ON DISK", "Device": "DEVICE", "State": "STATE",
@@ -22,21 +22,7 @@ _DEFAULT = ("table {{.ID}}\t{{.Name}}\t{{.Kind}}\t{{.Size}}\t{{.Used}}\t{{.FileS
             "{{.Device}}\t{{.Attached}}")
 
 
-class SandboxRow:
-    def __init__(self, rec: dict[str, Any], trunc: bool = True) -> None:
-        self.rec = rec
-        self.trunc = trunc
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self.rec.get(name, "")
-
-    @property
-    def ID(self) -> str:
-        rid = str(self.rec.get("Id") or "")
-        return rid[:12] if self.trunc else rid
-
+class SandboxRow(RecordRow):
     @property
     def Size(self) -> str:
         return units.bytes_size(self.rec["Size"]) if self.rec.get("Kind") == "disk" else "-"
