@@ -323,13 +323,7 @@ def build_create_body(ns: argparse.Namespace, detach: bool = True,
     ``detach`` is false for an attached ``run``: stdout/stderr (and stdin with ``-i``) are then
     attached, and StdinOnce closes the container's stdin when this client goes away.
     """
-    env: list[str] = []
-    for path in ns.env_file:
-        env.extend(read_env_file(path, environ))
-    for item in ns.env:
-        v = env_value(item, environ)
-        if v is not None:
-            env.append(v)
+    env = _environment(ns, environ)
 
     labels: dict[str, str] = {}
     for item in ns.label:
@@ -509,9 +503,8 @@ def build_create_body(ns: argparse.Namespace, detach: bool = True,
     return config
 
 
-def build_exec_body(ns: argparse.Namespace, environ: dict[str, str] | None = None
-                    ) -> dict[str, Any]:
-    """The POST /containers/{id}/exec body for parsed ``exec`` flags."""
+def _environment(ns: argparse.Namespace, environ: dict[str, str] | None) -> list[str]:
+    """``--env-file`` entries first, then ``-e``, as docker merges them."""
     env: list[str] = []
     for path in ns.env_file:
         env.extend(read_env_file(path, environ))
@@ -519,6 +512,13 @@ def build_exec_body(ns: argparse.Namespace, environ: dict[str, str] | None = Non
         v = env_value(item, environ)
         if v is not None:
             env.append(v)
+    return env
+
+
+def build_exec_body(ns: argparse.Namespace, environ: dict[str, str] | None = None
+                    ) -> dict[str, Any]:
+    """The POST /containers/{id}/exec body for parsed ``exec`` flags."""
+    env = _environment(ns, environ)
     body: dict[str, Any] = {
         "User": ns.user or "",
         "Privileged": ns.privileged,
