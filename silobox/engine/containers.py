@@ -472,8 +472,11 @@ class ContainerService:
                 if timeout is None:
                     timeout = self.config.default_stop_timeout
             sig = S.parse_signal(signal or c.config.get("StopSignal"))
+            # Docker's events for a stop: kill (the stop signal), die, then stop.
+            self.emit_event("container", "kill", c, {"signal": str(sig)})
             await system.shutdown(float(timeout), sig)
             await self._settled(c)
+        self.emit_event("container", "stop", c)
 
     def _stopped_by_user(self, c: Container) -> None:
         """A stop or kill from a user: the restart policy no longer applies until a start."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from silobox.engine.hooks import ContainerHook
+from silobox.engine.links import check_endpoint_links
 from silobox.errors import Conflict, InvalidArgument, NotFound
 from silobox.network.objects import PortMapping, new_guid, port_mapping_from
 from silobox.timeutil import now_iso
@@ -298,7 +299,9 @@ class NetworkService:
         self.hns.reconcile_endpoints(live)
 
     def _dns_resolve(self, container_id: str, name: str) -> list[str]:
-        """Containers sharing a user-created network with the asker, by name, id or alias."""
+        """Containers sharing a user-created network with the asker, by name, id or alias;
+        the asker's own endpoint links (``--link name:alias``) name a container too."""
+        name = self.link_target(container_id, name) or name  # type: ignore[attr-defined]
         mine = {e["VirtualNetwork"] for e in self.hns.endpoints.values()
                 if e.get("ContainerId") == container_id
                 and not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)}
@@ -329,7 +332,7 @@ class NetworkService:
                 "Name": c.name if c else "", "EndpointID": e["ID"].replace("-", "").lower(),
                 "MacAddress": e["MacAddress"].replace("-", ":").lower(),
                 "IPv4Address": f"{e['IPAddress']}/{e['PrefixLength']}", "IPv6Address": ""}
-        return {
+        view = {
             "Name": n["Name"], "Id": n["DockerId"],
             "Created": now_iso() if not n.get("Created") else _iso(n["Created"]),
             "Scope": "local", "Driver": "nat", "EnableIPv4": True, "EnableIPv6": False,
@@ -341,6 +344,11 @@ class NetworkService:
                         **n.get("Options", {})},
             "Labels": n.get("Labels") or {},
         }
+        if n.get("DockerDriver"):
+            # Created as "bridge" (Docker's name for the nat network on Linux): shown as asked,
+            # or docker-compose would see a changed driver and refuse the project.
+            view["Driver"] = n["DockerDriver"]
+        return view
 
     async def network_list(self, filters: dict[str, list[str]] | None = None
                            ) -> list[dict[str, Any]]:
@@ -400,6 +408,10 @@ class NetworkService:
             name, subnet=cfg.get("Subnet") or None, gateway=cfg.get("Gateway") or None,
             ip_range=cfg.get("IPRange") or None, internal=bool(body.get("Internal")),
             labels=body.get("Labels") or {}, options=body.get("Options") or {})
+        if driver == "bridge":
+            n["DockerDriver"] = driver
+            with self.db.tx():  # type: ignore[attr-defined]
+                self.hns._save_network(n)
         self._network_event("create", n)
         return {"Id": n["DockerId"], "Warning": ""}
 
@@ -449,6 +461,7 @@ class NetworkService:
         ipam = endpoint_config.get("IPAMConfig") or {}
         cfg = {**_EMPTY_NET, "NetworkID": n["DockerId"], "IPAMConfig": ipam or None,
                "Aliases": endpoint_config.get("Aliases"),
+               "Links": check_endpoint_links(endpoint_config.get("Links")),
                "MacAddress": endpoint_config.get("MacAddress") or ""}
         ns_id = (c.data.get("Silobox") or {}).get("NetworkNamespace")
         if c.running and ns_id:
