@@ -20,6 +20,7 @@ from silobox.compute.schema import ProcessParameters
 from silobox.compute.system import ComputeSystem, StartError, State
 from silobox.engine import spec as S
 from silobox.engine.health import parse_healthcheck
+from silobox.engine.hostconfig import check_host_config
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
@@ -124,6 +125,7 @@ class ContainerService:
             name = S.validate_name(name)
             self._check_name_free(name)
         hc = dict(body.get("HostConfig") or {})
+        warnings = check_host_config(hc)
         iso = (hc.get("Isolation") or "").lower()
         if iso not in ("", "default", "process"):
             raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - silobox supports '
@@ -225,7 +227,7 @@ class ContainerService:
             shutil.rmtree(cdir, ignore_errors=True)
             raise
         self.emit_event("container", "create", c)
-        return {"Id": cid, "Warnings": []}
+        return {"Id": cid, "Warnings": warnings}
 
     def _check_name_free(self, name: str) -> None:
         for other in self.containers.values():
@@ -294,6 +296,9 @@ class ContainerService:
                     "Rlimits": hc.get("Ulimits") or [],
                     "Domainname": c.config.get("Domainname") or "",
                     "ShmSize": hc.get("ShmSize") or 64 * 1024 * 1024,
+                    "Sysctls": hc.get("Sysctls") or {},
+                    "MaskedPaths": hc.get("MaskedPaths"),
+                    "ReadonlyPaths": hc.get("ReadonlyPaths"),
                 },
             },
         }
