@@ -96,6 +96,9 @@ class NetworkHook(ContainerHook):
                 "MacAddress": cfg.get("MacAddress") or body.get("MacAddress") or ""}}
             c.data["Silobox"]["RequestedMac"] = {
                 n["Name"]: cfg.get("MacAddress") or body.get("MacAddress") or ""}
+            # Config.MacAddress (API < 1.44) belongs to this network for the container's life:
+            # docker-compose disconnects and reconnects it before the start.
+            c.data["Silobox"]["ConfigMac"] = {n["Name"]: body.get("MacAddress") or ""}
         else:
             hc["NetworkMode"] = mode
             c.data["NetworkSettings"]["Networks"] = {mode: dict(_EMPTY_NET)}
@@ -459,10 +462,12 @@ class NetworkService:
         if n["Name"] in nets:
             raise Conflict(f"endpoint with name {c.name} already exists in network {n['Name']}")
         ipam = endpoint_config.get("IPAMConfig") or {}
+        mac = endpoint_config.get("MacAddress") or \
+            (c.data["Silobox"].get("ConfigMac") or {}).get(n["Name"]) or ""
         cfg = {**_EMPTY_NET, "NetworkID": n["DockerId"], "IPAMConfig": ipam or None,
                "Aliases": endpoint_config.get("Aliases"),
                "Links": check_endpoint_links(endpoint_config.get("Links")),
-               "MacAddress": endpoint_config.get("MacAddress") or ""}
+               "MacAddress": mac}
         ns_id = (c.data.get("Silobox") or {}).get("NetworkNamespace")
         if c.running and ns_id:
             e = self.hns.create_endpoint(
@@ -476,8 +481,7 @@ class NetworkService:
                 raise
             NetworkHook(self)._fill(cfg, n, e)
         nets[n["Name"]] = cfg
-        c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = \
-            endpoint_config.get("MacAddress") or ""
+        c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = mac
         self._save(c)  # type: ignore[attr-defined]
         self._network_event("connect", n, c)
 

@@ -342,6 +342,8 @@ services:
     image: busybox
     command: ["sh", "-c", "nslookup olddb 127.0.0.11 >/dev/null || echo no-link-here; exec sleep 3600"]
     networks: [back]
+    mac_address: "02:42:ac:11:00:99"
+    sysctls: {{net.core.somaxconn: "1000"}}
     stop_grace_period: 1s
 networks:
   back:
@@ -364,6 +366,11 @@ def test_links_volumes_from_healthcheck_labels(project: Project) -> None:
     # An endpoint link is the linking container's own name: another one does not resolve it.
     eventually(lambda: "no-link-here" in project.compose("logs", "--no-color", "lone").stdout,
                "lone's failed lookup of olddb")
+
+    # mac_address survives compose's disconnect/connect before the start; sysctls apply.
+    lone = project.compose("exec", "-T", "lone", "cat", "/sys/class/net/eth0/address",
+                           "/proc/sys/net/core/somaxconn").stdout.split()
+    assert lone == ["02:42:ac:11:00:99", "1000"], lone
 
     api = project.silod.client
     db = api.inspect_container(f"{project.name}_db_1")
