@@ -870,7 +870,8 @@ class ContainerService:
             "CanRemove": False, "DetachKeys": body.get("DetachKeys") or "", "Pid": 0,
             "_env": env, "_cwd": body.get("WorkingDir") or "", "_size": size,
         }
-        self.emit_event("container", "exec_create", c, {"execID": eid})
+        # Docker's actions name the command: "exec_create: sh -c date".
+        self.emit_event("container", f"exec_create: {' '.join(cmd)}", c, {"execID": eid})
         return {"Id": eid}
 
     def _find_exec(self, exec_id: str) -> dict[str, Any]:
@@ -914,8 +915,13 @@ class ContainerService:
             x["ExitCode"] = proc.start_error.exit_code
             await proc.stream.close()
             raise proc.start_error
-        self.emit_event("container", "exec_start", c, {"execID": exec_id})
-        sess = ExecSession(proc, x, tty=use_tty, stdin=x["OpenStdin"])
+        command = " ".join([pc["entrypoint"]] + pc["arguments"])
+        self.emit_event("container", f"exec_start: {command}", c, {"execID": exec_id})
+
+        def died(record: dict[str, Any]) -> None:
+            self.emit_event("container", "exec_die", c,
+                            {"execID": exec_id, "exitCode": str(record["ExitCode"])})
+        sess = ExecSession(proc, x, tty=use_tty, stdin=x["OpenStdin"], on_exit=died)
         if detach:
             asyncio.get_running_loop().create_task(sess.drain())
             return None
