@@ -84,8 +84,14 @@ def workdir(run_id: str):
 
 
 def no_build_containers(silod: Any) -> None:
+    """No container record, no job object (cgroup) and no build context is left."""
+    from conftest import cgroup_dirs
     status, items = silod.request("GET", "/containers/json?all=1")
     assert status == 200 and items == [], items
+    jobs = [d for d in cgroup_dirs(silod.cgroup_parent)
+            if not os.path.basename(d).startswith("pool-")]   # silod's pre-made job objects
+    assert jobs == []
+    assert not os.listdir(os.path.join(silod.root, "build"))
 
 
 # -- docker-py ------------------------------------------------------------------------------------
@@ -380,3 +386,85 @@ def test_silo_build_cli(silod: Any, images: list[str], run_id: str, workdir: str
     bad = silod.silo("build", "-", input=b"FROM busybox\nRUN exit 5\n")
     assert bad.returncode == 1 and "non-zero code: 5" in bad.stderr.decode()
     silod.remove_all()
+
+
+def test_onbuild_arg_env_precedence_and_history(silod: Any, images: list[str],
+                                                run_id: str) -> None:
+    base, child = f"sbxb-{run_id}-onb", f"sbxb-{run_id}-onb-child"
+    images.extend([child, base])
+    msgs = py_build(silod, {"Dockerfile": "FROM busybox\nONBUILD RUN echo triggered > /t\n"
+                                          "ONBUILD LABEL from=trigger\n"}, tag=base)
+    assert not error_of(msgs)
+    assert silod.client.inspect_image(base)["Config"]["OnBuild"] == [
+        "RUN echo triggered > /t", "LABEL from=trigger"]
+    msgs = py_build(silod, {"Dockerfile": f"FROM {base}\nARG V=arg\nENV V=env\n"
+                                          "RUN echo $V > /v\n"}, tag=child,
+                    buildargs={"V": "cli", "UNUSED": "x"})
+    out = text_of(msgs)
+    assert not error_of(msgs), out
+    assert "# Executing 2 build triggers" in out
+    assert "[Warning] One or more build-args [UNUSED] were not consumed" in out
+    info = silod.client.inspect_image(child)
+    assert info["Config"]["OnBuild"] is None and info["Config"]["Labels"] == {"from": "trigger"}
+    assert run_in(silod, child, "cat", "/t", "/v") == "triggered\nenv\n"
+    history = silod.client.history(child)
+    assert history[0]["Id"] == info["Id"] and history[0]["Tags"] == [f"{child}:latest"]
+    assert all(h["Id"] != "<missing>" for h in history), history   # every image is here
+    no_build_containers(silod)
+
+
+def test_prune_and_rmi_release_intermediates(silod: Any, run_id: str) -> None:
+    tag = f"sbxb-{run_id}-prune"
+    msgs = py_build(silod, {"Dockerfile": "FROM busybox\nENV A=1\nRUN echo x > /x\n"},
+                    tag=tag)
+    image_id = next(m["aux"]["ID"] for m in msgs if "aux" in m)
+    before = {i["Id"] for i in silod.client.images(all=True)}
+    silod.client.prune_images()
+    assert {i["Id"] for i in silod.client.images(all=True)} == before
+    silod.client.remove_image(tag)
+    # the result is gone; its now dangling parents go with the next prune, children first
+    dangling = {i["Id"] for i in silod.client.images(filters={"dangling": True})}
+    assert image_id not in dangling
+    silod.client.prune_images()
+    left = silod.client.images(all=True)
+    assert all(i["RepoTags"] for i in left), left   # every intermediate of the build went
+
+
+@pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed")
+def test_plain_docker_build_picks_the_classic_builder(silod: Any, images: list[str],
+                                                      run_id: str, workdir: str) -> None:
+    tag = f"sbxb-{run_id}-plain"
+    images.append(tag)
+    with open(os.path.join(workdir, "Dockerfile"), "w") as f:
+        f.write("FROM busybox\nRUN echo plain\n")
+    env = {k: v for k, v in docker_env(silod).items() if k != "DOCKER_BUILDKIT"}
+    proc = subprocess.run([DOCKER, "build", "-t", tag, workdir], env=env,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "plain" in proc.stdout.decode() and "Successfully tagged" in proc.stdout.decode()
+    events = silod.client.events(since=0, until=int(__import__("time").time()) + 1,
+                                 filters={"type": "image", "event": "tag"}, decode=True)
+    assert any(e["Actor"]["Attributes"].get("name") == f"{tag}:latest" for e in events)
+
+
+def test_client_going_away_stops_the_run_container(silod: Any) -> None:
+    import socket
+    import time
+    ctx = tar_context({"Dockerfile": "FROM busybox\nRUN echo started; sleep 60\n"}).getvalue()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(silod.socket)
+    sock.sendall(b"POST /build?rm=1 HTTP/1.1\r\nHost: d\r\nContent-Type: application/x-tar"
+                 b"\r\nContent-Length: %d\r\n\r\n" % len(ctx) + ctx)
+    seen = b""
+    deadline = time.time() + 30
+    while b"started" not in seen and time.time() < deadline:
+        seen += sock.recv(4096)
+    assert b"started" in seen
+    sock.close()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        status, items = silod.request("GET", "/containers/json?all=1")
+        if not items:
+            break
+        time.sleep(0.2)
+    no_build_containers(silod)

@@ -87,6 +87,11 @@ def build_options(request: web.Request) -> Any:
             host_config[key] = number
     if query.text("cpusetcpus"):
         host_config["CpusetCpus"] = query.text("cpusetcpus")
+    hosts = [h for v in request.query.getall("extrahosts", []) for h in v.split(",") if h]
+    if hosts:
+        host_config["ExtraHosts"] = hosts
+    if query.text("isolation"):
+        host_config["Isolation"] = query.text("isolation")
     network = query.text("networkmode") or ""
     return BuildOptions(
         tags=[t for t in request.query.getall("t", []) if t],
