@@ -108,6 +108,7 @@ WORKDIR $APP
 COPY --chown=1000:1000 files/ ./data/
 COPY *.txt /texts/
 RUN echo "$GREETING $NAME" > greeting && rm /bin/vi && id -u > /uid
+RUN true
 USER 1000:1000
 EXPOSE 80 53/udp 8000-8001
 VOLUME ["/vol"]
@@ -128,7 +129,7 @@ def test_full_dockerfile_through_docker_py(silod: Any, images: list[str], run_id
                     tag=tag, buildargs={"GREETING": "hello"})
     out = text_of(msgs)
     assert not error_of(msgs), out + error_of(msgs)
-    assert "Step 1/19 : ARG BASE=busybox" in out
+    assert "Step 1/20 : ARG BASE=busybox" in out
     assert " ---> Running in " in out and "Removing intermediate container" in out, out
     assert f"Successfully tagged {tag}" in out
     image_id = next(m["aux"]["ID"] for m in msgs if "aux" in m)
@@ -162,8 +163,12 @@ def test_full_dockerfile_through_docker_py(silod: Any, images: list[str], run_id
     assert any(c.startswith("|2 GREETING=hello UNSET= /bin/sh -c echo") or
                c.startswith("|1 GREETING=hello /bin/sh -c echo") for c in created_by), created_by
     assert any(c.startswith("/bin/sh -c #(nop) COPY dir:") for c in created_by)
+    assert "/bin/sh -c #(nop)  ARG GREETING=hi" in created_by    # never the --build-arg value
+    assert "/bin/sh -c #(nop)  EXPOSE 80 53/udp 8000-8001" in created_by
+    run_true = next(h for h in history if h["CreatedBy"].endswith("/bin/sh -c true"))
+    assert run_true["Size"] == 0                                 # nothing changed: no layer
     raw = silod.client.inspect_image(tag)   # history entries of metadata steps are empty
-    assert len(raw["RootFS"]["Layers"]) == 1 + 4   # busybox + WORKDIR, 2 COPY, RUN
+    assert len(raw["RootFS"]["Layers"]) == 1 + 4   # busybox + WORKDIR, 2 COPY, 1st RUN
 
     # the filesystem as a container sees it: the RUN's whiteout hides /bin/vi
     out = run_in(silod, tag, "cat greeting; ls /bin/vi 2>&1; stat -c '%u:%g %n' data data/a "

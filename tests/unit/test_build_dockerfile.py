@@ -73,3 +73,27 @@ def test_dockerignore_last_match_wins_and_cleaning() -> None:
     assert m.excluded("a.txt")                   # the later pattern wins
     assert m.excluded("y/z.c") and not m.excluded("y/zz.c")
     assert m.excluded("a.md") and not m.excluded("c.md")
+
+
+def test_go_parser_errors_get_their_line() -> None:
+    with pytest.raises(DockerfileError) as e:
+        parse("FROM busybox\nRUN true\nENV ONLYKEY\n")
+    assert e.value.message == "dockerfile parse error on line 3: ENV must have two arguments"
+
+
+def test_merged_view_resolves_links_inside_the_image(tmp_path) -> None:
+    import os
+    from silobox.engine.build.rootfs import MergedView
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    (lower / "usr" / "bin").mkdir(parents=True)
+    (lower / "usr" / "bin" / "tool").write_text("t")
+    os.symlink("usr/bin", lower / "bin")
+    os.symlink("/../../../etc", lower / "escape")      # resolved against the image root
+    (upper / "usr" / "bin").mkdir(parents=True)
+    (upper / "usr" / "bin" / "new").write_text("n")
+    view = MergedView([str(upper), str(lower)])
+    assert view.resolve("bin/tool") == "usr/bin/tool"
+    assert view.resolve("escape/passwd") == "etc/passwd"
+    assert view.lstat("etc/passwd") is None
+    assert view.listdir("usr/bin") == ["new", "tool"]
+    assert sorted(rel for rel, _, _ in view.walk("usr")) == ["bin", "bin/new", "bin/tool"]
