@@ -277,7 +277,9 @@ def test_copy_rules_and_dockerignore_with_docker_cli(silod: Any, images: list[st
     images.append(tag)
     files = {"Dockerfile": "FROM busybox\nARG DEST=/dst\nCOPY --chown=daemon src/ $DEST/\n"
                            "COPY *.conf /etc/app/\nADD bundle.tar /unpacked/\n"
-                           "COPY src/one.txt /single\n",
+                           "COPY src/one.txt /single\n"
+                           "RUN mkdir -p /opt/real && ln -s /opt/real /linked\n"
+                           "COPY a.conf /linked/\nCOPY . /ctx/\n",
              ".dockerignore": "**/*.tmp\nsrc/secret\n!src/secret/allowed\n",
              "src/one.txt": "one", "src/two.tmp": "tmp", "src/deep/x.tmp": "tmp",
              "src/deep/keep": "keep", "src/secret/key": "k", "src/secret/allowed": "ok",
@@ -298,9 +300,11 @@ def test_copy_rules_and_dockerignore_with_docker_cli(silod: Any, images: list[st
     assert proc.stdout.decode().strip().startswith("sha256:")
     out = run_in(silod, tag, "sh", "-c",
                  "cd /dst && find . -type f | sort; stat -c '%U' one.txt; ls /etc/app; "
-                 "cat /unpacked/inner/file; echo; cat /single")
+                 "cat /unpacked/inner/file; echo; cat /single; echo; ls /opt/real; "
+                 "test -L /linked && echo link; stat -c '%a %u' /ctx; ls /ctx/src")
     assert out.splitlines() == ["./deep/keep", "./one.txt", "./secret/allowed", "daemon",
-                                "a.conf", "b.conf", "inside", "one"]
+                                "a.conf", "b.conf", "inside", "one", "a.conf", "link",
+                                "755 0", "deep", "one.txt", "secret"]
 
 
 # -- errors ---------------------------------------------------------------------------------------
