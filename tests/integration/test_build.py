@@ -8,7 +8,6 @@ its images; the session fixture checks that no cgroup or mount is left.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -451,6 +450,14 @@ def test_plain_docker_build_picks_the_classic_builder(silod: Any, images: list[s
                           capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert "plain" in proc.stdout.decode() and "Successfully tagged" in proc.stdout.decode()
+    # a Dockerfile alone on stdin: the CLI wraps it in a context tar
+    piped = subprocess.run([DOCKER, "build", "-q", "-"], env=env, timeout=120,
+                           input=b"FROM busybox\nRUN echo from-stdin > /s\n",
+                           capture_output=True)
+    assert piped.returncode == 0, piped.stderr.decode()
+    piped_id = piped.stdout.decode().strip()
+    assert piped_id.startswith("sha256:")
+    silod.client.remove_image(piped_id)
     events = silod.client.events(since=0, until=int(__import__("time").time()) + 1,
                                  filters={"type": "image", "event": "tag"}, decode=True)
     assert any(e["Actor"]["Attributes"].get("name") == f"{tag}:latest" for e in events)
