@@ -8,6 +8,7 @@ import time
 
 from silobox.compute.spawner import Spawner
 from silobox.compute.system import ComputeService
+from silobox.engine.build.service import BuildService
 from silobox.engine.config import DaemonConfig
 from silobox.engine.containers import ContainerService
 from silobox.engine.bootstrap import BootstrapService
@@ -22,8 +23,8 @@ from silobox.engine.storageops import StorageOps
 from silobox.engine.system import SystemService
 
 
-class Engine(ContainerService, StatsService, ImageOpsService, ImageService, SystemService,
-             NetworkService, StorageOps, HealthService, BootstrapService, EventLog,
+class Engine(BuildService, ContainerService, StatsService, ImageOpsService, ImageService,
+             SystemService, NetworkService, StorageOps, HealthService, BootstrapService, EventLog,
              LinkService):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
