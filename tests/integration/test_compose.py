@@ -22,6 +22,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import zlib
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -183,7 +184,8 @@ class Project:
 
 @pytest.fixture
 def project(silod: Any, tmp_path: Any, run_id: str, request: Any) -> Iterator[Project]:
-    name = f"sbx{run_id}{request.node.name[5:9]}".lower().replace("_", "")
+    # Unique per run and per test (compose keeps only [a-z0-9] of a project name).
+    name = f"sbx{run_id}{zlib.crc32(request.node.name.encode()):08x}".lower()
     p = Project(silod, str(tmp_path), name)
     try:
         yield p
@@ -437,10 +439,16 @@ def build_unavailable(silod: Any) -> str | None:
     return None
 
 
-def test_build_service(project: Project) -> None:
+@pytest.mark.parametrize("builder", ["docker-py", "docker-cli"])
+def test_build_service(project: Project, builder: str) -> None:
+    """compose builds through docker-py's ``build()``, or with COMPOSE_DOCKER_CLI_BUILD=1
+    through the docker CLI (its classic builder: no buildx here); both send ``POST /build``."""
     reason = build_unavailable(project.silod)
     if reason:
         pytest.skip(reason)
+    if builder == "docker-cli":
+        project.env["COMPOSE_DOCKER_CLI_BUILD"] = "1"
+        project.env["PATH"] = "/usr/local/bin:" + project.env.get("PATH", "/usr/bin:/bin")
     project.write("ctx/greeting.txt", f"greetings from {project.name}\n")
     project.write("ctx/Dockerfile", """\
 FROM busybox
