@@ -191,8 +191,8 @@ class NetworkHook(ContainerHook):
         if search:
             out.append("search " + " ".join(search))
         opts = list(hc.get("DnsOptions") or [])
-        if user_dns:
-            opts.append("ndots:0")
+        if user_dns and not any(o.startswith("ndots:") for o in opts):
+            opts.append("ndots:0")   # unless the user set ndots (libnetwork's rule)
         if opts:
             out.append("options " + " ".join(opts))
         atomic_write(c.data["ResolvConfPath"], "\n".join(out) + "\n")

@@ -346,6 +346,8 @@ services:
     networks: [back]
     mac_address: "02:42:ac:11:00:99"
     sysctls: {{net.core.somaxconn: "1000"}}
+    dns_opt: ["ndots:2"]
+    dns_search: [example.internal]
     stop_grace_period: 1s
 networks:
   back:
@@ -373,6 +375,9 @@ def test_links_volumes_from_healthcheck_labels(project: Project) -> None:
     lone = project.compose("exec", "-T", "lone", "cat", "/sys/class/net/eth0/address",
                            "/proc/sys/net/core/somaxconn").stdout.split()
     assert lone == ["02:42:ac:11:00:99", "1000"], lone
+    resolv = project.compose("exec", "-T", "lone", "cat", "/etc/resolv.conf").stdout
+    assert resolv.splitlines()[-3:] == ["nameserver 127.0.0.11", "search example.internal",
+                                        "options ndots:2"], resolv
 
     api = project.silod.client
     db = api.inspect_container(f"{project.name}_db_1")
