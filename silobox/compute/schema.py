@@ -64,6 +64,8 @@ class LinuxSettings:
     namespaces: list[str] = field(default_factory=lambda: ["mnt", "uts", "ipc", "net", "cgroup"])
     tmpfs: list[dict] = field(default_factory=list)            # [{"ContainerPath", "Options"}]
     sysctls: dict[str, str] = field(default_factory=dict)      # namespaced kernel parameters
+    group_add: list[str] = field(default_factory=list)         # --group-add: names or gids
+    oom_score_adj: int | None = None                            # every process of the container
 
 
 @dataclass
@@ -129,7 +131,13 @@ def parse_document(doc: Any) -> ContainerDocument:
         namespaces=_get(lx, "Namespaces", list, ["mnt", "uts", "ipc", "net", "cgroup"], w),
         tmpfs=_get(lx, "Tmpfs", list, [], w),
         sysctls=_get(lx, "Sysctls", dict, {}, w),
+        group_add=_get(lx, "GroupAdd", list, [], w),
+        oom_score_adj=_get(lx, "OomScoreAdj", int, None, w),
     )
+    if not all(isinstance(g, str) and g for g in linux.group_add):
+        raise InvalidArgument(f"{w}GroupAdd: expected a list of group names or ids")
+    if linux.oom_score_adj is not None and not -1000 <= linux.oom_score_adj <= 1000:
+        raise InvalidArgument(f"{w}OomScoreAdj: {linux.oom_score_adj} is outside -1000..1000")
     if not all(isinstance(k, str) and isinstance(v, str) and k and "/" not in k
                and ".." not in k for k, v in linux.sysctls.items()):
         raise InvalidArgument(f"{w}Sysctls: expected an object of dotted names to strings")

@@ -532,7 +532,8 @@ class ComputeService:
             bpf = seccomp.compile_profile(profile, caps, lx.no_new_privileges)
         ulimits = [rlimits.Ulimit(r["Name"], int(r["Soft"]), int(r["Hard"])) for r in lx.rlimits]
         rlimits.check_ulimits(ulimits)
-        resolved = user.resolve_user(self._passwd_root(doc), params.user or None)
+        resolved = user.resolve_user(self._passwd_root(doc), params.user or None,
+                                     lx.group_add)
         env = [f"{k}={v}" for k, v in params.environment.items()]
         if not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={resolved.home or '/'}")
@@ -546,6 +547,7 @@ class ComputeService:
             capabilities=mask, last_cap=capabilities.last_capability(),
             no_new_privs=lx.no_new_privileges, seccomp=bpf,
             rlimits=rlimits.to_child(ulimits), tty=params.emulate_console,
+            oom_score_adj=lx.oom_score_adj,
         )
 
     @staticmethod

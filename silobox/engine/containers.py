@@ -297,6 +297,8 @@ class ContainerService:
                     "Domainname": c.config.get("Domainname") or "",
                     "ShmSize": hc.get("ShmSize") or 64 * 1024 * 1024,
                     "Sysctls": hc.get("Sysctls") or {},
+                    "GroupAdd": hc.get("GroupAdd") or [],
+                    "OomScoreAdj": hc.get("OomScoreAdj") or None,
                     "MaskedPaths": hc.get("MaskedPaths"),
                     "ReadonlyPaths": hc.get("ReadonlyPaths"),
                 },

@@ -56,8 +56,6 @@ _REFUSED: dict[str, str] = {
     "DeviceCgroupRules": "device cgroup rules (--device-cgroup-rule) are not supported by "
                          "silobox",
     "DeviceRequests": "device requests (--gpus) are not supported by silobox",
-    "GroupAdd": "supplementary groups (--group-add) are not supported by silobox",
-    "OomScoreAdj": "an OOM score adjustment (--oom-score-adj) is not supported by silobox",
     "CgroupParent": "a cgroup parent (--cgroup-parent) per container is not supported by "
                     "silobox; silod's --cgroup-parent places every container",
     "CpuRealtimePeriod": "the CPU real-time scheduler is not supported by silobox",
@@ -97,6 +95,9 @@ def check_host_config(hc: dict[str, Any]) -> list[str]:
         if not _is_default(field, hc.get(field)):
             raise InvalidArgument(f"invalid HostConfig.{field}: {why}")
     _check_sysctls(hc.get("Sysctls") or {}, hc.get("NetworkMode") or "default")
+    oom = hc.get("OomScoreAdj")
+    if oom is not None and (not isinstance(oom, int) or not -1000 <= oom <= 1000):
+        raise InvalidArgument(f"Invalid value {oom}, range for oom score adj is [-1000, 1000]")
     for field in ("MaskedPaths", "ReadonlyPaths"):
         paths = hc.get(field)
         if paths is not None and (not isinstance(paths, list) or not all(

@@ -65,6 +65,21 @@ def test_a_sysctl_the_kernel_lacks_fails_the_start_cleanly(silod: Any, made: lis
     assert not [e for e in eps if body["Id"] in (e.get("SharedContainers") or [])]
 
 
+def test_group_add_and_oom_score_adj_reach_init_and_exec(silod: Any, made: list[str]) -> None:
+    status, body = create(silod, made, ["sleep", "60"], GroupAdd=["100", "wheel"],
+                          OomScoreAdj=300)
+    assert status == 201, body
+    api = silod.client
+    api.start(body["Id"])
+    for pid in ("1", "self"):
+        e = api.exec_create(body["Id"], ["sh", "-c", f"id -G; cat /proc/{pid}/oom_score_adj"])
+        assert api.exec_start(e["Id"]).decode().split() == ["0", "10", "100", "300"]
+    status, body = create(silod, made, ["true"], GroupAdd=["no-such-group"])
+    assert status == 201
+    status, err = silod.request("POST", f"/containers/{body['Id']}/start")
+    assert status == 400 and "unable to find group no-such-group" in err["message"], err
+
+
 def test_masked_paths_from_the_create_body(silod: Any, made: list[str]) -> None:
     probe = ["sh", "-c", "test -c /proc/timer_list && echo masked || echo open"]
     _, default = create(silod, made, probe)
@@ -75,8 +90,7 @@ def test_masked_paths_from_the_create_body(silod: Any, made: list[str]) -> None:
 
 @pytest.mark.parametrize("hc, message", [
     ({"PidMode": "host"}, "invalid PidMode 'host': every container has its own PID namespace"),
-    ({"GroupAdd": ["100"]}, "invalid HostConfig.GroupAdd: supplementary groups (--group-add) "
-                            "are not supported by silobox"),
+    ({"OomScoreAdj": -1001}, "Invalid value -1001, range for oom score adj is [-1000, 1000]"),
     ({"Devices": [{"PathOnHost": "/dev/zero", "PathInContainer": "/dev/z",
                    "CgroupPermissions": "rwm"}]},
      "invalid HostConfig.Devices: adding host devices (--device) is not supported by silobox"),

@@ -50,8 +50,7 @@ def test_unenforced_resources_are_discarded_with_a_warning() -> None:
     ("Runtime", "kata", "Unknown runtime specified kata"),
     ("Devices", [{"PathOnHost": "/dev/zero", "PathInContainer": "/dev/z",
                   "CgroupPermissions": "rwm"}], "invalid HostConfig.Devices: adding host devices"),
-    ("GroupAdd", ["100"], "invalid HostConfig.GroupAdd"),
-    ("OomScoreAdj", 100, "invalid HostConfig.OomScoreAdj"),
+    ("OomScoreAdj", 1001, r"Invalid value 1001, range for oom score adj is [-1000, 1000]"),
     ("CgroupParent", "mine", "invalid HostConfig.CgroupParent"),
     ("MaskedPaths", ["relative"], "invalid HostConfig.MaskedPaths: a list of absolute paths"),
     ("Sysctls", {"kernel.hostname": "x"}, "sysctl 'kernel.hostname' is not allowed"),
@@ -77,5 +76,6 @@ def test_accepted_modes_and_runtimes() -> None:
     for hc in ({"IpcMode": "shareable"}, {"IpcMode": "private"}, {"PidMode": "private"},
                {"UsernsMode": "host"}, {"CgroupnsMode": "private"}, {"Runtime": "runc"},
                {"Runtime": "silobox"}, {"VolumeDriver": "local"}, {"MaskedPaths": []},
-               {"ReadonlyPaths": ["/proc/sys"]}):
+               {"ReadonlyPaths": ["/proc/sys"]}, {"GroupAdd": ["100", "wheel"]},
+               {"OomScoreAdj": -1000}, {"OomScoreAdj": 500}):
         assert check_host_config(dict(hc)) == [], hc

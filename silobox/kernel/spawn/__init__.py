@@ -47,6 +47,7 @@ class ProcessSpec:
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)
     tty: bool = False
     umask: int = 0o022
+    oom_score_adj: int | None = None  # None: inherited from the shim
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -170,9 +171,18 @@ def resolve_executable(argv0: str, env: list[str], cwd: str) -> str:
 
 
 def _sandbox(proc: ProcessSpec, seccomp_done: bool) -> None:
-    """Rlimits, capabilities, user, working directory, no_new_privs and (last) seccomp."""
-    stage = "rlimits"
+    """OOM score, rlimits, capabilities, user, working directory, no_new_privs and (last)
+    seccomp."""
+    stage = "oom_score_adj"
     try:
+        if proc.oom_score_adj is not None:
+            # While still root with every capability: lowering the score needs CAP_SYS_RESOURCE.
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, str(proc.oom_score_adj).encode())
+            finally:
+                os.close(fd)
+        stage = "rlimits"
         for res, soft, hard in proc.rlimits:
             resource.setrlimit(res, (soft, hard))
         stage = "seccomp"
