@@ -14,13 +14,16 @@ import asyncio
 import contextlib
 import fnmatch
 import json
+import logging
 import os
 import shlex
 import sys
+import uuid
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure
 
+log = logging.getLogger("silobox.images")
 Progress = Callable[[dict[str, Any]], None]
 _BATCH = 256 * 1024
 
@@ -209,13 +212,25 @@ class ImageOpsService:
     # -- startup -----------------------------------------------------------------------------
 
     def sweep_storage(self) -> list[str]:
-        """Remove what an interrupted import, load or commit left (called from Engine.start)."""
+        """Remove what an interrupted import, load or commit left (called from Engine.start).
+
+        The references of a killed daemon's imports and loads go; every stored container
+        holds its layers (also one created before containers held layers)."""
+        owners = {f"container:{cid}" for cid in self.containers}
+        self.layers.drop_refs_except(owners)
         keep: set[str] = set()
         for c in self.containers.values():
+            ids = (c.data.get("Silobox") or {}).get("Layers")
+            if ids is None:
+                try:
+                    ids = self.images.get(c.data["Image"]).diff_ids
+                except SiloboxError:
+                    continue
+            keep.update(ids)
             try:
-                keep.update(self.images.get(c.data["Image"]).diff_ids)
-            except SiloboxError:
-                continue
+                self.layers.hold(f"container:{c.id}", ids)
+            except SiloboxError as e:
+                log.warning("container %s: cannot hold its layers: %s", c.id, e)
         return self.layers.sweep(keep)
 
     # -- list, history -----------------------------------------------------------------------
@@ -341,14 +356,26 @@ class ImageOpsService:
                 self.images.untag(tag)
                 records.append({"Untagged": tag})
                 self.emit_event("image", "untag", image, {"name": tag})
-            if stopped:
-                # A stopped container still mounts these layers: the image stays, untagged,
-                # until the container is removed (then prune removes it).
-                return records
+        # Forced past stopped containers, as moby's imageDeleteHelper: the image record goes;
+        # the containers hold its layers, so they keep working and the layers go with the
+        # last of them.
         records.extend(await asyncio.get_running_loop().run_in_executor(
             None, self._delete_image, image.id))
         self.emit_event("image", "delete", image)
         return records
+
+    def image_shown(self, c: Any) -> str:
+        """A container's ``Image`` in lists: the name it was created from while that still
+        names its image, else the image id (moby ``refreshImage``: after a retag or rmi -f)."""
+        name = c.config.get("Image") or ""
+        if name != c.data["Image"]:
+            try:
+                if self.images.resolve(name).id == c.data["Image"]:
+                    return name
+            except (NotFound, InvalidArgument):
+                pass
+            return c.data["Image"]
+        return name
 
     def _is_tag_of(self, ref: str, image: Any) -> bool:
         from silobox.storage import reference
@@ -358,7 +385,7 @@ class ImageOpsService:
             return False
 
     def _delete_image(self, image_id: str) -> list[dict[str, str]]:
-        """Delete an untagged image and release its layers no other image uses."""
+        """Delete an untagged image and release its layers no other image or container uses."""
         image = self.images.get(image_id)
         with self.images.db.tx():
             self.images.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
@@ -422,7 +449,8 @@ class ImageOpsService:
         loop = asyncio.get_running_loop()
         report = _threadsafe(progress, loop)
         reader = _ProgressReader(ThreadReader(body, loop), report)
-        layer = await loop.run_in_executor(None, self.layers.add_from_tar, reader)
+        owner = f"import:{uuid.uuid4().hex}"
+        layer = await loop.run_in_executor(None, self.layers.add_from_tar, reader, None, owner)
         now = now_rfc3339()
         config = {"architecture": host_architecture(), "os": "linux", "created": now,
                   "config": container_config,
@@ -433,8 +461,10 @@ class ImageOpsService:
             image = self.images.create(config, [layer.diff_id],
                                        tags=[ref.familiar()] if ref else None)
         except BaseException:
+            self.layers.unhold(owner)
             self.layers.release(layer.diff_id)
             raise
+        self.layers.unhold(owner)
         self.emit_event("image", "import", image)
         return image.id
 
@@ -466,7 +496,7 @@ class ImageOpsService:
         """``GET /containers/{id}/changes`` from the sandbox's upper directory."""
         from silobox.storage.changes import list_changes
         c = self._find(ref)
-        lowers = self.images.get(c.data["Image"]).lower_dirs()
+        lowers = self.container_lower_dirs(c)
         async with self._upper_of(c) as upper:
             return await asyncio.get_running_loop().run_in_executor(
                 None, list_changes, upper, lowers) or None
@@ -506,6 +536,7 @@ class ImageOpsService:
             if target.digest:
                 raise InvalidArgument("cannot commit to digest reference")
         base = self.images.get(c.data["Image"])
+        owner = f"commit:{uuid.uuid4().hex}"
         paused_here = False
         if pause and c.running and c.state.get("Status") != "paused":
             await self.container_pause(c.id)
@@ -515,7 +546,7 @@ class ImageOpsService:
                 reader = IteratorReader(tar_overlay_dir(upper, skip_init=True))
                 parent = base.diff_ids[-1] if base.diff_ids else None
                 layer = await asyncio.get_running_loop().run_in_executor(
-                    None, self.layers.add_from_tar, reader, parent)
+                    None, self.layers.add_from_tar, reader, parent, owner)
         finally:
             if paused_here:
                 await self.container_unpause(c.id)
@@ -544,8 +575,10 @@ class ImageOpsService:
             image = self.images.create(doc, [*base.diff_ids, layer.diff_id],
                                        tags=[target.familiar()] if target else None)
         except BaseException:
+            self.layers.unhold(owner)
             self.layers.release(layer.diff_id)
             raise
+        self.layers.unhold(owner)
         self.emit_event("container", "commit", c)
         return image.id
 
@@ -625,7 +658,9 @@ class ImageOpsService:
             args = {**args, "pid": c.state["Pid"]}
         else:
             sandbox = self.sandbox_for(c.id)
-            lowers = self.images.get(c.data["Image"]).lower_dirs()
+            lowers = self.container_lower_dirs(c)
+            # the helper process attaches the disk itself: the pool lets go of its device
+            await asyncio.get_running_loop().run_in_executor(None, sandbox.release_spare)
             args = {**args, "rootfs": sandbox.paths.rootfs, "root": self.config.root,
                     "cid": c.id,
                     "options": sandbox.overlay_options(lowers),

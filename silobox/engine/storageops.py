@@ -79,6 +79,11 @@ class StorageHook(ContainerHook):
         plan, tmpfs = self._plan_mounts(c, body)
         made: list[str] = []
         c.data.setdefault("Silobox", {})["Storage"] = {"Created": made}
+        # The container holds its image's layers (moby's RW layer over its parent chain): they
+        # stay while it exists, also when ``rmi -f`` deletes the image record.
+        diff_ids = self.e.images.get(c.data["Image"]).diff_ids
+        self.e.layers.hold(f"container:{c.id}", diff_ids)
+        c.data["Silobox"]["Layers"] = diff_ids
         try:
             if kind == "disk":
                 self.e.disk_pool.busy()
@@ -264,6 +269,7 @@ class StorageHook(ContainerHook):
             raise InvalidArgument(f"invalid tmpfs options: {e}") from None
 
     def undo_create(self, c: Any) -> None:
+        self.e.layers.unhold(f"container:{c.id}")
         for name in (c.data.get("Silobox", {}).get("Storage") or {}).get("Created") or []:
             try:
                 self.e.volumes.remove(name)
@@ -370,6 +376,11 @@ class StorageHook(ContainerHook):
         await asyncio.get_running_loop().run_in_executor(None, self.e._detach, c.id)
         Sandbox(self.e.config.root, c.id).deactivate()
         self._release_volumes(c)
+        self.e.layers.unhold(f"container:{c.id}")
+        if not self.e.images.exists(c.data["Image"]):
+            # its image was deleted (rmi -f) while it existed: the layers no image uses go now
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.e.release_layers, (c.data.get("Silobox") or {}).get("Layers") or [])
         if getattr(c, "remove_volumes", False) or c.host_config.get("AutoRemove"):
             for m in c.data.get("Mounts") or []:
                 if m.get("Type") != "volume" or not m.get("Name"):
@@ -429,6 +440,34 @@ class StorageOps:
         self.container_hooks.append(StorageHook(self))
         self._remove_storage_orphans()
         self.disk_pool.start()
+
+    # ----- a container's layers ---------------------------------------------------------
+    def container_layers(self, c: Any) -> list[Any]:
+        """The container's image layers, base first: its image's, or, once ``rmi -f``
+        deleted the image record, the ones it holds (recorded at create)."""
+        try:
+            return self.images.get(c.data["Image"]).layers
+        except NotFound:
+            ids = (c.data.get("Silobox") or {}).get("Layers")
+            if not ids:
+                raise
+            return [self.layers.get(d) for d in ids]
+
+    def container_storage_layers(self, c: Any) -> list[dict[str, str]]:
+        """HCS ``Container.Storage.Layers`` of the container."""
+        from silobox.storage.images import storage_layers_of
+        return storage_layers_of(self.container_layers(c))
+
+    def container_lower_dirs(self, c: Any) -> list[str]:
+        """The container's overlay ``lowerdir`` trees, top first."""
+        return [e["Path"] for e in self.container_storage_layers(c)]
+
+    def release_layers(self, diff_ids: list[str]) -> list[str]:
+        """Remove those of ``diff_ids`` (and their parents) nothing uses any more."""
+        gone: list[str] = []
+        for diff_id in reversed(diff_ids):
+            gone.extend(l.diff_id for l in self.layers.release(diff_id))
+        return gone
 
     def _daemon_storage_opts(self) -> dict[str, str]:
         raw = list(getattr(self.config, "storage_opts", None) or [])
@@ -731,8 +770,7 @@ class StorageOps:
                                f"{self._attachment(c.id)['MountPoint']}")
             lowers: list[str] = []
             if merged:
-                lowers = [e["Path"] for e in
-                          self.images.resolve(c.data["Image"]).storage_layers()]
+                lowers = self.container_lower_dirs(c)
             rec = await asyncio.get_running_loop().run_in_executor(
                 None, self._attach_sync, c, mountpoint, merged, rw, lowers)
         return rec

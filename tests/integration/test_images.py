@@ -201,6 +201,66 @@ def test_rmi_refuses_images_in_use(silod):
     store_consistent(silod)
 
 
+def _docker(silod, *args: str) -> subprocess.CompletedProcess:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("the docker CLI is not installed")
+    env = {**silod.env, "DOCKER_HOST": f"unix://{silod.socket}"}
+    return subprocess.run([docker, *args], env=env, capture_output=True, timeout=60)
+
+
+def test_rmi_force_of_an_image_used_by_stopped_containers(silod):
+    """moby's ImageDelete with force: a stopped container's image is untagged and deleted
+    (its layers stay for the container, which keeps working, and go with it); a running
+    container's image is still refused by id, and only untagged by name."""
+    name = uniq()
+    image_id = import_image(silod, name, rootfs_tar({"only-here": b"mine\n"}))
+    hex_id = image_id.removeprefix("sha256:")
+    cid = silod.client.create_container(name, ["cat", "/only-here"])["Id"]
+    try:
+        r = _docker(silod, "rmi", "-f", name)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.decode().splitlines() == [f"Untagged: {name}:latest",
+                                                  f"Deleted: {image_id}"]
+        assert silod.request("GET", f"/images/{image_id}/json")[0] == 404
+        r = _docker(silod, "image", "ls", "-q", "--no-trunc")
+        assert image_id not in r.stdout.decode()
+        assert os.path.isdir(os.path.join(silod.root, "layers", _diff_hex(rootfs_tar(
+            {"only-here": b"mine\n"}))))
+        r = _docker(silod, "start", "-a", cid)                 # still works
+        assert r.returncode == 0 and r.stdout == b"mine\n", r.stderr
+        r = _docker(silod, "ps", "-a", "--filter", f"id={cid}", "--format", "{{.Image}}")
+        assert r.stdout.decode().strip() == hex_id[:12]      # the image id, as Docker shows
+        store_consistent(silod)
+        silod.client.remove_container(cid)
+        cid = ""
+        assert not os.path.isdir(os.path.join(silod.root, "layers", _diff_hex(rootfs_tar(
+            {"only-here": b"mine\n"}))))                      # went with the container
+        store_consistent(silod)
+        # running: by id a 409 even with -f; by name -f only untags
+        image_id = import_image(silod, name, rootfs_tar({"only-here": b"mine\n"}))
+        short = image_id.removeprefix("sha256:")[:12]
+        cid = silod.client.create_container(name, ["sleep", "30"])["Id"]
+        silod.client.start(cid)
+        r = _docker(silod, "rmi", "-f", short)
+        assert r.returncode != 0
+        assert (f"conflict: unable to delete {short} (cannot be forced) - image is being used "
+                f"by running container {cid[:12]}") in r.stderr.decode()
+        r = _docker(silod, "rmi", "-f", name)
+        assert r.returncode == 0 and r.stdout.decode().splitlines() == [
+            f"Untagged: {name}:latest"], r.stderr
+        assert silod.request("GET", f"/images/{image_id}/json")[0] == 200
+    finally:
+        if cid:
+            silod.client.remove_container(cid, force=True)
+        rmi(silod, image_id)
+    store_consistent(silod)
+
+
+def _diff_hex(layer: bytes) -> str:
+    return hashlib.sha256(layer).hexdigest()
+
+
 def test_cli_import_file_and_stdin_then_prune(silod, tmp_path):
     path = tmp_path / "rootfs.tar"
     path.write_bytes(rootfs_tar())

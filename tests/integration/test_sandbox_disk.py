@@ -71,6 +71,18 @@ def ctr(silod):
     assert not left, f"left behind: {left}"
 
 
+def _tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def _run(silod, *args: str) -> subprocess.CompletedProcess:
     return silod.silo("run", *args)
 
@@ -118,7 +130,9 @@ def test_created_never_started_and_removed_leaves_no_device(silod, api, ctr):
     assert r.returncode == 0, r.stderr
     disk = api.inspect_container(c)["GraphDriver"]["Data"]["disk"]
     assert D.loops_of(disk)                              # the pool still holds its device
-    r = silod.silo("cp", "-", f"{c}:/")                  # a host mount uses that device
+    api.put_archive(c, "/", _tar({"put-while-created": b"x"}))   # a helper mounts the disk
+    bits, _ = api.get_archive(c, "/put-while-created")
+    assert b"".join(bits)
     api.remove_container(c)
     deadline = time.time() + 3
     while D.loops_of(disk) and time.time() < deadline:
