@@ -621,15 +621,24 @@ class ImageOpsService:
         return doc, _stdout_chunks(proc, lock)
 
     async def container_archive_put(self, ref: str, path: str, body: AsyncIterator[bytes],
-                                    no_overwrite_dir_non_dir: bool = False) -> None:
-        """``PUT /containers/{id}/archive``: extract a tar into directory ``path``."""
+                                    no_overwrite_dir_non_dir: bool = False,
+                                    copy_uid_gid: bool = False) -> None:
+        """``PUT /containers/{id}/archive``: extract a tar into directory ``path``.
+
+        As moby's ``containerExtractToDir``: ``noOverwriteDirNonDir`` refuses to replace a
+        directory by a non-directory or the reverse; ``copyUIDGID`` gives every entry the
+        uid/gid of the container's user (looked up in the container) when it has one."""
         c = self._find(ref)
         _check_cp_path(path)
         if c.host_config.get("ReadonlyRootfs") and c.running:
             raise InvalidArgument("container rootfs is marked read-only")
+        args: dict[str, Any] = {"op": "put", "path": path,
+                                "no_overwrite_dir_non_dir": no_overwrite_dir_non_dir}
+        if copy_uid_gid and c.config.get("User"):
+            args["user"] = c.config["User"]
         lock = await self._hold(c)
         try:
-            proc = await self._fs_helper_run(c, {"op": "put", "path": path}, path, stdin=True)
+            proc = await self._fs_helper_run(c, args, path, stdin=True)
             assert proc.stdin is not None
             try:
                 async for chunk in body:
@@ -763,6 +772,8 @@ async def _finish(proc: asyncio.subprocess.Process, c: Any, path: str) -> None:
         raise NotFound(f"Could not find the file {path} in container {c.name}")
     if doc.get("kind") == "invalid":
         raise InvalidArgument(doc.get("message") or "invalid archive")
+    if doc.get("kind") == "refused":   # moby: errdefs.System around the archive's error
+        raise SystemFailure(doc.get("message") or "cannot overwrite")
     raise SystemFailure(f"cannot access {path} in container {c.name}: {doc.get('message')}")
 
 

@@ -630,7 +630,47 @@ def _extract_stream(stream: BinaryIO, diff_dir: str,
 # -- extraction --------------------------------------------------------------------------------
 
 
-def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) -> int:
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How ``docker cp`` into a container extracts (moby's ``TarOptions``).
+
+    ``no_overwrite_dir_non_dir``: an existing directory is never replaced by a non-directory
+    nor the reverse (the entry is refused with moby's message, naming paths as ``shown_dest``
+    plus the entry's name). ``owner``: (uid, gid) every entry is given instead of the tar's
+    (moby's ``ChownOpts``, from ``copyUIDGID`` and the container's user)."""
+
+    no_overwrite_dir_non_dir: bool = False
+    owner: tuple[int, int] | None = None
+    shown_dest: str = ""
+
+
+class OverwriteRefused(Exception):
+    """An entry would replace a directory by a non-directory or the reverse."""
+
+
+def _check_overwrite(target: str, member: tarfile.TarInfo, options: ExtractOptions) -> None:
+    if not options.no_overwrite_dir_non_dir:
+        return
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(target).st_mode)
+    except FileNotFoundError:
+        return
+    shown = "/" + os.path.normpath(os.path.join(options.shown_dest, member.name)).lstrip("/")
+    if is_dir and not member.isdir():
+        raise OverwriteRefused(f"cannot overwrite directory {_go_quote(shown)} with "
+                               f"non-directory {_go_quote(options.shown_dest)}")
+    if not is_dir and member.isdir():
+        raise OverwriteRefused(f"cannot overwrite non-directory {_go_quote(shown)} with "
+                               f"directory {_go_quote(options.shown_dest)}")
+
+
+def _go_quote(text: str) -> str:
+    """Go's ``%q`` for the paths in moby's messages."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None,
+             options: ExtractOptions | None = None) -> int:
     """Apply every member of the tar under ``dest``; returns the bytes of file content written.
 
     Written for untrusted input: each name must stay inside ``dest`` (no absolute names, no
@@ -639,6 +679,8 @@ def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) 
     mtimes are kept as they are in the tar, which is why tarfile's own extraction filters are
     not used.
     """
+    options = options or ExtractOptions()
+    owner = options.owner
     size = 0
     verified_dirs: set[str] = {""}
     dir_times: list[tuple[str, int]] = []
@@ -655,7 +697,7 @@ def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) 
                 _apply_whiteout(parent, base, member.name)
                 continue
             if not parts:   # "./": the layer's root directory itself
-                _apply_metadata(dest, member)
+                _apply_metadata(dest, member, owner)
                 dir_times.append((dest, int(member.mtime)))
                 continue
             parent = _ensure_parent(dest, parts[:-1], verified_dirs)
@@ -665,12 +707,13 @@ def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) 
                 is_dir = os.path.isdir(target) and not os.path.islink(target)
                 if not (is_dir and member.isdir()):
                     split.replaced(rel, is_dir)
+            _check_overwrite(target, member, options)
             if member.isdir():
                 _make_room(target, keep_dir=True, verified_dirs=verified_dirs, rel=rel)
                 if not os.path.isdir(target):
                     os.mkdir(target, 0o700)
                 verified_dirs.add(rel)
-                _apply_metadata(target, member)
+                _apply_metadata(target, member, owner)
                 dir_times.append((target, int(member.mtime)))
                 continue
             _make_room(target, keep_dir=False, verified_dirs=verified_dirs, rel=rel)
@@ -697,7 +740,7 @@ def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) 
                 raise InvalidArgument(f"invalid layer tar: {member.name}: unsupported entry "
                                       f"type {member.type!r}",
                                       operation="storage::Layer::Import", object_id=member.name)
-            _apply_metadata(target, member)
+            _apply_metadata(target, member, owner)
     # Creating entries changes a directory's mtime, so directory times are set last.
     for path, mtime in reversed(dir_times):
         os.utime(path, ns=(mtime * 10**9, mtime * 10**9), follow_symlinks=False)
@@ -869,9 +912,11 @@ def _apply_whiteout(parent: str, base: str, name: str) -> None:
     os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
 
-def _apply_metadata(path: str, member: tarfile.TarInfo) -> None:
+def _apply_metadata(path: str, member: tarfile.TarInfo,
+                    owner: tuple[int, int] | None = None) -> None:
     """Owner, then mode (chown clears setuid bits), xattrs, then mtime — never through a link."""
-    os.chown(path, member.uid, member.gid, follow_symlinks=False)
+    uid, gid = owner if owner is not None else (member.uid, member.gid)
+    os.chown(path, uid, gid, follow_symlinks=False)
     if not member.issym():
         os.chmod(path, member.mode & 0o7777)
     for key, value in member.pax_headers.items():
