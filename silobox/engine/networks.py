@@ -87,8 +87,12 @@ class NetworkHook(ContainerHook):
             if ipam.get("IPv4Address") and n["Default"]:
                 raise InvalidArgument("user specified IP address is supported on user defined "
                                       "networks only")
-            parse_port_bindings(hc.get("PortBindings"), c.config.get("ExposedPorts"),
-                                bool(hc.get("PublishAllPorts")))
+            maps = parse_port_bindings(hc.get("PortBindings"), c.config.get("ExposedPorts"),
+                                       bool(hc.get("PublishAllPorts")))
+            if maps and self.hns.driver(n) != "nat":
+                raise InvalidArgument(f"port mappings are not supported on "
+                                      f"{self.hns.driver(n)} network {n['Name']}: its "
+                                      "containers are reached at their own addresses")
             c.data["NetworkSettings"]["Networks"] = {n["Name"]: {
                 **_EMPTY_NET, "NetworkID": n["DockerId"],
                 "IPAMConfig": ipam or None, "Aliases": cfg.get("Aliases"),
@@ -332,7 +336,8 @@ class NetworkService:
         return {
             "Name": n["Name"], "Id": n["DockerId"],
             "Created": now_iso() if not n.get("Created") else _iso(n["Created"]),
-            "Scope": "local", "Driver": "nat", "EnableIPv4": True, "EnableIPv6": False,
+            "Scope": "local", "Driver": self.hns.driver(n), "EnableIPv4": True,
+            "EnableIPv6": False,
             "IPAM": {"Driver": "windows", "Options": None, "Config": [ipam_cfg]},
             "Internal": n["Internal"], "Attachable": False, "Ingress": False,
             "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": containers,
@@ -388,9 +393,6 @@ class NetworkService:
         if name in ("none", "host", "default", "bridge"):
             raise Conflict(f"network with name {name} already exists")
         driver = body.get("Driver") or "nat"
-        if driver not in ("nat", "bridge"):
-            raise InvalidArgument(f"plugin \"{driver}\" not found: silobox supports the nat "
-                                  "driver")
         ipam = body.get("IPAM") or {}
         cfgs = ipam.get("Config") or []
         if len(cfgs) > 1:
@@ -399,14 +401,15 @@ class NetworkService:
         n = await self.hns.create_network(
             name, subnet=cfg.get("Subnet") or None, gateway=cfg.get("Gateway") or None,
             ip_range=cfg.get("IPRange") or None, internal=bool(body.get("Internal")),
-            labels=body.get("Labels") or {}, options=body.get("Options") or {})
+            labels=body.get("Labels") or {}, options=body.get("Options") or {},
+            driver=driver)
         self._network_event("create", n)
         return {"Id": n["DockerId"], "Warning": ""}
 
     def _network_event(self, action: str, n: dict[str, Any], container: Any = None) -> None:
         """Docker's network events: the network is the actor, the container an attribute."""
         from types import SimpleNamespace
-        extra = {"name": n["Name"], "type": "nat"}
+        extra = {"name": n["Name"], "type": self.hns.driver(n)}
         if container is not None:
             extra["container"] = container.id
         self.emit_event("network", action, SimpleNamespace(id=n["DockerId"]),  # type: ignore[attr-defined]
@@ -498,14 +501,45 @@ class NetworkService:
             "Health": {"LastErrorCode": 0, "LastUpdateTime": _filetime(n["Created"])},
             "ID": n["ID"], "IPv6": False, "LayeredOn": n["LayeredOn"],
             "MacPools": n["MacPools"], "MaxConcurrentEndpoints": max(cur, n["MaxConcurrentEndpoints"]),
-            "Name": n["Name"], "NatName": n["NatName"], "Policies": n["Policies"],
+            "Name": n["Name"], "NatName": n["NatName"] if self.hns.driver(n) == "nat" else "",
+            "Policies": n["Policies"],
             "Resources": {"ID": n["ActivityId"], "AllocationOrder": 2, "State": 1,
                           "Allocators": [], "Health": {}, "AdditionalParams": {}},
             "State": n["State"], "Subnets": n["Subnets"],
             "TotalEndpoints": n["TotalEndpoints"], "Type": n["Type"], "Version": n["Version"],
-            "Silobox": {"HostVNic": self.hns.host_port(n), "Bridge": self.hns.bridge(n),
-                        "Internal": n["Internal"]},
+            "Silobox": self._hns_silobox(n),
+            **self._hns_external(n),
         }
+
+    def _hns_silobox(self, n: dict[str, Any]) -> dict[str, Any]:
+        """Where the network lives in the kernel (silobox's own block of the record)."""
+        out: dict[str, Any] = {"Driver": self.hns.driver(n), "Bridge": self.hns.bridge(n),
+                               "Internal": n["Internal"]}
+        if self.hns.driver(n) == "nat":
+            out["HostVNic"] = self.hns.host_port(n)
+        if self.hns.uplink(n):
+            out["Uplink"] = self.hns.uplink(n)
+        if self.hns.driver(n) == "overlay":
+            out.update(VxlanDevice=self.hns.vxlan_port(n), VNI=n["Vni"], Peers=n["Peers"],
+                       UdpPort=n["VxlanPort"])
+        if self.hns.driver(n) == "l2tunnel":
+            out["IsolatedPorts"] = True
+        return out
+
+    def _hns_external(self, n: dict[str, Any]) -> dict[str, Any]:
+        """Get-HnsNetwork's fields of networks on an external vSwitch."""
+        kind = self.hns.driver(n)
+        if kind == "nat":
+            return {}
+        out: dict[str, Any] = {"NetworkAdapterName": self.hns.uplink(n),
+                               "ManagementIP": ", ".join(n["Uplink"].get("IPv4") or [])}
+        if kind in ("l2bridge", "l2tunnel"):
+            out["SourceMac"] = n["SourceMac"].replace(":", "-").upper()
+            out["DrMacAddress"] = out["SourceMac"]
+        if kind == "overlay":
+            out["VSID"] = n["Vni"]
+            out["ManagementIP"] = n["LocalVtep"]
+        return out
 
     async def hns_endpoints(self) -> list[dict[str, Any]]:
         return [self._hns_endpoint(e) for e in self.hns.endpoints.values()]

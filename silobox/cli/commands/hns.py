@@ -14,6 +14,8 @@ _NET_FIELDS = ("ActivityId", "AdditionalParams", "CurrentEndpointCount", "Extens
                "Health", "ID", "IPv6", "LayeredOn", "MacPools", "MaxConcurrentEndpoints", "Name",
                "NatName", "Policies", "Resources", "State", "Subnets", "TotalEndpoints", "Type",
                "Version")
+_NET_EXTRA = ("NetworkAdapterName", "SourceMac", "DrMacAddress", "ManagementIP", "VSID")
+"""Get-HnsNetwork's fields that only networks on an external vSwitch have."""
 _EP_FIELDS = ("ID", "Name", "VirtualNetwork", "VirtualNetworkName", "IPAddress", "PrefixLength",
               "GatewayAddress", "MacAddress", "Namespace", "Policies", "SharedContainers",
               "State", "IsRemoteEndpoint", "EnableInternalDNS")
@@ -30,11 +32,13 @@ def _value(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _list_view(records: list[dict[str, Any]], fields: tuple[str, ...]) -> str:
-    width = max(len(f) for f in fields)
+def _list_view(records: list[dict[str, Any]], fields: tuple[str, ...],
+               extra: tuple[str, ...] = ()) -> str:
+    width = max(len(f) for f in fields + extra)
     out = []
     for r in records:
-        out.append("\n" + "".join(f"{f.ljust(width)} : {_value(r.get(f))}\n" for f in fields))
+        shown = sorted(fields + tuple(f for f in extra if f in r))
+        out.append("\n" + "".join(f"{f.ljust(width)} : {_value(r.get(f))}\n" for f in shown))
     return "".join(out) + ("\n" if out else "")
 
 
@@ -66,7 +70,7 @@ def _run(ctx: Context, argv: list[str], kind: str, verb: str) -> int:
         tmpl = formatter.Template(ns.format)
         ctx.out("".join(tmpl.execute(r) + "\n" for r in records))
     else:
-        ctx.out(_list_view(records, fields))
+        ctx.out(_list_view(records, fields, _NET_EXTRA if kind == "networks" else ()))
     if errors:
         raise StatusError(1, "\n".join(errors))
     return 0
