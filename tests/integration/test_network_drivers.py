@@ -351,3 +351,34 @@ def test_unsupported_combinations_are_refused(drv: Drivers, outside: Outside,
         hc = drv.api.create_host_config(network_mode=name, port_bindings={80: 8080})
         drv.containers.append(drv.api.create_container(IMAGE, ["true"], host_config=hc)["Id"])
     remove_and_check_nic(drv, name, o)
+
+
+# ----- silod restarts ---------------------------------------------------------------------------
+def test_external_network_survives_kill9_and_clean_restart(drv: Drivers, outside: Outside,
+                                                           silod: Any) -> None:
+    o, name = outside, f"rs{outside.ns}"
+    subnet, gw = f"10.231.{o.octet}.0/24", f"10.231.{o.octet}.1"
+    sh("ip", "-n", o.ns, "addr", "add", f"{gw}/24", "dev", "ext")
+    drv.network(name, "l2bridge", subnet, gw, **{IFACE: o.nic})
+    cid = drv.run(SERVE, name)
+    ip = drv.settings(cid, name)["IPAddress"]
+    wait_ok(lambda: o.run(http(ip)))
+    silod.kill9()
+    silod.start()
+    drv.api = silod.client
+    # the container keeps its address and the MAC rewrite is rebuilt from the store
+    sh("ip", "-n", o.ns, "neigh", "flush", "all")
+    wait_ok(lambda: o.run(http(ip)))
+    assert o.neighbour_mac(ip) == o.nic_mac
+    drv.api.remove_container(cid, force=True)
+    drv.containers.remove(cid)
+    # a clean stop with no endpoint left gives the NIC back; the next start takes it again
+    silod.stop()
+    assert link_mac(o.nic) == o.nic_mac
+    silod.start()
+    drv.api = silod.client
+    assert subprocess.run(["ip", "link", "show", o.nic], capture_output=True).returncode != 0
+    cid = drv.run(SERVE, name)
+    ip = drv.settings(cid, name)["IPAddress"]
+    wait_ok(lambda: o.run(http(ip)))
+    remove_and_check_nic(drv, name, o)
