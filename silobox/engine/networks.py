@@ -545,10 +545,12 @@ class NetworkService:
         return [self._hns_endpoint(e) for e in self.hns.endpoints.values()]
 
     async def hns_endpoint(self, ref: str) -> dict[str, Any]:
-        for e in self.hns.endpoints.values():
-            if e["ID"].lower().startswith(ref.lower()) or e["Name"] == ref:
-                return self._hns_endpoint(e)
-        raise NotFound(f"endpoint {ref} not found")
+        return self._hns_endpoint(self.hns.find_endpoint(ref))
+
+    async def hns_endpoint_policies(self, ref: str, request_type: str,
+                                    policies: list[dict[str, Any]]) -> dict[str, Any]:
+        e = await self.hns.modify_endpoint_policies(ref, request_type, policies)
+        return self._hns_endpoint(e)
 
     def _hns_endpoint(self, e: dict[str, Any]) -> dict[str, Any]:
         keys = ("ID", "Name", "VirtualNetwork", "VirtualNetworkName", "Policies", "MacAddress",

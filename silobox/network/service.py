@@ -31,6 +31,7 @@ from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from silobox.network import drivers as D
 from silobox.network import ipam as I
 from silobox.network import nft as N
+from silobox.network import policies as P
 from silobox.network.netlink import Netlink, is_netns
 from silobox.network.objects import PortMapping, new_guid, policy_json, port_mapping_from
 
@@ -370,6 +371,17 @@ class HostNetworkingService:
             await self.netlink.run(self.netlink.release_uplink, up["Interface"], up["Mac"],
                                    up.get("Up", False))
 
+    def find_endpoint(self, ref: str) -> dict[str, Any]:
+        if ref:
+            for e in self.endpoints.values():
+                if e["ID"].lower() == ref.lower() or e["Name"] == ref:
+                    return e
+            found = [e for e in self.endpoints.values()
+                     if e["ID"].replace("-", "").lower().startswith(ref.replace("-", "").lower())]
+            if len(found) == 1:
+                return found[0]
+        raise NotFound(f"endpoint {ref} not found", object_id=ref)
+
     def endpoints_of(self, network_id: str) -> list[dict[str, Any]]:
         return [e for e in self.endpoints.values() if e["VirtualNetwork"] == network_id]
 
@@ -463,10 +475,13 @@ class HostNetworkingService:
     async def delete_endpoints(self, endpoint_ids: list[str], remove_namespace: str | None) -> None:
         """Endpoint delete; removing the namespace lets the kernel destroy the veths with it."""
         had_ports = had_l2 = False
+        acl_namespaces = set()
         for eid in endpoint_ids:
             e = self.endpoints.get(eid)
             if e is None:
                 continue
+            if any(p["Type"] == "ACL" for p in e["Policies"]):
+                acl_namespaces.add(e["Namespace"]["ID"])
             had_ports |= any(p["Type"] == "PortMapping" for p in e["Policies"])
             had_l2 |= self.driver(self.networks.get(e["VirtualNetwork"], {})) in (
                 "l2bridge", "l2tunnel")
@@ -481,6 +496,70 @@ class HostNetworkingService:
             self.apply_rules()
         if had_l2:
             await self.apply_switch_rules()
+        for ns_id in acl_namespaces - {remove_namespace}:
+            if is_netns(self.netns_path(ns_id)):
+                await self._apply_acls(ns_id)
+
+    # ----- ACL and Route policies (HCN ModifyEndpoint) ----------------------------------------
+    async def modify_endpoint_policies(self, ref: str, request_type: str,
+                                       policies: list[dict[str, Any]]) -> dict[str, Any]:
+        """HCN ``ModifyEndpoint`` with ResourceType Policy: ``Add``, ``Remove`` or ``Refresh``
+        (replace) the endpoint's ACL and Route policies, enforced at once in its compartment.
+        On a kernel error the previous policies are restored."""
+        e = self.find_endpoint(ref)
+        if not isinstance(policies, list):
+            raise InvalidArgument("Policies must be a list")
+        given = [P.normalise(p) for p in policies]
+        fixed = [p for p in e["Policies"] if p["Type"] not in P.MUTABLE]
+        current = [p for p in e["Policies"] if p["Type"] in P.MUTABLE]
+        if request_type == "Add":
+            result = current + [p for p in given if p not in current]
+        elif request_type == "Remove":
+            result = list(current)
+            for p in given:
+                pid = p["Settings"].get("Id") if p["Type"] == "ACL" else ""
+                match = [q for q in result if q == p or (pid and q["Type"] == "ACL"
+                                                         and q["Settings"].get("Id") == pid)]
+                if not match:
+                    raise NotFound(f"endpoint {e['ID']} has no such {p['Type']} policy")
+                result = [q for q in result if q not in match]
+        elif request_type in ("Refresh", "Update"):
+            result = given
+        else:
+            raise InvalidArgument(f"RequestType must be Add, Remove or Refresh, not "
+                                  f"{request_type!r}")
+        before = e["Policies"]
+        e["Policies"] = fixed + result
+        if e.get("State") == 2:
+            try:
+                await self._apply_policies(e, before)
+            except BaseException:
+                after = e["Policies"]
+                e["Policies"] = before
+                try:
+                    await self._apply_policies(e, after)
+                except Exception as err:  # pragma: no cover - best effort
+                    log.warning("restoring policies of %s: %s", e["ID"], err)
+                raise
+        self._save_endpoint(e)
+        return e
+
+    async def _apply_policies(self, e: dict[str, Any], before: list[dict[str, Any]]) -> None:
+        old = P.routes({"Policies": before})
+        new = P.routes(e)
+        ns = self.netns_path(e["Namespace"]["ID"])
+        await self.netlink.run(self.netlink.set_routes, ns, e["IfName"], new,
+                               [r for r in old if r not in new])
+        await self._apply_acls(e["Namespace"]["ID"])
+
+    async def _apply_acls(self, namespace_id: str) -> None:
+        """Regenerate the compartment's ACL table from all its endpoints, atomically."""
+        eps = [e for e in self.endpoints.values() if e["Namespace"]["ID"] == namespace_id]
+        t = {"family": "inet", "name": P.TABLE}
+        cmds: list[dict[str, Any]] = [{"add": {"table": t}}, {"delete": {"table": t}}]
+        if any(p["Type"] == "ACL" for e in eps for p in e["Policies"]):
+            cmds += [{"add": {"table": t}}] + P.acl_ruleset(eps)
+        await self.netlink.run(self.netlink.nft_in, self.netns_path(namespace_id), cmds)
 
     # ----- WinNAT: the nftables table ---------------------------------------------------------
     def apply_rules(self) -> None:
