@@ -76,7 +76,8 @@ class NetworkHook(ContainerHook):
         hc = c.host_config
         mode = hc.get("NetworkMode") or "default"
         if mode.startswith("container:"):
-            raise InvalidArgument("container network mode is not supported yet")
+            self._create_joined(c, body, mode.split(":", 1)[1])
+            return
         if mode not in ("none", "host"):
             name = "nat" if mode in DEFAULT_ALIASES else mode
             n = self.hns.find_network(name)
@@ -104,9 +105,63 @@ class NetworkHook(ContainerHook):
             c.data["NetworkSettings"]["Networks"] = {mode: dict(_EMPTY_NET)}
         self._top_level(c)
 
+    def _create_joined(self, c: Any, body: dict[str, Any], ref: str) -> None:
+        """``--network container:X``: no endpoint of its own; X's compartment at start."""
+        if not ref:
+            raise InvalidArgument("invalid network mode container: (no container named)")
+        target = self.engine._find(ref)
+        hc = c.host_config
+        ec = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+        if hc.get("PortBindings") or hc.get("PublishAllPorts"):
+            raise InvalidArgument("conflicting options: port publishing and the container type "
+                                  "network mode")
+        if hc.get("Dns") or hc.get("DnsSearch") or hc.get("DnsOptions"):
+            raise InvalidArgument("conflicting options: dns and the network mode")
+        if hc.get("ExtraHosts"):
+            raise InvalidArgument("conflicting options: custom host-to-IP mapping and the "
+                                  "network mode")
+        if body.get("MacAddress") or any((v or {}).get("MacAddress") for v in ec.values()):
+            raise InvalidArgument("conflicting options: mac-address and the network mode")
+        if hc.get("Links"):
+            raise InvalidArgument("conflicting options: container type network can't be used "
+                                  "with links. This would result in undefined behavior")
+        hc["NetworkMode"] = f"container:{target.id}"
+        c.data["NetworkSettings"]["Networks"] = {}
+        self._top_level(c)
+
+    def _join(self, c: Any, document: dict[str, Any], tid: str) -> None:
+        """Start in the running container ``tid``'s network namespace, with its hostname and
+        its hosts and resolv.conf files (Docker shares them the same way)."""
+        target = self.engine.containers.get(tid)
+        if target is None:
+            raise NotFound(f"No such container: {tid}")
+        if target.id == c.id:
+            raise InvalidArgument("cannot join own network")
+        if not target.running or not target.state.get("Pid"):
+            raise Conflict(f"cannot join network of a non running container: {tid}")
+        ct = document["Container"]
+        if target.host_config.get("NetworkMode") == "host":
+            ct["Linux"]["Namespaces"] = ["mnt", "uts", "ipc", "cgroup"]
+        else:
+            ct["Networking"] = {"Namespace": f"/proc/{target.state['Pid']}/ns/net"}
+        own = {c.data[k]: target.data[k] for k in ("HostsPath", "ResolvConfPath",
+                                                   "HostnamePath")}
+        for m in ct.get("MappedDirectories") or []:
+            if m.get("HostPath") in own:
+                m["HostPath"] = own[m["HostPath"]]
+        ct.setdefault("GuestOs", {})["HostName"] = target.config["Hostname"]
+
+    def _joined_by_others(self, c: Any) -> bool:
+        mode = f"container:{c.id}"
+        return any(o.running and o.host_config.get("NetworkMode") == mode
+                   for o in self.engine.containers.values() if o is not c)
+
     async def on_start(self, c: Any, document: dict[str, Any]) -> None:
         mode = self.mode(c)
         lx = document["Container"]["Linux"]
+        if mode.startswith("container:"):
+            self._join(c, document, mode.split(":", 1)[1])
+            return
         if mode == "host":
             lx["Namespaces"] = ["mnt", "uts", "ipc", "cgroup"]
             return
@@ -156,11 +211,22 @@ class NetworkHook(ContainerHook):
                                           self.hns.netns_path(ns_id), DNS_ADDRESS, 53)
         await self.engine.dns.serve(c.id, sock)
 
-    def _write_files(self, c: Any, user_dns: bool) -> None:
+    def _write_files(self, c: Any, user_dns: bool, live: bool = False) -> None:
         """/etc/hosts with the container's own address and --add-host entries; resolv.conf
-        pointing at the embedded DNS on user networks, or at --dns servers."""
-        from silobox.atomic import atomic_write
+        pointing at the embedded DNS on user networks, or at --dns servers.
+
+        ``live``: the container runs with these files bind-mounted, so they are rewritten in
+        place (a rename would leave the container on the old inode)."""
+        from silobox.atomic import atomic_write as _atomic
         from silobox.network.dns import DNS_ADDRESS
+
+        def atomic_write(path: str, text: str) -> None:
+            if not live:
+                _atomic(path, text)
+                return
+            with open(path, "r+") as f:
+                f.truncate(0)
+                f.write(text)
         hc = c.host_config
         ns = c.data["NetworkSettings"]
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
@@ -231,6 +297,11 @@ class NetworkHook(ContainerHook):
         self.engine.dns.stop(c.id)
         ns_id = (c.data.get("Silobox") or {}).pop("NetworkNamespace", None)
         eps = [e["ID"] for e in self.hns.endpoints.values() if e.get("ContainerId") == c.id]
+        if eps and ns_id and self._joined_by_others(c):
+            # Containers that joined this one keep the namespace alive: its vNICs must go
+            # explicitly, or they would outlive their released addresses.
+            await self.hns.delete_endpoints(eps, None)
+            eps = []
         if eps or ns_id:
             await self.hns.delete_endpoints(eps, ns_id)
         ns = c.data["NetworkSettings"]
@@ -443,6 +514,9 @@ class NetworkService:
         n = self.hns.find_network(ref)
         c = self._find(container)  # type: ignore[attr-defined]
         nets = c.data["NetworkSettings"]["Networks"]
+        if str(c.host_config.get("NetworkMode")).startswith("container:"):
+            raise Conflict("container sharing network namespace with another container or host "
+                           "cannot be connected to any other network")
         if c.host_config.get("NetworkMode") in ("none", "host"):
             raise Conflict("container cannot be disconnected from host network or connected "
                            "to host network" if c.host_config["NetworkMode"] == "host" else
@@ -464,7 +538,15 @@ class NetworkService:
             except BaseException:
                 await self.hns.delete_endpoints([e["ID"]], None)
                 raise
-            NetworkHook(self)._fill(cfg, n, e)
+            hook = NetworkHook(self)
+            hook._fill(cfg, n, e)
+            had_user = any(not self.hns.find_network(name).get("Default") for name in nets)
+            if not n.get("Default") and not had_user:
+                # As Docker: joining the first user network switches the container's resolver
+                # to the embedded DNS.
+                nets[n["Name"]] = cfg
+                hook._write_files(c, True, live=True)
+                await hook._serve_dns(c, ns_id)
         nets[n["Name"]] = cfg
         c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = \
             endpoint_config.get("MacAddress") or ""
