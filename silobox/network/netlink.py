@@ -26,7 +26,7 @@ import errno
 import os
 from typing import Any, Callable, Iterator, TypeVar
 
-from silobox.errors import SystemFailure
+from silobox.errors import SystemFailure, Unavailable
 from silobox.kernel import libc
 
 T = TypeVar("T")
@@ -286,8 +286,16 @@ class Netlink:
             self.ensure_bridge(bridge)
             if self._index(sw, name) is None:
                 if self._index(self.host, name) is None:
-                    self.host.link("add", ifname=name, kind="vxlan", vxlan_id=vni,
-                                   vxlan_local=local, vxlan_port=port, vxlan_learning=0)
+                    try:
+                        self.host.link("add", ifname=name, kind="vxlan", vxlan_id=vni,
+                                       vxlan_local=local, vxlan_port=port, vxlan_learning=0)
+                    except Exception as e:
+                        if getattr(e, "code", 0) == errno.EOPNOTSUPP:
+                            raise Unavailable(
+                                "this kernel has no vxlan link type (CONFIG_VXLAN) and none can "
+                                "be loaded: overlay networks are not available on this host",
+                                operation="create network") from None
+                        raise
                 fd = os.open(self.switch_path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     self.host.link("set", index=self._index(self.host, name), net_ns_fd=fd)
@@ -300,7 +308,7 @@ class Netlink:
             for peer in peers:
                 if peer not in have:
                     sw.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=peer)
-        except SystemFailure:
+        except (SystemFailure, Unavailable):
             raise
         except Exception as e:
             raise _err("create VXLAN tunnel", e, name) from e
