@@ -85,7 +85,7 @@ class NetworkHook(ContainerHook):
             ec = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
             cfg = ec.get(mode) or ec.get(n["Name"]) or {}
             ipam = cfg.get("IPAMConfig") or {}
-            if ipam.get("IPv4Address") and n["Default"]:
+            if (ipam.get("IPv4Address") or ipam.get("IPv6Address")) and n["Default"]:
                 raise InvalidArgument("user specified IP address is supported on user defined "
                                       "networks only")
             maps = parse_port_bindings(hc.get("PortBindings"), c.config.get("ExposedPorts"),
@@ -180,7 +180,7 @@ class NetworkHook(ContainerHook):
                 ipam = cfg.get("IPAMConfig") or {}
                 e = self.hns.create_endpoint(
                     n, container_id=c.id, namespace_id=ns_id, name=f"{c.name}-{n['Name']}",
-                    ip=ipam.get("IPv4Address") or None,
+                    ip=ipam.get("IPv4Address") or None, ip6=ipam.get("IPv6Address") or None,
                     mac=(c.data["Silobox"].get("RequestedMac") or {}).get(name) or None,
                     port_mappings=maps if first else [], aliases=cfg.get("Aliases") or [],
                     ifname="eth0" if first else f"eth{len(created)}")
@@ -240,6 +240,8 @@ class NetworkHook(ContainerHook):
             lines.append(f"{ip}\t{name}")
         if ns.get("IPAddress"):
             lines.append(f"{ns['IPAddress']}\t{c.config['Hostname']}")
+        if ns.get("GlobalIPv6Address"):
+            lines.append(f"{ns['GlobalIPv6Address']}\t{c.config['Hostname']}")
         atomic_write(c.data["HostsPath"], "\n".join(lines) + "\n")
         servers = [DNS_ADDRESS] if user_dns else list(hc.get("Dns") or [])
         if not servers and not hc.get("DnsSearch") and not hc.get("DnsOptions"):
@@ -268,13 +270,17 @@ class NetworkHook(ContainerHook):
                    Gateway="" if n["Internal"] else e["GatewayAddress"],
                    IPAddress=e["IPAddress"], IPPrefixLen=e["PrefixLength"],
                    MacAddress=e["MacAddress"].replace("-", ":").lower(),
+                   GlobalIPv6Address=e.get("IPv6Address", ""),
+                   GlobalIPv6PrefixLen=e.get("IPv6PrefixLength", 0),
+                   IPv6Gateway="" if n["Internal"] else e.get("GatewayAddressV6", ""),
                    DNSNames=None)
 
     def _top_level(self, c: Any) -> None:
         ns = c.data["NetworkSettings"]
         first = next(iter(ns["Networks"].values()), {})
-        for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress"):
-            ns[k] = first.get(k, "" if k != "IPPrefixLen" else 0)
+        for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress",
+                  "GlobalIPv6Address", "GlobalIPv6PrefixLen", "IPv6Gateway"):
+            ns[k] = first.get(k, 0 if k.endswith("PrefixLen") else "")
 
     def _ports(self, c: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -306,7 +312,8 @@ class NetworkHook(ContainerHook):
             await self.hns.delete_endpoints(eps, ns_id)
         ns = c.data["NetworkSettings"]
         for cfg in ns.get("Networks", {}).values():
-            cfg.update(EndpointID="", Gateway="", IPAddress="", IPPrefixLen=0, MacAddress="")
+            cfg.update(EndpointID="", Gateway="", IPAddress="", IPPrefixLen=0, MacAddress="",
+                       GlobalIPv6Address="", GlobalIPv6PrefixLen=0, IPv6Gateway="")
         ns.update(SandboxID="", SandboxKey="", Ports={})
         self._top_level(c)
 
@@ -397,19 +404,25 @@ class NetworkService:
         ipam_cfg = {"Subnet": s["AddressPrefix"], "Gateway": s["GatewayAddress"]}
         if n.get("IPRange"):
             ipam_cfg["IPRange"] = n["IPRange"]
+        configs = [ipam_cfg]
+        s6 = self.hns.subnet6(n)
+        if s6:
+            configs.append({"Subnet": s6["AddressPrefix"], "Gateway": s6["GatewayAddress"]})
         containers = {}
         for e in self.hns.endpoints_of(n["ID"]):
             c = self.containers.get(e.get("ContainerId", ""))
             containers[e["ContainerId"]] = {
                 "Name": c.name if c else "", "EndpointID": e["ID"].replace("-", "").lower(),
                 "MacAddress": e["MacAddress"].replace("-", ":").lower(),
-                "IPv4Address": f"{e['IPAddress']}/{e['PrefixLength']}", "IPv6Address": ""}
+                "IPv4Address": f"{e['IPAddress']}/{e['PrefixLength']}",
+                "IPv6Address": f"{e['IPv6Address']}/{e['IPv6PrefixLength']}"
+                if e.get("IPv6Address") else ""}
         return {
             "Name": n["Name"], "Id": n["DockerId"],
             "Created": now_iso() if not n.get("Created") else _iso(n["Created"]),
             "Scope": "local", "Driver": self.hns.driver(n), "EnableIPv4": True,
-            "EnableIPv6": False,
-            "IPAM": {"Driver": "windows", "Options": None, "Config": [ipam_cfg]},
+            "EnableIPv6": bool(s6),
+            "IPAM": {"Driver": "windows", "Options": None, "Config": configs},
             "Internal": n["Internal"], "Attachable": False, "Ingress": False,
             "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": containers,
             "Options": {"com.docker.network.windowsshim.hnsid": n["ID"],
@@ -466,14 +479,21 @@ class NetworkService:
         driver = body.get("Driver") or "nat"
         ipam = body.get("IPAM") or {}
         cfgs = ipam.get("Config") or []
-        if len(cfgs) > 1:
-            raise InvalidArgument("silobox nat networks have one subnet")
-        cfg = cfgs[0] if cfgs else {}
+        v4 = [x for x in cfgs if ":" not in (x.get("Subnet") or x.get("Gateway") or "")]
+        v6 = [x for x in cfgs if x not in v4]
+        if len(v4) > 1 or len(v6) > 1:
+            raise InvalidArgument("silobox networks have one IPv4 subnet and at most one IPv6 "
+                                  "subnet")
+        cfg = v4[0] if v4 else {}
+        cfg6 = v6[0] if v6 else {}
+        if cfg6 and cfg6.get("IPRange"):
+            raise InvalidArgument("--ip-range is not supported for IPv6 subnets")
         n = await self.hns.create_network(
             name, subnet=cfg.get("Subnet") or None, gateway=cfg.get("Gateway") or None,
             ip_range=cfg.get("IPRange") or None, internal=bool(body.get("Internal")),
             labels=body.get("Labels") or {}, options=body.get("Options") or {},
-            driver=driver)
+            driver=driver, ipv6=bool(body.get("EnableIPv6")),
+            subnet6=cfg6.get("Subnet") or None, gateway6=cfg6.get("Gateway") or None)
         self._network_event("create", n)
         return {"Id": n["DockerId"], "Warning": ""}
 
@@ -532,6 +552,7 @@ class NetworkService:
             e = self.hns.create_endpoint(
                 n, container_id=c.id, namespace_id=ns_id, name=f"{c.name}-{n['Name']}",
                 ip=ipam.get("IPv4Address") or None, mac=cfg["MacAddress"] or None,
+                ip6=ipam.get("IPv6Address") or None,
                 aliases=cfg["Aliases"] or [], ifname=f"eth{len(nets)}")
             try:
                 await self.hns.attach(e, create_ns=False)
@@ -581,7 +602,7 @@ class NetworkService:
             "ActivityId": n["ActivityId"], "AdditionalParams": {}, "CurrentEndpointCount": cur,
             "Extensions": EXTENSIONS, "Flags": n["Flags"],
             "Health": {"LastErrorCode": 0, "LastUpdateTime": _filetime(n["Created"])},
-            "ID": n["ID"], "IPv6": False, "LayeredOn": n["LayeredOn"],
+            "ID": n["ID"], "IPv6": bool(n.get("IPv6")), "LayeredOn": n["LayeredOn"],
             "MacPools": n["MacPools"], "MaxConcurrentEndpoints": max(cur, n["MaxConcurrentEndpoints"]),
             "Name": n["Name"], "NatName": n["NatName"] if self.hns.driver(n) == "nat" else "",
             "Policies": n["Policies"],
@@ -640,7 +661,11 @@ class NetworkService:
                 "EnableInternalDNS")
         out = {k: e.get(k) for k in keys}
         out.update(IsRemoteEndpoint=False, SharedContainers=[e["ContainerId"]],
-                   DNSServerList="", DNSSuffix="", IPv6Address="", EncapOverhead=0,
+                   DNSServerList="", DNSSuffix="", IPv6Address=e.get("IPv6Address", ""),
+                   IPv6PrefixLength=e.get("IPv6PrefixLength", 0),
+                   GatewayAddressV6=e.get("GatewayAddressV6", ""),
+                   EncapOverhead=50 if self.hns.driver(
+                       self.hns.networks.get(e["VirtualNetwork"], {})) == "overlay" else 0,
                    Silobox={"Port": self.hns.endpoint_port(e["ID"]), "IfName": e["IfName"]})
         return out
 

@@ -30,6 +30,7 @@ from silobox.errors import SystemFailure, Unavailable
 from silobox.kernel import libc
 
 T = TypeVar("T")
+IFA_F_NODAD = 0x02
 
 
 def _iproute() -> Any:
@@ -168,7 +169,8 @@ class Netlink:
                 ipr.link("del", index=idx)
 
     def ensure_vswitch(self, bridge: str, host_port: str, switch_port: str, gateway: str,
-                       prefix_len: int, alias: str, mac: str) -> None:
+                       prefix_len: int, alias: str, mac: str,
+                       gateway6: tuple[str, int] | None = None) -> None:
         """The network's bridge in the vSwitch namespace plus its host vNIC carrying the gateway.
 
         Idempotent: what exists is kept, what is missing is created (silod start reconciles)."""
@@ -194,11 +196,15 @@ class Netlink:
             # of this link: allowed on this one interface only, never host-wide.
             _write_sysctl(f"net/ipv4/conf/{host_port}/route_localnet", "1")
             with contextlib.suppress(OSError):
-                _write_sysctl(f"net/ipv6/conf/{host_port}/disable_ipv6", "1")
+                _write_sysctl(f"net/ipv6/conf/{host_port}/disable_ipv6",
+                              "0" if gateway6 else "1")
             have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-                    for a in host.get_addr(index=hidx, family=2)}
+                    for a in host.get_addr(index=hidx)}
             if (gateway, prefix_len) not in have:
                 host.addr("add", index=hidx, address=gateway, prefixlen=prefix_len)
+            if gateway6 and gateway6 not in have:
+                host.addr("add", index=hidx, address=gateway6[0], prefixlen=gateway6[1],
+                          flags=IFA_F_NODAD)
             host.link("set", index=hidx, state="up")
             sidx = self._index(sw, switch_port)
             sw.link("set", index=sidx, master=bidx, state="up")
@@ -367,7 +373,7 @@ class Netlink:
     def create_endpoint(self, netns_path: str, bridge: str, port: str, mac: str,
                         addresses: list[tuple[str, int]], gateway: str | None,
                         ifname: str = "eth0", create_ns: bool = True, mtu: int = 0,
-                        isolated: bool = False) -> None:
+                        isolated: bool = False, gateway6: str | None = None) -> None:
         """A container vNIC: veth ``port`` on the bridge, peer ``ifname`` inside ``netns_path``."""
         sw = self.switch
         try:
@@ -396,10 +402,15 @@ class Netlink:
                     if mtu:
                         inner.link("set", index=idx, mtu=mtu)
                     for addr, plen in addresses:
-                        inner.addr("add", index=idx, address=addr, prefixlen=plen)
+                        # IPv6: no duplicate address detection (IPAM guarantees uniqueness),
+                        # so the address is usable at once, not "tentative" for a second.
+                        inner.addr("add", index=idx, address=addr, prefixlen=plen,
+                                   **({"flags": IFA_F_NODAD} if ":" in addr else {}))
                     inner.link("set", index=idx, state="up")
                     if gateway:
                         inner.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+                    if gateway6:
+                        inner.route("add", dst="::/0", gateway=gateway6, oif=idx, family=10)
                 finally:
                     inner.close()
         except SystemFailure:
@@ -450,6 +461,19 @@ class Netlink:
                     out.append((dst, r["dst_len"]))
         for a in self.host.get_addr(family=2):
             out.append((a.get_attr("IFA_ADDRESS"), a["prefixlen"]))
+        return out
+
+    def host_routes6(self) -> list[tuple[str, int]]:
+        """(destination, prefix length) of the host's IPv6 routes and global addresses."""
+        out = []
+        for r in self.host.get_routes(family=10, table=254):
+            dst = r.get_attr("RTA_DST")
+            if dst and r["dst_len"] > 0 and not dst.startswith("fe80"):
+                out.append((dst, r["dst_len"]))
+        for a in self.host.get_addr(family=10):
+            addr = a.get_attr("IFA_ADDRESS")
+            if not addr.startswith("fe80") and addr != "::1":
+                out.append((addr, a["prefixlen"]))
         return out
 
     def host_addresses(self) -> list[str]:

@@ -109,6 +109,11 @@ class HostNetworkingService:
     def nat_networks(self) -> list[dict[str, Any]]:
         return [n for n in self.networks.values() if self.driver(n) == "nat"]
 
+    @staticmethod
+    def subnet6(n: dict[str, Any]) -> dict[str, Any] | None:
+        """The IPv6 subnet record of an ``--ipv6`` network (the IPv4 one is always first)."""
+        return next((s for s in n["Subnets"][1:] if ":" in s["AddressPrefix"]), None)
+
     def uplink(self, n: dict[str, Any]) -> str:
         """The host NIC bound to an external vSwitch ('' for nat and NIC-less overlay)."""
         return (n.get("Uplink") or {}).get("Interface", "")
@@ -227,12 +232,16 @@ class HostNetworkingService:
                              gateway: str | None = None, ip_range: str | None = None,
                              internal: bool = False, labels: dict[str, str] | None = None,
                              options: dict[str, str] | None = None,
-                             default: bool = False, driver: str = "nat") -> dict[str, Any]:
+                             default: bool = False, driver: str = "nat", ipv6: bool = False,
+                             subnet6: str | None = None, gateway6: str | None = None
+                             ) -> dict[str, Any]:
         """HNS ``POST /networks``: a nat network with its vSwitch, host vNIC and NAT, or an
         external one (``drivers.py``) on a host NIC or a VXLAN tunnel."""
         if any(n["Name"] == name for n in self.networks.values()):
             raise AlreadyExists(f"network with name {name} already exists")
-        ds = D.parse(driver, options or {}, subnet=subnet, internal=internal, ipv6=False,
+        if (subnet6 or gateway6) and not ipv6:
+            raise InvalidArgument("an IPv6 subnet or gateway needs --ipv6 (EnableIPv6)")
+        ds = D.parse(driver, options or {}, subnet=subnet, internal=internal, ipv6=ipv6,
                      used_interfaces={self.uplink(n) for n in self.networks.values()} - {""},
                      used_vnis={n.get("Vni", 0) for n in self.networks.values()})
         uplink: dict[str, Any] = {}
@@ -270,6 +279,9 @@ class HostNetworkingService:
                 raise InvalidArgument(f"no matching subnet for gateway {gateway}")
         else:
             gw = net.network_address + 1
+        v6: dict[str, Any] | None = None
+        if ipv6:
+            v6 = self._ipv6_subnet(subnet6, gateway6)
         if ip_range:
             r = ipaddress.IPv4Network(ip_range, strict=False)
             if not r.subnet_of(net):
@@ -302,6 +314,9 @@ class HostNetworkingService:
             "Policies": policies,
             "Created": time.time(), "TotalEndpoints": 0, "MaxConcurrentEndpoints": 0,
         }
+        if v6:
+            n["Subnets"].append(v6)
+            n["IPv6"] = True
         if ds.driver == "overlay":
             n.update(Vni=ds.vni, Peers=ds.peers, VxlanPort=ds.vxlan_port,
                      LocalVtep=uplink["IPv4"][0])
@@ -326,6 +341,37 @@ class HostNetworkingService:
         await self.apply_switch_rules()
         return n
 
+    def _ipv6_subnet(self, subnet6: str | None, gateway6: str | None) -> dict[str, Any]:
+        """The IPv6 subnet record of a new network: the given one, or a random ULA /64."""
+        if subnet6:
+            try:
+                net6 = ipaddress.IPv6Network(subnet6, strict=False)
+            except ValueError as e:
+                raise InvalidArgument(f"invalid subnet {subnet6}: {e}") from None
+            if net6.prefixlen > 120:
+                raise InvalidArgument(f"subnet {subnet6} is too small")
+        occupied = list(self.netlink.call(self.netlink.host_routes6))
+        occupied += [(s["AddressPrefix"].split("/")[0], int(s["AddressPrefix"].split("/")[1]))
+                     for n in self.networks.values() for s in n["Subnets"][1:]
+                     if ":" in s["AddressPrefix"]]
+        free = I.free_subnet6(occupied, subnet6)
+        if free is None:
+            raise Conflict(f"Pool overlaps with other one on this address space: {subnet6} "
+                           "overlaps a host route or another network" if subnet6 else
+                           "could not find an available IPv6 address pool")
+        net6 = ipaddress.IPv6Network(free)
+        if gateway6:
+            try:
+                gw6 = ipaddress.IPv6Address(gateway6)
+            except ValueError:
+                raise InvalidArgument(f"invalid gateway {gateway6}") from None
+            if gw6 not in net6:
+                raise InvalidArgument(f"no matching subnet for gateway {gateway6}")
+        else:
+            gw6 = net6.network_address + 1
+        return {"AddressPrefix": str(net6), "GatewayAddress": str(gw6), "ID": new_guid(),
+                "Policies": [], "State": 0, "AdditionalParams": {}}
+
     async def _realise_network(self, n: dict[str, Any]) -> None:
         s = n["Subnets"][0]
         kind = self.driver(n)
@@ -340,7 +386,13 @@ class HostNetworkingService:
         await self.netlink.run(
             self.netlink.ensure_vswitch, self.bridge(n), self.host_port(n), self.switch_port(n),
             s["GatewayAddress"], int(s["AddressPrefix"].split("/")[1]),
-            f"vEthernet ({n['Name']})", n["HostMac"])
+            f"vEthernet ({n['Name']})", n["HostMac"], self._gateway6(n))
+
+    def _gateway6(self, n: dict[str, Any]) -> tuple[str, int] | None:
+        s6 = self.subnet6(n)
+        if s6 is None:
+            return None
+        return s6["GatewayAddress"], int(s6["AddressPrefix"].split("/")[1])
 
     async def delete_network(self, ref: str, force: bool = False) -> dict[str, Any]:
         """HNS ``DELETE /networks/<id>``; refused while endpoints exist unless ``force``."""
@@ -389,8 +441,8 @@ class HostNetworkingService:
     def create_endpoint(self, network: dict[str, Any], *, container_id: str, namespace_id: str,
                         name: str = "", ip: str | None = None, mac: str | None = None,
                         port_mappings: list[PortMapping] | None = None,
-                        aliases: list[str] | None = None, ifname: str = "eth0"
-                        ) -> dict[str, Any]:
+                        aliases: list[str] | None = None, ifname: str = "eth0",
+                        ip6: str | None = None) -> dict[str, Any]:
         """HNS ``POST /endpoints``: address and MAC leased in one store transaction."""
         eid = new_guid()
         s = network["Subnets"][0]
@@ -408,6 +460,16 @@ class HostNetworkingService:
             pool = (I.mac_value(network["MacPools"][0]["StartMacAddress"]),
                     I.mac_value(network["MacPools"][0]["EndMacAddress"]))
             mac_addr = self.ipam.allocate_mac(network["ID"], pool, eid, mac)
+            s6 = self.subnet6(network)
+            if ip6 and s6 is None:
+                raise InvalidArgument(f"network {network['Name']} has no IPv6 subnet "
+                                      f"(created without --ipv6): cannot assign {ip6}")
+            v6 = {}
+            if s6 is not None:
+                v6 = {"IPv6Address": self.ipam.allocate_ip6(
+                          network["ID"], s6["AddressPrefix"], s6["GatewayAddress"], eid, ip6),
+                      "IPv6PrefixLength": int(s6["AddressPrefix"].split("/")[1]),
+                      "GatewayAddressV6": s6["GatewayAddress"]}
             e = {
                 "ID": eid, "Name": name or eid, "VirtualNetwork": network["ID"],
                 "VirtualNetworkName": network["Name"], "IPAddress": addr,
@@ -418,6 +480,7 @@ class HostNetworkingService:
                 "Policies": [policy_json(m) for m in maps] + list(network["Policies"]),
                 "State": 1, "ContainerId": container_id, "IfName": ifname,
                 "Aliases": aliases or [], "EnableInternalDNS": False, "Created": time.time(),
+                **v6,
             }
             self._save_endpoint(e)
             network["TotalEndpoints"] = network.get("TotalEndpoints", 0) + 1
@@ -454,11 +517,14 @@ class HostNetworkingService:
         mtu = 0
         if kind == "overlay":
             mtu = int(n["Uplink"].get("Mtu") or 1500) - D.VXLAN_OVERHEAD
+        addresses = [(e["IPAddress"], e["PrefixLength"])]
+        if e.get("IPv6Address"):
+            addresses.append((e["IPv6Address"], e["IPv6PrefixLength"]))
+        gw6 = e.get("GatewayAddressV6") if gw else None
         await self.netlink.run(
             self.netlink.create_endpoint, self.netns_path(e["Namespace"]["ID"]), self.bridge(n),
             self.endpoint_port(e["ID"]), e["MacAddress"].replace("-", ":").lower(),
-            [(e["IPAddress"], e["PrefixLength"])], gw, e["IfName"], create_ns, mtu,
-            kind == "l2tunnel")
+            addresses, gw, e["IfName"], create_ns, mtu, kind == "l2tunnel", gw6)
         e["State"] = 2
         self._save_endpoint(e)
         if any(p["Type"] == "PortMapping" for p in e["Policies"]):
@@ -563,8 +629,27 @@ class HostNetworkingService:
 
     # ----- WinNAT: the nftables table ---------------------------------------------------------
     def apply_rules(self) -> None:
-        """Regenerate our table from the store and swap it in atomically."""
-        self.nft.replace_table("ip", self.table, self._ruleset())
+        """Regenerate our tables from the store and swap them in, in one transaction."""
+        t4 = {"family": "ip", "name": self.table}
+        t6 = {"family": "ip6", "name": self.table}
+        cmds = [{"add": {"table": t4}}, {"delete": {"table": t4}}, {"add": {"table": t4}}]
+        cmds += self._ruleset()
+        cmds += [{"add": {"table": t6}}, {"delete": {"table": t6}}]
+        v6 = [self.host_port(n) for n in self.nat_networks() if self.subnet6(n)]
+        if v6:
+            # Containers' IPv6 reaches their own network and the host, nothing beyond (no
+            # IPv6 NAT): whatever the host's forwarding setting, nothing is forwarded from or
+            # to a vNIC, which also keeps IPv6 networks isolated from each other.
+            cmds += [{"add": {"table": t6}},
+                     {"add": {"chain": {"family": "ip6", "table": self.table, "name": "forward",
+                                        "type": "filter", "hook": "forward", "prio": -1,
+                                        "policy": "accept"}}}]
+            for hp in v6:
+                for key in ("iifname", "oifname"):
+                    cmds.append({"add": {"rule": {
+                        "family": "ip6", "table": self.table, "chain": "forward",
+                        "expr": [N.match(N.meta(key), hp), {"drop": None}]}}})
+        self.nft.run(cmds)
 
     async def apply_switch_rules(self) -> None:
         """The vSwitch's bridge-family table: l2bridge/l2tunnel MAC rewrite (VFP's job)."""
@@ -641,6 +726,7 @@ class HostNetworkingService:
     def remove_everything(self) -> None:
         """Used by tests and uninstall: our table goes; the rest of the ruleset stays."""
         self.nft.delete_table("ip", self.table)
+        self.nft.delete_table("ip6", self.table)
 
 
 def _outbound() -> Any:
