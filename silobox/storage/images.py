@@ -51,6 +51,21 @@ SCHEMA: list[str] = [
     """,
 ]
 
+# Repository digests (``RepoDigests``): the manifest digest an image was pulled by or pushed as.
+REPO_DIGESTS_COMPONENT = "storage.images.repo_digests"
+REPO_DIGESTS_SCHEMA: list[str] = [
+    """
+    CREATE TABLE repo_digests (
+        repository TEXT NOT NULL,              -- normalised, e.g. 127.0.0.1:5000/busybox
+        digest     TEXT NOT NULL,              -- sha256:<hex> of the manifest
+        image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        created    TEXT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    );
+    CREATE INDEX repo_digests_by_image ON repo_digests(image_id);
+    """,
+]
+
 ZERO_TIME = "0001-01-01T00:00:00Z"
 GRAPH_DRIVER = "windowsfilter"
 
@@ -214,6 +229,7 @@ class ImageStore:
         self.db = db
         self.layers = layers
         db.migrate(SCHEMA_COMPONENT, SCHEMA)
+        db.migrate(REPO_DIGESTS_COMPONENT, REPO_DIGESTS_SCHEMA)
 
     # -- create --------------------------------------------------------------------------------
 
@@ -369,6 +385,17 @@ class ImageStore:
                         (parsed.name, parsed.tag))
         return self.get(image_id)
 
+    def add_digest(self, image_id: str, ref: str) -> None:
+        """Record ``repository@digest`` for the image (a pull or push of it by that manifest)."""
+        parsed = reference.parse(ref)
+        if parsed.digest is None:
+            raise InvalidArgument(f"{ref} names no digest", operation="storage::Image::Digest",
+                                  object_id=ref)
+        self.db.execute("INSERT INTO repo_digests (repository, digest, image_id, created) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (repository, digest) DO UPDATE SET "
+                        "image_id = excluded.image_id", (parsed.name, parsed.digest, image_id,
+                                                         now_rfc3339()))
+
     # -- removal -------------------------------------------------------------------------------
 
     def remove(self, ref: str, force: bool = False) -> list[dict[str, str]]:
@@ -412,8 +439,12 @@ class ImageStore:
         return None
 
     def _lookup_reference(self, ref: reference.Reference) -> str | None:
+        if ref.digest is not None:
+            row = self.db.query_one("SELECT image_id FROM repo_digests WHERE repository = ? "
+                                    "AND digest = ?", (ref.name, ref.digest))
+            return row["image_id"] if row is not None else None
         if ref.tag is None:
-            return None   # digest-only references: repo digests are not recorded yet
+            return None
         row = self.db.query_one("SELECT image_id FROM image_tags WHERE repository = ? AND tag = ?",
                                 (ref.name, ref.tag))
         return row["image_id"] if row is not None else None
@@ -442,6 +473,11 @@ class ImageStore:
                                "ORDER BY created, repository, tag", (image_id,)):
             domain, _, path = r["repository"].partition("/")
             tags.append(reference.Reference(domain, path, r["tag"]).familiar())
+        digests = []
+        for r in self.db.query("SELECT repository, digest FROM repo_digests WHERE image_id = ? "
+                               "ORDER BY created, repository", (image_id,)):
+            domain, _, path = r["repository"].partition("/")
+            digests.append(reference.Reference(domain, path, None, r["digest"]).familiar())
         return Image(id=image_id, config=config, tags=tags, created=row["created"],
                      size=row["size"], layers=[self.layers.get(d) for d in diff_ids],
-                     last_tag_time=row["last_tag_time"])
+                     digests=digests, last_tag_time=row["last_tag_time"])
