@@ -375,8 +375,17 @@ class ImageStore:
         return self.get(target.id)
 
     def untag(self, ref: str) -> Image:
-        """Remove the tag ``ref``; returns the image it pointed at (which stays stored)."""
+        """Remove the tag ``ref`` (or the digest reference ``name@sha256:…``); returns the image
+        it pointed at (which stays stored)."""
         parsed = reference.parse_tagged(ref)
+        if parsed.digest is not None:
+            image_id = self._lookup_reference(parsed)
+            if image_id is None:
+                raise NotFound(f"No such image: {parsed.familiar()}",
+                               operation="storage::Image::Untag", object_id=ref)
+            self.db.execute("DELETE FROM repo_digests WHERE repository = ? AND digest = ?",
+                            (parsed.name, parsed.digest))
+            return self.get(image_id)
         image_id = self._lookup_reference(parsed)
         if image_id is None or parsed.tag is None:
             raise NotFound(f"No such image: {parsed.familiar()}",

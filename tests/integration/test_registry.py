@@ -343,3 +343,405 @@ def test_push_rmi_pull_run_busybox(daemon, plain):
     assert f"v1: digest: {digest} size: " in " ".join(text)
     c.tag(f"{repo}:v1", "busybox", "latest")
     c.remove_image(f"{repo}:v1")
+
+
+def test_pull_and_push_errors(daemon, plain):
+    c = daemon.client
+    status, body = daemon.request("POST", f"/images/create?fromImage={plain.address}/nope/none"
+                                          "&tag=latest")
+    assert status == 404, body
+    assert body["message"] == (f"manifest for {plain.address}/nope/none:latest not found: "
+                               "manifest unknown: manifest unknown") or \
+        "not found" in body["message"], body
+    closed = free_port()
+    status, body = daemon.request("POST", f"/images/create?fromImage=127.0.0.1:{closed}/x"
+                                          "&tag=latest")
+    assert status == 500, body
+    assert "connection refused" in body["message"], body
+    status, body = daemon.request("POST", f"/images/{plain.address}/never/pushed/push?tag=v9")
+    assert status == 404, body
+    assert body["message"] == ("An image does not exist locally with the tag: "
+                               f"{plain.address}/never/pushed:v9")
+    status, body = daemon.request("POST", "/images/create?fromImage=Bad%20Name&tag=latest")
+    assert status == 400, body
+    status, body = daemon.request("POST", f"/images/create?fromImage={plain.address}/x&tag=v1",
+                                  headers={"X-Registry-Auth": "%%%not-base64"})
+    assert status == 400, body
+
+
+def _oci_image(reg: Registry, repo: str, marker: str, arch: str = "amd64",
+               media: str = "application/vnd.oci.image.manifest.v1+json") -> tuple[str, int]:
+    """Publish a one-layer image the way OCI tools do (gzip layer, OCI media types)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        with open("/bin/busybox", "rb") as f:
+            data = f.read()
+        for name, content, mode in (("bin/busybox", data, 0o755),
+                                    ("marker", marker.encode() + b"\n", 0o644)):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mode = mode
+            tar.addfile(info, io.BytesIO(content))
+        info = tarfile.TarInfo("bin/sh")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "busybox"
+        tar.addfile(info)
+    layer_tar = buf.getvalue()
+    layer = gzip.compress(layer_tar, mtime=0)
+    config = json.dumps({
+        "architecture": arch, "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers",
+                   "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]},
+    }).encode()
+    layer_digest = reg.put_blob(repo, layer)
+    config_digest = reg.put_blob(repo, config)
+    oci = media.startswith("application/vnd.oci")
+    doc = {"schemaVersion": 2, "mediaType": media,
+           "config": {"mediaType": "application/vnd.oci.image.config.v1+json" if oci else
+                      "application/vnd.docker.container.image.v1+json",
+                      "digest": config_digest, "size": len(config)},
+           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip" if oci else
+                       "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                       "digest": layer_digest, "size": len(layer)}]}
+    raw = json.dumps(doc).encode()
+    digest = reg.put_manifest(repo, "sha256:" + hashlib.sha256(raw).hexdigest(), doc, media)
+    return digest, len(raw)
+
+
+@pytest.mark.parametrize("kind", ["oci", "docker"])
+def test_manifest_list_picks_linux_amd64(daemon, plain, kind):
+    if os.uname().machine != "x86_64":
+        pytest.skip("the test publishes an amd64 entry as this host's platform")
+    c = daemon.client
+    repo = f"multi-{kind}-{uuid.uuid4().hex[:6]}"
+    manifest_type = ("application/vnd.oci.image.manifest.v1+json" if kind == "oci" else
+                     "application/vnd.docker.distribution.manifest.v2+json")
+    list_type = ("application/vnd.oci.image.index.v1+json" if kind == "oci" else
+                 "application/vnd.docker.distribution.manifest.list.v2+json")
+    arm, arm_size = _oci_image(plain, repo, "arm64 image", "arm64", manifest_type)
+    amd, amd_size = _oci_image(plain, repo, "amd64 image", "amd64", manifest_type)
+    index = {"schemaVersion": 2, "mediaType": list_type, "manifests": [
+        {"mediaType": manifest_type, "digest": arm, "size": arm_size,
+         "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+        {"mediaType": manifest_type, "digest": amd, "size": amd_size,
+         "platform": {"architecture": "amd64", "os": "linux"}},
+    ]}
+    index_digest = plain.put_manifest(repo, "v1", index, list_type)
+    name = f"{plain.address}/{repo}"
+    text = statuses(stream(c.pull(name, tag="v1", stream=True, decode=True)))
+    assert f"Digest: {index_digest}" in text
+    info = c.inspect_image(f"{name}:v1")
+    assert info["Architecture"] == "amd64"
+    assert f"{name}@{index_digest}" in info["RepoDigests"]
+    assert run_echo(daemon, f"{name}:v1", "cat /marker") == b"amd64 image\n"
+    # the single-platform OCI manifest by digest
+    c.remove_image(f"{name}:v1")
+    stream(c.pull(name, tag=amd, stream=True, decode=True))
+    assert c.inspect_image(f"{name}@{amd}")["Architecture"] == "amd64"
+    # distribution inspect lists both platforms
+    status, doc = daemon.request("GET", f"/distribution/{name}:v1/json")
+    assert status == 200, doc
+    assert doc["Descriptor"] == {"mediaType": list_type, "digest": index_digest,
+                                 "size": doc["Descriptor"]["size"]}
+    assert {p["architecture"] for p in doc["Platforms"]} == {"amd64", "arm64"}
+    c.remove_image(f"{name}@{amd}")
+    # an index without this host's platform
+    only_arm = {"schemaVersion": 2, "mediaType": list_type, "manifests": [index["manifests"][0]]}
+    plain.put_manifest(repo, "armonly", only_arm, list_type)
+    status, body = daemon.request("POST", f"/images/create?fromImage={name}&tag=armonly")
+    assert status == 404 and "no matching manifest for linux/amd64" in body["message"], body
+
+
+def test_corrupt_blob_is_rejected_and_leaves_nothing(daemon, plain):
+    c = daemon.client
+    name = f"{plain.address}/corrupt-{uuid.uuid4().hex[:6]}"
+    unique_layer_image(daemon, f"{name}:v1")
+    pushed = stream(c.push(name, tag="v1", stream=True, decode=True))
+    digest = [s for s in statuses(pushed) if s.startswith("v1: digest:")][0].split()[2]
+    status, _, raw = plain.call("GET", f"/v2/{name.split('/', 1)[1]}/manifests/{digest}",
+                                headers={"Accept": "application/vnd.docker.distribution."
+                                                   "manifest.v2+json"})
+    layer_digest = json.loads(raw)["layers"][0]["digest"]
+    c.remove_image(f"{name}:v1")
+    layers_before = layer_dirs(daemon)
+    images_before = {i["Id"] for i in c.images(all=True)}
+    path = plain.blob_path(layer_digest)
+    with open(path, "r+b") as f:   # same length, different bytes
+        f.seek(os.path.getsize(path) // 2)
+        chunk = f.read(16)
+        f.seek(-len(chunk), 1)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    messages = list(c.pull(name, tag="v1", stream=True, decode=True))
+    errors = [m["error"] for m in messages if "error" in m]
+    assert errors and f"filesystem layer verification failed for digest {layer_digest}" \
+        in errors[0], messages
+    assert layer_dirs(daemon) == layers_before
+    assert {i["Id"] for i in c.images(all=True)} == images_before
+    assert os.listdir(os.path.join(daemon.root, "distribution")) == []
+
+
+class CuttingProxy:
+    """An HTTP proxy to the registry on 127.0.0.1 that cuts the first download of every blob
+    halfway, and records the Range headers it is sent."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.cut: set[str] = set()
+        self.ranges: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self._forward()
+
+            def do_GET(self) -> None:
+                self._forward()
+
+            def _forward(self) -> None:
+                import http.client
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                if self.headers.get("Range"):
+                    proxy.ranges.append(self.headers["Range"])
+                conn.request(self.command, self.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                cut = (self.command == "GET" and "/blobs/" in self.path and resp.status == 200
+                       and len(body) > 4096 and self.path not in proxy.cut)
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding"):
+                        self.send_header(k, v)
+                self.end_headers()
+                if cut:
+                    proxy.cut.add(self.path)
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+                conn.close()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_resumable_download_through_a_cut_connection(daemon, plain):
+    c = daemon.client
+    repo = f"resume-{uuid.uuid4().hex[:6]}"
+    unique_layer_image(daemon, f"{plain.address}/{repo}:v1", size=2 << 20)
+    stream(c.push(f"{plain.address}/{repo}", tag="v1", stream=True, decode=True))
+    image_id = c.inspect_image(f"{plain.address}/{repo}:v1")["Id"]
+    c.remove_image(f"{plain.address}/{repo}:v1")
+    proxy = CuttingProxy(plain.address)
+    try:
+        name = f"{proxy.address}/{repo}"
+        messages = stream(c.pull(name, tag="v1", stream=True, decode=True))
+        assert any(s.startswith("Retrying in") for s in statuses(messages)), messages
+        assert proxy.cut, "the proxy never cut a download"
+        assert any(r.startswith("bytes=") and not r.startswith("bytes=0-")
+                   for r in proxy.ranges), proxy.ranges
+        assert c.inspect_image(f"{name}:v1")["Id"] == image_id
+        assert run_echo(daemon, f"{name}:v1", "cat /name") == f"{plain.address}/{repo}:v1\n" \
+            .encode()
+        c.remove_image(f"{name}:v1")
+    finally:
+        proxy.close()
+
+
+def test_concurrent_pulls_of_one_image(daemon, plain):
+    c = daemon.client
+    name = f"{plain.address}/concurrent-{uuid.uuid4().hex[:6]}"
+    unique_layer_image(daemon, f"{name}:v1", size=1 << 20)
+    stream(c.push(name, tag="v1", stream=True, decode=True))
+    image_id = c.inspect_image(f"{name}:v1")["Id"]
+    c.remove_image(f"{name}:v1")
+    results: list[Any] = []
+
+    def one() -> None:
+        import docker
+        client = docker.APIClient(base_url=f"unix://{daemon.socket}", version="auto",
+                                  timeout=120)
+        try:
+            results.append(list(client.pull(name, tag="v1", stream=True, decode=True)))
+        except Exception as e:   # collected and asserted below
+            results.append(e)
+        finally:
+            client.close()
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 4
+    for r in results:
+        assert not isinstance(r, Exception), r
+        assert not [m for m in r if "error" in m], r
+    assert c.inspect_image(f"{name}:v1")["Id"] == image_id
+    assert run_echo(daemon, f"{name}:v1", "echo ok") == b"ok\n"
+    c.remove_image(f"{name}:v1")
+    assert not [d for d in os.listdir(os.path.join(daemon.root, "layers"))
+                if d.startswith(("tmp-", "rm-"))]
+
+
+# -- basic auth --------------------------------------------------------------------------------
+
+
+def test_basic_auth_login_pull_push(daemon, secured):
+    c = daemon.client
+    auth = {"username": USER, "password": PASSWORD}
+    name = f"{secured.address}/private/busybox"
+    c.tag("busybox", name, "v1")
+    denied = list(c.push(name, tag="v1", stream=True, decode=True))
+    assert any("no basic auth credentials" in m.get("error", "") for m in denied), denied
+    status, body = daemon.request("POST", "/auth", {"username": USER, "password": "wrong",
+                                                    "serveraddress": secured.address})
+    assert status == 401, body
+    assert body["message"] == (f"login attempt to http://{secured.address}/v2/ failed with "
+                               "status: 401 Unauthorized")
+    answer = c.login(USER, PASSWORD, registry=secured.address, reauth=True)
+    assert answer == {"Status": "Login Succeeded", "IdentityToken": ""}
+    pushed = stream(c.push(name, tag="v1", stream=True, decode=True, auth_config=auth))
+    assert any(s.startswith("v1: digest:") for s in statuses(pushed))
+    c.remove_image(f"{name}:v1")
+    # refused pulls are 500s, as dockerd answers (a 401 would make the docker CLI prompt)
+    status, body = daemon.request("POST", f"/images/create?fromImage={name}&tag=v1")
+    assert status == 500 and "no basic auth credentials" in body["message"], body
+    bad = base64.urlsafe_b64encode(json.dumps({"username": USER, "password": "no"}).encode())
+    status, body = daemon.request("POST", f"/images/create?fromImage={name}&tag=v1",
+                                  headers={"X-Registry-Auth": bad.decode()})
+    assert status == 500 and "unauthorized" in body["message"], body
+    stream(c.pull(name, tag="v1", stream=True, decode=True, auth_config=auth))
+    assert run_echo(daemon, f"{name}:v1", "echo authed") == b"authed\n"
+    # a layer known in another repository of the registry is mounted, not uploaded again
+    other = f"{secured.address}/elsewhere/busybox"
+    c.tag(f"{name}:v1", other, "v1")
+    text = statuses(stream(c.push(other, tag="v1", stream=True, decode=True, auth_config=auth)))
+    assert "Mounted from private/busybox" in text, text
+    assert "Pushed" not in text
+    c.remove_image(f"{name}:v1")
+    c.remove_image(f"{other}:v1")
+
+
+def test_docker_cli_login_push_pull_run(daemon, secured, work):
+    if not os.path.exists(DOCKER):
+        pytest.skip("the docker CLI is not installed")
+    config = os.path.join(work, "docker-config")
+    os.makedirs(config, exist_ok=True)
+    env = {**daemon.env, "DOCKER_CONFIG": config}
+
+    def docker(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([DOCKER, *args], env=env, input=input, capture_output=True,
+                              timeout=120, stdin=None if input is not None else
+                              subprocess.DEVNULL)
+    out = docker("login", "-u", USER, "--password-stdin", secured.address,
+                 input=b"wrong\n")
+    assert out.returncode != 0 and b"401 Unauthorized" in out.stderr, out
+    out = docker("login", "-u", USER, "--password-stdin", secured.address,
+                 input=PASSWORD.encode() + b"\n")
+    assert out.returncode == 0 and b"Login Succeeded" in out.stdout, out
+    name = f"{secured.address}/cli/busybox:v2"
+    assert docker("tag", "busybox", name).returncode == 0
+    out = docker("push", name)
+    assert out.returncode == 0, out
+    assert b"The push refers to repository" in out.stdout and b"v2: digest: sha256:" in \
+        out.stdout, out
+    assert docker("rmi", name).returncode == 0
+    out = docker("pull", name)
+    assert out.returncode == 0, out
+    assert b"Pull complete" in out.stdout or b"Already exists" in out.stdout, out
+    assert b"Status: Downloaded newer image for " + name.encode() in out.stdout, out
+    out = docker("run", "--rm", name, "echo", "from-cli")
+    assert out.returncode == 0 and out.stdout == b"from-cli\n", out
+    assert docker("logout", secured.address).returncode == 0
+    out = docker("pull", f"{secured.address}/cli/busybox:nope")
+    assert out.returncode != 0, out
+    assert docker("rmi", name).returncode == 0
+
+
+def test_silo_login_push_pull_logout(daemon, secured, work):
+    config = os.path.join(work, "silo-config")
+    env_extra = {"SILOBOX_CONFIG": config}
+    old = {k: os.environ.get(k) for k in env_extra}
+    daemon.env.update(env_extra)
+    try:
+        out = daemon.silo("login", "-u", USER, "--password-stdin", secured.address,
+                          input=b"bad\n")
+        assert out.returncode != 0 and b"401 Unauthorized" in out.stderr, out
+        out = daemon.silo("login", "-u", USER, "--password-stdin", secured.address,
+                          input=PASSWORD.encode() + b"\n")
+        assert out.returncode == 0 and out.stdout == b"Login Succeeded\n", out
+        path = os.path.join(config, "config.json")
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        with open(path) as f:
+            saved = json.load(f)
+        assert base64.b64decode(saved["auths"][secured.address]["auth"]) == \
+            f"{USER}:{PASSWORD}".encode()
+        name = f"{secured.address}/silo/busybox"
+        assert daemon.silo("tag", "busybox", f"{name}:v3").returncode == 0
+        out = daemon.silo("push", f"{name}:v3")
+        assert out.returncode == 0, out
+        assert f"The push refers to repository [{name}]".encode() in out.stdout
+        assert b"v3: digest: sha256:" in out.stdout
+        assert daemon.silo("rmi", f"{name}:v3").returncode == 0
+        out = daemon.silo("pull", f"{name}:v3")
+        assert out.returncode == 0, out
+        assert b"v3: Pulling from silo/busybox" in out.stdout, out
+        assert out.stdout.endswith(f"{name}:v3\n".encode()), out
+        out = daemon.silo("logout", secured.address)
+        assert out.stdout == f"Removing login credentials for {secured.address}\n".encode()
+        out = daemon.silo("pull", f"{name}:v3")
+        assert out.returncode != 0 and b"no basic auth credentials" in out.stderr, out
+        assert daemon.silo("rmi", f"{name}:v3").returncode == 0
+    finally:
+        for k, v in old.items():
+            daemon.env.pop(k, None)
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+def test_tls_registry_trusted_through_certs_dir(daemon, tls, certs, certs_dir):
+    c = daemon.client
+    name = f"{tls.address}/secure/busybox"
+    host_dir = os.path.join(certs_dir, tls.address)
+    os.makedirs(host_dir)
+    try:
+        # a CA that did not sign the registry's certificate: refused, no fallback to http
+        shutil.copy(certs["other-ca.crt"], os.path.join(host_dir, "ca.crt"))
+        c.tag("busybox", name, "v1")
+        status, body = daemon.request("POST", f"/images/{name}/push?tag=v1")
+        assert status == 200
+        text = body.decode() if isinstance(body, bytes) else json.dumps(body)
+        assert "certificate" in text, text
+        # the right CA
+        shutil.copy(certs["ca.crt"], os.path.join(host_dir, "ca.crt"))
+        text = statuses(stream(c.push(name, tag="v1", stream=True, decode=True)))
+        digest = [s for s in text if s.startswith("v1: digest:")][0].split()[2]
+        c.remove_image(f"{name}:v1")
+        text = statuses(stream(c.pull(name, tag="v1", stream=True, decode=True)))
+        assert f"Digest: {digest}" in text
+        assert run_echo(daemon, f"{name}:v1", "echo tls") == b"tls\n"
+        status, _, _ = tls.call("GET", "/v2/")   # the registry itself speaks only TLS
+        assert status == 200
+        c.remove_image(f"{name}:v1")
+    finally:
+        shutil.rmtree(host_dir, ignore_errors=True)
+    # without a CA for it, a loopback registry is insecure (as in Docker): TLS unverified
+    stream(c.pull(name, tag="v1", stream=True, decode=True))
+    c.remove_image(f"{name}:v1")

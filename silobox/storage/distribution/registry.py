@@ -265,6 +265,7 @@ class RegistryClient:
     async def ping(self) -> None:
         """``GET /v2/`` over the first scheme that answers; remembers the auth challenge."""
         last: BaseException | None = None
+        url = ""
         for scheme in self.endpoint.schemes:
             url = f"{scheme}://{self.endpoint.host}/v2/"
             if scheme == "https":
@@ -293,8 +294,7 @@ class RegistryClient:
             self.base = f"{scheme}://{self.endpoint.host}"
             self._challenge = _parse_challenge(header) if status == 401 else _Challenge("")
             return
-        raise SystemFailure(f"Get \"https://{self.endpoint.host}/v2/\": {_describe(last)}",
-                            cause=last)
+        raise SystemFailure(f"Get \"{url}\": {_describe(last)}", cause=last)
 
     async def login(self) -> None:
         """Check the credentials as ``docker login`` does: ``GET /v2/`` with them (Basic), or
@@ -329,7 +329,10 @@ class RegistryClient:
         if self._challenge.scheme == "bearer":
             if self.auth.registry_token:
                 return {"Authorization": f"Bearer {self.auth.registry_token}"}
-            return {"Authorization": f"Bearer {await self._token(scopes)}"}
+            try:
+                return {"Authorization": f"Bearer {await self._token(scopes)}"}
+            except Unauthorized as e:
+                raise SystemFailure(e.message, cause=e) from e
         return {}
 
     async def _token(self, scopes: tuple[str, ...]) -> str:
@@ -385,7 +388,8 @@ class RegistryClient:
                       headers: dict[str, str] | None = None, data: Any = None,
                       params: Any = None) -> aiohttp.ClientResponse:
         """Send a request with auth for ``scopes``; the caller reads and releases the response.
-        Unreachable → SystemFailure; 401 → Unauthorized with the registry's words."""
+        Unreachable → SystemFailure; a refusal (401) is a SystemFailure with the registry's
+        words too, as dockerd answers it: a 401 would make the docker CLI ask for a login."""
         hdrs = {**(await self._auth_headers(scopes)), **(headers or {})}
         url = self.url(path)
         try:
@@ -399,7 +403,7 @@ class RegistryClient:
             _, text = _error_text(401, body)
             if self._challenge and self._challenge.scheme == "basic" and not self._basic_header():
                 text = "no basic auth credentials"
-            raise Unauthorized(f"{method.title()} \"{url}\": {text}")
+            raise SystemFailure(f"{method.title()} \"{url}\": {text}")
         return resp
 
     async def fail(self, resp: aiohttp.ClientResponse) -> RegistryError:
@@ -444,7 +448,9 @@ def _describe(e: BaseException | None) -> str:
     if isinstance(e, aiohttp.ClientConnectorCertificateError):
         return f"tls: failed to verify certificate: {e.certificate_error}"
     if isinstance(e, aiohttp.ClientConnectorError):
-        return f"dial tcp {e.host}:{e.port}: connect: {e.os_error.strerror or e.os_error}"
+        err = e.os_error
+        why = os.strerror(err.errno).lower() if err.errno else (err.strerror or str(err))
+        return f"dial tcp {e.host}:{e.port}: connect: {why}"
     if isinstance(e, asyncio.TimeoutError):
         return "timeout"
     return str(e) or type(e).__name__
