@@ -82,8 +82,7 @@ class DistributionService:
         os.makedirs(self.transfer_dir, mode=0o700, exist_ok=True)
         async with self._client(ref.domain, auth_header) as client:
             puller = Puller(client, ref, self.layers, self.images, self._blob_metadata(),
-                            self.transfer_dir, report,
-                            retry_delay=float(os.environ.get("SILOBOX_PULL_RETRY_DELAY", "1")))
+                            self.transfer_dir, report)
             result = await puller.pull()
         self.emit_event("image", "pull", _Named(ref.familiar()), {"name": ref.familiar()})
         status = ("Image is up to date for" if result.up_to_date

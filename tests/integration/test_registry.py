@@ -46,13 +46,14 @@ class Registry:
     """A docker-registry process on 127.0.0.1 with its own storage and config."""
 
     def __init__(self, base: str, tls: tuple[str, str] | None = None,
-                 htpasswd: str | None = None) -> None:
+                 htpasswd: str | None = None, token: dict[str, str] | None = None) -> None:
         self.base = base
         self.storage = os.path.join(base, "storage")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.tls = tls
         self.htpasswd = htpasswd
+        self.token = token
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -69,6 +70,8 @@ class Registry:
         }
         if self.htpasswd:
             config["auth"] = {"htpasswd": {"realm": "silobox-test", "path": self.htpasswd}}
+        if self.token:
+            config["auth"] = {"token": self.token}
         path = os.path.join(self.base, "config.yml")
         with open(path, "w") as f:
             json.dump(config, f)   # JSON is YAML
@@ -668,6 +671,11 @@ def test_docker_cli_login_push_pull_run(daemon, secured, work):
     assert b"Status: Downloaded newer image for " + name.encode() in out.stdout, out
     out = docker("run", "--rm", name, "echo", "from-cli")
     assert out.returncode == 0 and out.stdout == b"from-cli\n", out
+    # docker run pulls what is missing (create answers 404, the CLI pulls, then creates)
+    assert docker("rmi", name).returncode == 0
+    out = docker("run", "--rm", name, "echo", "pulled-by-run")
+    assert out.returncode == 0 and out.stdout == b"pulled-by-run\n", out
+    assert b"Unable to find image" in out.stderr, out
     assert docker("logout", secured.address).returncode == 0
     out = docker("pull", f"{secured.address}/cli/busybox:nope")
     assert out.returncode != 0, out
@@ -711,6 +719,126 @@ def test_silo_login_push_pull_logout(daemon, secured, work):
     finally:
         for k, v in old.items():
             daemon.env.pop(k, None)
+
+
+# -- Bearer token auth ---------------------------------------------------------------------------
+
+
+class TokenServer:
+    """Docker's token auth on 127.0.0.1: RS256 JWTs signed (with openssl) by a key whose
+    certificate the registry trusts. Anonymous clients may pull ``public/*``; USER/PASSWORD get
+    what they ask for; other credentials are refused."""
+
+    service = "silobox-test-registry"
+    issuer = "silobox-test-issuer"
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        os.makedirs(base, exist_ok=True)
+        self.key = os.path.join(base, "signer.key")
+        self.cert = os.path.join(base, "signer.crt")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-keyout", self.key, "-out", self.cert, "-subj", "/CN=token signer"],
+                       check=True, capture_output=True)
+        der = subprocess.run(["openssl", "x509", "-in", self.cert, "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        self.x5c = base64.b64encode(der).decode()
+        self.requests: list[dict[str, Any]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlparse
+                query = parse_qs(urlparse(self.path).query)
+                user = ""
+                header = self.headers.get("Authorization", "")
+                if header.startswith("Basic "):
+                    user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+                    if (user, password) != (USER, PASSWORD):
+                        self.send_response(401)
+                        self.end_headers()
+                        return
+                server.requests.append({"user": user, "scope": query.get("scope", [])})
+                access = []
+                for scope in query.get("scope", []):
+                    kind, name, actions = scope.split(":")
+                    wanted = actions.split(",")
+                    allowed = wanted if user else \
+                        (["pull"] if name.startswith("public/") and "pull" in wanted else [])
+                    access.append({"type": kind, "name": name, "actions": allowed})
+                body = json.dumps({"token": server.sign(user, access)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def sign(self, user: str, access: list[dict[str, Any]]) -> str:
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        claims = {"iss": self.issuer, "sub": user, "aud": self.service, "exp": now + 600,
+                  "nbf": now - 60, "iat": now, "jti": uuid.uuid4().hex, "access": access}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", self.key],
+                             input=signing_input.encode(), check=True,
+                             capture_output=True).stdout
+        return f"{signing_input}.{b64(sig)}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def token_registry(work: str):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    tokens = TokenServer(os.path.join(work, "token"))
+    reg = _registry(work, "token", token={"realm": tokens.realm, "service": tokens.service,
+                                          "issuer": tokens.issuer,
+                                          "rootcertbundle": tokens.cert})
+    yield reg, tokens
+    reg.stop()
+    tokens.close()
+
+
+def test_bearer_token_auth(daemon, token_registry):
+    reg, tokens = token_registry
+    c = daemon.client
+    auth = {"username": USER, "password": PASSWORD}
+    status, body = daemon.request("POST", "/auth", {"username": USER, "password": "wrong",
+                                                    "serveraddress": reg.address})
+    assert status == 401, body
+    assert "incorrect username or password" in body["message"], body
+    status, body = daemon.request("POST", "/auth", {"username": USER, "password": PASSWORD,
+                                                    "serveraddress": reg.address})
+    assert status == 200 and body["Status"] == "Login Succeeded", body
+    public = f"{reg.address}/public/busybox"
+    private = f"{reg.address}/team/busybox"
+    for name in (public, private):
+        c.tag("busybox", name, "v1")
+        stream(c.push(name, tag="v1", stream=True, decode=True, auth_config=auth))
+        c.remove_image(f"{name}:v1")
+    assert {"user": USER, "scope": ["repository:team/busybox:pull,push"]} in tokens.requests
+    # anonymous: a token for the public repository, none for the private one
+    stream(c.pull(public, tag="v1", stream=True, decode=True))
+    assert {"user": "", "scope": ["repository:public/busybox:pull"]} in tokens.requests
+    status, body = daemon.request("POST", f"/images/create?fromImage={private}&tag=v1")
+    assert status == 500 and "unauthorized" in body["message"], body
+    stream(c.pull(private, tag="v1", stream=True, decode=True, auth_config=auth))
+    assert run_echo(daemon, f"{private}:v1", "echo bearer") == b"bearer\n"
+    c.remove_image(f"{private}:v1")
+    c.remove_image(f"{public}:v1")
 
 
 # -- TLS ---------------------------------------------------------------------------------------
