@@ -80,7 +80,8 @@ class AuthConfig:
         raw = value.strip()
         raw += "=" * (-len(raw) % 4)
         try:
-            data = base64.urlsafe_b64decode(raw.replace("+", "-").replace("/", "_"))
+            data = base64.b64decode(raw.replace("+", "-").replace("/", "_"), altchars=b"-_",
+                                    validate=True)
             doc = json.loads(data) if data.strip() else {}
         except (binascii.Error, ValueError) as e:
             raise InvalidArgument(f"invalid X-Registry-Auth header: {e}") from e
