@@ -79,6 +79,9 @@ class DistributionService:
                                   else f"{image}:{tag}")
         ref = ref.with_default_tag()
         report = progress or (lambda _: None)
+        builtin = await self._pull_builtin(ref, report)
+        if builtin:
+            return builtin
         os.makedirs(self.transfer_dir, mode=0o700, exist_ok=True)
         async with self._client(ref.domain, auth_header) as client:
             puller = Puller(client, ref, self.layers, self.images, self._blob_metadata(),
@@ -89,6 +92,19 @@ class DistributionService:
                   else "Downloaded newer image for")
         return [{"status": f"Digest: {result.digest}"},
                 {"status": f"Status: {status} {ref.familiar()}"}]
+
+    async def _pull_builtin(self, ref: Any, report: Progress) -> list[dict]:
+        """``busybox:latest`` is the built-in image (built from Debian's busybox-static), so
+        pulling it builds it if needed and never contacts Docker Hub."""
+        import asyncio
+        from silobox.storage.builtin import PACKAGE, ensure_builtin_image
+        image = await asyncio.get_running_loop().run_in_executor(
+            None, ensure_builtin_image, self.images, str(ref))
+        if image is None:
+            return []
+        report({"status": f"{ref.familiar()} is silobox's built-in image (from Debian's "
+                          f"{PACKAGE}); Docker Hub is not contacted"})
+        return [{"status": f"Status: Image is up to date for {ref.familiar()}"}]
 
     # -- push ------------------------------------------------------------------------------------
 

@@ -873,3 +873,58 @@ def test_tls_registry_trusted_through_certs_dir(daemon, tls, certs, certs_dir):
     # without a CA for it, a loopback registry is insecure (as in Docker): TLS unverified
     stream(c.pull(name, tag="v1", stream=True, decode=True))
     c.remove_image(f"{name}:v1")
+
+
+def test_pulling_the_builtin_busybox_never_contacts_docker_hub(daemon):
+    text = statuses(stream(daemon.client.pull("busybox", tag="latest", stream=True,
+                                              decode=True)))
+    assert text[-1] == "Status: Image is up to date for busybox:latest", text
+    assert "Docker Hub is not contacted" in text[0]
+
+
+def test_layers_download_three_at_a_time_and_apply_in_order(daemon, plain):
+    """Six layers: three download at once, the rest wait; each layer overwrites /order, so the
+    file shows the last layer only if they were applied in the manifest's order."""
+    repo = f"layers-{uuid.uuid4().hex[:6]}"
+    layers, diff_ids = [], []
+    for i in range(6):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            files = {"order": f"layer {i}\n".encode(), f"file{i}": os.urandom(300_000)}
+            if i == 0:
+                with open("/bin/busybox", "rb") as f:
+                    files["bin/busybox"] = f.read()
+            for name, content in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                info.mode = 0o755
+                tar.addfile(info, io.BytesIO(content))
+            if i == 0:
+                info = tarfile.TarInfo("bin/sh")
+                info.type = tarfile.SYMTYPE
+                info.linkname = "busybox"
+                tar.addfile(info)
+        raw = buf.getvalue()
+        diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
+        blob = gzip.compress(raw, mtime=0)
+        layers.append({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                       "digest": plain.put_blob(repo, blob), "size": len(blob)})
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    manifest = {"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                           "digest": plain.put_blob(repo, config), "size": len(config)},
+                "layers": layers}
+    plain.put_manifest(repo, "v1", manifest, manifest["mediaType"])
+    name = f"{plain.address}/{repo}"
+    messages = stream(daemon.client.pull(name, tag="v1", stream=True, decode=True))
+    waiting = {m["id"] for m in messages if m.get("status") == "Waiting"}
+    assert len(waiting) == 3, messages
+    complete = [m["id"] for m in messages if m.get("status") == "Pull complete"]
+    assert complete == [l["digest"][7:19] for l in layers]
+    info = daemon.client.inspect_image(f"{name}:v1")
+    assert info["RootFS"]["Layers"] == diff_ids
+    assert run_echo(daemon, f"{name}:v1", "cat /order; ls /file* | wc -l") == b"layer 5\n6\n"
+    daemon.client.remove_image(f"{name}:v1")
