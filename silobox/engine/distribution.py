@@ -71,12 +71,13 @@ class DistributionService:
                 raise InvalidArgument(f'image with reference {image} was found but does not '
                                       f'match the specified platform: wanted {platform}')
         ref = reference.parse(image)
-        if tag:
-            if ref.tag or ref.digest:
+        if tag:   # the tag parameter wins over a tag in the name, as in moby
+            if ref.digest:
                 raise InvalidArgument(f"invalid reference format: {image} already names a "
-                                      "tag or digest")
-            ref = reference.parse(f"{image}@{tag}" if reference.is_digest(tag)
-                                  else f"{image}:{tag}")
+                                      "digest")
+            bare = reference.Reference(ref.domain, ref.path).name
+            ref = reference.parse(f"{bare}@{tag}" if reference.is_digest(tag)
+                                  else f"{bare}:{tag}")
         ref = ref.with_default_tag()
         report = progress or (lambda _: None)
         builtin = await self._pull_builtin(ref, report)

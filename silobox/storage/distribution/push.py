@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from silobox.errors import SystemFailure
+from silobox.errors import Conflict, SystemFailure
 from silobox.storage.distribution import manifest as mf
 from silobox.storage.distribution.metadata import BlobMetadata, BlobSource
 from silobox.storage.distribution.registry import RegistryClient, repository_scope
@@ -65,6 +65,12 @@ class Pusher:
 
     async def push(self, image: Image, tag: str) -> PushResult:
         diff_ids = list(dict.fromkeys(image.diff_ids))
+        for diff_id in diff_ids:
+            if self.layers.tar_size(diff_id) is None:
+                raise Conflict(f"layer {diff_id} of {image.short_id} cannot be pushed: its tar "
+                               "cannot be reproduced byte for byte (it names a file twice, or "
+                               "was stored without a tar-split record), so its digest would "
+                               "not match the image config")
         for diff_id in reversed(diff_ids):
             self._say("Preparing", _short(diff_id))
         slots = asyncio.Semaphore(self.concurrency)
