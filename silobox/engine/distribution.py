@@ -46,6 +46,14 @@ class DistributionService:
             meta = self._blob_meta = BlobMetadata(self.db)
         return meta
 
+    def _pulling(self) -> Any:
+        """Diff ids the running pulls need (a Counter shared by them)."""
+        from collections import Counter
+        counter = getattr(self, "_pull_counter", None)
+        if counter is None:
+            counter = self._pull_counter = Counter()
+        return counter
+
     def _client(self, domain: str, auth_header: str | None = None,
                 auth: Any = None) -> Any:
         from silobox.storage.distribution.registry import (AuthConfig, RegistryClient,
@@ -86,7 +94,7 @@ class DistributionService:
         os.makedirs(self.transfer_dir, mode=0o700, exist_ok=True)
         async with self._client(ref.domain, auth_header) as client:
             puller = Puller(client, ref, self.layers, self.images, self._blob_metadata(),
-                            self.transfer_dir, report)
+                            self.transfer_dir, report, in_flight=self._pulling())
             result = await puller.pull()
         self.emit_event("image", "pull", _Named(ref.familiar()), {"name": ref.familiar()})
         status = ("Image is up to date for" if result.up_to_date

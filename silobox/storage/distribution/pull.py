@@ -16,12 +16,13 @@ import json
 import os
 import shutil
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
 import aiohttp
 
-from silobox.errors import InvalidArgument, NotFound, SiloboxError, SystemFailure
+from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure
 from silobox.storage.distribution import manifest as mf
 from silobox.storage.distribution.metadata import BlobMetadata, BlobSource
 from silobox.storage.distribution.registry import (RegistryClient, RegistryError,
@@ -47,7 +48,8 @@ class Puller:
 
     def __init__(self, client: RegistryClient, ref: Reference, layers: LayerStore,
                  images: ImageStore, metadata: BlobMetadata, tmp_root: str, progress: Progress,
-                 concurrency: int = 3, retries: int = 5, retry_delay: float = 1.0) -> None:
+                 concurrency: int = 3, retries: int = 5, retry_delay: float = 1.0,
+                 in_flight: Counter[str] | None = None) -> None:
         self.client = client
         self.ref = ref
         self.layers = layers
@@ -59,6 +61,8 @@ class Puller:
         self.retries = retries
         self.retry_delay = retry_delay
         self.scopes = (repository_scope(ref.path, "pull"),)
+        # diff ids every running pull of this daemon needs: a failing pull leaves those alone
+        self.in_flight = in_flight if in_flight is not None else Counter()
 
     def _say(self, status: str, ident: str | None = None, **detail: int) -> None:
         msg: dict[str, Any] = {"status": status}
@@ -135,6 +139,8 @@ class Puller:
         os.makedirs(tmp, mode=0o700)
         added: list[str] = []
         tasks: dict[str, asyncio.Task[str]] = {}
+        self.in_flight.update(diff_ids)
+        counted = True
         try:
             slots = asyncio.Semaphore(self.concurrency)
             needed: list[tuple[mf.Descriptor, str]] = []
@@ -151,12 +157,13 @@ class Puller:
                     tasks[desc.digest] = asyncio.ensure_future(self._fetch(desc, path, slots))
             parent: str | None = None
             for desc, diff_id in zip(image_manifest.layers, diff_ids):
-                if self.layers.exists(diff_id) and desc.digest not in tasks:
+                if desc.digest not in tasks:
                     parent = diff_id
                     continue
                 path = await tasks[desc.digest]
+                existed = self.layers.exists(diff_id)
                 stored = await self._extract(desc, path, parent)
-                if stored not in added and stored not in before.get("layers", ()):
+                if not existed and stored not in added:
                     added.append(stored)
                 if stored != diff_id:
                     raise InvalidArgument(f"layer {desc.digest} has diff id {stored}, the image "
@@ -170,9 +177,13 @@ class Puller:
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+            self.in_flight.subtract(diff_ids)
+            counted = False
             await asyncio.get_running_loop().run_in_executor(None, self._release, added)
             raise
         finally:
+            if counted:
+                self.in_flight.subtract(diff_ids)
             shutil.rmtree(tmp, ignore_errors=True)
         self.images.add_digest(image.id, f"{self.ref.name}@{top_digest}")
         for desc, diff_id in zip(image_manifest.layers, diff_ids):
@@ -190,8 +201,15 @@ class Puller:
         return {"image": image.id}
 
     def _release(self, added: list[str]) -> None:
+        """Remove the layers this pull stored, top first, unless an image or another running
+        pull needs them (or a layer was imported on top of them meanwhile)."""
         for diff_id in reversed(added):
-            self.layers.release(diff_id)
+            if self.in_flight[diff_id] > 0:
+                continue
+            try:
+                self.layers.remove(diff_id)
+            except (NotFound, Conflict):
+                continue
 
     # -- one layer -------------------------------------------------------------------------------
 
