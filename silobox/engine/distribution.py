@@ -63,6 +63,25 @@ class DistributionService:
         return RegistryClient(options.endpoint(domain),
                               auth if auth is not None else AuthConfig.from_header(auth_header))
 
+    def registry_config(self) -> dict[str, Any]:
+        """``RegistryConfig`` of ``GET /info``, in Docker's shape (``docker info`` shows the
+        insecure registries from it)."""
+        import ipaddress
+        from silobox.storage.distribution.registry import DEFAULT_INSECURE
+        cidrs, hosts = list(DEFAULT_INSECURE), []
+        for entry in self.config.insecure_registries:
+            try:
+                cidrs.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                hosts.append(entry)
+        indexes = {"docker.io": {"Name": "docker.io", "Mirrors": [], "Secure": True,
+                                 "Official": True}}
+        for host in hosts:
+            indexes[host] = {"Name": host, "Mirrors": [], "Secure": False, "Official": False}
+        return {"AllowNondistributableArtifactsCIDRs": None,
+                "AllowNondistributableArtifactsHostnames": None,
+                "InsecureRegistryCIDRs": cidrs, "IndexConfigs": indexes, "Mirrors": None}
+
     # -- pull ------------------------------------------------------------------------------------
 
     async def image_pull(self, image: str, tag: str = "", auth_header: str | None = None,

@@ -194,7 +194,8 @@ def certs_dir(work: str) -> str:
 def daemon(work: str, run_id: str, certs_dir: str, silod_factory):
     """A silod of this module's own, whose certs.d directory is a temp dir."""
     with silod_factory(os.path.join(work, "silod"), f"{run_id}r",
-                       ["--registry-certs-dir", certs_dir]) as d:
+                       ["--registry-certs-dir", certs_dir, "--insecure-registry",
+                        "registry.test:5000", "--insecure-registry", "10.99.0.0/16"]) as d:
         d.env["DOCKER_HOST"] = f"unix://{d.socket}"
         # the built-in busybox image, made once
         cid = d.client.create_container("busybox", "true")["Id"]
@@ -928,3 +929,16 @@ def test_layers_download_three_at_a_time_and_apply_in_order(daemon, plain):
     assert info["RootFS"]["Layers"] == diff_ids
     assert run_echo(daemon, f"{name}:v1", "cat /order; ls /file* | wc -l") == b"layer 5\n6\n"
     daemon.client.remove_image(f"{name}:v1")
+
+
+def test_info_reports_the_registry_settings(daemon):
+    info = daemon.client.info()
+    assert info["IndexServerAddress"] == "https://index.docker.io/v1/"
+    config = info["RegistryConfig"]
+    assert {"127.0.0.0/8", "10.99.0.0/16"} <= set(config["InsecureRegistryCIDRs"])
+    assert config["IndexConfigs"]["registry.test:5000"]["Secure"] is False
+    assert config["IndexConfigs"]["docker.io"]["Official"] is True
+    if os.path.exists(DOCKER):
+        out = subprocess.run([DOCKER, "info"], env=daemon.env, capture_output=True, timeout=60)
+        assert out.returncode == 0, out
+        assert b"Insecure Registries:" in out.stdout and b"10.99.0.0/16" in out.stdout, out
