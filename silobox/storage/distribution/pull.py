@@ -11,6 +11,7 @@ so it leaves no half-made layer or image.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -161,10 +162,7 @@ class Puller:
                     parent = diff_id
                     continue
                 path = await tasks[desc.digest]
-                existed = self.layers.exists(diff_id)
-                stored = await self._extract(desc, path, parent)
-                if not existed and stored not in added:
-                    added.append(stored)
+                stored = await self._extract(desc, path, parent, diff_id, added)
                 if stored != diff_id:
                     raise InvalidArgument(f"layer {desc.digest} has diff id {stored}, the image "
                                           f"config says {diff_id}")
@@ -279,7 +277,10 @@ class Puller:
                                   f"{desc.digest}")
         self._say("Download complete", desc.short)
 
-    async def _extract(self, desc: mf.Descriptor, path: str, parent: str | None) -> str:
+    async def _extract(self, desc: mf.Descriptor, path: str, parent: str | None,
+                       diff_id: str, added: list[str]) -> str:
+        """Import the downloaded blob as a layer on ``parent``; a layer it stores anew is
+        appended to ``added`` (what a failed pull removes again)."""
         loop = asyncio.get_running_loop()
 
         def report(current: int) -> None:
@@ -289,11 +290,25 @@ class Puller:
             with open(path, "rb") as f:
                 layer = self.layers.add_from_tar(_CountingReader(f, report), parent)
             return layer.diff_id
+
+        existed = self.layers.exists(diff_id)
+        future = loop.run_in_executor(None, run)
         try:
-            return await loop.run_in_executor(None, run)
+            stored = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The client went away. The extracting thread cannot be stopped: let it finish,
+            # so that a layer it stores is known and removed with the rest of this pull.
+            with contextlib.suppress(Exception):
+                late = await future
+                if not existed and late not in added:
+                    added.append(late)
+            raise
         except OSError as e:
             raise SystemFailure(f"cannot read downloaded layer {desc.digest}: {e}",
                                 cause=e) from e
+        if not existed and stored not in added:
+            added.append(stored)
+        return stored
 
     def _say_extract(self, ident: str, current: int, total: int) -> None:
         self._say("Extracting", ident, current=current, total=total)
