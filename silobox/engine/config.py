@@ -23,6 +23,7 @@ class DaemonConfig:
     shim_pool: int = 2                    # warm shims kept ready by the spawner
     insecure_registries: tuple[str, ...] = ()   # --insecure-registry host[:port] or CIDR
     registry_certs_dir: str = "/etc/silobox/certs.d"   # <host:port>/ca.crt, like certs.d
+    registry_loopback_only: bool = False  # refuse registries off this machine (test daemons)
 
     @property
     def db_path(self) -> str:

@@ -59,7 +59,8 @@ class DistributionService:
         from silobox.storage.distribution.registry import (AuthConfig, RegistryClient,
                                                            RegistryOptions)
         options = RegistryOptions(insecure=tuple(self.config.insecure_registries),
-                                  certs_dir=self.config.registry_certs_dir)
+                                  certs_dir=self.config.registry_certs_dir,
+                                  loopback_only=self.config.registry_loopback_only)
         return RegistryClient(options.endpoint(domain),
                               auth if auth is not None else AuthConfig.from_header(auth_header))
 

@@ -56,7 +56,7 @@ class Silod:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "silobox.engine.daemon", "--debug", "--root", self.root,
              "--exec-root", self.exec_root, "--cgroup-parent", self.cgroup_parent,
-             "-H", f"unix://{self.socket}", *self.extra_args],
+             "-H", f"unix://{self.socket}", "--registry-loopback-only", *self.extra_args],
             stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.time() + 20

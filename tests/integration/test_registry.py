@@ -942,3 +942,18 @@ def test_info_reports_the_registry_settings(daemon):
         out = subprocess.run([DOCKER, "info"], env=daemon.env, capture_output=True, timeout=60)
         assert out.returncode == 0, out
         assert b"Insecure Registries:" in out.stdout and b"10.99.0.0/16" in out.stdout, out
+
+
+def test_test_daemons_never_reach_registries_off_this_machine(daemon):
+    """Every test silod runs with --registry-loopback-only: Docker Hub names resolve to
+    registry-1.docker.io, which is refused before any connection is made."""
+    for name in ("alpine", "quay.io/some/image", "docker.io/library/busybox:1.36"):
+        status, body = daemon.request("POST", f"/images/create?fromImage={name}&tag=latest"
+                                      if ":" not in name.rsplit("/", 1)[-1]
+                                      else f"/images/create?fromImage={name}")
+        assert status == 503, body
+        assert "is not on this machine" in body["message"], body
+    assert "registry-1.docker.io" in daemon.request(
+        "POST", "/images/create?fromImage=alpine&tag=3")[1]["message"]
+    status, body = daemon.request("POST", "/auth", {"username": "u", "password": "p"})
+    assert status == 503 and "registry-1.docker.io" in body["message"], body

@@ -44,6 +44,16 @@ def test_loopback_and_listed_registries_are_insecure(tmp_path):
     assert opts.endpoint("127.0.0.1:5000").schemes == ("https", "http")
 
 
+def test_loopback_only_refuses_other_hosts_before_connecting(tmp_path):
+    from silobox.errors import Unavailable
+    opts = RegistryOptions(certs_dir=str(tmp_path), loopback_only=True)
+    for domain in ("127.0.0.1:5000", "localhost", "[::1]:443", "127.9.9.9"):
+        assert opts.endpoint(domain).insecure
+    for domain in ("docker.io", "quay.io", "10.0.0.1:5000", "localhost.example"):
+        with pytest.raises(Unavailable, match="not on this machine"):
+            opts.endpoint(domain)
+
+
 def test_certs_dir_ca_is_loaded_and_bad_files_refused(tmp_path):
     opts = RegistryOptions(certs_dir=str(tmp_path))
     assert not opts.endpoint("reg.test:5000").has_ca

@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 
 from silobox.errors import (InvalidArgument, NotFound, SiloboxError, SystemFailure,
-                            Unauthorized)
+                            Unauthorized, Unavailable)
 from silobox.storage import reference
 
 DEFAULT_CERTS_DIR = "/etc/silobox/certs.d"
@@ -110,13 +110,28 @@ class RegistryOptions:
 
     insecure: tuple[str, ...] = ()
     certs_dir: str = DEFAULT_CERTS_DIR
+    loopback_only: bool = False
 
     def endpoint(self, domain: str) -> Endpoint:
         host = DOCKER_HUB_HOST if domain in (reference.DEFAULT_DOMAIN,
                                              reference.LEGACY_DEFAULT_DOMAIN) else domain
+        if self.loopback_only and not self.is_loopback(host):
+            raise Unavailable(f"registry {host} is not on this machine and silod runs with "
+                              "--registry-loopback-only")
         insecure = self.is_insecure(host)
         tls, has_ca = self._tls_context(domain, host)
         return Endpoint(domain=domain, host=host, insecure=insecure, tls=tls, has_ca=has_ca)
+
+    @staticmethod
+    def is_loopback(host: str) -> bool:
+        """True for ``localhost`` and addresses in 127.0.0.0/8 or ::1 (with any port)."""
+        name = _hostname(host)
+        if name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
 
     def is_insecure(self, host: str) -> bool:
         """Docker's ``isSecureIndex`` inverted: loopback and listed registries are insecure."""
