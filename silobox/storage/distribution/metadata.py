@@ -54,12 +54,3 @@ class BlobMetadata:
                              "ORDER BY rowid", (diff_id, registry))
         return [BlobSource(r["diff_id"], r["digest"], r["size"], r["registry"], r["repository"])
                 for r in rows]
-
-    def any_digest(self, diff_id: str) -> BlobSource | None:
-        """A blob this layer was pushed or pulled as, in any registry."""
-        row = self.db.query_one("SELECT * FROM blob_sources WHERE diff_id = ? ORDER BY rowid "
-                                "DESC LIMIT 1", (diff_id,))
-        if row is None:
-            return None
-        return BlobSource(row["diff_id"], row["digest"], row["size"], row["registry"],
-                          row["repository"])

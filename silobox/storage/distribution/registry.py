@@ -26,11 +26,11 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 
-from silobox.errors import (InvalidArgument, NotFound, SiloboxError, SystemFailure,
+from silobox.errors import (InvalidArgument, SiloboxError, SystemFailure,
                             Unauthorized, Unavailable)
 from silobox.storage import reference
 
@@ -470,12 +470,3 @@ def _describe(e: BaseException | None) -> str:
     if isinstance(e, asyncio.TimeoutError):
         return "timeout"
     return str(e) or type(e).__name__
-
-
-async def iter_body(resp: aiohttp.ClientResponse, size: int = 1 << 20) -> AsyncIterator[bytes]:
-    async for chunk in resp.content.iter_chunked(size):
-        yield chunk
-
-
-def not_found(what: str, err: RegistryError) -> NotFound:
-    return NotFound(f"{what} not found: {err.message}")
