@@ -928,6 +928,13 @@ def test_layers_download_three_at_a_time_and_apply_in_order(daemon, plain):
     info = daemon.client.inspect_image(f"{name}:v1")
     assert info["RootFS"]["Layers"] == diff_ids
     assert run_echo(daemon, f"{name}:v1", "cat /order; ls /file* | wc -l") == b"layer 5\n6\n"
+    # saved, the pulled layers are byte for byte the registry's tars (tar-split on import)
+    archive = b"".join(daemon.client.get_image(f"{name}:v1"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        entry = json.load(tar.extractfile("manifest.json"))[0]
+        saved = ["sha256:" + hashlib.sha256(tar.extractfile(l).read()).hexdigest()
+                 for l in entry["Layers"]]
+    assert saved == diff_ids
     daemon.client.remove_image(f"{name}:v1")
 
 

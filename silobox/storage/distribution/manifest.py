@@ -27,7 +27,8 @@ SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
 
 ACCEPT = ", ".join((DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX))
 LISTS = (DOCKER_LIST, OCI_INDEX)
-LAYER_TYPES = (DOCKER_LAYER_GZIP, OCI_LAYER, OCI_LAYER_GZIP, "application/x-tar")
+LAYER_TYPES = (DOCKER_LAYER_GZIP, OCI_LAYER, OCI_LAYER_GZIP, "application/x-tar",
+               "application/vnd.docker.image.rootfs.diff.tar")
 MAX_MANIFEST = 4 << 20
 MAX_CONFIG = 8 << 20
 
