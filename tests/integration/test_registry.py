@@ -964,3 +964,22 @@ def test_test_daemons_never_reach_registries_off_this_machine(daemon):
         "POST", "/images/create?fromImage=alpine&tag=3")[1]["message"]
     status, body = daemon.request("POST", "/auth", {"username": "u", "password": "p"})
     assert status == 503 and "registry-1.docker.io" in body["message"], body
+
+
+def test_silo_run_pulls_a_missing_image(daemon, plain):
+    name = f"{plain.address}/silo-run-{uuid.uuid4().hex[:6]}:v1"
+    unique_layer_image(daemon, name)
+    stream(daemon.client.push(name.rsplit(":", 1)[0], tag="v1", stream=True, decode=True))
+    daemon.client.remove_image(name)
+    out = daemon.silo("run", "--rm", name, "cat", "/name")
+    assert out.returncode == 0, out
+    assert out.stdout == name.encode() + b"\n", out
+    assert f"Unable to find image '{name}' locally".encode() in out.stderr, out
+    assert b"Pull complete" in out.stderr, out
+    out = daemon.silo("run", "--rm", "--pull", "never", f"{name}-missing", "true")
+    assert out.returncode == 125 and b"Unable to find image" in out.stderr, out
+    out = daemon.silo("run", "--rm", "--pull", "always", name, "cat", "/name")
+    assert out.returncode == 0 and b"Image is up to date" in out.stderr, out
+    out = daemon.silo("run", "--rm", f"{plain.address}/absent/image:v1", "true")
+    assert out.returncode == 125 and b"manifest unknown" in out.stderr, out
+    daemon.client.remove_image(name)

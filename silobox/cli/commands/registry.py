@@ -107,7 +107,7 @@ def auth_header(server: str) -> dict[str, str]:
 # -- progress ------------------------------------------------------------------------------------
 
 
-def _print_progress(ctx: Context, resp: Any, quiet: bool = False) -> None:
+def _print_progress(write: Any, resp: Any, quiet: bool = False) -> None:
     """Docker's JSON messages as docker prints them: ``ID: Status`` lines; on a terminal the
     byte counts of Downloading/Extracting/Pushing update in place."""
     import json
@@ -133,7 +133,7 @@ def _print_progress(ctx: Context, resp: Any, quiet: bool = False) -> None:
         if tty:
             sys.stderr.write("\r\x1b[K")
         if not quiet:
-            ctx.out(f"{ident}: {status}\n" if ident else f"{status}\n")
+            write(f"{ident}: {status}\n" if ident else f"{status}\n")
     resp.conn.close()
     if failed:
         raise StatusError(1, failed)
@@ -152,13 +152,24 @@ def pull(ctx: Context, argv: list[str]) -> int:
     p.add_argument("name", metavar="NAME[:TAG|@DIGEST]")
     ns = parse(p, argv)
     name, tag = _split(ns.name)
-    params = {"fromImage": name, "tag": tag or "latest", "platform": ns.platform or None}
-    resp = ctx.client.stream("POST", "/images/create", params, own_connection=True,
-                             headers=auth_header(registry_of(name)))
-    _print_progress(ctx, resp, ns.quiet)
+    _pull_stream(ctx, name, tag, ns.platform, ctx.out, ns.quiet)
     sep = "@" if tag.startswith("sha256:") else ":"
     ctx.out(f"{_full_name(name)}{sep}{tag or 'latest'}\n")
     return 0
+
+
+def pull_image(ctx: Context, image: str, platform: str | None) -> None:
+    """The pull ``run`` and ``create`` make for a missing image; messages go to stderr."""
+    name, tag = _split(image)
+    _pull_stream(ctx, name, tag, platform, ctx.err, False)
+
+
+def _pull_stream(ctx: Context, name: str, tag: str, platform: str | None,
+                 write: Any, quiet: bool) -> None:
+    params = {"fromImage": name, "tag": tag or "latest", "platform": platform or None}
+    resp = ctx.client.stream("POST", "/images/create", params, own_connection=True,
+                             headers=auth_header(registry_of(name)))
+    _print_progress(write, resp, quiet)
 
 
 def push(ctx: Context, argv: list[str]) -> int:
@@ -179,7 +190,7 @@ def push(ctx: Context, argv: list[str]) -> int:
     resp = ctx.client.stream("POST", f"/images/{quote(name, safe='/:')}/push",
                              {"tag": tag or None}, own_connection=True,
                              headers=auth_header(registry_of(name)))
-    _print_progress(ctx, resp, ns.quiet)
+    _print_progress(ctx.out, resp, ns.quiet)
     return 0
 
 
