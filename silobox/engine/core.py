@@ -10,6 +10,7 @@ from silobox.compute.spawner import Spawner
 from silobox.compute.system import ComputeService
 from silobox.engine.config import DaemonConfig
 from silobox.engine.containers import ContainerService
+from silobox.engine.distribution import DistributionService
 from silobox.engine.bootstrap import BootstrapService
 from silobox.engine.events import EventLog
 from silobox.engine.health import HealthService
@@ -22,7 +23,8 @@ from silobox.engine.system import SystemService
 
 
 class Engine(ContainerService, StatsService, ImageOpsService, ImageService, SystemService,
-             NetworkService, StorageOps, HealthService, BootstrapService, EventLog):
+             NetworkService, StorageOps, HealthService, BootstrapService, DistributionService,
+             EventLog):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
     def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:
@@ -58,6 +60,7 @@ class Engine(ContainerService, StatsService, ImageOpsService, ImageService, Syst
 
     async def start(self) -> None:
         self.sweep_storage()
+        self.sweep_transfers()
         await self.start_networks()
         await self.recover_containers()
         self.reconcile_networks()

@@ -324,6 +324,12 @@ class ImageOpsService:
         by_id = image.id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:")) \
             and not self._is_tag_of(ref, image)
         records: list[dict[str, str]] = []
+        if not by_id and "@" in ref and (image.tags or len(image.digests) > 1 or users):
+            # a repo digest while other references (or containers) keep the image: untag only
+            name = reference.parse(ref).familiar()
+            self.images.untag(name)
+            self.emit_event("image", "untag", image, {"name": name})
+            return [{"Untagged": name}]
         if not by_id:
             tag = reference.parse_tagged(ref).familiar()
             single = len({t.rsplit(":", 1)[0] for t in image.tags}) <= 1 and len(image.tags) <= 1
