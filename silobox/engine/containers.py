@@ -262,7 +262,6 @@ class ContainerService:
 
     # ----- the compute document ----------------------------------------------------------------
     def _document(self, c: Container) -> dict[str, Any]:
-        image = self.images.resolve(c.data["Image"])
         hc = c.host_config
         sec = c.data["Silobox"]["Security"]
         mapped = [
@@ -281,7 +280,7 @@ class ContainerService:
             "ShouldTerminateOnLastHandleClosed": False,
             "Container": {
                 "GuestOs": {"HostName": c.config["Hostname"]},
-                "Storage": {"Layers": image.storage_layers(),
+                "Storage": {"Layers": self.container_storage_layers(c),
                             "Path": self.sandbox_for(c.id).path},
                 "MappedDirectories": mapped,
                 "Memory": {"SizeInMB": (res.get("memory") or 0) // 2**20},
@@ -791,7 +790,7 @@ class ContainerService:
     def _summary(self, c: Container, size: bool) -> dict[str, Any]:
         argv = [c.data["Path"]] + c.data["Args"]
         d = {
-            "Id": c.id, "Names": ["/" + c.name], "Image": c.config["Image"],
+            "Id": c.id, "Names": ["/" + c.name], "Image": self.image_shown(c),
             "ImageID": c.data["Image"], "Command": " ".join(argv),
             "Created": int(parse_iso(c.data["Created"])), "Ports": [],
             "Labels": c.config.get("Labels") or {}, "State": c.state["Status"],

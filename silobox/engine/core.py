@@ -11,6 +11,7 @@ from silobox.compute.system import ComputeService
 from silobox.engine.build.service import BuildService
 from silobox.engine.config import DaemonConfig
 from silobox.engine.containers import ContainerService
+from silobox.engine.distribution import DistributionService
 from silobox.engine.bootstrap import BootstrapService
 from silobox.engine.events import EventLog
 from silobox.engine.health import HealthService
@@ -24,8 +25,8 @@ from silobox.engine.system import SystemService
 
 
 class Engine(BuildService, ContainerService, StatsService, ImageOpsService, ImageService,
-             SystemService, NetworkService, StorageOps, HealthService, BootstrapService, EventLog,
-             LinkService):
+             SystemService, NetworkService, StorageOps, HealthService, BootstrapService,
+             DistributionService, EventLog, LinkService):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
     def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:
@@ -62,6 +63,7 @@ class Engine(BuildService, ContainerService, StatsService, ImageOpsService, Imag
 
     async def start(self) -> None:
         self.sweep_storage()
+        self.sweep_transfers()
         await self.start_networks()
         await self.recover_containers()
         self.reconcile_networks()
