@@ -571,3 +571,31 @@ def test_default_network_links_secrets_recreate_scale(project: Project) -> None:
     project.remember_host_objects()
     project.compose("down", "-v", "-t", "1")
     project.assert_nothing_left()
+
+
+def test_network_mode_service_shares_the_compartment(project: Project) -> None:
+    project.write("docker-compose.yml", """\
+version: "3.8"
+services:
+  web:
+    image: busybox
+    command: ["sh", "-c", "echo shared > /tmp/i; exec httpd -f -p 8080 -h /tmp"]
+    stop_signal: SIGKILL
+  side:
+    image: busybox
+    network_mode: "service:web"
+    depends_on: [web]
+    command: ["sh", "-c", "for i in $$(seq 50); do wget -q -O - http://127.0.0.1:8080/i && break; sleep 0.2; done; exec sleep 3600"]
+    stop_signal: SIGKILL
+""")
+    project.compose("up", "-d")
+    project.remember_host_objects()
+    eventually(lambda: "side_1  | shared" in project.compose("logs", "--no-color", "side").stdout,
+               "side reaching web's loopback")
+    api = project.silod.client
+    web = api.inspect_container(f"{project.name}_web_1")
+    side = api.inspect_container(f"{project.name}_side_1")
+    assert side["HostConfig"]["NetworkMode"] == f"container:{web['Id']}"
+    assert "is up-to-date" in project.compose("up", "-d").stderr
+    project.compose("down", "-t", "1")
+    project.assert_nothing_left()
