@@ -599,3 +599,73 @@ services:
     assert "is up-to-date" in project.compose("up", "-d").stderr
     project.compose("down", "-t", "1")
     project.assert_nothing_left()
+
+
+# ----- push and pull through a registry on 127.0.0.1 ------------------------------------------
+REGISTRY_BIN = "/usr/bin/docker-registry"
+
+
+@pytest.fixture
+def registry(tmp_path: Any) -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port, its storage in the test's temp dir."""
+    if not os.access(REGISTRY_BIN, os.X_OK):
+        pytest.skip(f"{REGISTRY_BIN} not installed (apt-get install docker-registry)")
+    port = free_port()
+    base = tmp_path / "registry"
+    base.mkdir()
+    config = base / "config.yml"
+    config.write_text(json.dumps({   # JSON is YAML
+        "version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(base / "storage")}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "compose-test"}}))
+    with open(base / "registry.log", "ab") as log:
+        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=log,
+                                start_new_session=True)
+    try:
+        def up() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        eventually(up, "docker-registry listening", timeout=20)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_build_push_pull_through_a_local_registry(project: Project, registry: str) -> None:
+    reason = build_unavailable(project.silod)
+    if reason:
+        pytest.skip(reason)
+    image = f"{registry}/{project.name}/greeter:1"
+    project.write("ctx/Dockerfile", f"""\
+FROM busybox
+RUN echo "pushed by {project.name}" > /msg
+CMD ["cat", "/msg"]
+""")
+    project.write("docker-compose.yml", f"""\
+version: "3.8"
+services:
+  greeter:
+    build: ./ctx
+    image: {image}
+""")
+    project.compose("build", timeout=300)
+    push = project.compose("push", timeout=120)
+    assert "Pushing greeter" in push.stderr, push
+    api = project.silod.client
+    api.remove_image(image)
+    pull = project.compose("pull", timeout=120)
+    assert "Pulling greeter" in pull.stderr, pull
+    assert api.inspect_image(image)["RepoTags"] == [image]
+    up = project.compose("up", "--no-color", "--exit-code-from", "greeter", timeout=60)
+    assert f"greeter_1  | pushed by {project.name}" in up.stdout, up.stdout
+    project.remember_host_objects()
+    project.compose("down", "-v", "--rmi", "all", "-t", "1")
+    project.assert_nothing_left()
+    import docker.errors
+    with pytest.raises(docker.errors.NotFound):
+        api.inspect_image(image)
