@@ -54,6 +54,14 @@ class DistributionService:
             counter = self._pull_counter = Counter()
         return counter
 
+    def _shared_downloads(self) -> Any:
+        """Blob downloads shared by concurrent pulls, under ``<root>/distribution/blobs``."""
+        from silobox.storage.distribution.pull import SharedDownloads
+        shared = getattr(self, "_downloads", None)
+        if shared is None:
+            shared = self._downloads = SharedDownloads(os.path.join(self.transfer_dir, "blobs"))
+        return shared
+
     def _client(self, domain: str, auth_header: str | None = None,
                 auth: Any = None) -> Any:
         from silobox.storage.distribution.registry import (AuthConfig, RegistryClient,
@@ -114,7 +122,8 @@ class DistributionService:
         os.makedirs(self.transfer_dir, mode=0o700, exist_ok=True)
         async with self._client(ref.domain, auth_header) as client:
             puller = Puller(client, ref, self.layers, self.images, self._blob_metadata(),
-                            self.transfer_dir, report, in_flight=self._pulling())
+                            self.transfer_dir, report, in_flight=self._pulling(),
+                            downloads=self._shared_downloads())
             result = await puller.pull()
         self.emit_event("image", "pull", _Named(ref.familiar()), {"name": ref.familiar()})
         status = ("Image is up to date for" if result.up_to_date
