@@ -261,11 +261,15 @@ class Puller:
                     try:
                         if resp.status not in (200, 206):
                             raise _blob_error(desc, await client.fail(resp))
-                        if have and resp.status == 200:
+                        odd_range = resp.status == 206 and not _range_starts_at(
+                            resp.headers.get("Content-Range", ""), have)
+                        if have and (resp.status == 200 or odd_range):
                             out.seek(0)   # the server ignored Range: start again
                             out.truncate()
                             digest = hashlib.sha256()
                             have = 0
+                            if odd_range:
+                                continue   # ask again, for the whole blob
                         async for chunk in resp.content.iter_chunked(_CHUNK):
                             if have + len(chunk) > desc.size:
                                 raise InvalidArgument(
@@ -443,6 +447,13 @@ class _CountingReader:
             self._next = self.done + _REPORT_EVERY
             self._report(self.done)
         return data
+
+
+def _range_starts_at(content_range: str, offset: int) -> bool:
+    """True if ``Content-Range: bytes START-END/TOTAL`` starts at ``offset``."""
+    unit, _, spec = content_range.strip().partition(" ")
+    start = spec.partition("-")[0]
+    return unit == "bytes" and start.isdigit() and int(start) == offset
 
 
 def _blob_error(desc: mf.Descriptor, err: RegistryError) -> SiloboxError:
