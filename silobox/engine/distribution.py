@@ -173,7 +173,6 @@ class DistributionService:
         report = progress or (lambda _: None)
         report({"status": f"The push refers to repository [{repo.name}]"})
         os.makedirs(self.transfer_dir, mode=0o700, exist_ok=True)
-        out: list[dict] = []
         async with self._client(repo.domain, auth_header) as client:
             pusher = Pusher(client, repo, self.layers, self.images, self._blob_metadata(),
                             self.transfer_dir, report)
@@ -184,7 +183,7 @@ class DistributionService:
                                                       "Size": result.size}})
                 pushed = f"{repo.familiar_name}:{tag_name}"
                 self.emit_event("image", "push", _Named(pushed), {"name": pushed})
-        return out
+        return []
 
     # -- login, distribution inspect ---------------------------------------------------------------
 
@@ -209,7 +208,8 @@ class DistributionService:
         async with self._client(ref.domain, auth_header) as client:
             puller = Puller(client, ref, self.layers, self.images, self._blob_metadata(),
                             self.transfer_dir, lambda _: None)
-            raw, content_type, digest = await puller._manifest(ref.digest or ref.tag or "latest")
+            raw, content_type, digest = await puller.fetch_manifest(
+                ref.digest or ref.tag or "latest")
             media, doc = mf.parse(raw, content_type)
             platforms = []
             if media in mf.LISTS:
@@ -221,7 +221,7 @@ class DistributionService:
                                           if k in p})
             else:
                 config_desc = mf.image_manifest(media, doc).config
-                config = await puller._blob_bytes(config_desc, mf.MAX_CONFIG)
+                config = await puller.fetch_document_blob(config_desc, mf.MAX_CONFIG)
                 import json
                 cfg = json.loads(config)
                 platforms.append({"architecture": cfg.get("architecture", ""),

@@ -77,7 +77,7 @@ class Puller:
 
     # -- documents -------------------------------------------------------------------------------
 
-    async def _manifest(self, reference: str) -> tuple[bytes, str, str]:
+    async def fetch_manifest(self, reference: str) -> tuple[bytes, str, str]:
         """(bytes, media type, digest) of a manifest by tag or digest, digest checked."""
         resp = await self.client.request("GET", f"/v2/{self.ref.path}/manifests/{reference}",
                                          self.scopes, headers={"Accept": mf.ACCEPT})
@@ -94,7 +94,7 @@ class Puller:
             raise InvalidArgument(f"manifest verification failed for digest {reference}")
         return raw, content_type, digest
 
-    async def _blob_bytes(self, desc: mf.Descriptor, limit: int) -> bytes:
+    async def fetch_document_blob(self, desc: mf.Descriptor, limit: int) -> bytes:
         resp = await self.client.request("GET", f"/v2/{self.ref.path}/blobs/{desc.digest}",
                                          self.scopes)
         if resp.status != 200:
@@ -107,17 +107,17 @@ class Puller:
 
     async def resolve(self) -> tuple[str, mf.ImageManifest, bytes, list[str]]:
         """(top-level digest, manifest, config bytes, diff ids) for this host's platform."""
-        raw, content_type, top_digest = await self._manifest(self.ref.digest or self.ref.tag
-                                                             or "latest")
+        raw, content_type, top_digest = await self.fetch_manifest(
+            self.ref.digest or self.ref.tag or "latest")
         media, doc = mf.parse(raw, content_type)
         if media in mf.LISTS:
             entry = mf.pick_platform(doc, "linux", host_architecture(), self.ref.familiar())
-            raw, content_type, _ = await self._manifest(entry.digest)
+            raw, content_type, _ = await self.fetch_manifest(entry.digest)
             media, doc = mf.parse(raw, content_type)
             if media in mf.LISTS:
                 raise InvalidArgument(f"manifest list {entry.digest} points at another list")
         image = mf.image_manifest(media, doc)
-        config_raw = await self._blob_bytes(image.config, mf.MAX_CONFIG)
+        config_raw = await self.fetch_document_blob(image.config, mf.MAX_CONFIG)
         try:
             config = json.loads(config_raw)
             diff_ids = config["rootfs"]["diff_ids"]
