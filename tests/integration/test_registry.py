@@ -1022,3 +1022,29 @@ def test_silo_run_pulls_a_missing_image(daemon, plain):
     out = daemon.silo("run", "--rm", f"{plain.address}/absent/image:v1", "true")
     assert out.returncode == 125 and b"manifest unknown" in out.stderr, out
     daemon.client.remove_image(name)
+
+
+def test_silod_killed_mid_pull_leaves_nothing_after_restart(daemon, plain):
+    c = daemon.client
+    repo = f"killed-{uuid.uuid4().hex[:6]}"
+    unique_layer_image(daemon, f"{plain.address}/{repo}:v1", size=1 << 20)
+    stream(c.push(f"{plain.address}/{repo}", tag="v1", stream=True, decode=True))
+    c.remove_image(f"{plain.address}/{repo}:v1")
+    layers_before = layer_dirs(daemon)
+    proxy = CuttingProxy(plain.address, cut=False, delay=0.05)
+    try:
+        name = f"{proxy.address}/{repo}"
+        seen: list[dict] = []
+        for msg in c.pull(name, tag="v1", stream=True, decode=True):
+            seen.append(msg)
+            if msg.get("status") == "Downloading":
+                daemon.kill9()
+                break
+        assert any(m.get("status") == "Downloading" for m in seen), seen
+    finally:
+        proxy.close()
+        if daemon.proc is None or daemon.proc.poll() is not None:
+            daemon.start()
+    assert transfer_files(daemon) == []
+    assert layer_dirs(daemon) == layers_before
+    assert not [i for i in c.images() if any(repo in t for t in i["RepoTags"] or [])]
