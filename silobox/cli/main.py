@@ -37,6 +37,7 @@ _TOP: dict[str, tuple[str, str]] = {
     "images": ("image", "ls"),
     "rmi": ("image", "rm"),
     "import": ("image", "import_"),
+    "build": ("build", "build"),
     "load": ("image", "load"),
     "save": ("image", "save"),
     "tag": ("image", "tag"),
@@ -78,6 +79,7 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "remove": ("image", "rm"),
         "import": ("image", "import_"),
         "bootstrap": ("image", "bootstrap"),
+        "build": ("build", "build"),
         "load": ("image", "load"),
         "save": ("image", "save"),
         "tag": ("image", "tag"),
@@ -125,6 +127,10 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "attach": ("sandbox", "attach"),
         "detach": ("sandbox", "detach"),
     },
+    "builder": {
+        "build": ("build", "build"),
+        "prune": ("build", "prune"),
+    },
     "hcs": {
         "ls": ("hcs", "ls"),
         "list": ("hcs", "ls"),
@@ -135,6 +141,7 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
 _GROUP_HELP = {
     "container": "Manage containers",
     "image": "Manage images",
+    "builder": "Manage builds",
     "system": "Manage silobox",
     "hcs": "Show the compute service's own records of compute systems",
     "volume": "Manage volumes",
@@ -159,6 +166,7 @@ Common Commands:
 Management Commands:
   container   Manage containers
   image       Manage images
+  builder     Manage builds
   system      Manage silobox
   hcs         Show the compute service's own records of compute systems
   sandbox     Show and manage the containers' sandbox disks
@@ -168,6 +176,7 @@ Management Commands:
 
 Commands:
   attach      Attach local standard input, output, and error streams to a running container
+  build       Build an image from a Dockerfile
   commit      Create a new image from a container's changes
   cp          Copy files/folders between a container and the local filesystem
   create      Create a new container

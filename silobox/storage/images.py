@@ -115,6 +115,18 @@ def rfc3339_to_unix(text: str) -> int:
     return seconds
 
 
+def storage_layers_of(layers: list[Layer]) -> list[dict[str, str]]:
+    """HCS ``Container.Storage.Layers`` for ``layers`` (base first): ``{"Id": guid, "Path":
+    tree}``, top first, a layer listed twice kept only at its topmost position."""
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for layer in reversed(layers):
+        if layer.path not in seen:
+            seen.add(layer.path)
+            out.append({"Id": layer.guid, "Path": layer.path})
+    return out
+
+
 @dataclass
 class Image:
     """One stored image: its config (Docker/OCI image JSON) and its layers, base first."""
@@ -149,13 +161,7 @@ class Image:
     def storage_layers(self) -> list[dict[str, str]]:
         """HCS ``Container.Storage.Layers`` for this image: ``{"Id": guid, "Path": tree}``, in
         the order and with the de-duplication of :meth:`lower_dirs`."""
-        out: list[dict[str, str]] = []
-        seen: set[str] = set()
-        for layer in reversed(self.layers):
-            if layer.path not in seen:
-                seen.add(layer.path)
-                out.append({"Id": layer.guid, "Path": layer.path})
-        return out
+        return storage_layers_of(self.layers)
 
     def container_config(self) -> dict[str, Any]:
         """The Docker ``Config`` object: the config's ``config`` with Docker's default keys."""

@@ -177,7 +177,8 @@ class ImageRouter:
         query = Query(request)
         await self.backend.container_archive_put(
             request.match_info["id"], _archive_path(request), _body_chunks(request),
-            no_overwrite_dir_non_dir=query.flag("noOverwriteDirNonDir"))
+            no_overwrite_dir_non_dir=query.flag("noOverwriteDirNonDir"),
+            copy_uid_gid=query.flag("copyUIDGID"))
         return web.Response(status=200)
 
 
