@@ -877,6 +877,27 @@ def test_bearer_token_auth(daemon, token_registry):
     assert status == 500 and "unauthorized" in body["message"], body
     stream(c.pull(private, tag="v1", stream=True, decode=True, auth_config=auth))
     assert run_echo(daemon, f"{private}:v1", "echo bearer") == b"bearer\n"
+    # a cross-repository mount asks for a token with both repositories in its scope
+    other = f"{reg.address}/team/copy"
+    c.tag(f"{private}:v1", other, "v1")
+    text = statuses(stream(c.push(other, tag="v1", stream=True, decode=True, auth_config=auth)))
+    assert any(s.startswith("Mounted from ") for s in text), text
+    assert {"user": USER, "scope": ["repository:team/copy:pull,push",
+                                    "repository:team/busybox:pull"]} in tokens.requests \
+        or {"user": USER, "scope": ["repository:team/copy:pull,push",
+                                    "repository:public/busybox:pull"]} in tokens.requests
+    c.remove_image(f"{other}:v1")
+    # docker-py's high-level API: images.pull and get_registry_data
+    import docker
+    client = docker.DockerClient(base_url=f"unix://{daemon.socket}", version="auto")
+    try:
+        data = client.images.get_registry_data(f"{private}:v1", auth_config=auth)
+        assert data.id.startswith("sha256:")
+        assert data.has_platform("linux/amd64") or os.uname().machine != "x86_64"
+        assert client.images.pull(private, tag="v1", auth_config=auth).id == \
+            c.inspect_image(f"{private}:v1")["Id"]
+    finally:
+        client.close()
     c.remove_image(f"{private}:v1")
     c.remove_image(f"{public}:v1")
 
