@@ -66,6 +66,8 @@ class LinuxSettings:
     sysctls: dict[str, str] = field(default_factory=dict)      # namespaced kernel parameters
     group_add: list[str] = field(default_factory=list)         # --group-add: names or gids
     oom_score_adj: int | None = None                            # every process of the container
+    devices: list[dict] = field(default_factory=list)           # host nodes made in the silo
+    device_rules: list[dict] = field(default_factory=list)      # extra job object device rules
 
 
 @dataclass
@@ -133,7 +135,21 @@ def parse_document(doc: Any) -> ContainerDocument:
         sysctls=_get(lx, "Sysctls", dict, {}, w),
         group_add=_get(lx, "GroupAdd", list, [], w),
         oom_score_adj=_get(lx, "OomScoreAdj", int, None, w),
+        devices=_get(lx, "Devices", list, [], w),
+        device_rules=_get(lx, "DeviceCgroupRules", list, [], w),
     )
+    for i, d in enumerate(linux.devices):
+        if not isinstance(d, dict) or not isinstance(d.get("Path"), str) \
+                or not d["Path"].startswith("/") or d.get("Type") not in ("c", "b") \
+                or not all(isinstance(d.get(k), int) for k in ("Major", "Minor", "FileMode",
+                                                                "Uid", "Gid")) \
+                or not isinstance(d.get("HostPath"), str) or not isinstance(d.get("Access"), str):
+            raise InvalidArgument(f"{w}Devices[{i}]: Path, HostPath, Type (c or b), Major, Minor, "
+                                  "FileMode, Uid, Gid and Access are required")
+    for i, r in enumerate(linux.device_rules):
+        if not isinstance(r, dict) or r.get("Type") not in ("a", "b", "c") \
+                or not isinstance(r.get("Access"), str):
+            raise InvalidArgument(f"{w}DeviceCgroupRules[{i}]: Type and Access are required")
     if not all(isinstance(g, str) and g for g in linux.group_add):
         raise InvalidArgument(f"{w}GroupAdd: expected a list of group names or ids")
     if linux.oom_score_adj is not None and not -1000 <= linux.oom_score_adj <= 1000:

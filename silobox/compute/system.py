@@ -13,6 +13,7 @@ The daemon side only: documents are translated to plain specs here (the part hcs
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from silobox.compute.schema import ContainerDocument, ProcessParameters, parse_d
 from silobox.compute.shimclient import ShimClient, ShimStream
 from silobox.compute.spawner import Spawner
 from silobox.kernel.jobobject import JobLimits, JobObject
+from silobox.kernel.jobobject.devices import DeviceRule
 from silobox.kernel.silo import BindMount, SiloSpec
 from silobox.timeutil import iso as _iso, now_iso as _now, parse_iso
 from silobox.kernel.spawn import EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, ProcessSpec
@@ -58,6 +60,15 @@ class StartError(InvalidArgument):
 
 
 _LIMIT_FIELDS = {f for f in JobLimits.__dataclass_fields__}
+
+
+def device_rules_of(lx: Any) -> tuple[DeviceRule, ...]:
+    """The job object's allow rules for the container's devices and its extra device rules."""
+    rules = [DeviceRule(True, d["Type"], d["Major"], d["Minor"], d["Access"])
+             for d in lx.devices]
+    rules += [DeviceRule(True, r["Type"], r.get("Major"), r.get("Minor"), r["Access"])
+              for r in lx.device_rules]
+    return tuple(rules)
 
 
 def job_limits(resources: dict[str, Any], privileged: bool = False) -> JobLimits:
@@ -114,9 +125,12 @@ class ComputeSystem:
                     pass
             lx = self.doc.linux
             limits = job_limits(lx.resources, lx.privileged)
+            extra = device_rules_of(lx)
+            if extra:
+                limits = dataclasses.replace(limits, devices=extra)
             # A warm shim's job object has the default device rules: privileged containers
-            # (all devices) take the cold path.
-            pooled = self.service.pool and not lx.privileged
+            # (all devices) and containers given devices take the cold path.
+            pooled = self.service.pool and not lx.privileged and not extra
             if not pooled:
                 self.job.create(limits)
             try:
@@ -512,6 +526,8 @@ class ComputeService:
             readonly_rootfs=lx.readonly_rootfs, privileged=lx.privileged, shm_size=lx.shm_size,
             tmpfs=[[t["ContainerPath"], *_tmpfs(t.get("Options") or "")] for t in lx.tmpfs],
             sysctls=dict(lx.sysctls),
+            devices=[[d["Path"], d["HostPath"], d["Type"], d["Major"], d["Minor"],
+                      d["FileMode"], d["Uid"], d["Gid"]] for d in lx.devices],
         )
         return silo, self.translate_process(doc, init, False)
 

@@ -20,6 +20,7 @@ from silobox.compute.schema import ProcessParameters
 from silobox.compute.system import ComputeSystem, StartError, State
 from silobox.engine import spec as S
 from silobox.engine.health import parse_healthcheck
+from silobox.engine.devices import check_device_requests, device_rules, resolve_devices
 from silobox.engine.hostconfig import check_host_config
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
@@ -126,6 +127,7 @@ class ContainerService:
             self._check_name_free(name)
         hc = dict(body.get("HostConfig") or {})
         warnings = check_host_config(hc)
+        check_device_requests(hc)
         iso = (hc.get("Isolation") or "").lower()
         if iso not in ("", "default", "process"):
             raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - silobox supports '
@@ -298,6 +300,7 @@ class ContainerService:
                     "Sysctls": hc.get("Sysctls") or {},
                     "GroupAdd": hc.get("GroupAdd") or [],
                     "OomScoreAdj": hc.get("OomScoreAdj") or None,
+                    "DeviceCgroupRules": device_rules(hc),
                     "MaskedPaths": hc.get("MaskedPaths"),
                     "ReadonlyPaths": hc.get("ReadonlyPaths"),
                 },
@@ -339,6 +342,8 @@ class ContainerService:
             raise Conflict(f"container {c.id[:12]} is marked for removal and cannot be started")
         self.compute.close_system(c.id)
         document = self._document(c)
+        # Host devices are read at each start (not at recovery: a running one has its nodes).
+        document["Container"]["Linux"]["Devices"] = resolve_devices(c.host_config)
         try:
             for hook in self.container_hooks:
                 await hook.on_start(c, document)

@@ -6,7 +6,7 @@ A field that is accepted must take effect, so nothing in a create body is silent
   response, as dockerd drops what its kernel lacks (``daemon/daemon_unix.go``
   ``verifyPlatformContainerResources``: "…, discarded"), and reset in the stored HostConfig so
   inspect does not show them as in force.
-* Namespace modes, devices and groups change what the process sees; silobox refuses them with a
+* Namespace modes and GPU requests change what the process sees; silobox refuses them with a
   400 naming the field rather than run the container differently from what was asked.
 
 Default values are always accepted: the docker CLI sends every field (``"PidMode": ""``,
@@ -52,9 +52,6 @@ _DISCARDED: dict[str, str] = {
 }
 
 _REFUSED: dict[str, str] = {
-    "Devices": "adding host devices (--device) is not supported by silobox",
-    "DeviceCgroupRules": "device cgroup rules (--device-cgroup-rule) are not supported by "
-                         "silobox",
     "DeviceRequests": "device requests (--gpus) are not supported by silobox",
     "CgroupParent": "a cgroup parent (--cgroup-parent) per container is not supported by "
                     "silobox; silod's --cgroup-parent places every container",

@@ -63,6 +63,8 @@ class SiloSpec:
     tmpfs: list = field(default_factory=list)
     # namespaced kernel parameters (net.*, IPC's kernel.* and fs.mqueue.*), checked by the daemon
     sysctls: dict = field(default_factory=dict)
+    # host devices: [path inside, host path, "c"|"b", major, minor, mode, uid, gid] each
+    devices: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SiloSpec":
@@ -200,6 +202,8 @@ def _mount_dev(root: str, spec: SiloSpec) -> None:
         os.umask(old)
     for src, name in DEV_SYMLINKS:
         os.symlink(src, os.path.join(dev, name))
+    for device in spec.devices:
+        _add_device(root, *device)
     if os.path.exists("/proc/kcore"):
         os.symlink("/proc/kcore", os.path.join(dev, "core"))
     pts = os.path.join(dev, "pts")
@@ -213,6 +217,27 @@ def _mount_dev(root: str, spec: SiloSpec) -> None:
     mq = os.path.join(dev, "mqueue")
     os.mkdir(mq, 0o755)
     libc.mount("mqueue", mq, "mqueue", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+
+
+def _add_device(root: str, inside: str, host: str, kind: str, major: int, minor: int,
+                mode: int, uid: int, gid: int) -> None:
+    """A host device in the silo: mknod where the job object allows it, else (no ``m`` in
+    its rule) a bind mount of the host's node, as runc falls back to."""
+    target = _inside(root, inside)
+    _mkdirs(os.path.dirname(target))
+    if os.path.lexists(target):
+        os.unlink(target)
+    old = os.umask(0)
+    try:
+        os.mknod(target, mode | (stat.S_IFCHR if kind == "c" else stat.S_IFBLK),
+                 os.makedev(major, minor))
+        os.chown(target, uid, gid)
+    except PermissionError:
+        fd = os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        libc.mount(host, target, None, libc.MS_BIND)
+    finally:
+        os.umask(old)
 
 
 def build_rootfs(spec: SiloSpec) -> None:
