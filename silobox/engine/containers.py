@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal as _signal
+import socket
 import time
 from typing import Any, AsyncIterator
 
@@ -21,7 +22,7 @@ from silobox.compute.system import ComputeSystem, StartError, State
 from silobox.engine import spec as S
 from silobox.engine.health import parse_healthcheck
 from silobox.engine.devices import check_device_requests, device_rules, resolve_devices
-from silobox.engine.hostconfig import check_host_config
+from silobox.engine.hostconfig import check_host_config, shared_host_namespaces
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
@@ -153,7 +154,12 @@ class ContainerService:
         cid = secrets.token_hex(32)
         if not name:
             name = self._unique_random_name()
-        hostname = body.get("Hostname") or cid[:12]
+        if hc.get("UTSMode") == "host":
+            if body.get("Hostname"):
+                raise InvalidArgument("Conflicting options: hostname and the UTS mode")
+            hostname = socket.gethostname()   # the host's, as dockerd shows it
+        else:
+            hostname = body.get("Hostname") or cid[:12]
         env = S.merge_env(icfg.get("Env") or [S.DEFAULT_PATH], body.get("Env") or [])
         config = {
             "Hostname": hostname, "Domainname": body.get("Domainname") or "",
@@ -276,6 +282,9 @@ class ContainerService:
         if hc.get("Init"):
             mapped.append({"HostPath": self.config.init_binary,
                            "ContainerPath": "/sbin/docker-init", "ReadOnly": True})
+        shared = shared_host_namespaces(hc)
+        if "ipc" in shared:   # POSIX shared memory lives in /dev/shm: the host's, as on Docker
+            mapped.append({"HostPath": "/dev/shm", "ContainerPath": "/dev/shm"})
         res = dict(c.data["Silobox"]["Resources"])
         return {
             "Owner": "silod", "SchemaVersion": {"Major": 2, "Minor": 1},
@@ -297,6 +306,8 @@ class ContainerService:
                     "Rlimits": hc.get("Ulimits") or [],
                     "Domainname": c.config.get("Domainname") or "",
                     "ShmSize": hc.get("ShmSize") or 64 * 1024 * 1024,
+                    "Namespaces": [n for n in ("mnt", "uts", "ipc", "net", "cgroup")
+                                   if n not in shared],
                     "Sysctls": hc.get("Sysctls") or {},
                     "GroupAdd": hc.get("GroupAdd") or [],
                     "OomScoreAdj": hc.get("OomScoreAdj") or None,

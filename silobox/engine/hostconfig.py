@@ -6,7 +6,8 @@ A field that is accepted must take effect, so nothing in a create body is silent
   response, as dockerd drops what its kernel lacks (``daemon/daemon_unix.go``
   ``verifyPlatformContainerResources``: "…, discarded"), and reset in the stored HostConfig so
   inspect does not show them as in force.
-* Namespace modes and GPU requests change what the process sees; silobox refuses them with a
+* Sharing another container's or the host's PID namespace, a cgroup parent and GPU requests
+  change what the process sees; silobox refuses them with a
   400 naming the field rather than run the container differently from what was asked.
 
 Default values are always accepted: the docker CLI sends every field (``"PidMode": ""``,
@@ -25,9 +26,11 @@ DEFAULT_RUNTIMES = ("", "silobox", "runc")
 # field → (accepted values, why the others are refused)
 _MODES: dict[str, tuple[tuple[str, ...], str]] = {
     "PidMode": (("", "private"), "every container has its own PID namespace"),
-    "IpcMode": (("", "private", "shareable"), "every container has its own IPC namespace"),
-    "UTSMode": (("",), "every container has its own UTS namespace"),
-    "CgroupnsMode": (("", "private"), "every container has its own cgroup namespace"),
+    "IpcMode": (("", "private", "shareable", "host"),
+                "a container has its own IPC namespace or the host's"),
+    "UTSMode": (("", "host"), "a container has its own UTS namespace or the host's"),
+    "CgroupnsMode": (("", "private", "host"),
+                     "a container has its own cgroup namespace or the host's"),
     "UsernsMode": (("", "host"), "containers run in the host's user namespace"),
     "Cgroup": (("",), "every container has its own job object"),
     "VolumeDriver": (("", "local"), "volumes use the local driver"),
@@ -91,7 +94,8 @@ def check_host_config(hc: dict[str, Any]) -> list[str]:
     for field, why in _REFUSED.items():
         if not _is_default(field, hc.get(field)):
             raise InvalidArgument(f"invalid HostConfig.{field}: {why}")
-    _check_sysctls(hc.get("Sysctls") or {}, hc.get("NetworkMode") or "default")
+    _check_sysctls(hc.get("Sysctls") or {}, hc.get("NetworkMode") or "default",
+                   hc.get("IpcMode") or "")
     oom = hc.get("OomScoreAdj")
     if oom is not None and (not isinstance(oom, int) or not -1000 <= oom <= 1000):
         raise InvalidArgument(f"Invalid value {oom}, range for oom score adj is [-1000, 1000]")
@@ -110,8 +114,9 @@ def check_host_config(hc: dict[str, Any]) -> list[str]:
     return warnings
 
 
-def _check_sysctls(sysctls: Any, network_mode: str) -> None:
-    """Only parameters the silo has its own copy of; net.* not with the host's network."""
+def _check_sysctls(sysctls: Any, network_mode: str, ipc_mode: str) -> None:
+    """Only parameters the silo has its own copy of: net.* not with the host's network, the
+    IPC ones not with the host's IPC namespace."""
     if not isinstance(sysctls, dict):
         raise InvalidArgument("json: cannot unmarshal into Go struct field HostConfig.Sysctls "
                               "of type map[string]string")
@@ -125,6 +130,14 @@ def _check_sysctls(sysctls: Any, network_mode: str) -> None:
                 raise InvalidArgument(f"sysctl {key!r} not allowed in host network namespace")
             continue
         if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+            if ipc_mode == "host":
+                raise InvalidArgument(f"sysctl {key!r} not allowed in host IPC namespace")
             continue
         raise InvalidArgument(f"sysctl {key!r} is not allowed: it is not in a separate kernel "
                               "namespace")
+
+
+def shared_host_namespaces(hc: dict[str, Any]) -> set[str]:
+    """The namespaces (``ipc``, ``uts``, ``cgroup``) the container shares with the host."""
+    return {ns for ns, field in (("ipc", "IpcMode"), ("uts", "UTSMode"),
+                                 ("cgroup", "CgroupnsMode")) if hc.get(field) == "host"}

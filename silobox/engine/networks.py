@@ -24,6 +24,12 @@ _EMPTY_NET = {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": 
               "GlobalIPv6PrefixLen": 0, "DriverOpts": None, "DNSNames": None}
 
 
+def _without_net(linux: dict[str, Any]) -> list[str]:
+    """The silo's namespaces but the network one (the other modes may have dropped some)."""
+    return [n for n in linux.get("Namespaces") or ["mnt", "uts", "ipc", "net", "cgroup"]
+            if n != "net"]
+
+
 def parse_port_bindings(bindings: dict[str, Any] | None, exposed: dict[str, Any] | None,
                         publish_all: bool) -> list[PortMapping]:
     """HostConfig.PortBindings (+ ExposedPorts with -P) → PortMapping policies."""
@@ -145,7 +151,7 @@ class NetworkHook(ContainerHook):
             raise Conflict(f"cannot join network of a non running container: {tid}")
         ct = document["Container"]
         if target.host_config.get("NetworkMode") == "host":
-            ct["Linux"]["Namespaces"] = ["mnt", "uts", "ipc", "cgroup"]
+            ct["Linux"]["Namespaces"] = _without_net(ct["Linux"])
         else:
             ct["Networking"] = {"Namespace": f"/proc/{target.state['Pid']}/ns/net"}
         own = {c.data[k]: target.data[k] for k in ("HostsPath", "ResolvConfPath",
@@ -167,7 +173,7 @@ class NetworkHook(ContainerHook):
             self._join(c, document, mode.split(":", 1)[1])
             return
         if mode == "host":
-            lx["Namespaces"] = ["mnt", "uts", "ipc", "cgroup"]
+            lx["Namespaces"] = _without_net(lx)
             return
         if mode == "none":
             self._write_files(c, False)

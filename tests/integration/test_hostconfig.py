@@ -6,6 +6,7 @@ Containers carry the run's id and are removed even when a test fails.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from typing import Any, Iterator
 
@@ -121,6 +122,28 @@ def test_a_missing_host_device_fails_the_start(silod: Any, made: list[str]) -> N
                                               "custom device '/dev/sbx-no-such-device': no "
                                               "such file or directory"})
     assert silod.client.inspect_container(body["Id"])["State"]["Status"] == "created"
+
+
+def test_host_ipc_uts_and_cgroup_namespaces(silod: Any, made: list[str], run_id: str) -> None:
+    mine = {n: os.readlink(f"/proc/self/ns/{n}") for n in ("ipc", "uts", "cgroup", "net")}
+    probe = f"/dev/shm/sbx-{run_id}-probe"
+    with open(probe, "w") as f:
+        f.write("from the host\n")
+    try:
+        script = ("for n in ipc uts cgroup net; do readlink /proc/1/ns/$n; done; hostname; "
+                  f"cat {probe}")
+        status, body = create(silod, made, ["sh", "-c", script], IpcMode="host",
+                              UTSMode="host", CgroupnsMode="host")
+        assert status == 201, body
+        lines = run_output(silod, body["Id"]).splitlines()
+        assert lines[:3] == [mine["ipc"], mine["uts"], mine["cgroup"]], lines
+        assert lines[3] != mine["net"]        # the network stays the container's own
+        assert lines[4:] == [socket.gethostname(), "from the host"], lines
+    finally:
+        os.unlink(probe)
+    status, err = silod.request("POST", "/containers/create", {
+        "Image": "busybox", "Hostname": "mine", "HostConfig": {"UTSMode": "host"}})
+    assert (status, err) == (400, {"message": "Conflicting options: hostname and the UTS mode"})
 
 
 def test_masked_paths_from_the_create_body(silod: Any, made: list[str]) -> None:

@@ -46,8 +46,8 @@ def test_unenforced_resources_are_discarded_with_a_warning() -> None:
 @pytest.mark.parametrize("field, value, message", [
     ("PidMode", "host", "invalid PidMode 'host': every container has its own PID namespace"),
     ("IpcMode", "container:x", "invalid IpcMode 'container:x'"),
-    ("UTSMode", "host", "invalid UTSMode 'host'"),
-    ("CgroupnsMode", "host", "invalid CgroupnsMode 'host'"),
+    ("UTSMode", "container:x", "invalid UTSMode 'container:x'"),
+    ("CgroupnsMode", "shared", "invalid CgroupnsMode 'shared'"),
     ("PidMode", 3, "HostConfig.PidMode of type string"),
     ("Runtime", "kata", "Unknown runtime specified kata"),
     ("DeviceRequests", [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}],
@@ -72,6 +72,8 @@ def test_sysctls_namespaced_only_and_net_not_with_host_network() -> None:
     with pytest.raises(InvalidArgument, match="not allowed in host network namespace"):
         check_host_config({"Sysctls": {"net.core.somaxconn": "1"}, "NetworkMode": "host"})
     assert check_host_config({"Sysctls": {"kernel.shmmni": "100"}, "NetworkMode": "host"}) == []
+    with pytest.raises(InvalidArgument, match="not allowed in host IPC namespace"):
+        check_host_config({"Sysctls": {"kernel.shmmni": "100"}, "IpcMode": "host"})
 
 
 def test_accepted_modes_and_runtimes() -> None:
@@ -79,5 +81,6 @@ def test_accepted_modes_and_runtimes() -> None:
                {"UsernsMode": "host"}, {"CgroupnsMode": "private"}, {"Runtime": "runc"},
                {"Runtime": "silobox"}, {"VolumeDriver": "local"}, {"MaskedPaths": []},
                {"ReadonlyPaths": ["/proc/sys"]}, {"GroupAdd": ["100", "wheel"]},
-               {"OomScoreAdj": -1000}, {"OomScoreAdj": 500}):
+               {"OomScoreAdj": -1000}, {"OomScoreAdj": 500}, {"IpcMode": "host"},
+               {"UTSMode": "host"}, {"CgroupnsMode": "host"}):
         assert check_host_config(dict(hc)) == [], hc
