@@ -67,6 +67,7 @@ class LinuxSettings:
     group_add: list[str] = field(default_factory=list)         # --group-add: names or gids
     oom_score_adj: int | None = None                            # every process of the container
     devices: list[dict] = field(default_factory=list)           # host nodes made in the silo
+    host_pid: bool = False                                      # no PID namespace of its own
     device_rules: list[dict] = field(default_factory=list)      # extra job object device rules
 
 
@@ -137,6 +138,7 @@ def parse_document(doc: Any) -> ContainerDocument:
         oom_score_adj=_get(lx, "OomScoreAdj", int, None, w),
         devices=_get(lx, "Devices", list, [], w),
         device_rules=_get(lx, "DeviceCgroupRules", list, [], w),
+        host_pid=_get(lx, "HostPid", bool, False, w),
     )
     for i, d in enumerate(linux.devices):
         if not isinstance(d, dict) or not isinstance(d.get("Path"), str) \

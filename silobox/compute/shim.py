@@ -103,7 +103,7 @@ class Shim:
     # ----- set-up -------------------------------------------------------------------------
     def _detach(self) -> None:
         """Own session and name; survive the signals aimed at silod; wake the loop on SIGCHLD;
-        and make the next fork the first process of a new PID namespace."""
+        and make the next fork the first process of a new PID namespace (unless --pid host)."""
         os.setsid()
         libc.set_process_name("silobox-shim")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
@@ -111,7 +111,8 @@ class Shim:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        libc.unshare(libc.CLONE_NEWPID)
+        if not self.cfg.get("host_pid"):   # --pid host: the container's processes are host's
+            libc.unshare(libc.CLONE_NEWPID)
 
     def run(self) -> None:
         self._detach()

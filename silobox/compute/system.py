@@ -128,9 +128,10 @@ class ComputeSystem:
             extra = device_rules_of(lx)
             if extra:
                 limits = dataclasses.replace(limits, devices=extra)
-            # A warm shim's job object has the default device rules: privileged containers
-            # (all devices) and containers given devices take the cold path.
-            pooled = self.service.pool and not lx.privileged and not extra
+            # A warm shim's job object has the default device rules and it has entered a new
+            # PID namespace: privileged containers (all devices), containers given devices and
+            # those in the host's PID namespace take the cold path.
+            pooled = self.service.pool and not lx.privileged and not extra and not lx.host_pid
             if not pooled:
                 self.job.create(limits)
             try:
@@ -147,7 +148,7 @@ class ComputeSystem:
                     "process": proc.to_dict(), "procs_files": self.job.procs_files(),
                     "job": {"name": self.id, "parent": self.service.cgroup_parent},
                     "autostart": before_release is None,
-                    "pool": pooled, "limits": dict(lx.resources),
+                    "pool": pooled, "limits": dict(lx.resources), "host_pid": lx.host_pid,
                 }
                 report, report_sock = await self.service.spawner.spawn_shim(cfg)
                 report_sock.close()

@@ -308,6 +308,7 @@ class ContainerService:
                     "ShmSize": hc.get("ShmSize") or 64 * 1024 * 1024,
                     "Namespaces": [n for n in ("mnt", "uts", "ipc", "net", "cgroup")
                                    if n not in shared],
+                    "HostPid": hc.get("PidMode") == "host",
                     "Sysctls": hc.get("Sysctls") or {},
                     "GroupAdd": hc.get("GroupAdd") or [],
                     "OomScoreAdj": hc.get("OomScoreAdj") or None,

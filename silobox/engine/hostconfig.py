@@ -6,9 +6,9 @@ A field that is accepted must take effect, so nothing in a create body is silent
   response, as dockerd drops what its kernel lacks (``daemon/daemon_unix.go``
   ``verifyPlatformContainerResources``: "…, discarded"), and reset in the stored HostConfig so
   inspect does not show them as in force.
-* Sharing another container's or the host's PID namespace, a cgroup parent and GPU requests
-  change what the process sees; silobox refuses them with a
-  400 naming the field rather than run the container differently from what was asked.
+* Sharing another container's namespaces, a cgroup parent and GPU requests change what the
+  process sees; silobox refuses them with a 400 naming the field rather than run the
+  container differently from what was asked.
 
 Default values are always accepted: the docker CLI sends every field (``"PidMode": ""``,
 ``"MemorySwappiness": -1``, ``"Devices": []``, ...).
@@ -25,7 +25,8 @@ DEFAULT_RUNTIMES = ("", "silobox", "runc")
 
 # field → (accepted values, why the others are refused)
 _MODES: dict[str, tuple[tuple[str, ...], str]] = {
-    "PidMode": (("", "private"), "every container has its own PID namespace"),
+    "PidMode": (("", "private", "host"),
+                "a container has its own PID namespace or the host's"),
     "IpcMode": (("", "private", "shareable", "host"),
                 "a container has its own IPC namespace or the host's"),
     "UTSMode": (("", "host"), "a container has its own UTS namespace or the host's"),

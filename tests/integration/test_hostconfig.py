@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -146,6 +147,29 @@ def test_host_ipc_uts_and_cgroup_namespaces(silod: Any, made: list[str], run_id:
     assert (status, err) == (400, {"message": "Conflicting options: hostname and the UTS mode"})
 
 
+def test_host_pid_namespace(silod: Any, made: list[str]) -> None:
+    """--pid host: the test's own process is visible, the container's is not PID 1; exec too."""
+    me = os.getpid()
+    script = f"readlink /proc/self/ns/pid; echo $$; test -d /proc/{me} && echo sees-host"
+    status, body = create(silod, made, ["sh", "-c", script + "; exec sleep 60"],
+                          PidMode="host")
+    assert status == 201, body
+    api = silod.client
+    api.start(body["Id"])
+    eventually_logs = ""
+    for _ in range(100):
+        eventually_logs = api.logs(body["Id"]).decode()
+        if "sees-host" in eventually_logs:
+            break
+        time.sleep(0.05)
+    ns, pid, seen = eventually_logs.split()
+    assert ns == os.readlink("/proc/self/ns/pid") and int(pid) > 1 and seen == "sees-host"
+    e = api.exec_create(body["Id"], ["sh", "-c", script])
+    assert api.exec_start(e["Id"]).decode().split()[0] == ns
+    api.stop(body["Id"], timeout=1)   # not PID 1: SIGTERM's default action ends it at once
+    assert api.inspect_container(body["Id"])["State"]["ExitCode"] == 143
+
+
 def test_masked_paths_from_the_create_body(silod: Any, made: list[str]) -> None:
     probe = ["sh", "-c", "test -c /proc/timer_list && echo masked || echo open"]
     _, default = create(silod, made, probe)
@@ -155,7 +179,8 @@ def test_masked_paths_from_the_create_body(silod: Any, made: list[str]) -> None:
 
 
 @pytest.mark.parametrize("hc, message", [
-    ({"PidMode": "host"}, "invalid PidMode 'host': every container has its own PID namespace"),
+    ({"PidMode": "container:other"},
+     "invalid PidMode 'container:other': a container has its own PID namespace or the host's"),
     ({"OomScoreAdj": -1001}, "Invalid value -1001, range for oom score adj is [-1000, 1000]"),
     ({"Devices": [{"PathOnHost": "/dev/zero", "PathInContainer": "/dev/z",
                    "CgroupPermissions": "rx"}]}, "bad mode specified: rx"),

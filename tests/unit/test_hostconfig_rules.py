@@ -44,7 +44,8 @@ def test_unenforced_resources_are_discarded_with_a_warning() -> None:
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("PidMode", "host", "invalid PidMode 'host': every container has its own PID namespace"),
+    ("PidMode", "container:x",
+     "invalid PidMode 'container:x': a container has its own PID namespace or the host's"),
     ("IpcMode", "container:x", "invalid IpcMode 'container:x'"),
     ("UTSMode", "container:x", "invalid UTSMode 'container:x'"),
     ("CgroupnsMode", "shared", "invalid CgroupnsMode 'shared'"),
@@ -82,5 +83,5 @@ def test_accepted_modes_and_runtimes() -> None:
                {"Runtime": "silobox"}, {"VolumeDriver": "local"}, {"MaskedPaths": []},
                {"ReadonlyPaths": ["/proc/sys"]}, {"GroupAdd": ["100", "wheel"]},
                {"OomScoreAdj": -1000}, {"OomScoreAdj": 500}, {"IpcMode": "host"},
-               {"UTSMode": "host"}, {"CgroupnsMode": "host"}):
+               {"PidMode": "host"}, {"UTSMode": "host"}, {"CgroupnsMode": "host"}):
         assert check_host_config(dict(hc)) == [], hc
