@@ -68,6 +68,7 @@ class LinuxSettings:
     oom_score_adj: int | None = None                            # every process of the container
     devices: list[dict] = field(default_factory=list)           # host nodes made in the silo
     host_pid: bool = False                                      # no PID namespace of its own
+    join_namespaces: dict[str, str] = field(default_factory=dict)  # {"ipc"|"pid": ns path}
     device_rules: list[dict] = field(default_factory=list)      # extra job object device rules
 
 
@@ -139,7 +140,11 @@ def parse_document(doc: Any) -> ContainerDocument:
         devices=_get(lx, "Devices", list, [], w),
         device_rules=_get(lx, "DeviceCgroupRules", list, [], w),
         host_pid=_get(lx, "HostPid", bool, False, w),
+        join_namespaces=_get(lx, "JoinNamespaces", dict, {}, w),
     )
+    if not all(k in ("ipc", "pid") and isinstance(v, str) and v.startswith("/proc/")
+               for k, v in linux.join_namespaces.items()):
+        raise InvalidArgument(f"{w}JoinNamespaces: only ipc and pid, as /proc/<pid>/ns paths")
     for i, d in enumerate(linux.devices):
         if not isinstance(d, dict) or not isinstance(d.get("Path"), str) \
                 or not d["Path"].startswith("/") or d.get("Type") not in ("c", "b") \

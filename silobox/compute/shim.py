@@ -111,7 +111,13 @@ class Shim:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        if not self.cfg.get("host_pid"):   # --pid host: the container's processes are host's
+        if self.cfg.get("pid_namespace"):   # --pid container:X: X's PID namespace
+            fd = os.open(self.cfg["pid_namespace"], os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc.setns(fd, libc.CLONE_NEWPID)
+            finally:
+                os.close(fd)
+        elif not self.cfg.get("host_pid"):   # --pid host: the container's processes are host's
             libc.unshare(libc.CLONE_NEWPID)
 
     def run(self) -> None:

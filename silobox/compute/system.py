@@ -131,7 +131,9 @@ class ComputeSystem:
             # A warm shim's job object has the default device rules and it has entered a new
             # PID namespace: privileged containers (all devices), containers given devices and
             # those in the host's PID namespace take the cold path.
-            pooled = self.service.pool and not lx.privileged and not extra and not lx.host_pid
+            joins_pid = "pid" in lx.join_namespaces
+            pooled = self.service.pool and not lx.privileged and not extra and not lx.host_pid \
+                and not joins_pid
             if not pooled:
                 self.job.create(limits)
             try:
@@ -149,6 +151,7 @@ class ComputeSystem:
                     "job": {"name": self.id, "parent": self.service.cgroup_parent},
                     "autostart": before_release is None,
                     "pool": pooled, "limits": dict(lx.resources), "host_pid": lx.host_pid,
+                    "pid_namespace": lx.join_namespaces.get("pid"),
                 }
                 report, report_sock = await self.service.spawner.spawn_shim(cfg)
                 report_sock.close()
@@ -527,6 +530,7 @@ class ComputeService:
             readonly_rootfs=lx.readonly_rootfs, privileged=lx.privileged, shm_size=lx.shm_size,
             tmpfs=[[t["ContainerPath"], *_tmpfs(t.get("Options") or "")] for t in lx.tmpfs],
             sysctls=dict(lx.sysctls),
+            join={k: v for k, v in lx.join_namespaces.items() if k != "pid"},
             devices=[[d["Path"], d["HostPath"], d["Type"], d["Major"], d["Minor"],
                       d["FileMode"], d["Uid"], d["Gid"]] for d in lx.devices],
         )

@@ -339,11 +339,14 @@ class ContainerService:
         try:
             async with self._lock(c.id):
                 await self._start(c)
-        except (NotModified, Conflict):
+        except NotModified:
             raise
         except BaseException:
-            # Docker removes an --rm container whose start failed, too.
-            if c.host_config.get("AutoRemove") and c.id in self.containers:
+            # Docker removes an --rm container whose start failed, too (whatever the error:
+            # a link or namespace target that is not running is a 409 but still a failed
+            # start), unless it is running or already being removed.
+            if c.host_config.get("AutoRemove") and c.id in self.containers \
+                    and not c.running and c.state["Status"] != "removing":
                 await self._remove(c, force=True)
             raise
 
@@ -353,16 +356,19 @@ class ContainerService:
         if c.state["Status"] == "removing":
             raise Conflict(f"container {c.id[:12]} is marked for removal and cannot be started")
         self.compute.close_system(c.id)
-        document = self._document(c)
-        # Host devices are read at each start (not at recovery: a running one has its nodes).
-        document["Container"]["Linux"]["Devices"] = resolve_devices(c.host_config)
         try:
+            document = self._document(c)
+            # Host devices are read at each start (not at recovery: a running one has them).
+            document["Container"]["Linux"]["Devices"] = resolve_devices(c.host_config)
             for hook in self.container_hooks:
                 await hook.on_start(c, document)
             system = self.compute.create(c.id, document)
         except BaseException:
             for hook in self.container_hooks:
                 await hook.on_stop(c)
+            # Clients attached before the start (docker run) learn it failed: their streams end.
+            for sess in self._pending_attach.pop(c.id, []):
+                sess.finish()
             raise
         system.on_exit.append(self._on_exit)
         pending = self._pending_attach.pop(c.id, [])

@@ -19,6 +19,7 @@ from silobox.engine.imageops import ImageOpsService
 from silobox.engine.links import LinkService
 from silobox.engine.images import ImageService
 from silobox.engine.networks import NetworkService
+from silobox.engine.sharing import NamespaceSharing
 from silobox.engine.stats import StatsService
 from silobox.engine.storageops import StorageOps
 from silobox.engine.system import SystemService
@@ -26,7 +27,7 @@ from silobox.engine.system import SystemService
 
 class Engine(BuildService, ContainerService, StatsService, ImageOpsService, ImageService,
              SystemService, NetworkService, StorageOps, HealthService, BootstrapService,
-             DistributionService, EventLog, LinkService):
+             DistributionService, EventLog, LinkService, NamespaceSharing):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
     def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:
@@ -49,6 +50,7 @@ class Engine(BuildService, ContainerService, StatsService, ImageOpsService, Imag
         self._init_storage()
         self._init_networks()
         self._init_links()
+        self._init_sharing()
 
     def _daemon_id(self) -> str:
         path = os.path.join(self.config.root, "engine-id")

@@ -6,7 +6,7 @@ A field that is accepted must take effect, so nothing in a create body is silent
   response, as dockerd drops what its kernel lacks (``daemon/daemon_unix.go``
   ``verifyPlatformContainerResources``: "…, discarded"), and reset in the stored HostConfig so
   inspect does not show them as in force.
-* Sharing another container's namespaces, a cgroup parent and GPU requests change what the
+* Sharing another container's UTS namespace, a cgroup parent and GPU requests change what the
   process sees; silobox refuses them with a 400 naming the field rather than run the
   container differently from what was asked.
 
@@ -26,9 +26,9 @@ DEFAULT_RUNTIMES = ("", "silobox", "runc")
 # field → (accepted values, why the others are refused)
 _MODES: dict[str, tuple[tuple[str, ...], str]] = {
     "PidMode": (("", "private", "host"),
-                "a container has its own PID namespace or the host's"),
+                "use private, host or container:NAME"),
     "IpcMode": (("", "private", "shareable", "host"),
-                "a container has its own IPC namespace or the host's"),
+                "use private, shareable, host or container:NAME"),
     "UTSMode": (("", "host"), "a container has its own UTS namespace or the host's"),
     "CgroupnsMode": (("", "private", "host"),
                      "a container has its own cgroup namespace or the host's"),
@@ -36,6 +36,9 @@ _MODES: dict[str, tuple[tuple[str, ...], str]] = {
     "Cgroup": (("",), "every container has its own job object"),
     "VolumeDriver": (("", "local"), "volumes use the local driver"),
 }
+
+_JOINABLE = ("IpcMode", "PidMode")
+"""Modes that may name a container (``container:X``; engine/sharing.py joins it)."""
 
 # field → what is not applied (the value is discarded with a warning)
 _DISCARDED: dict[str, str] = {
@@ -87,7 +90,7 @@ def check_host_config(hc: dict[str, Any]) -> list[str]:
         if not isinstance(value, str):
             raise InvalidArgument(f"json: cannot unmarshal into Go struct field "
                                   f"HostConfig.{field} of type string")
-        if value not in accepted:
+        if value not in accepted and not (field in _JOINABLE and value.startswith("container:")):
             raise InvalidArgument(f"invalid {field} {value!r}: {why}")
     runtime = hc.get("Runtime")
     if runtime is not None and runtime not in DEFAULT_RUNTIMES:

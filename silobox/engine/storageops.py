@@ -532,8 +532,8 @@ class StorageOps:
             c = self.containers.get(cid)
             if point in keep:
                 continue
-            if c is not None and c.running and len(rel) == 2 and rel[1] == "sandbox":
-                continue   # the active disk of a running container
+            if c is not None and c.running and len(rel) == 2 and rel[1] in ("sandbox", "shm"):
+                continue   # the active disk of a running container, or its shareable /dev/shm
             log.info("removing orphan mount %s", point)
             try:
                 libc.umount2(point, libc.MNT_DETACH)

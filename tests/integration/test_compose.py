@@ -573,17 +573,20 @@ def test_default_network_links_secrets_recreate_scale(project: Project) -> None:
     project.assert_nothing_left()
 
 
-def test_network_mode_service_shares_the_compartment(project: Project) -> None:
+def test_network_ipc_pid_of_another_service(project: Project) -> None:
     project.write("docker-compose.yml", """\
 version: "3.8"
 services:
   web:
     image: busybox
-    command: ["sh", "-c", "echo shared > /tmp/i; exec httpd -f -p 8080 -h /tmp"]
+    command: ["sh", "-c", "echo shared > /tmp/i; echo from-web > /dev/shm/mark; exec httpd -f -p 8080 -h /tmp"]
     stop_signal: SIGKILL
+    ipc: shareable
   side:
     image: busybox
     network_mode: "service:web"
+    ipc: "service:web"
+    pid: "service:web"
     depends_on: [web]
     command: ["sh", "-c", "for i in $$(seq 50); do wget -q -O - http://127.0.0.1:8080/i && break; sleep 0.2; done; exec sleep 3600"]
     stop_signal: SIGKILL
@@ -592,6 +595,10 @@ services:
     project.remember_host_objects()
     eventually(lambda: "side_1  | shared" in project.compose("logs", "--no-color", "side").stdout,
                "side reaching web's loopback")
+    # ipc: and pid: "service:web": the sidecar sees web's /dev/shm and processes.
+    seen = project.compose("exec", "-T", "side", "sh", "-c",
+                           "cat /dev/shm/mark; ps -o args | grep -c '^httpd -f -p 8080'").stdout
+    assert seen.split() == ["from-web", "1"], seen
     api = project.silod.client
     web = api.inspect_container(f"{project.name}_web_1")
     side = api.inspect_container(f"{project.name}_side_1")

@@ -179,8 +179,9 @@ def test_masked_paths_from_the_create_body(silod: Any, made: list[str]) -> None:
 
 
 @pytest.mark.parametrize("hc, message", [
-    ({"PidMode": "container:other"},
-     "invalid PidMode 'container:other': a container has its own PID namespace or the host's"),
+    ({"UTSMode": "container:other"},
+     "invalid UTSMode 'container:other': a container has its own UTS namespace or the host's"),
+    ({"PidMode": "container:no-such-one"}, "No such container: no-such-one"),
     ({"OomScoreAdj": -1001}, "Invalid value -1001, range for oom score adj is [-1000, 1000]"),
     ({"Devices": [{"PathOnHost": "/dev/zero", "PathInContainer": "/dev/z",
                    "CgroupPermissions": "rx"}]}, "bad mode specified: rx"),
@@ -194,7 +195,8 @@ def test_masked_paths_from_the_create_body(silod: Any, made: list[str]) -> None:
 def test_refused_fields_create_nothing(silod: Any, made: list[str], hc: dict,
                                        message: str) -> None:
     before = len(silod.client.containers(all=True))
-    assert create(silod, made, ["true"], **hc) == (400, {"message": message})
+    status = 404 if message.startswith("No such container") else 400
+    assert create(silod, made, ["true"], **hc) == (status, {"message": message})
     assert len(silod.client.containers(all=True)) == before
 
 
@@ -216,3 +218,40 @@ def test_docker_cli_defaults_are_accepted(silod: Any, made: list[str]) -> None:
     assert r.returncode == 0 and not r.stderr, r.stderr
     made.append(r.stdout.strip())
     assert silod.client.inspect_container(r.stdout.strip())["State"]["Status"] == "created"
+
+
+def test_ipc_and_pid_of_another_container(silod: Any, made: list[str]) -> None:
+    api = silod.client
+    status, donor = create(silod, made, ["sh", "-c", "echo shared > /dev/shm/x; exec sleep 60"],
+                           IpcMode="shareable", ShmSize=8 * 1024 * 1024)
+    assert status == 201
+    _, private = create(silod, made, ["sleep", "60"])
+    script = ("cat /dev/shm/x; readlink /proc/self/ns/ipc; readlink /proc/self/ns/pid; "
+              "ps -o args | grep -c '^sleep 60$'")
+    _, joiner = create(silod, made, ["sh", "-c", script], IpcMode=f"container:{donor['Id'][:12]}",
+                       PidMode=f"container:{donor['Id'][:12]}")
+    # Docker's 409 while the donor is not running; the joiner stays created.
+    status, err = silod.request("POST", f"/containers/{joiner['Id']}/start")
+    assert status == 409 and "of a non running container" in err["message"], err
+    api.start(donor["Id"])
+    api.start(private["Id"])
+    time.sleep(0.3)
+    assert api.inspect_container(joiner["Id"])["HostConfig"]["IpcMode"] == \
+        f"container:{donor['Id']}"
+    api.start(joiner["Id"])
+    assert api.wait(joiner["Id"], timeout=30)["StatusCode"] == 0
+    lines = api.logs(joiner["Id"]).decode().split()
+    donor_ns = []
+    for ns in ("ipc", "pid"):
+        e = api.exec_create(donor["Id"], ["readlink", f"/proc/self/ns/{ns}"])
+        donor_ns.append(api.exec_start(e["Id"]).decode().strip())
+    # The donor's /dev/shm, IPC and PID namespaces; its sleep is among the joiner's processes.
+    assert lines == ["shared", *donor_ns, "1"], lines
+    _, other = create(silod, made, ["true"], IpcMode=f"container:{private['Id']}")
+    status, err = silod.request("POST", f"/containers/{other['Id']}/start")
+    assert (status, err) == (400, {"message": "non-shareable IPC (hint: use IpcMode:shareable "
+                                              "for the donor container)"})
+    shm = os.path.join(silod.root, "containers", donor["Id"], "shm")
+    assert os.path.ismount(shm)
+    api.stop(donor["Id"], timeout=0)
+    assert not os.path.ismount(shm)

@@ -44,9 +44,9 @@ def test_unenforced_resources_are_discarded_with_a_warning() -> None:
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("PidMode", "container:x",
-     "invalid PidMode 'container:x': a container has its own PID namespace or the host's"),
-    ("IpcMode", "container:x", "invalid IpcMode 'container:x'"),
+    ("PidMode", "shared", "invalid PidMode 'shared': use private, host or container:NAME"),
+    ("IpcMode", "none",
+     "invalid IpcMode 'none': use private, shareable, host or container:NAME"),
     ("UTSMode", "container:x", "invalid UTSMode 'container:x'"),
     ("CgroupnsMode", "shared", "invalid CgroupnsMode 'shared'"),
     ("PidMode", 3, "HostConfig.PidMode of type string"),
@@ -83,5 +83,6 @@ def test_accepted_modes_and_runtimes() -> None:
                {"Runtime": "silobox"}, {"VolumeDriver": "local"}, {"MaskedPaths": []},
                {"ReadonlyPaths": ["/proc/sys"]}, {"GroupAdd": ["100", "wheel"]},
                {"OomScoreAdj": -1000}, {"OomScoreAdj": 500}, {"IpcMode": "host"},
-               {"PidMode": "host"}, {"UTSMode": "host"}, {"CgroupnsMode": "host"}):
+               {"PidMode": "host"}, {"PidMode": "container:x"},
+               {"IpcMode": "container:x"}, {"UTSMode": "host"}, {"CgroupnsMode": "host"}):
         assert check_host_config(dict(hc)) == [], hc

@@ -65,6 +65,8 @@ class SiloSpec:
     sysctls: dict = field(default_factory=dict)
     # host devices: [path inside, host path, "c"|"b", major, minor, mode, uid, gid] each
     devices: list = field(default_factory=list)
+    # namespaces joined instead of unshared: {"ipc": "/proc/<pid>/ns/ipc"} (--ipc container:X)
+    join: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SiloSpec":
@@ -120,6 +122,13 @@ def enter(spec: SiloSpec) -> None:
         finally:
             os.close(fd)
         names = [n for n in names if n != "net"]
+    for name, path in spec.join.items():
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            libc.setns(fd, namespace_flags([name]))
+        finally:
+            os.close(fd)
+        names = [n for n in names if n != name]
     libc.unshare(namespace_flags(names))
     if "net" in names:
         _loopback_up()

@@ -1,0 +1,92 @@
+"""``--ipc container:X`` and ``--pid container:X``: a container in another one's namespaces.
+
+Windows containers share nothing but a network compartment; on Linux Docker lets a container
+join the IPC or PID namespace of a running one (compose's ``ipc: service:x`` and
+``pid: service:x``). At create the reference is resolved to the target's id, as dockerd
+stores it; at each start the target must run, and the new silo joins its namespaces through
+``/proc/<pid>/ns/…``.
+
+POSIX shared memory is a tmpfs at ``/dev/shm``, not part of the IPC namespace. As on Docker, a
+container started with ``--ipc shareable`` gets that tmpfs mounted by silod on the host
+(``<container dir>/shm``), so a container joining its IPC namespace can be given the same
+``/dev/shm``; joining a container that is not shareable is refused with Docker's message. The
+host mount goes when the donor stops (a joiner keeps its own reference until it exits).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from silobox.engine.hooks import ContainerHook
+from silobox.errors import Conflict, InvalidArgument
+from silobox.kernel import libc
+
+_SHARED = (("IpcMode", "ipc", "IPC"), ("PidMode", "pid", "PID"))
+
+
+class NamespaceSharingHook(ContainerHook):
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def on_create(self, c: Any, body: dict[str, Any]) -> None:
+        hc = c.host_config
+        for field, _, _ in _SHARED:
+            mode = hc.get(field) or ""
+            if not mode.startswith("container:"):
+                continue
+            ref = mode.split(":", 1)[1]
+            if not ref:
+                raise InvalidArgument(f"invalid {field} {mode!r}: no container named")
+            target = self.engine._find(ref)
+            if target.id == c.id:
+                raise InvalidArgument(f"invalid {field}: a container cannot join itself")
+            hc[field] = f"container:{target.id}"
+
+    async def on_start(self, c: Any, document: dict[str, Any]) -> None:
+        lx = document["Container"]["Linux"]
+        for field, ns, label in _SHARED:
+            mode = c.host_config.get(field) or ""
+            if not mode.startswith("container:"):
+                continue
+            tid = mode.split(":", 1)[1]
+            target = self.engine.containers.get(tid)
+            if target is None or not target.running or not target.state.get("Pid"):
+                raise Conflict(f"cannot join {label} of a non running container: {tid}")
+            if ns == "ipc":
+                if target.host_config.get("IpcMode") != "shareable":
+                    raise InvalidArgument("non-shareable IPC (hint: use IpcMode:shareable for "
+                                          "the donor container)")
+                document["Container"].setdefault("MappedDirectories", []).append(
+                    {"HostPath": self._shm(target), "ContainerPath": "/dev/shm"})
+            pid = target.state["Pid"]
+            lx.setdefault("JoinNamespaces", {})[ns] = f"/proc/{pid}/ns/{ns}"
+        if c.host_config.get("IpcMode") == "shareable":
+            path = self._shm(c)
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            if not os.path.ismount(path):
+                size = c.host_config.get("ShmSize") or 64 * 1024 * 1024
+                libc.mount("shm", path, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
+                           f"mode=1777,size={size}")
+            document["Container"].setdefault("MappedDirectories", []).append(
+                {"HostPath": path, "ContainerPath": "/dev/shm"})
+
+    def _shm(self, c: Any) -> str:
+        return os.path.join(self.engine.config.containers_dir, c.id, "shm")
+
+    async def on_stop(self, c: Any) -> None:
+        path = self._shm(c)
+        if os.path.ismount(path):
+            libc.umount2(path, libc.MNT_DETACH)
+
+    async def on_remove(self, c: Any) -> None:
+        await self.on_stop(c)
+
+
+class NamespaceSharing:
+    """Engine mixin: registers the hook."""
+
+    container_hooks: list[ContainerHook]
+
+    def _init_sharing(self) -> None:
+        self.container_hooks.append(NamespaceSharingHook(self))
