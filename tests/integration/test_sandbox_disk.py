@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 
@@ -165,7 +164,6 @@ def test_pool_devices_go_at_stop_and_kill9(silod):
 def test_daemon_default_dir_and_no_loop_devices(silod, api, ctr, tmp_path):
     """silod --storage-opt sandbox=dir: plain directories by default, no pool disks; a
     container may still ask for a disk."""
-    helpers = sys.modules[type(silod).__module__]       # the integration conftest
     other = type(silod)(str(tmp_path / "d"), uuid.uuid4().hex[:6])
     os.environ["SILOBOX_STORAGE_OPTS"] = "sandbox=dir"
     try:
@@ -187,9 +185,10 @@ def test_daemon_default_dir_and_no_loop_devices(silod, api, ctr, tmp_path):
         for cid in (body["Id"], body2["Id"]):
             assert other.request("DELETE", f"/containers/{cid}")[0] == 204
     finally:
-        other.stop()
-        helpers.remove_cgroup_parent(other.cgroup_parent)
+        other.stop()                                     # removes its empty cgroup parent
     assert _loops_of_root(other.root) == []
+    assert not [h for h in os.listdir("/sys/fs/cgroup")
+                if os.path.isdir(os.path.join("/sys/fs/cgroup", h, other.cgroup_parent))]
 
 
 def test_disk_is_sized(silod, api, ctr):
