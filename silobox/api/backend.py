@@ -203,6 +203,11 @@ class NetworkBackend(Protocol):
 
     async def hns_endpoint(self, ref: str) -> dict[str, Any]: ...
 
+    async def hns_endpoint_policies(self, ref: str, request_type: str,
+                                    policies: list[dict[str, Any]]) -> dict[str, Any]:
+        """POST /silobox/hns/endpoints/{id}/policies: HCN ModifyEndpoint (ACL, Route)."""
+        ...
+
 
 class Backend(ContainerBackend, ImageBackend, SystemBackend, NetworkBackend, Protocol):
     """Everything silod serves."""

@@ -209,6 +209,10 @@ class ImageOpsService:
     container_unpause: Any
     _lock: Any
 
+    def _has_children(self, image_id: str) -> bool:
+        """Whether a kept image was built on this one (the build service knows)."""
+        return False
+
     # -- startup -----------------------------------------------------------------------------
 
     def sweep_storage(self) -> list[str]:
@@ -324,6 +328,12 @@ class ImageOpsService:
         by_id = image.id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:")) \
             and not self._is_tag_of(ref, image)
         records: list[dict[str, str]] = []
+        if not by_id and "@" in ref and (image.tags or len(image.digests) > 1 or users):
+            # a repo digest while other references (or containers) keep the image: untag only
+            name = reference.parse(ref).familiar()
+            self.images.untag(name)
+            self.emit_event("image", "untag", image, {"name": name})
+            return [{"Untagged": name}]
         if not by_id:
             tag = reference.parse_tagged(ref).familiar()
             single = len({t.rsplit(":", 1)[0] for t in image.tags}) <= 1 and len(image.tags) <= 1
@@ -405,8 +415,8 @@ class ImageOpsService:
         used = {c.data.get("Image") for c in self.containers.values()}
         deleted: list[dict[str, str]] = []
         reclaimed = 0
-        for image in self.images.list():
-            if image.id in used or (only_dangling and image.tags):
+        for image in self.images.list():   # newest first: a child goes before its parent
+            if image.id in used or (only_dangling and image.tags) or self._has_children(image.id):
                 continue
             if filters.get("until") and not all(_ts(image.created) < _until(u)
                                                 for u in filters["until"]):
