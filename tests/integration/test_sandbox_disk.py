@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 import uuid
 
@@ -370,3 +372,51 @@ def test_expand_while_running(silod, api, ctr):
         rec = json.loads(silod.silo("sandbox", "inspect", c).stdout)[0]
         assert rec["Size"] == 64 * 1024 * 1024        # nothing changed
     api.kill(c)
+
+
+def test_without_loop_devices_silod_falls_back_to_directories(silod, tmp_path):
+    """silod probes loop devices at start: in a mount namespace where /dev/loop-control is an
+    empty file (no loop device can be had) it warns and gives every container a directory
+    sandbox, and refuses a disk with the reason."""
+    other = type(silod)(f"/tmp/sbxn-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:6])  # short
+    os.makedirs(other.base)                                    # paths: the shims' sockets
+    empty = tmp_path / "no-loop-control"
+    empty.write_bytes(b"")
+    log = open(other.log_path, "ab")
+    other.proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount --bind {empty} /dev/loop-control && exec \"$0\" \"$@\"",
+         sys.executable, "-m", "silobox.engine.daemon", "--debug", "--root", other.root,
+         "--exec-root", other.exec_root, "--cgroup-parent", other.cgroup_parent,
+         "-H", f"unix://{other.socket}"], stdout=log, stderr=log, start_new_session=True)
+    log.close()
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            assert other.proc.poll() is None, other.log()
+            try:
+                if other.request("GET", "/_ping")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        with open(other.log_path, errors="replace") as f:
+            assert "sandbox disks are unavailable" in f.read()
+        status, body = other.request("POST", "/containers/create",
+                                     {"Image": IMAGE, "Cmd": ["true"],
+                                      "HostConfig": {"NetworkMode": "none"}})
+        assert status == 201, body
+        info = other.request("GET", f"/containers/{body['Id']}/json")[1]
+        assert info["GraphDriver"]["Data"]["sandbox"] == "dir"
+        started = other.request("POST", f"/containers/{body['Id']}/start")
+        assert started[0] == 204, started
+        assert other.request("POST", f"/containers/{body['Id']}/wait")[1]["StatusCode"] == 0
+        assert other.request("DELETE", f"/containers/{body['Id']}")[0] == 204
+        status, body = other.request("POST", "/containers/create", {
+            "Image": IMAGE, "Cmd": ["true"], "HostConfig": {"StorageOpt": {"size": "1G"}}})
+        assert status == 503 and "sandbox disks are unavailable on this host" in \
+            body["message"], body
+    finally:
+        other.stop()
+        shutil.rmtree(other.base, ignore_errors=True)
+    assert _loops_of_root(other.root) == []
