@@ -54,6 +54,14 @@ class DistributionService:
             counter = self._pull_counter = Counter()
         return counter
 
+    def _shared_downloads(self) -> Any:
+        """Blob downloads shared by concurrent pulls, under ``<root>/distribution/blobs``."""
+        from silobox.storage.distribution.pull import SharedDownloads
+        shared = getattr(self, "_downloads", None)
+        if shared is None:
+            shared = self._downloads = SharedDownloads(os.path.join(self.transfer_dir, "blobs"))
+        return shared
+
     def _client(self, domain: str, auth_header: str | None = None,
                 auth: Any = None) -> Any:
         from silobox.storage.distribution.registry import (AuthConfig, RegistryClient,
@@ -114,7 +122,8 @@ class DistributionService:
         os.makedirs(self.transfer_dir, mode=0o700, exist_ok=True)
         async with self._client(ref.domain, auth_header) as client:
             puller = Puller(client, ref, self.layers, self.images, self._blob_metadata(),
-                            self.transfer_dir, report, in_flight=self._pulling())
+                            self.transfer_dir, report, in_flight=self._pulling(),
+                            downloads=self._shared_downloads())
             result = await puller.pull()
         self.emit_event("image", "pull", _Named(ref.familiar()), {"name": ref.familiar()})
         status = ("Image is up to date for" if result.up_to_date
@@ -164,7 +173,6 @@ class DistributionService:
         report = progress or (lambda _: None)
         report({"status": f"The push refers to repository [{repo.name}]"})
         os.makedirs(self.transfer_dir, mode=0o700, exist_ok=True)
-        out: list[dict] = []
         async with self._client(repo.domain, auth_header) as client:
             pusher = Pusher(client, repo, self.layers, self.images, self._blob_metadata(),
                             self.transfer_dir, report)
@@ -175,7 +183,7 @@ class DistributionService:
                                                       "Size": result.size}})
                 pushed = f"{repo.familiar_name}:{tag_name}"
                 self.emit_event("image", "push", _Named(pushed), {"name": pushed})
-        return out
+        return []
 
     # -- login, distribution inspect ---------------------------------------------------------------
 
@@ -200,7 +208,8 @@ class DistributionService:
         async with self._client(ref.domain, auth_header) as client:
             puller = Puller(client, ref, self.layers, self.images, self._blob_metadata(),
                             self.transfer_dir, lambda _: None)
-            raw, content_type, digest = await puller._manifest(ref.digest or ref.tag or "latest")
+            raw, content_type, digest = await puller.fetch_manifest(
+                ref.digest or ref.tag or "latest")
             media, doc = mf.parse(raw, content_type)
             platforms = []
             if media in mf.LISTS:
@@ -212,7 +221,7 @@ class DistributionService:
                                           if k in p})
             else:
                 config_desc = mf.image_manifest(media, doc).config
-                config = await puller._blob_bytes(config_desc, mf.MAX_CONFIG)
+                config = await puller.fetch_document_blob(config_desc, mf.MAX_CONFIG)
                 import json
                 cfg = json.loads(config)
                 platforms.append({"architecture": cfg.get("architecture", ""),

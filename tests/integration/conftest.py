@@ -122,6 +122,14 @@ class Silod:
         return subprocess.run([sys.executable, "-m", "silobox.cli.main", *args], env=self.env,
                               input=input, capture_output=True, timeout=timeout, check=check)
 
+    def cgroup_dirs(self) -> list[str]:
+        """Every cgroup under this daemon's parent, in every hierarchy."""
+        return cgroup_dirs(self.cgroup_parent)
+
+    def remove_cgroup_parent(self) -> None:
+        """Remove this daemon's (empty) cgroup parent, for a test's own extra daemon."""
+        remove_cgroup_parent(self.cgroup_parent)
+
     def remove_all(self) -> None:
         try:
             status, items = self.request("GET", "/containers/json?all=1")

@@ -295,6 +295,13 @@ def run_echo(daemon, image: str, cmd: str) -> bytes:
         daemon.client.remove_container(cid, force=True)
 
 
+def transfer_files(daemon) -> list[str]:
+    """Downloads and uploads in progress or left behind (none once every transfer ended)."""
+    return [os.path.join(d, f) for d, _, files in os.walk(os.path.join(daemon.root,
+                                                                       "distribution"))
+            for f in files]
+
+
 def layer_dirs(daemon) -> set[str]:
     return set(os.listdir(os.path.join(daemon.root, "layers")))
 
@@ -482,17 +489,20 @@ def test_corrupt_blob_is_rejected_and_leaves_nothing(daemon, plain):
         in errors[0], messages
     assert layer_dirs(daemon) == layers_before
     assert {i["Id"] for i in c.images(all=True)} == images_before
-    assert os.listdir(os.path.join(daemon.root, "distribution")) == []
+    assert transfer_files(daemon) == []
 
 
 class CuttingProxy:
     """An HTTP proxy to the registry on 127.0.0.1 that cuts the first download of every blob
     halfway, and records the Range headers it is sent."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, cut: bool = True, delay: float = 0.0) -> None:
         self.upstream = upstream
+        self.cutting = cut
+        self.delay = delay            # seconds between 64 KiB pieces of a blob
         self.cut: set[str] = set()
         self.ranges: list[str] = []
+        self.blob_gets: list[str] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -516,8 +526,11 @@ class CuttingProxy:
                 conn.request(self.command, self.path, headers=headers)
                 resp = conn.getresponse()
                 body = resp.read()
-                cut = (self.command == "GET" and "/blobs/" in self.path and resp.status == 200
-                       and len(body) > 4096 and self.path not in proxy.cut)
+                blob = self.command == "GET" and "/blobs/" in self.path
+                if blob:
+                    proxy.blob_gets.append(self.path)
+                cut = (proxy.cutting and blob and resp.status == 200 and len(body) > 4096
+                       and self.path not in proxy.cut)
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("connection", "transfer-encoding"):
@@ -531,7 +544,12 @@ class CuttingProxy:
                     self.close_connection = True
                     return
                 if self.command != "HEAD":
-                    self.wfile.write(body)
+                    step = 65536 if blob and proxy.delay else max(len(body), 1)
+                    for i in range(0, len(body), step):
+                        self.wfile.write(body[i:i + step])
+                        if blob and proxy.delay:
+                            self.wfile.flush()
+                            time.sleep(proxy.delay)
                 conn.close()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -569,12 +587,16 @@ def test_resumable_download_through_a_cut_connection(daemon, plain):
 
 
 def test_concurrent_pulls_of_one_image(daemon, plain):
+    """Four pulls at once: one download of the layer (through a proxy that serves blobs
+    slowly, so they overlap), each pull seeing its progress, one image."""
     c = daemon.client
-    name = f"{plain.address}/concurrent-{uuid.uuid4().hex[:6]}"
-    unique_layer_image(daemon, f"{name}:v1", size=1 << 20)
-    stream(c.push(name, tag="v1", stream=True, decode=True))
-    image_id = c.inspect_image(f"{name}:v1")["Id"]
-    c.remove_image(f"{name}:v1")
+    repo = f"concurrent-{uuid.uuid4().hex[:6]}"
+    unique_layer_image(daemon, f"{plain.address}/{repo}:v1", size=1 << 20)
+    stream(c.push(f"{plain.address}/{repo}", tag="v1", stream=True, decode=True))
+    image_id = c.inspect_image(f"{plain.address}/{repo}:v1")["Id"]
+    c.remove_image(f"{plain.address}/{repo}:v1")
+    proxy = CuttingProxy(plain.address, cut=False, delay=0.05)
+    name = f"{proxy.address}/{repo}"
     results: list[Any] = []
 
     def one() -> None:
@@ -587,20 +609,35 @@ def test_concurrent_pulls_of_one_image(daemon, plain):
             results.append(e)
         finally:
             client.close()
-    threads = [threading.Thread(target=one) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    try:
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        proxy.close()
     assert len(results) == 4
     for r in results:
         assert not isinstance(r, Exception), r
         assert not [m for m in r if "error" in m], r
+        assert "Download complete" in statuses(r), r
+    layer_gets = [p for p in proxy.blob_gets if p.endswith(tuple(
+        l.removeprefix("sha256:") for l in [proxy_layer_digest(plain, repo)]))]
+    assert len(layer_gets) == 1, proxy.blob_gets
     assert c.inspect_image(f"{name}:v1")["Id"] == image_id
+    assert transfer_files(daemon) == []
     assert run_echo(daemon, f"{name}:v1", "echo ok") == b"ok\n"
     c.remove_image(f"{name}:v1")
     assert not [d for d in os.listdir(os.path.join(daemon.root, "layers"))
                 if d.startswith(("tmp-", "rm-"))]
+
+
+def proxy_layer_digest(reg: Registry, repo: str) -> str:
+    status, _, raw = reg.call("GET", f"/v2/{repo}/manifests/v1", headers={
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert status == 200, raw
+    return json.loads(raw)["layers"][0]["digest"]
 
 
 # -- basic auth --------------------------------------------------------------------------------
@@ -630,7 +667,9 @@ def test_basic_auth_login_pull_push(daemon, secured):
     status, body = daemon.request("POST", f"/images/create?fromImage={name}&tag=v1",
                                   headers={"X-Registry-Auth": bad.decode()})
     assert status == 500 and "unauthorized" in body["message"], body
-    stream(c.pull(name, tag="v1", stream=True, decode=True, auth_config=auth))
+    # busybox still holds the image: its layer is there already
+    text = statuses(stream(c.pull(name, tag="v1", stream=True, decode=True, auth_config=auth)))
+    assert "Already exists" in text and "Pull complete" not in text, text
     assert run_echo(daemon, f"{name}:v1", "echo authed") == b"authed\n"
     # a layer known in another repository of the registry is mounted, not uploaded again
     other = f"{secured.address}/elsewhere/busybox"
@@ -838,6 +877,27 @@ def test_bearer_token_auth(daemon, token_registry):
     assert status == 500 and "unauthorized" in body["message"], body
     stream(c.pull(private, tag="v1", stream=True, decode=True, auth_config=auth))
     assert run_echo(daemon, f"{private}:v1", "echo bearer") == b"bearer\n"
+    # a cross-repository mount asks for a token with both repositories in its scope
+    other = f"{reg.address}/team/copy"
+    c.tag(f"{private}:v1", other, "v1")
+    text = statuses(stream(c.push(other, tag="v1", stream=True, decode=True, auth_config=auth)))
+    assert any(s.startswith("Mounted from ") for s in text), text
+    assert {"user": USER, "scope": ["repository:team/copy:pull,push",
+                                    "repository:team/busybox:pull"]} in tokens.requests \
+        or {"user": USER, "scope": ["repository:team/copy:pull,push",
+                                    "repository:public/busybox:pull"]} in tokens.requests
+    c.remove_image(f"{other}:v1")
+    # docker-py's high-level API: images.pull and get_registry_data
+    import docker
+    client = docker.DockerClient(base_url=f"unix://{daemon.socket}", version="auto")
+    try:
+        data = client.images.get_registry_data(f"{private}:v1", auth_config=auth)
+        assert data.id.startswith("sha256:")
+        assert data.has_platform("linux/amd64") or os.uname().machine != "x86_64"
+        assert client.images.pull(private, tag="v1", auth_config=auth).id == \
+            c.inspect_image(f"{private}:v1")["Id"]
+    finally:
+        client.close()
     c.remove_image(f"{private}:v1")
     c.remove_image(f"{public}:v1")
 
@@ -983,3 +1043,29 @@ def test_silo_run_pulls_a_missing_image(daemon, plain):
     out = daemon.silo("run", "--rm", f"{plain.address}/absent/image:v1", "true")
     assert out.returncode == 125 and b"manifest unknown" in out.stderr, out
     daemon.client.remove_image(name)
+
+
+def test_silod_killed_mid_pull_leaves_nothing_after_restart(daemon, plain):
+    c = daemon.client
+    repo = f"killed-{uuid.uuid4().hex[:6]}"
+    unique_layer_image(daemon, f"{plain.address}/{repo}:v1", size=1 << 20)
+    stream(c.push(f"{plain.address}/{repo}", tag="v1", stream=True, decode=True))
+    c.remove_image(f"{plain.address}/{repo}:v1")
+    layers_before = layer_dirs(daemon)
+    proxy = CuttingProxy(plain.address, cut=False, delay=0.05)
+    try:
+        name = f"{proxy.address}/{repo}"
+        seen: list[dict] = []
+        for msg in c.pull(name, tag="v1", stream=True, decode=True):
+            seen.append(msg)
+            if msg.get("status") == "Downloading":
+                daemon.kill9()
+                break
+        assert any(m.get("status") == "Downloading" for m in seen), seen
+    finally:
+        proxy.close()
+        if daemon.proc is None or daemon.proc.poll() is not None:
+            daemon.start()
+    assert transfer_files(daemon) == []
+    assert layer_dirs(daemon) == layers_before
+    assert not [i for i in c.images() if any(repo in t for t in i["RepoTags"] or [])]

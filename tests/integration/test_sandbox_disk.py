@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 
@@ -187,7 +186,8 @@ def test_daemon_default_dir_and_no_loop_devices(silod, api, ctr, tmp_path):
         for cid in (body["Id"], body2["Id"]):
             assert other.request("DELETE", f"/containers/{cid}")[0] == 204
     finally:
-        other.stop()                                     # removes its empty cgroup parent
+        other.stop()
+        other.remove_cgroup_parent()
     assert _loops_of_root(other.root) == []
     assert not [h for h in os.listdir("/sys/fs/cgroup")
                 if os.path.isdir(os.path.join("/sys/fs/cgroup", h, other.cgroup_parent))]

@@ -149,3 +149,11 @@ def test_pushed_manifest_is_stable():
     assert doc["mediaType"] == mf.DOCKER_MANIFEST and doc["schemaVersion"] == 2
     assert doc["layers"] == [{"mediaType": mf.DOCKER_LAYER_GZIP, "size": 200,
                               "digest": "sha256:" + "d" * 64}]
+
+
+def test_content_range_start():
+    from silobox.storage.distribution.pull import _range_starts_at
+    assert _range_starts_at("bytes 100-199/200", 100)
+    assert not _range_starts_at("bytes 0-199/200", 100)
+    assert not _range_starts_at("", 100)
+    assert not _range_starts_at("items 100-199/200", 100)

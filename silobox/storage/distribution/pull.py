@@ -50,7 +50,8 @@ class Puller:
     def __init__(self, client: RegistryClient, ref: Reference, layers: LayerStore,
                  images: ImageStore, metadata: BlobMetadata, tmp_root: str, progress: Progress,
                  concurrency: int = 3, retries: int = 5, retry_delay: float = 1.0,
-                 in_flight: Counter[str] | None = None) -> None:
+                 in_flight: Counter[str] | None = None,
+                 downloads: SharedDownloads | None = None) -> None:
         self.client = client
         self.ref = ref
         self.layers = layers
@@ -64,6 +65,8 @@ class Puller:
         self.scopes = (repository_scope(ref.path, "pull"),)
         # diff ids every running pull of this daemon needs: a failing pull leaves those alone
         self.in_flight = in_flight if in_flight is not None else Counter()
+        self.downloads = downloads
+        self._leases: list[_Lease] = []
 
     def _say(self, status: str, ident: str | None = None, **detail: int) -> None:
         msg: dict[str, Any] = {"status": status}
@@ -74,7 +77,7 @@ class Puller:
 
     # -- documents -------------------------------------------------------------------------------
 
-    async def _manifest(self, reference: str) -> tuple[bytes, str, str]:
+    async def fetch_manifest(self, reference: str) -> tuple[bytes, str, str]:
         """(bytes, media type, digest) of a manifest by tag or digest, digest checked."""
         resp = await self.client.request("GET", f"/v2/{self.ref.path}/manifests/{reference}",
                                          self.scopes, headers={"Accept": mf.ACCEPT})
@@ -91,7 +94,7 @@ class Puller:
             raise InvalidArgument(f"manifest verification failed for digest {reference}")
         return raw, content_type, digest
 
-    async def _blob_bytes(self, desc: mf.Descriptor, limit: int) -> bytes:
+    async def fetch_document_blob(self, desc: mf.Descriptor, limit: int) -> bytes:
         resp = await self.client.request("GET", f"/v2/{self.ref.path}/blobs/{desc.digest}",
                                          self.scopes)
         if resp.status != 200:
@@ -104,17 +107,17 @@ class Puller:
 
     async def resolve(self) -> tuple[str, mf.ImageManifest, bytes, list[str]]:
         """(top-level digest, manifest, config bytes, diff ids) for this host's platform."""
-        raw, content_type, top_digest = await self._manifest(self.ref.digest or self.ref.tag
-                                                             or "latest")
+        raw, content_type, top_digest = await self.fetch_manifest(
+            self.ref.digest or self.ref.tag or "latest")
         media, doc = mf.parse(raw, content_type)
         if media in mf.LISTS:
             entry = mf.pick_platform(doc, "linux", host_architecture(), self.ref.familiar())
-            raw, content_type, _ = await self._manifest(entry.digest)
+            raw, content_type, _ = await self.fetch_manifest(entry.digest)
             media, doc = mf.parse(raw, content_type)
             if media in mf.LISTS:
                 raise InvalidArgument(f"manifest list {entry.digest} points at another list")
         image = mf.image_manifest(media, doc)
-        config_raw = await self._blob_bytes(image.config, mf.MAX_CONFIG)
+        config_raw = await self.fetch_document_blob(image.config, mf.MAX_CONFIG)
         try:
             config = json.loads(config_raw)
             diff_ids = config["rootfs"]["diff_ids"]
@@ -182,6 +185,9 @@ class Puller:
         finally:
             if counted:
                 self.in_flight.subtract(diff_ids)
+            for lease in self._leases:
+                lease.release()
+            self._leases.clear()
             shutil.rmtree(tmp, ignore_errors=True)
         self.images.add_digest(image.id, f"{self.ref.name}@{top_digest}")
         for desc, diff_id in zip(image_manifest.layers, diff_ids):
@@ -212,14 +218,36 @@ class Puller:
     # -- one layer -------------------------------------------------------------------------------
 
     async def _fetch(self, desc: mf.Descriptor, path: str, slots: asyncio.Semaphore) -> str:
+        """The blob downloaded and verified; with shared downloads, the path of the download
+        every concurrent pull of the same blob waits for (held until :meth:`pull` ends)."""
         if slots.locked():
             self._say("Waiting", desc.short)
         async with slots:
-            await self._download(desc, path)
-        return path
+            if self.downloads is None:
+                await self._download(desc, path)
+                return path
+            key = f"{self.ref.name}@{desc.digest}"
+            lease = await self.downloads.fetch(key, lambda dest, say: self._download_alone(
+                desc, dest, say), self._say)
+            self._leases.append(lease)
+            if lease.joined_late:
+                self._say("Download complete", desc.short)
+            return lease.path
 
-    async def _download(self, desc: mf.Descriptor, path: str) -> None:
-        """Fetch a blob to ``path``, continuing after a broken connection with ``Range``."""
+    async def _download_alone(self, desc: mf.Descriptor, path: str,
+                              say: Callable[..., None]) -> None:
+        """A shared download has a registry session of its own: it outlives the pull that
+        started it when other pulls still wait for it."""
+        async with RegistryClient(self.client.endpoint, self.client.auth) as client:
+            await self._download(desc, path, client, say)
+
+    async def _download(self, desc: mf.Descriptor, path: str,
+                        client: RegistryClient | None = None,
+                        say: Callable[..., None] | None = None) -> None:
+        """Fetch a blob to ``path``, continuing after a broken connection with ``Range``;
+        ``say`` reports progress (to every pull waiting for this download)."""
+        client = client or self.client
+        say = say or self._say
         url = f"/v2/{self.ref.path}/blobs/{desc.digest}"
         digest = hashlib.sha256()
         have = 0
@@ -229,15 +257,19 @@ class Puller:
             while True:
                 headers = {"Range": f"bytes={have}-"} if have else {}
                 try:
-                    resp = await self.client.request("GET", url, self.scopes, headers=headers)
+                    resp = await client.request("GET", url, self.scopes, headers=headers)
                     try:
                         if resp.status not in (200, 206):
-                            raise _blob_error(desc, await self.client.fail(resp))
-                        if have and resp.status == 200:
+                            raise _blob_error(desc, await client.fail(resp))
+                        odd_range = resp.status == 206 and not _range_starts_at(
+                            resp.headers.get("Content-Range", ""), have)
+                        if have and (resp.status == 200 or odd_range):
                             out.seek(0)   # the server ignored Range: start again
                             out.truncate()
                             digest = hashlib.sha256()
                             have = 0
+                            if odd_range:
+                                continue   # ask again, for the whole blob
                         async for chunk in resp.content.iter_chunked(_CHUNK):
                             if have + len(chunk) > desc.size:
                                 raise InvalidArgument(
@@ -249,7 +281,7 @@ class Puller:
                             have += len(chunk)
                             if have - reported >= _REPORT_EVERY or have == desc.size:
                                 reported = have
-                                self._say("Downloading", desc.short, current=have,
+                                say("Downloading", desc.short, current=have,
                                           total=desc.size)
                     finally:
                         resp.release()
@@ -268,14 +300,14 @@ class Puller:
                                             f"{self.retries} retries: {e}", cause=e) from e
                     out.flush()
                     delay = self.retry_delay * failures
-                    self._say(f"Retrying in {delay:g} second{'s' if delay != 1 else ''}",
+                    say(f"Retrying in {delay:g} second{'s' if delay != 1 else ''}",
                               desc.short)
                     await asyncio.sleep(delay)
-        self._say("Verifying Checksum", desc.short)
+        say("Verifying Checksum", desc.short)
         if f"sha256:{digest.hexdigest()}" != desc.digest:
             raise InvalidArgument(f"filesystem layer verification failed for digest "
                                   f"{desc.digest}")
-        self._say("Download complete", desc.short)
+        say("Download complete", desc.short)
 
     async def _extract(self, desc: mf.Descriptor, path: str, parent: str | None,
                        diff_id: str, added: list[str]) -> str:
@@ -314,6 +346,91 @@ class Puller:
         self._say("Extracting", ident, current=current, total=total)
 
 
+class _Transfer:
+    """One blob being downloaded for one or more pulls."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.watchers: list[Callable[..., None]] = []
+        self.refs = 0
+        self.task: asyncio.Future[None] | None = None
+
+    def broadcast(self, status: str, ident: str | None = None, **detail: int) -> None:
+        for watch in list(self.watchers):
+            watch(status, ident, **detail)
+
+
+class _Lease:
+    """A pull's hold on a finished download; the file goes when the last hold is released."""
+
+    def __init__(self, owner: SharedDownloads, key: str, transfer: _Transfer,
+                 watch: Callable[..., None]) -> None:
+        self.owner = owner
+        self.key = key
+        self.transfer = transfer
+        self.watch = watch
+        self.path = transfer.path
+        self.joined_late = False   # the download had finished: its progress was not seen
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.owner._drop(self.key, self.transfer, self.watch)
+
+
+class SharedDownloads:
+    """Blob downloads shared by the daemon's concurrent pulls (Docker's transfer manager): a
+    pull that needs a blob another pull is fetching from the same repository waits for that
+    download and sees its progress. A download ends early only when no pull waits any more;
+    its file is removed when the last pull using it is done."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._transfers: dict[str, _Transfer] = {}
+
+    async def fetch(self, key: str, run: Callable[[str, Callable[..., None]], Any],
+                    watch: Callable[..., None]) -> _Lease:
+        transfer = self._transfers.get(key)
+        if transfer is None:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            transfer = _Transfer(os.path.join(self.folder, uuid.uuid4().hex))
+            self._transfers[key] = transfer
+            transfer.task = asyncio.ensure_future(run(transfer.path, transfer.broadcast))
+            transfer.task.add_done_callback(lambda t: self._finished(key, transfer, t))
+        transfer.refs += 1
+        transfer.watchers.append(watch)
+        assert transfer.task is not None
+        finished_before = transfer.task.done()
+        try:
+            await asyncio.shield(transfer.task)
+        except BaseException:
+            self._drop(key, transfer, watch)
+            raise
+        lease = _Lease(self, key, transfer, watch)
+        lease.joined_late = finished_before
+        return lease
+
+    def _finished(self, key: str, transfer: _Transfer, task: asyncio.Future[None]) -> None:
+        """A failed download is forgotten at once, so the next pull starts afresh."""
+        if task.cancelled() or task.exception() is not None:
+            if self._transfers.get(key) is transfer:
+                del self._transfers[key]
+
+    def _drop(self, key: str, transfer: _Transfer, watch: Callable[..., None]) -> None:
+        transfer.refs -= 1
+        if watch in transfer.watchers:
+            transfer.watchers.remove(watch)
+        if transfer.refs > 0:
+            return
+        if self._transfers.get(key) is transfer:
+            del self._transfers[key]
+        if transfer.task is not None and not transfer.task.done():
+            transfer.task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(transfer.path)
+
+
 class _CountingReader:
     """Reports how much of the compressed blob extraction has consumed."""
 
@@ -330,6 +447,13 @@ class _CountingReader:
             self._next = self.done + _REPORT_EVERY
             self._report(self.done)
         return data
+
+
+def _range_starts_at(content_range: str, offset: int) -> bool:
+    """True if ``Content-Range: bytes START-END/TOTAL`` starts at ``offset``."""
+    unit, _, spec = content_range.strip().partition(" ")
+    start = spec.partition("-")[0]
+    return unit == "bytes" and start.isdigit() and int(start) == offset
 
 
 def _blob_error(desc: mf.Descriptor, err: RegistryError) -> SiloboxError:

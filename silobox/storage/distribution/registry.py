@@ -368,7 +368,8 @@ class RegistryClient:
         try:
             if self.auth.identity_token:
                 form = {"grant_type": "refresh_token", "refresh_token": self.auth.identity_token,
-                        "client_id": "silobox", "service": self._challenge.params.get("service", ""),
+                        "client_id": "silobox",
+                        "service": self._challenge.params.get("service", ""),
                         "scope": " ".join(scopes)}
                 request = self.session.post(realm, data=form)
             else:
