@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 
@@ -418,5 +419,6 @@ def test_without_loop_devices_silod_falls_back_to_directories(silod, tmp_path):
             body["message"], body
     finally:
         other.stop()
+        other.remove_cgroup_parent()
         shutil.rmtree(other.base, ignore_errors=True)
     assert _loops_of_root(other.root) == []
