@@ -383,15 +383,15 @@ def test_without_loop_devices_silod_falls_back_to_directories(silod, tmp_path):
     os.makedirs(other.base)                                    # paths: the shims' sockets
     empty = tmp_path / "no-loop-control"
     empty.write_bytes(b"")
-    log = open(other.log_path, "ab")
-    other.proc = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         f"mount --bind {empty} /dev/loop-control && exec \"$0\" \"$@\"",
-         sys.executable, "-m", "silobox.engine.daemon", "--debug", "--root", other.root,
-         "--exec-root", other.exec_root, "--cgroup-parent", other.cgroup_parent,
-         "-H", f"unix://{other.socket}"], stdout=log, stderr=log, start_new_session=True)
-    log.close()
     try:
+        with open(other.log_path, "ab") as log:
+            other.proc = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 f"mount --bind {empty} /dev/loop-control && exec \"$0\" \"$@\"",
+                 sys.executable, "-m", "silobox.engine.daemon", "--debug", "--root",
+                 other.root, "--exec-root", other.exec_root, "--cgroup-parent",
+                 other.cgroup_parent, "-H", f"unix://{other.socket}"],
+                stdout=log, stderr=log, start_new_session=True)
         deadline = time.time() + 20
         while time.time() < deadline:
             assert other.proc.poll() is None, other.log()
