@@ -447,7 +447,7 @@ def discard(image: str, root: str) -> None:
 
 
 def clone_sparse(template: str, path: str, flush: bool = True) -> None:
-    """Copy an image's data extents only (SEEK_DATA/SEEK_HOLE + copy_file_range): a few MiB
+    """Copy an image's data extents only (SEEK_DATA/SEEK_HOLE + copy_file_range): under a MiB
     in the kernel instead of a mkfs process, like copying ``blank.vhdx`` on Windows."""
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     src = os.open(template, os.O_RDONLY | os.O_CLOEXEC)
