@@ -521,7 +521,6 @@ class ImageOpsService:
             return
         async with self._lock(c.id):
             loop = asyncio.get_running_loop()
-            await self.settle_sandbox(c.id)
             activated = await _activate(sandbox)
             try:
                 if not sandbox.exists():
@@ -680,7 +679,6 @@ class ImageOpsService:
             sandbox = self.sandbox_for(c.id)
             lowers = self.container_lower_dirs(c)
             # the helper process attaches the disk itself: the pool lets go of its device
-            await self.settle_sandbox(c.id)
             await asyncio.get_running_loop().run_in_executor(None, sandbox.release_spare)
             args = {**args, "rootfs": sandbox.paths.rootfs, "root": self.config.root,
                     "cid": c.id,

@@ -293,7 +293,6 @@ class StorageHook(ContainerHook):
                            f"{c.name}' first")
         for name in self._option_volumes(c):
             self.e.volumes.mount(name)    # type/device/o volumes: mounted while in use
-        await self.e.settle_sandbox(c.id)   # the last stop's unmount, if still under way
         sandbox = Sandbox(self.e.config.root, c.id)
         if sandbox.is_mounted():
             raise Conflict(f"cannot start container {c.name}: its sandbox is mounted on the "
@@ -368,14 +367,12 @@ class StorageHook(ContainerHook):
         sandbox = Sandbox(self.e.config.root, c.id)
         if sandbox.kind == "disk":
             self.e.disk_pool.busy()
-            # Off the exit path: the unmount (ext4's sync and the last close of the loop
-            # device, ~1 ms) runs in a thread while the exit is reported; whatever touches the
-            # disk next (start, rm, cp, commit, attach, expand) waits for it first.
-            self.e.deactivate_later(c.id, sandbox)
+            # Inline (an unmount, ~1 ms): no await point before the hooks after this one, so
+            # a restart never waits on, or races with, this container's disk.
+            sandbox.deactivate()
 
     async def on_remove(self, c: Any) -> None:
         self.e.disk_pool.busy()
-        await self.e.settle_sandbox(c.id)
         await asyncio.get_running_loop().run_in_executor(None, self.e._detach, c.id)
         Sandbox(self.e.config.root, c.id).deactivate()
         self._release_volumes(c)
@@ -423,7 +420,6 @@ class StorageOps:
     def _init_storage(self) -> None:
         opts = self._daemon_storage_opts()
         self.volumes = VolumeStore(self.config.root, self.db)
-        self._teardowns: dict[str, asyncio.Task] = {}
         # A sandbox disk per container by default (Windows' sandbox.vhdx); the pool keeps
         # disks copied, written back and attached ahead of time, so a start only mounts one.
         self.sandbox_default = opts.get("sandbox") or "disk"
@@ -444,32 +440,6 @@ class StorageOps:
         self.container_hooks.append(StorageHook(self))
         self._remove_storage_orphans()
         self.disk_pool.start()
-
-    # ----- deferred deactivation ----------------------------------------------------------
-    def deactivate_later(self, cid: str, sandbox: Sandbox) -> None:
-        """Unmount a stopped container's disk in a thread (after any earlier one)."""
-        loop = asyncio.get_running_loop()
-        previous = self._teardowns.get(cid)
-
-        async def run() -> None:
-            try:
-                if previous is not None:
-                    await asyncio.gather(previous, return_exceptions=True)
-                await loop.run_in_executor(None, sandbox.deactivate)
-            except Exception as e:   # reported; the next activate or rm unmounts it again
-                log.warning("cannot deactivate the sandbox disk of %s: %s", cid, e)
-            finally:
-                if self._teardowns.get(cid) is task:
-                    del self._teardowns[cid]
-
-        task = loop.create_task(run())
-        self._teardowns[cid] = task
-
-    async def settle_sandbox(self, cid: str) -> None:
-        """Wait until a deferred unmount of the container's disk is done."""
-        task = self._teardowns.get(cid)
-        if task is not None:
-            await asyncio.gather(asyncio.shield(task), return_exceptions=True)
 
     # ----- a container's layers ---------------------------------------------------------
     def container_layers(self, c: Any) -> list[Any]:
@@ -782,7 +752,6 @@ class StorageOps:
             raise Conflict(f"the sandbox of container {c.name} is attached on the host; "
                            "detach it first")
         async with self._lock(c.id):  # type: ignore[attr-defined]
-            await self.settle_sandbox(c.id)
             await asyncio.get_running_loop().run_in_executor(None, sandbox.expand, new)
         return await self.sandbox_inspect(c.id)
 
@@ -799,7 +768,6 @@ class StorageOps:
             if self._attachment(c.id):
                 raise Conflict(f"the sandbox of container {c.name} is already attached at "
                                f"{self._attachment(c.id)['MountPoint']}")
-            await self.settle_sandbox(c.id)
             lowers: list[str] = []
             if merged:
                 lowers = self.container_lower_dirs(c)
