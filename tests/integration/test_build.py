@@ -82,9 +82,18 @@ def workdir(run_id: str):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def cgroup_dirs(parent: str) -> list[str]:
+    """Every cgroup below ``parent`` in every v1 hierarchy (or in the v2 tree)."""
+    found = []
+    for hierarchy in os.listdir("/sys/fs/cgroup"):
+        top = os.path.join("/sys/fs/cgroup", hierarchy, parent)
+        for dirpath, dirnames, _ in os.walk(top):
+            found += [os.path.join(dirpath, d) for d in dirnames]
+    return found
+
+
 def no_build_containers(silod: Any) -> None:
     """No container record, no job object (cgroup) and no build context is left."""
-    from conftest import cgroup_dirs
     status, items = silod.request("GET", "/containers/json?all=1")
     assert status == 200 and items == [], items
     jobs = [d for d in cgroup_dirs(silod.cgroup_parent)
