@@ -219,6 +219,9 @@ def test_cache_reuse_and_no_cache(silod: Any, images: list[str], run_id: str) ->
     assert "Using cache" in text_of(py_build(silod, files, tag=tag))
     status, doc = silod.request("POST", "/build/prune")
     assert status == 200 and doc["CachesDeleted"]
+    # every intermediate went, those of the --no-cache build too; the tagged result stays
+    assert all(i["RepoTags"] for i in silod.client.images(all=True))
+    assert silod.client.inspect_image(tag)["Id"]
     assert "Using cache" not in text_of(py_build(silod, files, tag=tag))
     no_build_containers(silod)
 
