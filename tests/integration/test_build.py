@@ -8,6 +8,7 @@ its images; the session fixture checks that no cgroup or mount is left.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -235,7 +236,7 @@ def test_docker_py_high_level_client(silod: Any, images: list[str], run_id: str,
         f.write("FROM busybox\nRUN echo built > /out\nCMD [\"cat\", \"/out\"]\n")
     client = docker.DockerClient(base_url=f"unix://{silod.socket}", version="auto")
     try:
-        image, logs = client.images.build(path=workdir, tag=tag, rm=True)
+        image, logs = client.images.build(path=workdir, tag=tag, rm=True, gzip=True)
         assert image.tags == [f"{tag}:latest"]
         assert any("Successfully built" in l.get("stream", "") for l in logs)
         assert client.containers.run(tag, remove=True) == b"built\n"
@@ -495,4 +496,25 @@ def test_client_going_away_stops_the_run_container(silod: Any) -> None:
         if not items:
             break
         time.sleep(0.2)
+    no_build_containers(silod)
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_compressed_contexts(silod: Any, compression: str) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tar:
+        data = b"FROM busybox\nLABEL compressed=" + compression.encode() + b"\n"
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    status, body = silod.request("POST", "/build?q=1", raw=buf.getvalue(),
+                                 headers={"Content-Type": "application/x-tar",
+                                          "X-Registry-Config": "e30="})
+    assert status == 200
+    lines = [json.loads(l) for l in body.splitlines() if l.strip()] \
+        if isinstance(body, bytes) else [body]
+    image_id = next(l["aux"]["ID"] for l in lines if "aux" in l)
+    assert silod.client.inspect_image(image_id)["Config"]["Labels"] == {
+        "compressed": compression}
+    silod.client.remove_image(image_id)
     no_build_containers(silod)
