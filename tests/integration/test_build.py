@@ -442,13 +442,21 @@ def test_prune_and_rmi_release_intermediates(silod: Any, run_id: str) -> None:
     before = {i["Id"] for i in silod.client.images(all=True)}
     silod.client.prune_images()
     assert {i["Id"] for i in silod.client.images(all=True)} == before
-    silod.client.remove_image(tag)
-    # the result is gone; its now dangling parents go with the next prune, children first
-    dangling = {i["Id"] for i in silod.client.images(filters={"dangling": True})}
-    assert image_id not in dangling
-    silod.client.prune_images()
+    # rmi deletes the result and the build's untagged parents with it (not busybox)
+    records = silod.client.remove_image(tag)
+    deleted = [r["Deleted"] for r in records if "Deleted" in r]
+    assert deleted[0] == image_id and len(deleted) >= 3, records
     left = silod.client.images(all=True)
     assert all(i["RepoTags"] for i in left), left   # every intermediate of the build went
+    assert any("busybox:latest" in i["RepoTags"] for i in left)
+    # with --no-prune (noprune=1) the parents stay, dangling, until an image prune
+    msgs = py_build(silod, {"Dockerfile": "FROM busybox\nENV B=2\nRUN echo y > /y\n"},
+                    tag=tag)
+    assert not error_of(msgs)
+    silod.client.remove_image(tag, noprune=True)
+    assert any(not i["RepoTags"] for i in silod.client.images())
+    silod.client.prune_images()
+    assert all(i["RepoTags"] for i in silod.client.images(all=True))
 
 
 @pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed")

@@ -217,6 +217,34 @@ class BuildService:
                 image = None
         return out
 
+    async def image_delete(self, ref: str, force: bool = False,
+                           noprune: bool = False) -> list[dict[str, str]]:
+        """Docker's ``rmi`` also deletes the untagged parents a build left (its intermediate
+        images) once nothing else uses them, unless ``noprune``."""
+        try:
+            parent = self._image_parent(self.images.resolve(ref).id)
+        except NotFound:
+            parent = ""
+        records = await super().image_delete(ref, force=force,   # type: ignore[misc]
+                                             noprune=noprune)
+        deleted = {r["Deleted"] for r in records if "Deleted" in r}
+        if noprune or not deleted:
+            return records
+        used = {c.data.get("Image") for c in self.containers.values()}
+        loop = asyncio.get_running_loop()
+        while parent:
+            try:
+                image = self.images.get(parent)
+            except NotFound:
+                break
+            if image.tags or image.id in used or self._has_children(image.id):
+                break
+            parent = self._image_parent(image.id)
+            records.extend(await loop.run_in_executor(None, self._delete_image,  # type: ignore
+                                                      image.id))
+            self.emit_event("image", "delete", image)
+        return records
+
     async def image_inspect(self, ref: str) -> dict[str, Any]:
         out = await super().image_inspect(ref)   # type: ignore[misc]
         out["Parent"] = self._image_parent(out["Id"])
