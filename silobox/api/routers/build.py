@@ -62,6 +62,9 @@ def build_options(request: web.Request) -> Any:
     if query.text("version") == "2":
         raise InvalidArgument("BuildKit (version=2) is not supported by silobox: use the "
                               "classic builder (version=1)")
+    if query.flag("squash"):
+        raise InvalidArgument("squash is an experimental dockerd feature silobox does not "
+                              "implement: build without --squash")
     if query.flag("pull"):
         raise InvalidArgument("pull is not supported: silobox does not contact registries; "
                               "build without --pull from images present here")
