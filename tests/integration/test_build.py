@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -101,6 +102,11 @@ def no_build_containers(silod: Any) -> None:
             if not os.path.basename(d).startswith("pool-")]   # silod's pre-made job objects
     assert jobs == []
     assert not os.listdir(os.path.join(silod.root, "build"))
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f if line.split()[4].startswith(silod.base)]
+    assert [m for m in mounts if m.startswith(silod.root)] == []   # no sandbox disk mounted
+    guid = re.compile(r"[0-9A-F]{8}(-[0-9A-F]{4}){3}-[0-9A-F]{12}")
+    assert [m for m in mounts if guid.fullmatch(os.path.basename(m))] == []   # no endpoint netns
 
 
 # -- docker-py ------------------------------------------------------------------------------------
