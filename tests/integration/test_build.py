@@ -532,3 +532,21 @@ def test_compressed_contexts(silod: Any, compression: str) -> None:
         "compressed": compression}
     silod.client.remove_image(image_id)
     no_build_containers(silod)
+
+
+def test_run_steps_get_the_network_mode(silod: Any) -> None:
+    msgs = py_build(silod, {"Dockerfile": "FROM busybox\nRUN ip -o link | wc -l\n"},
+                    network_mode="none", container_limits={"memory": 64 * 1024 * 1024},
+                    nocache=True)
+    assert not error_of(msgs), text_of(msgs)
+    lines = text_of(msgs).splitlines()
+    after = lines.index(next(l for l in lines if "Running in" in l))
+    assert lines[after + 1] == "1", lines    # --network none: only lo
+    default = py_build(silod, {"Dockerfile": "FROM busybox\nRUN ip -o link | wc -l\n"},
+                       nocache=True)
+    lines = text_of(default).splitlines()
+    after = lines.index(next(l for l in lines if "Running in" in l))
+    assert lines[after + 1] == "2", lines    # the default network: lo and eth0
+    for result in (msgs, default):
+        silod.client.remove_image(next(m["aux"]["ID"] for m in result if "aux" in m))
+    no_build_containers(silod)
