@@ -367,6 +367,8 @@ def test_failures_during_the_build(silod: Any, images: list[str], run_id: str) -
     assert "missing.txt" in error_of(msgs) and "not found" in error_of(msgs)
     msgs = py_build(silod, {"Dockerfile": "FROM busybox\nADD http://127.0.0.1:9/x /x\n"})
     assert "ADD of a URL" in error_of(msgs)
+    msgs = py_build(silod, {"Dockerfile": "FROM busybox AS me\nCOPY --from=me /bin/sh /x\n"})
+    assert "refers to current or future build stage" in error_of(msgs)
     msgs = py_build(silod, {"Dockerfile": "FROM sbxb-no-such-image\n"})
     assert "sbxb-no-such-image" in error_of(msgs)
     # Docker keeps the failed container unless --force-rm; it is stopped, holds no mount

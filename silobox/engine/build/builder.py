@@ -618,15 +618,20 @@ class Build:
 
     async def _from_source(self, name: str, inst: Instruction) -> list[str]:
         """The layers of ``COPY --from``: a previous stage (by name or index) or an image."""
-        for s in self.stages:
+        done = self.stages[:-1]   # the last one is the stage being built
+        for s in done:
             if s.name and s.name == name.lower():
                 return s.diff_ids
+        if name.lower() == self.stages[-1].name or \
+                any(self._stage_name(f) == name.lower() for f, _ in self._stages):
+            raise line_error(inst.line, f"invalid from flag value {name}: refers to current or "
+                                        "future build stage")
         if name.isdigit():
             index = int(name)
-            if index >= len(self.stages):
+            if index >= len(done):
                 raise line_error(inst.line, f"invalid from flag value {name}: refers to current "
                                             "or future build stage")
-            return self.stages[index].diff_ids
+            return done[index].diff_ids
         try:
             image = await self.engine.image_for_create(name)
         except NotFound as e:
