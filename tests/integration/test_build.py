@@ -169,6 +169,7 @@ def test_full_dockerfile_through_docker_py(silod: Any, images: list[str], run_id
     assert cfg["Shell"] == ["/bin/sh", "-ec"]
     assert cfg["Entrypoint"] == ["/bin/sh", "-c"] and cfg["Cmd"] == ["cat greeting"]
     assert info["Parent"].startswith("sha256:")
+    assert cfg["Image"] == info["Parent"]
 
     history = silod.client.history(tag)
     created_by = [h["CreatedBy"] for h in history]

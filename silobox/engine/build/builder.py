@@ -498,8 +498,11 @@ class Build:
                 entry["author"] = doc["author"]
             history.append(entry)
         diff_ids = [*stage.diff_ids, layer] if layer else list(stage.diff_ids)
+        # as in dockerd, a built image's Config.Image names the image it was built on
         doc.update({"created": now, "history": history,
-                    "container_config": container_config or dict(stage.config)})
+                    "config": {**stage.config, "Image": stage.image_id},
+                    "container_config": {**(container_config or stage.config),
+                                         "Image": stage.image_id}})
         if container:
             doc["container"] = container
         doc.setdefault("architecture", _arch())
