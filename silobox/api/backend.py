@@ -147,7 +147,8 @@ class ImageBackend(Protocol):
                                     ) -> tuple[dict[str, Any], AsyncIterator[bytes]]: ...
 
     async def container_archive_put(self, ref: str, path: str, body: AsyncIterator[bytes],
-                                    no_overwrite_dir_non_dir: bool = False) -> None: ...
+                                    no_overwrite_dir_non_dir: bool = False,
+                                    copy_uid_gid: bool = False) -> None: ...
 
 
 class SystemBackend(Protocol):
@@ -201,6 +202,11 @@ class NetworkBackend(Protocol):
     async def hns_endpoints(self) -> list[dict[str, Any]]: ...
 
     async def hns_endpoint(self, ref: str) -> dict[str, Any]: ...
+
+    async def hns_endpoint_policies(self, ref: str, request_type: str,
+                                    policies: list[dict[str, Any]]) -> dict[str, Any]:
+        """POST /silobox/hns/endpoints/{id}/policies: HCN ModifyEndpoint (ACL, Route)."""
+        ...
 
 
 class Backend(ContainerBackend, ImageBackend, SystemBackend, NetworkBackend, Protocol):

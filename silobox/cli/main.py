@@ -49,6 +49,10 @@ _TOP: dict[str, tuple[str, str]] = {
     "version": ("system", "version"),
     "info": ("system", "info"),
     "port": ("network", "port"),
+    "pull": ("registry", "pull"),
+    "push": ("registry", "push"),
+    "login": ("registry", "login"),
+    "logout": ("registry", "logout"),
 }
 
 _CONTAINER_VERBS = ("run", "create", "start", "attach", "exec", "stop", "kill", "restart", "rm",
@@ -81,6 +85,8 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "tag": ("image", "tag"),
         "history": ("image", "history"),
         "prune": ("image", "prune"),
+        "pull": ("registry", "pull"),
+        "push": ("registry", "push"),
     },
     "system": {
         "info": ("system", "info"),
@@ -181,9 +187,13 @@ Commands:
   inspect     Return low-level information on silobox objects
   kill        Kill one or more running containers
   load        Load an image from a tar archive or STDIN
+  login       Log in to a registry
+  logout      Log out from a registry
   logs        Fetch the logs of a container
   pause       Pause all processes within one or more containers
   port        List port mappings or a specific mapping for the container
+  pull        Download an image from a registry
+  push        Upload an image to a registry
   rename      Rename a container
   restart     Restart one or more containers
   rm          Remove one or more containers

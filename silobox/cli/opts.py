@@ -246,6 +246,7 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     a("--add-host", action="append", default=[], metavar="list",
       help="Add a custom host-to-IP mapping (host:ip)")
     a("--ip", metavar="string", help="IPv4 address (e.g., 172.30.100.104)")
+    a("--ip6", metavar="string", help="IPv6 address (e.g., 2001:db8::33)")
     a("--mac-address", metavar="string", help="Container MAC address (e.g., 92:d0:c6:0a:29:33)")
     a("--network-alias", action="append", default=[], metavar="list",
       help="Add network-scoped alias for the container")
@@ -294,7 +295,7 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     a("--platform", metavar="string", help="Set platform if server is multi-platform capable")
     a("--privileged", action="store_true", help="Give extended privileges to this container")
     a("--pull", metavar="string", default="missing",
-      help='Pull image before running ("never", "missing"; images are never pulled)')
+      help='Pull image before running ("always", "missing", "never")')
     a("--read-only", action="store_true", help="Mount the container's root filesystem as read only")
     a("--restart", metavar="string", default="no", help="Restart policy to apply")
     a("--rm", action="store_true", help="Automatically remove the container when it exits")
@@ -486,6 +487,8 @@ def build_create_body(ns: argparse.Namespace, detach: bool = True,
     endpoint: dict[str, Any] = {}
     if ns.ip:
         endpoint["IPAMConfig"] = {"IPv4Address": ns.ip}
+    if ns.ip6:
+        endpoint.setdefault("IPAMConfig", {})["IPv6Address"] = ns.ip6
     if ns.mac_address:
         endpoint["MacAddress"] = ns.mac_address
         config["MacAddress"] = ns.mac_address
@@ -495,7 +498,7 @@ def build_create_body(ns: argparse.Namespace, detach: bool = True,
         net = ns.network or "default"
         if net in ("default", "bridge", "none", "host"):
             raise OptError("user specified IP address or aliases are supported only on "
-                           "user defined networks" if (ns.ip or ns.network_alias)
+                           "user defined networks" if (ns.ip or ns.ip6 or ns.network_alias)
                            else "a MAC address needs a network to apply to")
         config["NetworkingConfig"] = {"EndpointsConfig": {net: endpoint}}
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from silobox.engine.hooks import ContainerHook
+from silobox.engine.links import check_endpoint_links
 from silobox.errors import Conflict, InvalidArgument, NotFound
 from silobox.network.objects import PortMapping, new_guid, port_mapping_from
 from silobox.timeutil import now_iso
@@ -76,7 +77,8 @@ class NetworkHook(ContainerHook):
         hc = c.host_config
         mode = hc.get("NetworkMode") or "default"
         if mode.startswith("container:"):
-            raise InvalidArgument("container network mode is not supported yet")
+            self._create_joined(c, body, mode.split(":", 1)[1])
+            return
         if mode not in ("none", "host"):
             name = "nat" if mode in DEFAULT_ALIASES else mode
             n = self.hns.find_network(name)
@@ -84,25 +86,86 @@ class NetworkHook(ContainerHook):
             ec = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
             cfg = ec.get(mode) or ec.get(n["Name"]) or {}
             ipam = cfg.get("IPAMConfig") or {}
-            if ipam.get("IPv4Address") and n["Default"]:
+            if (ipam.get("IPv4Address") or ipam.get("IPv6Address")) and n["Default"]:
                 raise InvalidArgument("user specified IP address is supported on user defined "
                                       "networks only")
-            parse_port_bindings(hc.get("PortBindings"), c.config.get("ExposedPorts"),
-                                bool(hc.get("PublishAllPorts")))
+            maps = parse_port_bindings(hc.get("PortBindings"), c.config.get("ExposedPorts"),
+                                       bool(hc.get("PublishAllPorts")))
+            if maps and self.hns.driver(n) != "nat":
+                raise InvalidArgument(f"port mappings are not supported on "
+                                      f"{self.hns.driver(n)} network {n['Name']}: its "
+                                      "containers are reached at their own addresses")
             c.data["NetworkSettings"]["Networks"] = {n["Name"]: {
                 **_EMPTY_NET, "NetworkID": n["DockerId"],
                 "IPAMConfig": ipam or None, "Aliases": cfg.get("Aliases"),
                 "MacAddress": cfg.get("MacAddress") or body.get("MacAddress") or ""}}
             c.data["Silobox"]["RequestedMac"] = {
                 n["Name"]: cfg.get("MacAddress") or body.get("MacAddress") or ""}
+            # Config.MacAddress (API < 1.44) belongs to this network for the container's life:
+            # docker-compose disconnects and reconnects it before the start.
+            c.data["Silobox"]["ConfigMac"] = {n["Name"]: body.get("MacAddress") or ""}
         else:
             hc["NetworkMode"] = mode
             c.data["NetworkSettings"]["Networks"] = {mode: dict(_EMPTY_NET)}
         self._top_level(c)
 
+    def _create_joined(self, c: Any, body: dict[str, Any], ref: str) -> None:
+        """``--network container:X``: no endpoint of its own; X's compartment at start."""
+        if not ref:
+            raise InvalidArgument("invalid network mode container: (no container named)")
+        target = self.engine._find(ref)
+        hc = c.host_config
+        ec = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+        if hc.get("PortBindings") or hc.get("PublishAllPorts"):
+            raise InvalidArgument("conflicting options: port publishing and the container type "
+                                  "network mode")
+        if hc.get("Dns") or hc.get("DnsSearch") or hc.get("DnsOptions"):
+            raise InvalidArgument("conflicting options: dns and the network mode")
+        if hc.get("ExtraHosts"):
+            raise InvalidArgument("conflicting options: custom host-to-IP mapping and the "
+                                  "network mode")
+        if body.get("MacAddress") or any((v or {}).get("MacAddress") for v in ec.values()):
+            raise InvalidArgument("conflicting options: mac-address and the network mode")
+        if hc.get("Links"):
+            raise InvalidArgument("conflicting options: container type network can't be used "
+                                  "with links. This would result in undefined behavior")
+        hc["NetworkMode"] = f"container:{target.id}"
+        c.data["NetworkSettings"]["Networks"] = {}
+        self._top_level(c)
+
+    def _join(self, c: Any, document: dict[str, Any], tid: str) -> None:
+        """Start in the running container ``tid``'s network namespace, with its hostname and
+        its hosts and resolv.conf files (Docker shares them the same way)."""
+        target = self.engine.containers.get(tid)
+        if target is None:
+            raise NotFound(f"No such container: {tid}")
+        if target.id == c.id:
+            raise InvalidArgument("cannot join own network")
+        if not target.running or not target.state.get("Pid"):
+            raise Conflict(f"cannot join network of a non running container: {tid}")
+        ct = document["Container"]
+        if target.host_config.get("NetworkMode") == "host":
+            ct["Linux"]["Namespaces"] = ["mnt", "uts", "ipc", "cgroup"]
+        else:
+            ct["Networking"] = {"Namespace": f"/proc/{target.state['Pid']}/ns/net"}
+        own = {c.data[k]: target.data[k] for k in ("HostsPath", "ResolvConfPath",
+                                                   "HostnamePath")}
+        for m in ct.get("MappedDirectories") or []:
+            if m.get("HostPath") in own:
+                m["HostPath"] = own[m["HostPath"]]
+        ct.setdefault("GuestOs", {})["HostName"] = target.config["Hostname"]
+
+    def _joined_by_others(self, c: Any) -> bool:
+        mode = f"container:{c.id}"
+        return any(o.running and o.host_config.get("NetworkMode") == mode
+                   for o in self.engine.containers.values() if o is not c)
+
     async def on_start(self, c: Any, document: dict[str, Any]) -> None:
         mode = self.mode(c)
         lx = document["Container"]["Linux"]
+        if mode.startswith("container:"):
+            self._join(c, document, mode.split(":", 1)[1])
+            return
         if mode == "host":
             lx["Namespaces"] = ["mnt", "uts", "ipc", "cgroup"]
             return
@@ -121,7 +184,7 @@ class NetworkHook(ContainerHook):
                 ipam = cfg.get("IPAMConfig") or {}
                 e = self.hns.create_endpoint(
                     n, container_id=c.id, namespace_id=ns_id, name=f"{c.name}-{n['Name']}",
-                    ip=ipam.get("IPv4Address") or None,
+                    ip=ipam.get("IPv4Address") or None, ip6=ipam.get("IPv6Address") or None,
                     mac=(c.data["Silobox"].get("RequestedMac") or {}).get(name) or None,
                     port_mappings=maps if first else [], aliases=cfg.get("Aliases") or [],
                     ifname="eth0" if first else f"eth{len(created)}")
@@ -152,11 +215,22 @@ class NetworkHook(ContainerHook):
                                           self.hns.netns_path(ns_id), DNS_ADDRESS, 53)
         await self.engine.dns.serve(c.id, sock)
 
-    def _write_files(self, c: Any, user_dns: bool) -> None:
+    def _write_files(self, c: Any, user_dns: bool, live: bool = False) -> None:
         """/etc/hosts with the container's own address and --add-host entries; resolv.conf
-        pointing at the embedded DNS on user networks, or at --dns servers."""
-        from silobox.atomic import atomic_write
+        pointing at the embedded DNS on user networks, or at --dns servers.
+
+        ``live``: the container runs with these files bind-mounted, so they are rewritten in
+        place (a rename would leave the container on the old inode)."""
+        from silobox.atomic import atomic_write as _atomic
         from silobox.network.dns import DNS_ADDRESS
+
+        def atomic_write(path: str, text: str) -> None:
+            if not live:
+                _atomic(path, text)
+                return
+            with open(path, "r+") as f:
+                f.truncate(0)
+                f.write(text)
         hc = c.host_config
         ns = c.data["NetworkSettings"]
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
@@ -170,6 +244,8 @@ class NetworkHook(ContainerHook):
             lines.append(f"{ip}\t{name}")
         if ns.get("IPAddress"):
             lines.append(f"{ns['IPAddress']}\t{c.config['Hostname']}")
+        if ns.get("GlobalIPv6Address"):
+            lines.append(f"{ns['GlobalIPv6Address']}\t{c.config['Hostname']}")
         atomic_write(c.data["HostsPath"], "\n".join(lines) + "\n")
         servers = [DNS_ADDRESS] if user_dns else list(hc.get("Dns") or [])
         if not servers and not hc.get("DnsSearch") and not hc.get("DnsOptions"):
@@ -198,13 +274,17 @@ class NetworkHook(ContainerHook):
                    Gateway="" if n["Internal"] else e["GatewayAddress"],
                    IPAddress=e["IPAddress"], IPPrefixLen=e["PrefixLength"],
                    MacAddress=e["MacAddress"].replace("-", ":").lower(),
+                   GlobalIPv6Address=e.get("IPv6Address", ""),
+                   GlobalIPv6PrefixLen=e.get("IPv6PrefixLength", 0),
+                   IPv6Gateway="" if n["Internal"] else e.get("GatewayAddressV6", ""),
                    DNSNames=None)
 
     def _top_level(self, c: Any) -> None:
         ns = c.data["NetworkSettings"]
         first = next(iter(ns["Networks"].values()), {})
-        for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress"):
-            ns[k] = first.get(k, "" if k != "IPPrefixLen" else 0)
+        for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress",
+                  "GlobalIPv6Address", "GlobalIPv6PrefixLen", "IPv6Gateway"):
+            ns[k] = first.get(k, 0 if k.endswith("PrefixLen") else "")
 
     def _ports(self, c: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -227,11 +307,17 @@ class NetworkHook(ContainerHook):
         self.engine.dns.stop(c.id)
         ns_id = (c.data.get("Silobox") or {}).pop("NetworkNamespace", None)
         eps = [e["ID"] for e in self.hns.endpoints.values() if e.get("ContainerId") == c.id]
+        if eps and ns_id and self._joined_by_others(c):
+            # Containers that joined this one keep the namespace alive: its vNICs must go
+            # explicitly, or they would outlive their released addresses.
+            await self.hns.delete_endpoints(eps, None)
+            eps = []
         if eps or ns_id:
             await self.hns.delete_endpoints(eps, ns_id)
         ns = c.data["NetworkSettings"]
         for cfg in ns.get("Networks", {}).values():
-            cfg.update(EndpointID="", Gateway="", IPAddress="", IPPrefixLen=0, MacAddress="")
+            cfg.update(EndpointID="", Gateway="", IPAddress="", IPPrefixLen=0, MacAddress="",
+                       GlobalIPv6Address="", GlobalIPv6PrefixLen=0, IPv6Gateway="")
         ns.update(SandboxID="", SandboxKey="", Ports={})
         self._top_level(c)
 
@@ -298,7 +384,9 @@ class NetworkService:
         self.hns.reconcile_endpoints(live)
 
     def _dns_resolve(self, container_id: str, name: str) -> list[str]:
-        """Containers sharing a user-created network with the asker, by name, id or alias."""
+        """Containers sharing a user-created network with the asker, by name, id or alias;
+        the asker's own endpoint links (``--link name:alias``) name a container too."""
+        name = self.link_target(container_id, name) or name  # type: ignore[attr-defined]
         mine = {e["VirtualNetwork"] for e in self.hns.endpoints.values()
                 if e.get("ContainerId") == container_id
                 and not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)}
@@ -322,18 +410,25 @@ class NetworkService:
         ipam_cfg = {"Subnet": s["AddressPrefix"], "Gateway": s["GatewayAddress"]}
         if n.get("IPRange"):
             ipam_cfg["IPRange"] = n["IPRange"]
+        configs = [ipam_cfg]
+        s6 = self.hns.subnet6(n)
+        if s6:
+            configs.append({"Subnet": s6["AddressPrefix"], "Gateway": s6["GatewayAddress"]})
         containers = {}
         for e in self.hns.endpoints_of(n["ID"]):
             c = self.containers.get(e.get("ContainerId", ""))
             containers[e["ContainerId"]] = {
                 "Name": c.name if c else "", "EndpointID": e["ID"].replace("-", "").lower(),
                 "MacAddress": e["MacAddress"].replace("-", ":").lower(),
-                "IPv4Address": f"{e['IPAddress']}/{e['PrefixLength']}", "IPv6Address": ""}
-        return {
+                "IPv4Address": f"{e['IPAddress']}/{e['PrefixLength']}",
+                "IPv6Address": f"{e['IPv6Address']}/{e['IPv6PrefixLength']}"
+                if e.get("IPv6Address") else ""}
+        view = {
             "Name": n["Name"], "Id": n["DockerId"],
             "Created": now_iso() if not n.get("Created") else _iso(n["Created"]),
-            "Scope": "local", "Driver": "nat", "EnableIPv4": True, "EnableIPv6": False,
-            "IPAM": {"Driver": "windows", "Options": None, "Config": [ipam_cfg]},
+            "Scope": "local", "Driver": self.hns.driver(n), "EnableIPv4": True,
+            "EnableIPv6": bool(s6),
+            "IPAM": {"Driver": "windows", "Options": None, "Config": configs},
             "Internal": n["Internal"], "Attachable": False, "Ingress": False,
             "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": containers,
             "Options": {"com.docker.network.windowsshim.hnsid": n["ID"],
@@ -341,6 +436,11 @@ class NetworkService:
                         **n.get("Options", {})},
             "Labels": n.get("Labels") or {},
         }
+        if n.get("DockerDriver"):
+            # Created as "bridge" (Docker's name for the nat network on Linux): shown as asked,
+            # or docker-compose would see a changed driver and refuse the project.
+            view["Driver"] = n["DockerDriver"]
+        return view
 
     async def network_list(self, filters: dict[str, list[str]] | None = None
                            ) -> list[dict[str, Any]]:
@@ -388,25 +488,35 @@ class NetworkService:
         if name in ("none", "host", "default", "bridge"):
             raise Conflict(f"network with name {name} already exists")
         driver = body.get("Driver") or "nat"
-        if driver not in ("nat", "bridge"):
-            raise InvalidArgument(f"plugin \"{driver}\" not found: silobox supports the nat "
-                                  "driver")
         ipam = body.get("IPAM") or {}
         cfgs = ipam.get("Config") or []
-        if len(cfgs) > 1:
-            raise InvalidArgument("silobox nat networks have one subnet")
-        cfg = cfgs[0] if cfgs else {}
+        v4 = [x for x in cfgs if ":" not in (x.get("Subnet") or x.get("Gateway") or "")]
+        v6 = [x for x in cfgs if x not in v4]
+        if len(v4) > 1 or len(v6) > 1:
+            raise InvalidArgument("silobox networks have one IPv4 subnet and at most one IPv6 "
+                                  "subnet")
+        cfg = v4[0] if v4 else {}
+        cfg6 = v6[0] if v6 else {}
+        if cfg6 and cfg6.get("IPRange"):
+            raise InvalidArgument("--ip-range is not supported for IPv6 subnets")
         n = await self.hns.create_network(
             name, subnet=cfg.get("Subnet") or None, gateway=cfg.get("Gateway") or None,
             ip_range=cfg.get("IPRange") or None, internal=bool(body.get("Internal")),
-            labels=body.get("Labels") or {}, options=body.get("Options") or {})
+            labels=body.get("Labels") or {}, options=body.get("Options") or {},
+            driver="nat" if driver == "bridge" else driver, ipv6=bool(body.get("EnableIPv6")),
+            subnet6=cfg6.get("Subnet") or None, gateway6=cfg6.get("Gateway") or None)
+        if driver == "bridge":
+            # Docker's name for the nat network on Linux: remembered so it is shown as asked.
+            n["DockerDriver"] = driver
+            with self.db.tx():  # type: ignore[attr-defined]
+                self.hns._save_network(n)
         self._network_event("create", n)
         return {"Id": n["DockerId"], "Warning": ""}
 
     def _network_event(self, action: str, n: dict[str, Any], container: Any = None) -> None:
         """Docker's network events: the network is the actor, the container an attribute."""
         from types import SimpleNamespace
-        extra = {"name": n["Name"], "type": "nat"}
+        extra = {"name": n["Name"], "type": self.hns.driver(n)}
         if container is not None:
             extra["container"] = container.id
         self.emit_event("network", action, SimpleNamespace(id=n["DockerId"]),  # type: ignore[attr-defined]
@@ -440,6 +550,9 @@ class NetworkService:
         n = self.hns.find_network(ref)
         c = self._find(container)  # type: ignore[attr-defined]
         nets = c.data["NetworkSettings"]["Networks"]
+        if str(c.host_config.get("NetworkMode")).startswith("container:"):
+            raise Conflict("container sharing network namespace with another container or host "
+                           "cannot be connected to any other network")
         if c.host_config.get("NetworkMode") in ("none", "host"):
             raise Conflict("container cannot be disconnected from host network or connected "
                            "to host network" if c.host_config["NetworkMode"] == "host" else
@@ -447,24 +560,35 @@ class NetworkService:
         if n["Name"] in nets:
             raise Conflict(f"endpoint with name {c.name} already exists in network {n['Name']}")
         ipam = endpoint_config.get("IPAMConfig") or {}
+        mac = endpoint_config.get("MacAddress") or \
+            (c.data["Silobox"].get("ConfigMac") or {}).get(n["Name"]) or ""
         cfg = {**_EMPTY_NET, "NetworkID": n["DockerId"], "IPAMConfig": ipam or None,
                "Aliases": endpoint_config.get("Aliases"),
-               "MacAddress": endpoint_config.get("MacAddress") or ""}
+               "Links": check_endpoint_links(endpoint_config.get("Links")),
+               "MacAddress": mac}
         ns_id = (c.data.get("Silobox") or {}).get("NetworkNamespace")
         if c.running and ns_id:
             e = self.hns.create_endpoint(
                 n, container_id=c.id, namespace_id=ns_id, name=f"{c.name}-{n['Name']}",
                 ip=ipam.get("IPv4Address") or None, mac=cfg["MacAddress"] or None,
+                ip6=ipam.get("IPv6Address") or None,
                 aliases=cfg["Aliases"] or [], ifname=f"eth{len(nets)}")
             try:
                 await self.hns.attach(e, create_ns=False)
             except BaseException:
                 await self.hns.delete_endpoints([e["ID"]], None)
                 raise
-            NetworkHook(self)._fill(cfg, n, e)
+            hook = NetworkHook(self)
+            hook._fill(cfg, n, e)
+            had_user = any(not self.hns.find_network(name).get("Default") for name in nets)
+            if not n.get("Default") and not had_user:
+                # As Docker: joining the first user network switches the container's resolver
+                # to the embedded DNS.
+                nets[n["Name"]] = cfg
+                hook._write_files(c, True, live=True)
+                await hook._serve_dns(c, ns_id)
         nets[n["Name"]] = cfg
-        c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = \
-            endpoint_config.get("MacAddress") or ""
+        c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = mac
         self._save(c)  # type: ignore[attr-defined]
         self._network_event("connect", n, c)
 
@@ -496,25 +620,58 @@ class NetworkService:
             "ActivityId": n["ActivityId"], "AdditionalParams": {}, "CurrentEndpointCount": cur,
             "Extensions": EXTENSIONS, "Flags": n["Flags"],
             "Health": {"LastErrorCode": 0, "LastUpdateTime": _filetime(n["Created"])},
-            "ID": n["ID"], "IPv6": False, "LayeredOn": n["LayeredOn"],
+            "ID": n["ID"], "IPv6": bool(n.get("IPv6")), "LayeredOn": n["LayeredOn"],
             "MacPools": n["MacPools"], "MaxConcurrentEndpoints": max(cur, n["MaxConcurrentEndpoints"]),
-            "Name": n["Name"], "NatName": n["NatName"], "Policies": n["Policies"],
+            "Name": n["Name"], "NatName": n["NatName"] if self.hns.driver(n) == "nat" else "",
+            "Policies": n["Policies"],
             "Resources": {"ID": n["ActivityId"], "AllocationOrder": 2, "State": 1,
                           "Allocators": [], "Health": {}, "AdditionalParams": {}},
             "State": n["State"], "Subnets": n["Subnets"],
             "TotalEndpoints": n["TotalEndpoints"], "Type": n["Type"], "Version": n["Version"],
-            "Silobox": {"HostVNic": self.hns.host_port(n), "Bridge": self.hns.bridge(n),
-                        "Internal": n["Internal"]},
+            "Silobox": self._hns_silobox(n),
+            **self._hns_external(n),
         }
+
+    def _hns_silobox(self, n: dict[str, Any]) -> dict[str, Any]:
+        """Where the network lives in the kernel (silobox's own block of the record)."""
+        out: dict[str, Any] = {"Driver": self.hns.driver(n), "Bridge": self.hns.bridge(n),
+                               "Internal": n["Internal"]}
+        if self.hns.driver(n) == "nat":
+            out["HostVNic"] = self.hns.host_port(n)
+        if self.hns.uplink(n):
+            out["Uplink"] = self.hns.uplink(n)
+        if self.hns.driver(n) == "overlay":
+            out.update(VxlanDevice=self.hns.vxlan_port(n), VNI=n["Vni"], Peers=n["Peers"],
+                       UdpPort=n["VxlanPort"])
+        if self.hns.driver(n) == "l2tunnel":
+            out["IsolatedPorts"] = True
+        return out
+
+    def _hns_external(self, n: dict[str, Any]) -> dict[str, Any]:
+        """Get-HnsNetwork's fields of networks on an external vSwitch."""
+        kind = self.hns.driver(n)
+        if kind == "nat":
+            return {}
+        out: dict[str, Any] = {"NetworkAdapterName": self.hns.uplink(n),
+                               "ManagementIP": ", ".join(n["Uplink"].get("IPv4") or [])}
+        if kind in ("l2bridge", "l2tunnel"):
+            out["SourceMac"] = n["SourceMac"].replace(":", "-").upper()
+            out["DrMacAddress"] = out["SourceMac"]
+        if kind == "overlay":
+            out["VSID"] = n["Vni"]
+            out["ManagementIP"] = n["LocalVtep"]
+        return out
 
     async def hns_endpoints(self) -> list[dict[str, Any]]:
         return [self._hns_endpoint(e) for e in self.hns.endpoints.values()]
 
     async def hns_endpoint(self, ref: str) -> dict[str, Any]:
-        for e in self.hns.endpoints.values():
-            if e["ID"].lower().startswith(ref.lower()) or e["Name"] == ref:
-                return self._hns_endpoint(e)
-        raise NotFound(f"endpoint {ref} not found")
+        return self._hns_endpoint(self.hns.find_endpoint(ref))
+
+    async def hns_endpoint_policies(self, ref: str, request_type: str,
+                                    policies: list[dict[str, Any]]) -> dict[str, Any]:
+        e = await self.hns.modify_endpoint_policies(ref, request_type, policies)
+        return self._hns_endpoint(e)
 
     def _hns_endpoint(self, e: dict[str, Any]) -> dict[str, Any]:
         keys = ("ID", "Name", "VirtualNetwork", "VirtualNetworkName", "Policies", "MacAddress",
@@ -522,7 +679,11 @@ class NetworkService:
                 "EnableInternalDNS")
         out = {k: e.get(k) for k in keys}
         out.update(IsRemoteEndpoint=False, SharedContainers=[e["ContainerId"]],
-                   DNSServerList="", DNSSuffix="", IPv6Address="", EncapOverhead=0,
+                   DNSServerList="", DNSSuffix="", IPv6Address=e.get("IPv6Address", ""),
+                   IPv6PrefixLength=e.get("IPv6PrefixLength", 0),
+                   GatewayAddressV6=e.get("GatewayAddressV6", ""),
+                   EncapOverhead=50 if self.hns.driver(
+                       self.hns.networks.get(e["VirtualNetwork"], {})) == "overlay" else 0,
                    Silobox={"Port": self.hns.endpoint_port(e["ID"]), "IfName": e["IfName"]})
         return out
 

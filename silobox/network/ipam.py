@@ -24,7 +24,13 @@ SCHEMA = [
     "endpoint_id TEXT NOT NULL, PRIMARY KEY (network_id, address))",
     "CREATE TABLE mac_leases (network_id TEXT NOT NULL, mac INTEGER NOT NULL, "
     "endpoint_id TEXT NOT NULL, PRIMARY KEY (network_id, mac))",
+    # IPv6 addresses do not fit SQLite's 64-bit integers: canonical text.
+    "CREATE TABLE ipam6_leases (network_id TEXT NOT NULL, address TEXT NOT NULL, "
+    "endpoint_id TEXT NOT NULL, PRIMARY KEY (network_id, address))",
 ]
+V6_SCAN = 1 << 16
+"""IPv6 addresses are handed out in order from the subnet's start; at most this many are
+considered (a /64 is never exhausted, but a scan must end)."""
 
 HYPERV_OUI = 0x00155D
 
@@ -89,6 +95,37 @@ class Ipam:
         raise Conflict(f"no available IPv4 addresses on this network's address pools: "
                        f"{subnet} is exhausted")
 
+    def allocate_ip6(self, network_id: str, subnet: str, gateway: str, endpoint_id: str,
+                     wanted: str | None = None) -> str:
+        """An IPv6 address of ``subnet`` (the next free after the gateway, or ``wanted``)."""
+        net = ipaddress.IPv6Network(subnet)
+        gw = ipaddress.IPv6Address(gateway)
+        used = {ipaddress.IPv6Address(r["address"]) for r in self.db.query(
+            "SELECT address FROM ipam6_leases WHERE network_id = ?", (network_id,))}
+        if wanted:
+            try:
+                a = ipaddress.IPv6Address(wanted)
+            except ValueError:
+                raise InvalidArgument(f"invalid IPv6 address {wanted}") from None
+            if a not in net or a == net.network_address or a == gw:
+                raise InvalidArgument(f"Address {wanted} is not available in subnet {subnet}")
+            if a in used:
+                raise Conflict(f"Address already in use: {wanted}")
+            cand = a
+        else:
+            first = int(net.network_address) + 1
+            last = min(int(net.broadcast_address), first + V6_SCAN)
+            for i in range(first, last + 1):
+                cand = ipaddress.IPv6Address(i)
+                if cand != gw and cand not in used:
+                    break
+            else:
+                raise Conflict(f"no available IPv6 addresses on this network's address pools: "
+                               f"{subnet} is exhausted")
+        self.db.execute("INSERT INTO ipam6_leases (network_id, address, endpoint_id) "
+                        "VALUES (?, ?, ?)", (network_id, str(cand), endpoint_id))
+        return str(cand)
+
     def _lease(self, network_id: str, address: int, endpoint_id: str) -> None:
         self.db.execute("INSERT INTO ipam_leases (network_id, address, endpoint_id) "
                         "VALUES (?, ?, ?)", (network_id, address, endpoint_id))
@@ -117,10 +154,13 @@ class Ipam:
                         (network_id, endpoint_id))
         self.db.execute("DELETE FROM mac_leases WHERE network_id = ? AND endpoint_id = ?",
                         (network_id, endpoint_id))
+        self.db.execute("DELETE FROM ipam6_leases WHERE network_id = ? AND endpoint_id = ?",
+                        (network_id, endpoint_id))
 
     def release_network(self, network_id: str) -> None:
         self.db.execute("DELETE FROM ipam_leases WHERE network_id = ?", (network_id,))
         self.db.execute("DELETE FROM mac_leases WHERE network_id = ?", (network_id,))
+        self.db.execute("DELETE FROM ipam6_leases WHERE network_id = ?", (network_id,))
 
     def lease_count(self, network_id: str | None = None) -> int:
         if network_id is None:
@@ -136,6 +176,20 @@ def free_subnet(occupied: list[tuple[str, int]], candidates: list[str]) -> str |
         n = ipaddress.IPv4Network(cidr)
         if not any(n.overlaps(t) for t in taken):
             return cidr
+    return None
+
+
+def free_subnet6(occupied: list[tuple[str, int]], wanted: str | None) -> str | None:
+    """``wanted`` if it overlaps nothing, else None; without ``wanted`` a random ULA /64
+    (RFC 4193: fd00::/8 + 40 random bits) that overlaps nothing."""
+    taken = [ipaddress.IPv6Network(f"{a}/{l}", strict=False) for a, l in occupied]
+    if wanted:
+        n = ipaddress.IPv6Network(wanted, strict=False)
+        return None if any(n.overlaps(t) for t in taken) else str(n)
+    for _ in range(32):
+        n = ipaddress.IPv6Network(((0xFD << 120) | (secrets.randbits(40) << 80), 64))
+        if not any(n.overlaps(t) for t in taken):
+            return str(n)
     return None
 
 

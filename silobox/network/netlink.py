@@ -26,10 +26,11 @@ import errno
 import os
 from typing import Any, Callable, Iterator, TypeVar
 
-from silobox.errors import SystemFailure
+from silobox.errors import SystemFailure, Unavailable
 from silobox.kernel import libc
 
 T = TypeVar("T")
+IFA_F_NODAD = 0x02
 
 
 def _iproute() -> Any:
@@ -168,7 +169,8 @@ class Netlink:
                 ipr.link("del", index=idx)
 
     def ensure_vswitch(self, bridge: str, host_port: str, switch_port: str, gateway: str,
-                       prefix_len: int, alias: str, mac: str) -> None:
+                       prefix_len: int, alias: str, mac: str,
+                       gateway6: tuple[str, int] | None = None) -> None:
         """The network's bridge in the vSwitch namespace plus its host vNIC carrying the gateway.
 
         Idempotent: what exists is kept, what is missing is created (silod start reconciles)."""
@@ -194,11 +196,15 @@ class Netlink:
             # of this link: allowed on this one interface only, never host-wide.
             _write_sysctl(f"net/ipv4/conf/{host_port}/route_localnet", "1")
             with contextlib.suppress(OSError):
-                _write_sysctl(f"net/ipv6/conf/{host_port}/disable_ipv6", "1")
+                _write_sysctl(f"net/ipv6/conf/{host_port}/disable_ipv6",
+                              "0" if gateway6 else "1")
             have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-                    for a in host.get_addr(index=hidx, family=2)}
+                    for a in host.get_addr(index=hidx)}
             if (gateway, prefix_len) not in have:
                 host.addr("add", index=hidx, address=gateway, prefixlen=prefix_len)
+            if gateway6 and gateway6 not in have:
+                host.addr("add", index=hidx, address=gateway6[0], prefixlen=gateway6[1],
+                          flags=IFA_F_NODAD)
             host.link("set", index=hidx, state="up")
             sidx = self._index(sw, switch_port)
             sw.link("set", index=sidx, master=bidx, state="up")
@@ -211,10 +217,163 @@ class Netlink:
         self.delete_link("host", host_port)
         self.delete_link("switch", bridge)
 
+    # ----- external vSwitches: an uplink NIC or a VXLAN tunnel on the bridge ----------------
+    def nic_info(self, name: str) -> dict[str, Any] | None:
+        """The host NIC ``name`` as the drivers need to judge it (None: not in the host)."""
+        idx = self._index(self.host, name)
+        if idx is None:
+            return None
+        link = self.host.get_links(idx)[0]
+        info = link.get_attr("IFLA_LINKINFO")
+        return {
+            "mac": link.get_attr("IFLA_ADDRESS"), "mtu": link.get_attr("IFLA_MTU"),
+            "master": link.get_attr("IFLA_MASTER"), "up": bool(link["flags"] & 1),
+            "kind": info.get_attr("IFLA_INFO_KIND") if info else None,
+            "ipv4": [a.get_attr("IFA_ADDRESS") for a in self.host.get_addr(index=idx, family=2)],
+        }
+
+    def ensure_bridge(self, bridge: str) -> None:
+        sw = self.switch
+        if self._index(sw, bridge) is None:
+            sw.link("add", ifname=bridge, kind="bridge")
+        sw.link("set", index=self._index(sw, bridge), state="up")
+
+    def adopt_uplink(self, bridge: str, nic: str, mac: str | None, learning: bool) -> None:
+        """The external vSwitch takes the NIC: it moves into the vSwitch namespace as a bridge
+        port (Hyper-V binds the physical NIC to the switch the same way). ``mac``: a new own
+        address for the port, so the NIC's address is free to stand for the containers."""
+        sw = self.switch
+        try:
+            self.ensure_bridge(bridge)
+            if self._index(sw, nic) is None:
+                hidx = self._index(self.host, nic)
+                if hidx is None:
+                    raise SystemFailure(f"network interface {nic} not found",
+                                        operation="create network")
+                fd = os.open(self.switch_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self.host.link("set", index=hidx, net_ns_fd=fd)
+                finally:
+                    os.close(fd)
+            idx = self._index(sw, nic)
+            if mac:
+                sw.link("set", index=idx, address=mac)
+            sw.link("set", index=idx, master=self._index(sw, bridge), state="up")
+            sw.brport("set", index=idx, learning=1 if learning else 0)
+        except SystemFailure:
+            raise
+        except Exception as e:
+            raise _err("attach network interface", e, nic) from e
+
+    def release_uplink(self, nic: str, mac: str | None, up: bool) -> None:
+        """The NIC goes back to the host as it was (own MAC, state); idempotent."""
+        sw = self.switch
+        idx = self._index(sw, nic)
+        if idx is None:
+            return
+        try:
+            sw.link("set", index=idx, master=0, state="down")
+            if mac:
+                sw.link("set", index=idx, address=mac)
+            sw.link("set", index=idx, net_ns_fd=self._home)
+            hidx = self._index(self.host, nic)
+            if hidx is not None and up:
+                self.host.link("set", index=hidx, state="up")
+        except Exception as e:
+            raise _err("release network interface", e, nic) from e
+
+    def ensure_vxlan(self, name: str, bridge: str, vni: int, local: str, port: int,
+                     peers: list[str]) -> None:
+        """A VXLAN tunnel port on the bridge. It is made in the host namespace, so its UDP
+        socket (the underlay) stays there, and then moved into the vSwitch namespace; every
+        peer VTEP gets an all-zeros FDB entry (head-end replication of floods)."""
+        sw = self.switch
+        try:
+            self.ensure_bridge(bridge)
+            if self._index(sw, name) is None:
+                if self._index(self.host, name) is None:
+                    try:
+                        self.host.link("add", ifname=name, kind="vxlan", vxlan_id=vni,
+                                       vxlan_local=local, vxlan_port=port, vxlan_learning=0)
+                    except Exception as e:
+                        if getattr(e, "code", 0) == errno.EOPNOTSUPP:
+                            raise Unavailable(
+                                "this kernel has no vxlan link type (CONFIG_VXLAN) and none can "
+                                "be loaded: overlay networks are not available on this host",
+                                operation="create network") from None
+                        raise
+                fd = os.open(self.switch_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self.host.link("set", index=self._index(self.host, name), net_ns_fd=fd)
+                finally:
+                    os.close(fd)
+            idx = self._index(sw, name)
+            sw.link("set", index=idx, master=self._index(sw, bridge), state="up")
+            have = {n.get_attr("NDA_DST") for n in sw.fdb("dump", ifindex=idx)
+                    if n.get_attr("NDA_LLADDR") == "00:00:00:00:00:00"}
+            for peer in peers:
+                if peer not in have:
+                    sw.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=peer)
+        except (SystemFailure, Unavailable):
+            raise
+        except Exception as e:
+            raise _err("create VXLAN tunnel", e, name) from e
+
+    def switch_nft(self, commands: list[dict[str, Any]]) -> None:
+        """One nftables batch run inside the vSwitch namespace (its bridge-family table)."""
+        self.switch  # noqa: B018
+        self.nft_in(self.switch_path, commands)
+
+    def nft_in(self, netns_path: str, commands: list[dict[str, Any]]) -> None:
+        """One nftables batch run inside a namespace (a context made there, so its socket is)."""
+        from silobox.network.nft import Nft
+        with self.inside(netns_path):
+            ctx = Nft()
+            try:
+                ctx.run(commands)
+            finally:
+                ctx.close()
+
+    def set_routes(self, netns_path: str, ifname: str, add: list[tuple[str, str]],
+                   remove: list[tuple[str, str]]) -> None:
+        """Route policies: (destination prefix, next hop or '') routes via ``ifname``."""
+        with self.inside(netns_path):
+            inner = _iproute()
+            try:
+                idx = self._index(inner, ifname)
+                if idx is None:
+                    raise SystemFailure(f"{ifname} is missing in the compartment",
+                                        operation="route policy")
+                for dst, via in remove:
+                    with contextlib.suppress(Exception):
+                        inner.route("del", dst=dst, oif=idx, **({"gateway": via} if via else {}))
+                for dst, via in add:
+                    kw: dict[str, Any] = {"gateway": via} if via else {"scope": 253}
+                    inner.route("replace", dst=dst, oif=idx, **kw)
+            except SystemFailure:
+                raise
+            except Exception as e:
+                raise _err("route policy", e, ifname) from e
+            finally:
+                inner.close()
+
+    def netns_routes(self, netns_path: str) -> list[tuple[str, str, str]]:
+        """(destination, gateway, device) of the compartment's main table, for views/tests."""
+        with self.inside(netns_path):
+            inner = _iproute()
+            try:
+                names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in inner.get_links()}
+                return [(f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}",
+                         r.get_attr("RTA_GATEWAY") or "", names.get(r.get_attr("RTA_OIF"), ""))
+                        for r in inner.get_routes(family=2, table=254)]
+            finally:
+                inner.close()
+
     # ----- endpoints --------------------------------------------------------------------------
     def create_endpoint(self, netns_path: str, bridge: str, port: str, mac: str,
                         addresses: list[tuple[str, int]], gateway: str | None,
-                        ifname: str = "eth0", create_ns: bool = True) -> None:
+                        ifname: str = "eth0", create_ns: bool = True, mtu: int = 0,
+                        isolated: bool = False, gateway6: str | None = None) -> None:
         """A container vNIC: veth ``port`` on the bridge, peer ``ifname`` inside ``netns_path``."""
         sw = self.switch
         try:
@@ -230,17 +389,28 @@ class Netlink:
             finally:
                 os.close(fd)
             pidx = self._index(sw, port)
+            if mtu:
+                sw.link("set", index=pidx, mtu=mtu)
             sw.link("set", index=pidx, master=bidx, state="up")
+            if isolated:
+                sw.brport("set", index=pidx, isolated=1)
             with self.inside(netns_path):
                 inner = _iproute()
                 try:
                     self._link_up_by_name(inner, "lo")
                     idx = self._index(inner, ifname)
+                    if mtu:
+                        inner.link("set", index=idx, mtu=mtu)
                     for addr, plen in addresses:
-                        inner.addr("add", index=idx, address=addr, prefixlen=plen)
+                        # IPv6: no duplicate address detection (IPAM guarantees uniqueness),
+                        # so the address is usable at once, not "tentative" for a second.
+                        inner.addr("add", index=idx, address=addr, prefixlen=plen,
+                                   **({"flags": IFA_F_NODAD} if ":" in addr else {}))
                     inner.link("set", index=idx, state="up")
                     if gateway:
                         inner.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+                    if gateway6:
+                        inner.route("add", dst="::/0", gateway=gateway6, oif=idx, family=10)
                 finally:
                     inner.close()
         except SystemFailure:
@@ -291,6 +461,19 @@ class Netlink:
                     out.append((dst, r["dst_len"]))
         for a in self.host.get_addr(family=2):
             out.append((a.get_attr("IFA_ADDRESS"), a["prefixlen"]))
+        return out
+
+    def host_routes6(self) -> list[tuple[str, int]]:
+        """(destination, prefix length) of the host's IPv6 routes and global addresses."""
+        out = []
+        for r in self.host.get_routes(family=10, table=254):
+            dst = r.get_attr("RTA_DST")
+            if dst and r["dst_len"] > 0 and not dst.startswith("fe80"):
+                out.append((dst, r["dst_len"]))
+        for a in self.host.get_addr(family=10):
+            addr = a.get_attr("IFA_ADDRESS")
+            if not addr.startswith("fe80") and addr != "::1":
+                out.append((addr, a["prefixlen"]))
         return out
 
     def host_addresses(self) -> list[str]:

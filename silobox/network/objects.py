@@ -39,22 +39,27 @@ class OutBoundNAT:
 
 @dataclass
 class ACL:
-    """HCN ``ACL``. Linux: a rule of the network's forward chain (recorded, not yet enforced)."""
+    """HCN ``ACL``: enforced by ``policies.py`` as a stateful nftables table in the endpoint's
+    compartment. Lists are comma-separated strings, as in HNS."""
 
-    Action: str = "Allow"
-    Direction: str = "In"
-    Protocols: str = ""
-    LocalPorts: str = ""
+    Action: str = "Allow"            # Allow | Block
+    Direction: str = "In"            # In | Out
+    Protocols: str = ""              # "6", "17", "1", ... ("" = any)
+    LocalAddresses: str = ""
     RemoteAddresses: str = ""
-    Priority: int = 0
+    LocalPorts: str = ""             # "80,8000-8100" (TCP/UDP only)
+    RemotePorts: str = ""
+    Priority: int = 0                # lower first
+    Id: str = ""
 
 
 @dataclass
 class Route:
-    """HCN ``SDNRoute``: a route inside the compartment."""
+    """HCN ``SDNRoute``: a route of the compartment through the endpoint's vNIC."""
 
     DestinationPrefix: str
-    NextHop: str
+    NextHop: str = ""
+    NeedEncap: bool = False
 
 
 def policy_json(p: Any) -> dict[str, Any]:

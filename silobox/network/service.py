@@ -28,8 +28,10 @@ import time
 from typing import Any
 
 from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from silobox.network import drivers as D
 from silobox.network import ipam as I
 from silobox.network import nft as N
+from silobox.network import policies as P
 from silobox.network.netlink import Netlink, is_netns
 from silobox.network.objects import PortMapping, new_guid, policy_json, port_mapping_from
 
@@ -96,6 +98,26 @@ class HostNetworkingService:
     def switch_port(self, n: dict[str, Any]) -> str:
         return f"{self.prefix}hp{n['Index']}"
 
+    def vxlan_port(self, n: dict[str, Any]) -> str:
+        return f"{self.prefix}vx{n['Index']}"
+
+    @staticmethod
+    def driver(n: dict[str, Any]) -> str:
+        """Docker's driver name of a network (records older than the drivers are nat)."""
+        return n.get("Driver", "nat")
+
+    def nat_networks(self) -> list[dict[str, Any]]:
+        return [n for n in self.networks.values() if self.driver(n) == "nat"]
+
+    @staticmethod
+    def subnet6(n: dict[str, Any]) -> dict[str, Any] | None:
+        """The IPv6 subnet record of an ``--ipv6`` network (the IPv4 one is always first)."""
+        return next((s for s in n["Subnets"][1:] if ":" in s["AddressPrefix"]), None)
+
+    def uplink(self, n: dict[str, Any]) -> str:
+        """The host NIC bound to an external vSwitch ('' for nat and NIC-less overlay)."""
+        return (n.get("Uplink") or {}).get("Interface", "")
+
     def endpoint_port(self, endpoint_id: str) -> str:
         room = 15 - len(self.prefix) - 1
         return f"{self.prefix}v{endpoint_id.replace('-', '').lower()[:room]}"
@@ -121,23 +143,32 @@ class HostNetworkingService:
             await self._realise_network(n)
         await self.netlink.run(self._remove_orphan_links)
         self.apply_rules()
+        await self.apply_switch_rules()
 
     def _remove_orphan_links(self) -> None:
-        owned_host = {self.host_port(n) for n in self.networks.values()}
+        owned_host = {self.host_port(n) for n in self.nat_networks()}
         for name in self.netlink.link_names("host"):
             if self._ours_on_host(name) and name not in owned_host:
                 log.info("removing orphan link %s", name)
                 self.netlink.delete_link("host", name)
         owned_sw = {"lo"} | {self.bridge(n) for n in self.networks.values()} | \
             {self.switch_port(n) for n in self.networks.values()} | \
-            {self.endpoint_port(e["ID"]) for e in self.endpoints.values()}
+            {self.endpoint_port(e["ID"]) for e in self.endpoints.values()} | \
+            {self.vxlan_port(n) for n in self.networks.values()} | \
+            {self.uplink(n) for n in self.networks.values() if self.driver(n) != "overlay"}
         for name in self.netlink.link_names("switch"):
-            if name not in owned_sw:
+            if name in owned_sw:
+                continue
+            if name.startswith(self.prefix):
                 self.netlink.delete_link("switch", name)
+            else:  # a NIC of a network the store no longer has: back to the host
+                log.info("returning network interface %s to the host", name)
+                self.netlink.release_uplink(name, None, False)
 
     def _ours_on_host(self, name: str) -> bool:
         rest = name[len(self.prefix):] if name.startswith(self.prefix) else None
-        return rest is not None and rest.startswith("nat") and rest[3:].isdigit()
+        return rest is not None and any(rest.startswith(k) and rest[len(k):].isdigit()
+                                        for k in ("nat", "vx"))
 
     def reconcile_endpoints(self, live_containers: set[str]) -> None:
         """After container recovery: endpoints of containers no longer running, and namespace
@@ -162,6 +193,8 @@ class HostNetworkingService:
         if not self.endpoints:
             try:
                 for n in self.networks.values():
+                    await self._release_uplink(n)
+                for n in self.nat_networks():
                     await self.netlink.run(self.netlink.delete_link, "host", self.host_port(n))
                 await self.netlink.run(self.netlink.remove_netns, self.netlink.switch_path)
                 self.remove_everything()
@@ -187,9 +220,9 @@ class HostNetworkingService:
             return found[0]
         raise NotFound(f"network {ref} not found", object_id=ref)
 
-    def _occupied(self) -> list[tuple[str, int]]:
+    def _occupied(self, host: bool = True) -> list[tuple[str, int]]:
         """Host routes and addresses, and our networks' subnets: a new subnet must avoid all."""
-        occ = list(self.netlink.call(self.netlink.host_routes))
+        occ = list(self.netlink.call(self.netlink.host_routes)) if host else []
         occ += [(n["Subnets"][0]["AddressPrefix"].split("/")[0],
                  int(n["Subnets"][0]["AddressPrefix"].split("/")[1]))
                 for n in self.networks.values()]
@@ -199,11 +232,31 @@ class HostNetworkingService:
                              gateway: str | None = None, ip_range: str | None = None,
                              internal: bool = False, labels: dict[str, str] | None = None,
                              options: dict[str, str] | None = None,
-                             default: bool = False) -> dict[str, Any]:
-        """HNS ``POST /networks``: a nat network with its vSwitch, host vNIC and NAT."""
+                             default: bool = False, driver: str = "nat", ipv6: bool = False,
+                             subnet6: str | None = None, gateway6: str | None = None
+                             ) -> dict[str, Any]:
+        """HNS ``POST /networks``: a nat network with its vSwitch, host vNIC and NAT, or an
+        external one (``drivers.py``) on a host NIC or a VXLAN tunnel."""
         if any(n["Name"] == name for n in self.networks.values()):
             raise AlreadyExists(f"network with name {name} already exists")
-        occupied = self._occupied()
+        if (subnet6 or gateway6) and not ipv6:
+            raise InvalidArgument("an IPv6 subnet or gateway needs --ipv6 (EnableIPv6)")
+        ds = D.parse(driver, options or {}, subnet=subnet, internal=internal, ipv6=ipv6,
+                     used_interfaces={self.uplink(n) for n in self.networks.values()} - {""},
+                     used_vnis={n.get("Vni", 0) for n in self.networks.values()})
+        uplink: dict[str, Any] = {}
+        if ds.interface:
+            info = await self.netlink.run(self.netlink.nic_info, ds.interface)
+            D.check_interface(ds.driver, ds.interface, info, self._ours_on_host(ds.interface))
+            assert info is not None
+            uplink = {"Interface": ds.interface, "Mac": info["mac"], "Up": info["up"],
+                      "Mtu": info["mtu"], "IPv4": info["ipv4"]}
+        elif ds.driver == "overlay":
+            raise InvalidArgument(f"the overlay driver needs the host interface of the underlay: "
+                                  f"-o {D.OPT_INTERFACE}=IFNAME (its address is the local VTEP)")
+        # The subnet of an external network lives outside the host: only our own networks'
+        # subnets must not overlap it.
+        occupied = self._occupied() if ds.driver == "nat" else self._occupied(host=False)
         if subnet:
             try:
                 net = ipaddress.IPv4Network(subnet, strict=False)
@@ -226,6 +279,9 @@ class HostNetworkingService:
                 raise InvalidArgument(f"no matching subnet for gateway {gateway}")
         else:
             gw = net.network_address + 1
+        v6: dict[str, Any] | None = None
+        if ipv6:
+            v6 = self._ipv6_subnet(subnet6, gateway6)
         if ip_range:
             r = ipaddress.IPv4Network(ip_range, strict=False)
             if not r.subnet_of(net):
@@ -237,8 +293,15 @@ class HostNetworkingService:
         pools = [(I.mac_value(n["MacPools"][0]["StartMacAddress"]),
                   I.mac_value(n["MacPools"][0]["EndMacAddress"])) for n in self.networks.values()]
         start, end = I.new_mac_pool(pools)
+        if ds.driver == "nat":
+            policies = [] if internal else [policy_json(_outbound())]
+        elif ds.driver == "overlay":
+            policies = [{"Type": "VSID", "Settings": {"VSID": ds.vni}}]
+        else:
+            policies = []
         n: dict[str, Any] = {
-            "ID": nid, "Name": name, "Type": "nat", "Index": index,
+            "ID": nid, "Name": name, "Type": D.HNS_TYPES[ds.driver], "Driver": ds.driver,
+            "Index": index, "Uplink": uplink,
             "DockerId": nid.replace("-", "").lower() + hashlib.sha256(nid.encode()).hexdigest()[:32],
             "ActivityId": new_guid(), "LayeredOn": new_guid(),
             "NatName": f"NAT{new_guid()}", "Version": HNS_VERSION, "Flags": 0, "State": 1,
@@ -248,12 +311,25 @@ class HostNetworkingService:
                           "EndMacAddress": I.mac_text(end, "-").upper()}],
             "IPRange": ip_range or "", "Internal": bool(internal), "Labels": labels or {},
             "Options": options or {}, "Default": default,
-            "Policies": [] if internal else [policy_json(_outbound())],
+            "Policies": policies,
             "Created": time.time(), "TotalEndpoints": 0, "MaxConcurrentEndpoints": 0,
         }
+        if v6:
+            n["Subnets"].append(v6)
+            n["IPv6"] = True
+        if ds.driver == "overlay":
+            n.update(Vni=ds.vni, Peers=ds.peers, VxlanPort=ds.vxlan_port,
+                     LocalVtep=uplink["IPv4"][0])
+        if ds.driver in ("l2bridge", "l2tunnel"):
+            # The uplink's own port takes a MAC of the pool; the NIC's MAC stands for the
+            # containers outside (see drivers.py).
+            n["SourceMac"] = uplink["Mac"]
         with self.db.tx():
             self._save_network(n)
-            n["HostMac"] = self.ipam.allocate_mac(nid, (start, end), "host")
+            if ds.driver == "nat":
+                n["HostMac"] = self.ipam.allocate_mac(nid, (start, end), "host")
+            elif ds.driver in ("l2bridge", "l2tunnel"):
+                n["UplinkPortMac"] = self.ipam.allocate_mac(nid, (start, end), "uplink")
             self._save_network(n)
         self.networks[nid] = n
         try:
@@ -262,14 +338,61 @@ class HostNetworkingService:
             await self.delete_network(nid, force=True)
             raise
         self.apply_rules()
+        await self.apply_switch_rules()
         return n
+
+    def _ipv6_subnet(self, subnet6: str | None, gateway6: str | None) -> dict[str, Any]:
+        """The IPv6 subnet record of a new network: the given one, or a random ULA /64."""
+        if subnet6:
+            try:
+                net6 = ipaddress.IPv6Network(subnet6, strict=False)
+            except ValueError as e:
+                raise InvalidArgument(f"invalid subnet {subnet6}: {e}") from None
+            if net6.prefixlen > 120:
+                raise InvalidArgument(f"subnet {subnet6} is too small")
+        occupied = list(self.netlink.call(self.netlink.host_routes6))
+        occupied += [(s["AddressPrefix"].split("/")[0], int(s["AddressPrefix"].split("/")[1]))
+                     for n in self.networks.values() for s in n["Subnets"][1:]
+                     if ":" in s["AddressPrefix"]]
+        free = I.free_subnet6(occupied, subnet6)
+        if free is None:
+            raise Conflict(f"Pool overlaps with other one on this address space: {subnet6} "
+                           "overlaps a host route or another network" if subnet6 else
+                           "could not find an available IPv6 address pool")
+        net6 = ipaddress.IPv6Network(free)
+        if gateway6:
+            try:
+                gw6 = ipaddress.IPv6Address(gateway6)
+            except ValueError:
+                raise InvalidArgument(f"invalid gateway {gateway6}") from None
+            if gw6 not in net6:
+                raise InvalidArgument(f"no matching subnet for gateway {gateway6}")
+        else:
+            gw6 = net6.network_address + 1
+        return {"AddressPrefix": str(net6), "GatewayAddress": str(gw6), "ID": new_guid(),
+                "Policies": [], "State": 0, "AdditionalParams": {}}
 
     async def _realise_network(self, n: dict[str, Any]) -> None:
         s = n["Subnets"][0]
+        kind = self.driver(n)
+        if kind in D.EXTERNAL:
+            await self.netlink.run(self.netlink.adopt_uplink, self.bridge(n), self.uplink(n),
+                                   n.get("UplinkPortMac"), kind != "l2tunnel")
+            return
+        if kind == "overlay":
+            await self.netlink.run(self.netlink.ensure_vxlan, self.vxlan_port(n), self.bridge(n),
+                                   n["Vni"], n["LocalVtep"], n["VxlanPort"], n["Peers"])
+            return
         await self.netlink.run(
             self.netlink.ensure_vswitch, self.bridge(n), self.host_port(n), self.switch_port(n),
             s["GatewayAddress"], int(s["AddressPrefix"].split("/")[1]),
-            f"vEthernet ({n['Name']})", n["HostMac"])
+            f"vEthernet ({n['Name']})", n["HostMac"], self._gateway6(n))
+
+    def _gateway6(self, n: dict[str, Any]) -> tuple[str, int] | None:
+        s6 = self.subnet6(n)
+        if s6 is None:
+            return None
+        return s6["GatewayAddress"], int(s6["AddressPrefix"].split("/")[1])
 
     async def delete_network(self, ref: str, force: bool = False) -> dict[str, Any]:
         """HNS ``DELETE /networks/<id>``; refused while endpoints exist unless ``force``."""
@@ -280,13 +403,36 @@ class HostNetworkingService:
                            "has active endpoints")
         for e in eps:
             self._drop_endpoint(e)
+        await self._release_uplink(n)
+        if self.driver(n) == "overlay":
+            await self.netlink.run(self.netlink.delete_link, "switch", self.vxlan_port(n))
+            await self.netlink.run(self.netlink.delete_link, "host", self.vxlan_port(n))
         await self.netlink.run(self.netlink.remove_vswitch, self.bridge(n), self.host_port(n))
         with self.db.tx():
             self.ipam.release_network(n["ID"])
             self.db.execute("DELETE FROM hns_networks WHERE id = ?", (n["ID"],))
         self.networks.pop(n["ID"], None)
         self.apply_rules()
+        await self.apply_switch_rules()
         return n
+
+    async def _release_uplink(self, n: dict[str, Any]) -> None:
+        """An external network's NIC goes back to the host with its own MAC and state."""
+        if self.driver(n) in D.EXTERNAL:
+            up = n["Uplink"]
+            await self.netlink.run(self.netlink.release_uplink, up["Interface"], up["Mac"],
+                                   up.get("Up", False))
+
+    def find_endpoint(self, ref: str) -> dict[str, Any]:
+        if ref:
+            for e in self.endpoints.values():
+                if e["ID"].lower() == ref.lower() or e["Name"] == ref:
+                    return e
+            found = [e for e in self.endpoints.values()
+                     if e["ID"].replace("-", "").lower().startswith(ref.replace("-", "").lower())]
+            if len(found) == 1:
+                return found[0]
+        raise NotFound(f"endpoint {ref} not found", object_id=ref)
 
     def endpoints_of(self, network_id: str) -> list[dict[str, Any]]:
         return [e for e in self.endpoints.values() if e["VirtualNetwork"] == network_id]
@@ -295,11 +441,15 @@ class HostNetworkingService:
     def create_endpoint(self, network: dict[str, Any], *, container_id: str, namespace_id: str,
                         name: str = "", ip: str | None = None, mac: str | None = None,
                         port_mappings: list[PortMapping] | None = None,
-                        aliases: list[str] | None = None, ifname: str = "eth0"
-                        ) -> dict[str, Any]:
+                        aliases: list[str] | None = None, ifname: str = "eth0",
+                        ip6: str | None = None) -> dict[str, Any]:
         """HNS ``POST /endpoints``: address and MAC leased in one store transaction."""
         eid = new_guid()
         s = network["Subnets"][0]
+        if port_mappings and self.driver(network) != "nat":
+            raise InvalidArgument(f"port mappings are not supported on {self.driver(network)} "
+                                  f"network {network['Name']}: its containers are reached at "
+                                  "their own addresses")
         maps = self._resolve_ports(port_mappings or [])
         with self.db.tx():
             addr = self.ipam.allocate_ip(network["ID"], s["AddressPrefix"], s["GatewayAddress"],
@@ -310,6 +460,16 @@ class HostNetworkingService:
             pool = (I.mac_value(network["MacPools"][0]["StartMacAddress"]),
                     I.mac_value(network["MacPools"][0]["EndMacAddress"]))
             mac_addr = self.ipam.allocate_mac(network["ID"], pool, eid, mac)
+            s6 = self.subnet6(network)
+            if ip6 and s6 is None:
+                raise InvalidArgument(f"network {network['Name']} has no IPv6 subnet "
+                                      f"(created without --ipv6): cannot assign {ip6}")
+            v6 = {}
+            if s6 is not None:
+                v6 = {"IPv6Address": self.ipam.allocate_ip6(
+                          network["ID"], s6["AddressPrefix"], s6["GatewayAddress"], eid, ip6),
+                      "IPv6PrefixLength": int(s6["AddressPrefix"].split("/")[1]),
+                      "GatewayAddressV6": s6["GatewayAddress"]}
             e = {
                 "ID": eid, "Name": name or eid, "VirtualNetwork": network["ID"],
                 "VirtualNetworkName": network["Name"], "IPAddress": addr,
@@ -320,6 +480,7 @@ class HostNetworkingService:
                 "Policies": [policy_json(m) for m in maps] + list(network["Policies"]),
                 "State": 1, "ContainerId": container_id, "IfName": ifname,
                 "Aliases": aliases or [], "EnableInternalDNS": False, "Created": time.time(),
+                **v6,
             }
             self._save_endpoint(e)
             network["TotalEndpoints"] = network.get("TotalEndpoints", 0) + 1
@@ -352,14 +513,24 @@ class HostNetworkingService:
         """HNS ``/endpoints/<id>/attach``: the vNIC into the compartment (made here if new)."""
         n = self.networks[e["VirtualNetwork"]]
         gw = None if n["Internal"] or e["IfName"] != "eth0" else e["GatewayAddress"]
+        kind = self.driver(n)
+        mtu = 0
+        if kind == "overlay":
+            mtu = int(n["Uplink"].get("Mtu") or 1500) - D.VXLAN_OVERHEAD
+        addresses = [(e["IPAddress"], e["PrefixLength"])]
+        if e.get("IPv6Address"):
+            addresses.append((e["IPv6Address"], e["IPv6PrefixLength"]))
+        gw6 = e.get("GatewayAddressV6") if gw else None
         await self.netlink.run(
             self.netlink.create_endpoint, self.netns_path(e["Namespace"]["ID"]), self.bridge(n),
             self.endpoint_port(e["ID"]), e["MacAddress"].replace("-", ":").lower(),
-            [(e["IPAddress"], e["PrefixLength"])], gw, e["IfName"], create_ns)
+            addresses, gw, e["IfName"], create_ns, mtu, kind == "l2tunnel", gw6)
         e["State"] = 2
         self._save_endpoint(e)
         if any(p["Type"] == "PortMapping" for p in e["Policies"]):
             self.apply_rules()
+        if kind in ("l2bridge", "l2tunnel"):
+            await self.apply_switch_rules()
 
     def _drop_endpoint(self, e: dict[str, Any]) -> None:
         with self.db.tx():
@@ -369,12 +540,17 @@ class HostNetworkingService:
 
     async def delete_endpoints(self, endpoint_ids: list[str], remove_namespace: str | None) -> None:
         """Endpoint delete; removing the namespace lets the kernel destroy the veths with it."""
-        had_ports = False
+        had_ports = had_l2 = False
+        acl_namespaces = set()
         for eid in endpoint_ids:
             e = self.endpoints.get(eid)
             if e is None:
                 continue
+            if any(p["Type"] == "ACL" for p in e["Policies"]):
+                acl_namespaces.add(e["Namespace"]["ID"])
             had_ports |= any(p["Type"] == "PortMapping" for p in e["Policies"])
+            had_l2 |= self.driver(self.networks.get(e["VirtualNetwork"], {})) in (
+                "l2bridge", "l2tunnel")
             if not remove_namespace:
                 ns = self.netns_path(e["Namespace"]["ID"])
                 if is_netns(ns):
@@ -384,11 +560,112 @@ class HostNetworkingService:
             self.netlink.remove_netns(self.netns_path(remove_namespace))
         if had_ports:
             self.apply_rules()
+        if had_l2:
+            await self.apply_switch_rules()
+        for ns_id in acl_namespaces - {remove_namespace}:
+            if is_netns(self.netns_path(ns_id)):
+                await self._apply_acls(ns_id)
+
+    # ----- ACL and Route policies (HCN ModifyEndpoint) ----------------------------------------
+    async def modify_endpoint_policies(self, ref: str, request_type: str,
+                                       policies: list[dict[str, Any]]) -> dict[str, Any]:
+        """HCN ``ModifyEndpoint`` with ResourceType Policy: ``Add``, ``Remove`` or ``Refresh``
+        (replace) the endpoint's ACL and Route policies, enforced at once in its compartment.
+        On a kernel error the previous policies are restored."""
+        e = self.find_endpoint(ref)
+        if not isinstance(policies, list):
+            raise InvalidArgument("Policies must be a list")
+        given = [P.normalise(p) for p in policies]
+        fixed = [p for p in e["Policies"] if p["Type"] not in P.MUTABLE]
+        current = [p for p in e["Policies"] if p["Type"] in P.MUTABLE]
+        if request_type == "Add":
+            result = current + [p for p in given if p not in current]
+        elif request_type == "Remove":
+            result = list(current)
+            for p in given:
+                pid = p["Settings"].get("Id") if p["Type"] == "ACL" else ""
+                match = [q for q in result if q == p or (pid and q["Type"] == "ACL"
+                                                         and q["Settings"].get("Id") == pid)]
+                if not match:
+                    raise NotFound(f"endpoint {e['ID']} has no such {p['Type']} policy")
+                result = [q for q in result if q not in match]
+        elif request_type in ("Refresh", "Update"):
+            result = given
+        else:
+            raise InvalidArgument(f"RequestType must be Add, Remove or Refresh, not "
+                                  f"{request_type!r}")
+        before = e["Policies"]
+        e["Policies"] = fixed + result
+        if e.get("State") == 2:
+            try:
+                await self._apply_policies(e, before)
+            except BaseException:
+                after = e["Policies"]
+                e["Policies"] = before
+                try:
+                    await self._apply_policies(e, after)
+                except Exception as err:  # pragma: no cover - best effort
+                    log.warning("restoring policies of %s: %s", e["ID"], err)
+                raise
+        self._save_endpoint(e)
+        return e
+
+    async def _apply_policies(self, e: dict[str, Any], before: list[dict[str, Any]]) -> None:
+        old = P.routes({"Policies": before})
+        new = P.routes(e)
+        ns = self.netns_path(e["Namespace"]["ID"])
+        await self.netlink.run(self.netlink.set_routes, ns, e["IfName"], new,
+                               [r for r in old if r not in new])
+        await self._apply_acls(e["Namespace"]["ID"])
+
+    async def _apply_acls(self, namespace_id: str) -> None:
+        """Regenerate the compartment's ACL table from all its endpoints, atomically."""
+        eps = [e for e in self.endpoints.values() if e["Namespace"]["ID"] == namespace_id]
+        t = {"family": "inet", "name": P.TABLE}
+        cmds: list[dict[str, Any]] = [{"add": {"table": t}}, {"delete": {"table": t}}]
+        if any(p["Type"] == "ACL" for e in eps for p in e["Policies"]):
+            cmds += [{"add": {"table": t}}] + P.acl_ruleset(eps)
+        await self.netlink.run(self.netlink.nft_in, self.netns_path(namespace_id), cmds)
 
     # ----- WinNAT: the nftables table ---------------------------------------------------------
     def apply_rules(self) -> None:
-        """Regenerate our table from the store and swap it in atomically."""
-        self.nft.replace_table("ip", self.table, self._ruleset())
+        """Regenerate our tables from the store and swap them in, in one transaction."""
+        t4 = {"family": "ip", "name": self.table}
+        t6 = {"family": "ip6", "name": self.table}
+        cmds = [{"add": {"table": t4}}, {"delete": {"table": t4}}, {"add": {"table": t4}}]
+        cmds += self._ruleset()
+        cmds += [{"add": {"table": t6}}, {"delete": {"table": t6}}]
+        v6 = [self.host_port(n) for n in self.nat_networks() if self.subnet6(n)]
+        if v6:
+            # Containers' IPv6 reaches their own network and the host, nothing beyond (no
+            # IPv6 NAT): whatever the host's forwarding setting, nothing is forwarded from or
+            # to a vNIC, which also keeps IPv6 networks isolated from each other.
+            cmds += [{"add": {"table": t6}},
+                     {"add": {"chain": {"family": "ip6", "table": self.table, "name": "forward",
+                                        "type": "filter", "hook": "forward", "prio": -1,
+                                        "policy": "accept"}}}]
+            for hp in v6:
+                for key in ("iifname", "oifname"):
+                    cmds.append({"add": {"rule": {
+                        "family": "ip6", "table": self.table, "chain": "forward",
+                        "expr": [N.match(N.meta(key), hp), {"drop": None}]}}})
+        self.nft.run(cmds)
+
+    async def apply_switch_rules(self) -> None:
+        """The vSwitch's bridge-family table: l2bridge/l2tunnel MAC rewrite (VFP's job)."""
+        nets = []
+        for n in self.networks.values():
+            if self.driver(n) in ("l2bridge", "l2tunnel"):
+                eps = [(e["IPAddress"], e["MacAddress"].replace("-", ":").lower())
+                       for e in self.endpoints_of(n["ID"]) if e.get("State") == 2]
+                nets.append((self.uplink(n), n["SourceMac"], eps))
+        t = {"family": "bridge", "name": "silobox"}
+        if nets:
+            cmds = [{"add": {"table": t}}, {"delete": {"table": t}}, {"add": {"table": t}}] + \
+                D.mac_rewrite_rules("silobox", nets)
+        else:
+            cmds = [{"add": {"table": t}}, {"delete": {"table": t}}]
+        await self.netlink.run(self.netlink.switch_nft, cmds)
 
     def _ruleset(self) -> list[dict[str, Any]]:
         T = self.table
@@ -420,7 +697,7 @@ class HostNetworkingService:
                          N.match(N.payload("th", "dport"), m.ExternalPort),
                          {"dnat": {"addr": e["IPAddress"], "port": m.InternalPort}}]
                 cmds.append(rule("publish", *expr))
-        for n in self.networks.values():
+        for n in self.nat_networks():
             hp = self.host_port(n)
             subnet = n["Subnets"][0]["AddressPrefix"]
             # 127.0.0.1 → published port: the source must become the gateway for the reply.
@@ -439,7 +716,7 @@ class HostNetworkingService:
             # OutBoundNAT: egress of the subnet leaving through any other link.
             cmds.append(rule("postrouting", N.match(N.payload("ip", "saddr"), N.prefix(subnet)),
                              N.match(N.meta("oifname"), hp, "!="), {"masquerade": None}))
-            for other in self.networks.values():
+            for other in self.nat_networks():
                 if other is not n:
                     cmds.append(rule("forward", N.match(N.meta("iifname"), hp),
                                      N.match(N.meta("oifname"), self.host_port(other)),
@@ -449,6 +726,7 @@ class HostNetworkingService:
     def remove_everything(self) -> None:
         """Used by tests and uninstall: our table goes; the rest of the ruleset stays."""
         self.nft.delete_table("ip", self.table)
+        self.nft.delete_table("ip6", self.table)
 
 
 def _outbound() -> Any:

@@ -98,7 +98,7 @@ def no_build_containers(silod: Any) -> None:
     """No container record, no job object (cgroup) and no build context is left."""
     status, items = silod.request("GET", "/containers/json?all=1")
     assert status == 200 and items == [], items
-    jobs = [d for d in cgroup_dirs(silod.cgroup_parent)
+    jobs = [d for d in silod.cgroup_dirs()
             if not os.path.basename(d).startswith("pool-")]   # silod's pre-made job objects
     assert jobs == []
     assert not os.listdir(os.path.join(silod.root, "build"))

@@ -13,6 +13,7 @@ _CREATE = {"Name": "str", "Driver": "str", "Internal": "bool", "Attachable": "bo
            "IPAM": {"Driver": "str", "Config": [{"Subnet": "str", "IPRange": "str",
                                                  "Gateway": "str"}], "Options": {"*": "str"}},
            "Options": {"*": "str"}, "Labels": {"*": "str"}}
+_POLICIES = {"RequestType": "str", "Policies": ["object"]}
 _CONNECT = {"Container": "str", "EndpointConfig": "object", "Force": "bool"}
 
 
@@ -33,6 +34,7 @@ class NetworkRouter:
             ("GET", "/silobox/hns/networks/{id}", self.hns_network),
             ("GET", "/silobox/hns/endpoints", self.hns_endpoints),
             ("GET", "/silobox/hns/endpoints/{id}", self.hns_endpoint),
+            ("POST", "/silobox/hns/endpoints/{id}/policies", self.hns_endpoint_policies),
         ]
 
     async def list_networks(self, request: web.Request) -> web.Response:
@@ -80,3 +82,12 @@ class NetworkRouter:
 
     async def hns_endpoint(self, request: web.Request) -> web.Response:
         return json_response(await self.backend.hns_endpoint(request.match_info["id"]))
+
+    async def hns_endpoint_policies(self, request: web.Request) -> web.Response:
+        """HCN ModifyEndpoint, ResourceType Policy: {"RequestType": "Add"|"Remove"|"Refresh",
+        "Policies": [{"Type": "ACL"|"Route", "Settings": {...}}]} → the endpoint record."""
+        body = await read_json_object(request, required=True)
+        check_fields(body, _POLICIES)
+        return json_response(await complete(self.backend.hns_endpoint_policies(
+            request.match_info["id"], body.get("RequestType") or "Add",
+            body.get("Policies") or [])))

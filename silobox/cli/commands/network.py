@@ -102,6 +102,7 @@ def create(ctx: Context, argv: list[str]) -> int:
     p.add_argument("--gateway", action="append", default=[], metavar="strings")
     p.add_argument("--ip-range", action="append", default=[], metavar="strings")
     p.add_argument("--internal", action="store_true")
+    p.add_argument("--ipv6", action="store_true", help="Enable IPv6 networking")
     p.add_argument("--label", action="append", default=[], metavar="list")
     p.add_argument("-o", "--opt", action="append", default=[], metavar="map")
     p.add_argument("name", metavar="NETWORK")
@@ -115,6 +116,7 @@ def create(ctx: Context, argv: list[str]) -> int:
             c["IPRange"] = ns.ip_range[i]
         cfg.append(c)
     body = {"Name": ns.name, "Driver": ns.driver, "Internal": ns.internal,
+            "EnableIPv6": ns.ipv6,
             "IPAM": {"Driver": "default", "Config": cfg},
             "Labels": dict(l.partition("=")[::2] for l in ns.label),
             "Options": dict(o.partition("=")[::2] for o in ns.opt)}
@@ -148,12 +150,14 @@ def connect(ctx: Context, argv: list[str]) -> int:
                "Connect a container to a network")
     p.add_argument("--alias", action="append", default=[], metavar="strings")
     p.add_argument("--ip", metavar="string")
+    p.add_argument("--ip6", metavar="string")
     p.add_argument("network", metavar="NETWORK")
     p.add_argument("container", metavar="CONTAINER")
     ns = parse(p, argv)
     ec: dict[str, Any] = {"Aliases": ns.alias or None}
-    if ns.ip:
-        ec["IPAMConfig"] = {"IPv4Address": ns.ip}
+    if ns.ip or ns.ip6:
+        ec["IPAMConfig"] = {k: v for k, v in (("IPv4Address", ns.ip), ("IPv6Address", ns.ip6))
+                            if v}
     ctx.client.post(f"/networks/{quote(ns.network)}/connect",
                     body={"Container": ns.container, "EndpointConfig": ec})
     return 0
