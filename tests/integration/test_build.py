@@ -553,3 +553,47 @@ def test_run_steps_get_the_network_mode(silod: Any) -> None:
     for result in (msgs, default):
         silod.client.remove_image(next(m["aux"]["ID"] for m in result if "aux" in m))
     no_build_containers(silod)
+
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+
+
+@pytest.mark.skipif(not os.path.exists(REGISTRY_BIN),
+                    reason="docker-registry is not installed (scripts/install.sh --test)")
+def test_from_pulls_a_missing_base_image(silod: Any, workdir: str, run_id: str) -> None:
+    """dockerd's classic builder pulls a FROM image it does not have (and any with pull=1);
+    the registry is Debian's docker-registry on 127.0.0.1."""
+    from test_registry import Registry
+    registry = Registry(os.path.join(workdir, "registry"))
+    registry.start()
+    base = f"{registry.address}/sbxb-{run_id}/base:1"
+    tag = f"sbxb-{run_id}-pulled"
+    try:
+        msgs = py_build(silod, {"Dockerfile": "FROM busybox\nRUN echo from-registry > /r\n"},
+                        tag=base)
+        assert not error_of(msgs), text_of(msgs)
+        pushed = list(silod.client.push(base, stream=True, decode=True))
+        assert not any("error" in m for m in pushed), pushed
+        silod.client.remove_image(base)
+        msgs = py_build(silod, {"Dockerfile": f"FROM {base}\nRUN cat /r\n"}, tag=tag)
+        assert not error_of(msgs), text_of(msgs)
+        assert any(m.get("status", "").startswith("Status: Downloaded newer image for")
+                   for m in msgs), msgs
+        assert "from-registry" in text_of(msgs)
+        # pull=1 pulls again although the image is here now
+        again = py_build(silod, {"Dockerfile": f"FROM {base}\nRUN cat /r\n"}, tag=tag,
+                         pull=True)
+        assert any(m.get("status", "").startswith("Status: Image is up to date for")
+                   for m in again), again
+        # a registry off this machine is never contacted by the test daemon
+        missing = py_build(silod, {"Dockerfile": "FROM sbxb-no-such-image\n"})
+        assert "sbxb-no-such-image" in error_of(missing)
+    finally:
+        registry.stop()
+        for name in (tag, base):
+            try:
+                silod.client.remove_image(name, force=True)
+            except Exception:
+                pass
+        silod.request("POST", "/build/prune")
+    no_build_containers(silod)
