@@ -627,6 +627,8 @@ class NetworkService:
                        UdpPort=n["VxlanPort"])
         if self.hns.driver(n) == "l2tunnel":
             out["IsolatedPorts"] = True
+        if n.get("Degraded"):
+            out["Degraded"] = n["Degraded"]
         return out
 
     def _hns_external(self, n: dict[str, Any]) -> dict[str, Any]:
