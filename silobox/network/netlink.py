@@ -384,14 +384,13 @@ class Netlink:
                 raise SystemFailure(f"vSwitch {bridge} is missing", operation="create endpoint")
             fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                sw.link("add", ifname=port, kind="veth",
+                # Enslaved and up in the same request that creates it (one round trip less).
+                sw.link("add", ifname=port, kind="veth", master=bidx, state="up",
+                        **({"mtu": mtu} if mtu else {}),
                         peer={"ifname": ifname, "net_ns_fd": fd, "address": mac})
             finally:
                 os.close(fd)
             pidx = self._index(sw, port)
-            if mtu:
-                sw.link("set", index=pidx, mtu=mtu)
-            sw.link("set", index=pidx, master=bidx, state="up")
             if isolated:
                 sw.brport("set", index=pidx, isolated=1)
             with self.inside(netns_path):
