@@ -286,7 +286,8 @@ class Netlink:
                      peers: list[str]) -> None:
         """A VXLAN tunnel port on the bridge. It is made in the host namespace, so its UDP
         socket (the underlay) stays there, and then moved into the vSwitch namespace; every
-        peer VTEP gets an all-zeros FDB entry (head-end replication of floods)."""
+        peer VTEP gets an all-zeros FDB entry (head-end replication of floods), and remote
+        MACs are learnt from what arrives, so known unicast goes to one VTEP only."""
         sw = self.switch
         try:
             self.ensure_bridge(bridge)
@@ -294,7 +295,7 @@ class Netlink:
                 if self._index(self.host, name) is None:
                     try:
                         self.host.link("add", ifname=name, kind="vxlan", vxlan_id=vni,
-                                       vxlan_local=local, vxlan_port=port, vxlan_learning=0)
+                                       vxlan_local=local, vxlan_port=port, vxlan_learning=1)
                     except Exception as e:
                         if getattr(e, "code", 0) == errno.EOPNOTSUPP:
                             raise Unavailable(
