@@ -20,8 +20,12 @@ fi
 # e2fsprogs: mkfs.ext4/e2fsck/resize2fs for sandbox disks (util-linux: losetup for inspection).
 PKGS="busybox-static tini libseccomp2 python3 python3-venv ca-certificates libnftables1 nftables iproute2 e2fsprogs"
 # Tests only: skopeo and umoci check the image archive formats against independent tools;
-# gcc builds a static probe for syscalls busybox has no applet for (keyctl).
-[ "$WITH_TESTS" = 1 ] && PKGS="$PKGS procps iproute2 util-linux skopeo umoci gcc libc6-dev mmdebstrap"
+# gcc builds a static probe for syscalls busybox has no applet for (keyctl);
+# docker-registry (+ apache2-utils for htpasswd -B, openssl for a test CA): the registry the
+# pull/push tests start on 127.0.0.1.
+[ "$WITH_TESTS" = 1 ] && PKGS="$PKGS procps iproute2 util-linux skopeo umoci gcc libc6-dev mmdebstrap docker-registry apache2-utils openssl"
+# Tests only: python3-dev and libyaml-dev build PyYAML 5.4.1 (with its C loader) for docker-compose.
+[ "$WITH_TESTS" = 1 ] && PKGS="$PKGS python3-dev libyaml-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -31,6 +35,14 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $missing
 fi
+# The docker-registry package enables a registry service on :5000; the tests start their own on
+# free ports, so none is left running.
+if [ "$WITH_TESTS" = 1 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+elif [ "$WITH_TESTS" = 1 ] && [ -x /etc/init.d/docker-registry ]; then
+    /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+    update-rc.d docker-registry disable >/dev/null 2>&1 || true
+fi
 
 [ -x "$PREFIX/bin/python" ] || /usr/bin/python3 -m venv "$PREFIX"
 "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade pip==24.3.1
@@ -38,6 +50,17 @@ if [ "$WITH_TESTS" = 1 ]; then
     "$PREFIX/bin/pip" install -q --disable-pip-version-check "$SRC[test]"
 else
     "$PREFIX/bin/pip" install -q --disable-pip-version-check "$SRC"
+fi
+if [ "$WITH_TESTS" = 1 ]; then
+    # docker-compose 1.29 in a venv of its own (see scripts/compose-requirements.txt for why);
+    # the compose tests run /opt/silobox-compose/bin/docker-compose.
+    COMPOSE=${SILOBOX_COMPOSE_PREFIX:-/opt/silobox-compose}
+    [ -x "$COMPOSE/bin/python" ] || /usr/bin/python3 -m venv "$COMPOSE"
+    CPIP="$COMPOSE/bin/pip"
+    "$CPIP" install -q --disable-pip-version-check pip==24.3.1
+    "$CPIP" install -q --disable-pip-version-check setuptools==69.5.1 wheel==0.43.0 cython==0.29.37
+    "$CPIP" install -q --disable-pip-version-check --no-build-isolation PyYAML==5.4.1
+    "$CPIP" install -q --disable-pip-version-check -r "$SRC/scripts/compose-requirements.txt"
 fi
 ln -sf "$PREFIX/bin/silo" /usr/local/bin/silo
 ln -sf "$PREFIX/bin/silod" /usr/local/bin/silod

@@ -48,6 +48,10 @@ class NotModified(SiloboxError):
     """The operation asked for a state the object is already in (Docker: 304)."""
 
 
+class Unauthorized(SiloboxError):
+    """The credentials were refused or are missing (a registry login or pull; Docker: 401)."""
+
+
 class Unavailable(SiloboxError):
     """A service or kernel feature is not available here (Docker: 503 / 500 for missing features)."""
 
@@ -57,4 +61,4 @@ class SystemFailure(SiloboxError):
 
 
 ALL_ERRORS = (NotFound, AlreadyExists, InvalidArgument, Conflict, NotRunning, NotModified,
-              Unavailable, SystemFailure)
+              Unauthorized, Unavailable, SystemFailure)

@@ -22,8 +22,10 @@ from silobox import API_VERSION, MIN_API_VERSION, __version__
 from silobox.api.backend import Backend
 from silobox.api.errors import response_for
 from silobox.api.routers import API_VERSION_KEY, Handler, with_version_prefix
+from silobox.api.routers.build import BuildRouter
 from silobox.api.routers.compute import ComputeRouter
 from silobox.api.routers.containers import ContainerRouter
+from silobox.api.routers.distribution import DistributionRouter
 from silobox.api.routers.exec import ExecRouter
 from silobox.api.routers.images import ImageRouter
 from silobox.api.routers.networks import NetworkRouter
@@ -136,6 +138,7 @@ def create_app(backend: Backend) -> web.Application:
     routers = (SystemRouter(backend), ContainerRouter(backend), ExecRouter(backend),
                ImageRouter(backend), ComputeRouter(backend), NetworkRouter(backend))
     routers += (VolumeRouter(backend), SandboxRouter(backend))
+    routers += (DistributionRouter(backend), BuildRouter(backend))  # type: ignore[arg-type]
     routes = [route for router in routers for route in router.routes()]
     for method, path, handler in with_version_prefix(routes):
         app.router.add_route(method, path, handler)

@@ -147,7 +147,8 @@ class ImageBackend(Protocol):
                                     ) -> tuple[dict[str, Any], AsyncIterator[bytes]]: ...
 
     async def container_archive_put(self, ref: str, path: str, body: AsyncIterator[bytes],
-                                    no_overwrite_dir_non_dir: bool = False) -> None: ...
+                                    no_overwrite_dir_non_dir: bool = False,
+                                    copy_uid_gid: bool = False) -> None: ...
 
 
 class SystemBackend(Protocol):

@@ -23,6 +23,7 @@ _STATUS: tuple[tuple[type[errors.SiloboxError], int], ...] = (
     (errors.NotRunning, 409),
     (errors.Conflict, 409),
     (errors.NotModified, 304),
+    (errors.Unauthorized, 401),
     (errors.Unavailable, 503),
     (errors.SystemFailure, 500),
 )

@@ -37,6 +37,7 @@ _TOP: dict[str, tuple[str, str]] = {
     "images": ("image", "ls"),
     "rmi": ("image", "rm"),
     "import": ("image", "import_"),
+    "build": ("build", "build"),
     "load": ("image", "load"),
     "save": ("image", "save"),
     "tag": ("image", "tag"),
@@ -48,6 +49,10 @@ _TOP: dict[str, tuple[str, str]] = {
     "version": ("system", "version"),
     "info": ("system", "info"),
     "port": ("network", "port"),
+    "pull": ("registry", "pull"),
+    "push": ("registry", "push"),
+    "login": ("registry", "login"),
+    "logout": ("registry", "logout"),
 }
 
 _CONTAINER_VERBS = ("run", "create", "start", "attach", "exec", "stop", "kill", "restart", "rm",
@@ -74,11 +79,14 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "remove": ("image", "rm"),
         "import": ("image", "import_"),
         "bootstrap": ("image", "bootstrap"),
+        "build": ("build", "build"),
         "load": ("image", "load"),
         "save": ("image", "save"),
         "tag": ("image", "tag"),
         "history": ("image", "history"),
         "prune": ("image", "prune"),
+        "pull": ("registry", "pull"),
+        "push": ("registry", "push"),
     },
     "system": {
         "info": ("system", "info"),
@@ -119,6 +127,10 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "attach": ("sandbox", "attach"),
         "detach": ("sandbox", "detach"),
     },
+    "builder": {
+        "build": ("build", "build"),
+        "prune": ("build", "prune"),
+    },
     "hcs": {
         "ls": ("hcs", "ls"),
         "list": ("hcs", "ls"),
@@ -129,6 +141,7 @@ _GROUPS: dict[str, dict[str, tuple[str, str]]] = {
 _GROUP_HELP = {
     "container": "Manage containers",
     "image": "Manage images",
+    "builder": "Manage builds",
     "system": "Manage silobox",
     "hcs": "Show the compute service's own records of compute systems",
     "volume": "Manage volumes",
@@ -153,6 +166,7 @@ Common Commands:
 Management Commands:
   container   Manage containers
   image       Manage images
+  builder     Manage builds
   system      Manage silobox
   hcs         Show the compute service's own records of compute systems
   sandbox     Show and manage the containers' sandbox disks
@@ -162,6 +176,7 @@ Management Commands:
 
 Commands:
   attach      Attach local standard input, output, and error streams to a running container
+  build       Build an image from a Dockerfile
   commit      Create a new image from a container's changes
   cp          Copy files/folders between a container and the local filesystem
   create      Create a new container
@@ -172,9 +187,13 @@ Commands:
   inspect     Return low-level information on silobox objects
   kill        Kill one or more running containers
   load        Load an image from a tar archive or STDIN
+  login       Log in to a registry
+  logout      Log out from a registry
   logs        Fetch the logs of a container
   pause       Pause all processes within one or more containers
   port        List port mappings or a specific mapping for the container
+  pull        Download an image from a registry
+  push        Upload an image to a registry
   rename      Rename a container
   restart     Restart one or more containers
   rm          Remove one or more containers

@@ -295,7 +295,7 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     a("--platform", metavar="string", help="Set platform if server is multi-platform capable")
     a("--privileged", action="store_true", help="Give extended privileges to this container")
     a("--pull", metavar="string", default="missing",
-      help='Pull image before running ("never", "missing"; images are never pulled)')
+      help='Pull image before running ("always", "missing", "never")')
     a("--read-only", action="store_true", help="Mount the container's root filesystem as read only")
     a("--restart", metavar="string", default="no", help="Restart policy to apply")
     a("--rm", action="store_true", help="Automatically remove the container when it exits")

@@ -63,6 +63,7 @@ class LinuxSettings:
     shm_size: int = 64 * 1024 * 1024
     namespaces: list[str] = field(default_factory=lambda: ["mnt", "uts", "ipc", "net", "cgroup"])
     tmpfs: list[dict] = field(default_factory=list)            # [{"ContainerPath", "Options"}]
+    sysctls: dict[str, str] = field(default_factory=dict)      # namespaced kernel parameters
 
 
 @dataclass
@@ -127,7 +128,11 @@ def parse_document(doc: Any) -> ContainerDocument:
         shm_size=_get(lx, "ShmSize", int, 64 * 1024 * 1024, w),
         namespaces=_get(lx, "Namespaces", list, ["mnt", "uts", "ipc", "net", "cgroup"], w),
         tmpfs=_get(lx, "Tmpfs", list, [], w),
+        sysctls=_get(lx, "Sysctls", dict, {}, w),
     )
+    if not all(isinstance(k, str) and isinstance(v, str) and k and "/" not in k
+               and ".." not in k for k, v in linux.sysctls.items()):
+        raise InvalidArgument(f"{w}Sysctls: expected an object of dotted names to strings")
     for i, t in enumerate(linux.tmpfs):
         if not isinstance(t, dict) or not isinstance(t.get("ContainerPath"), str) \
                 or not t["ContainerPath"].startswith("/") \

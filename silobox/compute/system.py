@@ -511,6 +511,7 @@ class ComputeService:
                                 else lx.readonly_paths),
             readonly_rootfs=lx.readonly_rootfs, privileged=lx.privileged, shm_size=lx.shm_size,
             tmpfs=[[t["ContainerPath"], *_tmpfs(t.get("Options") or "")] for t in lx.tmpfs],
+            sysctls=dict(lx.sysctls),
         )
         return silo, self.translate_process(doc, init, False)
 

@@ -21,6 +21,9 @@ class DaemonConfig:
     default_stop_timeout: int = 10
     storage_opts: tuple[str, ...] = ()    # --storage-opt sandbox=disk|dir, size=20G
     shim_pool: int = 2                    # warm shims kept ready by the spawner
+    insecure_registries: tuple[str, ...] = ()   # --insecure-registry host[:port] or CIDR
+    registry_certs_dir: str = "/etc/silobox/certs.d"   # <host:port>/ca.crt, like certs.d
+    registry_loopback_only: bool = False  # refuse registries off this machine (test daemons)
 
     @property
     def db_path(self) -> str:

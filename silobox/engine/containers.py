@@ -20,6 +20,7 @@ from silobox.compute.schema import ProcessParameters
 from silobox.compute.system import ComputeSystem, StartError, State
 from silobox.engine import spec as S
 from silobox.engine.health import parse_healthcheck
+from silobox.engine.hostconfig import check_host_config
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
@@ -124,6 +125,7 @@ class ContainerService:
             name = S.validate_name(name)
             self._check_name_free(name)
         hc = dict(body.get("HostConfig") or {})
+        warnings = check_host_config(hc)
         iso = (hc.get("Isolation") or "").lower()
         if iso not in ("", "default", "process"):
             raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - silobox supports '
@@ -225,7 +227,7 @@ class ContainerService:
             shutil.rmtree(cdir, ignore_errors=True)
             raise
         self.emit_event("container", "create", c)
-        return {"Id": cid, "Warnings": []}
+        return {"Id": cid, "Warnings": warnings}
 
     def _check_name_free(self, name: str) -> None:
         for other in self.containers.values():
@@ -260,7 +262,6 @@ class ContainerService:
 
     # ----- the compute document ----------------------------------------------------------------
     def _document(self, c: Container) -> dict[str, Any]:
-        image = self.images.resolve(c.data["Image"])
         hc = c.host_config
         sec = c.data["Silobox"]["Security"]
         mapped = [
@@ -279,7 +280,7 @@ class ContainerService:
             "ShouldTerminateOnLastHandleClosed": False,
             "Container": {
                 "GuestOs": {"HostName": c.config["Hostname"]},
-                "Storage": {"Layers": image.storage_layers(),
+                "Storage": {"Layers": self.container_storage_layers(c),
                             "Path": self.sandbox_for(c.id).path},
                 "MappedDirectories": mapped,
                 "Memory": {"SizeInMB": (res.get("memory") or 0) // 2**20},
@@ -294,6 +295,9 @@ class ContainerService:
                     "Rlimits": hc.get("Ulimits") or [],
                     "Domainname": c.config.get("Domainname") or "",
                     "ShmSize": hc.get("ShmSize") or 64 * 1024 * 1024,
+                    "Sysctls": hc.get("Sysctls") or {},
+                    "MaskedPaths": hc.get("MaskedPaths"),
+                    "ReadonlyPaths": hc.get("ReadonlyPaths"),
                 },
             },
         }
@@ -472,8 +476,11 @@ class ContainerService:
                 if timeout is None:
                     timeout = self.config.default_stop_timeout
             sig = S.parse_signal(signal or c.config.get("StopSignal"))
+            # Docker's events for a stop: kill (the stop signal), die, then stop.
+            self.emit_event("container", "kill", c, {"signal": str(sig)})
             await system.shutdown(float(timeout), sig)
             await self._settled(c)
+        self.emit_event("container", "stop", c)
 
     def _stopped_by_user(self, c: Container) -> None:
         """A stop or kill from a user: the restart policy no longer applies until a start."""
@@ -781,7 +788,7 @@ class ContainerService:
     def _summary(self, c: Container, size: bool) -> dict[str, Any]:
         argv = [c.data["Path"]] + c.data["Args"]
         d = {
-            "Id": c.id, "Names": ["/" + c.name], "Image": c.config["Image"],
+            "Id": c.id, "Names": ["/" + c.name], "Image": self.image_shown(c),
             "ImageID": c.data["Image"], "Command": " ".join(argv),
             "Created": int(parse_iso(c.data["Created"])), "Ports": [],
             "Labels": c.config.get("Labels") or {}, "State": c.state["Status"],
@@ -862,7 +869,8 @@ class ContainerService:
             "CanRemove": False, "DetachKeys": body.get("DetachKeys") or "", "Pid": 0,
             "_env": env, "_cwd": body.get("WorkingDir") or "", "_size": size,
         }
-        self.emit_event("container", "exec_create", c, {"execID": eid})
+        # Docker's actions name the command: "exec_create: sh -c date".
+        self.emit_event("container", f"exec_create: {' '.join(cmd)}", c, {"execID": eid})
         return {"Id": eid}
 
     def _find_exec(self, exec_id: str) -> dict[str, Any]:
@@ -906,8 +914,13 @@ class ContainerService:
             x["ExitCode"] = proc.start_error.exit_code
             await proc.stream.close()
             raise proc.start_error
-        self.emit_event("container", "exec_start", c, {"execID": exec_id})
-        sess = ExecSession(proc, x, tty=use_tty, stdin=x["OpenStdin"])
+        command = " ".join([pc["entrypoint"]] + pc["arguments"])
+        self.emit_event("container", f"exec_start: {command}", c, {"execID": exec_id})
+
+        def died(record: dict[str, Any]) -> None:
+            self.emit_event("container", "exec_die", c,
+                            {"execID": exec_id, "exitCode": str(record["ExitCode"])})
+        sess = ExecSession(proc, x, tty=use_tty, stdin=x["OpenStdin"], on_exit=died)
         if detach:
             asyncio.get_running_loop().create_task(sess.drain())
             return None

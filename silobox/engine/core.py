@@ -8,12 +8,15 @@ import time
 
 from silobox.compute.spawner import Spawner
 from silobox.compute.system import ComputeService
+from silobox.engine.build.service import BuildService
 from silobox.engine.config import DaemonConfig
 from silobox.engine.containers import ContainerService
+from silobox.engine.distribution import DistributionService
 from silobox.engine.bootstrap import BootstrapService
 from silobox.engine.events import EventLog
 from silobox.engine.health import HealthService
 from silobox.engine.imageops import ImageOpsService
+from silobox.engine.links import LinkService
 from silobox.engine.images import ImageService
 from silobox.engine.networks import NetworkService
 from silobox.engine.stats import StatsService
@@ -21,8 +24,9 @@ from silobox.engine.storageops import StorageOps
 from silobox.engine.system import SystemService
 
 
-class Engine(ContainerService, StatsService, ImageOpsService, ImageService, SystemService,
-             NetworkService, StorageOps, HealthService, BootstrapService, EventLog):
+class Engine(BuildService, ContainerService, StatsService, ImageOpsService, ImageService,
+             SystemService, NetworkService, StorageOps, HealthService, BootstrapService,
+             DistributionService, EventLog, LinkService):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
     def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:
@@ -44,6 +48,7 @@ class Engine(ContainerService, StatsService, ImageOpsService, ImageService, Syst
         self._init_containers()
         self._init_storage()
         self._init_networks()
+        self._init_links()
 
     def _daemon_id(self) -> str:
         path = os.path.join(self.config.root, "engine-id")
@@ -58,6 +63,7 @@ class Engine(ContainerService, StatsService, ImageOpsService, ImageService, Syst
 
     async def start(self) -> None:
         self.sweep_storage()
+        self.sweep_transfers()
         await self.start_networks()
         await self.recover_containers()
         self.reconcile_networks()

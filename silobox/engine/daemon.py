@@ -36,6 +36,17 @@ def _parse_args(argv: list[str] | None) -> DaemonConfig:
     p.add_argument("--storage-opt", action="append", default=[], metavar="OPT",
                    help="sandbox=disk|dir (default disk when loop devices work), size=SIZE of "
                         "sandbox disks (default 20G); also env SILOBOX_STORAGE_OPTS=a=b,c=d")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                   help="a registry (host[:port] or CIDR) reached without certificate checks "
+                        "and over plain http; 127.0.0.0/8 and localhost always are")
+    p.add_argument("--registry-certs-dir",
+                   default=os.environ.get("SILOBOX_REGISTRY_CERTS_DIR", "/etc/silobox/certs.d"),
+                   help="CA and client certificates per registry, <dir>/<host:port>/ca.crt "
+                        "(default %(default)s)")
+    p.add_argument("--registry-loopback-only", action="store_true",
+                   default=os.environ.get("SILOBOX_REGISTRY_LOOPBACK_ONLY") == "1",
+                   help="refuse to contact any registry not on this machine (127.0.0.0/8, ::1, "
+                        "localhost); test daemons run so")
     p.add_argument("-v", "--version", action="version", version=f"silod {__version__}")
     a = p.parse_args(argv)
     host = a.host or os.environ.get("SILOBOX_HOST") or f"unix://{a.exec_root}/silod.sock"
@@ -46,7 +57,10 @@ def _parse_args(argv: list[str] | None) -> DaemonConfig:
         p.error(f"invalid --cgroup-parent {a.cgroup_parent!r}")
     return DaemonConfig(root=os.path.abspath(a.root), exec_root=os.path.abspath(a.exec_root),
                         socket=host[len("unix://"):], cgroup_parent=parent, debug=a.debug,
-                        shim_pool=max(0, a.shim_pool), storage_opts=tuple(a.storage_opt))
+                        shim_pool=max(0, a.shim_pool), storage_opts=tuple(a.storage_opt),
+                        insecure_registries=tuple(a.insecure_registry),
+                        registry_certs_dir=os.path.abspath(a.registry_certs_dir),
+                        registry_loopback_only=a.registry_loopback_only)
 
 
 def _lock_pidfile(path: str) -> int:

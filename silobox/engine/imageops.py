@@ -14,13 +14,16 @@ import asyncio
 import contextlib
 import fnmatch
 import json
+import logging
 import os
 import shlex
 import sys
+import uuid
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure
 
+log = logging.getLogger("silobox.images")
 Progress = Callable[[dict[str, Any]], None]
 _BATCH = 256 * 1024
 
@@ -206,16 +209,32 @@ class ImageOpsService:
     container_unpause: Any
     _lock: Any
 
+    def _has_children(self, image_id: str) -> bool:
+        """Whether a kept image was built on this one (the build service knows)."""
+        return False
+
     # -- startup -----------------------------------------------------------------------------
 
     def sweep_storage(self) -> list[str]:
-        """Remove what an interrupted import, load or commit left (called from Engine.start)."""
+        """Remove what an interrupted import, load or commit left (called from Engine.start).
+
+        The references of a killed daemon's imports and loads go; every stored container
+        holds its layers (also one created before containers held layers)."""
+        owners = {f"container:{cid}" for cid in self.containers}
+        self.layers.drop_refs_except(owners)
         keep: set[str] = set()
         for c in self.containers.values():
+            ids = (c.data.get("Silobox") or {}).get("Layers")
+            if ids is None:
+                try:
+                    ids = self.images.get(c.data["Image"]).diff_ids
+                except SiloboxError:
+                    continue
+            keep.update(ids)
             try:
-                keep.update(self.images.get(c.data["Image"]).diff_ids)
-            except SiloboxError:
-                continue
+                self.layers.hold(f"container:{c.id}", ids)
+            except SiloboxError as e:
+                log.warning("container %s: cannot hold its layers: %s", c.id, e)
         return self.layers.sweep(keep)
 
     # -- list, history -----------------------------------------------------------------------
@@ -309,6 +328,12 @@ class ImageOpsService:
         by_id = image.id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:")) \
             and not self._is_tag_of(ref, image)
         records: list[dict[str, str]] = []
+        if not by_id and "@" in ref and (image.tags or len(image.digests) > 1 or users):
+            # a repo digest while other references (or containers) keep the image: untag only
+            name = reference.parse(ref).familiar()
+            self.images.untag(name)
+            self.emit_event("image", "untag", image, {"name": name})
+            return [{"Untagged": name}]
         if not by_id:
             tag = reference.parse_tagged(ref).familiar()
             single = len({t.rsplit(":", 1)[0] for t in image.tags}) <= 1 and len(image.tags) <= 1
@@ -341,14 +366,26 @@ class ImageOpsService:
                 self.images.untag(tag)
                 records.append({"Untagged": tag})
                 self.emit_event("image", "untag", image, {"name": tag})
-            if stopped:
-                # A stopped container still mounts these layers: the image stays, untagged,
-                # until the container is removed (then prune removes it).
-                return records
+        # Forced past stopped containers, as moby's imageDeleteHelper: the image record goes;
+        # the containers hold its layers, so they keep working and the layers go with the
+        # last of them.
         records.extend(await asyncio.get_running_loop().run_in_executor(
             None, self._delete_image, image.id))
         self.emit_event("image", "delete", image)
         return records
+
+    def image_shown(self, c: Any) -> str:
+        """A container's ``Image`` in lists: the name it was created from while that still
+        names its image, else the image id (moby ``refreshImage``: after a retag or rmi -f)."""
+        name = c.config.get("Image") or ""
+        if name != c.data["Image"]:
+            try:
+                if self.images.resolve(name).id == c.data["Image"]:
+                    return name
+            except (NotFound, InvalidArgument):
+                pass
+            return c.data["Image"]
+        return name
 
     def _is_tag_of(self, ref: str, image: Any) -> bool:
         from silobox.storage import reference
@@ -358,7 +395,7 @@ class ImageOpsService:
             return False
 
     def _delete_image(self, image_id: str) -> list[dict[str, str]]:
-        """Delete an untagged image and release its layers no other image uses."""
+        """Delete an untagged image and release its layers no other image or container uses."""
         image = self.images.get(image_id)
         with self.images.db.tx():
             self.images.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
@@ -378,8 +415,8 @@ class ImageOpsService:
         used = {c.data.get("Image") for c in self.containers.values()}
         deleted: list[dict[str, str]] = []
         reclaimed = 0
-        for image in self.images.list():
-            if image.id in used or (only_dangling and image.tags):
+        for image in self.images.list():   # newest first: a child goes before its parent
+            if image.id in used or (only_dangling and image.tags) or self._has_children(image.id):
                 continue
             if filters.get("until") and not all(_ts(image.created) < _until(u)
                                                 for u in filters["until"]):
@@ -422,7 +459,8 @@ class ImageOpsService:
         loop = asyncio.get_running_loop()
         report = _threadsafe(progress, loop)
         reader = _ProgressReader(ThreadReader(body, loop), report)
-        layer = await loop.run_in_executor(None, self.layers.add_from_tar, reader)
+        owner = f"import:{uuid.uuid4().hex}"
+        layer = await loop.run_in_executor(None, self.layers.add_from_tar, reader, None, owner)
         now = now_rfc3339()
         config = {"architecture": host_architecture(), "os": "linux", "created": now,
                   "config": container_config,
@@ -433,8 +471,10 @@ class ImageOpsService:
             image = self.images.create(config, [layer.diff_id],
                                        tags=[ref.familiar()] if ref else None)
         except BaseException:
+            self.layers.unhold(owner)
             self.layers.release(layer.diff_id)
             raise
+        self.layers.unhold(owner)
         self.emit_event("image", "import", image)
         return image.id
 
@@ -466,7 +506,7 @@ class ImageOpsService:
         """``GET /containers/{id}/changes`` from the sandbox's upper directory."""
         from silobox.storage.changes import list_changes
         c = self._find(ref)
-        lowers = self.images.get(c.data["Image"]).lower_dirs()
+        lowers = self.container_lower_dirs(c)
         async with self._upper_of(c) as upper:
             return await asyncio.get_running_loop().run_in_executor(
                 None, list_changes, upper, lowers) or None
@@ -506,6 +546,7 @@ class ImageOpsService:
             if target.digest:
                 raise InvalidArgument("cannot commit to digest reference")
         base = self.images.get(c.data["Image"])
+        owner = f"commit:{uuid.uuid4().hex}"
         paused_here = False
         if pause and c.running and c.state.get("Status") != "paused":
             await self.container_pause(c.id)
@@ -515,7 +556,7 @@ class ImageOpsService:
                 reader = IteratorReader(tar_overlay_dir(upper, skip_init=True))
                 parent = base.diff_ids[-1] if base.diff_ids else None
                 layer = await asyncio.get_running_loop().run_in_executor(
-                    None, self.layers.add_from_tar, reader, parent)
+                    None, self.layers.add_from_tar, reader, parent, owner)
         finally:
             if paused_here:
                 await self.container_unpause(c.id)
@@ -544,8 +585,10 @@ class ImageOpsService:
             image = self.images.create(doc, [*base.diff_ids, layer.diff_id],
                                        tags=[target.familiar()] if target else None)
         except BaseException:
+            self.layers.unhold(owner)
             self.layers.release(layer.diff_id)
             raise
+        self.layers.unhold(owner)
         self.emit_event("container", "commit", c)
         return image.id
 
@@ -588,15 +631,24 @@ class ImageOpsService:
         return doc, _stdout_chunks(proc, lock)
 
     async def container_archive_put(self, ref: str, path: str, body: AsyncIterator[bytes],
-                                    no_overwrite_dir_non_dir: bool = False) -> None:
-        """``PUT /containers/{id}/archive``: extract a tar into directory ``path``."""
+                                    no_overwrite_dir_non_dir: bool = False,
+                                    copy_uid_gid: bool = False) -> None:
+        """``PUT /containers/{id}/archive``: extract a tar into directory ``path``.
+
+        As moby's ``containerExtractToDir``: ``noOverwriteDirNonDir`` refuses to replace a
+        directory by a non-directory or the reverse; ``copyUIDGID`` gives every entry the
+        uid/gid of the container's user (looked up in the container) when it has one."""
         c = self._find(ref)
         _check_cp_path(path)
         if c.host_config.get("ReadonlyRootfs") and c.running:
             raise InvalidArgument("container rootfs is marked read-only")
+        args: dict[str, Any] = {"op": "put", "path": path,
+                                "no_overwrite_dir_non_dir": no_overwrite_dir_non_dir}
+        if copy_uid_gid and c.config.get("User"):
+            args["user"] = c.config["User"]
         lock = await self._hold(c)
         try:
-            proc = await self._fs_helper_run(c, {"op": "put", "path": path}, path, stdin=True)
+            proc = await self._fs_helper_run(c, args, path, stdin=True)
             assert proc.stdin is not None
             try:
                 async for chunk in body:
@@ -625,7 +677,9 @@ class ImageOpsService:
             args = {**args, "pid": c.state["Pid"]}
         else:
             sandbox = self.sandbox_for(c.id)
-            lowers = self.images.get(c.data["Image"]).lower_dirs()
+            lowers = self.container_lower_dirs(c)
+            # the helper process attaches the disk itself: the pool lets go of its device
+            await asyncio.get_running_loop().run_in_executor(None, sandbox.release_spare)
             args = {**args, "rootfs": sandbox.paths.rootfs, "root": self.config.root,
                     "cid": c.id,
                     "options": sandbox.overlay_options(lowers),
@@ -728,6 +782,8 @@ async def _finish(proc: asyncio.subprocess.Process, c: Any, path: str) -> None:
         raise NotFound(f"Could not find the file {path} in container {c.name}")
     if doc.get("kind") == "invalid":
         raise InvalidArgument(doc.get("message") or "invalid archive")
+    if doc.get("kind") == "refused":   # moby: errdefs.System around the archive's error
+        raise SystemFailure(doc.get("message") or "cannot overwrite")
     raise SystemFailure(f"cannot access {path} in container {c.name}: {doc.get('message')}")
 
 

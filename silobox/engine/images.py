@@ -47,4 +47,6 @@ class ImageService:
         return out
 
     async def image_inspect(self, ref: str) -> dict[str, Any]:
-        return self.images.resolve(ref).to_docker_inspect()
+        """``GET /images/{name}/json``; the built-in busybox counts as present, so clients that
+        inspect before they create (docker-compose) see it and do not try to pull it."""
+        return (await self.image_for_create(ref)).to_docker_inspect()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from silobox.engine.hooks import ContainerHook
+from silobox.engine.links import check_endpoint_links
 from silobox.errors import Conflict, InvalidArgument, NotFound
 from silobox.network.objects import PortMapping, new_guid, port_mapping_from
 from silobox.timeutil import now_iso
@@ -100,6 +101,9 @@ class NetworkHook(ContainerHook):
                 "MacAddress": cfg.get("MacAddress") or body.get("MacAddress") or ""}}
             c.data["Silobox"]["RequestedMac"] = {
                 n["Name"]: cfg.get("MacAddress") or body.get("MacAddress") or ""}
+            # Config.MacAddress (API < 1.44) belongs to this network for the container's life:
+            # docker-compose disconnects and reconnects it before the start.
+            c.data["Silobox"]["ConfigMac"] = {n["Name"]: body.get("MacAddress") or ""}
         else:
             hc["NetworkMode"] = mode
             c.data["NetworkSettings"]["Networks"] = {mode: dict(_EMPTY_NET)}
@@ -380,7 +384,9 @@ class NetworkService:
         self.hns.reconcile_endpoints(live)
 
     def _dns_resolve(self, container_id: str, name: str) -> list[str]:
-        """Containers sharing a user-created network with the asker, by name, id or alias."""
+        """Containers sharing a user-created network with the asker, by name, id or alias;
+        the asker's own endpoint links (``--link name:alias``) name a container too."""
+        name = self.link_target(container_id, name) or name  # type: ignore[attr-defined]
         mine = {e["VirtualNetwork"] for e in self.hns.endpoints.values()
                 if e.get("ContainerId") == container_id
                 and not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)}
@@ -417,7 +423,7 @@ class NetworkService:
                 "IPv4Address": f"{e['IPAddress']}/{e['PrefixLength']}",
                 "IPv6Address": f"{e['IPv6Address']}/{e['IPv6PrefixLength']}"
                 if e.get("IPv6Address") else ""}
-        return {
+        view = {
             "Name": n["Name"], "Id": n["DockerId"],
             "Created": now_iso() if not n.get("Created") else _iso(n["Created"]),
             "Scope": "local", "Driver": self.hns.driver(n), "EnableIPv4": True,
@@ -430,6 +436,11 @@ class NetworkService:
                         **n.get("Options", {})},
             "Labels": n.get("Labels") or {},
         }
+        if n.get("DockerDriver"):
+            # Created as "bridge" (Docker's name for the nat network on Linux): shown as asked,
+            # or docker-compose would see a changed driver and refuse the project.
+            view["Driver"] = n["DockerDriver"]
+        return view
 
     async def network_list(self, filters: dict[str, list[str]] | None = None
                            ) -> list[dict[str, Any]]:
@@ -492,8 +503,13 @@ class NetworkService:
             name, subnet=cfg.get("Subnet") or None, gateway=cfg.get("Gateway") or None,
             ip_range=cfg.get("IPRange") or None, internal=bool(body.get("Internal")),
             labels=body.get("Labels") or {}, options=body.get("Options") or {},
-            driver=driver, ipv6=bool(body.get("EnableIPv6")),
+            driver="nat" if driver == "bridge" else driver, ipv6=bool(body.get("EnableIPv6")),
             subnet6=cfg6.get("Subnet") or None, gateway6=cfg6.get("Gateway") or None)
+        if driver == "bridge":
+            # Docker's name for the nat network on Linux: remembered so it is shown as asked.
+            n["DockerDriver"] = driver
+            with self.db.tx():  # type: ignore[attr-defined]
+                self.hns._save_network(n)
         self._network_event("create", n)
         return {"Id": n["DockerId"], "Warning": ""}
 
@@ -544,9 +560,12 @@ class NetworkService:
         if n["Name"] in nets:
             raise Conflict(f"endpoint with name {c.name} already exists in network {n['Name']}")
         ipam = endpoint_config.get("IPAMConfig") or {}
+        mac = endpoint_config.get("MacAddress") or \
+            (c.data["Silobox"].get("ConfigMac") or {}).get(n["Name"]) or ""
         cfg = {**_EMPTY_NET, "NetworkID": n["DockerId"], "IPAMConfig": ipam or None,
                "Aliases": endpoint_config.get("Aliases"),
-               "MacAddress": endpoint_config.get("MacAddress") or ""}
+               "Links": check_endpoint_links(endpoint_config.get("Links")),
+               "MacAddress": mac}
         ns_id = (c.data.get("Silobox") or {}).get("NetworkNamespace")
         if c.running and ns_id:
             e = self.hns.create_endpoint(
@@ -569,8 +588,7 @@ class NetworkService:
                 hook._write_files(c, True, live=True)
                 await hook._serve_dns(c, ns_id)
         nets[n["Name"]] = cfg
-        c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = \
-            endpoint_config.get("MacAddress") or ""
+        c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = mac
         self._save(c)  # type: ignore[attr-defined]
         self._network_event("connect", n, c)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from silobox.compute.shimclient import ShimStream
 
@@ -81,17 +81,22 @@ class AttachSession:
 class ExecSession:
     """The stdio of an exec process; records its exit code when its output ends."""
 
-    def __init__(self, proc: Any, record: dict[str, Any], tty: bool, stdin: bool) -> None:
+    def __init__(self, proc: Any, record: dict[str, Any], tty: bool, stdin: bool,
+                 on_exit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.proc = proc
         self.record = record
         self.tty = tty
         self.stdin = stdin
+        self.on_exit = on_exit    # called once, with the record, when the exit code is known
 
     def _finished(self) -> None:
         exit_rec = self.proc.stream.exit
         self.record["Running"] = False
         if self.record["ExitCode"] is None:
             self.record["ExitCode"] = exit_rec.get("ExitCode", 126) if exit_rec else 126
+        on_exit, self.on_exit = self.on_exit, None
+        if on_exit is not None:
+            on_exit(self.record)
 
     async def read(self) -> tuple[int, bytes] | None:
         item = await self.proc.stream.read()

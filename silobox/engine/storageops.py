@@ -79,8 +79,14 @@ class StorageHook(ContainerHook):
         plan, tmpfs = self._plan_mounts(c, body)
         made: list[str] = []
         c.data.setdefault("Silobox", {})["Storage"] = {"Created": made}
+        # The container holds its image's layers (moby's RW layer over its parent chain): they
+        # stay while it exists, also when ``rmi -f`` deletes the image record.
+        diff_ids = self.e.images.get(c.data["Image"]).diff_ids
+        self.e.layers.hold(f"container:{c.id}", diff_ids)
+        c.data["Silobox"]["Layers"] = diff_ids
         try:
             if kind == "disk":
+                self.e.disk_pool.busy()
                 sandbox = Sandbox(self.e.config.root, c.id)
                 sandbox.create_disk(self.e.disk_pool, size)
                 sandbox.record_disk_info()
@@ -263,6 +269,7 @@ class StorageHook(ContainerHook):
             raise InvalidArgument(f"invalid tmpfs options: {e}") from None
 
     def undo_create(self, c: Any) -> None:
+        self.e.layers.unhold(f"container:{c.id}")
         for name in (c.data.get("Silobox", {}).get("Storage") or {}).get("Created") or []:
             try:
                 self.e.volumes.remove(name)
@@ -271,6 +278,7 @@ class StorageHook(ContainerHook):
         sandbox = Sandbox(self.e.config.root, c.id)
         try:
             sandbox.deactivate()
+            self.e.disk_pool.release(sandbox.image)
             if os.path.exists(sandbox.image):
                 os.unlink(sandbox.image)
         except (OSError, SiloboxError):
@@ -290,16 +298,18 @@ class StorageHook(ContainerHook):
             raise Conflict(f"cannot start container {c.name}: its sandbox is mounted on the "
                            f"host at {sandbox.paths.rootfs} by another operation")
         if sandbox.kind == "disk":
-            if not sandbox.is_active():
+            self.e.disk_pool.busy()
+            if not sandbox.is_active() and not self.e.disk_pool.holds(sandbox.image):
                 # A container that just exited may still hold its disk for a moment (its mount
                 # namespace is torn down after its last process); AUTOCLEAR then detaches the
                 # loop device. Mounting the image again before that would make a second ext4
-                # instance of the same disk, so wait for it.
+                # instance of the same disk, so wait for it. (A disk fresh from the pool comes
+                # attached: the pool holds its device.)
                 for _ in range(400):
                     if not sandbox.loop_device():
                         break
                     await asyncio.sleep(0.005)
-            sandbox.activate()   # ~1-2 ms of syscalls: cheaper inline than a thread hop
+            sandbox.activate()   # a mount (~1 ms): cheaper inline than a thread hop
         storage = c.data.get("Silobox", {}).get("Storage") or {}
         cont = document.setdefault("Container", {})
         tmpfs = list(storage.get("Tmpfs") or [])
@@ -356,14 +366,21 @@ class StorageHook(ContainerHook):
             return   # the start was refused; the attachment is the user's to detach
         sandbox = Sandbox(self.e.config.root, c.id)
         if sandbox.kind == "disk":
+            self.e.disk_pool.busy()
             # Inline (an unmount, ~1 ms): no await point before the hooks after this one, so
             # a restart never waits on, or races with, this container's disk.
             sandbox.deactivate()
 
     async def on_remove(self, c: Any) -> None:
+        self.e.disk_pool.busy()
         await asyncio.get_running_loop().run_in_executor(None, self.e._detach, c.id)
         Sandbox(self.e.config.root, c.id).deactivate()
         self._release_volumes(c)
+        self.e.layers.unhold(f"container:{c.id}")
+        if not self.e.images.exists(c.data["Image"]):
+            # its image was deleted (rmi -f) while it existed: the layers no image uses go now
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.e.release_layers, (c.data.get("Silobox") or {}).get("Layers") or [])
         if getattr(c, "remove_volumes", False) or c.host_config.get("AutoRemove"):
             for m in c.data.get("Mounts") or []:
                 if m.get("Type") != "volume" or not m.get("Name"):
@@ -403,24 +420,54 @@ class StorageOps:
     def _init_storage(self) -> None:
         opts = self._daemon_storage_opts()
         self.volumes = VolumeStore(self.config.root, self.db)
-        # Plain directories by default: a disk costs ~20 ms more per start here (copy from the
-        # template, loop attach, ext4 mount, and their undoing), above the start-path budget.
-        # A size (per container or for the daemon) asks for a disk.
-        self.sandbox_default = opts.get("sandbox") or ("disk" if opts.get("size") else "dir")
+        # A sandbox disk per container by default (Windows' sandbox.vhdx); the pool keeps
+        # disks copied, written back and attached ahead of time, so a start only mounts one.
+        self.sandbox_default = opts.get("sandbox") or "disk"
         self.sandbox_size = D.parse_size(opts["size"]) if opts.get("size") else D.DEFAULT_SIZE
+        if self.sandbox_size < D.MIN_SIZE:
+            raise InvalidArgument(f"storage option size={opts['size']} is below the minimum "
+                                  f"sandbox size of {D.human_size(D.MIN_SIZE)}")
         self.disk_unavailable = D.loop_supported()
         if self.disk_unavailable and self.sandbox_default == "disk":
             log.warning("sandbox disks are unavailable (%s): containers get plain-directory "
                         "sandboxes", self.disk_unavailable)
             self.sandbox_default = "dir"
-        self.disk_pool = D.DiskPool(D.pool_dir(self.config.root),
-                                    self.sandbox_size,
-                                    target=int(opts.get("pool", 2))
+        # With directories as the default the pool keeps no disks, but its thread still
+        # deletes removed containers' images off the rm path.
+        self.disk_pool = D.DiskPool(D.pool_dir(self.config.root), self.sandbox_size,
+                                    target=int(opts.get("pool", D.POOL_TARGET))
                                     if self.sandbox_default == "disk" else 0)
         self.container_hooks.append(StorageHook(self))
         self._remove_storage_orphans()
-        if self.sandbox_default == "disk":
-            self.disk_pool.start()
+        self.disk_pool.start()
+
+    # ----- a container's layers ---------------------------------------------------------
+    def container_layers(self, c: Any) -> list[Any]:
+        """The container's image layers, base first: its image's, or, once ``rmi -f``
+        deleted the image record, the ones it holds (recorded at create)."""
+        try:
+            return self.images.get(c.data["Image"]).layers
+        except NotFound:
+            ids = (c.data.get("Silobox") or {}).get("Layers")
+            if not ids:
+                raise
+            return [self.layers.get(d) for d in ids]
+
+    def container_storage_layers(self, c: Any) -> list[dict[str, str]]:
+        """HCS ``Container.Storage.Layers`` of the container."""
+        from silobox.storage.images import storage_layers_of
+        return storage_layers_of(self.container_layers(c))
+
+    def container_lower_dirs(self, c: Any) -> list[str]:
+        """The container's overlay ``lowerdir`` trees, top first."""
+        return [e["Path"] for e in self.container_storage_layers(c)]
+
+    def release_layers(self, diff_ids: list[str]) -> list[str]:
+        """Remove those of ``diff_ids`` (and their parents) nothing uses any more."""
+        gone: list[str] = []
+        for diff_id in reversed(diff_ids):
+            gone.extend(l.diff_id for l in self.layers.release(diff_id))
+        return gone
 
     def _daemon_storage_opts(self) -> dict[str, str]:
         raw = list(getattr(self.config, "storage_opts", None) or [])
@@ -723,8 +770,7 @@ class StorageOps:
                                f"{self._attachment(c.id)['MountPoint']}")
             lowers: list[str] = []
             if merged:
-                lowers = [e["Path"] for e in
-                          self.images.resolve(c.data["Image"]).storage_layers()]
+                lowers = self.container_lower_dirs(c)
             rec = await asyncio.get_running_loop().run_in_executor(
                 None, self._attach_sync, c, mountpoint, merged, rw, lowers)
         return rec
@@ -750,6 +796,7 @@ class StorageOps:
                     done.append(os.path.realpath(sandbox.path))
                     top = sandbox.path
                 else:
+                    sandbox.release_spare()
                     D.wait_detached(sandbox.image)
                     device = D.mount_image(sandbox.image, mountpoint, readonly=not rw)
                     done.append(mountpoint)

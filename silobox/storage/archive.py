@@ -23,6 +23,7 @@ import json
 import posixpath
 import tarfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -103,6 +104,9 @@ class _Loader:
         self.blob_layers: dict[str, str] = {}     # member name → diff id
         self.bad: dict[str, str] = {}             # member name → why it is not a layer
         self.new_layers: list[str] = []
+        # Every layer this load registers or finds is referenced by it until its images exist,
+        # so a concurrent load of the same layers that fails cannot remove them meanwhile.
+        self.owner = f"load:{uuid.uuid4().hex}"
 
     # -- reading the stream ------------------------------------------------------------------
 
@@ -159,7 +163,7 @@ class _Loader:
 
         reader = _CountingReader(src, size, report)
         try:
-            layer = self.layers.add_from_tar(reader)   # type: ignore[arg-type]
+            layer = self.layers.add_from_tar(reader, owner=self.owner)  # type: ignore[arg-type]
         except InvalidArgument as e:
             self.bad[name] = e.message
             return
@@ -297,12 +301,10 @@ def load(stream: BinaryIO, layers: LayerStore, images: ImageStore,
     loader = _Loader(layers, images, progress)
     try:
         loader.read(stream)
-        result = loader.build()
-    except BaseException:
-        loader.release_new()
-        raise
-    loader.release_new()   # layers of blobs nothing referenced
-    return result
+        return loader.build()
+    finally:
+        layers.unhold(loader.owner)
+        loader.release_new()   # after a failure, or layers of blobs nothing referenced
 
 
 # -- save --------------------------------------------------------------------------------------

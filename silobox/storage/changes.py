@@ -348,12 +348,61 @@ def _enter(args: dict[str, object]) -> None:
     sys.path[:] = []   # nothing may be imported from the container's tree from here on
 
 
+class OwnerLookupError(ValueError):
+    """The container's user or group is not in its /etc/passwd or /etc/group."""
+
+
+def _id_or_name(text: str) -> tuple[int, str]:
+    if text.isdigit() and int(text) <= 2**31 - 1:
+        return int(text), ""
+    return 0, text
+
+
+def _entries(path: str) -> list[list[str]]:
+    try:
+        with open(path, errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f
+                    if line.strip() and not line.startswith("#")]
+    except FileNotFoundError:
+        return []
+
+
+def _owner_in_root(spec: str) -> tuple[int, int]:
+    """``copyUIDGID``: the uid and gid of the container's ``Config.User`` (``user[:group]``,
+    names or ids), read from the container's own /etc/passwd and /etc/group as moby's
+    ``getUIDGID``: a uid not in passwd is used as is with gid 0; an unknown name is an error."""
+    user, _, group = spec.partition(":")
+    uid = gid = 0
+    if user:
+        num, name = _id_or_name(user)
+        found = [e for e in _entries("/etc/passwd") if len(e) >= 4 and
+                 (e[0] == name if name else e[2] == str(num))]
+        if found:
+            uid, gid = int(found[0][2]), int(found[0][3])
+        elif name:
+            raise OwnerLookupError(f"failed to look up user {json.dumps(name)} in container: "
+                                   "no matching entries in passwd file")
+        else:
+            uid = num
+    if group:
+        num, name = _id_or_name(group)
+        if name:
+            found = [e for e in _entries("/etc/group") if len(e) >= 3 and e[0] == name]
+            if not found:
+                raise OwnerLookupError(f"failed to look up group {json.dumps(group)} in "
+                                       "container: no matching entries in group file")
+            gid = int(found[0][2])
+        else:
+            gid = num
+    return uid, gid
+
+
 def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
     from silobox.storage import layers   # imported before the chroot, with its dependencies
     warm = tarfile.open(fileobj=__import__("io").BytesIO(TarWriter.end()), mode="r|")
     warm.close()
     op = args["op"]
-    path = os.path.normpath("/" + str(args.get("path") or "/"))
+    path = "/" + os.path.normpath("/" + str(args.get("path") or "/")).lstrip("/")
     try:
         _enter(args)
         if op in ("stat", "get"):
@@ -373,8 +422,16 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
                 sys.stderr.write(json.dumps({"kind": "invalid",
                                              "message": "extraction point is not a directory"}))
                 return 3
+            options = layers.ExtractOptions(
+                no_overwrite_dir_non_dir=bool(args.get("no_overwrite_dir_non_dir")),
+                owner=_owner_in_root(str(args["user"])) if args.get("user") else None,
+                shown_dest=path)
             reader = layers._HashingReader(stdin)
-            layers._extract(reader, path)
+            try:
+                layers._extract(reader, path, options=options)
+            except layers.OverwriteRefused as e:
+                sys.stderr.write(json.dumps({"kind": "refused", "message": str(e)}))
+                return 5
             reader.drain()
             return 0
     except FileNotFoundError:

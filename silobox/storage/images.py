@@ -51,6 +51,21 @@ SCHEMA: list[str] = [
     """,
 ]
 
+# Repository digests (``RepoDigests``): the manifest digest an image was pulled by or pushed as.
+REPO_DIGESTS_COMPONENT = "storage.images.repo_digests"
+REPO_DIGESTS_SCHEMA: list[str] = [
+    """
+    CREATE TABLE repo_digests (
+        repository TEXT NOT NULL,              -- normalised, e.g. 127.0.0.1:5000/busybox
+        digest     TEXT NOT NULL,              -- sha256:<hex> of the manifest
+        image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        created    TEXT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    );
+    CREATE INDEX repo_digests_by_image ON repo_digests(image_id);
+    """,
+]
+
 ZERO_TIME = "0001-01-01T00:00:00Z"
 GRAPH_DRIVER = "windowsfilter"
 
@@ -100,6 +115,18 @@ def rfc3339_to_unix(text: str) -> int:
     return seconds
 
 
+def storage_layers_of(layers: list[Layer]) -> list[dict[str, str]]:
+    """HCS ``Container.Storage.Layers`` for ``layers`` (base first): ``{"Id": guid, "Path":
+    tree}``, top first, a layer listed twice kept only at its topmost position."""
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for layer in reversed(layers):
+        if layer.path not in seen:
+            seen.add(layer.path)
+            out.append({"Id": layer.guid, "Path": layer.path})
+    return out
+
+
 @dataclass
 class Image:
     """One stored image: its config (Docker/OCI image JSON) and its layers, base first."""
@@ -134,13 +161,7 @@ class Image:
     def storage_layers(self) -> list[dict[str, str]]:
         """HCS ``Container.Storage.Layers`` for this image: ``{"Id": guid, "Path": tree}``, in
         the order and with the de-duplication of :meth:`lower_dirs`."""
-        out: list[dict[str, str]] = []
-        seen: set[str] = set()
-        for layer in reversed(self.layers):
-            if layer.path not in seen:
-                seen.add(layer.path)
-                out.append({"Id": layer.guid, "Path": layer.path})
-        return out
+        return storage_layers_of(self.layers)
 
     def container_config(self) -> dict[str, Any]:
         """The Docker ``Config`` object: the config's ``config`` with Docker's default keys."""
@@ -214,6 +235,7 @@ class ImageStore:
         self.db = db
         self.layers = layers
         db.migrate(SCHEMA_COMPONENT, SCHEMA)
+        db.migrate(REPO_DIGESTS_COMPONENT, REPO_DIGESTS_SCHEMA)
 
     # -- create --------------------------------------------------------------------------------
 
@@ -359,8 +381,17 @@ class ImageStore:
         return self.get(target.id)
 
     def untag(self, ref: str) -> Image:
-        """Remove the tag ``ref``; returns the image it pointed at (which stays stored)."""
+        """Remove the tag ``ref`` (or the digest reference ``name@sha256:…``); returns the image
+        it pointed at (which stays stored)."""
         parsed = reference.parse_tagged(ref)
+        if parsed.digest is not None:
+            image_id = self._lookup_reference(parsed)
+            if image_id is None:
+                raise NotFound(f"No such image: {parsed.familiar()}",
+                               operation="storage::Image::Untag", object_id=ref)
+            self.db.execute("DELETE FROM repo_digests WHERE repository = ? AND digest = ?",
+                            (parsed.name, parsed.digest))
+            return self.get(image_id)
         image_id = self._lookup_reference(parsed)
         if image_id is None or parsed.tag is None:
             raise NotFound(f"No such image: {parsed.familiar()}",
@@ -368,6 +399,17 @@ class ImageStore:
         self.db.execute("DELETE FROM image_tags WHERE repository = ? AND tag = ?",
                         (parsed.name, parsed.tag))
         return self.get(image_id)
+
+    def add_digest(self, image_id: str, ref: str) -> None:
+        """Record ``repository@digest`` for the image (a pull or push of it by that manifest)."""
+        parsed = reference.parse(ref)
+        if parsed.digest is None:
+            raise InvalidArgument(f"{ref} names no digest", operation="storage::Image::Digest",
+                                  object_id=ref)
+        self.db.execute("INSERT INTO repo_digests (repository, digest, image_id, created) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (repository, digest) DO UPDATE SET "
+                        "image_id = excluded.image_id", (parsed.name, parsed.digest, image_id,
+                                                         now_rfc3339()))
 
     # -- removal -------------------------------------------------------------------------------
 
@@ -412,8 +454,12 @@ class ImageStore:
         return None
 
     def _lookup_reference(self, ref: reference.Reference) -> str | None:
+        if ref.digest is not None:
+            row = self.db.query_one("SELECT image_id FROM repo_digests WHERE repository = ? "
+                                    "AND digest = ?", (ref.name, ref.digest))
+            return row["image_id"] if row is not None else None
         if ref.tag is None:
-            return None   # digest-only references: repo digests are not recorded yet
+            return None
         row = self.db.query_one("SELECT image_id FROM image_tags WHERE repository = ? AND tag = ?",
                                 (ref.name, ref.tag))
         return row["image_id"] if row is not None else None
@@ -442,6 +488,11 @@ class ImageStore:
                                "ORDER BY created, repository, tag", (image_id,)):
             domain, _, path = r["repository"].partition("/")
             tags.append(reference.Reference(domain, path, r["tag"]).familiar())
+        digests = []
+        for r in self.db.query("SELECT repository, digest FROM repo_digests WHERE image_id = ? "
+                               "ORDER BY created, repository", (image_id,)):
+            domain, _, path = r["repository"].partition("/")
+            digests.append(reference.Reference(domain, path, None, r["digest"]).familiar())
         return Image(id=image_id, config=config, tags=tags, created=row["created"],
                      size=row["size"], layers=[self.layers.get(d) for d in diff_ids],
-                     last_tag_time=row["last_tag_time"])
+                     digests=digests, last_tag_time=row["last_tag_time"])

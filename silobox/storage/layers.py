@@ -46,6 +46,17 @@ SCHEMA: list[str] = [
         created  TEXT NOT NULL
     );
     """,
+    # References on layers by what is not an image: a container (its layers stay while it
+    # exists, even once ``rmi -f`` deleted its image) and an import, load or commit in
+    # progress (what it registered or found stays until it made its image or gave up).
+    """
+    CREATE TABLE layer_refs (
+        owner   TEXT NOT NULL,              -- container:<id>, load:<uuid>, import:<uuid>, ...
+        diff_id TEXT NOT NULL REFERENCES layers(diff_id),
+        PRIMARY KEY (owner, diff_id)
+    );
+    CREATE INDEX layer_refs_by_diff ON layer_refs(diff_id);
+    """,
 ]
 
 WHITEOUT_PREFIX = ".wh."
@@ -156,22 +167,29 @@ class LayerStore:
 
     # -- import --------------------------------------------------------------------------------
 
-    def add_from_tar(self, stream: BinaryIO, parent: str | None = None) -> Layer:
+    def add_from_tar(self, stream: BinaryIO, parent: str | None = None,
+                     owner: str | None = None) -> Layer:
         """Import a layer tar (plain, gzip, bzip2 or xz) on top of ``parent`` (wclayer ImportLayer).
 
         The tar is hashed while it is extracted into a temporary folder under ``layers/``; the
         folder is renamed into place only when the whole tar was valid, so a rejected tar leaves
         nothing behind. If the same diff id is stored already, the new copy is discarded.
+
+        With ``owner``, the layer is referenced by it (see :meth:`hold`) in the same transaction
+        that finds or registers it: a concurrent operation that fails and releases the layers
+        it brought cannot remove this one before ``owner`` made its image.
         """
         parent_layers = self.chain(parent) if parent is not None else []
         tmp = os.path.join(self.dir, f"tmp-{uuid.uuid4().hex}")
+        doomed = ""
         try:
             os.mkdir(tmp, 0o700)
             diff_id, size = _extract_stream(stream, os.path.join(tmp, "diff"),
                                             os.path.join(tmp, TAR_SPLIT_RAW))
             parent_id = parent_layers[0].diff_id if parent_layers else None
-            if self.exists(diff_id):
-                return self._with_parent(self.get(diff_id), parent_layers)
+            with self.db.tx():
+                if self._stored(diff_id, owner):
+                    return self._with_parent(self.get(diff_id), parent_layers)
             chain_id = chain_ids([*(l.diff_id for l in reversed(parent_layers)), diff_id])[-1]
             layer = Layer(diff_id, chain_id, parent_id, size,
                           os.path.join(self.folder(diff_id), "diff"))
@@ -180,29 +198,78 @@ class LayerStore:
             atomic_write_json(os.path.join(tmp, "meta.json"),
                               {"diff_id": diff_id, "chain_id": chain_id, "parent": parent_id,
                                "size": size})
-            self._install(tmp, layer)
+            with self.db.tx():
+                if not self._stored(diff_id, owner):   # else a concurrent import won the race
+                    doomed = self._install(tmp, layer, owner)
             return self._with_parent(self.get(diff_id), parent_layers)
         except OSError as e:
             raise SystemFailure(f"cannot import layer: {e}", operation="storage::Layer::Import",
                                 cause=e) from e
         finally:
             _remove_tree(tmp)
+            if doomed:
+                _remove_tree(doomed)
 
-    def _install(self, tmp: str, layer: Layer) -> None:
-        """Rename the finished folder into place and record it; an unrecorded folder with the same
-        name is a leftover of an interrupted import and is replaced."""
+    def _stored(self, diff_id: str, owner: str | None) -> bool:
+        """Inside a transaction: whether the layer is stored whole; if so ``owner`` holds it."""
+        if not self.exists(diff_id):
+            return False
+        if owner:
+            self.db.execute("INSERT OR IGNORE INTO layer_refs (owner, diff_id) VALUES (?, ?)",
+                            (owner, diff_id))
+        return True
+
+    def _install(self, tmp: str, layer: Layer, owner: str | None) -> str:
+        """Inside a transaction: rename the finished folder into place and record it (and
+        ``owner``'s reference). A folder of that name without a record is a leftover of an
+        interrupted import: it is moved aside, and its path returned for deletion."""
         final = layer.folder
-        if os.path.lexists(final):
-            _remove_tree(self._graveyard(final))
-        try:
-            os.rename(tmp, final)
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            return   # a concurrent import of the same tar won the race; ours is discarded
-        self.db.execute("INSERT OR IGNORE INTO layers (diff_id, chain_id, parent, size, created)"
+        doomed = self._graveyard(final) if os.path.lexists(final) else ""
+        os.rename(tmp, final)
+        self.db.execute("INSERT OR REPLACE INTO layers (diff_id, chain_id, parent, size, created)"
                         " VALUES (?, ?, ?, ?, ?)",
                         (layer.diff_id, layer.chain_id, layer.parent, layer.size, _now()))
+        if owner:
+            self.db.execute("INSERT OR IGNORE INTO layer_refs (owner, diff_id) VALUES (?, ?)",
+                            (owner, layer.diff_id))
+        return doomed
+
+    # -- references ------------------------------------------------------------------------
+
+    def hold(self, owner: str, diff_ids: list[str]) -> None:
+        """Reference these layers on behalf of ``owner``: none of them can be removed until
+        :meth:`unhold`. NotFound (and nothing held) if one is not stored."""
+        with self.db.tx():
+            for diff_id in dict.fromkeys(normalize_diff_id(d) for d in diff_ids):
+                if not self.exists(diff_id):
+                    raise NotFound(f"No such layer: {diff_id}", operation="storage::Layer::Hold",
+                                   object_id=diff_id)
+                self.db.execute("INSERT OR IGNORE INTO layer_refs (owner, diff_id) "
+                                "VALUES (?, ?)", (owner, diff_id))
+
+    def unhold(self, owner: str) -> list[str]:
+        """Drop every reference of ``owner``; returns the layers it held (they stay stored:
+        :meth:`release` removes the ones nothing uses any more)."""
+        with self.db.tx():
+            held = [r["diff_id"] for r in self.db.query(
+                "SELECT diff_id FROM layer_refs WHERE owner = ?", (owner,))]
+            self.db.execute("DELETE FROM layer_refs WHERE owner = ?", (owner,))
+        return held
+
+    def holders(self, diff_id: str) -> list[str]:
+        return [r["owner"] for r in self.db.query(
+            "SELECT owner FROM layer_refs WHERE diff_id = ? ORDER BY owner",
+            (normalize_diff_id(diff_id),))]
+
+    def drop_refs_except(self, owners: set[str]) -> list[str]:
+        """At start: references of owners that are gone (a killed daemon's loads, containers
+        no longer stored) are dropped; returns those owners."""
+        rows = {r["owner"] for r in self.db.query("SELECT DISTINCT owner FROM layer_refs")}
+        gone = sorted(rows - owners)
+        with self.db.tx():
+            for owner in gone:
+                self.db.execute("DELETE FROM layer_refs WHERE owner = ?", (owner,))
+        return gone
 
     # -- removal -------------------------------------------------------------------------------
 
@@ -226,7 +293,8 @@ class LayerStore:
                 changed = self.db.execute("DELETE FROM layers WHERE diff_id = ?", (diff_id,))
             except Conflict as e:
                 raise Conflict(f"conflict: unable to remove layer {diff_id}: it is used by an "
-                               "image", operation="storage::Layer::Remove", object_id=diff_id,
+                               "image, a container or an import in progress",
+                               operation="storage::Layer::Remove", object_id=diff_id,
                                cause=e) from e
             if not changed:
                 raise NotFound(f"No such layer: {diff_id}", operation="storage::Layer::Remove",
@@ -361,9 +429,10 @@ class LayerStore:
                         self.db.execute("DELETE FROM images WHERE id = ?", (r["image_id"],))
                         removed.append(r["image_id"])
             for d in rows - present:
+                self.db.execute("DELETE FROM layer_refs WHERE diff_id = ?", (d,))
                 self.db.execute("DELETE FROM layers WHERE diff_id = ?", (d,))
                 removed.append(d)
-        used = set(keep)
+        used = set(keep) | {r["diff_id"] for r in self.db.query("SELECT diff_id FROM layer_refs")}
         if has_images:
             used |= {r["diff_id"] for r in self.db.query("SELECT diff_id FROM image_layers")}
         # parents of used layers stay: a chain is removed top down
@@ -561,7 +630,47 @@ def _extract_stream(stream: BinaryIO, diff_dir: str,
 # -- extraction --------------------------------------------------------------------------------
 
 
-def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) -> int:
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How ``docker cp`` into a container extracts (moby's ``TarOptions``).
+
+    ``no_overwrite_dir_non_dir``: an existing directory is never replaced by a non-directory
+    nor the reverse (the entry is refused with moby's message, naming paths as ``shown_dest``
+    plus the entry's name). ``owner``: (uid, gid) every entry is given instead of the tar's
+    (moby's ``ChownOpts``, from ``copyUIDGID`` and the container's user)."""
+
+    no_overwrite_dir_non_dir: bool = False
+    owner: tuple[int, int] | None = None
+    shown_dest: str = ""
+
+
+class OverwriteRefused(Exception):
+    """An entry would replace a directory by a non-directory or the reverse."""
+
+
+def _check_overwrite(target: str, member: tarfile.TarInfo, options: ExtractOptions) -> None:
+    if not options.no_overwrite_dir_non_dir:
+        return
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(target).st_mode)
+    except FileNotFoundError:
+        return
+    shown = "/" + os.path.normpath(os.path.join(options.shown_dest, member.name)).lstrip("/")
+    if is_dir and not member.isdir():
+        raise OverwriteRefused(f"cannot overwrite directory {_go_quote(shown)} with "
+                               f"non-directory {_go_quote(options.shown_dest)}")
+    if not is_dir and member.isdir():
+        raise OverwriteRefused(f"cannot overwrite non-directory {_go_quote(shown)} with "
+                               f"directory {_go_quote(options.shown_dest)}")
+
+
+def _go_quote(text: str) -> str:
+    """Go's ``%q`` for the paths in moby's messages."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None,
+             options: ExtractOptions | None = None) -> int:
     """Apply every member of the tar under ``dest``; returns the bytes of file content written.
 
     Written for untrusted input: each name must stay inside ``dest`` (no absolute names, no
@@ -570,6 +679,8 @@ def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) 
     mtimes are kept as they are in the tar, which is why tarfile's own extraction filters are
     not used.
     """
+    options = options or ExtractOptions()
+    owner = options.owner
     size = 0
     verified_dirs: set[str] = {""}
     dir_times: list[tuple[str, int]] = []
@@ -586,7 +697,7 @@ def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) 
                 _apply_whiteout(parent, base, member.name)
                 continue
             if not parts:   # "./": the layer's root directory itself
-                _apply_metadata(dest, member)
+                _apply_metadata(dest, member, owner)
                 dir_times.append((dest, int(member.mtime)))
                 continue
             parent = _ensure_parent(dest, parts[:-1], verified_dirs)
@@ -596,12 +707,13 @@ def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) 
                 is_dir = os.path.isdir(target) and not os.path.islink(target)
                 if not (is_dir and member.isdir()):
                     split.replaced(rel, is_dir)
+            _check_overwrite(target, member, options)
             if member.isdir():
                 _make_room(target, keep_dir=True, verified_dirs=verified_dirs, rel=rel)
                 if not os.path.isdir(target):
                     os.mkdir(target, 0o700)
                 verified_dirs.add(rel)
-                _apply_metadata(target, member)
+                _apply_metadata(target, member, owner)
                 dir_times.append((target, int(member.mtime)))
                 continue
             _make_room(target, keep_dir=False, verified_dirs=verified_dirs, rel=rel)
@@ -628,7 +740,7 @@ def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None) 
                 raise InvalidArgument(f"invalid layer tar: {member.name}: unsupported entry "
                                       f"type {member.type!r}",
                                       operation="storage::Layer::Import", object_id=member.name)
-            _apply_metadata(target, member)
+            _apply_metadata(target, member, owner)
     # Creating entries changes a directory's mtime, so directory times are set last.
     for path, mtime in reversed(dir_times):
         os.utime(path, ns=(mtime * 10**9, mtime * 10**9), follow_symlinks=False)
@@ -800,9 +912,11 @@ def _apply_whiteout(parent: str, base: str, name: str) -> None:
     os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
 
-def _apply_metadata(path: str, member: tarfile.TarInfo) -> None:
+def _apply_metadata(path: str, member: tarfile.TarInfo,
+                    owner: tuple[int, int] | None = None) -> None:
     """Owner, then mode (chown clears setuid bits), xattrs, then mtime — never through a link."""
-    os.chown(path, member.uid, member.gid, follow_symlinks=False)
+    uid, gid = owner if owner is not None else (member.uid, member.gid)
+    os.chown(path, uid, gid, follow_symlinks=False)
     if not member.issym():
         os.chmod(path, member.mode & 0o7777)
     for key, value in member.pax_headers.items():

@@ -97,16 +97,30 @@ class Sandbox:
 
     def activate(self) -> str:
         """Attach the disk to a loop device and mount it over ``sandbox/`` (ActivateLayer);
-        returns the device. A no-op returning "" for a ``dir`` sandbox or an active disk."""
+        returns the device. A no-op returning "" for a ``dir`` sandbox or an active disk.
+
+        A disk fresh from the pool is attached already (the pool holds its device): only the
+        mount is left to do."""
         if self.kind != "disk" or self.is_active():
             return ""
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         from silobox.storage import disk
-        # A container that just exited can hold its disk a moment longer (its mount namespace
-        # goes after its last process); AUTOCLEAR then detaches the device. Mounting the image
-        # again before that would make a second ext4 instance of one disk: wait for it.
-        disk.wait_detached(self.image)
-        return disk.mount_image(self.image, self.path)
+        pool = disk.pool_of(self.root)
+        if pool is None or not pool.holds(self.image):
+            # A container that just exited can hold its disk a moment longer (its mount
+            # namespace goes after its last process); AUTOCLEAR then detaches the device.
+            # Mounting the image again before that would make a second ext4 instance of one
+            # disk: wait for it.
+            disk.wait_detached(self.image)
+        return disk.mount_image(self.image, self.path, root=self.root)
+
+    def release_spare(self) -> None:
+        """Let go of a device the pool attached ahead of time for this disk (before working on
+        the image file itself: expand, attach read-only)."""
+        from silobox.storage import disk
+        pool = disk.pool_of(self.root)
+        if pool is not None and pool.release(self.image):
+            disk.wait_detached(self.image)
 
     def deactivate(self) -> None:
         """Unmount everything on and below ``sandbox/`` (DeactivateLayer); the loop device
@@ -245,6 +259,8 @@ class Sandbox:
     def expand(self, size: int) -> None:
         """ExpandSandboxSize: grow the disk (online through its loop device while active)."""
         from silobox.storage import disk
+        if not self.is_active():
+            self.release_spare()
         device = self.loop_device() if self.is_active() else None
         if device is None and self.loop_device():
             raise Conflict(f"the sandbox disk of container {self.container_id} is in use",

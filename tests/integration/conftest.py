@@ -6,6 +6,7 @@ stops silod and checks that nothing of the run is left on the host: no cgroup, n
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -47,6 +48,7 @@ class Silod:
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(base, "silod.log")
         self._client = None
+        self.extra_args: list[str] = []   # more silod options, for a module's own silod
 
     def start(self) -> None:
         os.makedirs(self.base, exist_ok=True)
@@ -54,7 +56,7 @@ class Silod:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "silobox.engine.daemon", "--debug", "--root", self.root,
              "--exec-root", self.exec_root, "--cgroup-parent", self.cgroup_parent,
-             "-H", f"unix://{self.socket}"],
+             "-H", f"unix://{self.socket}", "--registry-loopback-only", *self.extra_args],
             stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.time() + 20
@@ -120,6 +122,14 @@ class Silod:
         return subprocess.run([sys.executable, "-m", "silobox.cli.main", *args], env=self.env,
                               input=input, capture_output=True, timeout=timeout, check=check)
 
+    def cgroup_dirs(self) -> list[str]:
+        """Every cgroup under this daemon's parent, in every hierarchy."""
+        return cgroup_dirs(self.cgroup_parent)
+
+    def remove_cgroup_parent(self) -> None:
+        """Remove this daemon's (empty) cgroup parent, for a test's own extra daemon."""
+        remove_cgroup_parent(self.cgroup_parent)
+
     def remove_all(self) -> None:
         try:
             status, items = self.request("GET", "/containers/json?all=1")
@@ -174,10 +184,12 @@ def shims_of(base: str) -> list[int]:
     return pids
 
 
-@pytest.fixture(scope="session")
-def silod(run_id: str):
-    base = f"/tmp/sbxt-{run_id}"
+@contextlib.contextmanager
+def running_silod(base: str, run_id: str, extra_args: list[str] | None = None
+                  ) -> Iterator[Silod]:
+    """A started silod that is stopped, and checked to leave nothing behind, at the end."""
     d = Silod(base, run_id)
+    d.extra_args = list(extra_args or [])
     d.start()
     try:
         yield d
@@ -194,3 +206,15 @@ def silod(run_id: str):
         shutil.rmtree(base, ignore_errors=True)
         assert not leftovers, f"cgroups left behind: {leftovers}"
         assert not mounts, f"mounts left behind: {mounts}"
+
+
+@pytest.fixture(scope="session")
+def silod(run_id: str):
+    with running_silod(f"/tmp/sbxt-{run_id}", run_id) as d:
+        yield d
+
+
+@pytest.fixture(scope="session")
+def silod_factory():
+    """``running_silod`` for modules that need a silod with options of their own."""
+    return running_silod

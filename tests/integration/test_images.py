@@ -201,6 +201,66 @@ def test_rmi_refuses_images_in_use(silod):
     store_consistent(silod)
 
 
+def _docker(silod, *args: str) -> subprocess.CompletedProcess:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("the docker CLI is not installed")
+    env = {**silod.env, "DOCKER_HOST": f"unix://{silod.socket}"}
+    return subprocess.run([docker, *args], env=env, capture_output=True, timeout=60)
+
+
+def test_rmi_force_of_an_image_used_by_stopped_containers(silod):
+    """moby's ImageDelete with force: a stopped container's image is untagged and deleted
+    (its layers stay for the container, which keeps working, and go with it); a running
+    container's image is still refused by id, and only untagged by name."""
+    name = uniq()
+    image_id = import_image(silod, name, rootfs_tar({"only-here": b"mine\n"}))
+    hex_id = image_id.removeprefix("sha256:")
+    cid = silod.client.create_container(name, ["cat", "/only-here"])["Id"]
+    try:
+        r = _docker(silod, "rmi", "-f", name)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.decode().splitlines() == [f"Untagged: {name}:latest",
+                                                  f"Deleted: {image_id}"]
+        assert silod.request("GET", f"/images/{image_id}/json")[0] == 404
+        r = _docker(silod, "image", "ls", "-q", "--no-trunc")
+        assert image_id not in r.stdout.decode()
+        assert os.path.isdir(os.path.join(silod.root, "layers", _diff_hex(rootfs_tar(
+            {"only-here": b"mine\n"}))))
+        r = _docker(silod, "start", "-a", cid)                 # still works
+        assert r.returncode == 0 and r.stdout == b"mine\n", r.stderr
+        r = _docker(silod, "ps", "-a", "--filter", f"id={cid}", "--format", "{{.Image}}")
+        assert r.stdout.decode().strip() == hex_id[:12]      # the image id, as Docker shows
+        store_consistent(silod)
+        silod.client.remove_container(cid)
+        cid = ""
+        assert not os.path.isdir(os.path.join(silod.root, "layers", _diff_hex(rootfs_tar(
+            {"only-here": b"mine\n"}))))                      # went with the container
+        store_consistent(silod)
+        # running: by id a 409 even with -f; by name -f only untags
+        image_id = import_image(silod, name, rootfs_tar({"only-here": b"mine\n"}))
+        short = image_id.removeprefix("sha256:")[:12]
+        cid = silod.client.create_container(name, ["sleep", "30"])["Id"]
+        silod.client.start(cid)
+        r = _docker(silod, "rmi", "-f", short)
+        assert r.returncode != 0
+        assert (f"conflict: unable to delete {short} (cannot be forced) - image is being used "
+                f"by running container {cid[:12]}") in r.stderr.decode()
+        r = _docker(silod, "rmi", "-f", name)
+        assert r.returncode == 0 and r.stdout.decode().splitlines() == [
+            f"Untagged: {name}:latest"], r.stderr
+        assert silod.request("GET", f"/images/{image_id}/json")[0] == 200
+    finally:
+        if cid:
+            silod.client.remove_container(cid, force=True)
+        rmi(silod, image_id)
+    store_consistent(silod)
+
+
+def _diff_hex(layer: bytes) -> str:
+    return hashlib.sha256(layer).hexdigest()
+
+
 def test_cli_import_file_and_stdin_then_prune(silod, tmp_path):
     path = tmp_path / "rootfs.tar"
     path.write_bytes(rootfs_tar())
@@ -506,6 +566,92 @@ def test_cp_both_ways_stopped_and_running(silod, tmp_path):
             assert tar.extractfile("hello").read() == b"hello from the image\n"
     finally:
         silod.client.remove_container(cid, force=True)
+        rmi(silod, image_id)
+    store_consistent(silod)
+
+
+def _owned_tar(entries: list[tuple[str, bytes | None]], uid: int = 0, gid: int = 0) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            info.uid, info.gid, info.mtime = uid, gid, 1700000000
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _put(silod, cid: str, path: str, data: bytes, **flags: str) -> tuple[int, object]:
+    query = "&".join(f"{k}={v}" for k, v in {"path": path, **flags}.items())
+    return silod.request("PUT", f"/containers/{cid}/archive?{query}", raw=data,
+                         headers={"Content-Type": "application/x-tar"})
+
+
+def _owner(silod, cid: str, path: str) -> tuple[int, int]:
+    bits, _ = silod.client.get_archive(cid, path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as tar:
+        first = tar.next()
+        return first.uid, first.gid
+
+
+def test_cp_into_honours_no_overwrite_dir_non_dir_and_copy_uid_gid(silod):
+    """moby's containerExtractToDir: with noOverwriteDirNonDir a directory is never replaced by
+    a non-directory nor the reverse (a 500 with moby's message); copyUIDGID gives the entries
+    the container user's uid/gid, looked up in the container."""
+    name = uniq()
+    passwd = b"root:x:0:0:root:/root:/bin/sh\napp:x:1500:1600::/home/app:/bin/sh\n"
+    group = b"root:x:0:\nstaff:x:1700:\n"
+    image_id = import_image(silod, name, rootfs_tar({"etc/passwd": passwd,
+                                                     "etc/group": group}))
+    cids = []
+    try:
+        cid = silod.client.create_container(name, ["sleep", "30"])["Id"]
+        cids.append(cid)
+        for running in (False, True):
+            if running:
+                silod.client.start(cid)
+            status, body = _put(silod, cid, "/", _owned_tar([("dir", b"now a file")]),
+                                noOverwriteDirNonDir="1")
+            assert status == 500, body
+            assert body["message"] == 'cannot overwrite directory "/dir" with non-directory "/"'
+            status, body = _put(silod, cid, "/", _owned_tar([("hello/", None)]),
+                                noOverwriteDirNonDir="true")
+            assert status == 500, body
+            assert body["message"] == \
+                'cannot overwrite non-directory "/hello" with directory "/"'
+            # same kind, or the flag not set: replaced as before
+            assert _put(silod, cid, "/", _owned_tar([("hello", b"again\n"), ("dir/", None)]),
+                        noOverwriteDirNonDir="1")[0] == 200
+        assert _put(silod, cid, "/", _owned_tar([("dir", b"a file now\n")]))[0] == 200
+        r = silod.silo("exec", cid, "cat", "/dir", "/hello")
+        assert r.stdout == b"a file now\nagain\n", r.stderr
+        # ownership: the tar's without copyUIDGID (or without a user); the user's with it
+        assert _put(silod, cid, "/tmp", _owned_tar([("t1", b"1")], 42, 43),
+                    copyUIDGID="1")[0] == 200
+        assert _owner(silod, cid, "/tmp/t1") == (42, 43)         # no Config.User
+        for user, want in (("app", (1500, 1600)), ("app:staff", (1500, 1700)),
+                           ("2000", (2000, 0)), ("2000:33", (2000, 33))):
+            other = silod.client.create_container(name, ["true"], user=user)["Id"]
+            cids.append(other)
+            assert _put(silod, other, "/tmp", _owned_tar([("t", b"x")], 42, 43))[0] == 200
+            assert _owner(silod, other, "/tmp/t") == (42, 43)
+            assert _put(silod, other, "/tmp", _owned_tar([("t", b"x"), ("d/", None)], 42, 43),
+                        copyUIDGID="1")[0] == 200
+            assert _owner(silod, other, "/tmp/t") == want, user
+            assert _owner(silod, other, "/tmp/d") == want, user
+        bad = silod.client.create_container(name, ["true"], user="nobody-here")["Id"]
+        cids.append(bad)
+        status, body = _put(silod, bad, "/tmp", _owned_tar([("t", b"x")]), copyUIDGID="1")
+        assert status == 400 and body["message"] == ('failed to look up user "nobody-here" in '
+                                                     "container: no matching entries in passwd "
+                                                     "file"), body
+    finally:
+        for c in cids:
+            silod.client.remove_container(c, force=True)
         rmi(silod, image_id)
     store_consistent(silod)
 

@@ -70,11 +70,127 @@ def ctr(silod):
     assert not left, f"left behind: {left}"
 
 
+def _tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def _run(silod, *args: str) -> subprocess.CompletedProcess:
     return silod.silo("run", *args)
 
 
-def test_disk_is_the_default_and_sized(silod, api, ctr):
+def _pool_loops(silod) -> list[D.LoopDevice]:
+    return _loops_of_root(os.path.join(silod.root, "sandbox-pool"))
+
+
+def _wait_pool(silod, n: int) -> list[D.LoopDevice]:
+    deadline = time.time() + 5
+    while len(_pool_loops(silod)) != n and time.time() < deadline:
+        time.sleep(0.02)
+    return _pool_loops(silod)
+
+
+def test_disk_is_the_default_from_an_attached_pool(silod, api, ctr):
+    """No storage option: a disk of the daemon's default size, from a pool whose disks are
+    attached ahead of time; the container's device is the one the pool attached."""
+    assert len(_wait_pool(silod, D.POOL_TARGET)) == D.POOL_TARGET
+    ready = {d.path for d in _pool_loops(silod)}
+    c = ctr()
+    r = silod.silo("run", "-d", "--name", c, IMAGE, "sleep", "30")
+    assert r.returncode == 0, r.stderr
+    info = api.inspect_container(c)
+    gd = info["GraphDriver"]["Data"]
+    assert gd["sandbox"] == "disk" and gd["size"] == str(D.DEFAULT_SIZE)
+    assert D.loops_of(gd["disk"])[0] in ready           # attached by the pool, not at start
+    ex = api.exec_create(c, ["sh", "-c", "df -k / | tail -1"])
+    assert int(api.exec_start(ex).split()[1]) > 19 * 1024 * 1024
+    assert len(_wait_pool(silod, D.POOL_TARGET)) == D.POOL_TARGET   # refilled
+    api.remove_container(c, force=True)
+    deadline = time.time() + 3
+    while (D.loops_of(gd["disk"]) or os.listdir(os.path.join(silod.root, "sandbox-pool")) and
+           [n for n in os.listdir(os.path.join(silod.root, "sandbox-pool"))
+            if n.startswith("trash-")]) and time.time() < deadline:
+        time.sleep(0.02)
+    assert not D.loops_of(gd["disk"]) and not os.path.exists(gd["disk"])
+    assert not [n for n in os.listdir(os.path.join(silod.root, "sandbox-pool"))
+                if n.startswith("trash-")]                 # the image is deleted, off the rm path
+
+
+def test_created_never_started_and_removed_leaves_no_device(silod, api, ctr):
+    c = ctr()
+    r = silod.silo("create", "--name", c, IMAGE, "true")
+    assert r.returncode == 0, r.stderr
+    disk = api.inspect_container(c)["GraphDriver"]["Data"]["disk"]
+    assert D.loops_of(disk)                              # the pool still holds its device
+    api.put_archive(c, "/", _tar({"put-while-created": b"x"}))   # a helper mounts the disk
+    bits, _ = api.get_archive(c, "/put-while-created")
+    assert b"".join(bits)
+    api.remove_container(c)
+    deadline = time.time() + 3
+    while D.loops_of(disk) and time.time() < deadline:
+        time.sleep(0.02)
+    assert not D.loops_of(disk) and not os.path.exists(disk)
+
+
+def test_pool_devices_go_at_stop_and_kill9(silod):
+    """The pool's attached disks: detached and deleted when silod stops, detached by the kernel
+    when it is killed (the pool's fds were their only openers), deleted at the next start."""
+    assert len(_wait_pool(silod, D.POOL_TARGET)) == D.POOL_TARGET
+    pool = os.path.join(silod.root, "sandbox-pool")
+    silod.stop()
+    try:
+        assert _pool_loops(silod) == []
+        assert not [n for n in os.listdir(pool) if n.startswith(("ready-", "trash-"))]
+    finally:
+        silod.start()
+    assert len(_wait_pool(silod, D.POOL_TARGET)) == D.POOL_TARGET
+    before = sorted(n for n in os.listdir(pool) if n.startswith("ready-"))
+    silod.kill9()
+    try:
+        assert _wait_pool(silod, 0) == []
+    finally:
+        silod.start()
+    assert not set(before) & set(os.listdir(pool))      # the killed daemon's ready disks went
+    assert len(_wait_pool(silod, D.POOL_TARGET)) == D.POOL_TARGET
+
+
+def test_daemon_default_dir_and_no_loop_devices(silod, api, ctr, tmp_path):
+    """silod --storage-opt sandbox=dir: plain directories by default, no pool disks; a
+    container may still ask for a disk."""
+    other = type(silod)(str(tmp_path / "d"), uuid.uuid4().hex[:6])
+    os.environ["SILOBOX_STORAGE_OPTS"] = "sandbox=dir"
+    try:
+        other.start()
+    finally:
+        del os.environ["SILOBOX_STORAGE_OPTS"]
+    try:
+        status, body = other.request("POST", "/containers/create",
+                                     {"Image": IMAGE, "Cmd": ["true"]})
+        assert status == 201, body
+        status, info = other.request("GET", f"/containers/{body['Id']}/json")
+        assert info["GraphDriver"]["Data"]["sandbox"] == "dir"
+        assert _loops_of_root(other.root) == []
+        status, body2 = other.request("POST", "/containers/create", {
+            "Image": IMAGE, "Cmd": ["true"], "HostConfig": {"StorageOpt": {"size": "32M"}}})
+        assert status == 201, body2
+        status, info = other.request("GET", f"/containers/{body2['Id']}/json")
+        assert info["GraphDriver"]["Data"]["sandbox"] == "disk"
+        for cid in (body["Id"], body2["Id"]):
+            assert other.request("DELETE", f"/containers/{cid}")[0] == 204
+    finally:
+        other.stop()
+        other.remove_cgroup_parent()
+    assert _loops_of_root(other.root) == []
+
+
+def test_disk_is_sized(silod, api, ctr):
     c = ctr()
     r = _run(silod, "--name", c, "--storage-opt", "size=64M", IMAGE, "sh", "-c",
              "df -k / | tail -1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -22,6 +23,7 @@ from silobox.storage.sandbox import Sandbox, mounts_under
 
 pytestmark = pytest.mark.root
 SIZE = 64 * 1024 * 1024
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _loops_under(base: str) -> list[str]:
@@ -169,23 +171,81 @@ def test_unclean_disk_is_checked_before_mount(base: str) -> None:
     assert _wait_no_loops(base) == []
 
 
-def test_pool_fills_and_hands_out_images(base: str) -> None:
+def test_pool_fills_and_hands_out_attached_images(base: str) -> None:
+    """Ready disks are attached ahead of time; take is a rename, claim hands over the device,
+    and stop leaves no device and no ready image."""
     pool = D.DiskPool(os.path.join(base, "pool"), SIZE, target=2)
-    assert pool.fill_once() == 2 and len(pool.ready()) == 2
-    dest = os.path.join(base, "taken.img")
-    t0 = time.perf_counter()
-    pool.take(dest)
-    assert time.perf_counter() - t0 < 0.05          # a rename, not a format
-    assert len(pool.ready()) == 1 and D.read_superblock(dest).size == SIZE
-    other = os.path.join(base, "sized.img")
-    pool.take(other, 2 * SIZE)                       # another size: formatted on the spot
-    assert D.read_superblock(other).size == 2 * SIZE
-    pool.start()
-    deadline = time.time() + 10
-    while len(pool.ready()) < 2 and time.time() < deadline:
-        time.sleep(0.05)
+    try:
+        assert pool.fill_once() == 2 and len(pool.ready()) == 2
+        assert len(_loops_under(base)) == 2   # attached, held by the pool's fds
+        dest = os.path.join(base, "taken.img")
+        t0 = time.perf_counter()
+        pool.take(dest)
+        assert time.perf_counter() - t0 < 0.05          # a rename, not a format
+        assert len(pool.ready()) == 1 and D.read_superblock(dest).size == SIZE
+        assert pool.holds(dest) and D.loops_of(dest)     # the device followed the rename
+        target = os.path.join(base, "mnt")
+        os.mkdir(target)
+        spare = pool.claim(dest)
+        assert spare is not None and not pool.holds(dest)
+        libc.mount(spare.device, target, "ext4", libc.MS_NOATIME, None)
+        os.close(spare.fd)
+        assert os.path.isdir(os.path.join(target, "upper"))
+        libc.umount2(target, 0)
+        assert D.wait_detached(dest)                     # AUTOCLEAR once the mount is gone
+        other = os.path.join(base, "sized.img")
+        pool.take(other, 2 * SIZE)                       # another size: formatted on the spot
+        assert D.read_superblock(other).size == 2 * SIZE and not pool.holds(other)
+        third = os.path.join(base, "third.img")
+        pool.take(third)
+        assert pool.release(third) and D.wait_detached(third)   # rm of a created container
+        pool.start()
+        deadline = time.time() + 10
+        while len(pool.ready()) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(pool.ready()) == 2
+        fourth = os.path.join(base, "fourth.img")
+        pool.take(fourth)                                # held at stop: detached, file kept
+    finally:
+        pool.stop()
+    assert pool.ready() == [] and os.path.exists(fourth)
+    assert not [n for n in os.listdir(os.path.join(base, "pool")) if n.startswith("ready-")]
+    assert _wait_no_loops(base) == []
+
+
+def test_pool_empty_copies_the_template_inline(base: str) -> None:
+    pool = D.DiskPool(os.path.join(base, "pool"), SIZE, target=0)
+    try:
+        dest = os.path.join(base, "inline.img")
+        pool.take(dest)
+        assert D.read_superblock(dest).size == SIZE and not pool.holds(dest)
+        assert os.stat(dest).st_blocks * 512 < 16 * 1024 * 1024   # sparse
+    finally:
+        pool.stop()
+
+
+def test_pool_devices_go_with_a_killed_process(base: str) -> None:
+    """A daemon killed with SIGKILL leaves no attached device: the pool's fds were the only
+    openers, and AUTOCLEAR detaches a device on its last close."""
+    code = ("import os, sys, time\n"
+            "from silobox.storage import disk as D\n"
+            f"p = D.DiskPool({os.path.join(base, 'kpool')!r}, {SIZE}, target=2)\n"
+            "p.fill_once(); p.take(%r)\n"
+            "print('ready', flush=True); time.sleep(60)\n" % os.path.join(base, "k.img"))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        assert len(_loops_under(base)) == 2         # one ready, one taken
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _wait_no_loops(base) == []
+    # the next pool on that directory removes what the killed one left
+    pool = D.DiskPool(os.path.join(base, "kpool"), SIZE, target=0)
+    assert not [n for n in os.listdir(os.path.join(base, "kpool"))
+                if n.startswith(("ready-", "trash-"))]
     pool.stop()
-    assert len(pool.ready()) == 2
 
 
 def test_sandbox_disk_activate_and_host_mount(base: str, tmp_path) -> None:

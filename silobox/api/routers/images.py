@@ -80,14 +80,13 @@ class ImageRouter:
     # -- import, load, save ------------------------------------------------------------------
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        """``POST /images/create``: only ``fromSrc=-`` (the body is a tarball); silobox never
-        pulls from a registry."""
+        """``POST /images/create``: ``fromImage`` pulls from a registry (see
+        ``routers/distribution.py``), ``fromSrc=-`` imports the body as a tarball."""
         query = Query(request)
         source = query.text("fromSrc")
         if source is None:
-            image = query.text("fromImage") or ""
-            raise InvalidArgument(f"pull access denied for {image}: silobox does not contact "
-                                  "registries; use 'silo load' or 'silo import'")
+            from silobox.api.routers.distribution import pull
+            return await pull(self.backend, request, _progress_stream)  # type: ignore[arg-type]
         if source != "-":
             raise InvalidArgument("importing from a URL is not supported: send the tarball as "
                                   "the request body (fromSrc=-)")
@@ -178,7 +177,8 @@ class ImageRouter:
         query = Query(request)
         await self.backend.container_archive_put(
             request.match_info["id"], _archive_path(request), _body_chunks(request),
-            no_overwrite_dir_non_dir=query.flag("noOverwriteDirNonDir"))
+            no_overwrite_dir_non_dir=query.flag("noOverwriteDirNonDir"),
+            copy_uid_gid=query.flag("copyUIDGID"))
         return web.Response(status=200)
 
 

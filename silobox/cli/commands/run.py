@@ -64,17 +64,37 @@ def _create(ctx: Context, ns: Any, detach: bool, console: tuple[int, int] | None
     except copts.OptError as e:
         raise _run_error(ctx, e, help_hint=True) from None
     params = {"name": ns.name or None, "platform": ns.platform or None}
+    policy = getattr(ns, "pull", "missing") or "missing"
+    if policy not in ("always", "missing", "never"):
+        raise _run_error(ctx, UsageError(f'invalid pull option: "{policy}": must be one of '
+                                         '"always", "missing" or "never"'), help_hint=True)
     try:
-        created = ctx.client.post("/containers/create", params, body)
-    except APIError as e:
-        if e.status == 404 and "image" in e.message.lower():
+        if policy == "always":
+            _pull(ctx, ns)
+        try:
+            created = ctx.client.post("/containers/create", params, body)
+        except APIError as e:
+            if not (e.status == 404 and "image" in e.message.lower()):
+                raise
             ctx.err(f"Unable to find image '{copts.image_reference(ns.image)}' locally\n")
-        raise _run_error(ctx, e) from None
-    except ConnectError as e:
+            if policy != "missing":
+                raise
+            _pull(ctx, ns)   # as the docker CLI does: pull what is missing, then create
+            created = ctx.client.post("/containers/create", params, body)
+    except (APIError, ConnectError) as e:
         raise _run_error(ctx, e) from None
     for w in (created or {}).get("Warnings") or []:
         ctx.err(f"WARNING: {w}\n")
     return str(created["Id"])
+
+
+def _pull(ctx: Context, ns: Any) -> None:
+    """Pull the image of ``run``/``create``, progress on stderr (stdout is the container's)."""
+    from silobox.cli.commands.registry import pull_image
+    try:
+        pull_image(ctx, ns.image, ns.platform or None)
+    except StatusError as e:   # an error reported inside the pull's message stream
+        raise _run_error(ctx, Exception(e.message)) from None
 
 
 def create(ctx: Context, argv: list[str]) -> int:

@@ -61,6 +61,8 @@ class SiloSpec:
     shm_size: int = 64 * 1024 * 1024
     # tmpfs mounts: [target, mount flags, data] each (see tmpfs_options); JSON-friendly lists
     tmpfs: list = field(default_factory=list)
+    # namespaced kernel parameters (net.*, IPC's kernel.* and fs.mqueue.*), checked by the daemon
+    sysctls: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SiloSpec":
@@ -119,6 +121,18 @@ def enter(spec: SiloSpec) -> None:
     libc.unshare(namespace_flags(names))
     if "net" in names:
         _loopback_up()
+
+
+def set_sysctls(sysctls: dict) -> None:
+    """Write the silo's sysctls once its namespaces exist: /proc/sys resolves a namespaced
+    parameter (net.*, kernel.shm*, fs.mqueue.*) in the writer's own namespace, so the host's
+    /proc still mounted here reaches the silo's copy (runc writes them the same way)."""
+    for key, value in sysctls.items():
+        fd = os.open("/proc/sys/" + key.replace(".", "/"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
 
 
 _SIOCGIFFLAGS = 0x8913

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from silobox.kernel import libc
-from silobox.kernel.silo import SiloSpec, build_rootfs, enter
+from silobox.kernel.silo import SiloSpec, build_rootfs, enter, set_sysctls
 
 EXIT_CANNOT_INVOKE = 126
 EXIT_NOT_FOUND = 127
@@ -335,6 +335,9 @@ def _silo_stages(silo: SiloSpec, proc: ProcessSpec, sync_fd: int, start_fd: int,
     try:
         stage = "namespaces"
         enter(silo)
+        if silo.sysctls:
+            stage = "sysctls"
+            set_sysctls(silo.sysctls)
         stage = "rootfs"
         build_rootfs(silo)
         if console_fd is not None:

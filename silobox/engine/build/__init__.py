@@ -1,0 +1,1 @@
+"""``docker build``: the Dockerfile parser, the classic builder and its layer cache."""

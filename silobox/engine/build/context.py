@@ -1,0 +1,411 @@
+"""The build context, and the layers COPY and ADD make from it.
+
+The context arrives as a tar (plain, gzip, bzip2 or xz). :func:`extract_context` unpacks it into
+a private directory, refusing entries that would land outside it, then applies ``.dockerignore``
+as dockerd's classic builder sees the context. :func:`plan_copy` turns one COPY/ADD into the list
+of files it writes (Docker's rules for directories, globs, trailing slashes, archives), hashes
+their content for the build cache, and :func:`copy_layer_tar` streams them as a layer tar whose
+directories keep the metadata they have in the image below (as overlay's copy-up would).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Iterator
+
+from silobox import dockerignore
+from silobox.engine.build.rootfs import MergedView
+from silobox.errors import InvalidArgument, NotFound
+from silobox.storage.changes import TarWriter
+
+_CHUNK = 1 << 20
+_ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+
+# -- the context --------------------------------------------------------------------------------
+
+
+def _inside(root: str, rel: str) -> str:
+    """``root/rel`` for a cleaned relative name; InvalidArgument if it would leave ``root``."""
+    name = dockerignore.clean(rel.lstrip("/"))
+    if name == ".":
+        return root
+    if name == ".." or name.startswith("../"):
+        raise InvalidArgument(f"invalid build context: entry {rel!r} points outside the context")
+    return os.path.join(root, name)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def extract_context(stream: BinaryIO, root: str) -> None:
+    """Unpack the context tar into ``root`` (an empty directory), never writing outside it."""
+    real_root = os.path.realpath(root)
+    count = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                count += 1
+                path = _inside(root, member.name)
+                if path == root:
+                    continue
+                parent = os.path.dirname(path)
+                os.makedirs(parent, mode=0o755, exist_ok=True)
+                if not _within(os.path.realpath(parent), real_root):
+                    raise InvalidArgument(f"invalid build context: {member.name!r} is below a "
+                                          "symbolic link that leaves the context")
+                if os.path.lexists(path) and not (member.isdir() and os.path.isdir(path)):
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
+                if member.isdir():
+                    os.makedirs(path, exist_ok=True)
+                    os.chmod(path, member.mode & 0o7777 | 0o700)
+                elif member.isreg():
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                                 0o600)
+                    with os.fdopen(fd, "wb") as out:
+                        shutil.copyfileobj(src, out, _CHUNK)
+                    os.chmod(path, member.mode & 0o7777)
+                elif member.issym():
+                    os.symlink(member.linkname, path)
+                elif member.islnk():
+                    target = _inside(root, member.linkname)
+                    if not _within(os.path.realpath(target), real_root):
+                        raise InvalidArgument(f"invalid build context: hard link {member.name!r} "
+                                              "points outside the context")
+                    os.link(target, path)
+                else:
+                    continue   # devices and fifos have no place in a build context
+                os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+    except tarfile.TarError as e:
+        raise InvalidArgument(f"failed to read the build context: not a valid tar archive "
+                              f"({e})") from e
+    except EOFError as e:
+        raise InvalidArgument("failed to read the build context: unexpected end of the tar "
+                              "archive") from e
+    except (OSError, ValueError) as e:
+        if isinstance(e, InvalidArgument):
+            raise
+        raise InvalidArgument(f"failed to read the build context: {e}") from e
+    if count == 0:
+        raise InvalidArgument("failed to read the build context: the tar archive is empty")
+
+
+def apply_dockerignore(root: str) -> None:
+    """Drop what ``.dockerignore`` excludes; the Dockerfile and the ignore file go too when
+    excluded, after the builder has read them (moby ``removeDockerfile``)."""
+    path = os.path.join(root, ".dockerignore")
+    try:
+        with open(path, errors="replace") as f:
+            patterns = dockerignore.parse(f.read())
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    try:
+        matcher = dockerignore.PatternMatcher(patterns)
+    except ValueError as e:
+        raise InvalidArgument(f"invalid .dockerignore: {e}") from e
+    for dirpath, dirnames, filenames in os.walk(root, topdown=True):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        for name in list(dirnames):
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if matcher.excluded(rel) and not matcher.has_exclusions:
+                shutil.rmtree(os.path.join(dirpath, name))
+                dirnames.remove(name)
+        for name in filenames:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if matcher.excluded(rel):
+                os.unlink(os.path.join(dirpath, name))
+    if matcher.has_exclusions:   # excluded directories left empty by the walk go too
+        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+            rel = os.path.relpath(dirpath, root)
+            if rel != "." and not os.listdir(dirpath) and matcher.excluded(rel):
+                os.rmdir(dirpath)
+
+
+# -- sources ------------------------------------------------------------------------------------
+
+
+def _has_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _glob(root: str, pattern: str) -> list[str]:
+    """Context paths matching ``pattern`` element by element (Go ``filepath.Match``: ``*``
+    never crosses a ``/``; hidden files match too)."""
+    parts = [p for p in pattern.split("/") if p and p != "."]
+    found = [""]
+    for part in parts:
+        nxt = []
+        for base in found:
+            here = os.path.join(root, base) if base else root
+            if not os.path.isdir(here) or os.path.islink(here):
+                continue
+            if _has_glob(part):
+                names = sorted(n for n in os.listdir(here) if fnmatch.fnmatchcase(n, part))
+            else:
+                names = [part] if os.path.lexists(os.path.join(here, part)) else []
+            nxt.extend(f"{base}/{n}" if base else n for n in names)
+        found = nxt
+    return found
+
+
+@dataclass
+class Entry:
+    """One thing a COPY writes: a file, directory or link at ``dest`` (relative to the image
+    root), taken from ``host`` (lstat ``st``)."""
+
+    dest: str
+    host: str
+    st: os.stat_result
+    uid: int | None = None   # None: keep the source's (ADD of an archive)
+    gid: int | None = None
+
+
+@dataclass
+class CopyPlan:
+    entries: list[Entry] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)   # destinations a directory is copied into
+    archives: list[tuple[str, str]] = field(default_factory=list)   # (host tar, dest dir)
+    digest: str = ""
+    kind: str = "file"   # file, dir or multi: how docker names the source in the history
+
+
+@dataclass
+class SourceRoot:
+    """Where COPY reads from: the context directory or another image's merged view."""
+
+    context: str | None = None
+    view: MergedView | None = None
+
+    def matches(self, src: str) -> list[str]:
+        rel = dockerignore.clean(src.lstrip("/"))
+        rel = "" if rel == "." else rel
+        if self.context is not None:
+            if rel.startswith("../") or rel == "..":
+                raise InvalidArgument(f"forbidden path outside the build context: {src}")
+            if _has_glob(rel):
+                return _glob(self.context, rel)
+            return [rel] if os.path.lexists(_inside(self.context, rel)) else []
+        assert self.view is not None
+        if _has_glob(rel):
+            parent, _, pat = rel.rpartition("/")
+            return [f"{parent}/{n}" if parent else n for n in self.view.listdir(parent)
+                    if fnmatch.fnmatchcase(n, pat)]
+        return [rel] if self.view.lstat(self.view.resolve(rel)) else []
+
+    def stat(self, rel: str) -> tuple[str, os.stat_result]:
+        """Host path and lstat of a source, the source itself followed if it is a link."""
+        if self.context is not None:
+            path = _inside(self.context, rel)
+            real = os.path.realpath(path)
+            if not _within(real, os.path.realpath(self.context)):
+                raise InvalidArgument(f"forbidden path outside the build context: {rel}")
+            return real, os.lstat(real)
+        assert self.view is not None
+        found = self.view.lstat(self.view.resolve(rel))
+        if found is None:
+            raise NotFound(f"file not found: {rel}")
+        return found
+
+    def walk(self, rel: str, host: str) -> Iterator[tuple[str, str, os.stat_result]]:
+        """(relative name, host path, lstat) under a source directory, parents first."""
+        if self.context is not None:
+            for dirpath, dirnames, filenames in os.walk(host):
+                dirnames.sort()
+                sub = os.path.relpath(dirpath, host)
+                sub = "" if sub == "." else sub
+                for name in sorted(dirnames + filenames):
+                    path = os.path.join(dirpath, name)
+                    yield (f"{sub}/{name}" if sub else name), path, os.lstat(path)
+            return
+        assert self.view is not None
+        yield from self.view.walk(self.view.resolve(rel))
+
+
+def is_archive(path: str) -> bool:
+    """What ADD extracts: a tar, possibly compressed (Docker's ``archive.IsArchivePath``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    if head.startswith(_ARCHIVE_MAGIC):
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                tar.next()
+            return True
+        except (tarfile.TarError, EOFError, OSError):
+            return False
+    return len(head) == 512 and head[257:262] == b"ustar"
+
+
+def plan_copy(cmd: str, sources: list[str], dest: str, source: SourceRoot,
+              image: MergedView, uid: int, gid: int, chmod: int | None,
+              workdir: str) -> CopyPlan:
+    """Docker's COPY/ADD rules: which files land where. ``dest`` is already expanded."""
+    if not dest.startswith("/"):
+        dest = posixpath.join(workdir or "/", dest)
+    dest_is_dir = dest.endswith("/") or dest.endswith("/.")
+    dest = posixpath.normpath(dest).lstrip("/")
+    matched: list[str] = []
+    for src in sources:
+        if src.startswith(("http://", "https://")):
+            if cmd == "COPY":
+                raise InvalidArgument("source can't be a URL for COPY")
+            raise InvalidArgument(f"ADD of a URL ({src}) is not supported: silobox's builder "
+                                  "does not download; fetch the file into the build context "
+                                  "and COPY it")
+        found = source.matches(src)
+        if not found:
+            if _has_glob(src):
+                raise NotFound(f"{cmd} failed: no source files were specified")
+            where = "build context or excluded by .dockerignore" if source.context is not None \
+                else "image"
+            raise NotFound(f"{cmd} failed: file not found in {where}: stat {src}: file does "
+                           "not exist")
+        matched.extend(found)
+    if len(matched) > 1 and not dest_is_dir:
+        raise InvalidArgument(f"When using {cmd} with more than one source file, the "
+                              "destination must be a directory and end with a /")
+    dest = image.resolve(dest)   # /bin/x in an image where /bin -> usr/bin is usr/bin/x
+    existing = image.lstat(dest) if dest else None
+    if existing is not None and stat.S_ISDIR(existing[1].st_mode):
+        dest_is_dir = True
+    plan = CopyPlan(kind="multi" if len(matched) > 1 else "file")
+    hasher = hashlib.sha256()
+    for rel in matched:
+        host, st = source.stat(rel)
+        if stat.S_ISDIR(st.st_mode):
+            if len(matched) == 1:
+                plan.kind = "dir"
+            plan.dirs.append(dest)   # its content is copied; the directory itself is not
+            hasher.update(f"dir {dest}\0".encode())
+            for sub, path, sub_st in source.walk(rel, host):
+                _add(plan, Entry(f"{dest}/{sub}" if dest else sub, path, sub_st, uid, gid),
+                     hasher, chmod)
+        elif cmd == "ADD" and source.context is not None and is_archive(host):
+            plan.archives.append((host, dest))
+            hasher.update(f"archive {dest}\0".encode())
+            _hash_file(hasher, host)
+        else:
+            name = posixpath.basename(rel)
+            target = posixpath.join(dest, name) if dest_is_dir else dest
+            if not target:
+                raise InvalidArgument(f"{cmd}: cannot copy a file to the root directory itself")
+            _add(plan, Entry(target, host, st, uid, gid), hasher, chmod)
+    hasher.update(f"owner {uid}:{gid} chmod {chmod}".encode())
+    plan.digest = hasher.hexdigest()
+    return plan
+
+
+def _add(plan: CopyPlan, entry: Entry, hasher: "hashlib._Hash", chmod: int | None) -> None:
+    st = entry.st
+    mode = chmod if chmod is not None else stat.S_IMODE(st.st_mode)
+    hasher.update(f"{entry.dest}\0{stat.S_IFMT(st.st_mode)}\0{mode}\0".encode())
+    if stat.S_ISREG(st.st_mode):
+        _hash_file(hasher, entry.host)
+    elif stat.S_ISLNK(st.st_mode):
+        hasher.update(os.readlink(entry.host).encode())
+    elif not stat.S_ISDIR(st.st_mode):
+        return   # devices, fifos and sockets are not copied
+    plan.entries.append(entry)
+
+
+def _hash_file(hasher: "hashlib._Hash", path: str) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            hasher.update(chunk)
+
+
+# -- the layer ----------------------------------------------------------------------------------
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def copy_layer_tar(plan: CopyPlan, image: MergedView, uid: int, gid: int,
+                   chmod: int | None) -> Iterator[bytes]:
+    """The layer a COPY/ADD adds, as a tar stream: parents before children. A directory that
+    exists in the image keeps its owner and mode (as overlay's copy-up would); one created
+    here gets 0755 and the COPY's owner. Archives of ADD are streamed member by member."""
+    writer = TarWriter()
+    now = int(time.time())
+    written: set[str] = set()
+
+    def directory(path: str) -> bytes:
+        written.add(path)
+        found = image.lstat(path)
+        if found is not None and stat.S_ISDIR(found[1].st_mode):
+            info, _ = writer.header(path, found[1], found[0], xattrs=False)
+        else:
+            info = tarfile.TarInfo(path + "/")
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+            info.uid, info.gid = uid, gid
+            info.uname = info.gname = ""
+        return writer.entry(info)
+
+    def parents(path: str, include_self: bool = False) -> Iterator[bytes]:
+        for parent in _parents(path) + ([path] if include_self and path else []):
+            if parent not in written:
+                yield directory(parent)
+
+    for dest in plan.dirs:
+        yield from parents(dest, include_self=True)
+    for entry in sorted(plan.entries, key=lambda e: e.dest.split("/")):
+        yield from parents(entry.dest)
+        info, content = writer.header(entry.dest, entry.st, entry.host, xattrs=False)
+        info.uid = entry.uid if entry.uid is not None else info.uid
+        info.gid = entry.gid if entry.gid is not None else info.gid
+        if chmod is not None and not info.issym():
+            info.mode = chmod
+        written.add(entry.dest)
+        if content:
+            yield from writer.file(info, entry.host)
+        else:
+            yield writer.entry(info)
+    for host, dest in plan.archives:
+        yield from parents(dest, include_self=True)
+        yield from _archive_members(writer, host, dest, parents, written)
+    yield writer.end()
+
+
+def _archive_members(writer: TarWriter, host: str, dest: str, parents: Any,
+                     written: set[str]) -> Iterator[bytes]:
+    """The members of an ADDed archive, re-rooted at ``dest``, streamed in archive order."""
+    with tarfile.open(host, "r:*") as tar:
+        for member in tar:
+            name = dockerignore.clean(member.name.lstrip("/"))
+            if name in (".", "..") or name.startswith("../"):
+                continue
+            target = f"{dest}/{name}" if dest else name
+            yield from parents(target)
+            written.add(target)
+            member.name = target + ("/" if member.isdir() else "")
+            if member.islnk():
+                link = dockerignore.clean(member.linkname.lstrip("/"))
+                member.linkname = f"{dest}/{link}" if dest else link
+            member.uname = member.gname = ""
+            yield writer.entry(member)
+            if member.isreg():
+                data = tar.extractfile(member)
+                assert data is not None
+                while chunk := data.read(_CHUNK):
+                    yield chunk
+                if member.size % 512:
+                    yield bytes(512 - member.size % 512)

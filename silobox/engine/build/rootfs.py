@@ -1,0 +1,146 @@
+"""Read an image's merged root filesystem straight from its layer folders, without mounting.
+
+The builder needs to look into images for ``COPY --from``, for the metadata of directories a
+COPY writes into and for whether a WORKDIR exists. Mounting an overlay for each lookup would
+cost a mount and its cleanup; instead :class:`MergedView` applies overlay's rules itself over the
+layer ``diff/`` trees (top first): the topmost entry wins, a whiteout (a 0/0 character device)
+hides what is below, an opaque directory hides the lower directories of the same path. Symbolic
+links inside the image are resolved against the image's root, never the host's.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Iterator
+
+_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+_MAX_LINKS = 40
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: str) -> bool:
+    for name in _OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class MergedView:
+    """The union of layer trees ``lowers`` (top first), as overlay would show it."""
+
+    def __init__(self, lowers: list[str]) -> None:
+        self.lowers = lowers
+
+    def _entry(self, rel: str) -> tuple[str, os.stat_result, list[str]] | None:
+        """The topmost (path, lstat) of ``rel`` (no symlinks followed), and, for a directory,
+        the layers whose copies of it are merged (top first)."""
+        layers = self.lowers
+        parts = [p for p in rel.split("/") if p]
+        found: tuple[str, os.stat_result] | None = ("", os.stat("/")) if not parts else None
+        for depth, name in enumerate(parts):
+            prefix = "/".join(parts[:depth + 1])
+            visible: list[str] = []
+            found = None
+            for layer in layers:
+                path = os.path.join(layer, prefix)
+                try:
+                    st = os.lstat(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                if _is_whiteout(st):
+                    break
+                if found is None:
+                    found = (path, st)
+                    if not stat.S_ISDIR(st.st_mode):
+                        break
+                elif not stat.S_ISDIR(st.st_mode):
+                    break
+                visible.append(layer)
+                if _is_opaque(path):
+                    break
+            if found is None:
+                return None
+            layers = visible
+        if not parts:
+            return ("", os.stat("/"), list(self.lowers)) if self.lowers else None
+        assert found is not None
+        return found[0], found[1], layers
+
+    def resolve(self, rel: str, follow_last: bool = True) -> str:
+        """``rel`` with every symlink in it resolved inside the image (``/bin`` → ``usr/bin``);
+        the result is relative to the image root and never leaves it."""
+        todo = [p for p in rel.split("/") if p]
+        done: list[str] = []
+        hops = 0
+        while todo:
+            name = todo.pop(0)
+            if name == ".":
+                continue
+            if name == "..":
+                if done:
+                    done.pop()
+                continue
+            candidate = "/".join([*done, name])
+            entry = self._entry(candidate)
+            if entry is not None and stat.S_ISLNK(entry[1].st_mode) and (todo or follow_last):
+                hops += 1
+                if hops > _MAX_LINKS:
+                    raise OSError(f"too many levels of symbolic links in {rel}")
+                target = os.readlink(entry[0])
+                if target.startswith("/"):
+                    done = []
+                todo = [p for p in target.split("/") if p] + todo
+                continue
+            done.append(name)
+        return "/".join(done)
+
+    def lstat(self, rel: str) -> tuple[str, os.stat_result] | None:
+        """(a host path holding the entry, its lstat), or None if ``rel`` does not exist."""
+        entry = self._entry(rel)
+        return (entry[0], entry[1]) if entry else None
+
+    def listdir(self, rel: str) -> list[str]:
+        """The merged directory's entry names, sorted."""
+        entry = self._entry(rel)
+        if entry is None or not stat.S_ISDIR(entry[1].st_mode):
+            return []
+        names: set[str] = set()
+        hidden: set[str] = set()
+        for layer in entry[2]:
+            here = os.path.join(layer, rel) if rel else layer
+            try:
+                listing = os.listdir(here)
+            except OSError:
+                continue
+            for name in listing:
+                if name in names or name in hidden:
+                    continue
+                try:
+                    st = os.lstat(os.path.join(here, name))
+                except OSError:
+                    continue
+                (hidden if _is_whiteout(st) else names).add(name)
+        return sorted(names)
+
+    def walk(self, rel: str) -> Iterator[tuple[str, str, os.stat_result]]:
+        """(path relative to ``rel``, host path, lstat) of everything under directory ``rel``,
+        parents before children."""
+        stack = [""]
+        while stack:
+            sub = stack.pop()
+            base = "/".join(p for p in (rel, sub) if p)
+            for name in self.listdir(base):
+                child = f"{sub}/{name}" if sub else name
+                found = self.lstat(f"{base}/{name}" if base else name)
+                if found is None:
+                    continue
+                yield child, found[0], found[1]
+                if stat.S_ISDIR(found[1].st_mode):
+                    stack.append(child)

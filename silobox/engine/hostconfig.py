@@ -1,0 +1,132 @@
+"""The HostConfig fields silobox does not apply, decided once at create.
+
+A field that is accepted must take effect, so nothing in a create body is silently ignored:
+
+* Resource knobs silobox's job objects do not enforce are dropped with a warning in the create
+  response, as dockerd drops what its kernel lacks (``daemon/daemon_unix.go``
+  ``verifyPlatformContainerResources``: "…, discarded"), and reset in the stored HostConfig so
+  inspect does not show them as in force.
+* Namespace modes, devices and groups change what the process sees; silobox refuses them with a
+  400 naming the field rather than run the container differently from what was asked.
+
+Default values are always accepted: the docker CLI sends every field (``"PidMode": ""``,
+``"MemorySwappiness": -1``, ``"Devices": []``, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from silobox.errors import InvalidArgument
+
+DEFAULT_RUNTIMES = ("", "silobox", "runc")
+"""``silobox`` is what /info reports; ``runc`` is what clients written for dockerd send."""
+
+# field → (accepted values, why the others are refused)
+_MODES: dict[str, tuple[tuple[str, ...], str]] = {
+    "PidMode": (("", "private"), "every container has its own PID namespace"),
+    "IpcMode": (("", "private", "shareable"), "every container has its own IPC namespace"),
+    "UTSMode": (("",), "every container has its own UTS namespace"),
+    "CgroupnsMode": (("", "private"), "every container has its own cgroup namespace"),
+    "UsernsMode": (("", "host"), "containers run in the host's user namespace"),
+    "Cgroup": (("",), "every container has its own job object"),
+    "VolumeDriver": (("", "local"), "volumes use the local driver"),
+}
+
+# field → what is not applied (the value is discarded with a warning)
+_DISCARDED: dict[str, str] = {
+    "BlkioWeight": "Block I/O weight",
+    "BlkioWeightDevice": "Block I/O weight_device",
+    "BlkioDeviceReadBps": "BPS Block I/O read limit",
+    "BlkioDeviceWriteBps": "BPS Block I/O write limit",
+    "BlkioDeviceReadIOps": "IOPS Block read limit",
+    "BlkioDeviceWriteIOps": "IOPS Block write limit",
+    "MemorySwappiness": "memory swappiness capabilities",
+    "OomKillDisable": "oom kill disable",
+    "KernelMemory": "kernel memory limit capabilities",
+    "KernelMemoryTCP": "kernel memory TCP limit capabilities",
+    "CpuCount": "CPU count",
+    "CpuPercent": "CPU percent",
+    "IOMaximumIOps": "maximum IOPS",
+    "IOMaximumBandwidth": "maximum I/O bandwidth",
+}
+
+_REFUSED: dict[str, str] = {
+    "Devices": "adding host devices (--device) is not supported by silobox",
+    "DeviceCgroupRules": "device cgroup rules (--device-cgroup-rule) are not supported by "
+                         "silobox",
+    "DeviceRequests": "device requests (--gpus) are not supported by silobox",
+    "GroupAdd": "supplementary groups (--group-add) are not supported by silobox",
+    "OomScoreAdj": "an OOM score adjustment (--oom-score-adj) is not supported by silobox",
+    "CgroupParent": "a cgroup parent (--cgroup-parent) per container is not supported by "
+                    "silobox; silod's --cgroup-parent places every container",
+    "CpuRealtimePeriod": "the CPU real-time scheduler is not supported by silobox",
+    "CpuRealtimeRuntime": "the CPU real-time scheduler is not supported by silobox",
+}
+
+# Sysctls a container may set: those the kernel keeps per namespace (runc's validateSysctl).
+_IPC_SYSCTLS = frozenset({"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                          "kernel.shmall", "kernel.shmmax", "kernel.shmmni",
+                          "kernel.shm_rmid_forced"})
+
+
+def _is_default(field: str, value: Any) -> bool:
+    if value in (None, "", 0, False, [], {}):
+        return True
+    return field == "MemorySwappiness" and value == -1
+
+
+def check_host_config(hc: dict[str, Any]) -> list[str]:
+    """Refuse what silobox cannot do, drop with a warning what it cannot enforce.
+
+    ``hc`` is changed in place (dropped fields reset to their defaults); returns the warnings
+    for the create response."""
+    for field, (accepted, why) in _MODES.items():
+        value = hc.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidArgument(f"json: cannot unmarshal into Go struct field "
+                                  f"HostConfig.{field} of type string")
+        if value not in accepted:
+            raise InvalidArgument(f"invalid {field} {value!r}: {why}")
+    runtime = hc.get("Runtime")
+    if runtime is not None and runtime not in DEFAULT_RUNTIMES:
+        raise InvalidArgument(f"Unknown runtime specified {runtime}")
+    for field, why in _REFUSED.items():
+        if not _is_default(field, hc.get(field)):
+            raise InvalidArgument(f"invalid HostConfig.{field}: {why}")
+    _check_sysctls(hc.get("Sysctls") or {}, hc.get("NetworkMode") or "default")
+    for field in ("MaskedPaths", "ReadonlyPaths"):
+        paths = hc.get(field)
+        if paths is not None and (not isinstance(paths, list) or not all(
+                isinstance(p, str) and p.startswith("/") for p in paths)):
+            raise InvalidArgument(f"invalid HostConfig.{field}: a list of absolute paths is "
+                                  "expected")
+    warnings = []
+    for field, what in _DISCARDED.items():
+        if not _is_default(field, hc.get(field)):
+            warnings.append(f"silobox does not apply {what}: {field} discarded.")
+            hc[field] = -1 if field == "MemorySwappiness" else (
+                [] if isinstance(hc[field], list) else type(hc[field])())
+    return warnings
+
+
+def _check_sysctls(sysctls: Any, network_mode: str) -> None:
+    """Only parameters the silo has its own copy of; net.* not with the host's network."""
+    if not isinstance(sysctls, dict):
+        raise InvalidArgument("json: cannot unmarshal into Go struct field HostConfig.Sysctls "
+                              "of type map[string]string")
+    for key, value in sysctls.items():
+        if not isinstance(value, str):
+            raise InvalidArgument(f"invalid sysctl value for {key!r}: a string is expected")
+        if not key or "/" in key or ".." in key or key.startswith(".") or key.endswith("."):
+            raise InvalidArgument(f"invalid sysctl name {key!r}")
+        if key.startswith("net."):
+            if network_mode == "host":
+                raise InvalidArgument(f"sysctl {key!r} not allowed in host network namespace")
+            continue
+        if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+            continue
+        raise InvalidArgument(f"sysctl {key!r} is not allowed: it is not in a separate kernel "
+                              "namespace")

@@ -1,0 +1,234 @@
+"""Container links and ``--volumes-from``: one container naming another in its create body.
+
+Docker has two kinds of links, and docker-compose sends both for every ``links:`` entry:
+
+* ``HostConfig.Links`` are *legacy* links, honoured only on the default network (silobox's
+  ``nat``, Docker's ``bridge``): the linked container must exist at create and run at start, and
+  the linking container's ``/etc/hosts`` names it by its alias, id and name. Inspect shows them
+  as ``/child:/parent/alias``. On a user network mode Docker ignores them (moby
+  ``registerLinks``), and so does silobox.
+* ``EndpointSettings.Links`` (create's ``NetworkingConfig`` or ``POST /networks/{id}/connect``)
+  are per-network aliases that only the linking container resolves through the embedded DNS
+  (libnetwork's ``CreateOptionAlias``).
+
+``HostConfig.VolumesFrom`` (``container[:ro|rw]``) copies another container's mounts at create,
+as moby's ``registerMountPoints`` does: the container's own binds, mounts and tmpfs win over a
+copied mount of the same destination, and ``ro`` makes a copied mount read-only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from silobox.engine.hooks import ContainerHook
+from silobox.errors import Conflict, InvalidArgument, NotFound
+
+DEFAULT_NETWORK_MODES = ("default", "bridge", "nat")
+_VOLUMES_FROM_MODES = {"ro", "rw", "z", "Z"}
+
+
+def parse_link(text: Any) -> tuple[str, str]:
+    """``name:alias`` (or ``name``, or inspect's ``/name:/parent/alias``) → (name, alias);
+    moby's ``opts.ParseLink`` with its messages."""
+    if not isinstance(text, str):
+        raise InvalidArgument(f"bad format for links: {text!r} is not a string")
+    if text == "":
+        raise InvalidArgument("empty string specified for links")
+    parts = text.split(":")
+    if len(parts) > 2 or not all(parts):
+        raise InvalidArgument(f"bad format for links: {text}")
+    if len(parts) == 1:
+        return text.lstrip("/"), text.lstrip("/")
+    if parts[0].startswith("/"):
+        return parts[0][1:], os.path.basename(parts[1])
+    return parts[0], parts[1]
+
+
+def check_endpoint_links(links: Any) -> list[str] | None:
+    """``EndpointSettings.Links`` as stored: validated, None when empty (Docker's null)."""
+    if links is None:
+        return None
+    if not isinstance(links, list):
+        raise InvalidArgument("json: cannot unmarshal into Go struct field "
+                              "EndpointSettings.Links of type []string")
+    for item in links:
+        parse_link(item)
+    return list(links) or None
+
+
+def parse_volumes_from(spec: Any) -> tuple[str, str]:
+    """``container[:mode]`` → (container, mode); moby's ``ParseVolumesFrom`` with its messages."""
+    if not isinstance(spec, str):
+        raise InvalidArgument(f"invalid volumes-from specification: {spec!r} is not a string")
+    if spec == "":
+        raise InvalidArgument("volumes-from specification cannot be an empty string")
+    ref, sep, mode = spec.partition(":")
+    if not sep:
+        return ref, "rw"
+    opts = mode.split(",")
+    if not mode or any(o not in _VOLUMES_FROM_MODES for o in opts) or \
+            ("ro" in opts and "rw" in opts):
+        raise InvalidArgument(f"invalid mode: {mode}")
+    return ref, mode
+
+
+def is_default_network(mode: str) -> bool:
+    return (mode or "default") in DEFAULT_NETWORK_MODES
+
+
+class VolumesFromHook(ContainerHook):
+    """Copies the mounts of ``HostConfig.VolumesFrom`` containers into a new container.
+
+    It runs before the storage hook, so a copied volume covers an image ``VOLUME`` of the same
+    path (no anonymous volume is made there) and counts as a user of the volume."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def on_create(self, c: Any, body: dict[str, Any]) -> None:
+        hc = c.host_config
+        specs = hc.get("VolumesFrom") or []
+        if not isinstance(specs, list):
+            raise InvalidArgument("json: cannot unmarshal into Go struct field "
+                                  "HostConfig.VolumesFrom of type []string")
+        if not specs:
+            return
+        own = self._own_destinations(c)
+        copied: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            ref, mode = parse_volumes_from(spec)
+            source = self.engine._find(ref)
+            if source.id == c.id:
+                raise InvalidArgument("cannot mount volumes from the container itself")
+            for m in source.data.get("Mounts") or []:
+                dest = os.path.normpath(m["Destination"])
+                if dest in own:
+                    continue
+                copied[dest] = {**m, "RW": bool(m.get("RW")) and "ro" not in mode.split(",")}
+        c.data["Mounts"] = list(c.data.get("Mounts") or []) + list(copied.values())
+
+    @staticmethod
+    def _own_destinations(c: Any) -> set[str]:
+        """Destinations the container's own binds, mounts and tmpfs claim."""
+        hc = c.host_config
+        dests = {os.path.normpath(m["Destination"]) for m in c.data.get("Mounts") or []}
+        for b in hc.get("Binds") or []:
+            parts = b.split(":") if isinstance(b, str) else []
+            if len(parts) >= 2 and parts[1].startswith("/"):
+                dests.add(os.path.normpath(parts[1]))
+        for m in hc.get("Mounts") or []:
+            if isinstance(m, dict) and isinstance(m.get("Target"), str) and m["Target"]:
+                dests.add(os.path.normpath(m["Target"]))
+        tmpfs = hc.get("Tmpfs")
+        if isinstance(tmpfs, dict):
+            dests.update(os.path.normpath(p) for p in tmpfs if isinstance(p, str) and p)
+        return dests
+
+
+class LinkHook(ContainerHook):
+    """Legacy links on the default network, and the endpoint links of the create body."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def on_create(self, c: Any, body: dict[str, Any]) -> None:
+        hc = c.host_config
+        links = hc.get("Links") or []
+        if not isinstance(links, list):
+            raise InvalidArgument("json: cannot unmarshal into Go struct field "
+                                  "HostConfig.Links of type []string")
+        ec = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        if not isinstance(ec, dict):
+            raise InvalidArgument("json: cannot unmarshal into Go struct field "
+                                  "NetworkingConfig.EndpointsConfig of type map")
+        for cfg in ec.values():
+            check_endpoint_links((cfg or {}).get("Links"))
+        mode = hc.get("NetworkMode") or "default"
+        for name, network in c.data["NetworkSettings"]["Networks"].items():
+            # The network hook stored the endpoint under the network's name; the client may
+            # have keyed it by the network mode (an alias such as "default").
+            cfg = ec.get(name) or ec.get(mode) or {}
+            network["Links"] = check_endpoint_links(cfg.get("Links"))
+        if not is_default_network(hc.get("NetworkMode") or "default"):
+            return   # legacy links belong to the default network only (moby registerLinks)
+        for item in links:
+            name, _alias = parse_link(item)
+            try:
+                child = self.engine._find(name)
+            except NotFound:
+                raise InvalidArgument(f"could not get container for {name}") from None
+            if child.id == c.id:
+                raise InvalidArgument("a container cannot link to itself")
+            if child.host_config.get("NetworkMode") == "host":
+                raise InvalidArgument("conflicting options: host type networking can't be used "
+                                      "with links. This would result in undefined behavior")
+
+    async def on_start(self, c: Any, document: dict[str, Any]) -> None:
+        """Name the linked containers in ``/etc/hosts`` (the network hook has written it)."""
+        hc = c.host_config
+        if not hc.get("Links") or not is_default_network(hc.get("NetworkMode") or "default"):
+            return
+        from silobox.atomic import atomic_write
+        lines = []
+        for item in hc["Links"]:
+            name, alias = parse_link(item)
+            try:
+                child = self.engine._find(name)
+            except NotFound:
+                raise Conflict(f"Cannot link to /{name}, as it does not exist") from None
+            if not child.running:
+                raise Conflict(f"Cannot link to a non running container: /{child.name} AS "
+                               f"/{c.name}/{alias}")
+            ip = next((n.get("IPAddress") for n in
+                       child.data["NetworkSettings"].get("Networks", {}).values()
+                       if n.get("IPAddress")), "")
+            if ip:
+                names = dict.fromkeys([alias, child.id[:12], child.name])
+                lines.append(f"{ip}\t{' '.join(names)}")
+        if lines:
+            with open(c.data["HostsPath"]) as f:
+                hosts = f.read()
+            atomic_write(c.data["HostsPath"], hosts + "\n".join(lines) + "\n")
+
+    def on_inspect(self, c: Any, out: dict[str, Any]) -> None:
+        """Docker's view of legacy links, ``/child:/parent/alias``; none on user networks."""
+        hc = out["HostConfig"]
+        links = hc.get("Links") or []
+        if not is_default_network(hc.get("NetworkMode") or "default"):
+            hc["Links"] = None
+            return
+        shown = []
+        for item in links:
+            name, alias = parse_link(item)
+            try:
+                child = self.engine._find(name)
+            except NotFound:
+                continue
+            shown.append(f"/{child.name}:/{c.name}/{alias}")
+        hc["Links"] = shown or None
+
+
+class LinkService:
+    """Engine mixin: registers the hooks, answers the embedded DNS for endpoint links."""
+
+    containers: dict[str, Any]
+    container_hooks: list[ContainerHook]
+
+    def _init_links(self) -> None:
+        # Before the storage hook (copied mounts claim their paths first); after the network
+        # hook (legacy links append to the /etc/hosts it writes).
+        self.container_hooks.insert(0, VolumesFromHook(self))
+        self.container_hooks.append(LinkHook(self))
+
+    def link_target(self, container_id: str, name: str) -> str | None:
+        """The container name an endpoint link alias of ``container_id`` stands for."""
+        c = self.containers.get(container_id)
+        if c is None:
+            return None
+        for network, cfg in (c.data["NetworkSettings"].get("Networks") or {}).items():
+            for item in cfg.get("Links") or []:
+                target, alias = parse_link(item)
+                if name in (alias.lower(), f"{alias.lower()}.{network.lower()}"):
+                    return target.lower()
+        return None
