@@ -402,6 +402,8 @@ class NetworkService:
             names |= {f"{x}.{net}" for x in list(names)}
             if name in names:
                 found.append(e["IPAddress"])
+                if e.get("IPv6Address"):
+                    found.append(e["IPv6Address"])
         return found
 
     # ----- Docker view -------------------------------------------------------------------------
