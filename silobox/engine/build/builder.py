@@ -129,6 +129,7 @@ class Build:
                  options: BuildOptions) -> None:
         self.engine = engine
         self.workdir = workdir
+        self.layer_owner = f"build:{os.path.basename(workdir)}"   # holds the layers it stores
         self.context = os.path.join(workdir, "context")
         self.dockerfile = dockerfile
         self.options = options
@@ -604,7 +605,8 @@ class Build:
                                   f"{code}", code=code)
             c = self.engine._find(cid)
             container_config = {**stage.config, "Cmd": history_cmd}
-            layer, empty = await self.engine.build_commit_layer(c, stage.diff_ids)
+            layer, empty = await self.engine.build_commit_layer(c, stage.diff_ids,
+                                                                 self.layer_owner)
             self._store(stage, created_by, None if empty else layer, key, empty=empty,
                         container=cid, container_config=container_config, announce=False)
             ok = True
@@ -664,7 +666,8 @@ class Build:
         if self._use_cache(stage, key):
             return
         layer = await self.engine.build_layer_from_tar(
-            ctx.copy_layer_tar(plan, image_view, uid, gid, chmod), stage.diff_ids)
+            ctx.copy_layer_tar(plan, image_view, uid, gid, chmod), stage.diff_ids,
+            self.layer_owner)
         self._store(stage, created_by, layer, key, empty=False,
                     container_config={**stage.config, "Cmd": nop})
 
@@ -710,7 +713,8 @@ class Build:
         if not rel or view.lstat(rel) is not None:
             self._store(stage, created_by, None, key, empty=True)
             return
-        layer = await self.engine.build_layer_from_tar(_mkdir_tar(rel, view), stage.diff_ids)
+        layer = await self.engine.build_layer_from_tar(_mkdir_tar(rel, view), stage.diff_ids,
+                                                       self.layer_owner)
         self._store(stage, created_by, layer, key, empty=False)
 
 

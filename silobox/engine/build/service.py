@@ -79,6 +79,9 @@ class BuildService:
         try:
             return await build.run(emit)
         finally:
+            # The layers the build stored are held until here, so that a concurrent failing
+            # load cannot remove one before the build's image uses it.
+            self.layers.unhold(build.layer_owner)
             remove_workdir(build.workdir)
 
     def build_discard(self, build: Build) -> None:
@@ -126,15 +129,18 @@ class BuildService:
 
     # -- layers ---------------------------------------------------------------------------------
 
-    async def build_layer_from_tar(self, chunks: Iterator[bytes], diff_ids: list[str]) -> str:
-        """Store a layer tar generated in a worker thread; returns its diff id."""
+    async def build_layer_from_tar(self, chunks: Iterator[bytes], diff_ids: list[str],
+                                   owner: str | None = None) -> str:
+        """Store a layer tar generated in a worker thread, held by ``owner``; returns its diff
+        id."""
         from silobox.engine.imageops import IteratorReader
         parent = diff_ids[-1] if diff_ids else None
         layer = await asyncio.get_running_loop().run_in_executor(
-            None, self.layers.add_from_tar, IteratorReader(chunks), parent)
+            None, self.layers.add_from_tar, IteratorReader(chunks), parent, owner)
         return layer.diff_id
 
-    async def build_commit_layer(self, c: Any, diff_ids: list[str]) -> tuple[str, bool]:
+    async def build_commit_layer(self, c: Any, diff_ids: list[str],
+                                 owner: str | None = None) -> tuple[str, bool]:
         """A stopped RUN container's changes as a layer: (diff id, whether nothing changed).
         An empty change set is not kept as a layer (Docker's ``empty_layer``)."""
         from silobox.engine.build.diff import run_layer_tar
@@ -145,7 +151,7 @@ class BuildService:
             chunks = await loop.run_in_executor(None, run_layer_tar, upper, lower)
             if chunks is None:
                 return "", True
-            return await self.build_layer_from_tar(chunks, diff_ids), False
+            return await self.build_layer_from_tar(chunks, diff_ids, owner), False
 
     # -- prune ----------------------------------------------------------------------------------
 
@@ -249,3 +255,4 @@ class BuildService:
         out = await super().image_inspect(ref)   # type: ignore[misc]
         out["Parent"] = self._image_parent(out["Id"])
         return out
+
