@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """What networking costs: ``run --rm busybox true`` on nat vs ``--network none``, and throughput.
 
-    bench/network.py [--runs 30] [--no-iperf] [--docker]
+    bench/network.py [--runs 30] [--no-iperf] [--docker] [--iperf-rounds 5] [--iperf-seconds 3]
 
 Talks to the silod at SILOBOX_HOST (default unix:///run/silobox/silod.sock) through the Docker
 API (no CLI start-up in the numbers): each sample is create + start + wait + remove, the two
 modes alternate so background noise hits both alike. iperf3 runs its server inside a
 container's network compartment (``nsenter --net=<SandboxKey>``; busybox has no iperf3) and
 the client on the host, once to the container's address and once to 127.0.0.1 through a
-published port (nftables DNAT, no proxy process).
+published port (nftables DNAT, no proxy process). With ``--docker`` the same two measures run
+against the anchor dockerd (/run/docker-anchor.sock), rounds alternating between the engines;
+medians and the silobox/docker ratios are printed.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def main() -> None:
     ap.add_argument("--no-iperf", action="store_true")
     ap.add_argument("--docker", action="store_true",
                     help="also measure Docker's anchor daemon (/run/docker-anchor.sock)")
+    ap.add_argument("--iperf-rounds", type=int, default=5)
+    ap.add_argument("--iperf-seconds", type=int, default=3)
     a = ap.parse_args()
     for mode in ("none", "nat"):
         run_once(mode)  # warm caches
@@ -86,57 +90,98 @@ def main() -> None:
           f"(min - min): {min(samples['nat']) - min(samples['none']):.1f} ms")
     if a.no_iperf or not shutil.which("iperf3"):
         return
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        hp = s.getsockname()[1]
-    cid = call("POST", "/containers/create", {
-        "Image": "busybox", "Cmd": ["sleep", "120"],
-        "HostConfig": {"PortBindings": {"5201/tcp": [{"HostPort": str(hp)}]}}})["Id"]
-    server = None
-    try:
-        call("POST", f"/containers/{cid}/start")
-        ns = call("GET", f"/containers/{cid}/json")["NetworkSettings"]
-        server = subprocess.Popen(["nsenter", f"--net={ns['SandboxKey']}", "iperf3", "-s",
-                                   "-p", "5201"], stdout=subprocess.DEVNULL)
-        time.sleep(0.3)
-        print(f"iperf3 host -> container {ns['IPAddress']}: {iperf(ns['IPAddress'], 5201):.2f} "
-              "Gbit/s")
-        print(f"iperf3 host -> 127.0.0.1:{hp} (published): {iperf('127.0.0.1', hp):.2f} Gbit/s")
-    finally:
-        if server:
-            server.kill()
-            server.wait()
-        call("DELETE", f"/containers/{cid}?force=1")
     anchor = "/run/docker-anchor.sock"
+    targets = [Silobox()]
     if a.docker and os.path.exists(anchor) and shutil.which("docker"):
-        docker_iperf(f"unix://{anchor}")
+        targets.append(Docker(f"unix://{anchor}"))
+    results: dict[tuple[str, str], list[float]] = {}
+    try:
+        for t in targets:
+            t.start()
+        # Rounds alternate the engines, and which one goes first, so background load and
+        # the after-effects of the previous measurement hit both alike.
+        for rnd in range(a.iperf_rounds):
+            for t in (targets if rnd % 2 == 0 else targets[::-1]):
+                for what, (host, port) in (("container", (t.ip, 5201)),
+                                           ("published", ("127.0.0.1", t.host_port))):
+                    results.setdefault((t.name, what), []).append(
+                        iperf(host, port, a.iperf_seconds))
+    finally:
+        for t in targets:
+            t.stop()
+    for (name, what), v in results.items():
+        label = {"container": "host -> container IP", "published": "host -> 127.0.0.1 published"}
+        print(f"{name:8} iperf3 {label[what]:30}: median {statistics.median(v):6.2f} Gbit/s  "
+              f"[{' '.join(f'{x:.2f}' for x in v)}]")
+    if len(targets) == 2:
+        for what in ("container", "published"):
+            r = statistics.median(results[("silobox", what)]) / \
+                statistics.median(results[("docker", what)])
+            paired = statistics.median(x / y for x, y in zip(results[("silobox", what)],
+                                                             results[("docker", what)]))
+            print(f"ratio silobox/docker, {what}: {r:.2f}x (median of per-round ratios "
+                  f"{paired:.2f}x)")
 
 
-def docker_iperf(sock: str) -> None:
-    """The same two throughputs against Docker (the anchor daemon), in the same run."""
-    docker = ["docker", "-H", sock]
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
-        hp = s.getsockname()[1]
-    cid = subprocess.run(docker + ["run", "-d", "-p", f"{hp}:5201", "silobench/busybox",
-                                   "sleep", "120"], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    server = None
-    try:
-        info = json.loads(subprocess.run(docker + ["inspect", cid], capture_output=True,
-                                         text=True, check=True).stdout)[0]
-        ip = info["NetworkSettings"]["IPAddress"]
-        server = subprocess.Popen(["nsenter", f"--net=/proc/{info['State']['Pid']}/ns/net",
-                                   "iperf3", "-s", "-p", "5201"], stdout=subprocess.DEVNULL)
+        return s.getsockname()[1]
+
+
+class Silobox:
+    """An iperf3 server in a silobox container's compartment, port 5201 published."""
+
+    name = "silobox"
+
+    def start(self) -> None:
+        self.host_port = _free_port()
+        self.cid = call("POST", "/containers/create", {
+            "Image": "busybox", "Cmd": ["sleep", "600"],
+            "HostConfig": {"PortBindings": {"5201/tcp": [{"HostPort": str(self.host_port)}]}}})["Id"]
+        self.server = None
+        call("POST", f"/containers/{self.cid}/start")
+        ns = call("GET", f"/containers/{self.cid}/json")["NetworkSettings"]
+        self.ip = ns["IPAddress"]
+        self.server = subprocess.Popen(["nsenter", f"--net={ns['SandboxKey']}", "iperf3", "-s",
+                                        "-p", "5201"], stdout=subprocess.DEVNULL)
         time.sleep(0.3)
-        print(f"docker: iperf3 host -> container {ip}: {iperf(ip, 5201):.2f} Gbit/s")
-        print(f"docker: iperf3 host -> 127.0.0.1:{hp} (published): "
-              f"{iperf('127.0.0.1', hp):.2f} Gbit/s")
-    finally:
-        if server:
-            server.kill()
-            server.wait()
-        subprocess.run(docker + ["rm", "-f", cid], capture_output=True)
+
+    def stop(self) -> None:
+        if getattr(self, "server", None):
+            self.server.kill()
+            self.server.wait()
+        if getattr(self, "cid", None):
+            call("DELETE", f"/containers/{self.cid}?force=1")
+
+
+class Docker:
+    """The same against Docker (the anchor daemon), measured in the same run."""
+
+    name = "docker"
+
+    def __init__(self, sock: str) -> None:
+        self.docker = ["docker", "-H", sock]
+
+    def start(self) -> None:
+        self.host_port = _free_port()
+        self.server = None
+        self.cid = subprocess.run(self.docker + ["run", "-d", "-p", f"{self.host_port}:5201",
+                                                 "silobench/busybox", "sleep", "600"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        info = json.loads(subprocess.run(self.docker + ["inspect", self.cid],
+                                         capture_output=True, text=True, check=True).stdout)[0]
+        self.ip = info["NetworkSettings"]["IPAddress"]
+        self.server = subprocess.Popen(["nsenter", f"--net=/proc/{info['State']['Pid']}/ns/net",
+                                        "iperf3", "-s", "-p", "5201"], stdout=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+    def stop(self) -> None:
+        if getattr(self, "server", None):
+            self.server.kill()
+            self.server.wait()
+        if getattr(self, "cid", None):
+            subprocess.run(self.docker + ["rm", "-f", self.cid], capture_output=True)
 
 
 if __name__ == "__main__":

@@ -408,6 +408,8 @@ class NetworkService:
             names |= {f"{x}.{net}" for x in list(names)}
             if name in names:
                 found.append(e["IPAddress"])
+                if e.get("IPv6Address"):
+                    found.append(e["IPv6Address"])
         return found
 
     # ----- Docker view -------------------------------------------------------------------------
@@ -651,6 +653,8 @@ class NetworkService:
                        UdpPort=n["VxlanPort"])
         if self.hns.driver(n) == "l2tunnel":
             out["IsolatedPorts"] = True
+        if n.get("Degraded"):
+            out["Degraded"] = n["Degraded"]
         return out
 
     def _hns_external(self, n: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ log = logging.getLogger("silobox.network.dns")
 
 DNS_ADDRESS = "127.0.0.11"
 Resolver = Callable[[str, str], list[str]]
-"""(querying container id, name) → IPv4 addresses (empty: not a container name)."""
+"""(querying container id, name) → IPv4 and IPv6 addresses (empty: not a container name)."""
 
 
 def host_resolvers(path: str = "/etc/resolv.conf") -> list[str]:
@@ -62,13 +62,18 @@ def parse_question(data: bytes) -> tuple[int, int, str, int, int] | None:
 
 def answer(data: bytes, qid: int, flags: int, end: int, addresses: list[str],
            qtype: int, rcode: int = 0) -> bytes:
-    """A response echoing the question with A records (or none) and ``rcode``."""
+    """A response echoing the question with A and/or AAAA records (or none) and ``rcode``."""
     rd = flags & 0x0100
-    ans = [a for a in addresses] if qtype in (1, 255) else []
+    ans = []
+    for a in addresses:
+        if ":" in a and qtype in (28, 255):
+            ans.append((28, socket.inet_pton(socket.AF_INET6, a)))
+        elif ":" not in a and qtype in (1, 255):
+            ans.append((1, socket.inet_aton(a)))
     head = struct.pack("!HHHHHH", qid, 0x8480 | rd | rcode, 1, len(ans), 0, 0)
     body = data[12:end]
-    for a in ans:
-        body += struct.pack("!HHHIH", 0xC00C, 1, 1, 600, 4) + socket.inet_aton(a)
+    for rtype, raw in ans:
+        body += struct.pack("!HHHIH", 0xC00C, rtype, 1, 600, len(raw)) + raw
     return head + body
 
 

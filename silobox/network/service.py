@@ -27,7 +27,7 @@ import socket
 import time
 from typing import Any
 
-from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
 from silobox.network import drivers as D
 from silobox.network import ipam as I
 from silobox.network import nft as N
@@ -140,7 +140,16 @@ class HostNetworkingService:
         if not any(n["Name"] == "nat" for n in self.networks.values()):
             await self.create_network("nat", subnet=fixed_cidr or None, default=True)
         for n in list(self.networks.values()):
-            await self._realise_network(n)
+            try:
+                await self._realise_network(n)
+                n.pop("Degraded", None)
+            except Exception as e:
+                if self.driver(n) == "nat":
+                    raise
+                # A missing NIC must not keep silod down: the network reports it and its
+                # containers fail to start with the reason until the NIC is back.
+                log.warning("network %s cannot be realised: %s", n["Name"], e)
+                n["Degraded"] = str(e)
         await self.netlink.run(self._remove_orphan_links)
         self.apply_rules()
         await self.apply_switch_rules()
@@ -186,6 +195,8 @@ class HostNetworkingService:
             if name != "vswitch" and name not in owned:
                 self.netlink.call(self.netlink.remove_netns, os.path.join(self.netns_dir, name))
         self.apply_rules()
+        if any(self.driver(n) in ("l2bridge", "l2tunnel") for n in self.networks.values()):
+            self.netlink.call(self.netlink.switch_nft, self._switch_rules())
 
     async def close(self) -> None:
         """silod stops. Running containers keep their vNICs; with none left, the kernel objects
@@ -512,6 +523,12 @@ class HostNetworkingService:
     async def attach(self, e: dict[str, Any], create_ns: bool = True) -> None:
         """HNS ``/endpoints/<id>/attach``: the vNIC into the compartment (made here if new)."""
         n = self.networks[e["VirtualNetwork"]]
+        if n.get("Degraded"):
+            try:
+                await self._realise_network(n)
+                n.pop("Degraded", None)
+            except Exception as err:
+                raise Unavailable(f"network {n['Name']} is not available: {err}") from None
         gw = None if n["Internal"] or e["IfName"] != "eth0" else e["GatewayAddress"]
         kind = self.driver(n)
         mtu = 0
@@ -653,6 +670,9 @@ class HostNetworkingService:
 
     async def apply_switch_rules(self) -> None:
         """The vSwitch's bridge-family table: l2bridge/l2tunnel MAC rewrite (VFP's job)."""
+        await self.netlink.run(self.netlink.switch_nft, self._switch_rules())
+
+    def _switch_rules(self) -> list[dict[str, Any]]:
         nets = []
         for n in self.networks.values():
             if self.driver(n) in ("l2bridge", "l2tunnel"):
@@ -665,7 +685,7 @@ class HostNetworkingService:
                 D.mac_rewrite_rules("silobox", nets)
         else:
             cmds = [{"add": {"table": t}}, {"delete": {"table": t}}]
-        await self.netlink.run(self.netlink.switch_nft, cmds)
+        return cmds
 
     def _ruleset(self) -> list[dict[str, Any]]:
         T = self.table

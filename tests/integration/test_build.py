@@ -8,7 +8,9 @@ its images; the session fixture checks that no cgroup or mount is left.
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -82,6 +84,16 @@ def workdir(run_id: str):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def cgroup_dirs(parent: str) -> list[str]:
+    """Every cgroup below ``parent`` in every v1 hierarchy (or in the v2 tree)."""
+    found = []
+    for hierarchy in os.listdir("/sys/fs/cgroup"):
+        top = os.path.join("/sys/fs/cgroup", hierarchy, parent)
+        for dirpath, dirnames, _ in os.walk(top):
+            found += [os.path.join(dirpath, d) for d in dirnames]
+    return found
+
+
 def no_build_containers(silod: Any) -> None:
     """No container record, no job object (cgroup) and no build context is left."""
     status, items = silod.request("GET", "/containers/json?all=1")
@@ -90,6 +102,11 @@ def no_build_containers(silod: Any) -> None:
             if not os.path.basename(d).startswith("pool-")]   # silod's pre-made job objects
     assert jobs == []
     assert not os.listdir(os.path.join(silod.root, "build"))
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f if line.split()[4].startswith(silod.base)]
+    assert [m for m in mounts if m.startswith(silod.root)] == []   # no sandbox disk mounted
+    guid = re.compile(r"[0-9A-F]{8}(-[0-9A-F]{4}){3}-[0-9A-F]{12}")
+    assert [m for m in mounts if guid.fullmatch(os.path.basename(m))] == []   # no endpoint netns
 
 
 # -- docker-py ------------------------------------------------------------------------------------
@@ -152,6 +169,7 @@ def test_full_dockerfile_through_docker_py(silod: Any, images: list[str], run_id
     assert cfg["Shell"] == ["/bin/sh", "-ec"]
     assert cfg["Entrypoint"] == ["/bin/sh", "-c"] and cfg["Cmd"] == ["cat greeting"]
     assert info["Parent"].startswith("sha256:")
+    assert cfg["Image"] == info["Parent"]
 
     history = silod.client.history(tag)
     created_by = [h["CreatedBy"] for h in history]
@@ -209,6 +227,9 @@ def test_cache_reuse_and_no_cache(silod: Any, images: list[str], run_id: str) ->
     assert "Using cache" in text_of(py_build(silod, files, tag=tag))
     status, doc = silod.request("POST", "/build/prune")
     assert status == 200 and doc["CachesDeleted"]
+    # every intermediate went, those of the --no-cache build too; the tagged result stays
+    assert all(i["RepoTags"] for i in silod.client.images(all=True))
+    assert silod.client.inspect_image(tag)["Id"]
     assert "Using cache" not in text_of(py_build(silod, files, tag=tag))
     no_build_containers(silod)
 
@@ -222,7 +243,7 @@ def test_docker_py_high_level_client(silod: Any, images: list[str], run_id: str,
         f.write("FROM busybox\nRUN echo built > /out\nCMD [\"cat\", \"/out\"]\n")
     client = docker.DockerClient(base_url=f"unix://{silod.socket}", version="auto")
     try:
-        image, logs = client.images.build(path=workdir, tag=tag, rm=True)
+        image, logs = client.images.build(path=workdir, tag=tag, rm=True, gzip=True)
         assert image.tags == [f"{tag}:latest"]
         assert any("Successfully built" in l.get("stream", "") for l in logs)
         assert client.containers.run(tag, remove=True) == b"built\n"
@@ -347,6 +368,8 @@ def test_failures_during_the_build(silod: Any, images: list[str], run_id: str) -
     assert "missing.txt" in error_of(msgs) and "not found" in error_of(msgs)
     msgs = py_build(silod, {"Dockerfile": "FROM busybox\nADD http://127.0.0.1:9/x /x\n"})
     assert "ADD of a URL" in error_of(msgs)
+    msgs = py_build(silod, {"Dockerfile": "FROM busybox AS me\nCOPY --from=me /bin/sh /x\n"})
+    assert "refers to current or future build stage" in error_of(msgs)
     msgs = py_build(silod, {"Dockerfile": "FROM sbxb-no-such-image\n"})
     assert "sbxb-no-such-image" in error_of(msgs)
     # Docker keeps the failed container unless --force-rm; it is stopped, holds no mount
@@ -428,13 +451,21 @@ def test_prune_and_rmi_release_intermediates(silod: Any, run_id: str) -> None:
     before = {i["Id"] for i in silod.client.images(all=True)}
     silod.client.prune_images()
     assert {i["Id"] for i in silod.client.images(all=True)} == before
-    silod.client.remove_image(tag)
-    # the result is gone; its now dangling parents go with the next prune, children first
-    dangling = {i["Id"] for i in silod.client.images(filters={"dangling": True})}
-    assert image_id not in dangling
-    silod.client.prune_images()
+    # rmi deletes the result and the build's untagged parents with it (not busybox)
+    records = silod.client.remove_image(tag)
+    deleted = [r["Deleted"] for r in records if "Deleted" in r]
+    assert deleted[0] == image_id and len(deleted) >= 3, records
     left = silod.client.images(all=True)
     assert all(i["RepoTags"] for i in left), left   # every intermediate of the build went
+    assert any("busybox:latest" in i["RepoTags"] for i in left)
+    # with --no-prune (noprune=1) the parents stay, dangling, until an image prune
+    msgs = py_build(silod, {"Dockerfile": "FROM busybox\nENV B=2\nRUN echo y > /y\n"},
+                    tag=tag)
+    assert not error_of(msgs)
+    silod.client.remove_image(tag, noprune=True)
+    assert any(not i["RepoTags"] for i in silod.client.images())
+    silod.client.prune_images()
+    assert all(i["RepoTags"] for i in silod.client.images(all=True))
 
 
 @pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed")
@@ -482,4 +513,87 @@ def test_client_going_away_stops_the_run_container(silod: Any) -> None:
         if not items:
             break
         time.sleep(0.2)
+    no_build_containers(silod)
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_compressed_contexts(silod: Any, compression: str) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tar:
+        data = b"FROM busybox\nLABEL compressed=" + compression.encode() + b"\n"
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    status, body = silod.request("POST", "/build?q=1", raw=buf.getvalue(),
+                                 headers={"Content-Type": "application/x-tar",
+                                          "X-Registry-Config": "e30="})
+    assert status == 200
+    lines = [json.loads(l) for l in body.splitlines() if l.strip()] \
+        if isinstance(body, bytes) else [body]
+    image_id = next(l["aux"]["ID"] for l in lines if "aux" in l)
+    assert silod.client.inspect_image(image_id)["Config"]["Labels"] == {
+        "compressed": compression}
+    silod.client.remove_image(image_id)
+    no_build_containers(silod)
+
+
+def test_run_steps_get_the_network_mode(silod: Any) -> None:
+    msgs = py_build(silod, {"Dockerfile": "FROM busybox\nRUN ip -o link | wc -l\n"},
+                    network_mode="none", container_limits={"memory": 64 * 1024 * 1024},
+                    nocache=True)
+    assert not error_of(msgs), text_of(msgs)
+    lines = text_of(msgs).splitlines()
+    after = lines.index(next(l for l in lines if "Running in" in l))
+    assert lines[after + 1] == "1", lines    # --network none: only lo
+    default = py_build(silod, {"Dockerfile": "FROM busybox\nRUN ip -o link | wc -l\n"},
+                       nocache=True)
+    lines = text_of(default).splitlines()
+    after = lines.index(next(l for l in lines if "Running in" in l))
+    assert lines[after + 1] == "2", lines    # the default network: lo and eth0
+    for result in (msgs, default):
+        silod.client.remove_image(next(m["aux"]["ID"] for m in result if "aux" in m))
+    no_build_containers(silod)
+
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+
+
+@pytest.mark.skipif(not os.path.exists(REGISTRY_BIN),
+                    reason="docker-registry is not installed (scripts/install.sh --test)")
+def test_from_pulls_a_missing_base_image(silod: Any, workdir: str, run_id: str) -> None:
+    """dockerd's classic builder pulls a FROM image it does not have (and any with pull=1);
+    the registry is Debian's docker-registry on 127.0.0.1."""
+    from test_registry import Registry
+    registry = Registry(os.path.join(workdir, "registry"))
+    registry.start()
+    base = f"{registry.address}/sbxb-{run_id}/base:1"
+    tag = f"sbxb-{run_id}-pulled"
+    try:
+        msgs = py_build(silod, {"Dockerfile": "FROM busybox\nRUN echo from-registry > /r\n"},
+                        tag=base)
+        assert not error_of(msgs), text_of(msgs)
+        pushed = list(silod.client.push(base, stream=True, decode=True))
+        assert not any("error" in m for m in pushed), pushed
+        silod.client.remove_image(base)
+        msgs = py_build(silod, {"Dockerfile": f"FROM {base}\nRUN cat /r\n"}, tag=tag)
+        assert not error_of(msgs), text_of(msgs)
+        assert any(m.get("status", "").startswith("Status: Downloaded newer image for")
+                   for m in msgs), msgs
+        assert "from-registry" in text_of(msgs)
+        # pull=1 pulls again although the image is here now
+        again = py_build(silod, {"Dockerfile": f"FROM {base}\nRUN cat /r\n"}, tag=tag,
+                         pull=True)
+        assert any(m.get("status", "").startswith("Status: Image is up to date for")
+                   for m in again), again
+        # a registry off this machine is never contacted by the test daemon
+        missing = py_build(silod, {"Dockerfile": "FROM sbxb-no-such-image\n"})
+        assert "sbxb-no-such-image" in error_of(missing)
+    finally:
+        registry.stop()
+        for name in (tag, base):
+            try:
+                silod.client.remove_image(name, force=True)
+            except Exception:
+                pass
+        silod.request("POST", "/build/prune")
     no_build_containers(silod)

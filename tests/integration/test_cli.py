@@ -433,8 +433,14 @@ def _pty_run(env: dict[str, str], args: list[str], script: list[tuple],
             if not data:
                 break
             seen += data
-        _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status), seen
+        # The child should be gone once its pty is at EOF; never block the suite on it.
+        reap_by = max(deadline, time.monotonic()) + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status), seen
+            assert time.monotonic() < reap_by, f"silo did not exit; output so far {seen!r}"
+            time.sleep(0.02)
     finally:
         os.close(fd)
         try:

@@ -598,7 +598,7 @@ def _owner(silod, cid: str, path: str) -> tuple[int, int]:
         return first.uid, first.gid
 
 
-def test_cp_into_honours_no_overwrite_dir_non_dir_and_copy_uid_gid(silod):
+def test_cp_into_honours_no_overwrite_dir_non_dir_and_copy_uid_gid(silod, tmp_path):
     """moby's containerExtractToDir: with noOverwriteDirNonDir a directory is never replaced by
     a non-directory nor the reverse (a 500 with moby's message); copyUIDGID gives the entries
     the container user's uid/gid, looked up in the container."""
@@ -626,6 +626,11 @@ def test_cp_into_honours_no_overwrite_dir_non_dir_and_copy_uid_gid(silod):
             # same kind, or the flag not set: replaced as before
             assert _put(silod, cid, "/", _owned_tar([("hello", b"again\n"), ("dir/", None)]),
                         noOverwriteDirNonDir="1")[0] == 200
+        local = tmp_path / "dir"                          # silo cp sends the flag, as docker
+        local.write_text("a file\n")
+        r = silod.silo("cp", str(local), f"{cid}:/")
+        assert r.returncode != 0
+        assert b'cannot overwrite directory "/dir" with non-directory "/"' in r.stderr
         assert _put(silod, cid, "/", _owned_tar([("dir", b"a file now\n")]))[0] == 200
         r = silod.silo("exec", cid, "cat", "/dir", "/hello")
         assert r.stdout == b"a file now\nagain\n", r.stderr

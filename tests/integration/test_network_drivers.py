@@ -382,3 +382,21 @@ def test_external_network_survives_kill9_and_clean_restart(drv: Drivers, outside
     ip = drv.settings(cid, name)["IPAddress"]
     wait_ok(lambda: o.run(http(ip)))
     remove_and_check_nic(drv, name, o)
+
+
+def test_missing_nic_degrades_the_network_not_silod(drv: Drivers, outside: Outside,
+                                                    silod: Any) -> None:
+    import docker.errors
+    o, name = outside, f"dg{outside.ns}"
+    drv.network(name, "transparent", f"10.232.{o.octet}.0/24", **{IFACE: o.nic})
+    silod.stop()
+    o.close()   # the NIC disappears while silod is down
+    silod.start()
+    drv.api = silod.client
+    h = drv.hns(name)
+    assert "not found" in h["Silobox"]["Degraded"]
+    with pytest.raises(docker.errors.APIError, match="is not available") as e:
+        drv.run("true", name)
+    assert e.value.status_code == 503
+    drv.api.remove_network(name)
+    drv.networks.remove(name)

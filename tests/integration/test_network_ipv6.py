@@ -67,6 +67,11 @@ def test_ipv6_addresses_inspect_and_traffic(drv: Drivers, silod: Any) -> None:
     assert code == 0 and f"default via {net6[1]}" in out, out
     code, out = drv.exec(b, f"ping6 -c1 -W2 {net6[1]}")
     assert code == 0, out
+    # the embedded DNS answers AAAA with the IPv6 address, A with the IPv4 one
+    aname = drv.api.inspect_container(a)["Name"].lstrip("/")
+    code, out = drv.exec(b, f"nslookup -type=AAAA {aname} 127.0.0.11; "
+                         f"nslookup -type=A {aname} 127.0.0.11")
+    assert sa["GlobalIPv6Address"] in out and sa["IPAddress"] in out, out
     # the host reaches the container over IPv6 through the network's vNIC
     body = ""
     for _ in range(40):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 import uuid
 
@@ -86,6 +88,13 @@ def _run(silod, *args: str) -> subprocess.CompletedProcess:
     return silod.silo("run", *args)
 
 
+# Tests of the default kind: meaningless when the suite is run with another daemon default
+# (SILOBOX_STORAGE_OPTS=sandbox=dir, to compare the suite's time with directories).
+needs_disk_default = pytest.mark.skipif(
+    "sandbox=dir" in os.environ.get("SILOBOX_STORAGE_OPTS", ""),
+    reason="the daemon runs with SILOBOX_STORAGE_OPTS=sandbox=dir")
+
+
 def _pool_loops(silod) -> list[D.LoopDevice]:
     return _loops_of_root(os.path.join(silod.root, "sandbox-pool"))
 
@@ -97,6 +106,7 @@ def _wait_pool(silod, n: int) -> list[D.LoopDevice]:
     return _pool_loops(silod)
 
 
+@needs_disk_default
 def test_disk_is_the_default_from_an_attached_pool(silod, api, ctr):
     """No storage option: a disk of the daemon's default size, from a pool whose disks are
     attached ahead of time; the container's device is the one the pool attached."""
@@ -123,6 +133,7 @@ def test_disk_is_the_default_from_an_attached_pool(silod, api, ctr):
                 if n.startswith("trash-")]                 # the image is deleted, off the rm path
 
 
+@needs_disk_default
 def test_created_never_started_and_removed_leaves_no_device(silod, api, ctr):
     c = ctr()
     r = silod.silo("create", "--name", c, IMAGE, "true")
@@ -139,6 +150,7 @@ def test_created_never_started_and_removed_leaves_no_device(silod, api, ctr):
     assert not D.loops_of(disk) and not os.path.exists(disk)
 
 
+@needs_disk_default
 def test_pool_devices_go_at_stop_and_kill9(silod):
     """The pool's attached disks: detached and deleted when silod stops, detached by the kernel
     when it is killed (the pool's fds were their only openers), deleted at the next start."""
@@ -188,6 +200,8 @@ def test_daemon_default_dir_and_no_loop_devices(silod, api, ctr, tmp_path):
         other.stop()
         other.remove_cgroup_parent()
     assert _loops_of_root(other.root) == []
+    assert not [h for h in os.listdir("/sys/fs/cgroup")
+                if os.path.isdir(os.path.join("/sys/fs/cgroup", h, other.cgroup_parent))]
 
 
 def test_disk_is_sized(silod, api, ctr):
@@ -369,3 +383,52 @@ def test_expand_while_running(silod, api, ctr):
         rec = json.loads(silod.silo("sandbox", "inspect", c).stdout)[0]
         assert rec["Size"] == 64 * 1024 * 1024        # nothing changed
     api.kill(c)
+
+
+def test_without_loop_devices_silod_falls_back_to_directories(silod, tmp_path):
+    """silod probes loop devices at start: in a mount namespace where /dev/loop-control is an
+    empty file (no loop device can be had) it warns and gives every container a directory
+    sandbox, and refuses a disk with the reason."""
+    other = type(silod)(f"/tmp/sbxn-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:6])  # short
+    os.makedirs(other.base)                                    # paths: the shims' sockets
+    empty = tmp_path / "no-loop-control"
+    empty.write_bytes(b"")
+    try:
+        with open(other.log_path, "ab") as log:
+            other.proc = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 f"mount --bind {empty} /dev/loop-control && exec \"$0\" \"$@\"",
+                 sys.executable, "-m", "silobox.engine.daemon", "--debug", "--root",
+                 other.root, "--exec-root", other.exec_root, "--cgroup-parent",
+                 other.cgroup_parent, "-H", f"unix://{other.socket}"],
+                stdout=log, stderr=log, start_new_session=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            assert other.proc.poll() is None, other.log()
+            try:
+                if other.request("GET", "/_ping")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        with open(other.log_path, errors="replace") as f:
+            assert "sandbox disks are unavailable" in f.read()
+        status, body = other.request("POST", "/containers/create",
+                                     {"Image": IMAGE, "Cmd": ["true"],
+                                      "HostConfig": {"NetworkMode": "none"}})
+        assert status == 201, body
+        info = other.request("GET", f"/containers/{body['Id']}/json")[1]
+        assert info["GraphDriver"]["Data"]["sandbox"] == "dir"
+        started = other.request("POST", f"/containers/{body['Id']}/start")
+        assert started[0] == 204, started
+        assert other.request("POST", f"/containers/{body['Id']}/wait")[1]["StatusCode"] == 0
+        assert other.request("DELETE", f"/containers/{body['Id']}")[0] == 204
+        status, body = other.request("POST", "/containers/create", {
+            "Image": IMAGE, "Cmd": ["true"], "HostConfig": {"StorageOpt": {"size": "1G"}}})
+        assert status == 503 and "sandbox disks are unavailable on this host" in \
+            body["message"], body
+    finally:
+        other.stop()
+        other.remove_cgroup_parent()
+        shutil.rmtree(other.base, ignore_errors=True)
+    assert _loops_of_root(other.root) == []

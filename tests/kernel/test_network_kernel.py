@@ -228,3 +228,63 @@ def test_dns_message_round_trip() -> None:
     assert r.endswith(bytes([10, 0, 0, 7]))
     nx = answer(q, qid, flags, end, [], qtype, rcode=2)
     assert struct.unpack("!H", nx[2:4])[0] & 0xF == 2
+
+
+def test_uplink_adopt_release_and_l2bridge_rewrite(netlink: tuple) -> None:
+    """The external vSwitch takes a NIC (a veth whose far end is in a namespace of ours),
+    rewrites MACs with the bridge-family table, and gives the NIC back as it was."""
+    from silobox.network.drivers import mac_rewrite_rules
+    nl, d, tag = netlink
+    outside, nic = f"{tag}o", f"{tag}u"
+    _sh("ip", "netns", "add", outside)
+    try:
+        _sh("ip", "link", "add", nic, "type", "veth", "peer", "name", "ext", "netns", outside)
+        _sh("ip", "-n", outside, "addr", "add", "192.168.203.1/24", "dev", "ext")
+        _sh("ip", "-n", outside, "link", "set", "ext", "up")
+        mac = json.loads(_sh("ip", "-j", "link", "show", nic).stdout)[0]["address"]
+        info = nl.call(nl.nic_info, nic)
+        assert info["mac"] == mac and info["ipv4"] == [] and not info["master"]
+        nl.call(nl.adopt_uplink, f"{tag}b1", nic, "00:15:5d:02:00:01", True)
+        assert _sh("ip", "link", "show", nic, check=False).returncode != 0
+        ns_c = os.path.join(d, "C")
+        nl.call(nl.create_endpoint, ns_c, f"{tag}b1", f"{tag}vc", "00:15:5d:02:00:02",
+                [("192.168.203.10", 24)], "192.168.203.1")
+        nl.call(nl.switch_nft, [{"add": {"table": {"family": "bridge", "name": "silobox"}}}]
+                + mac_rewrite_rules("silobox", [(nic, mac, [("192.168.203.10",
+                                                             "00:15:5d:02:00:02")])]))
+        r = _sh("nsenter", f"--net={ns_c}", "busybox", "ping", "-c1", "-W2", "192.168.203.1",
+                check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        seen = json.loads(_sh("ip", "-n", outside, "-j", "neigh", "show",
+                              "192.168.203.10").stdout)
+        assert seen and seen[0]["lladdr"] == mac
+        nl.call(nl.remove_netns, ns_c)
+        nl.call(nl.release_uplink, nic, mac, True)
+        back = json.loads(_sh("ip", "-j", "link", "show", nic).stdout)[0]
+        assert back["address"] == mac and "UP" in back["flags"]
+        nl.call(nl.delete_link, "switch", f"{tag}b1")
+    finally:
+        _sh("ip", "netns", "del", outside, check=False)
+        _sh("ip", "link", "del", nic, check=False)
+
+
+def test_vxlan_port_keeps_its_underlay_in_the_host(netlink: tuple) -> None:
+    nl, d, tag = netlink
+    probe = _sh("ip", "link", "add", f"{tag}x", "type", "vxlan", "id", "9", "dstport", "4789",
+                check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no vxlan link type in this kernel: {probe.stderr.strip()}")
+    _sh("ip", "link", "del", f"{tag}x")
+    name = f"{tag}vx"
+    try:
+        nl.call(nl.ensure_vxlan, name, f"{tag}b2", 4242, "127.0.0.1", 4789, ["127.0.0.2"])
+        nl.call(nl.ensure_vxlan, name, f"{tag}b2", 4242, "127.0.0.1", 4789, ["127.0.0.2"])
+        assert name in nl.call(nl.link_names, "switch")
+        assert _sh("ip", "link", "show", name, check=False).returncode != 0
+        fdb = _sh("nsenter", f"--net={nl.switch_path}", "bridge", "fdb", "show", "dev",
+                  name).stdout
+        assert fdb.count("dst 127.0.0.2") == 1   # idempotent
+    finally:
+        nl.call(nl.delete_link, "switch", name)
+        nl.call(nl.delete_link, "host", name)
+        nl.call(nl.delete_link, "switch", f"{tag}b2")

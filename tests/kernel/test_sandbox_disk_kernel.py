@@ -66,7 +66,7 @@ def test_format_is_sparse_and_read_from_the_superblock(base: str) -> None:
     D.format_image(image, 20 * 1024 ** 3, base)
     st = os.stat(image)
     assert st.st_size == 20 * 1024 ** 3
-    assert st.st_blocks * 512 < 64 * 1024 * 1024     # a few MiB on the host, not 20 GiB
+    assert st.st_blocks * 512 < 1024 * 1024          # under 1 MiB on the host, not 20 GiB
     sb = D.read_superblock(image)
     assert sb.size == 20 * 1024 ** 3 and sb.block_size == 4096 and sb.clean
     with pytest.raises(InvalidArgument):

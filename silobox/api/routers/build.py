@@ -62,9 +62,9 @@ def build_options(request: web.Request) -> Any:
     if query.text("version") == "2":
         raise InvalidArgument("BuildKit (version=2) is not supported by silobox: use the "
                               "classic builder (version=1)")
-    if query.flag("pull"):
-        raise InvalidArgument("pull is not supported: silobox does not contact registries; "
-                              "build without --pull from images present here")
+    if query.flag("squash"):
+        raise InvalidArgument("squash is an experimental dockerd feature silobox does not "
+                              "implement: build without --squash")
     platform = query.text("platform") or ""
     if platform:
         from silobox.storage.images import host_architecture
@@ -99,7 +99,8 @@ def build_options(request: web.Request) -> Any:
         nocache=query.flag("nocache"), target=query.text("target") or "", labels=labels,
         quiet=query.flag("q"), rm=query.flag("rm", default=True),
         forcerm=query.flag("forcerm"), host_config=host_config,
-        networkmode="" if network == "default" else network)
+        networkmode="" if network == "default" else network, pull=query.flag("pull"),
+        registry_config=request.headers.get("X-Registry-Config", ""))
 
 
 class BuildRouter:

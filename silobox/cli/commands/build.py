@@ -58,6 +58,27 @@ def build(ctx: Context, argv: list[str]) -> int:
         return _send(ctx, params, body, ns.quiet)
 
 
+def _registry_config() -> str:
+    """``X-Registry-Config``: every login of ``silo login``, for the pulls of FROM lines (the
+    docker CLI sends all its credentials the same way)."""
+    import base64
+    import json
+    from silobox.cli.commands import registry
+    configs: dict[str, dict[str, str]] = {}
+    for server, entry in (registry._load_config().get("auths") or {}).items():
+        doc = {"serveraddress": server}
+        try:
+            user, _, password = base64.b64decode(entry.get("auth") or "").decode().partition(":")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            continue
+        if user:
+            doc.update(username=user, password=password)
+        if isinstance(entry, dict) and entry.get("identitytoken"):
+            doc["identitytoken"] = entry["identitytoken"]
+        configs[server] = doc
+    return base64.urlsafe_b64encode(json.dumps(configs).encode()).decode()
+
+
 def _json(value: Any) -> str:
     import json
     return json.dumps(value)
@@ -170,7 +191,8 @@ def _send(ctx: Context, params: dict[str, Any], body: Any, quiet: bool) -> int:
     url = client.url("/build", params)
     client.log_request("POST", url)
     head = (f"POST {url} HTTP/1.1\r\nHost: docker\r\nUser-Agent: silo\r\n"
-            f"Content-Type: application/x-tar\r\nContent-Length: {size}\r\n\r\n")
+            f"Content-Type: application/x-tar\r\nContent-Length: {size}\r\n"
+            f"X-Registry-Config: {_registry_config()}\r\n\r\n")
     conn.sock.sendall(head.encode("latin-1"))
     while chunk := body.read(1 << 20):
         conn.sock.sendall(chunk)
@@ -195,6 +217,8 @@ def _send(ctx: Context, params: dict[str, Any], body: Any, quiet: bool) -> int:
         elif msg.get("stream") and not quiet:
             ctx.out(msg["stream"])
             sys.stdout.flush()
+        elif msg.get("status") and not msg.get("progressDetail") and not quiet:
+            ctx.out(f"{msg['id']}: {msg['status']}\n" if msg.get("id") else f"{msg['status']}\n")
     resp.conn.close()
     if failed:
         raise StatusError(1, failed)

@@ -642,6 +642,11 @@ def _cp_to(ctx: Context, src: str, container: str, dst: str, archive: bool) -> i
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
             tar.add(src, arcname=name, filter=owner)
         data = buf.getvalue()
-    ctx.client.request("PUT", f"/containers/{quote(container)}/archive", {"path": target},
+    # as the docker CLI: never replace a directory by a file or the reverse; -a also asks the
+    # daemon for the container user's ownership (copyUIDGID)
+    query = {"path": target, "noOverwriteDirNonDir": "true"}
+    if archive:
+        query["copyUIDGID"] = "true"
+    ctx.client.request("PUT", f"/containers/{quote(container)}/archive", query,
                        headers={"Content-Type": "application/x-tar"}, raw=data)
     return 0

@@ -97,7 +97,8 @@ def inspect(ctx: Context, argv: list[str]) -> int:
 
 def create(ctx: Context, argv: list[str]) -> int:
     p = parser(ctx, "network create", "[OPTIONS] NETWORK", "Create a network")
-    p.add_argument("-d", "--driver", default="nat", metavar="string")
+    p.add_argument("-d", "--driver", default="nat", metavar="string",
+                   help="nat (default), transparent, l2bridge, l2tunnel or overlay")
     p.add_argument("--subnet", action="append", default=[], metavar="strings")
     p.add_argument("--gateway", action="append", default=[], metavar="strings")
     p.add_argument("--ip-range", action="append", default=[], metavar="strings")

@@ -62,6 +62,8 @@ class BuildOptions:
     forcerm: bool = False
     networkmode: str = ""
     host_config: dict[str, Any] = field(default_factory=dict)   # resource limits for RUN
+    pull: bool = False                 # pull FROM images even when they are here
+    registry_config: str = ""          # X-Registry-Config: credentials per registry
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Build:
                  options: BuildOptions) -> None:
         self.engine = engine
         self.workdir = workdir
+        self.layer_owner = f"build:{os.path.basename(workdir)}"   # holds the layers it stores
         self.context = os.path.join(workdir, "context")
         self.dockerfile = dockerfile
         self.options = options
@@ -281,11 +284,7 @@ class Build:
         elif base == "scratch":
             stage.doc = {"architecture": _arch(), "os": "linux", "config": {}}
         else:
-            try:
-                image = await self.engine.image_for_create(base)
-            except NotFound as e:
-                raise BuildFailed(f"pull access denied for {base}: silobox does not contact "
-                                  f"registries and the image is not here ({e.message})") from e
+            image = await self._image(base, self.options.pull)
             self._load_image(stage, image.id)
         env = stage.config.get("Env") or []
         if not any(e.startswith("PATH=") for e in env):
@@ -303,6 +302,57 @@ class Build:
                 parsed.line = inst.line
                 await self._dispatch(stage, parsed)
         return stage
+
+    async def _image(self, name: str, pull: bool) -> Any:
+        """An image named by FROM or COPY --from: the local one, pulled first when ``pull``
+        or when it is not here (dockerd's classic builder does the same), the pull's
+        progress going into the build's stream."""
+        can_pull = hasattr(self.engine, "image_pull")
+        if pull and can_pull:
+            await self._pull(name)
+        try:
+            return await self.engine.image_for_create(name)
+        except NotFound as missing:
+            if not can_pull or pull:
+                raise BuildFailed(missing.message) from missing
+        await self._pull(name)
+        try:
+            return self.engine.images.resolve(name)
+        except NotFound as e:
+            raise BuildFailed(e.message) from e
+
+    async def _pull(self, name: str) -> None:
+        def progress(msg: dict[str, Any]) -> None:
+            if not self.options.quiet:
+                self.emit(msg)
+        try:
+            final = await self.engine.image_pull(name, auth_header=self._auth_for(name),
+                                                 progress=progress)
+        except SiloboxError as e:
+            raise BuildFailed(f"pulling {name}: {e.message}") from e
+        for msg in final:
+            progress(msg)
+
+    def _auth_for(self, name: str) -> str | None:
+        """The ``X-Registry-Auth`` form of the X-Registry-Config entry for ``name``'s
+        registry; a header that does not decode is ignored, as dockerd ignores it."""
+        import base64
+        from silobox.storage import reference
+        from silobox.storage.distribution.registry import registry_domain
+        raw = self.options.registry_config.strip()
+        if not raw:
+            return None
+        try:
+            configs = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            domain = reference.parse(name).domain
+        except (ValueError, InvalidArgument):
+            return None
+        if not isinstance(configs, dict):
+            return None
+        for server, entry in configs.items():
+            if isinstance(entry, dict) and registry_domain(str(server)) == domain:
+                return base64.urlsafe_b64encode(json.dumps(entry).encode()).decode()
+        return None
 
     def _load_image(self, stage: Stage, image_id: str) -> None:
         image = self.engine.images.get(image_id)
@@ -498,8 +548,11 @@ class Build:
                 entry["author"] = doc["author"]
             history.append(entry)
         diff_ids = [*stage.diff_ids, layer] if layer else list(stage.diff_ids)
+        # as in dockerd, a built image's Config.Image names the image it was built on
         doc.update({"created": now, "history": history,
-                    "container_config": container_config or dict(stage.config)})
+                    "config": {**stage.config, "Image": stage.image_id},
+                    "container_config": {**(container_config or stage.config),
+                                         "Image": stage.image_id}})
         if container:
             doc["container"] = container
         doc.setdefault("architecture", _arch())
@@ -552,7 +605,8 @@ class Build:
                                   f"{code}", code=code)
             c = self.engine._find(cid)
             container_config = {**stage.config, "Cmd": history_cmd}
-            layer, empty = await self.engine.build_commit_layer(c, stage.diff_ids)
+            layer, empty = await self.engine.build_commit_layer(c, stage.diff_ids,
+                                                                 self.layer_owner)
             self._store(stage, created_by, None if empty else layer, key, empty=empty,
                         container=cid, container_config=container_config, announce=False)
             ok = True
@@ -612,24 +666,30 @@ class Build:
         if self._use_cache(stage, key):
             return
         layer = await self.engine.build_layer_from_tar(
-            ctx.copy_layer_tar(plan, image_view, uid, gid, chmod), stage.diff_ids)
+            ctx.copy_layer_tar(plan, image_view, uid, gid, chmod), stage.diff_ids,
+            self.layer_owner)
         self._store(stage, created_by, layer, key, empty=False,
                     container_config={**stage.config, "Cmd": nop})
 
     async def _from_source(self, name: str, inst: Instruction) -> list[str]:
         """The layers of ``COPY --from``: a previous stage (by name or index) or an image."""
-        for s in self.stages:
+        done = self.stages[:-1]   # the last one is the stage being built
+        for s in done:
             if s.name and s.name == name.lower():
                 return s.diff_ids
+        if name.lower() == self.stages[-1].name or \
+                any(self._stage_name(f) == name.lower() for f, _ in self._stages):
+            raise line_error(inst.line, f"invalid from flag value {name}: refers to current or "
+                                        "future build stage")
         if name.isdigit():
             index = int(name)
-            if index >= len(self.stages):
+            if index >= len(done):
                 raise line_error(inst.line, f"invalid from flag value {name}: refers to current "
                                             "or future build stage")
-            return self.stages[index].diff_ids
+            return done[index].diff_ids
         try:
-            image = await self.engine.image_for_create(name)
-        except NotFound as e:
+            image = await self._image(name, False)
+        except BuildFailed as e:
             raise BuildFailed(f"invalid from flag value {name}: {e.message}") from e
         return image.diff_ids
 
@@ -653,7 +713,8 @@ class Build:
         if not rel or view.lstat(rel) is not None:
             self._store(stage, created_by, None, key, empty=True)
             return
-        layer = await self.engine.build_layer_from_tar(_mkdir_tar(rel, view), stage.diff_ids)
+        layer = await self.engine.build_layer_from_tar(_mkdir_tar(rel, view), stage.diff_ids,
+                                                       self.layer_owner)
         self._store(stage, created_by, layer, key, empty=False)
 
 

@@ -21,10 +21,11 @@ SCHEMA_COMPONENT = "engine.build"
 SCHEMA = [
     """
     CREATE TABLE build_cache (
-        cache_key TEXT PRIMARY KEY,     -- sha256 of parent, instruction, config, inputs
-        image_id  TEXT NOT NULL,        -- the image the step made
+        cache_key TEXT NOT NULL,        -- sha256 of parent, instruction, config, inputs
+        image_id  TEXT NOT NULL,        -- the image the step made (--no-cache makes more)
         parent_id TEXT NOT NULL,        -- the image it was made on ("" for scratch)
-        created   TEXT NOT NULL
+        created   TEXT NOT NULL,
+        PRIMARY KEY (cache_key, image_id)
     );
     CREATE INDEX build_cache_by_parent ON build_cache(parent_id);
     CREATE INDEX build_cache_by_image ON build_cache(image_id);
@@ -78,6 +79,9 @@ class BuildService:
         try:
             return await build.run(emit)
         finally:
+            # The layers the build stored are held until here, so that a concurrent failing
+            # load cannot remove one before the build's image uses it.
+            self.layers.unhold(build.layer_owner)
             remove_workdir(build.workdir)
 
     def build_discard(self, build: Build) -> None:
@@ -94,7 +98,8 @@ class BuildService:
     def build_cache_lookup(self, key: str) -> str | None:
         self._build_schema()
         row = self.db.query_one("SELECT b.image_id FROM build_cache b JOIN images i "
-                                "ON i.id = b.image_id WHERE b.cache_key = ?", (key,))
+                                "ON i.id = b.image_id WHERE b.cache_key = ? "
+                                "ORDER BY b.created DESC LIMIT 1", (key,))
         return row["image_id"] if row is not None else None
 
     def build_cache_record(self, key: str, image_id: str, parent_id: str) -> None:
@@ -124,15 +129,18 @@ class BuildService:
 
     # -- layers ---------------------------------------------------------------------------------
 
-    async def build_layer_from_tar(self, chunks: Iterator[bytes], diff_ids: list[str]) -> str:
-        """Store a layer tar generated in a worker thread; returns its diff id."""
+    async def build_layer_from_tar(self, chunks: Iterator[bytes], diff_ids: list[str],
+                                   owner: str | None = None) -> str:
+        """Store a layer tar generated in a worker thread, held by ``owner``; returns its diff
+        id."""
         from silobox.engine.imageops import IteratorReader
         parent = diff_ids[-1] if diff_ids else None
         layer = await asyncio.get_running_loop().run_in_executor(
-            None, self.layers.add_from_tar, IteratorReader(chunks), parent)
+            None, self.layers.add_from_tar, IteratorReader(chunks), parent, owner)
         return layer.diff_id
 
-    async def build_commit_layer(self, c: Any, diff_ids: list[str]) -> tuple[str, bool]:
+    async def build_commit_layer(self, c: Any, diff_ids: list[str],
+                                 owner: str | None = None) -> tuple[str, bool]:
         """A stopped RUN container's changes as a layer: (diff id, whether nothing changed).
         An empty change set is not kept as a layer (Docker's ``empty_layer``)."""
         from silobox.engine.build.diff import run_layer_tar
@@ -143,7 +151,7 @@ class BuildService:
             chunks = await loop.run_in_executor(None, run_layer_tar, upper, lower)
             if chunks is None:
                 return "", True
-            return await self.build_layer_from_tar(chunks, diff_ids), False
+            return await self.build_layer_from_tar(chunks, diff_ids, owner), False
 
     # -- prune ----------------------------------------------------------------------------------
 
@@ -215,7 +223,36 @@ class BuildService:
                 image = None
         return out
 
+    async def image_delete(self, ref: str, force: bool = False,
+                           noprune: bool = False) -> list[dict[str, str]]:
+        """Docker's ``rmi`` also deletes the untagged parents a build left (its intermediate
+        images) once nothing else uses them, unless ``noprune``."""
+        try:
+            parent = self._image_parent(self.images.resolve(ref).id)
+        except NotFound:
+            parent = ""
+        records = await super().image_delete(ref, force=force,   # type: ignore[misc]
+                                             noprune=noprune)
+        deleted = {r["Deleted"] for r in records if "Deleted" in r}
+        if noprune or not deleted:
+            return records
+        used = {c.data.get("Image") for c in self.containers.values()}
+        loop = asyncio.get_running_loop()
+        while parent:
+            try:
+                image = self.images.get(parent)
+            except NotFound:
+                break
+            if image.tags or image.id in used or self._has_children(image.id):
+                break
+            parent = self._image_parent(image.id)
+            records.extend(await loop.run_in_executor(None, self._delete_image,  # type: ignore
+                                                      image.id))
+            self.emit_event("image", "delete", image)
+        return records
+
     async def image_inspect(self, ref: str) -> dict[str, Any]:
         out = await super().image_inspect(ref)   # type: ignore[misc]
         out["Parent"] = self._image_parent(out["Id"])
         return out
+

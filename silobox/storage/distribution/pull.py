@@ -67,6 +67,7 @@ class Puller:
         self.in_flight = in_flight if in_flight is not None else Counter()
         self.downloads = downloads
         self._leases: list[_Lease] = []
+        self.owner = f"pull:{uuid.uuid4().hex}"   # this pull's references on its layers
 
     def _say(self, status: str, ident: str | None = None, **detail: int) -> None:
         msg: dict[str, Any] = {"status": status}
@@ -149,7 +150,7 @@ class Puller:
             slots = asyncio.Semaphore(self.concurrency)
             needed: list[tuple[mf.Descriptor, str]] = []
             for desc, diff_id in zip(image_manifest.layers, diff_ids):
-                if self.layers.exists(diff_id):
+                if self._hold_existing(diff_id):
                     self._say("Already exists", desc.short)
                     continue
                 needed.append((desc, diff_id))
@@ -180,9 +181,11 @@ class Puller:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
             self.in_flight.subtract(diff_ids)
             counted = False
+            self.layers.unhold(self.owner)
             await asyncio.get_running_loop().run_in_executor(None, self._release, added)
             raise
         finally:
+            self.layers.unhold(self.owner)   # the image (or nothing, after a failure) holds them
             if counted:
                 self.in_flight.subtract(diff_ids)
             for lease in self._leases:
@@ -195,6 +198,15 @@ class Puller:
                                          self.ref.path))
         up_to_date = before.get("image") == image_id
         return PullResult(self.images.get(image.id), top_digest, up_to_date)
+
+    def _hold_existing(self, diff_id: str) -> bool:
+        """Whether the layer is stored; if so this pull holds it, so a concurrent load that
+        fails cannot remove it before the pulled image uses it."""
+        try:
+            self.layers.hold(self.owner, [diff_id])
+        except NotFound:
+            return False
+        return True
 
     def _current(self) -> dict[str, Any]:
         """What the reference points at now, to tell "up to date" from "newer image"."""
@@ -320,7 +332,7 @@ class Puller:
 
         def run() -> str:
             with open(path, "rb") as f:
-                layer = self.layers.add_from_tar(_CountingReader(f, report), parent)
+                layer = self.layers.add_from_tar(_CountingReader(f, report), parent, self.owner)
             return layer.diff_id
 
         existed = self.layers.exists(diff_id)
