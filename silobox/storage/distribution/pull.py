@@ -19,7 +19,7 @@ import shutil
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import aiohttp
 
@@ -31,7 +31,7 @@ from silobox.storage.distribution.registry import (RegistryClient, RegistryError
 from silobox.storage.distribution.transfer import (CHUNK, REPORT_EVERY, Progress,
                                                    RegistryTransfer)
 from silobox.storage.images import Image, ImageStore, host_architecture
-from silobox.storage.layers import LayerStore
+from silobox.storage.layers import LayerStore, ProgressReader
 from silobox.storage.reference import Reference
 
 
@@ -317,7 +317,8 @@ class Puller(RegistryTransfer):
 
         def run() -> str:
             with open(path, "rb") as f:
-                layer = self.layers.add_from_tar(_CountingReader(f, report), parent, self.owner)
+                layer = self.layers.add_from_tar(ProgressReader(f, report, REPORT_EVERY),
+                                                 parent, self.owner)
             return layer.diff_id
 
         existed = self.layers.exists(diff_id)
@@ -426,24 +427,6 @@ class SharedDownloads:
             transfer.task.cancel()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(transfer.path)
-
-
-class _CountingReader:
-    """Reports how much of the compressed blob extraction has consumed."""
-
-    def __init__(self, raw: BinaryIO, report: Callable[[int], None]) -> None:
-        self._raw = raw
-        self._report = report
-        self.done = 0
-        self._next = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.done += len(data)
-        if self.done >= self._next or not data:
-            self._next = self.done + REPORT_EVERY
-            self._report(self.done)
-        return data
 
 
 def _range_starts_at(content_range: str, offset: int) -> bool:
