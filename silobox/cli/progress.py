@@ -48,15 +48,17 @@ def print_messages(resp: Any, write: Callable[[str], Any], quiet: bool = False,
                 sys.stderr.write(f"\r{label} {msg.get('progress', '')}\x1b[K")
                 sys.stderr.flush()
             continue
-        if tty:
-            sys.stderr.write("\r\x1b[K")
-        if quiet:
-            continue
         if msg.get("stream"):
-            write(msg["stream"])
-            sys.stdout.flush()
+            text = msg["stream"]
         elif msg.get("status"):
-            write(f"{msg['id']}: {msg['status']}\n" if msg.get("id") else f"{msg['status']}\n")
+            text = f"{msg['id']}: {msg['status']}\n" if msg.get("id") else f"{msg['status']}\n"
+        else:
+            continue
+        if tty:
+            sys.stderr.write("\r\x1b[K")   # the progress line gives way to the text
+        if not quiet:
+            write(text)
+            sys.stdout.flush()
     resp.conn.close()
     if failed:
         raise StatusError(1, failed)
