@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from silod import start_silod, stop   # bench/silod.py
 
 ANCHOR = "unix:///run/docker-anchor.sock"
 DOCKER = shutil.which("docker") or "/usr/bin/docker"
@@ -60,19 +61,6 @@ def answers(host: str) -> bool:
                           stderr=subprocess.DEVNULL, timeout=20).returncode == 0
 
 
-def start_silod(base: str) -> tuple[subprocess.Popen, str]:
-    sock = os.path.join(base, "r", "silod.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "silobox.engine.daemon", "--root",
-                             os.path.join(base, "d"), "--exec-root", os.path.join(base, "r"),
-                             "--cgroup-parent", "silobox/bench-build", "-H", f"unix://{sock}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 20
-    while time.time() < deadline and not answers(f"unix://{sock}"):
-        time.sleep(0.1)
-    return proc, f"unix://{sock}"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -82,7 +70,7 @@ def main() -> int:
     try:
         host = os.environ.get("SILOBOX_HOST")
         if not host:
-            proc, host = start_silod(work)
+            proc, host = start_silod(work, "bench-build")
         engines = {"silobox": host}
         if answers(ANCHOR):
             engines["docker"] = ANCHOR
@@ -109,12 +97,7 @@ def main() -> int:
             print(f"{kind:<10}" + "".join(f"{v:>12.3f}" for v in values) + ratio)
         return 0
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 

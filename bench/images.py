@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+
+from silod import start_silod, stop   # bench/silod.py
 
 ANCHOR = "unix:///run/docker-anchor.sock"
 DOCKER = shutil.which("docker") or "/usr/bin/docker"
@@ -61,20 +62,6 @@ def quiet(cmd: list[str], env: dict[str, str]) -> None:
                    stderr=subprocess.DEVNULL)
 
 
-def start_silod(base: str) -> tuple[subprocess.Popen, str]:
-    sock = os.path.join(base, "run", "silod.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "silobox.engine.daemon", "--root",
-                             os.path.join(base, "root"), "--exec-root", os.path.join(base, "run"),
-                             "--cgroup-parent", "silobox/bench-images", "-H", f"unix://{sock}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 20
-    while time.time() < deadline and not os.path.exists(sock):
-        time.sleep(0.05)
-    time.sleep(0.3)
-    return proc, f"unix://{sock}"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=100)
@@ -88,7 +75,7 @@ def main() -> int:
     try:
         host = os.environ.get("SILOBOX_HOST")
         if not host:
-            proc, host = start_silod(os.path.join(work, "silod"))
+            proc, host = start_silod(os.path.join(work, "silod"), "bench-images")
         silo = [sys.executable, "-m", "silobox.cli.main"]
         engines = {"silobox": (silo, {"SILOBOX_HOST": host}),
                    "docker": ([DOCKER], {"DOCKER_HOST": ANCHOR})}
@@ -121,12 +108,7 @@ def main() -> int:
             print(f"{op:<10}{s:>12.2f}{d:>12.2f}{s / d:>8.2f}")
         return 0
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -91,7 +91,7 @@ def main() -> None:
     if a.no_iperf or not shutil.which("iperf3"):
         return
     anchor = "/run/docker-anchor.sock"
-    targets = [Silobox()]
+    targets: list[_IperfTarget] = [Silobox()]
     if a.docker and os.path.exists(anchor) and shutil.which("docker"):
         targets.append(Docker(f"unix://{anchor}"))
     results: dict[tuple[str, str], list[float]] = {}
@@ -129,7 +129,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Silobox:
+class _IperfTarget:
+    """An iperf3 server in a container's network namespace (busybox has no iperf3); the
+    subclasses make and remove the container of their engine."""
+
+    name = ""
+    server: subprocess.Popen | None = None
+    cid: str | None = None
+
+    def _serve(self, netns: str) -> None:
+        self.server = subprocess.Popen(["nsenter", f"--net={netns}", "iperf3", "-s", "-p",
+                                        "5201"], stdout=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+    def _remove(self, cid: str) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.kill()
+            self.server.wait()
+        if self.cid:
+            self._remove(self.cid)
+
+
+class Silobox(_IperfTarget):
     """An iperf3 server in a silobox container's compartment, port 5201 published."""
 
     name = "silobox"
@@ -139,23 +163,16 @@ class Silobox:
         self.cid = call("POST", "/containers/create", {
             "Image": "busybox", "Cmd": ["sleep", "600"],
             "HostConfig": {"PortBindings": {"5201/tcp": [{"HostPort": str(self.host_port)}]}}})["Id"]
-        self.server = None
         call("POST", f"/containers/{self.cid}/start")
         ns = call("GET", f"/containers/{self.cid}/json")["NetworkSettings"]
         self.ip = ns["IPAddress"]
-        self.server = subprocess.Popen(["nsenter", f"--net={ns['SandboxKey']}", "iperf3", "-s",
-                                        "-p", "5201"], stdout=subprocess.DEVNULL)
-        time.sleep(0.3)
+        self._serve(ns["SandboxKey"])
 
-    def stop(self) -> None:
-        if getattr(self, "server", None):
-            self.server.kill()
-            self.server.wait()
-        if getattr(self, "cid", None):
-            call("DELETE", f"/containers/{self.cid}?force=1")
+    def _remove(self, cid: str) -> None:
+        call("DELETE", f"/containers/{cid}?force=1")
 
 
-class Docker:
+class Docker(_IperfTarget):
     """The same against Docker (the anchor daemon), measured in the same run."""
 
     name = "docker"
@@ -165,23 +182,16 @@ class Docker:
 
     def start(self) -> None:
         self.host_port = _free_port()
-        self.server = None
         self.cid = subprocess.run(self.docker + ["run", "-d", "-p", f"{self.host_port}:5201",
                                                  "silobench/busybox", "sleep", "600"],
                                   capture_output=True, text=True, check=True).stdout.strip()
         info = json.loads(subprocess.run(self.docker + ["inspect", self.cid],
                                          capture_output=True, text=True, check=True).stdout)[0]
         self.ip = info["NetworkSettings"]["IPAddress"]
-        self.server = subprocess.Popen(["nsenter", f"--net=/proc/{info['State']['Pid']}/ns/net",
-                                        "iperf3", "-s", "-p", "5201"], stdout=subprocess.DEVNULL)
-        time.sleep(0.3)
+        self._serve(f"/proc/{info['State']['Pid']}/ns/net")
 
-    def stop(self) -> None:
-        if getattr(self, "server", None):
-            self.server.kill()
-            self.server.wait()
-        if getattr(self, "cid", None):
-            subprocess.run(self.docker + ["rm", "-f", self.cid], capture_output=True)
+    def _remove(self, cid: str) -> None:
+        subprocess.run(self.docker + ["rm", "-f", cid], capture_output=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -26,7 +25,8 @@ import sys
 import tempfile
 import time
 
-from images import make_rootfs, start_silod   # bench/images.py
+from images import make_rootfs   # bench/images.py
+from silod import start_silod, stop   # bench/silod.py
 
 ANCHOR = "unix:///run/docker-anchor.sock"
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
@@ -77,15 +77,6 @@ def anchor_running() -> bool:
                           timeout=20).returncode == 0
 
 
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=100)
@@ -100,7 +91,7 @@ def main() -> int:
         registry, address = start_registry(os.path.join(work, "registry"))
         host = os.environ.get("SILOBOX_HOST")
         if not host:
-            silod, host = start_silod(os.path.join(work, "silod"))
+            silod, host = start_silod(os.path.join(work, "silod"), "bench-registry")
         engines = {"silobox": host}
         if anchor_running():
             engines["docker"] = ANCHOR

@@ -472,6 +472,37 @@ class Client:
             c.send_request(method, url, data, headers)
             return c.read_response(method)
 
+    def upload(self, method: str, path: str, params: dict[str, Any] | None, body: Any,
+               size: int | None, headers: dict[str, str] | None = None) -> Response:
+        """Send ``body`` (a binary file) as an ``application/x-tar`` request body without
+        holding it in memory: ``size`` bytes with a Content-Length, or with ``size`` None
+        chunked as it is read (stdin, a pipe). Raises :class:`APIError` for 4xx/5xx; the
+        response stream is left to the caller. Build contexts, ``load`` and ``import`` use it."""
+        conn = self.connect()
+        url = self.url(path, params)
+        self.log_request(method, url)
+        head = f"{method} {url} HTTP/1.1\r\nHost: docker\r\nUser-Agent: silo\r\n" \
+               "Content-Type: application/x-tar\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        if size is None:
+            conn.sock.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode("latin-1"))
+            while True:
+                chunk = body.read1(1 << 20) if hasattr(body, "read1") else body.read(1 << 20)
+                if not chunk:
+                    break
+                conn.sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            conn.sock.sendall(b"0\r\n\r\n")
+        else:
+            conn.sock.sendall((head + f"Content-Length: {size}\r\n\r\n").encode("latin-1"))
+            while chunk := body.read(1 << 20):
+                conn.sock.sendall(chunk)
+        resp = conn.read_response(method)
+        if resp.status >= 400:
+            data = resp.read()
+            resp.conn.close()
+            raise APIError(resp.status, error_message(resp.status, data))
+        return resp
+
     def request(self, method: str, path: str, params: dict[str, Any] | None = None,
                 body: Any = None, headers: dict[str, str] | None = None,
                 raw: bytes | None = None) -> tuple[int, bytes, dict[str, str]]:

@@ -445,6 +445,7 @@ class ImageOpsService:
         its id (wclayer ImportLayer of a base layer)."""
         from silobox.storage.images import host_architecture, now_rfc3339
         from silobox.storage import reference
+        from silobox.storage.layers import ProgressReader
         ref = None
         if repo:
             ref = reference.parse_tagged(f"{repo}:{tag}" if tag else repo)
@@ -458,7 +459,8 @@ class ImageOpsService:
                                       "this platform")
         loop = asyncio.get_running_loop()
         report = _threadsafe(progress, loop)
-        reader = _ProgressReader(ThreadReader(body, loop), report)
+        reader = ProgressReader(ThreadReader(body, loop), lambda done: report(
+            {"status": "Importing", "progressDetail": {"current": done}, "id": ""}), 4 << 20)
         owner = f"import:{uuid.uuid4().hex}"
         layer = await loop.run_in_executor(None, self.layers.add_from_tar, reader, None, owner)
         now = now_rfc3339()
@@ -699,25 +701,6 @@ class ImageOpsService:
             await _finish(proc, c, path)
             raise SystemFailure("the copy helper ended without an answer")
         return proc, json.loads(line)
-
-
-class _ProgressReader:
-    """Counts what an import has read, for Docker's progress messages."""
-
-    def __init__(self, raw: Any, report: Callable[[dict[str, Any]], None]) -> None:
-        self._raw = raw
-        self._report = report
-        self.done = 0
-        self._next = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.done += len(data)
-        if self.done >= self._next or not data:
-            self._next = self.done + (4 << 20)
-            self._report({"status": "Importing", "progressDetail": {"current": self.done},
-                          "id": ""})
-        return data
 
 
 def _src_path() -> str:

@@ -23,7 +23,7 @@ import os
 import stat
 import sys
 import tarfile
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -37,11 +37,13 @@ INIT_PATHS = frozenset({"etc/hosts", "etc/hostname", "etc/resolv.conf", "etc/mta
                         "proc", "sys", ".dockerenv", "sbin/docker-init"})
 
 
-def _is_whiteout(st: os.stat_result) -> bool:
+def is_whiteout(st: os.stat_result) -> bool:
+    """Overlay's mark of a deleted entry: a 0/0 character device."""
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: str) -> bool:
+def is_opaque(path: str) -> bool:
+    """Whether overlay hides the lower copies of this directory (its opaque xattr is set)."""
     for name in OPAQUE_XATTRS:
         try:
             if os.getxattr(path, name, follow_symlinks=False) == b"y":
@@ -51,9 +53,9 @@ def _is_opaque(path: str) -> bool:
     return False
 
 
-def _skipped(rel: str, skip_init: bool) -> bool:
-    if not skip_init:
-        return False
+def is_init_path(rel: str) -> bool:
+    """Whether ``rel`` is something the runtime put in the container's root (INIT_PATHS and
+    the contents of /dev, /proc, /sys), not a change of the user's."""
     return rel in INIT_PATHS or rel.startswith(("dev/", "proc/", "sys/"))
 
 
@@ -140,7 +142,7 @@ class TarWriter:
         return bytes(2 * _BLOCK * 5)   # two zero blocks, padded to a 10 KiB record
 
 
-def _walk(root: str, one_fs: bool = False) -> Iterator[tuple[str, str, os.stat_result]]:
+def walk_tree(root: str, one_fs: bool = False) -> Iterator[tuple[str, str, os.stat_result]]:
     """(relative name, path, lstat) for everything under ``root``, sorted, never following."""
     root_dev = os.lstat(root).st_dev
     stack = [""]
@@ -168,14 +170,20 @@ def _walk(root: str, one_fs: bool = False) -> Iterator[tuple[str, str, os.stat_r
 
 
 def tar_overlay_dir(root: str, skip_init: bool = False) -> Iterator[bytes]:
-    """An overlay upper (or layer) directory as an OCI layer tar: whiteouts become ``.wh.``
-    entries and opaque directories get a ``.wh..wh..opq`` entry after their own."""
+    """An overlay upper (or layer) directory as an OCI layer tar (see :func:`layer_tar`)."""
+    yield from layer_tar((rel, path, st) for rel, path, st in walk_tree(root)
+                         if not (skip_init and is_init_path(rel)))
+
+
+def layer_tar(entries: Iterable[tuple[str, str, os.stat_result]]) -> Iterator[bytes]:
+    """Entries of an overlay tree (as :func:`walk_tree` yields them) as an OCI layer tar:
+    whiteouts become ``.wh.`` entries and opaque directories get a ``.wh..wh..opq`` entry after
+    their own. Shared by ``commit``/``diff`` and the builder's RUN layers, which choose the
+    entries but must encode them the same way."""
     writer = TarWriter()
-    for rel, path, st in _walk(root):
-        if _skipped(rel, skip_init):
-            continue
+    for rel, path, st in entries:
         parent, _, base = rel.rpartition("/")
-        if _is_whiteout(st):
+        if is_whiteout(st):
             info = tarfile.TarInfo(f"{parent}/{WHITEOUT_PREFIX}{base}" if parent
                                    else f"{WHITEOUT_PREFIX}{base}")
             info.mtime = int(st.st_mtime)
@@ -188,7 +196,7 @@ def tar_overlay_dir(root: str, skip_init: bool = False) -> Iterator[bytes]:
             yield from writer.file(info, path)
         else:
             yield writer.entry(info)
-        if stat.S_ISDIR(st.st_mode) and _is_opaque(path):
+        if stat.S_ISDIR(st.st_mode) and is_opaque(path):
             marker = tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}")
             marker.mtime = int(st.st_mtime)
             marker.uname = marker.gname = ""
@@ -218,7 +226,7 @@ def tar_path(path: str, name: str, one_fs: bool = False) -> Iterator[bytes]:
         info, content = writer.header(name, st, path)
         yield from (writer.file(info, path) if content else [writer.entry(info)])
     if stat.S_ISDIR(st.st_mode):
-        for rel, sub, sub_st in _walk(path, one_fs):
+        for rel, sub, sub_st in walk_tree(path, one_fs):
             full = f"{name}/{rel}" if name else rel
             if one_fs and not stat.S_ISDIR(sub_st.st_mode) and rel in INIT_PATHS:
                 continue   # the runtime's bind-mounted files (hosts, resolv.conf)
@@ -241,10 +249,10 @@ def list_changes(upper: str, lower_dirs: list[str]) -> list[dict[str, object]]:
     was added.
     """
     out: list[dict[str, object]] = []
-    for rel, path, st in _walk(upper):
-        if _skipped(rel, True):
+    for rel, path, st in walk_tree(upper):
+        if is_init_path(rel):
             continue
-        if _is_whiteout(st):
+        if is_whiteout(st):
             kind = KIND_DELETED
         elif any(os.path.lexists(os.path.join(lower, rel)) for lower in lower_dirs):
             kind = KIND_MODIFIED

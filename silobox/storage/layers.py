@@ -29,7 +29,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from silobox.atomic import atomic_write_json
 from silobox.errors import Conflict, InvalidArgument, NotFound, SystemFailure
@@ -464,6 +464,27 @@ class LayerStore:
 
 
 # -- the tar stream ----------------------------------------------------------------------------
+
+
+class ProgressReader:
+    """A stream for :meth:`LayerStore.add_from_tar` that reports how many bytes extraction has
+    consumed (``report(done)``) every ``every`` bytes and at the end: the progress of a pull's
+    "Extracting" and of an import's "Importing" messages."""
+
+    def __init__(self, raw: BinaryIO, report: Callable[[int], None], every: int) -> None:
+        self._raw = raw
+        self._report = report
+        self._every = every
+        self.done = 0
+        self._next = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.done += len(data)
+        if self.done >= self._next or not data:
+            self._next = self.done + self._every
+            self._report(self.done)
+        return data
 
 
 class _Prefixed:

@@ -19,6 +19,7 @@ import time
 from typing import Any, Iterator
 
 import pytest
+from netutil import Drivers, Outside
 
 HIERARCHIES = "/sys/fs/cgroup"
 
@@ -218,3 +219,26 @@ def silod(run_id: str):
 def silod_factory():
     """``running_silod`` for modules that need a silod with options of their own."""
     return running_silod
+
+
+# -- the network tests' fixtures (helpers in netutil.py) ---------------------------------------
+
+
+@pytest.fixture
+def drv(silod: Any) -> Iterator[Drivers]:
+    """The test's containers and networks of any driver, removed at the end."""
+    d = Drivers(silod)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+@pytest.fixture
+def outside() -> Iterator[Outside]:
+    """A namespace the test made, joined to the host by a veth pair of its own."""
+    o = Outside()
+    try:
+        yield o
+    finally:
+        o.close()

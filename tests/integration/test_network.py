@@ -18,8 +18,8 @@ import time
 from typing import Any, Iterator
 
 import pytest
+from netutil import IMAGE, TestResources
 
-IMAGE = "busybox"
 SERVE = "echo hi > /tmp/i; exec httpd -f -p 80 -h /tmp"
 
 
@@ -42,14 +42,8 @@ FORWARD_REASON = ("this host's iptables-nft FORWARD policy is drop (another engi
                   "forwarded traffic cannot pass without editing it, which silobox never does")
 
 
-class Net:
-    """Per-test helper: starts containers and networks and removes them afterwards."""
-
-    def __init__(self, silod: Any) -> None:
-        self.silod = silod
-        self.api = silod.client
-        self.containers: list[str] = []
-        self.networks: list[str] = []
+class Net(TestResources):
+    """Per-test helper: starts containers and nat networks and removes them afterwards."""
 
     def run(self, cmd: str | list[str], *, ports: dict | None = None, network: str | None = None,
             publish_all: bool = False, exposed: list | None = None, ip: str | None = None,
@@ -77,23 +71,6 @@ class Net:
 
     def ip(self, cid: str) -> str:
         return self.inspect(cid)["NetworkSettings"]["IPAddress"]
-
-    def exec(self, cid: str, script: str) -> tuple[int, str]:
-        e = self.api.exec_create(cid, ["sh", "-c", script])
-        out = self.api.exec_start(e["Id"]).decode(errors="replace")
-        return self.api.exec_inspect(e["Id"])["ExitCode"], out
-
-    def close(self) -> None:
-        for c in self.containers:
-            try:
-                self.api.remove_container(c, force=True)
-            except Exception:
-                pass
-        for n in self.networks:
-            try:
-                self.api.remove_network(n)
-            except Exception:
-                pass
 
 
 @pytest.fixture

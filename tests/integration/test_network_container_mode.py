@@ -5,24 +5,15 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import docker.errors
 import pytest
 
-from tests.integration.test_network_drivers import Drivers
+from netutil import Drivers
 
 SERVE = "echo hi > /tmp/i; exec httpd -f -p 80 -h /tmp"
 GET = "printf 'GET /i HTTP/1.0\\r\\n\\r\\n' | nc -w2 {ip} 80"
-
-
-@pytest.fixture
-def drv(silod: Any) -> Iterator[Drivers]:
-    d = Drivers(silod)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def create(drv: Drivers, cmd: str, network: str, name: str | None = None, **kw: Any) -> str:

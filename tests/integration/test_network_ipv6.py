@@ -11,23 +11,14 @@ import json
 import secrets
 import subprocess
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import docker.errors
 import pytest
 
-from tests.integration.test_network_drivers import Drivers
+from netutil import Drivers
 
 SERVE = "echo hi > /tmp/i; exec httpd -f -p 80 -h /tmp"
-
-
-@pytest.fixture
-def drv(silod: Any) -> Iterator[Drivers]:
-    d = Drivers(silod)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def ula() -> str:

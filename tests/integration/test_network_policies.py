@@ -9,31 +9,11 @@ import json
 import secrets
 import subprocess
 import time
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
-
-from tests.integration.test_network_drivers import IFACE, Drivers, Outside, sh
+from netutil import IFACE, Drivers, Outside, sh
 
 SERVE2 = "echo hi > /tmp/i; httpd -p 81 -h /tmp; exec httpd -f -p 80 -h /tmp"
-
-
-@pytest.fixture
-def drv(silod: Any) -> Iterator[Drivers]:
-    d = Drivers(silod)
-    try:
-        yield d
-    finally:
-        d.close()
-
-
-@pytest.fixture
-def outside() -> Iterator[Outside]:
-    o = Outside()
-    try:
-        yield o
-    finally:
-        o.close()
 
 
 def modify(silod: Any, endpoint: str, request: str, *policies: dict[str, Any]) -> tuple[int, Any]:

@@ -273,6 +273,15 @@ def unique_layer_image(daemon, name: str, size: int = 64 * 1024) -> str:
     return daemon.client.inspect_image(name)["Id"]
 
 
+def only_in_registry(daemon, registry: str, repo: str, size: int) -> str:
+    """Push a unique one-layer image as ``REGISTRY/REPO:v1`` and remove it here, so the next
+    pull must download its layer; returns the image id."""
+    image_id = unique_layer_image(daemon, f"{registry}/{repo}:v1", size=size)
+    stream(daemon.client.push(f"{registry}/{repo}", tag="v1", stream=True, decode=True))
+    daemon.client.remove_image(f"{registry}/{repo}:v1")
+    return image_id
+
+
 def stream(gen) -> list[dict]:
     out = []
     for item in gen:
@@ -566,10 +575,7 @@ class CuttingProxy:
 def test_resumable_download_through_a_cut_connection(daemon, plain):
     c = daemon.client
     repo = f"resume-{uuid.uuid4().hex[:6]}"
-    unique_layer_image(daemon, f"{plain.address}/{repo}:v1", size=2 << 20)
-    stream(c.push(f"{plain.address}/{repo}", tag="v1", stream=True, decode=True))
-    image_id = c.inspect_image(f"{plain.address}/{repo}:v1")["Id"]
-    c.remove_image(f"{plain.address}/{repo}:v1")
+    image_id = only_in_registry(daemon, plain.address, repo, size=2 << 20)
     proxy = CuttingProxy(plain.address)
     try:
         name = f"{proxy.address}/{repo}"
@@ -591,10 +597,7 @@ def test_concurrent_pulls_of_one_image(daemon, plain):
     slowly, so they overlap), each pull seeing its progress, one image."""
     c = daemon.client
     repo = f"concurrent-{uuid.uuid4().hex[:6]}"
-    unique_layer_image(daemon, f"{plain.address}/{repo}:v1", size=1 << 20)
-    stream(c.push(f"{plain.address}/{repo}", tag="v1", stream=True, decode=True))
-    image_id = c.inspect_image(f"{plain.address}/{repo}:v1")["Id"]
-    c.remove_image(f"{plain.address}/{repo}:v1")
+    image_id = only_in_registry(daemon, plain.address, repo, size=1 << 20)
     proxy = CuttingProxy(plain.address, cut=False, delay=0.05)
     name = f"{proxy.address}/{repo}"
     results: list[Any] = []
@@ -1048,9 +1051,7 @@ def test_silo_run_pulls_a_missing_image(daemon, plain):
 def test_silod_killed_mid_pull_leaves_nothing_after_restart(daemon, plain):
     c = daemon.client
     repo = f"killed-{uuid.uuid4().hex[:6]}"
-    unique_layer_image(daemon, f"{plain.address}/{repo}:v1", size=1 << 20)
-    stream(c.push(f"{plain.address}/{repo}", tag="v1", stream=True, decode=True))
-    c.remove_image(f"{plain.address}/{repo}:v1")
+    only_in_registry(daemon, plain.address, repo, size=1 << 20)
     layers_before = layer_dirs(daemon)
     proxy = CuttingProxy(plain.address, cut=False, delay=0.05)
     try:

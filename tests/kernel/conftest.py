@@ -1,4 +1,5 @@
-"""Fixtures for kernel tests of job objects: unique cgroup parents and workers inside job objects.
+"""Fixtures for kernel tests: job objects (unique cgroup parents and workers inside job
+objects) and a private storage root with its layer and image stores.
 
 Everything created here carries the run's prefix (``silobox/t<run>…``), is registered for
 cleanup before it is created, and a session-end check fails if anything with the prefix is left.
@@ -15,6 +16,9 @@ import traceback
 from typing import Callable, Iterator
 
 import pytest
+
+from silobox.storage import Database, ImageStore, LayerStore
+from silobox.storage.sandbox import mounts_under
 
 from silobox.kernel import features, libc
 from silobox.kernel.jobobject import JobLimits, JobObject, cleanup_parent, list_job_objects
@@ -252,3 +256,28 @@ def jobs(request: pytest.FixtureRequest, jobobject_run: str) -> JobFactory:
     factory = JobFactory(f"{TOP}/{jobobject_run}{secrets.token_hex(3)}")
     request.addfinalizer(factory.cleanup)
     return factory
+
+
+# -- storage -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root(tmp_path) -> Iterator[str]:
+    """A private storage root; whatever a test leaves mounted under it is detached."""
+    path = str(tmp_path / "silobox")
+    os.makedirs(path)
+    yield path
+    for mount_point in mounts_under(str(tmp_path)):
+        libc.umount2(mount_point, libc.MNT_DETACH)
+    assert mounts_under(str(tmp_path)) == []
+
+
+@pytest.fixture
+def store(root: str) -> Iterator[tuple[LayerStore, ImageStore]]:
+    """The layer and image stores of ``root`` (their database is ``layers.db``), shared by the
+    storage, archive and layer-reference tests."""
+    db = Database(os.path.join(root, "silobox.db"))
+    layers = LayerStore(root, db)
+    images = ImageStore(db, layers)
+    yield layers, images
+    db.close()

@@ -19,30 +19,11 @@ from silobox.kernel import libc
 from silobox.storage import Database, ImageStore, LayerStore
 from silobox.storage import archive
 from silobox.storage.changes import list_changes, tar_overlay_dir
-from silobox.storage.sandbox import mounts_under
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, xattrs, mounts)"),
 ]
-
-
-@pytest.fixture
-def root(tmp_path):
-    path = str(tmp_path / "silobox")
-    os.makedirs(path)
-    yield path
-    for mount_point in mounts_under(str(tmp_path)):
-        libc.umount2(mount_point, libc.MNT_DETACH)
-
-
-@pytest.fixture
-def store(root):
-    db = Database(os.path.join(root, "silobox.db"))
-    layers = LayerStore(root, db)
-    images = ImageStore(db, layers)
-    yield layers, images
-    db.close()
 
 
 def _tar(entries: list[tuple[str, object]], fmt: int = tarfile.PAX_FORMAT,

@@ -28,17 +28,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def store(tmp_path):
-    root = str(tmp_path / "silobox")
-    os.makedirs(root)
-    db = Database(os.path.join(root, "silobox.db"))
-    layers = LayerStore(root, db)
-    images = ImageStore(db, layers)
-    yield layers, images, db
-    db.close()
-
-
 def _layer(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -136,7 +125,8 @@ def _consistent(layers: LayerStore, images: ImageStore, db: Database) -> None:
 def test_concurrent_loads_of_a_new_layer_one_failing(store, first):
     """``first`` registers the shared layer; the other finds it stored. The failing load then
     gives up while the succeeding one has not yet made its image: the layer must survive."""
-    layers, images, db = store
+    layers, images = store
+    db = layers.db
     shared = _layer({"shared": b"s" * 70000})
     own = _layer({"own": b"o" * 70000})
     ok_data, ok_gate = _archive([shared, own], "ok:1")
@@ -177,7 +167,8 @@ def test_concurrent_loads_of_a_new_layer_one_failing(store, first):
 def test_a_held_layer_outlives_its_image_and_goes_with_the_last_holder(store):
     """What a container does: hold its image's layers; the image record may go (rmi -f), the
     layers stay until the holder lets go."""
-    layers, images, db = store
+    layers, images = store
+    db = layers.db
     layer = layers.add_from_tar(io.BytesIO(_layer({"f": b"1"})))
     image = images.create({"config": {}}, [layer.diff_id], tags=["held:1"])
     layers.hold("container:c1", image.diff_ids)
@@ -194,7 +185,7 @@ def test_a_held_layer_outlives_its_image_and_goes_with_the_last_holder(store):
 
 
 def test_references_of_a_killed_daemon_go_at_start(store):
-    layers, images, db = store
+    layers, images = store
     layer = layers.add_from_tar(io.BytesIO(_layer({"g": b"2"})), owner="load:dead")
     layers.hold("container:gone", [layer.diff_id])
     layers.hold("container:alive", [layer.diff_id])

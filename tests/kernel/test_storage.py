@@ -18,7 +18,6 @@ import time
 import pytest
 
 from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
-from silobox.kernel import libc
 from silobox.storage import Database, ImageStore, LayerStore, Sandbox, chain_ids
 from silobox.storage.builtin import (busybox_layer_tar, busybox_package, ensure_builtin_image,
                                      is_builtin_reference, list_applets)
@@ -73,26 +72,6 @@ class TarBuilder:
     def bytes(self) -> bytes:
         self._tar.close()
         return self._buf.getvalue()
-
-
-@pytest.fixture
-def root(tmp_path):
-    """A private storage root; whatever a test leaves mounted under it is detached."""
-    path = str(tmp_path / "silobox")
-    os.makedirs(path)
-    yield path
-    for mount_point in mounts_under(str(tmp_path)):
-        libc.umount2(mount_point, libc.MNT_DETACH)
-    assert mounts_under(str(tmp_path)) == []
-
-
-@pytest.fixture
-def store(root):
-    db = Database(os.path.join(root, "silobox.db"))
-    layers = LayerStore(root, db)
-    images = ImageStore(db, layers)
-    yield layers, images
-    db.close()
 
 
 def _import(layers: LayerStore, data: bytes, parent: str | None = None):

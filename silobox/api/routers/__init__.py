@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar
 
 from aiohttp import web
 
@@ -236,6 +236,16 @@ async def read_json_object(request: web.Request, *, required: bool) -> dict[str,
     raw = await request.read()
     check_content_type(request.headers.get("Content-Type"), bool(raw.strip()))
     return decode_json_object(raw, required=required)
+
+
+async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives, a MiB at a time: build contexts, image tars and
+    archives can be gigabytes and are never held in memory whole."""
+    while True:
+        chunk = await request.content.read(1 << 20)
+        if not chunk:
+            return
+        yield chunk
 
 
 Spec = Any

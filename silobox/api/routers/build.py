@@ -16,11 +16,10 @@ from typing import Any, AsyncIterator, Protocol
 
 from aiohttp import web
 
-from silobox.api.routers import Query, Route, json_response
+from silobox.api.routers import Query, Route, body_chunks, json_response
 from silobox.errors import InvalidArgument, SiloboxError
 
 log = logging.getLogger("silobox.api.build")
-_READ_CHUNK = 1 << 20
 _HOST_CONFIG = {"memory": "Memory", "memswap": "MemorySwap", "cpushares": "CpuShares",
                 "cpuperiod": "CpuPeriod", "cpuquota": "CpuQuota", "shmsize": "ShmSize"}
 
@@ -115,7 +114,7 @@ class BuildRouter:
 
     async def build(self, request: web.Request) -> web.StreamResponse:
         options = build_options(request)
-        prepared = await self.backend.build_prepare(_body_chunks(request), options)
+        prepared = await self.backend.build_prepare(body_chunks(request), options)
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         try:
             response = web.StreamResponse(status=200,
@@ -155,11 +154,3 @@ class BuildRouter:
         query = Query(request)
         return json_response(await self.backend.build_prune(query.filters(),
                                                             all=query.flag("all")))
-
-
-async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    while True:
-        chunk = await request.content.read(_READ_CHUNK)
-        if not chunk:
-            return
-        yield chunk

@@ -16,11 +16,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from silobox.api.backend import ImageBackend
-from silobox.api.routers import (Query, Route, complete, json_response, no_content,
-                                 read_json_object)
+from silobox.api.routers import (Query, Route, body_chunks, complete, json_response,
+                                 no_content, read_json_object)
 from silobox.errors import InvalidArgument, SiloboxError
 
-_READ_CHUNK = 1 << 20
 
 
 class ImageRouter:
@@ -94,7 +93,7 @@ class ImageRouter:
 
         async def run(progress: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
             image_id = await self.backend.image_import(
-                _body_chunks(request), repo=query.text("repo") or "", tag=query.text("tag") or "",
+                body_chunks(request), repo=query.text("repo") or "", tag=query.text("tag") or "",
                 message=query.text("message") or "", changes=changes,
                 platform=query.text("platform") or "", progress=progress)
             return [{"status": image_id}]
@@ -119,7 +118,7 @@ class ImageRouter:
         quiet = Query(request).flag("quiet")
 
         async def run(progress: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
-            lines = await self.backend.image_load(_body_chunks(request), quiet=quiet,
+            lines = await self.backend.image_load(body_chunks(request), quiet=quiet,
                                                   progress=progress)
             return [{"stream": line + "\n"} for line in lines]
 
@@ -176,7 +175,7 @@ class ImageRouter:
     async def archive_put(self, request: web.Request) -> web.Response:
         query = Query(request)
         await self.backend.container_archive_put(
-            request.match_info["id"], _archive_path(request), _body_chunks(request),
+            request.match_info["id"], _archive_path(request), body_chunks(request),
             no_overwrite_dir_non_dir=query.flag("noOverwriteDirNonDir"),
             copy_uid_gid=query.flag("copyUIDGID"))
         return web.Response(status=200)
@@ -195,15 +194,6 @@ def _archive_path(request: web.Request) -> str:
 def _stat(doc: dict[str, Any]) -> str:
     import base64
     return base64.b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
-
-
-async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives (an image tar can be gigabytes)."""
-    while True:
-        chunk = await request.content.read(_READ_CHUNK)
-        if not chunk:
-            return
-        yield chunk
 
 
 async def _send_tar(request: web.Request, chunks: AsyncIterator[bytes],

@@ -183,45 +183,14 @@ def _looks_like_archive(data: bytes) -> bool:
 
 
 def _send(ctx: Context, params: dict[str, Any], body: Any, quiet: bool) -> int:
-    import json
-    from silobox.cli.client import APIError, error_message
-    client = ctx.client
+    from silobox.cli.progress import print_messages
     size = os.fstat(body.fileno()).st_size
-    conn = client.connect()
-    url = client.url("/build", params)
-    client.log_request("POST", url)
-    head = (f"POST {url} HTTP/1.1\r\nHost: docker\r\nUser-Agent: silo\r\n"
-            f"Content-Type: application/x-tar\r\nContent-Length: {size}\r\n"
-            f"X-Registry-Config: {_registry_config()}\r\n\r\n")
-    conn.sock.sendall(head.encode("latin-1"))
-    while chunk := body.read(1 << 20):
-        conn.sock.sendall(chunk)
-    resp = conn.read_response("POST")
-    if resp.status >= 400:
-        data = resp.read()
-        resp.conn.close()
-        raise APIError(resp.status, error_message(resp.status, data))
+    resp = ctx.client.upload("POST", "/build", params, body, size,
+                             {"X-Registry-Config": _registry_config()})
     if not quiet:
         ctx.out(f"Sending build context to silobox  {size / 1e3:.4g}kB\n")
-    image_id = ""
-    failed = ""
-    for line in resp.iter_lines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if msg.get("error") or msg.get("errorDetail"):
-            failed = msg.get("error") or (msg.get("errorDetail") or {}).get("message", "")
-        elif (msg.get("aux") or {}).get("ID"):
-            image_id = msg["aux"]["ID"]
-        elif msg.get("stream") and not quiet:
-            ctx.out(msg["stream"])
-            sys.stdout.flush()
-        elif msg.get("status") and not msg.get("progressDetail") and not quiet:
-            ctx.out(f"{msg['id']}: {msg['status']}\n" if msg.get("id") else f"{msg['status']}\n")
-    resp.conn.close()
-    if failed:
-        raise StatusError(1, failed)
+    # the steps' text only: no updating byte counts between the build's lines
+    image_id = print_messages(resp, ctx.out, quiet, progress=False)
     if quiet and image_id:
         ctx.out(image_id + "\n")
     return 0

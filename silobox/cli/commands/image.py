@@ -15,8 +15,9 @@ if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Any
 
 from silobox.cli import formatter, units
-from silobox.cli.client import APIError, error_message, quote
+from silobox.cli.client import APIError, quote
 from silobox.cli.commands import Context, StatusError, parse, parser, short_id
+from silobox.cli.progress import print_messages
 
 _HEADERS = {
     "Repository": "REPOSITORY", "Tag": "TAG", "ID": "IMAGE ID", "Digest": "DIGEST",
@@ -206,30 +207,8 @@ def import_(ctx: Context, argv: list[str]) -> int:
     params: dict[str, Any] = {"fromSrc": "-", "repo": repo or None, "tag": tag or None,
                               "message": ns.message or None, "changes": ns.change or None,
                               "platform": ns.platform or None}
-    client = ctx.client
-    if ns.source == "-":
-        resp = _upload(ctx, "POST", "/images/create", params, "-")   # streamed as it is read
-    else:
-        try:
-            f = open(ns.source, "rb")
-        except OSError as e:
-            raise StatusError(1, f"open {ns.source}: {(e.strerror or str(e)).lower()}") from None
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            conn = client.connect()
-            url = client.url("/images/create", params)
-            client.log_request("POST", url)
-            head = (f"POST {url} HTTP/1.1\r\nHost: docker\r\nUser-Agent: silo\r\n"
-                    f"Content-Type: application/x-tar\r\nContent-Length: {size}\r\n\r\n")
-            conn.sock.sendall(head.encode("latin-1"))
-            while chunk := f.read(1 << 20):
-                conn.sock.sendall(chunk)
-            resp = conn.read_response("POST")
-    if resp.status >= 400:
-        body = resp.read()
-        resp.conn.close()
-        raise APIError(resp.status, error_message(resp.status, body))
-    _progress_messages(ctx, resp, True)   # bytes on a terminal; the image id on stdout
+    resp = _upload(ctx, "POST", "/images/create", params, ns.source)   # "-": as it is read
+    print_messages(resp, ctx.out)   # bytes on a terminal; the image id on stdout
     return 0
 
 
@@ -328,72 +307,15 @@ def prune(ctx: Context, argv: list[str]) -> int:
 
 def _upload(ctx: Context, method: str, path: str, params: dict[str, Any],
             source: str) -> Any:
-    """Send a file (``sendfile``) or stdin (chunked, as it is read) as the request body."""
-    client = ctx.client
-    conn = client.connect()
-    url = client.url(path, params)
-    client.log_request(method, url)
-    head = f"{method} {url} HTTP/1.1\r\nHost: docker\r\nUser-Agent: silo\r\n" \
-           "Content-Type: application/x-tar\r\n"
+    """Send a file or stdin (``-``, chunked as it is read) as the request body."""
     if source == "-":
-        conn.sock.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode("latin-1"))
-        stdin = sys.stdin.buffer
-        while True:
-            chunk = stdin.read1(1 << 20) if hasattr(stdin, "read1") else stdin.read(1 << 20)
-            if not chunk:
-                break
-            conn.sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-        conn.sock.sendall(b"0\r\n\r\n")
-    else:
-        try:
-            f = open(source, "rb")
-        except OSError as e:
-            raise StatusError(1, f"open {source}: {(e.strerror or str(e)).lower()}") from None
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            conn.sock.sendall((head + f"Content-Length: {size}\r\n\r\n").encode("latin-1"))
-            while chunk := f.read(1 << 20):
-                conn.sock.sendall(chunk)
-    resp = conn.read_response(method)
-    if resp.status >= 400:
-        body = resp.read()
-        resp.conn.close()
-        raise APIError(resp.status, error_message(resp.status, body))
-    return resp
-
-
-def _progress_messages(ctx: Context, resp: Any, show_progress: bool) -> list[str]:
-    """Print Docker's JSON message stream: progress on a terminal (one updating line per id),
-    ``stream`` and ``status`` text; returns nothing but raises on an in-band error."""
-    import json
-
-    tty = show_progress and sys.stderr.isatty()
-    failed = ""
-    for line in resp.iter_lines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            ctx.out(line.decode("utf-8", "replace") + "\n")
-            continue
-        if msg.get("error") or msg.get("errorDetail"):
-            failed = msg.get("error") or (msg.get("errorDetail") or {}).get("message", "")
-            continue
-        if msg.get("progressDetail"):
-            if tty:
-                label = f"{msg.get('id', '')}: {msg.get('status', '')}".strip(": ")
-                sys.stderr.write(f"\r{label} {msg.get('progress', '')}\x1b[K")
-                sys.stderr.flush()
-            continue
-        if tty:
-            sys.stderr.write("\r\x1b[K")
-        if msg.get("stream"):
-            ctx.out(msg["stream"])
-        elif msg.get("status"):
-            ctx.out(f"{msg['status']}\n")
-    resp.conn.close()
-    if failed:
-        raise StatusError(1, failed)
-    return []
+        return ctx.client.upload(method, path, params, sys.stdin.buffer, None)
+    try:
+        f = open(source, "rb")
+    except OSError as e:
+        raise StatusError(1, f"open {source}: {(e.strerror or str(e)).lower()}") from None
+    with f:
+        return ctx.client.upload(method, path, params, f, os.fstat(f.fileno()).st_size)
 
 
 def bootstrap(ctx: Context, argv: list[str]) -> int:
@@ -412,7 +334,7 @@ def bootstrap(ctx: Context, argv: list[str]) -> int:
     if ns.mirror:
         params["mirror"] = ns.mirror
     resp = ctx.client.stream("POST", "/silobox/images/bootstrap", params, own_connection=True)
-    _progress_messages(ctx, resp, True)
+    print_messages(resp, ctx.out)
     return 0
 
 
@@ -430,7 +352,7 @@ def load(ctx: Context, argv: list[str]) -> int:
     if source == "-" and sys.stdin.isatty():
         raise StatusError(1, "requested load from stdin, but stdin is empty")
     resp = _upload(ctx, "POST", "/images/load", {"quiet": "1" if ns.quiet else "0"}, source)
-    _progress_messages(ctx, resp, not ns.quiet)
+    print_messages(resp, ctx.out, progress=not ns.quiet)
     return 0
 
 

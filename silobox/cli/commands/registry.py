@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 from silobox.cli.client import APIError, quote
 from silobox.cli.commands import Context, StatusError, parse, parser
+from silobox.cli.progress import print_messages
 
 INDEX_SERVER = "https://index.docker.io/v1/"
 
@@ -104,41 +105,6 @@ def auth_header(server: str) -> dict[str, str]:
     return {"X-Registry-Auth": base64.urlsafe_b64encode(raw).decode()}
 
 
-# -- progress ------------------------------------------------------------------------------------
-
-
-def _print_progress(write: Any, resp: Any, quiet: bool = False) -> None:
-    """Docker's JSON messages as docker prints them: ``ID: Status`` lines; on a terminal the
-    byte counts of Downloading/Extracting/Pushing update in place."""
-    import json
-    tty = sys.stderr.isatty() and not quiet
-    failed = ""
-    for line in resp.iter_lines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if msg.get("error") or msg.get("errorDetail"):
-            failed = msg.get("error") or (msg.get("errorDetail") or {}).get("message", "")
-            continue
-        status = msg.get("status")
-        if not status:
-            continue
-        ident = msg.get("id")
-        if (msg.get("progressDetail") or {}).get("total"):
-            if tty:
-                sys.stderr.write(f"\r{ident}: {status} {msg.get('progress', '')}\x1b[K")
-                sys.stderr.flush()
-            continue
-        if tty:
-            sys.stderr.write("\r\x1b[K")
-        if not quiet:
-            write(f"{ident}: {status}\n" if ident else f"{status}\n")
-    resp.conn.close()
-    if failed:
-        raise StatusError(1, failed)
-
-
 # -- commands ------------------------------------------------------------------------------------
 
 
@@ -169,7 +135,7 @@ def _pull_stream(ctx: Context, name: str, tag: str, platform: str | None,
     params = {"fromImage": name, "tag": tag or "latest", "platform": platform or None}
     resp = ctx.client.stream("POST", "/images/create", params, own_connection=True,
                              headers=auth_header(registry_of(name)))
-    _print_progress(write, resp, quiet)
+    print_messages(resp, write, quiet)
 
 
 def push(ctx: Context, argv: list[str]) -> int:
@@ -190,7 +156,7 @@ def push(ctx: Context, argv: list[str]) -> int:
     resp = ctx.client.stream("POST", f"/images/{quote(name, safe='/:')}/push",
                              {"tag": tag or None}, own_connection=True,
                              headers=auth_header(registry_of(name)))
-    _print_progress(ctx.out, resp, ns.quiet)
+    print_messages(resp, ctx.out, ns.quiet)
     return 0
 
 

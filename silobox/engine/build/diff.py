@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import os
 import stat
-import tarfile
 from typing import Iterator
 
 from silobox.engine.build.rootfs import MergedView
-from silobox.storage.changes import (OPAQUE_MARKER, WHITEOUT_PREFIX, TarWriter,
-                                     _check_self_contained, _is_opaque, _is_whiteout, _skipped,
-                                     _walk)
+from silobox.storage.changes import is_init_path, is_opaque, layer_tar, walk_tree
 
 
 def _same_dir(st: os.stat_result, below: tuple[str, os.stat_result] | None) -> bool:
@@ -31,10 +28,10 @@ def _same_dir(st: os.stat_result, below: tuple[str, os.stat_result] | None) -> b
 
 def run_layer_tar(upper: str, lower: MergedView) -> Iterator[bytes] | None:
     """The upper directory as an OCI layer tar, or None if the step changed nothing."""
-    entries = [(rel, path, st) for rel, path, st in _walk(upper) if not _skipped(rel, True)]
+    entries = [(rel, path, st) for rel, path, st in walk_tree(upper) if not is_init_path(rel)]
     needed: set[str] = set()
     for rel, path, st in entries:
-        if stat.S_ISDIR(st.st_mode) and not _is_opaque(path) and \
+        if stat.S_ISDIR(st.st_mode) and not is_opaque(path) and \
                 _same_dir(st, lower.lstat(rel)):
             continue   # kept only if something below it is
         needed.add(rel)
@@ -45,29 +42,4 @@ def run_layer_tar(upper: str, lower: MergedView) -> Iterator[bytes] | None:
     kept = [e for e in entries if e[0] in needed]
     if not kept:
         return None
-    return _tar(kept)
-
-
-def _tar(entries: list[tuple[str, str, os.stat_result]]) -> Iterator[bytes]:
-    writer = TarWriter()
-    for rel, path, st in entries:
-        parent, _, base = rel.rpartition("/")
-        if _is_whiteout(st):
-            info = tarfile.TarInfo(f"{parent}/{WHITEOUT_PREFIX}{base}" if parent
-                                   else f"{WHITEOUT_PREFIX}{base}")
-            info.mtime = int(st.st_mtime)
-            info.uname = info.gname = ""
-            yield writer.entry(info)
-            continue
-        _check_self_contained(path, rel)
-        info, content = writer.header(rel, st, path)
-        if content:
-            yield from writer.file(info, path)
-        else:
-            yield writer.entry(info)
-        if stat.S_ISDIR(st.st_mode) and _is_opaque(path):
-            marker = tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}")
-            marker.mtime = int(st.st_mtime)
-            marker.uname = marker.gname = ""
-            yield writer.entry(marker)
-    yield writer.end()
+    return layer_tar(kept)

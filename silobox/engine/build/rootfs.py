@@ -4,8 +4,9 @@ The builder needs to look into images for ``COPY --from``, for the metadata of d
 COPY writes into and for whether a WORKDIR exists. Mounting an overlay for each lookup would
 cost a mount and its cleanup; instead :class:`MergedView` applies overlay's rules itself over the
 layer ``diff/`` trees (top first): the topmost entry wins, a whiteout (a 0/0 character device)
-hides what is below, an opaque directory hides the lower directories of the same path. Symbolic
-links inside the image are resolved against the image's root, never the host's.
+hides what is below, an opaque directory hides the lower directories of the same path (tested
+with the storage layer's ``is_whiteout``/``is_opaque``, the tests a layer tar is made by).
+Symbolic links inside the image are resolved against the image's root, never the host's.
 """
 
 from __future__ import annotations
@@ -14,22 +15,9 @@ import os
 import stat
 from typing import Iterator
 
-_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+from silobox.storage.changes import is_opaque, is_whiteout
+
 _MAX_LINKS = 40
-
-
-def _is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def _is_opaque(path: str) -> bool:
-    for name in _OPAQUE_XATTRS:
-        try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            continue
-    return False
 
 
 class MergedView:
@@ -54,7 +42,7 @@ class MergedView:
                     st = os.lstat(path)
                 except (FileNotFoundError, NotADirectoryError):
                     continue
-                if _is_whiteout(st):
+                if is_whiteout(st):
                     break
                 if found is None:
                     found = (path, st)
@@ -63,7 +51,7 @@ class MergedView:
                 elif not stat.S_ISDIR(st.st_mode):
                     break
                 visible.append(layer)
-                if _is_opaque(path):
+                if is_opaque(path):
                     break
             if found is None:
                 return None
@@ -126,7 +114,7 @@ class MergedView:
                     st = os.lstat(os.path.join(here, name))
                 except OSError:
                     continue
-                (hidden if _is_whiteout(st) else names).add(name)
+                (hidden if is_whiteout(st) else names).add(name)
         return sorted(names)
 
     def walk(self, rel: str) -> Iterator[tuple[str, str, os.stat_result]]:

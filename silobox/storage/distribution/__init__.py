@@ -7,7 +7,8 @@ layer store (``storage/layers.py``), whose tar-split record keeps ``save`` byte-
 * ``registry``: endpoints (TLS, ``certs.d``, insecure registries), auth (Basic and Bearer token
   challenges) and the HTTP client over aiohttp;
 * ``manifest``: Docker schema 2 and OCI manifests, manifest lists and OCI indexes;
-* ``pull``, ``push``: the two transfers with Docker's JSON progress messages;
+* ``pull``, ``push``: the two transfers, on the common base in ``transfer`` (session, stores
+  and Docker's JSON progress messages);
 * ``metadata``: which compressed blob a layer was pushed as, per registry and repository (Docker's
   v2 metadata), so repeated pushes name the same digests.
 """

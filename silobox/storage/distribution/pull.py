@@ -19,7 +19,7 @@ import shutil
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import aiohttp
 
@@ -28,13 +28,12 @@ from silobox.storage.distribution import manifest as mf
 from silobox.storage.distribution.metadata import BlobMetadata, BlobSource
 from silobox.storage.distribution.registry import (RegistryClient, RegistryError,
                                                    repository_scope)
+from silobox.storage.distribution.transfer import (CHUNK, REPORT_EVERY, Progress,
+                                                   RegistryTransfer)
 from silobox.storage.images import Image, ImageStore, host_architecture
-from silobox.storage.layers import LayerStore
+from silobox.storage.layers import LayerStore, ProgressReader
 from silobox.storage.reference import Reference
 
-Progress = Callable[[dict[str, Any]], None]
-_CHUNK = 1 << 20
-_REPORT_EVERY = 512 * 1024
 
 
 @dataclass
@@ -44,7 +43,7 @@ class PullResult:
     up_to_date: bool
 
 
-class Puller:
+class Puller(RegistryTransfer):
     """One pull of one reference from one registry session."""
 
     def __init__(self, client: RegistryClient, ref: Reference, layers: LayerStore,
@@ -52,29 +51,15 @@ class Puller:
                  concurrency: int = 3, retries: int = 5, retry_delay: float = 1.0,
                  in_flight: Counter[str] | None = None,
                  downloads: SharedDownloads | None = None) -> None:
-        self.client = client
-        self.ref = ref
-        self.layers = layers
-        self.images = images
-        self.metadata = metadata
-        self.tmp_root = tmp_root
-        self.progress = progress
-        self.concurrency = concurrency
+        super().__init__(client, ref, layers, images, metadata, tmp_root, progress,
+                         concurrency, (repository_scope(ref.path, "pull"),))
         self.retries = retries
         self.retry_delay = retry_delay
-        self.scopes = (repository_scope(ref.path, "pull"),)
         # diff ids every running pull of this daemon needs: a failing pull leaves those alone
         self.in_flight = in_flight if in_flight is not None else Counter()
         self.downloads = downloads
         self._leases: list[_Lease] = []
         self.owner = f"pull:{uuid.uuid4().hex}"   # this pull's references on its layers
-
-    def _say(self, status: str, ident: str | None = None, **detail: int) -> None:
-        msg: dict[str, Any] = {"status": status}
-        if ident is not None:
-            msg["progressDetail"] = dict(detail)
-            msg["id"] = ident
-        self.progress(msg)
 
     # -- documents -------------------------------------------------------------------------------
 
@@ -264,7 +249,7 @@ class Puller:
         digest = hashlib.sha256()
         have = 0
         failures = 0
-        reported = -_REPORT_EVERY
+        reported = -REPORT_EVERY
         with open(path, "wb") as out:
             while True:
                 headers = {"Range": f"bytes={have}-"} if have else {}
@@ -282,7 +267,7 @@ class Puller:
                             have = 0
                             if odd_range:
                                 continue   # ask again, for the whole blob
-                        async for chunk in resp.content.iter_chunked(_CHUNK):
+                        async for chunk in resp.content.iter_chunked(CHUNK):
                             if have + len(chunk) > desc.size:
                                 raise InvalidArgument(
                                     f"filesystem layer verification failed for digest "
@@ -291,7 +276,7 @@ class Puller:
                             out.write(chunk)
                             digest.update(chunk)
                             have += len(chunk)
-                            if have - reported >= _REPORT_EVERY or have == desc.size:
+                            if have - reported >= REPORT_EVERY or have == desc.size:
                                 reported = have
                                 say("Downloading", desc.short, current=have,
                                           total=desc.size)
@@ -332,7 +317,8 @@ class Puller:
 
         def run() -> str:
             with open(path, "rb") as f:
-                layer = self.layers.add_from_tar(_CountingReader(f, report), parent, self.owner)
+                layer = self.layers.add_from_tar(ProgressReader(f, report, REPORT_EVERY),
+                                                 parent, self.owner)
             return layer.diff_id
 
         existed = self.layers.exists(diff_id)
@@ -441,24 +427,6 @@ class SharedDownloads:
             transfer.task.cancel()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(transfer.path)
-
-
-class _CountingReader:
-    """Reports how much of the compressed blob extraction has consumed."""
-
-    def __init__(self, raw: BinaryIO, report: Callable[[int], None]) -> None:
-        self._raw = raw
-        self._report = report
-        self.done = 0
-        self._next = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.done += len(data)
-        if self.done >= self._next or not data:
-            self._next = self.done + _REPORT_EVERY
-            self._report(self.done)
-        return data
 
 
 def _range_starts_at(content_range: str, offset: int) -> bool:

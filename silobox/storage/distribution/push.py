@@ -17,19 +17,18 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 from silobox.errors import Conflict, SystemFailure
 from silobox.storage.distribution import manifest as mf
 from silobox.storage.distribution.metadata import BlobMetadata, BlobSource
 from silobox.storage.distribution.registry import RegistryClient, repository_scope
+from silobox.storage.distribution.transfer import (CHUNK, REPORT_EVERY, Progress,
+                                                   RegistryTransfer)
 from silobox.storage.images import Image, ImageStore
 from silobox.storage.layers import LayerStore
 from silobox.storage.reference import Reference
 
-Progress = Callable[[dict[str, Any]], None]
-_CHUNK = 1 << 20
-_REPORT_EVERY = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,29 +38,15 @@ class PushResult:
     size: int
 
 
-class Pusher:
+class Pusher(RegistryTransfer):
     """Pushes images to one repository (``ref`` without tag) through one registry session."""
 
     def __init__(self, client: RegistryClient, ref: Reference, layers: LayerStore,
                  images: ImageStore, metadata: BlobMetadata, tmp_root: str, progress: Progress,
                  concurrency: int = 3) -> None:
-        self.client = client
-        self.ref = ref
-        self.layers = layers
-        self.images = images
-        self.metadata = metadata
-        self.tmp_root = tmp_root
-        self.progress = progress
-        self.concurrency = concurrency
+        super().__init__(client, ref, layers, images, metadata, tmp_root, progress,
+                         concurrency, (repository_scope(ref.path, "pull", "push"),))
         self.base = f"/v2/{ref.path}"
-        self.scopes = (repository_scope(ref.path, "pull", "push"),)
-
-    def _say(self, status: str, ident: str | None = None, **detail: int) -> None:
-        msg: dict[str, Any] = {"status": status}
-        if ident is not None:
-            msg["progressDetail"] = dict(detail)
-            msg["id"] = ident
-        self.progress(msg)
 
     async def push(self, image: Image, tag: str) -> PushResult:
         diff_ids = list(dict.fromkeys(image.diff_ids))
@@ -161,11 +146,11 @@ class Pusher:
 
     async def _file_body(self, path: str, ident: str, size: int) -> AsyncIterator[bytes]:
         sent = 0
-        reported = -_REPORT_EVERY
+        reported = -REPORT_EVERY
         with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
+            while chunk := f.read(CHUNK):
                 sent += len(chunk)
-                if sent - reported >= _REPORT_EVERY or sent == size:
+                if sent - reported >= REPORT_EVERY or sent == size:
                     reported = sent
                     self._say("Pushing", ident, current=sent, total=size)
                 yield chunk
