@@ -283,7 +283,17 @@ class NetworkHook(ContainerHook):
                    GlobalIPv6Address=e.get("IPv6Address", ""),
                    GlobalIPv6PrefixLen=e.get("IPv6PrefixLength", 0),
                    IPv6Gateway="" if n["Internal"] else e.get("GatewayAddressV6", ""),
-                   DNSNames=None)
+                   DNSNames=self._dns_names(n, e, cfg.get("Aliases") or []))
+
+    def _dns_names(self, n: dict[str, Any], e: dict[str, Any],
+                   aliases: list[str]) -> list[str] | None:
+        """The names the embedded DNS answers for this endpoint, in moby's order (name,
+        aliases, short id, hostname); none on the default network, which has no DNS."""
+        c = self.engine.containers.get(e.get("ContainerId", ""))
+        if n.get("Default") or c is None:
+            return None
+        names = [c.name, *aliases, c.id[:12], c.config.get("Hostname") or ""]
+        return list(dict.fromkeys(x for x in names if x))
 
     def _top_level(self, c: Any) -> None:
         ns = c.data["NetworkSettings"]
@@ -405,6 +415,8 @@ class NetworkService:
                 continue
             net = self.hns.networks[e["VirtualNetwork"]]["Name"]
             names = {c.name.lower(), c.id[:12], c.id} | {a.lower() for a in e.get("Aliases") or []}
+            if c.config.get("Hostname"):
+                names.add(c.config["Hostname"].lower())   # listed in DNSNames, as moby does
             names |= {f"{x}.{net}" for x in list(names)}
             if name in names:
                 found.append(e["IPAddress"])

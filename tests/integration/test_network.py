@@ -421,12 +421,14 @@ def test_embedded_dns_aliases_dns_and_extra_hosts(net: Net) -> None:
     nc = api.create_networking_config({name: api.create_endpoint_config(aliases=["db"])})
     alpha = api.create_container(IMAGE, ["sleep", "30"], name=f"alpha{os.getpid()}",
                                  host_config=api.create_host_config(network_mode=name),
-                                 networking_config=nc)
+                                 networking_config=nc, hostname="alphahost")
     net.containers.append(alpha["Id"])
     api.start(alpha["Id"])
     ip = net.ip(alpha["Id"])
+    dns_names = api.inspect_container(alpha["Id"])["NetworkSettings"]["Networks"][name]["DNSNames"]
+    assert dns_names == [f"alpha{os.getpid()}", "db", alpha["Id"][:12], "alphahost"]
     b = net.run("sleep 30", network=name)
-    for q in (f"alpha{os.getpid()}", "db", alpha["Id"][:12], f"db.{name}"):
+    for q in (f"alpha{os.getpid()}", "db", alpha["Id"][:12], f"db.{name}", "alphahost"):
         code, out = net.exec(b, f"nslookup {q} 127.0.0.11")
         assert ip in out, (q, out)
     code, out = net.exec(b, "cat /etc/resolv.conf")
@@ -436,6 +438,7 @@ def test_embedded_dns_aliases_dns_and_extra_hosts(net: Net) -> None:
     c = api.create_container(IMAGE, ["sleep", "30"], host_config=hc)
     net.containers.append(c["Id"])
     api.start(c["Id"])
+    assert api.inspect_container(c["Id"])["NetworkSettings"]["Networks"]["nat"]["DNSNames"] is None
     code, out = net.exec(c["Id"], "cat /etc/resolv.conf /etc/hosts")
     assert "nameserver 192.0.2.53" in out and "10.1.2.3\tfoo" in out
     assert f"{net.ip(c['Id'])}\t" in out
