@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from silobox.engine.build import context as ctx
+from silobox.engine.build import remote
 from silobox.engine.build.dockerfile import (Dockerfile, DockerfileError, ExpansionError,
                                              Instruction, ShellLex, line_error, parse)
 from silobox.engine.build.rootfs import MergedView
@@ -653,10 +654,39 @@ class Build:
         else:
             root = ctx.SourceRoot(context=self.context)
         loop = asyncio.get_running_loop()
+        if inst.cmd != "ADD" or not any(remote.is_url(s) for s in sources):
+            await self._copy_planned(stage, inst, sources, dest, root, image_view, uid, gid,
+                                     chmod, source_from, "")
+            return
+        fetched = tempfile.mkdtemp(prefix="remote-", dir=self.workdir)
+        try:   # the downloads live until the layer is written, then go
+            await self._copy_planned(stage, inst, sources, dest, root, image_view, uid, gid,
+                                     chmod, source_from, fetched)
+        finally:
+            await loop.run_in_executor(None, shutil.rmtree, fetched, True)
+
+    async def _download(self, sources: list[str], into: str) -> dict[str, remote.Download]:
+        """ADD's URL sources, fetched every time (the cache is keyed by their content), each
+        in its own directory so two URLs with the same file name do not collide."""
+        found: dict[str, remote.Download] = {}
+        for i, src in enumerate(s for s in sources if remote.is_url(s)):
+            if src in found:
+                continue
+            where = os.path.join(into, str(i))
+            os.mkdir(where, 0o700)
+            found[src] = await remote.download(
+                src, where, loopback_only=self.engine.config.registry_loopback_only)
+        return found
+
+    async def _copy_planned(self, stage: Stage, inst: Instruction, sources: list[str], dest: str,
+                            root: ctx.SourceRoot, image_view: MergedView, uid: int, gid: int,
+                            chmod: int | None, source_from: str | None, fetched: str) -> None:
+        loop = asyncio.get_running_loop()
         try:
+            downloads = await self._download(sources, fetched) if fetched else {}
             plan = await loop.run_in_executor(
                 None, ctx.plan_copy, inst.cmd, sources, dest, root, image_view, uid, gid, chmod,
-                stage.config.get("WorkingDir") or "/")
+                stage.config.get("WorkingDir") or "/", downloads)
         except SiloboxError as e:
             raise BuildFailed(e.message) from e
         dest_shown = dest

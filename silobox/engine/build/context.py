@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
 from silobox import dockerignore
+from silobox.engine.build.remote import Download, is_url
 from silobox.engine.build.rootfs import MergedView
 from silobox.errors import InvalidArgument, NotFound
 from silobox.storage.changes import TarWriter
@@ -255,20 +256,25 @@ def is_archive(path: str) -> bool:
 
 def plan_copy(cmd: str, sources: list[str], dest: str, source: SourceRoot,
               image: MergedView, uid: int, gid: int, chmod: int | None,
-              workdir: str) -> CopyPlan:
-    """Docker's COPY/ADD rules: which files land where. ``dest`` is already expanded."""
+              workdir: str, downloads: dict[str, Download] | None = None) -> CopyPlan:
+    """Docker's COPY/ADD rules: which files land where. ``dest`` is already expanded;
+    ``downloads`` holds the files ADD fetched for its URL sources."""
     if not dest.startswith("/"):
         dest = posixpath.join(workdir or "/", dest)
     dest_is_dir = dest.endswith("/") or dest.endswith("/.")
     dest = posixpath.normpath(dest).lstrip("/")
-    matched: list[str] = []
+    matched: list[str | Download] = []
     for src in sources:
-        if src.startswith(("http://", "https://")):
+        if is_url(src):
             if cmd == "COPY":
                 raise InvalidArgument("source can't be a URL for COPY")
-            raise InvalidArgument(f"ADD of a URL ({src}) is not supported: silobox's builder "
-                                  "does not download; fetch the file into the build context "
-                                  "and COPY it")
+            fetched = (downloads or {}).get(src)
+            if fetched is None:
+                raise InvalidArgument(f"ADD {src}: the URL was not downloaded")
+            if not fetched.name and dest_is_dir:
+                raise InvalidArgument(f"cannot determine filename for source {src}")
+            matched.append(fetched)
+            continue
         found = source.matches(src)
         if not found:
             if _has_glob(src):
@@ -288,6 +294,13 @@ def plan_copy(cmd: str, sources: list[str], dest: str, source: SourceRoot,
     plan = CopyPlan(kind="multi" if len(matched) > 1 else "file")
     hasher = hashlib.sha256()
     for rel in matched:
+        if isinstance(rel, Download):   # a file from a URL: 0600, never extracted
+            st = os.lstat(rel.path)
+            target = posixpath.join(dest, rel.name or "__unnamed__") if dest_is_dir else dest
+            if not target:
+                raise InvalidArgument(f"{cmd}: cannot copy a file to the root directory itself")
+            _add(plan, Entry(target, rel.path, st, uid, gid), hasher, chmod)
+            continue
         host, st = source.stat(rel)
         if stat.S_ISDIR(st.st_mode):
             if len(matched) == 1:
