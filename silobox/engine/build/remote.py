@@ -11,6 +11,7 @@ downloads again; the build cache is keyed by the content's hash.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import os
@@ -114,11 +115,11 @@ async def download(url: str, into: str, *, loopback_only: bool = False,
                             message += ": " + body.decode("utf-8", "replace")
                         raise Unavailable(message)
                     return await _save(resp, urlsplit(url).path, into)
-            raise Unavailable(f"Get {url!r}: stopped after {MAX_REDIRECTS} redirects")
+            raise Unavailable(f'Get "{url}": stopped after {MAX_REDIRECTS} redirects')
         except aiohttp.ClientError as e:
-            raise Unavailable(f"Get {url!r}: {e}") from e
+            raise Unavailable(f'Get "{url}": {e}') from e
         except TimeoutError as e:
-            raise Unavailable(f"Get {url!r}: timed out") from e
+            raise Unavailable(f'Get "{url}": timed out') from e
 
 
 async def _save(resp: aiohttp.ClientResponse, url_path: str, into: str) -> Download:
@@ -126,10 +127,11 @@ async def _save(resp: aiohttp.ClientResponse, url_path: str, into: str) -> Downl
     path = os.path.join(into, name or "__unnamed__")
     hasher = hashlib.sha256()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    loop = asyncio.get_running_loop()
     with os.fdopen(fd, "wb") as out:
         async for chunk in resp.content.iter_chunked(_CHUNK):
             hasher.update(chunk)
-            out.write(chunk)
+            await loop.run_in_executor(None, out.write, chunk)   # a slow disk stalls no one
     os.chmod(path, 0o600)
     mtime = _mtime(resp.headers.get("Last-Modified"))
     os.utime(path, (mtime, mtime))
