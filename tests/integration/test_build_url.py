@@ -8,6 +8,7 @@ with --registry-loopback-only, which also refuses ADD URLs off this machine.
 from __future__ import annotations
 
 import http.server
+import subprocess
 import io
 import os
 import shutil
@@ -18,8 +19,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.integration.test_build import (error_of, no_build_containers, py_build, run_in,
-                                          text_of)
+from tests.integration.test_build import (DOCKER, docker_env, error_of, no_build_containers,
+                                          py_build, run_in, text_of)
 
 pytestmark = pytest.mark.root
 
@@ -118,6 +119,8 @@ def test_add_url_to_a_directory_and_to_a_file(silod: Any, server: Server, tags: 
                   f"ADD --chown=1000:1000 {server.url('payload.txt')} /owned\n")
     msgs = py_build(silod, {"Dockerfile": dockerfile}, tag=tag)
     assert error_of(msgs) == "", text_of(msgs)
+    progress = [m for m in msgs if m.get("status") == "Downloading"]
+    assert progress and progress[0]["progressDetail"] == {"current": 19, "total": 19}
     out = run_in(silod, tag, "sh", "-c",
                  "cat /dir/payload.txt /renamed.txt; "
                  "stat -c '%n %a %u:%g %Y' /dir/payload.txt /renamed.txt /owned; "
@@ -172,6 +175,32 @@ def test_add_url_cache_follows_the_content(silod: Any, server: Server, tags: lis
     assert "two" in text_of(changed)
     assert next(m["aux"]["ID"] for m in changed if "aux" in m) != first_id
     assert run_in(silod, tag, "cat", "/v.txt") == "two\n"
+    no_build_containers(silod)
+
+
+@pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed")
+def test_add_url_through_the_docker_cli(silod: Any, server: Server, tags: list[str],
+                                        run_id: str) -> None:
+    """The docker CLI draws the download's progress and shows a 404 as Docker does."""
+    server.put("cli.txt", b"cli\n")
+    tag = f"sbxu-{run_id}-cli:1"
+    tags.append(tag)
+    ctx = tempfile.mkdtemp(prefix=f"sbxu-{run_id}-ctx-")
+    try:
+        with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+            f.write(f"FROM busybox\nADD {server.url('cli.txt')} /srv/\n")
+        proc = subprocess.run([DOCKER, "build", "-t", tag, ctx], env=docker_env(silod),
+                              capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert run_in(silod, tag, "cat", "/srv/cli.txt") == "cli\n"
+        with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+            f.write(f"FROM busybox\nADD {server.url('gone.txt')} /srv/\n")
+        proc = subprocess.run([DOCKER, "build", ctx], env=docker_env(silod),
+                              capture_output=True, timeout=120)
+        assert proc.returncode == 1
+        assert f"failed to GET {server.url('gone.txt')} with status 404" in proc.stderr.decode()
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
     no_build_containers(silod)
 
 

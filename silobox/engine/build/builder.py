@@ -675,8 +675,16 @@ class Build:
             where = os.path.join(into, str(i))
             os.mkdir(where, 0o700)
             found[src] = await remote.download(
-                src, where, loopback_only=self.engine.config.registry_loopback_only)
+                src, where, loopback_only=self.engine.config.registry_loopback_only,
+                progress=self._download_progress)
+            self._out("\n")   # moby ends the progress line the same way
         return found
+
+    def _download_progress(self, current: int, total: int | None) -> None:
+        """moby's ``ProgressReader(..., "Downloading")``: the docker CLI draws the bar."""
+        if not self.options.quiet:
+            detail = {"current": current, **({"total": total} if total else {})}
+            self.emit({"status": "Downloading", "progressDetail": detail})
 
     async def _copy_planned(self, stage: Stage, inst: Instruction, sources: list[str], dest: str,
                             root: ctx.SourceRoot, image_view: MergedView, uid: int, gid: int,

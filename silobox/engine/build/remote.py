@@ -17,7 +17,9 @@ import hashlib
 import os
 import posixpath
 import socket
+import time
 from dataclasses import dataclass
+from typing import Callable
 from email.message import Message
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -30,6 +32,9 @@ USER_AGENT = "silobox-builder"
 MAX_REDIRECTS = 10      # Go's http.Client default
 _CHUNK = 1 << 20
 _ERROR_BODY = 4096      # how much of an error answer's body goes into the message
+_PROGRESS_EVERY = 0.2   # seconds between two progress reports
+
+Progress = Callable[[int, "int | None"], None]   # (bytes so far, Content-Length or None)
 
 
 def is_url(src: str) -> bool:
@@ -89,7 +94,7 @@ def _mtime(last_modified: str | None) -> float:
 
 
 async def download(url: str, into: str, *, loopback_only: bool = False,
-                   read_timeout: float = 60) -> Download:
+                   read_timeout: float = 60, progress: Progress | None = None) -> Download:
     """GET ``url`` into a new file under the directory ``into`` (which must exist and is the
     caller's to remove). Errors carry Docker's wording."""
     _check_host(url, loopback_only)
@@ -114,7 +119,7 @@ async def download(url: str, into: str, *, loopback_only: bool = False,
                         if body:
                             message += ": " + body.decode("utf-8", "replace")
                         raise Unavailable(message)
-                    return await _save(resp, urlsplit(url).path, into)
+                    return await _save(resp, urlsplit(url).path, into, progress)
             raise Unavailable(f'Get "{url}": stopped after {MAX_REDIRECTS} redirects')
         except aiohttp.ClientError as e:
             raise Unavailable(f'Get "{url}": {e}') from e
@@ -122,16 +127,24 @@ async def download(url: str, into: str, *, loopback_only: bool = False,
             raise Unavailable(f'Get "{url}": timed out') from e
 
 
-async def _save(resp: aiohttp.ClientResponse, url_path: str, into: str) -> Download:
+async def _save(resp: aiohttp.ClientResponse, url_path: str, into: str,
+                progress: Progress | None) -> Download:
     name = file_name(url_path, resp.headers.get("Content-Disposition"))
     path = os.path.join(into, name or "__unnamed__")
     hasher = hashlib.sha256()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     loop = asyncio.get_running_loop()
+    done, reported = 0, 0.0
     with os.fdopen(fd, "wb") as out:
         async for chunk in resp.content.iter_chunked(_CHUNK):
             hasher.update(chunk)
             await loop.run_in_executor(None, out.write, chunk)   # a slow disk stalls no one
+            done += len(chunk)
+            if progress is not None and time.monotonic() - reported >= _PROGRESS_EVERY:
+                reported = time.monotonic()
+                progress(done, resp.content_length)
+    if progress is not None:
+        progress(done, resp.content_length)
     os.chmod(path, 0o600)
     mtime = _mtime(resp.headers.get("Last-Modified"))
     os.utime(path, (mtime, mtime))
