@@ -9,6 +9,7 @@ import tarfile
 import pytest
 
 from silobox.engine.build import context as ctx
+from silobox.engine.build.remote import Download
 from silobox.engine.build.rootfs import MergedView
 from silobox.errors import InvalidArgument, NotFound
 
@@ -62,8 +63,34 @@ def test_refusals(tree) -> None:
         plan(tree, ["*.none"], "/x/")
     with pytest.raises(InvalidArgument, match="outside the build context"):
         plan(tree, ["../x"], "/x")
-    with pytest.raises(InvalidArgument, match="ADD of a URL"):
+    with pytest.raises(InvalidArgument, match="source can't be a URL for COPY"):
+        plan(tree, ["http://127.0.0.1/x"], "/x")
+    with pytest.raises(InvalidArgument, match="the URL was not downloaded"):
         plan(tree, ["http://127.0.0.1/x"], "/x", cmd="ADD")
+
+
+def test_add_of_a_downloaded_url(tree, tmp_path) -> None:
+    """A URL's file is named from the URL, keeps its 0600 and is never extracted."""
+    got = tmp_path / "fetched"
+    got.mkdir()
+    with tarfile.open(got / "t.tar", "w") as tar:
+        tar.add(os.path.join(tree[0], "a.txt"), "a.txt")
+    os.chmod(got / "t.tar", 0o600)
+    url = "http://127.0.0.1/t.tar"
+    fetched = {url: Download(str(got / "t.tar"), "t.tar", "x")}
+    context, image = tree
+    p = ctx.plan_copy("ADD", [url, "a.txt"], "/d/", ctx.SourceRoot(context=context), image,
+                      7, 8, None, "/", fetched)
+    assert p.archives == [] and sorted(e.dest for e in p.entries) == ["d/a.txt", "d/t.tar"]
+    members = layer(tree, p)
+    assert members["d/t.tar"].mode == 0o600 and members["d/t.tar"].uid == 7
+    unnamed = {url: Download(str(got / "t.tar"), "", "x")}
+    with pytest.raises(InvalidArgument, match="cannot determine filename for source"):
+        ctx.plan_copy("ADD", [url], "/d/", ctx.SourceRoot(context=context), image, 0, 0, None,
+                      "/", unnamed)
+    p = ctx.plan_copy("ADD", [url], "/file", ctx.SourceRoot(context=context), image, 0, 0, None,
+                      "/", unnamed)
+    assert [e.dest for e in p.entries] == ["file"]
 
 
 def test_content_hash_follows_the_inputs(tree) -> None:
