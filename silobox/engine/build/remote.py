@@ -25,7 +25,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import aiohttp
 
-from silobox.errors import InvalidArgument, Unavailable
+from silobox.errors import InvalidArgument, SystemFailure, Unavailable
 from silobox.storage.distribution.registry import RegistryOptions
 
 USER_AGENT = "silobox-builder"
@@ -125,6 +125,8 @@ async def download(url: str, into: str, *, loopback_only: bool = False,
             raise Unavailable(f'Get "{url}": {e}') from e
         except TimeoutError as e:
             raise Unavailable(f'Get "{url}": timed out') from e
+        except OSError as e:   # writing the file (a full disk): name what was being saved
+            raise SystemFailure(f"ADD {url}: saving the download: {e.strerror or e}") from e
 
 
 async def _save(resp: aiohttp.ClientResponse, url_path: str, into: str,
