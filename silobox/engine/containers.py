@@ -766,13 +766,14 @@ class ContainerService:
                 raise InvalidArgument(f"invalid filter 'status={s}'")
         items = sorted(self.containers.values(), key=lambda c: c.data["Created"], reverse=True)
         out = []
+        resolved: dict[str, str] = {}   # image name → id, once per listing
         for c in items:
             if not all and not c.running and not filters.get("status") and \
                     not filters.get("exited"):
                 continue
             if not self._match(c, filters):
                 continue
-            out.append(self._summary(c, size))
+            out.append(self._summary(c, size, resolved))
         if limit is not None and limit > 0:
             out = out[:limit]
         return out
@@ -810,10 +811,11 @@ class ContainerService:
                 return False
         return True
 
-    def _summary(self, c: Container, size: bool) -> dict[str, Any]:
+    def _summary(self, c: Container, size: bool,
+                 resolved: dict[str, str] | None = None) -> dict[str, Any]:
         argv = [c.data["Path"]] + c.data["Args"]
         d = {
-            "Id": c.id, "Names": ["/" + c.name], "Image": self.image_shown(c),
+            "Id": c.id, "Names": ["/" + c.name], "Image": self.image_shown(c, resolved),
             "ImageID": c.data["Image"], "Command": " ".join(argv),
             "Created": int(parse_iso(c.data["Created"])), "Ports": [],
             "Labels": c.config.get("Labels") or {}, "State": c.state["Status"],

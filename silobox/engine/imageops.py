@@ -374,17 +374,19 @@ class ImageOpsService:
         self.emit_event("image", "delete", image)
         return records
 
-    def image_shown(self, c: Any) -> str:
+    def image_shown(self, c: Any, resolved: dict[str, str] | None = None) -> str:
         """A container's ``Image`` in lists: the name it was created from while that still
-        names its image, else the image id (moby ``refreshImage``: after a retag or rmi -f)."""
+        names its image, else the image id (moby ``refreshImage``: after a retag or rmi -f).
+        ``resolved`` memoizes name → image id across one listing (a store query each)."""
         name = c.config.get("Image") or ""
         if name != c.data["Image"]:
-            try:
-                if self.images.resolve(name).id == c.data["Image"]:
-                    return name
-            except (NotFound, InvalidArgument):
-                pass
-            return c.data["Image"]
+            memo = resolved if resolved is not None else {}
+            if name not in memo:
+                try:
+                    memo[name] = self.images.resolve(name).id
+                except (NotFound, InvalidArgument):
+                    memo[name] = ""
+            return name if memo[name] == c.data["Image"] else c.data["Image"]
         return name
 
     def _is_tag_of(self, ref: str, image: Any) -> bool:
