@@ -209,11 +209,17 @@ def parse_int(text: str | None, default: int = 0) -> int:
 
 
 def read_pids(procs_file: str) -> list[int]:
+    """The pids in a cgroup's procs file; none once the cgroup is gone. A cgroup removed by
+    someone else after we opened its file reads as ENODEV, which means the same."""
     try:
         with open(procs_file) as f:
             return [int(line) for line in f.read().split()]
     except FileNotFoundError:
         return []
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            return []
+        raise
 
 
 def signal_pids(pids: list[int], sig: int) -> None:
