@@ -150,8 +150,16 @@ class Netlink:
     # ----- links ------------------------------------------------------------------------------
     @staticmethod
     def _index(ipr: Any, name: str) -> int | None:
-        found = ipr.link_lookup(ifname=name)
-        return found[0] if found else None
+        """The link's index, asked of the kernel by name (``link_lookup`` dumps every link,
+        which costs milliseconds with a hundred endpoints)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+        try:
+            found = ipr.link("get", ifname=name)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise
+        return found[0]["index"] if found else None
 
     @staticmethod
     def _link_up_by_name(ipr: Any, name: str) -> None:

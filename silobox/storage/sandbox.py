@@ -92,8 +92,9 @@ class Sandbox:
         pool.take(self.image, size)
 
     def is_active(self) -> bool:
-        """Whether the sandbox disk is mounted on the host over ``sandbox/``."""
-        return os.path.realpath(self.path) in mounts_under(self.path)
+        """Whether the sandbox disk is mounted on the host over ``sandbox/`` (its own ext4, so
+        a device change tells, without reading the host's whole mount table)."""
+        return os.path.ismount(self.path)
 
     def activate(self) -> str:
         """Attach the disk to a loop device and mount it over ``sandbox/`` (ActivateLayer);
@@ -125,6 +126,15 @@ class Sandbox:
     def deactivate(self) -> None:
         """Unmount everything on and below ``sandbox/`` (DeactivateLayer); the loop device
         detaches itself (AUTOCLEAR) once the last mount of the disk is gone."""
+        if not os.path.ismount(self.paths.rootfs):
+            # The usual case: the disk's own mount on sandbox/ is all there is. Unmount it
+            # directly; reading the mount table costs ~0.6 ms with 100 containers, every run.
+            try:
+                while os.path.ismount(self.path):
+                    libc.umount2(self.path, 0)
+                return
+            except OSError:
+                pass   # busy or raced: the full walk below deals with it
         for mount_point in mounts_under(self.path):
             try:
                 libc.umount2(mount_point, 0)
@@ -371,7 +381,9 @@ class Sandbox:
         return True
 
     def is_mounted(self) -> bool:
-        return os.path.realpath(self.paths.rootfs) in mounts_under(self.paths.rootfs)
+        """Whether the merged view is mounted on ``rootfs/`` on the host (an overlay: its own
+        device)."""
+        return os.path.ismount(self.paths.rootfs)
 
 
 def mounts_under(path: str) -> list[str]:
