@@ -242,3 +242,16 @@ def outside() -> Iterator[Outside]:
         yield o
     finally:
         o.close()
+
+
+@pytest.fixture
+def images(silod: Any) -> Iterator[list[str]]:
+    """Image tags a build test made, removed afterwards with the build cache they left."""
+    made: list[str] = []
+    yield made
+    for tag in made:
+        try:
+            silod.client.remove_image(tag, force=True)
+        except Exception:
+            pass
+    silod.request("POST", "/build/prune")

@@ -65,19 +65,6 @@ def run_in(silod: Any, image: str, *cmd: str) -> str:
 
 
 @pytest.fixture
-def images(silod: Any):
-    """Tags to remove after the test (and the dangling images left by them)."""
-    made: list[str] = []
-    yield made
-    for tag in made:
-        try:
-            silod.client.remove_image(tag, force=True)
-        except Exception:
-            pass
-    silod.request("POST", "/build/prune")
-
-
-@pytest.fixture
 def workdir(run_id: str):
     path = tempfile.mkdtemp(prefix=f"sbxb-{run_id}-")
     yield path

@@ -84,18 +84,6 @@ def server(run_id: str) -> Iterator[Server]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def tags(silod: Any) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    for tag in made:
-        try:
-            silod.client.remove_image(tag, force=True)
-        except Exception:
-            pass
-    silod.request("POST", "/build/prune")
-
-
 def a_tar() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -105,12 +93,12 @@ def a_tar() -> bytes:
     return buf.getvalue()
 
 
-def test_add_url_to_a_directory_and_to_a_file(silod: Any, server: Server, tags: list[str],
+def test_add_url_to_a_directory_and_to_a_file(silod: Any, server: Server, images: list[str],
                                               run_id: str) -> None:
     server.put("payload.txt", b"hello from the url\n")
     server.put("archive.tar.gz", a_tar())
     tag = f"sbxu-{run_id}-a:1"
-    tags.append(tag)
+    images.append(tag)
     dockerfile = (f"FROM busybox\n"
                   f"ADD {server.url('payload.txt')} /dir/\n"
                   f"ADD {server.url('payload.txt')} /renamed.txt\n"
@@ -157,10 +145,10 @@ def test_add_url_errors_leave_nothing(silod: Any, server: Server) -> None:
     no_build_containers(silod)
 
 
-def test_add_url_cache_follows_the_content(silod: Any, server: Server, tags: list[str],
+def test_add_url_cache_follows_the_content(silod: Any, server: Server, images: list[str],
                                            run_id: str) -> None:
     tag = f"sbxu-{run_id}-c:1"
-    tags.append(tag)
+    images.append(tag)
     files = {"Dockerfile": f"FROM busybox\nADD {server.url('v.txt')} /v.txt\nRUN cat /v.txt\n"}
     server.put("v.txt", b"one\n")
     first = py_build(silod, files, tag=tag)
@@ -179,12 +167,12 @@ def test_add_url_cache_follows_the_content(silod: Any, server: Server, tags: lis
 
 
 @pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed")
-def test_add_url_through_the_docker_cli(silod: Any, server: Server, tags: list[str],
+def test_add_url_through_the_docker_cli(silod: Any, server: Server, images: list[str],
                                         run_id: str) -> None:
     """The docker CLI draws the download's progress and shows a 404 as Docker does."""
     server.put("cli.txt", b"cli\n")
     tag = f"sbxu-{run_id}-cli:1"
-    tags.append(tag)
+    images.append(tag)
     ctx = tempfile.mkdtemp(prefix=f"sbxu-{run_id}-ctx-")
     try:
         with open(os.path.join(ctx, "Dockerfile"), "w") as f:
