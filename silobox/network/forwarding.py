@@ -33,6 +33,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -196,12 +197,17 @@ class ForwardRules:
         return found
 
     @staticmethod
-    def _legacy_forward_drops() -> bool:
+    def _legacy_filter_present() -> bool:
+        """Legacy iptables' filter table exists (never asked otherwise: listing it would
+        instantiate it)."""
         try:
             with open(LEGACY_TABLES) as f:
-                if "filter" not in f.read().split():
-                    return False
+                return "filter" in f.read().split()
         except OSError:
+            return False
+
+    def _legacy_forward_drops(self) -> bool:
+        if not self._legacy_filter_present():
             return False
         tool = _iptables_tool("iptables-legacy")
         if not tool:
@@ -256,13 +262,24 @@ class ForwardRules:
                     seen.add(key)
                     out.append(FirewallHook("nft", *key))
         for backend in ("iptables-nft", "iptables-legacy"):
-            if backend == "iptables-legacy" and not os.path.exists(LEGACY_TABLES):
+            if backend == "iptables-legacy" and not self._legacy_filter_present():
+                continue
+            if backend == "iptables-nft" and not self._nft_filter_forward():
                 continue
             if self._iptables_ours(backend, "FORWARD"):
                 out = [h for h in out if not (backend == "iptables-nft" and h.family == "ip"
                                               and h.table == "filter" and h.chain == "FORWARD")]
                 out.append(FirewallHook(backend, "ip", "filter", "FORWARD"))
         return out
+
+    def _nft_filter_forward(self) -> bool:
+        """iptables-nft's ``ip filter FORWARD`` exists (asked of libnftables, no subprocess)."""
+        try:
+            self._nft().run([{"list": {"chain": {"family": "ip", "table": "filter",
+                                                 "name": "FORWARD"}}}])
+            return True
+        except SystemFailure:
+            return False
 
     def _apply(self, h: FirewallHook, networks: list[RoutedNetwork]) -> None:
         try:
@@ -370,6 +387,7 @@ class HostForwarding:
         self.rules = ForwardRules(nft, comment, own_tables)
         self.ip_forward = ""
         self.sysctl_error = ""
+        self._checked = 0.0
 
     def sync(self, networks: list[RoutedNetwork]) -> None:
         """Called whenever the set of routed networks may have changed."""
@@ -383,11 +401,17 @@ class HostForwarding:
         if self.manage_rules:
             self.rules.sync(networks)
 
+    CHECK_INTERVAL = 1.0
+
     def check(self, networks: list[RoutedNetwork]) -> None:
-        """Cheap re-check at an endpoint's start: a firewall that appeared since the last sync
-        (Docker started after silod) gets our rules too."""
-        if self.manage_rules and networks and \
-                self.rules.nft_signature() != self.rules.signature():
+        """Re-check at an endpoint's start: a firewall that appeared since the last sync
+        (Docker started after silod) gets our rules too. Listing the chains costs ~7 ms, so
+        a burst of starts looks once a second."""
+        now = time.monotonic()
+        if not (self.manage_rules and networks) or now - self._checked < self.CHECK_INTERVAL:
+            return
+        self._checked = now
+        if self.rules.nft_signature() != self.rules.signature():
             self.rules.sync(networks)
 
     def close(self) -> None:

@@ -58,6 +58,17 @@ def test_limits_read_from_sys_fs_cgroup_read_only(silod: Any, made: list[str]) -
     assert mounts and all(" ro," in l for l in mounts), mounts
 
 
+def test_docker_cli_run_reads_its_limits(silod: Any) -> None:
+    """The issue's own check: ``docker run -m 64m --cpus 0.5 --pids-limit 20``."""
+    import os
+    import subprocess
+    env = {**os.environ, "DOCKER_HOST": f"unix://{silod.socket}"}
+    r = subprocess.run(["/usr/local/bin/docker", "run", "--rm", "-m", "64m", "--cpus", "0.5",
+                        "--pids-limit", "20", "busybox", "sh", "-c", READ_LIMITS], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.splitlines() == EXPECTED, (r.stdout, r.stderr)
+
+
 def test_docker_layout_and_cgroupns(silod: Any, made: list[str]) -> None:
     if V2:
         code, out = run(silod, made, "cat /proc/self/cgroup; ls /sys/fs/cgroup/memory.max",

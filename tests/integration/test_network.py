@@ -327,6 +327,7 @@ def test_forward_drop_policy_gets_scoped_accept_rules(net: Net, silod: Any,
                         "{ type filter hook forward priority 0; policy drop; }; "
                         f'add rule ip {table} forward iifname != "{prefix}*" '
                         f'oifname != "{prefix}*" accept'], check=True)
+        time.sleep(1.1)   # container starts look for new firewalls at most once a second
         check_hairpin(net)            # the first endpoint notices the new firewall
         rules = our_rules(table, comment)
         vnic = hns_nat(silod)["Silobox"]["HostVNic"]
