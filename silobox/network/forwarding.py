@@ -7,7 +7,8 @@ uplink. Two host settings decide whether that works, and silod takes care of bot
 * ``net.ipv4.ip_forward``: switched on while silod runs a nat network that is not internal.
   Several silods (tests, development) may share a host, so the switch is leased: a host-wide
   lease file under ``/run`` records the value found before the first silod changed it and the
-  daemons holding it; the last holder to stop cleanly writes the found value back. A value that
+  daemons holding it (``flock`` on the sysctl file guards it); the last holder to stop
+  cleanly writes the found value back and the lease file goes. A value that
   was already 1 is never touched.
 * a host firewall whose ``forward`` hook drops by default (Docker's iptables ``FORWARD`` policy
   DROP, an nftables ruleset with ``policy drop``): a packet dropped by any base chain is
@@ -99,7 +100,8 @@ class SysctlLease:
 
     @contextlib.contextmanager
     def _locked(self) -> Any:
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # The lock is taken on the sysctl's own file: nothing to create, nothing left behind.
+        fd = os.open(self.sysctl, os.O_RDONLY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
