@@ -26,7 +26,7 @@ from silobox.kernel import libc
 
 HOST_CGROUP = "/sys/fs/cgroup"
 _ESCAPE = re.compile(r"\\([0-7]{3})")
-_OPTIONS_KEPT = re.compile(r"^(name=.+|xattr|[a-z_]+)$")
+_OPTIONS_KEPT = re.compile(r"^(name=.+|[a-z0-9_]+)$")
 _NOT_HIERARCHY = {"rw", "ro", "xattr", "noprefix", "clone_children", "cpuset_v2_mode",
                   "nsdelegate", "memory_recursiveprot", "memory_localevents", "favordynmods"}
 
