@@ -3,12 +3,13 @@
 JVMs, Go's runtime, Node, nginx's ``worker_processes auto`` and ``nproc``-like tools size
 themselves from ``/sys/fs/cgroup``. Docker's layout is reproduced:
 
-* cgroup v1 / hybrid hosts: a tmpfs with one directory per hierarchy the host mounts under
-  ``/sys/fs/cgroup`` (same names, so ``cpu,cpuacct`` and its ``cpu``/``cpuacct`` links where
-  the host co-mounts them), each showing the container's own group: with a private cgroup
-  namespace a fresh mount of the hierarchy (its root is the namespace's root, the job object);
-  with ``--cgroupns host`` a bind of the container's directory, found in ``/proc/self/cgroup``.
-  A hybrid host's ``unified`` cgroup2 mount is reproduced the same way.
+* cgroup v1 / hybrid hosts: a tmpfs with one directory per controller hierarchy the host
+  mounts under ``/sys/fs/cgroup`` (same names, so ``cpu,cpuacct`` and its ``cpu``/``cpuacct``
+  links where the host co-mounts them), each showing the container's own group: with a
+  private cgroup namespace a fresh mount of the hierarchy (its root is the namespace's root,
+  the job object); with ``--cgroupns host`` a bind of the container's directory, found in
+  ``/proc/self/cgroup``. Hierarchies a job object has no group in (``name=systemd``, a hybrid
+  host's controller-less ``unified``) are left out: they would show the host's groups.
 * cgroup v2 hosts: the unified hierarchy mounted fresh, rooted at the container's group in a
   private namespace and the whole host tree with ``--cgroupns host`` (as Docker shows it).
 
@@ -23,6 +24,7 @@ import os
 import re
 
 from silobox.kernel import libc
+from silobox.kernel.jobobject.v1 import CONTROLLERS as JOB_CONTROLLERS
 
 HOST_CGROUP = "/sys/fs/cgroup"
 _ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -90,10 +92,14 @@ def mount_cgroupfs(root: str, private_ns: bool, writable: bool) -> None:
         return
     libc.mount("tmpfs", target, "tmpfs", flags, "mode=755,size=64k")
     own = {} if private_ns else _own_paths()
+    shown = []
     for name, fstype, superopts in below:
+        key, data = ("", "") if fstype == "cgroup2" else _hierarchy_key(superopts)
+        if not set(key.split(",")) & set(JOB_CONTROLLERS):
+            continue   # named (name=systemd) or controller-less cgroup2: no job group there
+        shown.append(name)
         mp = os.path.join(target, name)
         os.mkdir(mp, 0o555)
-        key, data = ("", "") if fstype == "cgroup2" else _hierarchy_key(superopts)
         if private_ns:
             libc.mount("cgroup", mp, fstype, flags | ro, data or None)
             continue
@@ -101,7 +107,7 @@ def mount_cgroupfs(root: str, private_ns: bool, writable: bool) -> None:
         libc.mount(src, mp, None, libc.MS_BIND)
         libc.mount(None, mp, None, libc.MS_BIND | libc.MS_REMOUNT | flags | ro)
     for entry in os.scandir(HOST_CGROUP):
-        if entry.is_symlink():      # cpu -> cpu,cpuacct on hosts that co-mount them
+        if entry.is_symlink() and os.readlink(entry.path) in shown:   # cpu -> cpu,cpuacct
             os.symlink(os.readlink(entry.path), os.path.join(target, entry.name))
     if not writable:
         libc.mount(None, target, None, libc.MS_REMOUNT | flags | libc.MS_RDONLY,
