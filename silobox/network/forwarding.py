@@ -320,12 +320,22 @@ class ForwardRules:
             r = item.get("rule")
             if r and r.get("comment") == self.comment:
                 cmds.append({"delete": {"rule": {**loc, "handle": r["handle"]}}})
+        before = len(cmds)
         for n in networks:
             for expr in self._nft_rules(h, n):
                 cmds.append({"add": {"rule": {**loc, "expr": expr, "comment": self.comment}}})
         if cmds:
             self._nft().run(cmds)
         h.rules = len(networks) * 3
+        self._log(h, before, h.rules, networks)
+
+    @staticmethod
+    def _log(h: FirewallHook, before: int, after: int, networks: list[RoutedNetwork]) -> None:
+        if after and after != before:
+            log.info("%s drops forwarded traffic by default: %d accept rules for %s there",
+                     h.label, after, ", ".join(n.name for n in networks))
+        elif before and not after:
+            log.info("removed silod's %d accept rules from %s", before, h.label)
 
     # iptables' own chains
     def _ipt_specs(self, n: RoutedNetwork) -> list[list[str]]:
@@ -365,6 +375,8 @@ class ForwardRules:
     def _apply_iptables(self, h: FirewallHook, networks: list[RoutedNetwork]) -> None:
         present = self._iptables_ours(h.backend, h.chain)
         wanted = [s for n in networks for s in self._ipt_specs(n)]
+        if sorted(present) != sorted(wanted):
+            self._log(h, len(present), len(wanted), networks)
         for spec in present:
             if spec not in wanted:
                 self._iptables(h.backend, "-D", h.chain, *spec)
