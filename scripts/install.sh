@@ -22,8 +22,9 @@ PKGS="busybox-static tini libseccomp2 python3 python3-venv ca-certificates libnf
 # Tests only: skopeo and umoci check the image archive formats against independent tools;
 # gcc builds a static probe for syscalls busybox has no applet for (keyctl);
 # docker-registry (+ apache2-utils for htpasswd -B, openssl for a test CA): the registry the
-# pull/push tests start on 127.0.0.1.
-[ "$WITH_TESTS" = 1 ] && PKGS="$PKGS procps iproute2 util-linux skopeo umoci gcc libc6-dev mmdebstrap docker-registry apache2-utils openssl"
+# pull/push tests start on 127.0.0.1; iptables (its -nft and -legacy tools, no rules): the
+# forward-rule tests build Docker's and legacy iptables' FORWARD DROP in namespaces of their own.
+[ "$WITH_TESTS" = 1 ] && PKGS="$PKGS procps iproute2 util-linux skopeo umoci gcc libc6-dev mmdebstrap docker-registry apache2-utils openssl iptables"
 # Tests only: python3-dev and libyaml-dev build PyYAML 5.4.1 (with its C loader) for docker-compose.
 [ "$WITH_TESTS" = 1 ] && PKGS="$PKGS python3-dev libyaml-dev"
 missing=""

@@ -226,6 +226,78 @@ def image_reference(image: str) -> str:
     return image if ":" in last else image + ":latest"
 
 
+def add_windows_resource_flags(p: argparse.ArgumentParser) -> None:
+    """The Windows resource controls (create, run and update)."""
+    a = p.add_argument
+    a("--cpu-count", type=int, metavar="int", help="CPU count: a CPU set of that many CPUs")
+    a("--cpu-percent", type=int, metavar="int",
+      help="CPU percent: a CFS quota of that share of the whole host")
+    a("--io-maxbandwidth", metavar="bytes",
+      help="Maximum IO bandwidth limit for the container's sandbox disk")
+    a("--io-maxiops", type=int, metavar="uint", help="Maximum IOps limit for the container's "
+      "sandbox disk")
+
+
+def windows_resources(ns: argparse.Namespace) -> dict[str, Any]:
+    """HostConfig fields of ``add_windows_resource_flags``."""
+    hc: dict[str, Any] = {}
+    if ns.cpu_count is not None:
+        hc["CpuCount"] = ns.cpu_count
+    if ns.cpu_percent is not None:
+        hc["CpuPercent"] = ns.cpu_percent
+    if ns.io_maxbandwidth:
+        hc["IOMaximumBandwidth"] = _flag_value("--io-maxbandwidth", ns.io_maxbandwidth,
+                                               units.parse_bytes)
+    if ns.io_maxiops is not None:
+        hc["IOMaximumIOps"] = ns.io_maxiops
+    return hc
+
+
+def _device_rate(flag: str, value: str, parse: Callable[[str], int]) -> dict[str, Any]:
+    """``/dev/sda:1mb`` → {"Path", "Rate"}, as docker's ValidateThrottle*Device."""
+    path, sep, rate = value.rpartition(":")
+    if not sep or not path:
+        raise OptError(f'invalid argument "{value}" for "{flag}" flag: bad format {value}')
+    if not path.startswith("/dev/"):
+        raise OptError(f'invalid argument "{value}" for "{flag}" flag: bad format for device '
+                       f'path: {value}')
+    try:
+        n = parse(rate)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise OptError(f'invalid argument "{value}" for "{flag}" flag: invalid rate for device: '
+                       f'{value}. The correct format is <device-path>:<number>[<unit>]. '
+                       "Number must be a positive integer. Unit is optional and can be kb, "
+                       "mb, or gb")
+    return {"Path": path, "Rate": n}
+
+
+def blkio_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    """HostConfig fields of the block I/O flags."""
+    hc: dict[str, Any] = {}
+    if ns.blkio_weight:
+        hc["BlkioWeight"] = ns.blkio_weight
+    weights = []
+    for v in ns.blkio_weight_device:
+        d = _device_rate("--blkio-weight-device", v, int)
+        weights.append({"Path": d["Path"], "Weight": d["Rate"]})
+    if weights:
+        hc["BlkioWeightDevice"] = weights
+    for flag, field, parse in (("--device-read-bps", "BlkioDeviceReadBps", units.parse_bytes),
+                               ("--device-write-bps", "BlkioDeviceWriteBps", units.parse_bytes),
+                               ("--device-read-iops", "BlkioDeviceReadIOps", int),
+                               ("--device-write-iops", "BlkioDeviceWriteIOps", int)):
+        items = [_device_rate(flag, v, parse) for v in getattr(ns, field_attr(flag))]
+        if items:
+            hc[field] = items
+    return hc
+
+
+def field_attr(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
 def add_create_flags(p: argparse.ArgumentParser) -> None:
     """The flags shared by ``run`` and ``create``."""
     a = p.add_argument
@@ -234,6 +306,19 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     a("--cap-add", action="append", default=[], metavar="list", help="Add Linux capabilities")
     a("--cap-drop", action="append", default=[], metavar="list", help="Drop Linux capabilities")
     a("-c", "--cpu-shares", type=int, metavar="int", help="CPU shares (relative weight)")
+    a("--blkio-weight", type=int, metavar="uint16",
+      help="Block IO (relative weight), between 10 and 1000, or 0 to disable (default 0)")
+    a("--blkio-weight-device", action="append", default=[], metavar="list",
+      help="Block IO weight (relative device weight)")
+    a("--device-read-bps", action="append", default=[], metavar="list",
+      help="Limit read rate (bytes per second) from a device")
+    a("--device-write-bps", action="append", default=[], metavar="list",
+      help="Limit write rate (bytes per second) to a device")
+    a("--device-read-iops", action="append", default=[], metavar="list",
+      help="Limit read rate (IO per second) from a device")
+    a("--device-write-iops", action="append", default=[], metavar="list",
+      help="Limit write rate (IO per second) to a device")
+    add_windows_resource_flags(p)
     a("--cpu-period", type=int, metavar="int", help="Limit CPU CFS period")
     a("--cpu-quota", type=int, metavar="int", help="Limit CPU CFS quota")
     a("--cpus", metavar="decimal", help="Number of CPUs")
@@ -402,6 +487,8 @@ def build_create_body(ns: argparse.Namespace, detach: bool = True,
         hc["CpusetMems"] = ns.cpuset_mems
     if ns.pids_limit is not None:
         hc["PidsLimit"] = ns.pids_limit
+    hc.update(blkio_flags(ns))
+    hc.update(windows_resources(ns))
     if ns.shm_size:
         hc["ShmSize"] = _flag_value("--shm-size", ns.shm_size, units.parse_bytes)
     if ns.oom_kill_disable:

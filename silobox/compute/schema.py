@@ -82,6 +82,12 @@ class ContainerDocument:
     network_namespace: str | None
     linux: LinuxSettings
     raw: dict
+    processor: dict = field(default_factory=dict)
+    """HCS ``Container.Processor``: ``Count`` (CPUs), ``Maximum`` (share of the whole host in
+    hundredths of a percent, 1–10000), ``Weight``."""
+    storage_qos: dict = field(default_factory=dict)
+    """HCS ``Container.Storage.QoS``: ``IopsMaximum``, ``BandwidthMaximum`` (bytes/s) of the
+    container's sandbox disk."""
 
     def to_json(self) -> dict:
         return self.raw
@@ -170,8 +176,18 @@ def parse_document(doc: Any) -> ContainerDocument:
                 or not isinstance(t.get("Options", ""), str):
             raise InvalidArgument(f"{w}Tmpfs[{i}]: ContainerPath must be an absolute path and "
                                   "Options a string")
+    processor = _get(c, "Processor", dict, {}, "Container.")
+    for key, top in (("Count", 1 << 16), ("Maximum", 10000), ("Weight", 10000)):
+        v = _get(processor, key, int, 0, "Container.Processor.")
+        if not 0 <= v <= top:
+            raise InvalidArgument(f"Container.Processor.{key}: {v} is outside 0..{top}")
+    qos = _get(storage, "QoS", dict, {}, "Container.Storage.")
+    for key in ("IopsMaximum", "BandwidthMaximum"):
+        if _get(qos, key, int, 0, "Container.Storage.QoS.") < 0:
+            raise InvalidArgument(f"Container.Storage.QoS.{key}: must not be negative")
     return ContainerDocument(
         owner=_get(doc, "Owner", str, "silod"),
+        processor=processor, storage_qos=qos,
         hostname=_get(guest, "HostName", str, "", "Container.GuestOs."),
         layers=layers,
         sandbox_path=_get(storage, "Path", str, "", "Container.Storage."),

@@ -28,7 +28,7 @@ from silobox.errors import (AlreadyExists, Conflict, InvalidArgument, NotFound, 
 from silobox.compute.schema import ContainerDocument, ProcessParameters, parse_document
 from silobox.compute.shimclient import ShimClient, ShimStream
 from silobox.compute.spawner import Spawner
-from silobox.kernel.jobobject import JobLimits, JobObject
+from silobox.kernel.jobobject import UNLIMITED, JobLimits, JobObject
 from silobox.kernel.jobobject.devices import DeviceRule
 from silobox.kernel.silo import BindMount, SiloSpec
 from silobox.timeutil import iso as _iso, now_iso as _now, parse_iso
@@ -78,6 +78,54 @@ def job_limits(resources: dict[str, Any], privileged: bool = False) -> JobLimits
     return JobLimits(**{**resources, "privileged": privileged or resources.get("privileged", False)})
 
 
+def _first_cpus(count: int) -> str:
+    """A CPU set of ``count`` CPUs of those silod may use (Windows' processor count)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ",".join(str(c) for c in cpus[:max(1, min(count, len(cpus)))])
+
+
+def sandbox_device(sandbox_path: str) -> tuple[int, int] | None:
+    """The block device of the container's sandbox disk (the loop device mounted over its
+    sandbox directory), or None for a directory sandbox."""
+    if not sandbox_path or not os.path.ismount(sandbox_path):
+        return None
+    dev = os.stat(sandbox_path).st_dev
+    return os.major(dev), os.minor(dev)
+
+
+def hcs_resources(doc: ContainerDocument, processor: dict | None = None,
+                  qos: dict | None = None) -> dict[str, Any]:
+    """HCS's ``Processor`` and ``Storage.QoS`` settings as JobLimits fields: ``Count`` → a
+    CPU set of that many CPUs, ``Maximum`` (1/100 % of the whole host) → a CFS quota,
+    ``IopsMaximum``/``BandwidthMaximum`` → read and write throttles on the sandbox disk."""
+    processor = doc.processor if processor is None else processor
+    qos = doc.storage_qos if qos is None else qos
+    out: dict[str, Any] = {}
+    if processor.get("Count"):
+        out["cpuset_cpus"] = _first_cpus(int(processor["Count"]))
+    if processor.get("Maximum"):
+        out["cpu_period"] = 100000
+        out["cpu_quota"] = max(1000, int(processor["Maximum"]) * (os.cpu_count() or 1) * 10)
+    if "IopsMaximum" in qos or "BandwidthMaximum" in qos:
+        dev = sandbox_device(doc.sandbox_path)
+        if dev is not None:
+            bw, iops = int(qos.get("BandwidthMaximum") or 0), int(qos.get("IopsMaximum") or 0)
+            out["blkio_read_bps"] = out["blkio_write_bps"] = [[*dev, bw]]
+            out["blkio_read_iops"] = out["blkio_write_iops"] = [[*dev, iops]]
+    return out
+
+
+def effective_resources(doc: ContainerDocument) -> dict[str, Any]:
+    """``Container.Linux.Resources`` with the HCS settings merged in (throttle lists joined)."""
+    res = dict(doc.linux.resources)
+    for key, value in hcs_resources(doc).items():
+        if key.startswith("blkio_") and res.get(key):
+            res[key] = list(res[key]) + value
+        else:
+            res[key] = value
+    return res
+
+
 class ComputeSystem:
     def __init__(self, service: "ComputeService", cid: str, doc: ContainerDocument) -> None:
         self.service = service
@@ -124,7 +172,8 @@ class ComputeSystem:
                 except FileNotFoundError:
                     pass
             lx = self.doc.linux
-            limits = job_limits(lx.resources, lx.privileged)
+            resources = effective_resources(self.doc)
+            limits = job_limits(resources, lx.privileged)
             extra = device_rules_of(lx)
             if extra:
                 limits = dataclasses.replace(limits, devices=extra)
@@ -150,7 +199,7 @@ class ComputeSystem:
                     "process": proc.to_dict(), "procs_files": self.job.procs_files(),
                     "job": {"name": self.id, "parent": self.service.cgroup_parent},
                     "autostart": before_release is None,
-                    "pool": pooled, "limits": dict(lx.resources), "host_pid": lx.host_pid,
+                    "pool": pooled, "limits": resources, "host_pid": lx.host_pid,
                     "pid_namespace": lx.join_namespaces.get("pid"),
                 }
                 report, report_sock = await self.service.spawner.spawn_shim(cfg)
@@ -343,12 +392,35 @@ class ComputeSystem:
         elif path == "Container/Processor":
             if not isinstance(settings, dict):
                 raise InvalidArgument("Container/Processor: an object is required")
-            limits = JobLimits()
-            if "Maximum" in settings:   # percent × 100 of the whole machine, as Windows
-                limits.cpu_period = 100000
-                limits.cpu_quota = int(settings["Maximum"] * (os.cpu_count() or 1) * 10)
-            if "Weight" in settings:
+            for key in ("Count", "Maximum", "Weight"):
+                v = settings.get(key)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                    raise InvalidArgument(f"Container/Processor: {key} must be a non-negative "
+                                          "integer")
+            if not 0 <= (settings.get("Maximum") or 0) <= 10000:
+                raise InvalidArgument("Container/Processor: Maximum is outside 0..10000")
+            limits = JobLimits(**hcs_resources(self.doc, settings, {}))
+            if "Maximum" in settings and not settings["Maximum"]:
+                limits.cpu_quota = UNLIMITED   # 0: no cap any more
+            if "Count" in settings and not settings["Count"]:
+                limits.cpuset_cpus = _first_cpus(len(os.sched_getaffinity(0)))
+            if settings.get("Weight"):
                 limits.cpu_shares = int(settings["Weight"])
+            self.doc.processor.update({k: settings[k] for k in ("Count", "Maximum", "Weight")
+                                       if k in settings})
+            self.doc.raw.setdefault("Container", {})["Processor"] = dict(self.doc.processor)
+        elif path == "Container/Storage/QoS":
+            if not isinstance(settings, dict) or not all(
+                    isinstance(settings.get(k, 0), int) and settings.get(k, 0) >= 0
+                    for k in ("IopsMaximum", "BandwidthMaximum")):
+                raise InvalidArgument("Container/Storage/QoS: IopsMaximum and BandwidthMaximum "
+                                      "must be non-negative integers")
+            qos = {**self.doc.storage_qos, **{k: settings[k] for k in
+                                              ("IopsMaximum", "BandwidthMaximum")
+                                              if k in settings}}
+            limits = JobLimits(**hcs_resources(self.doc, {}, qos))
+            self.doc.storage_qos = qos
+            self.doc.raw.setdefault("Container", {}).setdefault("Storage", {})["QoS"] = dict(qos)
         elif path == "Container/Linux/Resources":
             if not isinstance(settings, dict):
                 raise InvalidArgument("Container/Linux/Resources: an object is required")
@@ -413,6 +485,12 @@ class ComputeSystem:
             props["ProcessList"] = process_list(self.job.pids()) if running else []
         if "Memory" in types:
             props["Memory"] = {"SizeInMB": (self.doc.linux.resources.get("memory") or 0) // 2**20}
+        # The resource controls HCS documents carry, as given (Windows' --cpu-count,
+        # --cpu-percent, --io-maxiops, --io-maxbandwidth).
+        props["Processor"] = {k: self.doc.processor.get(k, 0)
+                              for k in ("Count", "Maximum", "Weight")}
+        props["Storage"] = {"QoS": {k: self.doc.storage_qos.get(k, 0)
+                                    for k in ("IopsMaximum", "BandwidthMaximum")}}
         return props
 
     def _statistics(self) -> dict[str, Any]:

@@ -24,6 +24,8 @@ class DaemonConfig:
     insecure_registries: tuple[str, ...] = ()   # --insecure-registry host[:port] or CIDR
     registry_certs_dir: str = "/etc/silobox/certs.d"   # <host:port>/ca.crt, like certs.d
     registry_loopback_only: bool = False  # refuse registries off this machine (test daemons)
+    ip_forward: bool = True               # turn net.ipv4.ip_forward on for nat networks
+    forward_rules: bool = True            # accept rules in a host firewall's dropping forward hook
 
     @property
     def db_path(self) -> str:

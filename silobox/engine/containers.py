@@ -22,7 +22,8 @@ from silobox.compute.system import ComputeSystem, StartError, State
 from silobox.engine import spec as S
 from silobox.engine.health import parse_healthcheck
 from silobox.engine.devices import check_device_requests, device_rules, resolve_devices
-from silobox.engine.hostconfig import check_host_config, shared_host_namespaces
+from silobox.engine.hostconfig import (check_blkio, check_host_config, check_windows_cpu,
+                                      hcs_settings, shared_host_namespaces)
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
@@ -234,6 +235,15 @@ class ContainerService:
             self.sandbox_for(cid).remove()
             shutil.rmtree(cdir, ignore_errors=True)
             raise
+        if (hc.get("IOMaximumBandwidth") or hc.get("IOMaximumIOps")) \
+                and self.sandbox_for(cid).kind != "disk":
+            for field in ("IOMaximumBandwidth", "IOMaximumIOps"):
+                if hc.get(field):
+                    warnings.append(f"{field} applies to a container's sandbox disk and this "
+                                    "container has a directory sandbox: "
+                                    f"{field} discarded.")
+                    c.host_config[field] = 0
+            self._save(c)
         self.emit_event("container", "create", c)
         return {"Id": cid, "Warnings": warnings}
 
@@ -286,13 +296,16 @@ class ContainerService:
         if "ipc" in shared:   # POSIX shared memory lives in /dev/shm: the host's, as on Docker
             mapped.append({"HostPath": "/dev/shm", "ContainerPath": "/dev/shm"})
         res = dict(c.data["Silobox"]["Resources"])
+        processor, qos = hcs_settings(hc)
         return {
             "Owner": "silod", "SchemaVersion": {"Major": 2, "Minor": 1},
             "ShouldTerminateOnLastHandleClosed": False,
             "Container": {
                 "GuestOs": {"HostName": c.config["Hostname"]},
                 "Storage": {"Layers": self.container_storage_layers(c),
-                            "Path": self.sandbox_for(c.id).path},
+                            "Path": self.sandbox_for(c.id).path,
+                            **({"QoS": qos} if qos else {})},
+                **({"Processor": processor} if processor else {}),
                 "MappedDirectories": mapped,
                 "Memory": {"SizeInMB": (res.get("memory") or 0) // 2**20},
                 "Networking": {},
@@ -609,7 +622,9 @@ class ContainerService:
 
     # ----- update / prune ------------------------------------------------------------------
     _UPDATABLE = ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus", "CpuShares",
-                  "CpuPeriod", "CpuQuota", "CpusetCpus", "CpusetMems", "PidsLimit")
+                  "CpuPeriod", "CpuQuota", "CpusetCpus", "CpusetMems", "PidsLimit",
+                  "BlkioWeight", "CpuCount", "CpuPercent", "IOMaximumBandwidth",
+                  "IOMaximumIOps")
 
     async def container_update(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
         """``docker update``: new limits, applied live to the job object (HCS Modify)."""
@@ -621,6 +636,11 @@ class ContainerService:
             if body.get(key) not in (None, 0, ""):
                 hc[key] = body[key]
         S.check_create_body({"Image": "-", "HostConfig": hc})
+        warnings = check_blkio(hc) + check_windows_cpu(hc)
+        if (hc.get("IOMaximumBandwidth") or hc.get("IOMaximumIOps")) \
+                and self.sandbox_for(c.id).kind != "disk":
+            raise InvalidArgument("IOMaximumBandwidth and IOMaximumIOps apply to a container's "
+                                  "sandbox disk and this container has a directory sandbox")
         if "RestartPolicy" in body and body["RestartPolicy"] is not None:
             if hc.get("AutoRemove") and (body["RestartPolicy"].get("Name") or "no") != "no":
                 raise InvalidArgument("Restart policy cannot be updated because AutoRemove is "
@@ -629,14 +649,27 @@ class ContainerService:
         resources = S.resources_from_hostconfig(hc)
         system = self.system_of(c)
         if system is not None and system.state in (State.RUNNING, State.PAUSED):
-            await asyncio.get_running_loop().run_in_executor(None, system.modify, {
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, system.modify, {
                 "ResourcePath": "Container/Linux/Resources", "RequestType": "Update",
                 "Settings": resources})
+            # Windows' controls go through HCS's own resource paths (ModifySettingRequest).
+            old_processor, old_qos = hcs_settings(c.host_config)
+            processor, qos = hcs_settings(hc)
+            if processor != old_processor:
+                await loop.run_in_executor(None, system.modify, {
+                    "ResourcePath": "Container/Processor", "RequestType": "Update",
+                    "Settings": processor})
+            if qos != old_qos:
+                await loop.run_in_executor(None, system.modify, {
+                    "ResourcePath": "Container/Storage/QoS", "RequestType": "Update",
+                    "Settings": {"IopsMaximum": qos.get("IopsMaximum", 0),
+                                 "BandwidthMaximum": qos.get("BandwidthMaximum", 0)}})
         c.data["HostConfig"] = hc
         c.data["Silobox"]["Resources"] = resources
         self._save(c)
         self.emit_event("container", "update", c)
-        return {"Warnings": []}
+        return {"Warnings": warnings}
 
     async def container_prune(self, filters: dict[str, list[str]] | None = None
                               ) -> dict[str, Any]:

@@ -19,6 +19,16 @@ from silobox.engine.config import DEFAULT_EXEC_ROOT, DEFAULT_ROOT, DaemonConfig
 log = logging.getLogger("silod")
 
 
+def _bool(text: str) -> bool:
+    """dockerd's boolean flag values: ``--ip-forward=false``."""
+    v = str(text).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+
+
 def _parse_args(argv: list[str] | None) -> DaemonConfig:
     p = argparse.ArgumentParser(prog="silod", description="The silobox container daemon.")
     p.add_argument("-D", "--debug", action="store_true", help="log every request")
@@ -47,6 +57,14 @@ def _parse_args(argv: list[str] | None) -> DaemonConfig:
                    default=os.environ.get("SILOBOX_REGISTRY_LOOPBACK_ONLY") == "1",
                    help="refuse to contact any registry not on this machine (127.0.0.0/8, ::1, "
                         "localhost); test daemons run so")
+    p.add_argument("--ip-forward", type=_bool, metavar="BOOL",
+                   default=_bool(os.environ.get("SILOBOX_IP_FORWARD", "true")),
+                   help="enable net.ipv4.ip_forward while a nat network exists, restored when "
+                        "the last silod stops (default true)")
+    p.add_argument("--forward-rules", type=_bool, metavar="BOOL",
+                   default=_bool(os.environ.get("SILOBOX_FORWARD_RULES", "true")),
+                   help="add accept rules for the nat networks to a host firewall whose forward "
+                        "hook drops by default, removed with the network (default true)")
     p.add_argument("-v", "--version", action="version", version=f"silod {__version__}")
     a = p.parse_args(argv)
     host = a.host or os.environ.get("SILOBOX_HOST") or f"unix://{a.exec_root}/silod.sock"
@@ -60,7 +78,8 @@ def _parse_args(argv: list[str] | None) -> DaemonConfig:
                         shim_pool=max(0, a.shim_pool), storage_opts=tuple(a.storage_opt),
                         insecure_registries=tuple(a.insecure_registry),
                         registry_certs_dir=os.path.abspath(a.registry_certs_dir),
-                        registry_loopback_only=a.registry_loopback_only)
+                        registry_loopback_only=a.registry_loopback_only,
+                        ip_forward=a.ip_forward, forward_rules=a.forward_rules)
 
 
 def _lock_pidfile(path: str) -> int:

@@ -42,20 +42,31 @@ _JOINABLE = ("IpcMode", "PidMode")
 
 # field → what is not applied (the value is discarded with a warning)
 _DISCARDED: dict[str, str] = {
-    "BlkioWeight": "Block I/O weight",
-    "BlkioWeightDevice": "Block I/O weight_device",
-    "BlkioDeviceReadBps": "BPS Block I/O read limit",
-    "BlkioDeviceWriteBps": "BPS Block I/O write limit",
-    "BlkioDeviceReadIOps": "IOPS Block read limit",
-    "BlkioDeviceWriteIOps": "IOPS Block write limit",
     "MemorySwappiness": "memory swappiness capabilities",
     "OomKillDisable": "oom kill disable",
     "KernelMemory": "kernel memory limit capabilities",
     "KernelMemoryTCP": "kernel memory TCP limit capabilities",
-    "CpuCount": "CPU count",
-    "CpuPercent": "CPU percent",
-    "IOMaximumIOps": "maximum IOPS",
-    "IOMaximumBandwidth": "maximum I/O bandwidth",
+}
+
+# Block I/O fields, applied where the host's blkio/io controller offers them, otherwise dropped
+# with dockerd's own words (``verifyPlatformContainerResources``): field → (needed, warning).
+BLKIO_FIELDS: dict[str, tuple[str, str]] = {
+    "BlkioWeight": ("weight", "Your kernel does not support Block I/O weight or the cgroup is "
+                    "not mounted. Weight discarded."),
+    "BlkioWeightDevice": ("weight", "Your kernel does not support Block I/O weight_device or the "
+                          "cgroup is not mounted. Weight-device discarded."),
+    "BlkioDeviceReadBps": ("throttle", "Your kernel does not support BPS Block I/O read limit or "
+                           "the cgroup is not mounted. Block I/O BPS read limit discarded."),
+    "BlkioDeviceWriteBps": ("throttle", "Your kernel does not support BPS Block I/O write limit "
+                            "or the cgroup is not mounted. Block I/O BPS write limit discarded."),
+    "BlkioDeviceReadIOps": ("throttle", "Your kernel does not support IOPS Block read limit or "
+                            "the cgroup is not mounted. Block I/O IOPS read limit discarded."),
+    "BlkioDeviceWriteIOps": ("throttle", "Your kernel does not support IOPS Block write limit or "
+                             "the cgroup is not mounted. Block I/O IOPS write limit discarded."),
+    "IOMaximumBandwidth": ("throttle", "Your kernel does not support Block I/O throttling or the "
+                           "cgroup is not mounted. IOMaximumBandwidth discarded."),
+    "IOMaximumIOps": ("throttle", "Your kernel does not support Block I/O throttling or the "
+                      "cgroup is not mounted. IOMaximumIOps discarded."),
 }
 
 _REFUSED: dict[str, str] = {
@@ -113,8 +124,77 @@ def check_host_config(hc: dict[str, Any]) -> list[str]:
     for field, what in _DISCARDED.items():
         if not _is_default(field, hc.get(field)):
             warnings.append(f"silobox does not apply {what}: {field} discarded.")
-            hc[field] = -1 if field == "MemorySwappiness" else (
-                [] if isinstance(hc[field], list) else type(hc[field])())
+            _reset(hc, field)
+    warnings += check_blkio(hc)
+    warnings += check_windows_cpu(hc)
+    return warnings
+
+
+def _reset(hc: dict[str, Any], field: str) -> None:
+    hc[field] = -1 if field == "MemorySwappiness" else (
+        [] if isinstance(hc[field], list) else type(hc[field])())
+
+
+def hcs_settings(hc: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """The Windows resource controls as HCS's ``Container.Processor`` (``Count``; ``Maximum``
+    in hundredths of a percent of the whole host) and ``Container.Storage.QoS``; only the
+    ones that are set."""
+    processor = {k: v for k, v in (("Count", hc.get("CpuCount") or 0),
+                                   ("Maximum", (hc.get("CpuPercent") or 0) * 100)) if v}
+    qos = {k: v for k, v in (("IopsMaximum", hc.get("IOMaximumIOps") or 0),
+                             ("BandwidthMaximum", hc.get("IOMaximumBandwidth") or 0)) if v}
+    return processor, qos
+
+
+def check_blkio(hc: dict[str, Any]) -> list[str]:
+    """Drop, with dockerd's warning, the block I/O fields this host cannot enforce."""
+    from silobox.kernel.jobobject import io_support
+    have = None
+    warnings = []
+    for field, (needed, warning) in BLKIO_FIELDS.items():
+        if _is_default(field, hc.get(field)):
+            continue
+        if have is None:
+            have = io_support()
+        if needed not in have:
+            warnings.append(warning)
+            _reset(hc, field)
+    return warnings
+
+
+def check_windows_cpu(hc: dict[str, Any]) -> list[str]:
+    """``--cpu-count`` and ``--cpu-percent``, the Windows CPU controls, checked as dockerd on
+    Windows checks them (``daemon_windows.go``), plus the CFS controls they share kernel files
+    with on Linux."""
+    import os
+    warnings = []
+    for field in ("IOMaximumBandwidth", "IOMaximumIOps"):
+        v = hc.get(field) or 0
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise InvalidArgument(f"invalid {field}: a non-negative integer is expected")
+    count, percent = hc.get("CpuCount") or 0, hc.get("CpuPercent") or 0
+    if not isinstance(count, int) or not isinstance(percent, int):
+        raise InvalidArgument("CpuCount and CpuPercent must be integers")
+    if count < 0:
+        raise InvalidArgument("invalid CPU count: it must not be negative")
+    if not 0 <= percent <= 100:
+        raise InvalidArgument("Range of CPU percent is from 1 to 100")
+    if percent and hc.get("NanoCpus"):
+        raise InvalidArgument("Conflicting options: Nano CPUs and CPU Percent cannot both be set")
+    if percent and (hc.get("CpuQuota") or hc.get("CpuPeriod")):
+        raise InvalidArgument("Conflicting options: CPU Percent and CPU Period/Quota cannot both "
+                              "be set")
+    if count and hc.get("CpusetCpus"):
+        raise InvalidArgument("Conflicting options: CPU count and cpuset CPUs cannot both be set")
+    if count and percent:
+        warnings.append("Conflicting options: CPU count takes priority over CPU percent on "
+                        "Windows Server Containers. CPU percent discarded.")
+        hc["CpuPercent"] = 0
+    available = len(os.sched_getaffinity(0))
+    if count > available:
+        warnings.append(f"Only {available} CPUs are available to containers: CPU count "
+                        f"{count} reduced to {available}.")
+        hc["CpuCount"] = available
     return warnings
 
 

@@ -376,7 +376,9 @@ class NetworkService:
     def _init_networks(self) -> None:
         from silobox.network.service import HostNetworkingService
         from silobox.network.dns import EmbeddedDNS
-        self.hns = HostNetworkingService(self.db, self.config.root, self.config.exec_root)
+        self.hns = HostNetworkingService(self.db, self.config.root, self.config.exec_root,
+                                         ip_forward=self.config.ip_forward,
+                                         forward_rules=self.config.forward_rules)
         self.dns = EmbeddedDNS(self._dns_resolve)
         self.container_hooks.append(NetworkHook(self))
 

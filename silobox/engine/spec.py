@@ -207,6 +207,57 @@ def resources_from_hostconfig(hc: dict) -> dict[str, Any]:
     pids = hc.get("PidsLimit")
     if pids is not None and pids > 0:
         res["pids_limit"] = pids
+    res.update(blkio_from_hostconfig(hc))
+    return res
+
+
+_THROTTLE_FIELDS = (("BlkioDeviceReadBps", "blkio_read_bps"),
+                    ("BlkioDeviceWriteBps", "blkio_write_bps"),
+                    ("BlkioDeviceReadIOps", "blkio_read_iops"),
+                    ("BlkioDeviceWriteIOps", "blkio_write_iops"))
+
+
+def block_device(path: Any, field: str) -> tuple[int, int]:
+    """major, minor of the host block device at ``path`` (as dockerd stats it)."""
+    import stat
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidArgument(f"invalid {field}: {path!r} is not an absolute device path")
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InvalidArgument(f"invalid {field}: stat {path}: {e.strerror}") from None
+    if not stat.S_ISBLK(st.st_mode):
+        raise InvalidArgument(f"invalid {field}: {path} is not a block device")
+    return os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def blkio_from_hostconfig(hc: dict) -> dict[str, Any]:
+    """``BlkioWeight``, ``BlkioWeightDevice`` and the ``BlkioDevice*`` throttles → JobLimits
+    fields, devices resolved to major:minor (fields the host lacks were dropped before)."""
+    res: dict[str, Any] = {}
+    weight = hc.get("BlkioWeight") or 0
+    if weight:
+        if not isinstance(weight, int) or not 10 <= weight <= 1000:
+            raise InvalidArgument("Range of blkio weight is from 10 to 1000")
+        res["blkio_weight"] = weight
+    entries = []
+    for d in hc.get("BlkioWeightDevice") or []:
+        w = d.get("Weight") if isinstance(d, dict) else None
+        if not isinstance(w, int) or not 10 <= w <= 1000:
+            raise InvalidArgument("invalid BlkioWeightDevice: Range of blkio weight is from 10 "
+                                  "to 1000")
+        entries.append([*block_device(d.get("Path"), "BlkioWeightDevice"), w])
+    if entries:
+        res["blkio_weight_device"] = entries
+    for field, key in _THROTTLE_FIELDS:
+        entries = []
+        for d in hc.get(field) or []:
+            rate = d.get("Rate") if isinstance(d, dict) else None
+            if not isinstance(rate, int) or isinstance(rate, bool) or rate < 0:
+                raise InvalidArgument(f"invalid {field}: Rate must be a non-negative integer")
+            entries.append([*block_device(d.get("Path"), field), rate])
+        if entries:
+            res[key] = entries
     return res
 
 

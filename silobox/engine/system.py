@@ -40,6 +40,7 @@ class SystemService:
         paused = sum(1 for c in cs if c.state["Status"] == "paused")
         layout = cgroup_layout()
         mode = getattr(layout, "mode", "v1")
+        forwarding = self.hns.forwarding.report()  # type: ignore[attr-defined]
         with open("/proc/meminfo") as f:
             mem_total = int(f.readline().split()[1]) * 1024
         try:
@@ -59,7 +60,8 @@ class SystemService:
                         "Log": ["json-file"]},
             "MemoryLimit": True, "SwapLimit": True, "KernelMemory": False,
             "CpuCfsPeriod": True, "CpuCfsQuota": True, "CPUShares": True, "CPUSet": True,
-            "PidsLimit": True, "OomKillDisable": False, "IPv4Forwarding": True,
+            "PidsLimit": True, "OomKillDisable": False,
+            "IPv4Forwarding": forwarding["IPv4Forwarding"],
             "BridgeNfIptables": True, "BridgeNfIp6tables": True, "Debug": self.config.debug,
             "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,
             "SystemTime": iso(time.time()), "LoggingDriver": "json-file",
@@ -78,9 +80,9 @@ class SystemService:
             "LiveRestoreEnabled": True, "Isolation": "process", "InitBinary": "tini",
             "ContainerdCommit": {"ID": ""}, "RuncCommit": {"ID": ""}, "InitCommit": {"ID": ""},
             "SecurityOptions": ["name=seccomp,profile=builtin", "name=cgroupns"],
-            "CDISpecDirs": [], "Warnings": [],
+            "CDISpecDirs": [], "Warnings": self.hns.forwarding.warnings(),  # type: ignore
             "Silobox": {"CgroupParent": self.config.cgroup_parent, "CgroupMode": mode,
-                        "ExecRoot": self.config.exec_root},
+                        "ExecRoot": self.config.exec_root, "HostForwarding": forwarding},
         }
 
     async def system_df(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
 from silobox.network import drivers as D
+from silobox.network import forwarding as F
 from silobox.network import ipam as I
 from silobox.network import nft as N
 from silobox.network import policies as P
@@ -63,7 +64,8 @@ def daemon_tag(root: str) -> str:
 class HostNetworkingService:
     """HNS: create/delete/list networks and endpoints; attach endpoints to compartments."""
 
-    def __init__(self, db: Any, root: str, exec_root: str) -> None:
+    def __init__(self, db: Any, root: str, exec_root: str, *, ip_forward: bool = True,
+                 forward_rules: bool = True) -> None:
         self.db = db
         db.migrate("network", I.SCHEMA)
         self.ipam = I.Ipam(db)
@@ -73,6 +75,10 @@ class HostNetworkingService:
         self.netns_dir = os.path.join(exec_root, "netns")
         self.netlink = Netlink(os.path.join(self.netns_dir, "vswitch"))
         self._nft: N.Nft | None = None
+        self.forwarding = F.HostForwarding(lambda: self.nft, self.table, {self.table},
+                                           f"{os.getpid()} {os.path.abspath(root)}",
+                                           manage_sysctl=ip_forward,
+                                           manage_rules=forward_rules)
         self.networks: dict[str, dict[str, Any]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         for r in db.query("SELECT data FROM hns_networks"):
@@ -108,6 +114,15 @@ class HostNetworkingService:
 
     def nat_networks(self) -> list[dict[str, Any]]:
         return [n for n in self.networks.values() if self.driver(n) == "nat"]
+
+    def routed_networks(self) -> list[F.RoutedNetwork]:
+        """Networks whose containers the host forwards for: nat ones that are not internal
+        (the external drivers switch in the vSwitch namespace, the host never routes them)."""
+        return [F.RoutedNetwork(n["Name"], self.host_port(n), n["Subnets"][0]["AddressPrefix"])
+                for n in self.nat_networks() if not n["Internal"] and not n.get("Degraded")]
+
+    def sync_forwarding(self) -> None:
+        self.forwarding.sync(self.routed_networks())
 
     @staticmethod
     def subnet6(n: dict[str, Any]) -> dict[str, Any] | None:
@@ -153,6 +168,7 @@ class HostNetworkingService:
         await self.netlink.run(self._remove_orphan_links)
         self.apply_rules()
         await self.apply_switch_rules()
+        self.sync_forwarding()
 
     def _remove_orphan_links(self) -> None:
         owned_host = {self.host_port(n) for n in self.nat_networks()}
@@ -209,6 +225,7 @@ class HostNetworkingService:
                     await self.netlink.run(self.netlink.delete_link, "host", self.host_port(n))
                 await self.netlink.run(self.netlink.remove_netns, self.netlink.switch_path)
                 self.remove_everything()
+                self.forwarding.close()
             except Exception as e:  # best effort: the next start reconciles
                 log.warning("network teardown at stop: %s", e)
         self.netlink.close()
@@ -350,6 +367,7 @@ class HostNetworkingService:
             raise
         self.apply_rules()
         await self.apply_switch_rules()
+        self.sync_forwarding()
         return n
 
     def _ipv6_subnet(self, subnet6: str | None, gateway6: str | None) -> dict[str, Any]:
@@ -425,6 +443,7 @@ class HostNetworkingService:
         self.networks.pop(n["ID"], None)
         self.apply_rules()
         await self.apply_switch_rules()
+        self.sync_forwarding()
         return n
 
     async def _release_uplink(self, n: dict[str, Any]) -> None:
@@ -544,6 +563,8 @@ class HostNetworkingService:
             addresses, gw, e["IfName"], create_ns, mtu, kind == "l2tunnel", gw6)
         e["State"] = 2
         self._save_endpoint(e)
+        if kind == "nat" and not n["Internal"]:
+            self.forwarding.check(self.routed_networks())
         if any(p["Type"] == "PortMapping" for p in e["Policies"]):
             self.apply_rules()
         if kind in ("l2bridge", "l2tunnel"):

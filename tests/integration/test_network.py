@@ -23,25 +23,6 @@ from netutil import IMAGE, TestResources
 SERVE = "echo hi > /tmp/i; exec httpd -f -p 80 -h /tmp"
 
 
-def host_forward_drops() -> bool:
-    """True when another engine's iptables-nft FORWARD chain drops by default (read only).
-
-    A packet dropped by any base chain is dropped: silobox's own accept cannot override it, and
-    silobox never edits other tables. Forwarded paths (outbound NAT, hairpin) then cannot work."""
-    r = subprocess.run(["nft", "-j", "list", "chain", "ip", "filter", "FORWARD"],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        return False
-    for item in json.loads(r.stdout)["nftables"]:
-        if "chain" in item and item["chain"].get("policy") == "drop":
-            return True
-    return False
-
-
-FORWARD_REASON = ("this host's iptables-nft FORWARD policy is drop (another engine's table); "
-                  "forwarded traffic cannot pass without editing it, which silobox never does")
-
-
 class Net(TestResources):
     """Per-test helper: starts containers and nat networks and removes them afterwards."""
 
@@ -255,8 +236,11 @@ def test_cli_port_range_and_port(net: Net, silod: Any) -> None:
     assert http_get("127.0.0.1", p) == "hi\n"
 
 
-@pytest.mark.skipif(host_forward_drops(), reason=FORWARD_REASON)
 def test_hairpin(net: Net) -> None:
+    check_hairpin(net)
+
+
+def check_hairpin(net: Net) -> None:
     p = free_port()
     net.run(SERVE, ports={80: p})
     b = net.run("sleep 30")
@@ -265,8 +249,11 @@ def test_hairpin(net: Net) -> None:
     assert "hi" in out
 
 
-@pytest.mark.skipif(host_forward_drops(), reason=FORWARD_REASON)
 def test_outbound_nat_to_own_outside_namespace(net: Net, run_id: str) -> None:
+    check_outbound(net, run_id)
+
+
+def check_outbound(net: Net, run_id: str) -> None:
     ns = f"sbxto{run_id[:6]}"
     host_end, out_end = f"sbxto{run_id[:6]}h", "eth0"
     subprocess.run(["ip", "netns", "del", ns], capture_output=True)
@@ -299,6 +286,73 @@ def test_outbound_nat_to_own_outside_namespace(net: Net, run_id: str) -> None:
     finally:
         subprocess.run(["ip", "link", "del", host_end], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+# ----- the host's forwarding ------------------------------------------------------------------
+def daemon_prefix(silod: Any) -> str:
+    vnic = hns_nat(silod)["Silobox"]["HostVNic"]
+    return vnic[:vnic.rindex("nat")]
+
+
+def our_rules(table: str, comment: str) -> list[str]:
+    out = subprocess.run(["nft", "list", "chain", "ip", table, "forward"], capture_output=True,
+                         text=True).stdout
+    return [l.strip() for l in out.splitlines() if f'comment "{comment}"' in l]
+
+
+def test_ip_forward_enabled_and_reported(silod: Any) -> None:
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        assert f.read().strip() == "1"
+    info = silod.client.info()
+    hf = info["Silobox"]["HostForwarding"]
+    assert info["IPv4Forwarding"] is True and hf["IPv4Forwarding"] is True
+    assert hf["IPForward"] in ("enabled by silod", "already enabled"), hf
+    assert not any("forwarding is disabled" in w for w in info["Warnings"])
+    out = silod.silo("info").stdout.decode()
+    assert "Host Forwarding:" in out and "net.ipv4.ip_forward: 1" in out
+
+
+def test_forward_drop_policy_gets_scoped_accept_rules(net: Net, silod: Any,
+                                                      run_id: str) -> None:
+    """A Docker-like forward hook with policy drop, made as a table of the test's own that
+    only drops this daemon's traffic (so nothing else on the host is affected), gets our
+    accept rules; they follow the networks and leave with them; the table is removed."""
+    prefix = daemon_prefix(silod)
+    tag = prefix[3:]
+    comment = f"silobox_{tag}" if tag else "silobox"
+    table = f"sbxdrop{run_id[:6]}"
+    subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
+    try:
+        subprocess.run(["nft", f"add table ip {table}; add chain ip {table} forward "
+                        "{ type filter hook forward priority 0; policy drop; }; "
+                        f'add rule ip {table} forward iifname != "{prefix}*" '
+                        f'oifname != "{prefix}*" accept'], check=True)
+        time.sleep(1.1)   # container starts look for new firewalls at most once a second
+        check_hairpin(net)            # the first endpoint notices the new firewall
+        rules = our_rules(table, comment)
+        vnic = hns_nat(silod)["Silobox"]["HostVNic"]
+        assert any(f'iifname "{vnic}"' in r for r in rules) and len(rules) % 3 == 0, rules
+        hf = silod.client.info()["Silobox"]["HostForwarding"]
+        assert {"Backend": "nft", "Table": f"ip {table}", "Chain": "forward",
+                "Rules": len(rules)} in hf["ForwardRules"], hf
+        assert "accept rules in nft ip " + table in silod.silo("info").stdout.decode()
+        check_outbound(net, run_id)
+        # a new network adds its pair, its removal takes exactly those
+        name = f"fw{run_id}"
+        net.network(name)
+        user_vnic = next(n for n in silod.request("GET", "/silobox/hns/networks")[1]
+                         if n["Name"] == name)["Silobox"]["HostVNic"]
+        assert len(our_rules(table, comment)) == len(rules) + 3
+        assert any(f'"{user_vnic}"' in r for r in our_rules(table, comment))
+        silod.client.remove_network(name)
+        net.networks.remove(name)
+        assert our_rules(table, comment) == rules
+        # the test's own rule is untouched
+        listed = subprocess.run(["nft", "list", "chain", "ip", table, "forward"],
+                                capture_output=True, text=True).stdout
+        assert f'iifname != "{prefix}*" oifname != "{prefix}*" accept' in listed
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
 
 
 # ----- user networks --------------------------------------------------------------------------
@@ -460,3 +514,39 @@ def test_restart_removes_our_orphans_only(silod: Any, run_id: str) -> None:
     finally:
         for name in (orphan, foreign):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
+def test_forward_rules_leave_at_clean_stop_and_option_turns_them_off(
+        silod: Any, silod_factory: Any, run_id: str, tmp_path: Any) -> None:
+    """A second daemon adds its own rules to a dropping hook and removes exactly those when it
+    stops; with ``--ip-forward=false --forward-rules=false`` it touches neither."""
+    from silobox.network.service import daemon_tag
+    table = f"sbxdrop{run_id[:6]}s"
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
+    try:
+        # drops nothing but the extra daemons' forwarded traffic: the host's passes
+        pfx = [f"sbx{daemon_tag(os.path.join(x, 'root'))}*" for x in (a, b)]
+        others = " ".join(f'{k} != "{p}"' for k in ("iifname", "oifname") for p in pfx)
+        subprocess.run(["nft", f"add table ip {table}; add chain ip {table} forward "
+                        "{ type filter hook forward priority 0; policy drop; }; "
+                        f"add rule ip {table} forward {others} accept"], check=True)
+        with silod_factory(a, f"{run_id}f") as d:
+            prefix = daemon_prefix(d)
+            comment = f"silobox_{prefix[3:]}"
+            assert len(our_rules(table, comment)) == 3
+            hf = d.client.info()["Silobox"]["HostForwarding"]
+            assert any(r["Table"] == f"ip {table}" for r in hf["ForwardRules"]), hf
+        assert our_rules(table, comment) == []
+        with open("/proc/sys/net/ipv4/ip_forward") as f:
+            assert f.read().strip() == "1"      # the session daemon still holds it
+        with silod_factory(b, f"{run_id}g",
+                           ["--ip-forward=false", "--forward-rules=false"]) as d:
+            comment = f"silobox_{daemon_prefix(d)[3:]}"
+            hf = d.client.info()["Silobox"]["HostForwarding"]
+            assert hf["IPForward"].startswith("not managed") and \
+                hf["ForwardRules"].startswith("not managed"), hf
+            assert our_rules(table, comment) == []
+            assert any("--forward-rules=false" in w for w in d.client.info()["Warnings"])
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)

@@ -276,3 +276,30 @@ def test_detach_keys() -> None:
     assert parse_detach_keys("a,ctrl-@") == b"a\x00"
     with pytest.raises(ValueError):
         parse_detach_keys("ctrl-1")
+
+
+def test_blkio_and_windows_resource_flags() -> None:
+    import argparse
+
+    from silobox.cli.opts import OptError, add_create_flags, blkio_flags, windows_resources
+    p = argparse.ArgumentParser(add_help=False)
+    add_create_flags(p)
+    ns, _ = p.parse_known_args(["--device-read-bps", "/dev/sda:1mb", "--device-write-iops",
+                                "/dev/sdb:300", "--blkio-weight", "500",
+                                "--blkio-weight-device", "/dev/sda:200", "--cpu-count", "2",
+                                "--cpu-percent", "30", "--io-maxbandwidth", "10mb",
+                                "--io-maxiops", "100", "busybox"])
+    assert blkio_flags(ns) == {
+        "BlkioWeight": 500, "BlkioWeightDevice": [{"Path": "/dev/sda", "Weight": 200}],
+        "BlkioDeviceReadBps": [{"Path": "/dev/sda", "Rate": 1 << 20}],
+        "BlkioDeviceWriteIOps": [{"Path": "/dev/sdb", "Rate": 300}]}
+    assert windows_resources(ns) == {"CpuCount": 2, "CpuPercent": 30,
+                                     "IOMaximumBandwidth": 10 << 20, "IOMaximumIOps": 100}
+    for bad in ("sda:1mb", "/dev/sda", "/dev/sda:-1", "/dev/sda:x"):
+        ns, _ = p.parse_known_args(["--device-read-bps", bad, "busybox"])
+        try:
+            blkio_flags(ns)
+        except OptError as e:
+            assert "--device-read-bps" in str(e)
+        else:
+            raise AssertionError(bad)

@@ -30,17 +30,45 @@ def test_defaults_pass_untouched() -> None:
 
 
 def test_unenforced_resources_are_discarded_with_a_warning() -> None:
-    hc = {**CLI_DEFAULTS, "BlkioWeight": 300, "MemorySwappiness": 10, "OomKillDisable": True,
-          "BlkioDeviceReadBps": [{"Path": "/dev/sda", "Rate": 1}]}
+    hc = {**CLI_DEFAULTS, "MemorySwappiness": 10, "OomKillDisable": True}
     warnings = check_host_config(hc)
     assert warnings == [
-        "silobox does not apply Block I/O weight: BlkioWeight discarded.",
-        "silobox does not apply BPS Block I/O read limit: BlkioDeviceReadBps discarded.",
         "silobox does not apply memory swappiness capabilities: MemorySwappiness discarded.",
         "silobox does not apply oom kill disable: OomKillDisable discarded.",
     ]
-    assert (hc["BlkioWeight"], hc["MemorySwappiness"], hc["OomKillDisable"],
-            hc["BlkioDeviceReadBps"]) == (0, -1, False, [])
+    assert (hc["MemorySwappiness"], hc["OomKillDisable"]) == (-1, False)
+
+
+def test_blkio_the_host_lacks_is_dropped_with_dockers_words(monkeypatch) -> None:
+    import silobox.kernel.jobobject as J
+    monkeypatch.setattr(J, "io_support", lambda: frozenset({"throttle"}))
+    hc = {**CLI_DEFAULTS, "BlkioWeight": 300,
+          "BlkioDeviceReadBps": [{"Path": "/dev/sda", "Rate": 1}]}
+    assert check_host_config(hc) == [
+        "Your kernel does not support Block I/O weight or the cgroup is not mounted. "
+        "Weight discarded."]
+    assert hc["BlkioWeight"] == 0 and hc["BlkioDeviceReadBps"] == [{"Path": "/dev/sda",
+                                                                    "Rate": 1}]
+    monkeypatch.setattr(J, "io_support", lambda: frozenset())
+    hc = {**CLI_DEFAULTS, "BlkioDeviceReadBps": [{"Path": "/dev/sda", "Rate": 1}]}
+    assert check_host_config(hc) == [
+        "Your kernel does not support BPS Block I/O read limit or the cgroup is not mounted. "
+        "Block I/O BPS read limit discarded."]
+    assert hc["BlkioDeviceReadBps"] == []
+
+
+def test_windows_cpu_controls() -> None:
+    hc = {**CLI_DEFAULTS, "CpuCount": 1, "CpuPercent": 40}
+    assert check_host_config(hc) == [
+        "Conflicting options: CPU count takes priority over CPU percent on Windows Server "
+        "Containers. CPU percent discarded."]
+    assert (hc["CpuCount"], hc["CpuPercent"]) == (1, 0)
+    for bad, message in (({"CpuPercent": 101}, "Range of CPU percent is from 1 to 100"),
+                         ({"CpuCount": -1}, "invalid CPU count: it must not be negative"),
+                         ({"IOMaximumIOps": -5},
+                          "invalid IOMaximumIOps: a non-negative integer is expected")):
+        with pytest.raises(InvalidArgument, match=message):
+            check_host_config({**CLI_DEFAULTS, **bad})
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -28,6 +28,10 @@ def update(ctx: Context, argv: list[str]) -> int:
     a("--cpuset-cpus", metavar="string", help="CPUs in which to allow execution (0-3, 0,1)")
     a("--cpuset-mems", metavar="string", help="MEMs in which to allow execution (0-3, 0,1)")
     a("--pids-limit", type=int, metavar="int", help="Tune container pids limit (-1 unlimited)")
+    a("--blkio-weight", type=int, metavar="uint16",
+      help="Block IO (relative weight), between 10 and 1000, or 0 to disable (default 0)")
+    from silobox.cli.opts import add_windows_resource_flags, windows_resources
+    add_windows_resource_flags(p)
     a("--restart", metavar="string", help="Restart policy to apply when a container exits")
     a("containers", nargs="+", metavar="CONTAINER")
     ns = parse(p, argv)
@@ -41,6 +45,9 @@ def update(ctx: Context, argv: list[str]) -> int:
             body["MemoryReservation"] = units.parse_bytes(ns.memory_reservation)
         if ns.cpus:
             body["NanoCpus"] = units.parse_cpus(ns.cpus)
+        if ns.blkio_weight:
+            body["BlkioWeight"] = ns.blkio_weight
+        body.update(windows_resources(ns))
     except ValueError as e:
         raise StatusError(125, f"invalid argument: {e}") from None
     for key, value in (("CpuShares", ns.cpu_shares), ("CpuPeriod", ns.cpu_period),

@@ -174,10 +174,29 @@ def info(ctx: Context, argv: list[str]) -> int:
     add("Debug Mode", "Debug")
     add("Experimental", "ExperimentalBuild")
     add("Live Restore Enabled", "LiveRestoreEnabled")
+    out += _forwarding_lines((doc.get("Silobox") or {}).get("HostForwarding"))
     ctx.out("\n".join(out) + "\n")
     for w in doc.get("Warnings") or []:
         ctx.err(f"{w}\n" if w.startswith("WARNING") else f"WARNING: {w}\n")
     return 0
+
+
+def _forwarding_lines(f: dict | None) -> list[str]:
+    """What silod did to the host's forwarding (sysctl and firewall accept rules)."""
+    if not f:
+        return []
+    out = [" Host Forwarding:", f"  net.ipv4.ip_forward: {'1' if f.get('IPv4Forwarding') else '0'}"
+           f" ({f.get('IPForward', '')})"]
+    rules = f.get("ForwardRules")
+    if isinstance(rules, str):
+        out.append(f"  Forward rules: {rules}")
+    elif rules:
+        for r in rules:
+            out.append(f"  Forward rules: {r['Rules']} accept rules in {r['Backend']} "
+                       f"{r['Table']} {r['Chain']} (policy drop)")
+    else:
+        out.append("  Forward rules: none needed (no forward hook drops by default)")
+    return out
 
 
 def df(ctx: Context, argv: list[str]) -> int:

@@ -33,6 +33,9 @@ FREEZE_TIMEOUT = 5.0
 UNLIMITED = -1
 V2_REQUIRED_CONTROLLERS = frozenset({"cpu", "memory", "pids"})
 
+THROTTLES = ("blkio_read_bps", "blkio_write_bps", "blkio_read_iops", "blkio_write_iops")
+"""JobLimits' per-device throttle fields, in the order of v1's files and v2's io.max keys."""
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 
 __all__ = [
@@ -68,6 +71,18 @@ class JobLimits:
     cpuset_mems: str | None = None
     pids_limit: int | None = None
     """Active process limit (``--pids-limit``; counts threads); ``<= 0`` means unlimited."""
+    blkio_weight: int | None = None
+    """Relative block I/O weight (``--blkio-weight``, 10–1000): ``blkio.weight`` (v1),
+    ``io.weight`` (v2, scaled to 1–10000). Only where the host's I/O scheduler offers it."""
+    blkio_weight_device: list | None = None
+    """[[major, minor, weight]] (``--blkio-weight-device``)."""
+    blkio_read_bps: list | None = None
+    """[[major, minor, bytes/s]] (``--device-read-bps``; the Windows ``--io-maxbandwidth`` on
+    the sandbox disk): ``blkio.throttle.read_bps_device`` (v1), ``io.max rbps`` (v2). A rate
+    of 0 removes the device's throttle."""
+    blkio_write_bps: list | None = None
+    blkio_read_iops: list | None = None
+    blkio_write_iops: list | None = None
     privileged: bool = False
     """Device policy: allow every device. Applied by :meth:`JobObject.create`."""
     devices: tuple[DeviceRule, ...] = ()
@@ -97,6 +112,13 @@ class JobLimits:
             raise InvalidArgument("CPU cfs quota can not be less than 1ms (i.e. 1000)")
         if self.cpu_shares is not None and self.cpu_shares < 0:
             raise InvalidArgument(f"cpu_shares must not be negative: {self.cpu_shares}")
+        if self.blkio_weight and not 10 <= self.blkio_weight <= 1000:
+            raise InvalidArgument("Range of blkio weight is from 10 to 1000")
+        for name in ("blkio_weight_device",) + THROTTLES:
+            for entry in getattr(self, name) or []:
+                if not (isinstance(entry, (list, tuple)) and len(entry) == 3
+                        and all(isinstance(x, int) and x >= 0 for x in entry)):
+                    raise InvalidArgument(f"{name}: [major, minor, value] entries expected")
 
     def swap_total(self) -> int | None:
         """The memory + swap limit to apply: the explicit value, or Docker's 2 × memory default."""
@@ -291,6 +313,33 @@ class _Backend(Protocol):
     def statistics(self) -> JobStatistics: ...
     def oom_killed(self) -> bool: ...
     def delete(self, timeout: float) -> None: ...
+
+
+def io_support() -> frozenset[str]:
+    """What block I/O control the host offers a job object: ``throttle`` (per-device bps and
+    iops limits) and ``weight`` (a proportional weight, which needs an I/O scheduler with one:
+    BFQ or CFQ). Docker asks the same of its kernel and drops what is missing."""
+    layout = features.cgroup_layout()
+    out = set()
+    if backend_name() == "v2":
+        root = layout.unified_mount or ""
+        if "io" in layout.unified_controllers:
+            out.add("throttle")
+            parent = os.path.join(root, DEFAULT_PARENT)
+            for base in (parent, root):
+                if os.path.exists(os.path.join(base, "io.weight")) or \
+                        os.path.exists(os.path.join(base, "io.bfq.weight")):
+                    out.add("weight")
+                    break
+        return frozenset(out)
+    mount = layout.v1_mount("blkio")
+    if mount:
+        if os.path.exists(os.path.join(mount, "blkio.throttle.read_bps_device")):
+            out.add("throttle")
+        if os.path.exists(os.path.join(mount, "blkio.weight")) or \
+                os.path.exists(os.path.join(mount, "blkio.bfq.weight")):
+            out.add("weight")
+    return frozenset(out)
 
 
 def backend_name() -> str:

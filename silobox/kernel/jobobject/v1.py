@@ -14,7 +14,7 @@ import time
 
 from silobox.errors import Conflict, InvalidArgument, NotFound, SystemFailure, Unavailable
 from silobox.kernel.features import CgroupLayout
-from silobox.kernel.jobobject import (UNLIMITED, JobLimits, JobStatistics, parse_int, parse_keyed,
+from silobox.kernel.jobobject import (THROTTLES, UNLIMITED, JobLimits, JobStatistics, parse_int, parse_keyed,
                                       read_file, read_optional, read_pids, remove_tree,
                                       signal_pids, tree_dirs, wait_until, write_file)
 from silobox.kernel.jobobject.devices import effective_rules, v1_expected_list
@@ -200,6 +200,24 @@ class V1JobObject:
         if limits.pids_limit is not None:
             self._write("pids", "pids.max", "max" if limits.pids_limit <= 0 else limits.pids_limit,
                         "set_limits")
+        self._set_blkio(limits)
+
+    def _set_blkio(self, limits: JobLimits) -> None:
+        """``blkio.weight[_device]`` (CFQ/BFQ only; BFQ names them ``blkio.bfq.*``) and the
+        ``blkio.throttle.*_device`` files, one ``major:minor value`` line per device."""
+        if limits.blkio_weight or limits.blkio_weight_device:
+            prefix = "blkio.bfq." if self._optional("blkio", "blkio.bfq.weight") is not None \
+                and self._optional("blkio", "blkio.weight") is None else "blkio."
+            if limits.blkio_weight:
+                self._write("blkio", prefix + "weight", limits.blkio_weight, "set_limits")
+            for major, minor, weight in limits.blkio_weight_device or []:
+                self._write("blkio", prefix + "weight_device", f"{major}:{minor} {weight}",
+                            "set_limits")
+        for name, fname in zip(THROTTLES, ("read_bps_device", "write_bps_device",
+                                           "read_iops_device", "write_iops_device")):
+            for major, minor, rate in getattr(limits, name) or []:
+                self._write("blkio", f"blkio.throttle.{fname}", f"{major}:{minor} {rate}",
+                            "set_limits")
 
     def _set_memory(self, limits: JobLimits) -> None:
         """Write memory and memory+swap limits in the order the kernel accepts.

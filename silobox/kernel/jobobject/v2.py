@@ -14,7 +14,7 @@ import signal
 import time
 
 from silobox.errors import Conflict, InvalidArgument, NotFound, SystemFailure, Unavailable
-from silobox.kernel.jobobject import (UNLIMITED, JobLimits, JobStatistics, parse_int, parse_keyed,
+from silobox.kernel.jobobject import (THROTTLES, UNLIMITED, JobLimits, JobStatistics, parse_int, parse_keyed,
                                       read_file, read_optional, read_pids, remove_tree,
                                       signal_pids, tree_dirs, wait_until, write_file)
 from silobox.kernel.jobobject.devices import apply_device_filter, effective_rules
@@ -30,6 +30,11 @@ def shares_to_weight(shares: int) -> int:
     """
     shares = max(2, min(262144, shares))
     return 1 + ((shares - 2) * 9999) // 262142
+
+
+def blkio_to_io_weight(weight: int) -> int:
+    """Docker's ``--blkio-weight`` (10–1000) → ``io.weight`` (1–10000), as runc maps it."""
+    return 1 + (max(10, min(1000, weight)) - 10) * 9999 // 990
 
 
 class V2JobObject:
@@ -173,6 +178,24 @@ class V2JobObject:
         if limits.pids_limit is not None:
             self._write("pids.max", "max" if limits.pids_limit <= 0 else limits.pids_limit,
                         "set_limits")
+        self._set_io(limits)
+
+    def _set_io(self, limits: JobLimits) -> None:
+        """``io.weight`` (or BFQ's ``io.bfq.weight``), Docker's 10–1000 scaled to 1–10000, and
+        ``io.max`` (``major:minor rbps=… wbps=… riops=… wiops=…``; 0 → ``max``)."""
+        if limits.blkio_weight or limits.blkio_weight_device:
+            name = "io.bfq.weight" if os.path.exists(self._path("io.bfq.weight")) else "io.weight"
+            scale = (lambda w: w) if name == "io.bfq.weight" else blkio_to_io_weight
+            if limits.blkio_weight:
+                self._write(name, f"default {scale(limits.blkio_weight)}", "set_limits")
+            for major, minor, weight in limits.blkio_weight_device or []:
+                self._write(name, f"{major}:{minor} {scale(weight)}", "set_limits")
+        per_device: dict[tuple[int, int], list[str]] = {}
+        for name, key in zip(THROTTLES, ("rbps", "wbps", "riops", "wiops")):
+            for major, minor, rate in getattr(limits, name) or []:
+                per_device.setdefault((major, minor), []).append(f"{key}={rate or 'max'}")
+        for (major, minor), settings in per_device.items():
+            self._write("io.max", f"{major}:{minor} {' '.join(settings)}", "set_limits")
 
     def _set_memory(self, limits: JobLimits) -> None:
         """``memory.max``, ``memory.swap.max``: v2 limits swap alone, so swap = total − memory."""

@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass, field
 
 from silobox.kernel import libc
+from silobox.kernel.silo.cgroupfs import mount_cgroupfs
 
 # (name, type, major, minor, mode): what every container's /dev holds.
 DEFAULT_DEVICES: tuple[tuple[str, str, int, int, int], ...] = (
@@ -285,6 +286,7 @@ def build_rootfs(spec: SiloSpec) -> None:
         if not spec.privileged:
             libc.mount(None, sys_dir, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | sys_flags)
     _mount_dev(root, spec)
+    mount_cgroupfs(root, "cgroup" in spec.namespaces or "cgroup" in spec.join, spec.privileged)
 
     # Binds and tmpfs mounts together, parents before what is mounted inside them.
     mounts: list = [*spec.binds, *spec.tmpfs]

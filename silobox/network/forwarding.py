@@ -1,0 +1,469 @@
+"""The host's forwarding, owned as dockerd and netavark own it.
+
+A nat network's containers reach the world through the *host's* IP stack: their packets come in
+on the host vNIC (``sbx<tag>nat<k>``), are routed, masqueraded and leave through the host's
+uplink. Two host settings decide whether that works, and silod takes care of both:
+
+* ``net.ipv4.ip_forward``: switched on while silod runs a nat network that is not internal.
+  Several silods (tests, development) may share a host, so the switch is leased: a host-wide
+  lease file under ``/run`` records the value found before the first silod changed it and the
+  daemons holding it (``flock`` on the sysctl file guards it); the last holder to stop
+  cleanly writes the found value back and the lease file goes. A value that
+  was already 1 is never touched.
+* a host firewall whose ``forward`` hook drops by default (Docker's iptables ``FORWARD`` policy
+  DROP, an nftables ruleset with ``policy drop``): a packet dropped by any base chain is
+  dropped, so an ``accept`` in silobox's own table cannot help. silod appends narrowly scoped
+  accept rules to each such chain, one pair per nat network: from the network's host vNIC
+  with a source in its subnet, and to it for replies and published (DNATed) connections.
+  Every rule carries the comment ``silobox`` (``silobox_<tag>`` for other daemons); those and
+  only those are removed when the network goes and at a clean stop. iptables' own chains
+  (``ip filter FORWARD`` of iptables-nft, legacy iptables' ``filter``) are written with the
+  iptables tool of that backend, so iptables keeps reading them; other tables through
+  libnftables.
+
+``HostForwarding.report()`` is what ``silo info`` shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from silobox.atomic import atomic_write
+from silobox.errors import SystemFailure
+
+log = logging.getLogger("silobox.network")
+
+LEASE_FILE = "/run/silobox-ip-forward.json"
+IPV4_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+LEGACY_TABLES = "/proc/net/ip_tables_names"
+
+
+@dataclass(frozen=True)
+class RoutedNetwork:
+    """A network whose traffic the host forwards: its host vNIC and IPv4 subnet."""
+
+    name: str
+    host_port: str
+    subnet: str
+
+
+@dataclass
+class FirewallHook:
+    """One foreign base chain on the forward hook that drops by default."""
+
+    backend: str            # "nft", "iptables-nft" or "iptables-legacy"
+    family: str
+    table: str
+    chain: str
+    rules: int = 0          # accept rules of ours in it
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}: {self.family} {self.table} {self.chain}"
+
+
+@dataclass
+class ForwardingState:
+    ip_forward: str = ""             # "enabled by silod", "already enabled", "disabled", ...
+    hooks: list[FirewallHook] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SysctlLease:
+    """``net.ipv4.ip_forward`` turned on while any silod holds it, restored by the last one."""
+
+    def __init__(self, holder: str, path: str = LEASE_FILE, sysctl: str = IPV4_FORWARD) -> None:
+        self.holder = holder                 # "<pid> <root>"
+        self.path = path
+        self.sysctl = sysctl
+        self.held = False
+
+    @contextlib.contextmanager
+    def _locked(self) -> Any:
+        # The lock is taken on the sysctl's own file: nothing to create, nothing left behind.
+        fd = os.open(self.sysctl, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                with open(self.path) as f:
+                    doc = json.load(f)
+            except (FileNotFoundError, ValueError):
+                doc = {}
+            yield doc
+        finally:
+            os.close(fd)
+
+    def _save(self, doc: dict[str, Any]) -> None:
+        if doc.get("holders"):
+            atomic_write(self.path, json.dumps(doc))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def _read(self) -> str:
+        with open(self.sysctl) as f:
+            return f.read().strip()
+
+    def _write(self, value: str) -> None:
+        with open(self.sysctl, "w") as f:
+            f.write(value)
+
+    def acquire(self) -> str:
+        """Turn forwarding on (if off) and hold it; returns what was done, for ``info``."""
+        with self._locked() as doc:
+            holders = [h for h in doc.get("holders", []) if _alive(int(h.split()[0]))]
+            current = self._read()
+            if current != "1":
+                self._write("1")
+                if not holders:
+                    doc["original"] = current
+                log.info("enabled net.ipv4.ip_forward (was %s) for the nat networks' outbound "
+                         "traffic; restored when the last silod stops", current)
+            if self.holder not in holders:
+                holders.append(self.holder)
+            doc["holders"] = holders
+            self._save(doc)
+            self.held = True
+            return ("enabled by silod" if doc.get("original", "1") != "1"
+                    else "already enabled")
+
+    def release(self) -> None:
+        """Drop our hold; the last holder writes back the value found before the first."""
+        if not self.held:
+            return
+        with self._locked() as doc:
+            holders = [h for h in doc.get("holders", []) if h != self.holder
+                       and _alive(int(h.split()[0]))]
+            doc["holders"] = holders
+            if not holders and doc.get("original", "1") != "1" and self._read() == "1":
+                self._write(doc["original"])
+                log.info("restored net.ipv4.ip_forward to %s", doc["original"])
+            self._save(doc)
+        self.held = False
+
+
+def _iptables_tool(backend: str) -> str | None:
+    return shutil.which("iptables-legacy" if backend == "iptables-legacy" else "iptables-nft")
+
+
+class ForwardRules:
+    """Our accept rules in foreign forward-hook chains whose policy is drop."""
+
+    def __init__(self, nft: Callable[[], Any], comment: str, own_tables: set[str]) -> None:
+        self._nft = nft                       # lazily made libnftables context (nft.Nft)
+        self.comment = comment
+        self.own_tables = own_tables          # our own tables are never "foreign"
+        self.hooks: list[FirewallHook] = []
+        self.errors: list[str] = []
+
+    # ----- discovery ----------------------------------------------------------------------------
+    def drop_chains(self, legacy: bool = True) -> list[FirewallHook]:
+        """Every base chain of another owner on the IPv4 forward hook with policy drop
+        (legacy iptables' only when ``legacy``: that asks a subprocess)."""
+        found: list[FirewallHook] = []
+        try:
+            out = self._nft().run([{"list": {"chains": {}}}])
+        except SystemFailure:
+            out = {}
+        for item in out.get("nftables", []):
+            c = item.get("chain")
+            if not c or c.get("hook") != "forward" or c.get("policy") != "drop":
+                continue
+            if c["family"] not in ("ip", "inet") or c["table"] in self.own_tables:
+                continue
+            iptables = c["family"] == "ip" and c["table"] == "filter" and c["name"] == "FORWARD"
+            backend = "iptables-nft" if iptables and _iptables_tool("iptables-nft") else "nft"
+            found.append(FirewallHook(backend, c["family"], c["table"], c["name"]))
+        if legacy and self._legacy_forward_drops():
+            found.append(FirewallHook("iptables-legacy", "ip", "filter", "FORWARD"))
+        return found
+
+    @staticmethod
+    def _legacy_filter_present() -> bool:
+        """Legacy iptables' filter table exists (never asked otherwise: listing it would
+        instantiate it)."""
+        try:
+            with open(LEGACY_TABLES) as f:
+                return "filter" in f.read().split()
+        except OSError:
+            return False
+
+    def _legacy_forward_drops(self) -> bool:
+        if not self._legacy_filter_present():
+            return False
+        tool = _iptables_tool("iptables-legacy")
+        if not tool:
+            return False
+        r = subprocess.run([tool, "-w", "5", "-S", "FORWARD"], capture_output=True, text=True,
+                           timeout=30)
+        return r.returncode == 0 and "-P FORWARD DROP" in r.stdout.splitlines()
+
+    def signature(self) -> list[tuple[str, str, str, str]]:
+        """What ``sync`` last found, to notice a firewall that appeared since (Docker started
+        after silod, an administrator's policy change) without listing rules."""
+        return sorted((h.backend, h.family, h.table, h.chain) for h in self.hooks)
+
+    def nft_signature(self) -> list[tuple[str, str, str, str]]:
+        return sorted([(h.backend, h.family, h.table, h.chain)
+                       for h in self.drop_chains(legacy=False)]
+                      + [s for s in self.signature() if s[0] == "iptables-legacy"])
+
+    # ----- rules --------------------------------------------------------------------------------
+    def sync(self, networks: list[RoutedNetwork]) -> None:
+        """Make our rules in every dropping chain exactly those for ``networks``; rules of
+        ours in chains that no longer drop (or for networks that are gone) are removed."""
+        self.errors = []
+        hooks = self.drop_chains() if networks else []
+        wanted = {(h.backend, h.family, h.table, h.chain) for h in hooks}
+        for h in self._chains_with_ours():
+            if (h.backend, h.family, h.table, h.chain) not in wanted:
+                self._apply(h, [])
+        for h in hooks:
+            self._apply(h, networks)
+        self.hooks = hooks
+
+    def remove_all(self) -> None:
+        for h in self._chains_with_ours():
+            self._apply(h, [])
+        self.hooks = []
+
+    def _chains_with_ours(self) -> list[FirewallHook]:
+        """Chains holding a rule with our comment (also after a killed silod)."""
+        out: list[FirewallHook] = []
+        try:
+            doc = self._nft().run([{"list": {"ruleset": {"family": "ip"}}}])
+            doc2 = self._nft().run([{"list": {"ruleset": {"family": "inet"}}}])
+        except SystemFailure:
+            doc, doc2 = {}, {}
+        seen = set()
+        for item in doc.get("nftables", []) + doc2.get("nftables", []):
+            r = item.get("rule")
+            if r and r.get("comment") == self.comment:
+                key = (r["family"], r["table"], r["chain"])
+                if key not in seen and r["table"] not in self.own_tables:
+                    seen.add(key)
+                    out.append(FirewallHook("nft", *key))
+        for backend in ("iptables-nft", "iptables-legacy"):
+            if backend == "iptables-legacy" and not self._legacy_filter_present():
+                continue
+            if backend == "iptables-nft" and not self._nft_filter_forward():
+                continue
+            if self._iptables_ours(backend, "FORWARD"):
+                out = [h for h in out if not (backend == "iptables-nft" and h.family == "ip"
+                                              and h.table == "filter" and h.chain == "FORWARD")]
+                out.append(FirewallHook(backend, "ip", "filter", "FORWARD"))
+        return out
+
+    def _nft_filter_forward(self) -> bool:
+        """iptables-nft's ``ip filter FORWARD`` exists (asked of libnftables, no subprocess)."""
+        try:
+            self._nft().run([{"list": {"chain": {"family": "ip", "table": "filter",
+                                                 "name": "FORWARD"}}}])
+            return True
+        except SystemFailure:
+            return False
+
+    def _apply(self, h: FirewallHook, networks: list[RoutedNetwork]) -> None:
+        try:
+            if h.backend == "nft":
+                self._apply_nft(h, networks)
+            else:
+                self._apply_iptables(h, networks)
+        except (SystemFailure, OSError, subprocess.SubprocessError) as e:
+            msg = f"forward rules in {h.label}: {e}"
+            log.warning("%s", msg)
+            self.errors.append(msg)
+
+    # nftables tables of others
+    def _nft_rules(self, h: FirewallHook, n: RoutedNetwork) -> list[list[dict[str, Any]]]:
+        from silobox.network import nft as N
+        sub = N.prefix(n.subnet)
+        return [
+            [N.match(N.meta("iifname"), n.host_port), N.match(N.payload("ip", "saddr"), sub),
+             {"accept": None}],
+            [N.match(N.meta("oifname"), n.host_port), N.match(N.payload("ip", "daddr"), sub),
+             N.match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+             {"accept": None}],
+            [N.match(N.meta("oifname"), n.host_port), N.match(N.payload("ip", "daddr"), sub),
+             N.match({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}],
+        ]
+
+    def _apply_nft(self, h: FirewallHook, networks: list[RoutedNetwork]) -> None:
+        loc = {"family": h.family, "table": h.table, "chain": h.chain}
+        try:
+            doc = self._nft().run([{"list": {"chain": {
+                "family": h.family, "table": h.table, "name": h.chain}}}])
+        except SystemFailure:
+            return  # the chain is gone, and our rules with it
+        cmds: list[dict[str, Any]] = []
+        for item in doc.get("nftables", []):
+            r = item.get("rule")
+            if r and r.get("comment") == self.comment:
+                cmds.append({"delete": {"rule": {**loc, "handle": r["handle"]}}})
+        before = len(cmds)
+        for n in networks:
+            for expr in self._nft_rules(h, n):
+                cmds.append({"add": {"rule": {**loc, "expr": expr, "comment": self.comment}}})
+        if cmds:
+            self._nft().run(cmds)
+        h.rules = len(networks) * 3
+        self._log(h, before, h.rules, networks)
+
+    @staticmethod
+    def _log(h: FirewallHook, before: int, after: int, networks: list[RoutedNetwork]) -> None:
+        if after and after != before:
+            log.info("%s drops forwarded traffic by default: %d accept rules for %s there",
+                     h.label, after, ", ".join(n.name for n in networks))
+        elif before and not after:
+            log.info("removed silod's %d accept rules from %s", before, h.label)
+
+    # iptables' own chains
+    def _ipt_specs(self, n: RoutedNetwork) -> list[list[str]]:
+        c = ["-m", "comment", "--comment", self.comment, "-j", "ACCEPT"]
+        return [["-s", n.subnet, "-i", n.host_port] + c,
+                ["-d", n.subnet, "-o", n.host_port, "-m", "conntrack", "--ctstate",
+                 "RELATED,ESTABLISHED,DNAT"] + c]
+
+    def _iptables(self, backend: str, *args: str, check: bool = True
+                  ) -> subprocess.CompletedProcess[str]:
+        tool = _iptables_tool(backend)
+        if not tool:
+            raise SystemFailure(f"{backend} is not installed", operation="iptables")
+        r = subprocess.run([tool, "-w", "5", *args], capture_output=True, text=True, timeout=30)
+        if check and r.returncode != 0:
+            raise SystemFailure(f"{os.path.basename(tool)} {' '.join(args)}: "
+                                f"{r.stderr.strip()}", operation="iptables")
+        return r
+
+    def _iptables_ours(self, backend: str, chain: str) -> list[list[str]]:
+        """Our rules in the chain, as ``-S`` shows them (without ``-A CHAIN``)."""
+        if not _iptables_tool(backend):
+            return []
+        r = self._iptables(backend, "-S", chain, check=False)
+        if r.returncode != 0:
+            return []
+        out = []
+        for line in r.stdout.splitlines():
+            words = shlex.split(line)
+            if words[:2] != ["-A", chain]:
+                continue
+            i = words.index("--comment") if "--comment" in words else -1
+            if i >= 0 and i + 1 < len(words) and words[i + 1] == self.comment:
+                out.append(words[2:])
+        return out
+
+    def _apply_iptables(self, h: FirewallHook, networks: list[RoutedNetwork]) -> None:
+        present = self._iptables_ours(h.backend, h.chain)
+        wanted = [s for n in networks for s in self._ipt_specs(n)]
+        if sorted(present) != sorted(wanted):
+            self._log(h, len(present), len(wanted), networks)
+        for spec in present:
+            if spec not in wanted:
+                self._iptables(h.backend, "-D", h.chain, *spec)
+        for spec in wanted:
+            if self._iptables(h.backend, "-C", h.chain, *spec, check=False).returncode != 0:
+                self._iptables(h.backend, "-A", h.chain, *spec)
+        h.rules = len(wanted)
+
+
+class HostForwarding:
+    """What silod changes on the host so that nat networks route: the sysctl and the rules.
+
+    ``enabled`` False (``silod --ip-forward=false`` / ``--forward-rules=false``): the
+    administrator owns both; silod only reports what it sees."""
+
+    def __init__(self, nft: Callable[[], Any], comment: str, own_tables: set[str], holder: str,
+                 manage_sysctl: bool = True, manage_rules: bool = True,
+                 lease_path: str = LEASE_FILE) -> None:
+        self.manage_sysctl = manage_sysctl
+        self.manage_rules = manage_rules
+        self.lease = SysctlLease(holder, lease_path)
+        self.rules = ForwardRules(nft, comment, own_tables)
+        self.ip_forward = ""
+        self.sysctl_error = ""
+        self._checked = 0.0
+
+    def sync(self, networks: list[RoutedNetwork]) -> None:
+        """Called whenever the set of routed networks may have changed."""
+        if networks and self.manage_sysctl and not self.lease.held:
+            try:
+                self.ip_forward = self.lease.acquire()
+                self.sysctl_error = ""
+            except OSError as e:
+                self.sysctl_error = f"cannot enable net.ipv4.ip_forward: {e}"
+                log.warning("%s", self.sysctl_error)
+        if self.manage_rules:
+            self.rules.sync(networks)
+
+    CHECK_INTERVAL = 1.0
+
+    def check(self, networks: list[RoutedNetwork]) -> None:
+        """Re-check at an endpoint's start: a firewall that appeared since the last sync
+        (Docker started after silod) gets our rules too. Listing the chains costs ~7 ms, so
+        a burst of starts looks once a second."""
+        now = time.monotonic()
+        if not (self.manage_rules and networks) or now - self._checked < self.CHECK_INTERVAL:
+            return
+        self._checked = now
+        if self.rules.nft_signature() != self.rules.signature():
+            self.rules.sync(networks)
+
+    def close(self) -> None:
+        """Clean stop with no endpoint left: our rules go, the sysctl lease is released."""
+        if self.manage_rules:
+            self.rules.remove_all()
+        self.lease.release()
+
+    def report(self) -> dict[str, Any]:
+        try:
+            with open(IPV4_FORWARD) as f:
+                now = f.read().strip() == "1"
+        except OSError:
+            now = False
+        if not self.manage_sysctl:
+            how = "not managed (--ip-forward=false)"
+        else:
+            how = self.sysctl_error or self.ip_forward or "not needed (no routed network)"
+        return {
+            "IPv4Forwarding": now,
+            "IPForward": how,
+            "ForwardRules": ("not managed (--forward-rules=false)" if not self.manage_rules
+                             else [{"Backend": h.backend, "Table": f"{h.family} {h.table}",
+                                    "Chain": h.chain, "Rules": h.rules}
+                                   for h in self.rules.hooks]),
+            "Errors": list(self.rules.errors) + ([self.sysctl_error] if self.sysctl_error
+                                                 else []),
+        }
+
+    def warnings(self) -> list[str]:
+        out = []
+        r = self.report()
+        if not r["IPv4Forwarding"]:
+            out.append("WARNING: IPv4 forwarding is disabled; containers cannot reach "
+                       "beyond the host")
+        out += [f"WARNING: {e}" for e in r["Errors"]]
+        if not self.manage_rules and self.rules.drop_chains():
+            out.append("WARNING: the host's forward hook drops by default and silod does not "
+                       "add accept rules (--forward-rules=false): allow the nat networks' "
+                       "traffic yourself")
+        return out

@@ -1,0 +1,165 @@
+"""Host forwarding rules (network/forwarding.py) against real firewalls, in a namespace of ours.
+
+Every firewall here — Docker's iptables-nft ``FORWARD`` policy DROP, legacy iptables, an nft
+table with ``policy drop`` — is made inside a network namespace the test creates, and the
+module runs in a child process inside it (``ip netns exec``), so the host's ruleset is never
+read for writing nor changed. The sysctl lease is tested on a file standing in for /proc/sys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from silobox.network.forwarding import SysctlLease
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CHILD = r"""
+import json, sys
+from silobox.network.forwarding import ForwardRules, RoutedNetwork
+from silobox.network.nft import Nft
+nft = Nft()
+fr = ForwardRules(lambda: nft, "silobox_0042", {"silobox_0042"})
+nets = [RoutedNetwork(n, h, s) for n, h, s in json.loads(sys.argv[2])]
+if sys.argv[1] == "sync":
+    fr.sync(nets)
+else:
+    fr.remove_all()
+print(json.dumps({"hooks": [[h.backend, h.family, h.table, h.chain, h.rules] for h in fr.hooks],
+                  "errors": fr.errors}))
+"""
+
+
+def ns_run(ns: str, *args: str, check: bool = True) -> str:
+    r = subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args}: {r.stderr}")
+    return r.stdout
+
+
+@pytest.fixture
+def netns():
+    ns = f"sbxfw{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def child(ns: str, op: str, nets: list[tuple[str, str, str]]) -> dict:
+    out = ns_run(ns, sys.executable, "-c", CHILD, op, json.dumps(nets))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+NETS = [("nat", "sbx0042nat0", "192.168.48.0/20"), ("n1", "sbx0042nat1", "10.77.0.0/24")]
+
+
+def test_iptables_nft_forward_drop_gets_exactly_our_rules(netns: str) -> None:
+    if not shutil.which("iptables-nft"):
+        pytest.skip("iptables-nft is not installed")
+    ns_run(netns, "iptables-nft", "-P", "FORWARD", "DROP")
+    ns_run(netns, "iptables-nft", "-A", "FORWARD", "-i", "docker0", "-j", "ACCEPT")
+    r = child(netns, "sync", NETS)
+    assert ["iptables-nft", "ip", "filter", "FORWARD", 4] in r["hooks"], r
+    rules = ns_run(netns, "iptables-nft", "-S", "FORWARD")   # iptables still reads its chain
+    assert "-P FORWARD DROP" in rules and "-A FORWARD -i docker0 -j ACCEPT" in rules
+    ours = [l for l in rules.splitlines() if "silobox_0042" in l]
+    assert len(ours) == 4, rules
+    assert any("-s 192.168.48.0/20 -i sbx0042nat0" in l for l in ours)
+    assert any("-d 10.77.0.0/24 -o sbx0042nat1" in l and "RELATED,ESTABLISHED,DNAT" in l
+               for l in ours)
+    # idempotent; a network removed takes its rules, and only those
+    child(netns, "sync", NETS)
+    r = child(netns, "sync", NETS[:1])
+    rules = ns_run(netns, "iptables-nft", "-S", "FORWARD")
+    assert len([l for l in rules.splitlines() if "silobox_0042" in l]) == 2
+    assert "10.77.0.0/24" not in rules
+    child(netns, "remove", [])
+    rules = ns_run(netns, "iptables-nft", "-S", "FORWARD")
+    assert "silobox" not in rules
+    assert "-P FORWARD DROP" in rules and "-A FORWARD -i docker0 -j ACCEPT" in rules
+
+
+def test_nft_table_with_policy_drop(netns: str) -> None:
+    ns_run(netns, "nft", "add table inet fw; add chain inet fw ffwd "
+           "{ type filter hook forward priority 0; policy drop; }; "
+           "add rule inet fw ffwd iifname lo accept")
+    ns_run(netns, "nft", "add table ip silobox_0042; add chain ip silobox_0042 forward "
+           "{ type filter hook forward priority -1; policy drop; }")  # ours: never touched
+    r = child(netns, "sync", NETS)
+    assert r["hooks"] == [["nft", "inet", "fw", "ffwd", 6]], r
+    listed = json.loads(ns_run(netns, "nft", "-j", "list", "chain", "inet", "fw", "ffwd"))
+    rules = [i["rule"] for i in listed["nftables"] if "rule" in i]
+    assert len(rules) == 7 and sum(r.get("comment") == "silobox_0042" for r in rules) == 6
+    text = ns_run(netns, "nft", "list", "chain", "inet", "fw", "ffwd")
+    assert 'iifname "sbx0042nat0" ip saddr 192.168.48.0/20 accept' in text
+    assert "ct status dnat" in text and "ct state established,related" in text
+    # the chain stops dropping: our rules leave it
+    ns_run(netns, "nft", "add chain inet fw ffwd { policy accept; }")
+    r = child(netns, "sync", NETS)
+    assert r["hooks"] == []
+    assert "silobox" not in ns_run(netns, "nft", "list", "chain", "inet", "fw", "ffwd")
+    assert "iifname \"lo\" accept" in ns_run(netns, "nft", "list", "chain", "inet", "fw", "ffwd")
+    assert ns_run(netns, "nft", "list", "chain", "ip", "silobox_0042", "forward").count(
+        "accept") == 0
+
+
+def test_legacy_iptables_forward_drop(netns: str) -> None:
+    if not shutil.which("iptables-legacy"):
+        pytest.skip("iptables-legacy is not installed")
+    ns_run(netns, "iptables-legacy", "-P", "FORWARD", "DROP", check=False)
+    if "-P FORWARD DROP" not in ns_run(netns, "iptables-legacy", "-S", "FORWARD", check=False):
+        pytest.skip("this kernel has no legacy ip_tables")
+    try:
+        r = child(netns, "sync", NETS[:1])
+        assert ["iptables-legacy", "ip", "filter", "FORWARD", 2] in r["hooks"], r
+        rules = ns_run(netns, "iptables-legacy", "-S", "FORWARD")
+        assert len([l for l in rules.splitlines() if "silobox_0042" in l]) == 2, rules
+        child(netns, "remove", [])
+        rules = ns_run(netns, "iptables-legacy", "-S", "FORWARD")
+        assert "silobox" not in rules and "-P FORWARD DROP" in rules
+    finally:
+        ns_run(netns, "iptables-legacy", "-F", "FORWARD", check=False)
+
+
+def test_no_dropping_firewall_no_rules(netns: str) -> None:
+    r = child(netns, "sync", NETS)
+    assert r == {"hooks": [], "errors": []}
+
+
+def test_sysctl_lease_is_shared_and_restored(tmp_path) -> None:
+    sysctl = tmp_path / "ip_forward"
+    sysctl.write_text("0\n")
+    lease = str(tmp_path / "lease.json")
+    me = os.getpid()
+    a = SysctlLease(f"{me} /a", lease, str(sysctl))
+    b = SysctlLease(f"{me} /b", lease, str(sysctl))
+    assert a.acquire() == "enabled by silod" and sysctl.read_text() == "1"
+    assert b.acquire() == "enabled by silod"
+    a.release()
+    assert sysctl.read_text() == "1"          # b still holds it
+    b.release()
+    assert sysctl.read_text() == "0" and not os.path.exists(lease)
+    # a holder that died without releasing does not keep it forever
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    SysctlLease(f"{dead.pid} /c", lease, str(sysctl)).acquire()
+    c = SysctlLease(f"{me} /d", lease, str(sysctl))
+    c.acquire()
+    c.release()
+    assert sysctl.read_text() == "0"
+    # already on: never touched
+    sysctl.write_text("1")
+    d = SysctlLease(f"{me} /e", lease, str(sysctl))
+    assert d.acquire() == "already enabled"
+    d.release()
+    assert sysctl.read_text() == "1"
