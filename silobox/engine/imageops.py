@@ -21,6 +21,7 @@ import sys
 import uuid
 from typing import Any, AsyncIterator, Callable, Iterator
 
+from silobox import jsonlimits
 from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure
 
 log = logging.getLogger("silobox.images")
@@ -123,7 +124,7 @@ def _json_or_shell(rest: str, shell: bool) -> list[str]:
     text = rest.strip()
     if text.startswith("["):
         try:
-            value = json.loads(text)
+            value = jsonlimits.loads(text)
         except ValueError:
             value = None
         if isinstance(value, list) and all(isinstance(v, str) for v in value):

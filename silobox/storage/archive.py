@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator
 
+from silobox import jsonlimits
 from silobox.errors import InvalidArgument, SiloboxError, SystemFailure
 from silobox.storage import reference
 from silobox.storage.images import Image, ImageStore, host_architecture
@@ -195,7 +196,7 @@ class _Loader:
             raise InvalidArgument(f"invalid archive: {name} does not match its digest {digest}",
                                   operation="storage::Archive::Load", object_id=name)
         try:
-            return raw, json.loads(raw)
+            return raw, jsonlimits.loads(raw)
         except ValueError as e:
             raise InvalidArgument(f"invalid archive: {name}: {e}",
                                   operation="storage::Archive::Load", cause=e) from e
