@@ -86,3 +86,38 @@ def test_accepted_modes_and_runtimes() -> None:
                {"PidMode": "host"}, {"PidMode": "container:x"},
                {"IpcMode": "container:x"}, {"UTSMode": "host"}, {"CgroupnsMode": "host"}):
         assert check_host_config(dict(hc)) == [], hc
+
+
+# -- CPU and memory-node sets are checked against the host before anything is expanded ----------
+
+def _cpus_text() -> str:
+    from silobox.engine.spec import _available_cpus, _ranges_text
+    return _ranges_text(_available_cpus())
+
+
+@pytest.mark.parametrize("field,value", [
+    ("CpusetCpus", "0-99999999"), ("CpusetCpus", "0,99999999"), ("CpusetMems", "0-99999999"),
+    ("CpusetMems", "5000")])
+def test_cpusets_beyond_the_host_are_refused_at_once(field: str, value: str) -> None:
+    import time
+    from silobox.engine.spec import resources_from_hostconfig
+    started = time.monotonic()
+    with pytest.raises(InvalidArgument, match="are not available - requested"):
+        resources_from_hostconfig({field: value})
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize("field,value", [
+    ("CpusetCpus", "0-99999999999"), ("CpusetCpus", "9" * 5000), ("CpusetCpus", "2-1"),
+    ("CpusetCpus", "a"), ("CpusetMems", "0-" + "9" * 5000), ("CpusetMems", "-1")])
+def test_malformed_cpusets_are_invalid(field: str, value: str) -> None:
+    from silobox.engine.spec import resources_from_hostconfig
+    with pytest.raises(InvalidArgument, match="Invalid value .* for cpuset") as info:
+        resources_from_hostconfig({field: value})
+    assert len(info.value.message) < 200
+
+
+def test_cpusets_on_the_host_pass() -> None:
+    from silobox.engine.spec import resources_from_hostconfig
+    res = resources_from_hostconfig({"CpusetCpus": _cpus_text(), "CpusetMems": "0"})
+    assert res["cpuset_cpus"] == _cpus_text() and res["cpuset_mems"] == "0"
