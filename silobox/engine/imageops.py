@@ -22,7 +22,8 @@ import uuid
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from silobox import jsonlimits
-from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure
+from silobox.errors import (NO_SPACE_ERRNOS, Conflict, InsufficientStorage, InvalidArgument,
+                            NotFound, SiloboxError, SystemFailure)
 
 log = logging.getLogger("silobox.images")
 Progress = Callable[[dict[str, Any]], None]
@@ -770,6 +771,9 @@ async def _finish(proc: asyncio.subprocess.Process, c: Any, path: str) -> None:
         raise InvalidArgument(doc.get("message") or "invalid archive")
     if doc.get("kind") == "refused":   # moby: errdefs.System around the archive's error
         raise SystemFailure(doc.get("message") or "cannot overwrite")
+    message = str(doc.get("message") or "")
+    if any(os.strerror(n) in message for n in NO_SPACE_ERRNOS):
+        raise InsufficientStorage(f"cannot access {path} in container {c.name}: {message}")
     raise SystemFailure(f"cannot access {path} in container {c.name}: {doc.get('message')}")
 
 
