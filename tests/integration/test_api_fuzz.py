@@ -348,6 +348,29 @@ def test_deep_and_huge_documents_on_every_body_route(silod, target):
     _alive(silod)
 
 
+@pytest.mark.parametrize("raw", [
+    b"GET /containers/json?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /_ping HTTP/1.1\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+    b"POST /containers/create HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+    b"\x16\x03\x01 not http at all\r\n\r\n",
+])
+def test_unparsable_http_gets_docker_error_shape(silod, raw):
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(silod.socket)
+        sock.sendall(raw)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500, reply[:300]
+    assert b"application/json" in head.lower(), reply[:300]
+    assert isinstance(json.loads(body)["message"], str)
+    _alive(silod)
+
+
 def test_rss_is_back_near_where_it_started(silod, rss_start):
     """No request above kept memory: silod's RSS is within 20 MB of where it started."""
     from urllib.parse import quote
