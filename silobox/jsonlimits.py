@@ -5,8 +5,11 @@ written by whoever can reach the socket or made the archive. Python's decoder re
 nesting level (a 200,000-deep array ends in ``RecursionError``), turns any digit string into an
 int (quadratic in its length up to the interpreter's digit limit) and accepts ``NaN``. Go's
 decoder, whose behaviour the Docker API promises, has none of that. :func:`loads` is the one
-decoder for such input: nesting at most :data:`MAX_DEPTH` levels, integers within the range Go
-can hold (int64 and uint64), finite numbers only. Every violation is a :class:`JSONLimitError`,
+decoder for such input: nesting at most :data:`MAX_DEPTH` levels, at most :data:`MAX_ITEMS`
+values (each decoded value is a Python object of 30-100 bytes: a 16 MiB array of tiny values
+would cost half a gigabyte), integers within the range Go can hold (int64 and uint64), finite
+numbers only. The structure is measured on the text, at C speed, before anything is decoded.
+Every violation is a :class:`JSONLimitError`,
 a ``ValueError``, so callers that already turn a ``ValueError`` into a 400 need nothing more.
 """
 
@@ -21,6 +24,9 @@ from typing import Any
 
 MAX_DEPTH = 100
 """Deepest nesting of arrays and objects accepted; Docker's documents need fewer than 10."""
+
+MAX_ITEMS = 200_000
+"""Most values (and object keys) in one document; an API body has a few hundred."""
 
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
@@ -55,32 +61,52 @@ def _parse_constant(name: str) -> Any:
 
 def loads(raw: str | bytes | bytearray) -> Any:
     """Decode ``raw`` like :func:`json.loads`, within the bounds above; ValueError otherwise."""
+    check_structure(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
     try:
-        doc = json.loads(raw, parse_int=_parse_int, parse_float=_parse_float,
-                         parse_constant=_parse_constant)
+        return json.loads(raw, parse_int=_parse_int, parse_float=_parse_float,
+                          parse_constant=_parse_constant)
     except RecursionError:
         raise JSONLimitError(f"nested more than {MAX_DEPTH} levels deep") from None
-    if _openings(raw) > MAX_DEPTH and nesting_depth(raw) > MAX_DEPTH:
+
+
+def check_structure(data: bytes | bytearray) -> None:
+    """Refuse a JSON text that nests too deep or holds too many values, before decoding it.
+
+    Counting brackets and separators is C-speed and bounds both from above, so most
+    documents stop at the first line. Only then are string literals (which may contain any of
+    those characters) cut out for the exact measure; every string is a value or a key, so a
+    text with more strings than :data:`MAX_ITEMS` is refused before that work, which is
+    therefore proportional to at most that many strings."""
+    openings = data.count(b"[") + data.count(b"{")
+    if openings <= MAX_DEPTH and openings + data.count(b",") + data.count(b":") < MAX_ITEMS:
+        return
+    if (data.count(b'"') - data.count(b'\\"')) // 2 > MAX_ITEMS:
+        raise JSONLimitError(f"more than {MAX_ITEMS} values")
+    structure = _outside_strings(bytes(data))
+    if _depth(structure) > MAX_DEPTH:
         raise JSONLimitError(f"nested more than {MAX_DEPTH} levels deep")
-    return doc
+    separators = sum(structure.count(c) for c in (b"[", b"{", b",", b":"))
+    if separators + 1 > MAX_ITEMS:
+        raise JSONLimitError(f"more than {MAX_ITEMS} values")
 
 
-def _openings(raw: str | bytes | bytearray) -> int:
-    """Upper bound of the nesting depth, counted at C speed: most documents stop here."""
-    if isinstance(raw, str):
-        return raw.count("[") + raw.count("{")
-    return raw.count(b"[") + raw.count(b"{")
-
-
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
 _SIGNS = bytes(1 if c in b"[{" else 255 if c in b"]}" else 0 for c in range(256))
 
 
-def nesting_depth(raw: str | bytes | bytearray) -> int:
-    """How deep the valid JSON text ``raw`` nests, without recursion and at C speed (no
-    Python-level walk of the decoded document: a 16 MiB body is checked in well under a second).
-    """
-    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
-    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKET).translate(_SIGNS)
+def _outside_strings(data: bytes) -> bytes:
+    """The JSON text without its string literals: what is left is structure and numbers."""
+    return _STRING.sub(b"", data)
+
+
+def _depth(structure: bytes) -> int:
+    brackets = structure.translate(None, _NOT_BRACKET).translate(_SIGNS)
     return max(accumulate(array("b", brackets)), default=0)
+
+
+def nesting_depth(raw: str | bytes | bytearray) -> int:
+    """How deep the JSON text ``raw`` nests, without recursion and at C speed (no Python-level
+    walk of a decoded document: a 16 MiB body is measured in well under a second)."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    return _depth(_outside_strings(data))

@@ -348,6 +348,23 @@ def test_deep_and_huge_documents_on_every_body_route(silod, target):
     _alive(silod)
 
 
+NEAR_LIMIT = {
+    "ints": b'{"Image": "busybox", "Cmd": [' + b"1," * 7_000_000 + b"1]}",
+    "strings": b'{"Image": "busybox", "Env": [' + b'"a",' * 3_500_000 + b'"a"]}',
+    "deep": b'{"Image": "busybox", "Labels": ' + b"[" * 7_000_000 + b"]" * 7_000_000 + b"}",
+    "one string": b'{"Image": 5, "Labels": {"a": "' + b"[,:" * 5_000_000 + b'"}}',
+}
+
+
+@pytest.mark.parametrize("shape", NEAR_LIMIT)
+def test_bodies_near_the_size_limit_cost_no_memory(silod, rss_start, shape):
+    """15 MB bodies whose decoding would take gigabytes are refused from their text."""
+    status, answer = silod.request("POST", "/containers/create", raw=NEAR_LIMIT[shape])
+    assert status == 400 and _is_docker_error(status, answer), (shape, status, answer)
+    assert _rss_kib(silod.proc.pid) - rss_start < 64 * 1024, shape
+    _alive(silod)
+
+
 @pytest.mark.parametrize("raw", [
     b"GET /containers/json?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /_ping HTTP/1.1\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",

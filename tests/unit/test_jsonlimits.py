@@ -43,10 +43,11 @@ def test_numbers_in_range() -> None:
         2**64 - 1, -(2**63), 1.5e300]
 
 
-def test_a_big_flat_document_is_checked_quickly() -> None:
-    raw = b"[" + b"[1]," * 2_000_000 + b"1]"   # 8 MB of shallow arrays
+def test_a_big_document_within_the_limits_is_checked_quickly() -> None:
+    item = b'["' + b"[{,:" * 20 + b'"],'
+    raw = b"[" + item * 60_000 + b"1]"   # 6 MB: 60,000 arrays whose strings hold brackets
     started = time.monotonic()
-    assert len(jsonlimits.loads(raw)) == 2_000_001
+    assert len(jsonlimits.loads(raw)) == 60_001
     assert time.monotonic() - started < 10
 
 
@@ -73,3 +74,24 @@ def test_query_integers_are_int64() -> None:
     assert parse_int("t", "-9223372036854775808") == -(2**63)
     with pytest.raises(InvalidArgument):
         parse_int("t", "9223372036854775808")
+
+
+@pytest.mark.parametrize("raw", [
+    b"[" + b"1," * 3_000_000 + b"1]",               # tiny values: ~30 bytes of memory each
+    b"[" + b'"ab",' * 3_000_000 + b'"a"]',
+    b"{" + b",".join(b'"k%d":0' % i for i in range(jsonlimits.MAX_ITEMS)) + b"}",
+])
+def test_too_many_values_are_refused_before_decoding(raw: bytes) -> None:
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with pytest.raises(jsonlimits.JSONLimitError, match="more than"):
+        jsonlimits.loads(raw)
+    assert time.monotonic() - started < 5
+    # decoding these would take hundreds of MiB; measuring them takes a few
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024
+
+
+def test_separators_inside_strings_do_not_count() -> None:
+    text = '{"csv": "' + "a,b:[{" * 100_000 + '", "n": [1, 2]}'
+    assert jsonlimits.loads(text)["n"] == [1, 2]
