@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -206,7 +207,8 @@ def _owner_only(path: str) -> None:
         os.close(fd)
     for suffix in SIDE_FILES:
         try:
-            if os.lstat(path + suffix).st_mode & 0o777 != 0o600:
-                os.chmod(path + suffix, 0o600, follow_symlinks=False)
+            st = os.lstat(path + suffix)
         except FileNotFoundError:
-            pass
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o777 != 0o600:
+            os.chmod(path + suffix, 0o600)
