@@ -810,7 +810,7 @@ def _ts(created: str) -> float:
 def _until(value: str) -> float:
     """``until``: Unix seconds, RFC 3339, or a duration before now (``10m``)."""
     import time
-    if value and value[-1] in "smh" and value[:-1].isdigit():
+    if value and value[-1] in "smh" and value[:-1].isdigit() and len(value) <= 12:
         return time.time() - int(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
     try:
         return float(value)

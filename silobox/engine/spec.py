@@ -59,7 +59,7 @@ def parse_signal(value: str | int | None, default: int = _signal.SIGTERM) -> int
     else:
         s = str(value).strip().upper()
         if s.isdigit():
-            num = int(s)
+            num = int(s) if len(s) <= 3 else 0   # no signal has more digits
         else:
             name = s if s.startswith("SIG") else "SIG" + s
             try:
@@ -315,7 +315,8 @@ def parse_log_config(lc: Any) -> dict[str, Any]:
     if "max-file" in cfg:
         if "max-size" not in cfg:
             raise InvalidArgument("max-file can only be used with max-size")
-        if not cfg["max-file"].isdigit() or int(cfg["max-file"]) < 1:
+        if not cfg["max-file"].isdigit() or len(cfg["max-file"]) > 9 \
+                or int(cfg["max-file"]) < 1:
             raise InvalidArgument("max-file cannot be less than 1")
     return {"Type": kind, "Config": dict(cfg)}
 
@@ -328,7 +329,10 @@ def log_max_size(cfg: dict[str, str]) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", raw)
     if not m:
         raise InvalidArgument(f"invalid max-size {cfg.get('max-size')!r}: use a size like 10m")
-    size = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+    number = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
+    if number >= 2**63:
+        raise InvalidArgument(f"invalid max-size {cfg.get('max-size')!r}: too large")
+    size = int(number)
     if size <= 0:
         raise InvalidArgument("max-size must be a positive number")
     return size

@@ -121,3 +121,22 @@ def test_cpusets_on_the_host_pass() -> None:
     from silobox.engine.spec import resources_from_hostconfig
     res = resources_from_hostconfig({"CpusetCpus": _cpus_text(), "CpusetMems": "0"})
     assert res["cpuset_cpus"] == _cpus_text() and res["cpuset_mems"] == "0"
+
+
+# -- digit strings beyond int()'s limit are invalid values, not ValueErrors (500s) ---------------
+
+@pytest.mark.parametrize("call", [
+    lambda S, N: S.parse_signal("9" * 5000),
+    lambda S, N: S.parse_log_config({"Type": "json-file",
+                                     "Config": {"max-size": "1m", "max-file": "9" * 5000}}),
+    lambda S, N: S.parse_log_config({"Type": "json-file", "Config": {"max-size": "9" * 400}}),
+    lambda S, N: N.parse_port_bindings({"9" * 5000 + "/tcp": None}, None, False),
+    lambda S, N: N.parse_port_bindings({"70000/tcp": None}, None, False),
+    lambda S, N: N.parse_port_bindings({"80/tcp": [{"HostPort": "9" * 5000}]}, None, False),
+    lambda S, N: N.parse_port_bindings(None, {"9" * 5000 + "/tcp": {}}, True),
+    lambda S, N: N.parse_port_bindings(None, {"http/tcp": {}}, True),
+])
+def test_huge_numbers_in_strings_are_invalid(call) -> None:
+    from silobox.engine import networks, spec
+    with pytest.raises(InvalidArgument):
+        call(spec, networks)
