@@ -82,7 +82,7 @@ def check_structure(data: bytes | bytearray) -> None:
         return
     if (data.count(b'"') - data.count(b'\\"')) // 2 > MAX_ITEMS:
         raise JSONLimitError(f"more than {MAX_ITEMS} values")
-    structure = _outside_strings(bytes(data))
+    structure = _outside_strings(bytes(data) if isinstance(data, bytearray) else data)
     if _depth(structure) > MAX_DEPTH:
         raise JSONLimitError(f"nested more than {MAX_DEPTH} levels deep")
     separators = sum(structure.count(c) for c in (b"[", b"{", b",", b":"))
@@ -97,16 +97,28 @@ _SIGNS = bytes(1 if c in b"[{" else 255 if c in b"]}" else 0 for c in range(256)
 
 def _outside_strings(data: bytes) -> bytes:
     """The JSON text without its string literals: what is left is structure and numbers."""
-    return _STRING.sub(b"", data)
+    return _STRING.sub(b"", data) if b'"' in data else data
 
 
-def _depth(structure: bytes) -> int:
-    brackets = structure.translate(None, _NOT_BRACKET).translate(_SIGNS)
-    return max(accumulate(array("b", brackets)), default=0)
+_CHUNK = 1 << 20
+
+
+def _depth(structure: bytes, stop: int = MAX_DEPTH) -> int:
+    """The deepest nesting of ``structure`` (a text without strings), measured a MiB at a time
+    so that the temporary arrays stay small; stops early once beyond ``stop``."""
+    brackets = structure.translate(None, _NOT_BRACKET)
+    depth = deepest = 0
+    for start in range(0, len(brackets), _CHUNK):
+        signs = array("b", brackets[start:start + _CHUNK].translate(_SIGNS))
+        deepest = max(deepest, max(accumulate(signs, initial=depth)))
+        if deepest > stop:
+            break
+        depth += sum(signs)
+    return deepest
 
 
 def nesting_depth(raw: str | bytes | bytearray) -> int:
     """How deep the JSON text ``raw`` nests, without recursion and at C speed (no Python-level
     walk of a decoded document: a 16 MiB body is measured in well under a second)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
-    return _depth(_outside_strings(data))
+    return _depth(_outside_strings(data), stop=len(data))

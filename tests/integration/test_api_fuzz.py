@@ -153,6 +153,8 @@ HOSTILE = [
     {f"k{i}": "v" for i in range(2000)},
 ]
 hostile = st.sampled_from(HOSTILE)
+hostile_keys = st.sampled_from(["9" * 5000 + "/tcp", "80/tcp", "x/udp", "70000/tcp", "", "/",
+                                "a" * 300, "../x", "\x00", "max-file", "max-size"])
 
 
 def from_spec(spec, depth: int = 0):
@@ -168,7 +170,8 @@ def from_spec(spec, depth: int = 0):
     elif isinstance(spec, list):
         good = st.lists(from_spec(spec[0], depth + 1), max_size=3)
     elif "*" in spec:
-        good = st.dictionaries(st.text(max_size=12), from_spec(spec["*"], depth + 1), max_size=3)
+        good = st.dictionaries(st.text(max_size=12) | hostile_keys, from_spec(spec["*"], depth + 1),
+                               max_size=3)
     else:
         keys = sorted(spec)
         good = st.lists(st.sampled_from(keys), max_size=4, unique=True).flatmap(
