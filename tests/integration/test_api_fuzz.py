@@ -298,6 +298,22 @@ BUILD_PARAMS = ["t", "dockerfile", "buildargs", "labels", "memory", "memswap", "
 FUZZ_LABEL = "silobox.test.fuzz"
 
 
+def _remove_fuzz_images(silod) -> None:
+    from urllib.parse import quote
+    status, images = silod.request(
+        "GET", "/images/json?filters=" + quote(json.dumps({"label": [FUZZ_LABEL]})))
+    for image in images if status == 200 else []:
+        silod.request("DELETE", f"/images/{image['Id']}?force=1")
+    silod.request("POST", "/build/prune")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fuzz_images_removed(silod):
+    """The images the build fuzzing made go at the end, whichever tests ran."""
+    yield
+    _remove_fuzz_images(silod)
+
+
 @settings(HOSTILE_SETTINGS, max_examples=40 * FUZZ_SCALE)
 @given(params=st.dictionaries(st.sampled_from(BUILD_PARAMS), _query_value(), max_size=4),
        body=st.sampled_from(["plain", "run", "garbage", "empty", "nested"]))
@@ -396,12 +412,7 @@ def test_unparsable_http_gets_docker_error_shape(silod, raw):
 
 def test_rss_is_back_near_where_it_started(silod, rss_start):
     """No request above kept memory: silod's RSS is within 20 MB of where it started."""
-    from urllib.parse import quote
-    status, images = silod.request(
-        "GET", "/images/json?filters=" + quote(json.dumps({"label": [FUZZ_LABEL]})))
-    for image in images if status == 200 else []:
-        silod.request("DELETE", f"/images/{image['Id']}?force=1")
-    silod.request("POST", "/build/prune")
+    _remove_fuzz_images(silod)
     deadline = time.monotonic() + 10
     while True:
         grown = _rss_kib(silod.proc.pid) - rss_start
