@@ -8,6 +8,8 @@ what went wrong without the caller re-wrapping it.
 
 from __future__ import annotations
 
+import errno as _errno
+
 
 class SiloboxError(Exception):
     """Base class: ``message`` is what a user sees; ``operation``/``object_id``/``cause`` add context."""
@@ -56,9 +58,34 @@ class Unavailable(SiloboxError):
     """A service or kernel feature is not available here (Docker: 503 / 500 for missing features)."""
 
 
+class InsufficientStorage(SiloboxError):
+    """What the request brings does not fit: the disk filled up (ENOSPC, EDQUOT, EFBIG) or a
+    daemon limit was reached. The request failed cleanly and can be retried once there is room
+    (Docker: a 4xx; silobox answers 413)."""
+
+
 class SystemFailure(SiloboxError):
     """The kernel or a helper process failed unexpectedly (HCS: UnexpectedExit; Docker: 500)."""
 
 
 ALL_ERRORS = (NotFound, AlreadyExists, InvalidArgument, Conflict, NotRunning, NotModified,
-              Unauthorized, Unavailable, SystemFailure)
+              Unauthorized, Unavailable, InsufficientStorage, SystemFailure)
+
+NO_SPACE_ERRNOS = frozenset({_errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG})
+"""The storage is full, not the daemon broken."""
+_SQLITE_FULL = 13
+
+
+def out_of_space(exc: BaseException | None) -> BaseException | None:
+    """The error in ``exc``'s chain (``cause``, ``__cause__``, ``__context__``) that says the disk
+    is full (an OSError of :data:`NO_SPACE_ERRNOS`, SQLite's SQLITE_FULL), or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            return exc
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return exc
+        nxt = exc.cause if isinstance(exc, SiloboxError) else None
+        exc = nxt or exc.__cause__ or exc.__context__
+    return None

@@ -6,8 +6,10 @@ which has no body. Routers raise ``silobox.errors`` classes and never pick a sta
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 
 from aiohttp import web
 
@@ -25,6 +27,7 @@ _STATUS: tuple[tuple[type[errors.SiloboxError], int], ...] = (
     (errors.NotModified, 304),
     (errors.Unauthorized, 401),
     (errors.Unavailable, 503),
+    (errors.InsufficientStorage, 413),
     (errors.SystemFailure, 500),
 )
 
@@ -54,6 +57,12 @@ def response_for(exc: BaseException, request: web.BaseRequest | None = None) -> 
     aiohttp HTTP errors keep their status. Unexpected exceptions are logged with a traceback
     because they are bugs, not user errors.
     """
+    full = errors.out_of_space(exc) if status_for(exc) >= 500 else None
+    if full is not None:
+        # The disk filled up under the request: it failed cleanly, nothing of ours broke.
+        message = exc.message if isinstance(exc, errors.SiloboxError) else str(exc)
+        log.warning("%s %s: %s", _method(request), _path(request), message)
+        return error_response(413, message or os.strerror(errno.ENOSPC))
     if isinstance(exc, errors.SiloboxError):
         status = status_for(exc)
         if status >= 500:

@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.http_parser import HttpRequestParserPy
 from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler, RequestPayloadError
 
+from silobox.api.errors import error_response
 from silobox.api.streams import StdinFeed
 from silobox.errors import AlreadyExists, InvalidArgument, SystemFailure
 
@@ -60,6 +61,23 @@ class _RequestHandler(RequestHandler):
             auto_decompress=kwargs.get("auto_decompress", True),
             max_msg_queue_size=MAX_MSG_QUEUE_SIZE,
         )
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request aiohttp cannot parse (a request line or header beyond its limits, broken
+        framing) gets Docker's ``{"message"}`` document like every other error, not a text
+        page; the connection is closed after it, as aiohttp does."""
+        plain = super().handle_error(request, status, exc, message)   # logs; raises if sent
+        if status >= 500:
+            text = "internal server error"
+        else:
+            text = message or (str(exc) if exc is not None else "") or plain.reason
+            if len(text) > 200:
+                text = text[:200] + "..."
+        response = error_response(status, text)
+        response.force_close()
+        return response
 
     def eof_received(self) -> bool | None:
         parser = self._payload_parser

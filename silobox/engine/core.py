@@ -38,7 +38,7 @@ class Engine(BuildService, ContainerService, StatsService, ImageOpsService, Imag
         EventLog.__init__(self)
         self.config = config
         self.started = time.time()
-        os.makedirs(config.root, mode=0o711, exist_ok=True)
+        _private_dir(config.root)
         os.makedirs(config.containers_dir, mode=0o710, exist_ok=True)
         self.db = Database(config.db_path)
         self.layers = LayerStore(config.root, self.db)
@@ -76,3 +76,11 @@ class Engine(BuildService, ContainerService, StatsService, ImageOpsService, Imag
             system.close()
         await self.close_networks()
         self.db.close()
+
+
+def _private_dir(path: str) -> None:
+    """The state directory is root's alone (0700), also when an older version made it 0711:
+    the store holds containers' ``Env`` (passwords), their logs and their files."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)

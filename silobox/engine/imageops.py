@@ -21,7 +21,9 @@ import sys
 import uuid
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure
+from silobox import jsonlimits
+from silobox.errors import (NO_SPACE_ERRNOS, Conflict, InsufficientStorage, InvalidArgument,
+                            NotFound, SiloboxError, SystemFailure)
 
 log = logging.getLogger("silobox.images")
 Progress = Callable[[dict[str, Any]], None]
@@ -123,7 +125,7 @@ def _json_or_shell(rest: str, shell: bool) -> list[str]:
     text = rest.strip()
     if text.startswith("["):
         try:
-            value = json.loads(text)
+            value = jsonlimits.loads(text)
         except ValueError:
             value = None
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -769,6 +771,9 @@ async def _finish(proc: asyncio.subprocess.Process, c: Any, path: str) -> None:
         raise InvalidArgument(doc.get("message") or "invalid archive")
     if doc.get("kind") == "refused":   # moby: errdefs.System around the archive's error
         raise SystemFailure(doc.get("message") or "cannot overwrite")
+    message = str(doc.get("message") or "")
+    if any(os.strerror(n) in message for n in NO_SPACE_ERRNOS):
+        raise InsufficientStorage(f"cannot access {path} in container {c.name}: {message}")
     raise SystemFailure(f"cannot access {path} in container {c.name}: {doc.get('message')}")
 
 
@@ -805,7 +810,7 @@ def _ts(created: str) -> float:
 def _until(value: str) -> float:
     """``until``: Unix seconds, RFC 3339, or a duration before now (``10m``)."""
     import time
-    if value and value[-1] in "smh" and value[:-1].isdigit():
+    if value and value[-1] in "smh" and value[:-1].isdigit() and len(value) <= 12:
         return time.time() - int(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
     try:
         return float(value)

@@ -40,9 +40,11 @@ def parse_port_bindings(bindings: dict[str, Any] | None, exposed: dict[str, Any]
         if proto not in ("tcp", "udp"):
             raise InvalidArgument(f"invalid proto: {proto} (only tcp and udp can be published)")
         try:
-            cport = int(port)
+            cport = int(port[:6])   # six digits are out of range already
         except ValueError:
-            raise InvalidArgument(f"invalid port specification: {key}") from None
+            cport = -1
+        if not 0 <= cport <= 65535 or len(port) > 6:
+            raise InvalidArgument(f"invalid port specification: {key[:64]}")
         for b in binds or [{}]:
             hp = (b or {}).get("HostPort") or ""
             ip = (b or {}).get("HostIp") or ""
@@ -50,17 +52,19 @@ def parse_port_bindings(bindings: dict[str, Any] | None, exposed: dict[str, Any]
                 ip = ""
             lo, _, hi = hp.partition("-")
             try:
-                host = int(lo) if lo else 0
+                host = int(lo[:6]) if lo else 0   # six digits are out of range already
             except ValueError:
-                raise InvalidArgument(f"invalid hostPort: {hp}") from None
-            if not 0 <= host <= 65535:
-                raise InvalidArgument(f"invalid hostPort: {hp}")
+                raise InvalidArgument(f"invalid hostPort: {hp[:64]}") from None
+            if not 0 <= host <= 65535 or len(lo) > 6:
+                raise InvalidArgument(f"invalid hostPort: {hp[:64]}")
             out.append(PortMapping(17 if proto == "udp" else 6, cport, host, ip))
     if publish_all:
         have = {(m.Protocol, m.InternalPort) for m in out}
         for key in exposed or {}:
             port, _, proto = key.partition("/")
             p = 17 if proto == "udp" else 6
+            if not port.isdigit() or len(port) > 5:
+                raise InvalidArgument(f"invalid port specification: {key[:64]}")
             if (p, int(port)) not in have:
                 out.append(PortMapping(p, int(port), 0, ""))
     return out

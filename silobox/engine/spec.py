@@ -59,7 +59,7 @@ def parse_signal(value: str | int | None, default: int = _signal.SIGTERM) -> int
     else:
         s = str(value).strip().upper()
         if s.isdigit():
-            num = int(s)
+            num = int(s) if len(s) <= 3 else 0   # no signal has more digits
         else:
             name = s if s.startswith("SIG") else "SIG" + s
             try:
@@ -132,21 +132,69 @@ def _available_cpus() -> set[int]:
     return set(os.sched_getaffinity(0))
 
 
-def _parse_cpuset(spec: str) -> set[int]:
-    cpus: set[int] = set()
+def _available_mems() -> set[int]:
+    """The host's online memory nodes (node 0 alone on a machine without NUMA)."""
     try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                if int(a) > int(b):
-                    raise ValueError
-                cpus.update(range(int(a), int(b) + 1))
-            elif part:
-                cpus.add(int(part))
-    except ValueError:
-        raise InvalidArgument(f"Invalid value {spec} for cpuset cpus") from None
-    return cpus
+        with open("/sys/devices/system/node/online") as f:
+            text = f.read().strip()
+    except OSError:
+        return {0}
+    nodes: set[int] = set()
+    for lo, hi in _cpuset_ranges(text, "cpuset mems") if text else []:
+        nodes.update(range(lo, hi + 1))
+    return nodes or {0}
+
+
+_CPUSET_PART = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
+
+
+def _cpuset_ranges(spec: str, what: str) -> list[tuple[int, int]]:
+    """``"0-2,5"`` → ``[(0, 2), (5, 5)]``: the list as written, never expanded, so a request for
+    ``"0-99999999999"`` costs nothing before it is refused."""
+    ranges = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        match = _CPUSET_PART.fullmatch(part)
+        if match is None:
+            raise InvalidArgument(f"Invalid value {_cut(spec)} for {what}")
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        if lo > hi:
+            raise InvalidArgument(f"Invalid value {_cut(spec)} for {what}")
+        ranges.append((lo, hi))
+    return ranges
+
+
+def check_cpuset(spec: str, available: set[int], what: str, noun: str) -> None:
+    """Refuse a CPU or memory-node list that names anything the host does not have. Ranges are
+    compared by their ends first, so no set larger than the host's is ever built."""
+    top = max(available)
+    for lo, hi in _cpuset_ranges(spec, what):
+        if hi > top or not set(range(lo, hi + 1)) <= available:
+            raise InvalidArgument(f"Requested {noun} are not available - requested "
+                                  f"{_cut(spec)}, available: {_ranges_text(available)}")
+
+
+def _ranges_text(values: set[int]) -> str:
+    """``{0, 1, 2, 5}`` → ``"0-2,5"``."""
+    out: list[str] = []
+    run: list[int] = []
+    for v in sorted(values):
+        if run and v == run[-1] + 1:
+            run.append(v)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [v]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def _cut(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def resources_from_hostconfig(hc: dict) -> dict[str, Any]:
@@ -195,14 +243,10 @@ def resources_from_hostconfig(hc: dict) -> dict[str, Any]:
             raise InvalidArgument("invalid CPU shares: must be positive")
         res["cpu_shares"] = max(2, hc["CpuShares"])
     if hc.get("CpusetCpus"):
-        wanted = _parse_cpuset(hc["CpusetCpus"])
-        avail = _available_cpus()
-        if not wanted <= avail:
-            lo, hi = min(avail), max(avail)
-            raise InvalidArgument(f"Requested CPUs are not available - requested "
-                                  f"{hc['CpusetCpus']}, available: {lo}-{hi}")
+        check_cpuset(hc["CpusetCpus"], _available_cpus(), "cpuset cpus", "CPUs")
         res["cpuset_cpus"] = hc["CpusetCpus"]
     if hc.get("CpusetMems"):
+        check_cpuset(hc["CpusetMems"], _available_mems(), "cpuset mems", "memory nodes")
         res["cpuset_mems"] = hc["CpusetMems"]
     pids = hc.get("PidsLimit")
     if pids is not None and pids > 0:
@@ -322,7 +366,8 @@ def parse_log_config(lc: Any) -> dict[str, Any]:
     if "max-file" in cfg:
         if "max-size" not in cfg:
             raise InvalidArgument("max-file can only be used with max-size")
-        if not cfg["max-file"].isdigit() or int(cfg["max-file"]) < 1:
+        if not cfg["max-file"].isdigit() or len(cfg["max-file"]) > 9 \
+                or int(cfg["max-file"]) < 1:
             raise InvalidArgument("max-file cannot be less than 1")
     return {"Type": kind, "Config": dict(cfg)}
 
@@ -335,7 +380,10 @@ def log_max_size(cfg: dict[str, str]) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", raw)
     if not m:
         raise InvalidArgument(f"invalid max-size {cfg.get('max-size')!r}: use a size like 10m")
-    size = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+    number = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
+    if number >= 2**63:
+        raise InvalidArgument(f"invalid max-size {cfg.get('max-size')!r}: too large")
+    size = int(number)
     if size <= 0:
         raise InvalidArgument("max-size must be a positive number")
     return size

@@ -439,6 +439,7 @@ class StorageOps:
                                     if self.sandbox_default == "disk" else 0)
         self.container_hooks.append(StorageHook(self))
         self._remove_storage_orphans()
+        self._remove_storage_leftovers()
         self.disk_pool.start()
 
     # ----- a container's layers ---------------------------------------------------------
@@ -565,6 +566,44 @@ class StorageOps:
                 D.detach(dev.path)
             except OSError as e:
                 log.warning("cannot detach %s: %s", dev.path, e)
+
+    def _remove_storage_leftovers(self) -> None:
+        """Remove what a daemon killed mid-create or mid-remove left with no record in the
+        store: a container folder (etc files, sandbox directories, ``sandbox.img``), a volume
+        folder, a scratch mount point of volume population. Runs after the orphan mounts and
+        loop devices are gone; a folder with a mount still under it is kept and logged, never
+        deleted through the mount."""
+        root = os.path.realpath(self.config.root)
+        scratch = os.path.join(root, "tmp")
+        for point in mounts_under(scratch):
+            log.info("removing leftover mount %s", point)
+            try:
+                libc.umount2(point, libc.MNT_DETACH)
+            except OSError as e:
+                log.warning("cannot unmount %s: %s", point, e)
+        cdir = os.path.realpath(self.config.containers_dir)
+        for name in _entries(cdir):
+            if name in self.containers:
+                continue
+            path = os.path.join(cdir, name)
+            log.info("removing container folder %s: no container of that id is stored "
+                     "(a create or remove was interrupted)", path)
+            try:
+                Sandbox(self.config.root, name).remove()
+            except SiloboxError as e:
+                log.warning("cannot remove the sandbox in %s: %s", path, e)
+            _remove_unmounted(path)
+        vdir = os.path.realpath(self.volumes.dir)
+        known = {r["name"] for r in self.db.query("SELECT name FROM volumes")}
+        for name in _entries(vdir):
+            if name.startswith(".") or name in known:
+                continue
+            path = os.path.join(vdir, name)
+            log.info("removing volume folder %s: no volume of that name is stored "
+                     "(a create or remove was interrupted)", path)
+            _remove_unmounted(path)
+        for name in _entries(scratch):
+            _remove_unmounted(os.path.join(scratch, name))
 
     # ----- volumes: populate ----------------------------------------------------------------
     def _populate_volumes(self, image_id: str, items: list[tuple[str, str]]) -> None:
@@ -885,3 +924,26 @@ def _labels_match(labels: dict[str, str], wanted: list[str], any_of: bool = Fals
         k, eq, v = w.partition("=")
         results.append(k in labels and (not eq or labels[k] == v))
     return any(results) if any_of else all(results)
+
+
+def _entries(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
+def _remove_unmounted(path: str) -> None:
+    """Delete ``path`` unless something is mounted at or below it (then it is only logged:
+    deleting through a mount would reach whatever is mounted there)."""
+    inside = mounts_under(path)
+    if inside:
+        log.warning("keeping %s: %s is still mounted there", path, inside[0])
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -205,7 +205,10 @@ class Netlink:
                         macvlan_mode="passthru", macvlan_flags=MACVLAN_FLAG_NOPROMISC)
                 sw.link("set", index=self._index(sw, host_port), net_ns_fd=self._home)
             hidx = self._index(host, host_port)
-            host.link("set", index=hidx, ifalias=alias)
+            # The kernel takes at most 254 bytes of alias (IFALIASZ less the NUL, which pyroute2
+            # counts): a longer network name is shown cut, not refused with ERANGE.
+            host.link("set", index=hidx,
+                      ifalias=alias.encode()[:254].decode("utf-8", "ignore"))
             # Published ports reached at 127.0.0.1 are DNATed in the output hook and routed out
             # of this link: allowed on this one interface only, never host-wide.
             _write_sysctl(f"net/ipv4/conf/{host_port}/route_localnet", "1")

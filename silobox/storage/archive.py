@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator
 
+from silobox import jsonlimits
 from silobox.errors import InvalidArgument, SiloboxError, SystemFailure
 from silobox.storage import reference
 from silobox.storage.images import Image, ImageStore, host_architecture
@@ -41,6 +42,13 @@ MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
 SMALL_BLOB = 4 << 20         # JSON documents are read into memory up to this size
+HELD_BYTES = 64 << 20
+"""At most this much of an archive (its JSON documents and tiny members) is held in memory."""
+HELD_MEMBERS = 10_000
+"""At most this many members are remembered (documents, links, layer blobs): an archive of a
+million tiny members must not cost a million dictionary entries."""
+MAX_INDEX_DEPTH = 8
+"""OCI indexes nest (an index of indexes); deeper than this is no image anyone made."""
 _META_NAMES = {"manifest.json", "index.json", "oci-layout", "repositories"}
 _CHUNK = 1 << 20
 
@@ -104,6 +112,7 @@ class _Loader:
         self.blob_layers: dict[str, str] = {}     # member name → diff id
         self.bad: dict[str, str] = {}             # member name → why it is not a layer
         self.new_layers: list[str] = []
+        self.held_bytes = 0
         # Every layer this load registers or finds is referenced by it until its images exist,
         # so a concurrent load of the same layers that fails cannot remove them meanwhile.
         self.owner = f"load:{uuid.uuid4().hex}"
@@ -119,8 +128,10 @@ class _Loader:
                                   cause=e) from e
         try:
             for member in tar:
+                tar.members = []   # a streamed tar need not remember every header it read
                 name = _clean(member.name)
                 if member.issym() or member.islnk():
+                    self._count(name)
                     base = posixpath.dirname(name) if member.issym() else ""
                     self.links[name] = _clean(posixpath.join(base, member.linkname))
                     continue
@@ -129,12 +140,13 @@ class _Loader:
                 src = tar.extractfile(member)
                 if src is None:
                     continue
+                self._count(name)
                 if member.size <= SMALL_BLOB and (self._is_meta(name) or member.size < 64):
-                    self.small[name] = src.read()
+                    self._hold(name, src.read())
                     continue
                 head = src.read(1) if member.size else b""
                 if head == b"{" and member.size <= SMALL_BLOB:
-                    self.small[name] = head + src.read()
+                    self._hold(name, head + src.read())
                     continue
                 self._layer_blob(name, member.size, _Prefixed(head, src))
                 for d in self.blob_layers.values():
@@ -148,6 +160,21 @@ class _Loader:
                 raise InvalidArgument(f"invalid archive: {e}",
                                       operation="storage::Archive::Load", cause=e) from e
             raise
+
+    def _count(self, name: str) -> None:
+        """Refuse an archive with more members than a load remembers (see HELD_MEMBERS)."""
+        if len(self.small) + len(self.links) + len(self.blob_layers) + len(self.bad) \
+                >= HELD_MEMBERS and name not in self.small and name not in self.links:
+            raise InvalidArgument(f"invalid archive: more than {HELD_MEMBERS} members: not an "
+                                  "image archive", operation="storage::Archive::Load")
+
+    def _hold(self, name: str, data: bytes) -> None:
+        """Keep a small member in memory, within HELD_BYTES for the whole archive."""
+        self.held_bytes += len(data) - len(self.small.get(name, b""))
+        if self.held_bytes > HELD_BYTES:
+            raise InvalidArgument(f"invalid archive: its documents exceed {HELD_BYTES >> 20} MiB: "
+                                  "not an image archive", operation="storage::Archive::Load")
+        self.small[name] = data
 
     @staticmethod
     def _is_meta(name: str) -> bool:
@@ -195,7 +222,7 @@ class _Loader:
             raise InvalidArgument(f"invalid archive: {name} does not match its digest {digest}",
                                   operation="storage::Archive::Load", object_id=name)
         try:
-            return raw, json.loads(raw)
+            return raw, jsonlimits.loads(raw)
         except ValueError as e:
             raise InvalidArgument(f"invalid archive: {name}: {e}",
                                   operation="storage::Archive::Load", cause=e) from e
@@ -226,8 +253,9 @@ class _Loader:
         result = LoadResult()
         prepared = []
         for raw, config, diff_ids, tags in items:
-            wanted = [normalize_diff_id(d) for d in
-                      ((config.get("rootfs") or {}).get("diff_ids") or [])]
+            rootfs = _object(config, "image config").get("rootfs") or {}
+            wanted = [normalize_diff_id(_text(d, "rootfs.diff_ids[]")) for d in
+                      _array(_object(rootfs, "rootfs").get("diff_ids") or [], "diff_ids")]
             if wanted != diff_ids:
                 raise InvalidArgument("invalid archive: the layers do not match the image "
                                       f"config's rootfs.diff_ids ({len(diff_ids)} layers, "
@@ -256,34 +284,46 @@ class _Loader:
                                   operation="storage::Archive::Load")
         items = []
         for entry in manifest:
-            raw, config = self._json(entry.get("Config") or "")
-            diff_ids = [self._diff_id(p) for p in entry.get("Layers") or []]
-            tags = [_valid_tag(t) for t in entry.get("RepoTags") or []]
+            entry = _object(entry, "manifest.json entry")
+            raw, config = self._json(_text(entry.get("Config") or "", "Config"))
+            diff_ids = [self._diff_id(_text(p, "Layers[]"))
+                        for p in _array(entry.get("Layers") or [], "Layers")]
+            tags = [_valid_tag(_text(t, "RepoTags[]"))
+                    for t in _array(entry.get("RepoTags") or [], "RepoTags")]
             items.append((raw, config, diff_ids, [t for t in tags if t]))
         return items
 
     def _oci_items(self) -> list[tuple[bytes, Any, list[str], list[str]]]:
         _, index = self._json("index.json")
         items: list[tuple[bytes, Any, list[str], list[str]]] = []
-        for desc in index.get("manifests") or []:
+        for desc in _array(_object(index, "index.json").get("manifests") or [], "manifests"):
+            desc = _object(desc, "index.json manifests[]")
             self._oci_descriptor(desc, _oci_tags(desc), items, top=True)
         return items
 
     def _oci_descriptor(self, desc: dict[str, Any], tags: list[str],
-                        items: list[tuple[bytes, Any, list[str], list[str]]], top: bool) -> None:
-        digest = desc.get("digest") or ""
+                        items: list[tuple[bytes, Any, list[str], list[str]]], top: bool,
+                        depth: int = 0) -> None:
+        if depth > MAX_INDEX_DEPTH:
+            raise InvalidArgument(f"invalid archive: indexes nest more than {MAX_INDEX_DEPTH} "
+                                  "levels deep", operation="storage::Archive::Load")
+        digest = _text(desc.get("digest") or "", "digest")
         _, doc = self._json(_blob_name(digest), digest)
+        doc = _object(doc, f"blob {digest}")
         media = desc.get("mediaType") or doc.get("mediaType") or ""
         if media in (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST) or "manifests" in doc:
-            children = doc.get("manifests") or []
+            children = [_object(c, "manifests[]")
+                        for c in _array(doc.get("manifests") or [], "manifests")]
             here = [c for c in children if _platform_matches(c.get("platform"))]
             for child in here[:1] or children[:1]:
-                self._oci_descriptor(child, tags, items, top=False)
+                self._oci_descriptor(child, tags, items, top=False, depth=depth + 1)
             return
-        cdigest = (doc.get("config") or {}).get("digest") or ""
+        config_desc = _object(doc.get("config") or {}, "config")
+        cdigest = _text(config_desc.get("digest") or "", "config.digest")
         raw, config = self._json(_blob_name(cdigest), cdigest)
-        diff_ids = [self._diff_id(_blob_name(l.get("digest") or ""))
-                    for l in doc.get("layers") or []]
+        diff_ids = [self._diff_id(_blob_name(_text(_object(l, "layers[]").get("digest") or "",
+                                                   "layers[].digest")))
+                    for l in _array(doc.get("layers") or [], "layers")]
         items.append((raw, config, diff_ids, tags))
 
     def release_new(self) -> None:
@@ -452,6 +492,28 @@ class _Prefixed:
         return self._raw.read(size)
 
 
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """A document's part that must be a JSON object (a 400 naming it otherwise, never a 500)."""
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"invalid archive: {what} is not a JSON object",
+                              operation="storage::Archive::Load")
+    return value
+
+
+def _array(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidArgument(f"invalid archive: {what} is not a JSON array",
+                              operation="storage::Archive::Load")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"invalid archive: {what} is not a string",
+                              operation="storage::Archive::Load")
+    return value
+
+
 def _clean(name: str) -> str:
     """A member or link path inside the archive; ``..`` may not climb out of it."""
     parts: list[str] = []
@@ -487,9 +549,9 @@ def _valid_tag(text: str) -> str | None:
 def _oci_tags(desc: dict[str, Any]) -> list[str]:
     """The name an index entry carries: containerd's full image name, else a ref.name that is a
     whole reference (a bare tag such as ``latest`` names no repository, so it is not a tag)."""
-    notes = desc.get("annotations") or {}
+    notes = _object(desc.get("annotations") or {}, "annotations")
     for key in (ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME):
-        value = notes.get(key) or ""
+        value = _text(notes.get(key) or "", key)
         if key == ANNOTATION_REF_NAME and not any(c in value for c in ":/"):
             continue
         tag = _valid_tag(value) if value else None
@@ -498,8 +560,8 @@ def _oci_tags(desc: dict[str, Any]) -> list[str]:
     return []
 
 
-def _platform_matches(platform: dict[str, Any] | None) -> bool:
-    if not platform:
+def _platform_matches(platform: Any) -> bool:
+    if not platform or not isinstance(platform, dict):
         return False
     return platform.get("os") == "linux" and platform.get("architecture") == host_architecture()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from silobox.errors import Conflict, InvalidArgument, SystemFailure
 
 BUSY_TIMEOUT_MS = 5000
+SIDE_FILES = ("-wal", "-shm", "-journal")
+"""SQLite's companions of the store; it creates them with the store's own mode."""
 
 Params = Sequence[Any] | dict[str, Any]
 
@@ -34,6 +37,7 @@ class Database:
         self.path = path
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, mode=0o700, exist_ok=True)
+        _owner_only(path)
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                          timeout=BUSY_TIMEOUT_MS / 1000)
@@ -185,3 +189,26 @@ def _translate(e: sqlite3.Error, sql: str) -> Exception:
                         cause=e)
     return SystemFailure(f"metadata store error: {e} (in: {' '.join(sql.split()[:3])} …)",
                          operation="storage::Database", cause=e)
+
+
+def _owner_only(path: str) -> None:
+    """Make the store and its WAL/SHM readable by their owner only (0600), creating the store
+    so: it holds containers' ``Env``, where passwords live. Stores of older versions (0644)
+    are fixed at open."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise SystemFailure(f"cannot open the metadata store {path}: {e.strerror}",
+                            operation="storage::Database::Open", object_id=path, cause=e) from e
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in SIDE_FILES:
+        try:
+            st = os.lstat(path + suffix)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o777 != 0o600:
+            os.chmod(path + suffix, 0o600)

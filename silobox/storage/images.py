@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from silobox import jsonlimits
 from silobox.errors import Conflict, InvalidArgument, NotFound, SystemFailure
 from silobox.storage import reference
 from silobox.storage.db import Database
@@ -266,7 +267,7 @@ class ImageStore:
         """Store an image from its config bytes as received (``docker load``, a pull): the id is
         the sha256 of exactly these bytes. Its layers must be in the layer store."""
         try:
-            doc = json.loads(raw)
+            doc = jsonlimits.loads(raw)
         except ValueError as e:
             raise InvalidArgument(f"invalid image config: {e}", operation="storage::Image::Create",
                                   cause=e) from e

@@ -25,7 +25,14 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"
 
 
+NAME_MAX = 255
+"""A volume is a folder named after it: a longer name is no file name (ENAMETOOLONG)."""
+
+
 def check_name(name: str) -> str:
+    if len(name or "") > NAME_MAX:
+        raise InvalidArgument(f"volume name {name[:32]!r}... is {len(name)} characters long: "
+                              f"at most {NAME_MAX} are allowed")
     if not NAME_RE.match(name or ""):
         raise InvalidArgument(f'"{name}" includes invalid characters for a local volume name, '
                               'only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to '

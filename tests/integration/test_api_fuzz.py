@@ -1,10 +1,15 @@
-"""Property-based fuzzing of the API: malformed requests get Docker's 4xx error shape and change
-nothing. Bounded in examples and time so that it fits in CI."""
+"""Property-based fuzzing of the API: malformed and hostile requests get Docker's 4xx error shape,
+change nothing, never crash silod, and leave its RSS within 20 MB of where it started. Bodies
+are generated from the routers' own field descriptions (``check_fields`` specs). Bounded in
+examples and time so that it fits in CI; ``SILOBOX_FUZZ_SCALE=N`` runs N times as many fresh
+examples."""
 
 from __future__ import annotations
 
 import json
+import os
 import string
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -118,3 +123,300 @@ def test_huge_body_is_refused(silod, baseline):
     status, answer = silod.request("POST", "/containers/create",
                                    raw=b'{"Image": "' + b"x" * (64 * 1024 * 1024) + b'"}')
     assert 400 <= status < 500 and _count(silod) == baseline
+
+
+# -- hostile bodies and queries on the routes that write: generated from the routers' own
+#    descriptions of their bodies (the same field specs the API checks bodies against) ----------
+
+from silobox.api.routers.containers import CREATE_BODY, UPDATE_BODY  # noqa: E402
+from silobox.api.routers.networks import CONNECT_BODY, CREATE_BODY as NETWORK_BODY  # noqa: E402
+from silobox.api.routers.volumes import CREATE_BODY as VOLUME_BODY  # noqa: E402
+
+FUZZ_SCALE = int(os.environ.get("SILOBOX_FUZZ_SCALE", "1"))
+"""CI runs a fixed, small sample; SILOBOX_FUZZ_SCALE=10 runs ten times as many fresh examples."""
+HOSTILE_SETTINGS = settings(SETTINGS, max_examples=60 * FUZZ_SCALE,
+                            derandomize=FUZZ_SCALE == 1)
+
+
+def _nested(depth: int):
+    doc: object = 1
+    for _ in range(depth):
+        doc = [doc]
+    return doc
+
+
+HOSTILE = [
+    2**63 - 1, -(2**63), 2**64 - 1, -1, 0, 10**15, 1.5e308, -0.0, True, None, "", [], {},
+    "9" * 5000, "0-99999999999", "0-4095", "0,4096", "4096", "x" * 5000, "../../../etc/passwd",
+    "/proc/self/exe", "\x00", "\u202e\ud7ff", " ", "-1", "1e400", "a=b=c", "tcp", "host",
+    "container:nosuch", _nested(90), [_nested(50)], {"a": _nested(80)}, ["x"] * 2000,
+    {f"k{i}": "v" for i in range(2000)},
+]
+hostile = st.sampled_from(HOSTILE)
+hostile_keys = st.sampled_from(["9" * 5000 + "/tcp", "80/tcp", "x/udp", "70000/tcp", "", "/",
+                                "a" * 300, "../x", "\x00", "max-file", "max-size"])
+
+
+def from_spec(spec, depth: int = 0):
+    """Values for a field described as the routers describe them (``check_fields``): mostly of
+    the right type, often hostile (wrong types, extreme integers, deep nesting, huge strings)."""
+    if isinstance(spec, str):
+        good = {"bool": st.booleans(), "str": st.text(max_size=24),
+                "int": st.integers(-2**63, 2**64 - 1) | st.integers(-10, 10**10),
+                "num": st.floats(allow_nan=False, allow_infinity=False),
+                "strslice": st.text(max_size=12) | st.lists(st.text(max_size=12), max_size=3),
+                "object": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+                "any": json_values}[spec]
+    elif isinstance(spec, list):
+        good = st.lists(from_spec(spec[0], depth + 1), max_size=3)
+    elif "*" in spec:
+        good = st.dictionaries(st.text(max_size=12) | hostile_keys, from_spec(spec["*"], depth + 1),
+                               max_size=3)
+    else:
+        keys = sorted(spec)
+        good = st.lists(st.sampled_from(keys), max_size=4, unique=True).flatmap(
+            lambda chosen: st.fixed_dictionaries(
+                {k: from_spec(spec[k], depth + 1) for k in chosen}))
+    return st.one_of(good, good, hostile) if depth < 4 else st.one_of(good, hostile)
+
+
+def _alive(silod) -> None:
+    assert silod.proc.poll() is None, f"silod died:\n{silod.log()}"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) < 600 else text[:600] + f"... ({len(text)} characters)"
+
+
+def _check(silod, status: int, answer, what) -> None:
+    _alive(silod)
+    assert status < 500, _short((what, status, answer))
+    if status >= 400:
+        assert _is_docker_error(status, answer), _short((what, status, answer))
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def rss_start(silod, baseline):
+    # warm up every route family first, so lazily imported modules and caches are counted
+    silod.request("POST", "/containers/create", {"Image": "busybox", "HostConfig": 5})
+    silod.request("POST", "/volumes/create", {"Name": 5})
+    silod.request("POST", "/networks/create", {"Name": 5})
+    return _rss_kib(silod.proc.pid)
+
+
+@pytest.fixture(scope="module")
+def target(silod, rss_start):
+    """A created container and a user network for the update, archive and connect routes."""
+    status, made = silod.request("POST", "/containers/create",
+                                 {"Image": "busybox", "Cmd": ["sleep", "1000"]})
+    assert status == 201, made
+    status, net = silod.request("POST", "/networks/create", {"Name": "fuzznet"})
+    assert status == 201, net
+    yield made["Id"], net["Id"]
+    silod.request("DELETE", f"/containers/{made['Id']}?force=1")
+    silod.request("DELETE", f"/networks/{net['Id']}")
+
+
+@HOSTILE_SETTINGS
+@given(body=from_spec(CREATE_BODY))
+def test_create_with_hostile_bodies(silod, baseline, rss_start, body):
+    body = {"Image": "busybox", **body} if isinstance(body, dict) else body
+    status, answer = silod.request("POST", "/containers/create", body)
+    _check(silod, status, answer, body)
+    if status == 201:
+        assert silod.request("DELETE", f"/containers/{answer['Id']}?force=1&v=1")[0] == 204
+    assert _count(silod) == baseline
+
+
+@HOSTILE_SETTINGS
+@given(body=from_spec(UPDATE_BODY))
+def test_update_with_hostile_bodies(silod, target, body):
+    status, answer = silod.request("POST", f"/containers/{target[0]}/update", body)
+    _check(silod, status, answer, body)
+
+
+@HOSTILE_SETTINGS
+@given(body=from_spec(VOLUME_BODY))
+def test_volume_create_with_hostile_bodies(silod, rss_start, body):
+    status, answer = silod.request("POST", "/volumes/create", body)
+    _check(silod, status, answer, body)
+    if status == 201:
+        assert silod.request("DELETE", f"/volumes/{answer['Name']}")[0] == 204
+
+
+@HOSTILE_SETTINGS
+@given(body=from_spec(NETWORK_BODY))
+def test_network_create_with_hostile_bodies(silod, rss_start, body):
+    status, answer = silod.request("POST", "/networks/create", body)
+    _check(silod, status, answer, body)
+    if status == 201:
+        assert silod.request("DELETE", f"/networks/{answer['Id']}")[0] == 204
+
+
+@HOSTILE_SETTINGS
+@given(body=from_spec(CONNECT_BODY), disconnect=st.booleans())
+def test_network_connect_with_hostile_bodies(silod, target, body, disconnect):
+    if isinstance(body, dict) and body.get("Container") == "":
+        body["Container"] = target[0]
+    route = "disconnect" if disconnect else "connect"
+    status, answer = silod.request("POST", f"/networks/{target[1]}/{route}", body)
+    _check(silod, status, answer, body)
+    if status == 200 and not disconnect:
+        silod.request("POST", f"/networks/{target[1]}/disconnect",
+                      {"Container": target[0], "Force": True})
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _query_value():
+    return st.one_of(st.text(max_size=16), st.sampled_from(
+        [str(v) for v in HOSTILE if isinstance(v, (int, float, str))] + ["[" * 3000, "{}"]))
+
+
+BUILD_PARAMS = ["t", "dockerfile", "buildargs", "labels", "memory", "memswap", "cpushares",
+                "cpuperiod", "cpuquota", "shmsize", "cpusetcpus", "extrahosts", "networkmode",
+                "platform", "target", "q", "rm", "nocache"]
+FUZZ_LABEL = "silobox.test.fuzz"
+
+
+def _remove_fuzz_images(silod) -> None:
+    from urllib.parse import quote
+    status, images = silod.request(
+        "GET", "/images/json?filters=" + quote(json.dumps({"label": [FUZZ_LABEL]})))
+    for image in images if status == 200 else []:
+        silod.request("DELETE", f"/images/{image['Id']}?force=1")
+    silod.request("POST", "/build/prune")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fuzz_images_removed(silod):
+    """The images the build fuzzing made go at the end, whichever tests ran."""
+    yield
+    _remove_fuzz_images(silod)
+
+
+@settings(HOSTILE_SETTINGS, max_examples=40 * FUZZ_SCALE)
+@given(params=st.dictionaries(st.sampled_from(BUILD_PARAMS), _query_value(), max_size=4),
+       body=st.sampled_from(["plain", "run", "garbage", "empty", "nested"]))
+def test_build_with_hostile_queries(silod, rss_start, params, body):
+    from urllib.parse import urlencode
+    dockerfile = f"FROM busybox\nLABEL {FUZZ_LABEL}=1\n"
+    raw = {"plain": _tar({"Dockerfile": dockerfile.encode()}),
+           "run": _tar({"Dockerfile": (dockerfile + "RUN true\n").encode()}),
+           "garbage": b"\x00garbage" * 100, "empty": b"",
+           "nested": _tar({"Dockerfile": dockerfile.encode(),
+                           "a/" * 60 + "f": b"x"})}[body]
+    url = "/build?" + urlencode(params)
+    try:
+        status, answer = silod.request("POST", url, raw=raw,
+                                       headers={"Content-Type": "application/x-tar"})
+    except (BrokenPipeError, ConnectionResetError):
+        # A request line beyond the server's 8 KiB limit is answered (400) and the connection
+        # closed while the client is still sending its body.
+        assert len(url) > 8000, url[:200]
+        _alive(silod)
+        return
+    _check(silod, status, answer, (params, body))
+
+
+@HOSTILE_SETTINGS
+@given(method=st.sampled_from(["HEAD", "GET", "PUT"]), path=_query_value(),
+       body=st.sampled_from(["tar", "garbage", "empty"]))
+def test_archive_with_hostile_paths_and_bodies(silod, target, method, path, body):
+    from urllib.parse import quote
+    raw = {"tar": _tar({"f": b"data"}), "garbage": b"\x01" * 700, "empty": b""}[body]
+    status, answer = silod.request(method, f"/containers/{target[0]}/archive?path={quote(path)}",
+                                   raw=raw if method == "PUT" else None,
+                                   headers={"Content-Type": "application/x-tar"})
+    _alive(silod)
+    assert status < 500, _short((method, path, body, status, answer))
+
+
+def test_deep_and_huge_documents_on_every_body_route(silod, target):
+    deep = b"[" * 200_000 + b"]" * 200_000
+    huge_int = b'{"Name": ' + b"9" * 5000 + b"}"
+    routes = ["/containers/create", f"/containers/{target[0]}/update", "/volumes/create",
+              "/networks/create", f"/networks/{target[1]}/connect", f"/containers/{target[0]}/exec",
+              f"/commit?container={target[0]}"]
+    for route in routes:
+        for raw in (deep, huge_int):
+            status, answer = silod.request("POST", route, raw=raw)
+            assert status == 400 and _is_docker_error(status, answer), (route, status, answer)
+    for query in ("/containers/{id}/stop?t=", "/containers/json?limit=", "/events?since=",
+                  "/containers/{id}/logs?stdout=1&tail=", "/containers/{id}/resize?w=1&h="):
+        status, answer = silod.request("GET" if "json" in query or "logs" in query
+                                       or "events" in query else "POST",
+                                       query.replace("{id}", target[0]) + "9" * 5000)
+        assert status == 400 and _is_docker_error(status, answer), (query, status, answer)
+    _alive(silod)
+
+
+NEAR_LIMIT = {
+    "ints": b'{"Image": "busybox", "Cmd": [' + b"1," * 7_000_000 + b"1]}",
+    "strings": b'{"Image": "busybox", "Env": [' + b'"a",' * 3_500_000 + b'"a"]}',
+    "deep": b'{"Image": "busybox", "Labels": ' + b"[" * 7_000_000 + b"]" * 7_000_000 + b"}",
+    "one string": b'{"Image": 5, "Labels": {"a": "' + b"[,:" * 5_000_000 + b'"}}',
+}
+
+
+@pytest.mark.parametrize("shape", NEAR_LIMIT)
+def test_bodies_near_the_size_limit_cost_no_memory(silod, rss_start, shape):
+    """15 MB bodies whose decoding would take gigabytes are refused from their text."""
+    status, answer = silod.request("POST", "/containers/create", raw=NEAR_LIMIT[shape])
+    assert status == 400 and _is_docker_error(status, answer), (shape, status, answer)
+    assert _rss_kib(silod.proc.pid) - rss_start < 64 * 1024, shape
+    _alive(silod)
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /containers/json?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /_ping HTTP/1.1\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+    b"POST /containers/create HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+    b"\x16\x03\x01 not http at all\r\n\r\n",
+])
+def test_unparsable_http_gets_docker_error_shape(silod, raw):
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(silod.socket)
+        sock.sendall(raw)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500, reply[:300]
+    assert b"application/json" in head.lower(), reply[:300]
+    assert isinstance(json.loads(body)["message"], str)
+    _alive(silod)
+
+
+def test_rss_is_back_near_where_it_started(silod, rss_start):
+    """No request above kept memory: silod's RSS is within 20 MB of where it started."""
+    _remove_fuzz_images(silod)
+    deadline = time.monotonic() + 10
+    while True:
+        grown = _rss_kib(silod.proc.pid) - rss_start
+        if grown < 20 * 1024 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert grown < 20 * 1024, f"silod's RSS grew by {grown} KiB"

@@ -114,3 +114,57 @@ def test_accepted_modes_and_runtimes() -> None:
                {"PidMode": "host"}, {"PidMode": "container:x"},
                {"IpcMode": "container:x"}, {"UTSMode": "host"}, {"CgroupnsMode": "host"}):
         assert check_host_config(dict(hc)) == [], hc
+
+
+# -- CPU and memory-node sets are checked against the host before anything is expanded ----------
+
+def _cpus_text() -> str:
+    from silobox.engine.spec import _available_cpus, _ranges_text
+    return _ranges_text(_available_cpus())
+
+
+@pytest.mark.parametrize("field,value", [
+    ("CpusetCpus", "0-99999999"), ("CpusetCpus", "0,99999999"), ("CpusetMems", "0-99999999"),
+    ("CpusetMems", "5000")])
+def test_cpusets_beyond_the_host_are_refused_at_once(field: str, value: str) -> None:
+    import time
+    from silobox.engine.spec import resources_from_hostconfig
+    started = time.monotonic()
+    with pytest.raises(InvalidArgument, match="are not available - requested"):
+        resources_from_hostconfig({field: value})
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize("field,value", [
+    ("CpusetCpus", "0-99999999999"), ("CpusetCpus", "9" * 5000), ("CpusetCpus", "2-1"),
+    ("CpusetCpus", "a"), ("CpusetMems", "0-" + "9" * 5000), ("CpusetMems", "-1")])
+def test_malformed_cpusets_are_invalid(field: str, value: str) -> None:
+    from silobox.engine.spec import resources_from_hostconfig
+    with pytest.raises(InvalidArgument, match="Invalid value .* for cpuset") as info:
+        resources_from_hostconfig({field: value})
+    assert len(info.value.message) < 200
+
+
+def test_cpusets_on_the_host_pass() -> None:
+    from silobox.engine.spec import resources_from_hostconfig
+    res = resources_from_hostconfig({"CpusetCpus": _cpus_text(), "CpusetMems": "0"})
+    assert res["cpuset_cpus"] == _cpus_text() and res["cpuset_mems"] == "0"
+
+
+# -- digit strings beyond int()'s limit are invalid values, not ValueErrors (500s) ---------------
+
+@pytest.mark.parametrize("call", [
+    lambda S, N: S.parse_signal("9" * 5000),
+    lambda S, N: S.parse_log_config({"Type": "json-file",
+                                     "Config": {"max-size": "1m", "max-file": "9" * 5000}}),
+    lambda S, N: S.parse_log_config({"Type": "json-file", "Config": {"max-size": "9" * 400}}),
+    lambda S, N: N.parse_port_bindings({"9" * 5000 + "/tcp": None}, None, False),
+    lambda S, N: N.parse_port_bindings({"70000/tcp": None}, None, False),
+    lambda S, N: N.parse_port_bindings({"80/tcp": [{"HostPort": "9" * 5000}]}, None, False),
+    lambda S, N: N.parse_port_bindings(None, {"9" * 5000 + "/tcp": {}}, True),
+    lambda S, N: N.parse_port_bindings(None, {"http/tcp": {}}, True),
+])
+def test_huge_numbers_in_strings_are_invalid(call) -> None:
+    from silobox.engine import networks, spec
+    with pytest.raises(InvalidArgument):
+        call(spec, networks)

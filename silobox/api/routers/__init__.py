@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, T
 
 from aiohttp import web
 
+from silobox import jsonlimits
 from silobox.errors import InvalidArgument
 
 log = logging.getLogger("silobox.api")
@@ -31,7 +32,10 @@ API_VERSION_KEY = web.RequestKey("api_version", tuple)
 
 _TRUE = frozenset({"1", "t", "true", "y", "yes", "on"})
 _FALSE = frozenset({"", "0", "f", "false", "n", "no", "off", "none"})
-_INT_RE = re.compile(r"^[+-]?[0-9]+$")
+_INT_RE = re.compile(r"^[+-]?[0-9]{1,19}$")
+"""At most 19 digits: Go parses query integers into an int64, and Python's ``int()`` of a long
+digit string costs time quadratic in its length (and fails beyond 4,300 digits)."""
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _UINT32_MAX = 2**32 - 1
 
 
@@ -57,8 +61,17 @@ def parse_int(name: str, raw: str | None, default: int | None = None) -> int | N
     if raw is None or raw == "":
         return default
     if not _INT_RE.match(raw):
-        raise InvalidArgument(f"invalid value for {name!r}: {raw!r} is not an integer")
-    return int(raw)
+        raise InvalidArgument(f"invalid value for {name!r}: {_shown(raw)} is not an integer "
+                              "between -2^63 and 2^63-1")
+    value = int(raw)
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidArgument(f"invalid value for {name!r}: {raw!r} is out of range")
+    return value
+
+
+def _shown(raw: str, limit: int = 64) -> str:
+    """A client's value as an error message quotes it: long values are cut."""
+    return repr(raw) if len(raw) <= limit else repr(raw[:limit]) + f"... ({len(raw)} characters)"
 
 
 def parse_uint32(name: str, raw: str | None) -> int:
@@ -66,7 +79,8 @@ def parse_uint32(name: str, raw: str | None) -> int:
     if raw is None or raw == "":
         raise InvalidArgument(f"invalid value for {name!r}: the parameter is required")
     if not _INT_RE.match(raw) or raw[0] == "+":
-        raise InvalidArgument(f"invalid value for {name!r}: {raw!r} is not an unsigned integer")
+        raise InvalidArgument(
+            f"invalid value for {name!r}: {_shown(raw)} is not an unsigned 32-bit integer")
     value = int(raw)
     if value < 0 or value > _UINT32_MAX:
         raise InvalidArgument(f"invalid value for {name!r}: {raw!r} is out of range")
@@ -83,7 +97,7 @@ def parse_filters(raw: str | None) -> dict[str, list[str]]:
     if raw is None or raw == "":
         return {}
     try:
-        doc = json.loads(raw)
+        doc = jsonlimits.loads(raw)
     except ValueError as exc:
         raise InvalidArgument(f"invalid filter: not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -118,8 +132,8 @@ def parse_timestamp(name: str, raw: str | None) -> float:
         return _parse_rfc3339(raw)
     except ValueError:
         raise InvalidArgument(
-            f"invalid value for {name!r}: {raw!r} is neither Unix seconds nor an RFC 3339 time"
-        ) from None
+            f"invalid value for {name!r}: {_shown(raw)} is neither Unix seconds nor an RFC 3339 "
+            "time") from None
 
 
 _RFC3339_RE = re.compile(
@@ -141,7 +155,8 @@ def parse_tail(raw: str | None) -> str:
     if raw is None or raw == "" or raw == "all":
         return "all"
     if not _INT_RE.match(raw):
-        raise InvalidArgument(f"invalid value for 'tail': {raw!r} is neither 'all' nor a number")
+        raise InvalidArgument(
+            f"invalid value for 'tail': {_shown(raw)} is neither 'all' nor a number")
     count = int(raw)
     return "all" if count < 0 else str(count)
 
@@ -205,7 +220,7 @@ def decode_json_object(raw: bytes, *, required: bool) -> dict[str, Any]:
             raise InvalidArgument("invalid JSON: got EOF while reading request body")
         return {}
     try:
-        doc = json.loads(raw, parse_constant=_reject_constant)
+        doc = jsonlimits.loads(raw)
     except UnicodeDecodeError:
         raise InvalidArgument("invalid JSON: the request body is not UTF-8") from None
     except ValueError as exc:
@@ -213,10 +228,6 @@ def decode_json_object(raw: bytes, *, required: bool) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise InvalidArgument(f"invalid JSON: expected an object, got {json_type(doc)}")
     return doc
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def check_content_type(content_type: str | None, has_body: bool) -> None:

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Protocol
 
 from aiohttp import web
 
+from silobox import jsonlimits
 from silobox.api.routers import Query, Route, body_chunks, json_response
 from silobox.errors import InvalidArgument, SiloboxError
 
@@ -43,7 +44,7 @@ def _json_query(query: Query, name: str) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        value = json.loads(raw)
+        value = jsonlimits.loads(raw)
     except ValueError as e:
         raise InvalidArgument(f"invalid {name} value: {e}") from e
     if not isinstance(value, dict):

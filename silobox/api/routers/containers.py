@@ -52,8 +52,14 @@ _HOST_CONFIG = {
     "RestartPolicy": {"Name": "str", "MaximumRetryCount": "int"},
     "AutoRemove": "bool", "VolumeDriver": "str", "VolumesFrom": _STRS,
     "Mounts": [{"Target": "str", "Source": "str", "Type": "str", "ReadOnly": "bool",
-                "Consistency": "str", "BindOptions": "object", "VolumeOptions": "object",
-                "ImageOptions": "object", "TmpfsOptions": "object"}],
+                "Consistency": "str",
+                "BindOptions": {"Propagation": "str", "NonRecursive": "bool",
+                                "CreateMountpoint": "bool", "ReadOnlyNonRecursive": "bool",
+                                "ReadOnlyForceRecursive": "bool"},
+                "VolumeOptions": {"NoCopy": "bool", "Labels": _STR_MAP, "Subpath": "str",
+                                  "DriverConfig": {"Name": "str", "Options": _STR_MAP}},
+                "ImageOptions": {"Subpath": "str"},
+                "TmpfsOptions": {"SizeBytes": "int", "Mode": "int", "Options": [_STRS]}}],
     "ConsoleSize": ["int"], "Annotations": _STR_MAP, "CapAdd": _STRS, "CapDrop": _STRS,
     "CgroupnsMode": "str", "Dns": _STRS, "DnsOptions": _STRS, "DnsSearch": _STRS,
     "ExtraHosts": _STRS, "GroupAdd": _STRS, "IpcMode": "str", "Cgroup": "str", "Links": _STRS,
@@ -62,13 +68,24 @@ _HOST_CONFIG = {
     "UTSMode": "str", "UsernsMode": "str", "ShmSize": "int", "Sysctls": _STR_MAP,
     "Runtime": "str", "Isolation": "str", "MaskedPaths": _STRS, "ReadonlyPaths": _STRS,
 }
-_ENDPOINT_SETTINGS = {
+ENDPOINT_SETTINGS = {
     "IPAMConfig": {"IPv4Address": "str", "IPv6Address": "str", "LinkLocalIPs": _STRS},
     "Links": _STRS, "MacAddress": "str", "Aliases": _STRS, "DriverOpts": _STR_MAP,
     "GwPriority": "int", "NetworkID": "str", "EndpointID": "str", "Gateway": "str",
     "IPAddress": "str", "IPPrefixLen": "int", "IPv6Gateway": "str", "GlobalIPv6Address": "str",
     "GlobalIPv6PrefixLen": "int", "DNSNames": _STRS,
 }
+UPDATE_BODY = {key: _HOST_CONFIG[key] for key in (
+    "CpuShares", "Memory", "CgroupParent", "BlkioWeight", "BlkioWeightDevice",
+    "BlkioDeviceReadBps", "BlkioDeviceWriteBps", "BlkioDeviceReadIOps",
+    "BlkioDeviceWriteIOps", "CpuPeriod", "CpuQuota", "CpuRealtimePeriod",
+    "CpuRealtimeRuntime", "CpusetCpus", "CpusetMems", "Devices", "DeviceCgroupRules",
+    "DeviceRequests", "MemoryReservation", "MemorySwap", "MemorySwappiness", "NanoCpus",
+    "OomKillDisable", "Init", "PidsLimit", "Ulimits", "CpuCount", "CpuPercent",
+    "IOMaximumIOps", "IOMaximumBandwidth", "RestartPolicy")}
+"""``POST /containers/{id}/update`` (swagger: Resources + RestartPolicy)."""
+CONFIG_BODY: dict[str, Any] = {}
+"""A container config without host or network parts (the body of ``POST /commit``)."""
 CREATE_BODY = {
     "Hostname": "str", "Domainname": "str", "User": "str", "AttachStdin": "bool",
     "AttachStdout": "bool", "AttachStderr": "bool", "ExposedPorts": {"*": "object"},
@@ -80,8 +97,10 @@ CREATE_BODY = {
     "OnBuild": _STRS, "Labels": _STR_MAP, "StopSignal": "str", "StopTimeout": "int",
     "Shell": "strslice",
     "HostConfig": _HOST_CONFIG,
-    "NetworkingConfig": {"EndpointsConfig": {"*": _ENDPOINT_SETTINGS}},
+    "NetworkingConfig": {"EndpointsConfig": {"*": ENDPOINT_SETTINGS}},
 }
+CONFIG_BODY.update((k, v) for k, v in CREATE_BODY.items()
+                   if k not in ("HostConfig", "NetworkingConfig"))
 
 
 def validate_container_name(name: str) -> None:
@@ -218,6 +237,7 @@ class ContainerRouter:
 
     async def update(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, required=True)
+        check_fields(body, UPDATE_BODY)
         return json_response(await complete(self.backend.container_update(_ref(request), body)))
 
     async def prune(self, request: web.Request) -> web.Response:

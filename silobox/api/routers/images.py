@@ -16,8 +16,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from silobox.api.backend import ImageBackend
-from silobox.api.routers import (Query, Route, body_chunks, complete, json_response,
-                                 no_content, read_json_object)
+from silobox.api.routers import (Query, Route, body_chunks, check_fields, complete,
+                                 json_response, no_content, read_json_object)
+from silobox.api.routers.containers import CONFIG_BODY
 from silobox.errors import InvalidArgument, SiloboxError
 
 
@@ -147,6 +148,7 @@ class ImageRouter:
         if not container:
             raise InvalidArgument("container name or id is required")
         body = await read_json_object(request, required=False)
+        check_fields(body, CONFIG_BODY)
         image_id = await complete(self.backend.container_commit(
             container, repo=query.text("repo") or "", tag=query.text("tag") or "",
             comment=query.text("comment") or "", author=query.text("author") or "",
@@ -184,10 +186,22 @@ class ImageRouter:
 # -- helpers -----------------------------------------------------------------------------------
 
 
+PATH_MAX = 4095
+NAME_MAX = 255
+
+
 def _archive_path(request: web.Request) -> str:
+    """``path`` of the archive routes: a path the kernel can resolve at all (Linux limits a
+    path to 4095 bytes and a name in it to 255); beyond that it is a bad parameter, not a
+    failure of ours."""
     path = request.query.get("path")
     if not path:
         raise InvalidArgument("bad parameter: 'path' cannot be empty")
+    size = len(path.encode("utf-8", "surrogateescape"))
+    if size > PATH_MAX or "\0" in path:
+        raise InvalidArgument(f"bad parameter: 'path' is not a valid path ({size} bytes)")
+    if any(len(name.encode("utf-8", "surrogateescape")) > NAME_MAX for name in path.split("/")):
+        raise InvalidArgument(f"bad parameter: 'path' has a name longer than {NAME_MAX} bytes")
     return path
 
 

@@ -7,14 +7,18 @@ from aiohttp import web
 from silobox.api.backend import NetworkBackend
 from silobox.api.routers import (Query, Route, check_fields, complete, json_response,
                                  no_content, read_json_object)
+from silobox.api.routers.containers import ENDPOINT_SETTINGS
 
-_CREATE = {"Name": "str", "Driver": "str", "Internal": "bool", "Attachable": "bool",
+CREATE_BODY = {"Name": "str", "Driver": "str", "Internal": "bool", "Attachable": "bool",
            "Ingress": "bool", "EnableIPv6": "bool", "CheckDuplicate": "bool",
            "IPAM": {"Driver": "str", "Config": [{"Subnet": "str", "IPRange": "str",
-                                                 "Gateway": "str"}], "Options": {"*": "str"}},
+                                                 "Gateway": "str",
+                                                 "AuxiliaryAddresses": {"*": "str"}}],
+                    "Options": {"*": "str"}},
+           "ConfigOnly": "bool", "ConfigFrom": {"Network": "str"}, "Scope": "str",
            "Options": {"*": "str"}, "Labels": {"*": "str"}}
 _POLICIES = {"RequestType": "str", "Policies": ["object"]}
-_CONNECT = {"Container": "str", "EndpointConfig": "object", "Force": "bool"}
+CONNECT_BODY = {"Container": "str", "EndpointConfig": ENDPOINT_SETTINGS, "Force": "bool"}
 
 
 class NetworkRouter:
@@ -45,7 +49,7 @@ class NetworkRouter:
 
     async def create(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, required=True)
-        check_fields(body, _CREATE)
+        check_fields(body, CREATE_BODY)
         return json_response(await complete(self.backend.network_create(body)), 201)
 
     async def remove(self, request: web.Request) -> web.Response:
@@ -57,7 +61,7 @@ class NetworkRouter:
 
     async def connect(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, required=True)
-        check_fields(body, _CONNECT)
+        check_fields(body, CONNECT_BODY)
         await complete(self.backend.network_connect(request.match_info["id"],
                                                     body.get("Container") or "",
                                                     body.get("EndpointConfig") or {}))
@@ -65,7 +69,7 @@ class NetworkRouter:
 
     async def disconnect(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, required=True)
-        check_fields(body, _CONNECT)
+        check_fields(body, CONNECT_BODY)
         await complete(self.backend.network_disconnect(request.match_info["id"],
                                                        body.get("Container") or "",
                                                        bool(body.get("Force"))))

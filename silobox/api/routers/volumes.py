@@ -8,7 +8,7 @@ from silobox.api.backend import VolumeBackend
 from silobox.api.routers import (Query, Route, check_fields, complete, json_response,
                                  no_content, read_json_object, version_at_least)
 
-_CREATE_BODY = {"Name": "str", "Driver": "str", "DriverOpts": {"*": "str"},
+CREATE_BODY = {"Name": "str", "Driver": "str", "DriverOpts": {"*": "str"},
                 "Labels": {"*": "str"}}
 
 
@@ -30,7 +30,7 @@ class VolumeRouter:
 
     async def create(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, required=False)
-        check_fields(body, _CREATE_BODY)
+        check_fields(body, CREATE_BODY)
         return json_response(await complete(self.backend.volume_create(body)), status=201)
 
     async def inspect(self, request: web.Request) -> web.Response:

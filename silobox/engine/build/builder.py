@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from silobox import jsonlimits
 from silobox.engine.build import context as ctx
 from silobox.engine.build import remote
 from silobox.engine.build.dockerfile import (Dockerfile, DockerfileError, ExpansionError,
@@ -344,7 +345,7 @@ class Build:
         if not raw:
             return None
         try:
-            configs = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            configs = jsonlimits.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
             domain = reference.parse(name).domain
         except (ValueError, InvalidArgument):
             return None

@@ -31,6 +31,7 @@ import struct
 import threading
 from typing import Any, Iterable, NamedTuple
 
+from silobox import jsonlimits
 from silobox.errors import InvalidArgument, SystemFailure, Unavailable
 from silobox.kernel import libc
 from silobox.kernel.sandbox import seccomp_default as D
@@ -396,8 +397,8 @@ def load_profile(text: str) -> dict:
     accepted (and skipped when compiling), so a profile written for newer kernels still works.
     """
     try:
-        profile = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+        profile = jsonlimits.loads(text)
+    except (ValueError, TypeError) as e:
         raise InvalidArgument(f"Decoding seccomp profile failed: {e}") from None
     _parse(profile)
     return profile

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from silobox import jsonlimits
 from silobox.errors import InvalidArgument, NotFound
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -81,7 +82,7 @@ class ImageManifest:
 def parse(raw: bytes, content_type: str) -> tuple[str, dict[str, Any]]:
     """The manifest's media type and JSON document."""
     try:
-        doc = json.loads(raw)
+        doc = jsonlimits.loads(raw)
     except ValueError as e:
         raise InvalidArgument(f"invalid manifest: {e}") from e
     if not isinstance(doc, dict):

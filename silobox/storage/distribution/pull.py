@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import aiohttp
 
+from silobox import jsonlimits
 from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure
 from silobox.storage.distribution import manifest as mf
 from silobox.storage.distribution.metadata import BlobMetadata, BlobSource
@@ -105,7 +106,7 @@ class Puller(RegistryTransfer):
         image = mf.image_manifest(media, doc)
         config_raw = await self.fetch_document_blob(image.config, mf.MAX_CONFIG)
         try:
-            config = json.loads(config_raw)
+            config = jsonlimits.loads(config_raw)
             diff_ids = config["rootfs"]["diff_ids"]
         except (ValueError, KeyError, TypeError) as e:
             raise InvalidArgument(f"invalid image config {image.config.digest}: {e}") from e

@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from silobox import jsonlimits
 from silobox.errors import (InvalidArgument, SiloboxError, SystemFailure,
                             Unauthorized, Unavailable)
 from silobox.storage import reference
@@ -82,7 +83,7 @@ class AuthConfig:
         try:
             data = base64.b64decode(raw.replace("+", "-").replace("/", "_"), altchars=b"-_",
                                     validate=True)
-            doc = json.loads(data) if data.strip() else {}
+            doc = jsonlimits.loads(data) if data.strip() else {}
         except (binascii.Error, ValueError) as e:
             raise InvalidArgument(f"invalid X-Registry-Auth header: {e}") from e
         return cls.from_dict(doc or {})
@@ -387,7 +388,7 @@ class RegistryClient:
         if status != 200:
             raise SystemFailure(f"Get \"{realm}\": token server answered {status}")
         try:
-            doc = json.loads(body)
+            doc = jsonlimits.loads(body)
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None
