@@ -322,14 +322,23 @@ def encode_stat(doc: dict[str, object]) -> str:
 
 
 def _enter(args: dict[str, object]) -> None:
-    """Chroot into the container's view of its filesystem.
+    """Chroot into the container's view of its filesystem (see :func:`_container_root`)."""
+    root = _container_root(args)
+    os.chdir(root)
+    os.chroot(".")
+    os.chdir("/")
+    sys.path[:] = []   # nothing may be imported from the container's tree from here on
+
+
+def _container_root(args: dict[str, object]) -> str:
+    """The container's view of its filesystem, as a path in this process's mount namespace.
 
     A running container: its ``/proc/<pid>/root``. A stopped one: a private mount namespace
     with the overlay of its sandbox mounted on its ``rootfs/``, gone when this process exits.
     """
     from silobox.kernel import libc
     if args.get("pid"):
-        root = f"/proc/{int(args['pid'])}/root"
+        return f"/proc/{int(args['pid'])}/root"
     else:
         libc.unshare(libc.CLONE_NEWNS)
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE, None)
@@ -350,10 +359,7 @@ def _enter(args: dict[str, object]) -> None:
         root = str(args["rootfs"])
         flags = libc.MS_RDONLY if args.get("readonly") else 0
         libc.mount("overlay", root, "overlay", flags, str(args["options"]))
-    os.chdir(root)
-    os.chroot(".")
-    os.chdir("/")
-    sys.path[:] = []   # nothing may be imported from the container's tree from here on
+        return root
 
 
 class OwnerLookupError(ValueError):
@@ -366,16 +372,21 @@ def _id_or_name(text: str) -> tuple[int, str]:
     return 0, text
 
 
-def _entries(path: str) -> list[list[str]]:
+def _entries(path: str, tree: object = None) -> list[list[str]]:
+    """The lines of a passwd-style file; with ``tree`` (a SafeRoot) resolved inside it."""
     try:
-        with open(path, errors="replace") as f:
+        if tree is not None:
+            f = os.fdopen(tree.open(path), errors="replace")   # type: ignore[attr-defined]
+        else:
+            f = open(path, errors="replace")
+        with f:
             return [line.rstrip("\n").split(":") for line in f
                     if line.strip() and not line.startswith("#")]
     except FileNotFoundError:
         return []
 
 
-def _owner_in_root(spec: str) -> tuple[int, int]:
+def _owner_in_root(spec: str, tree: object = None) -> tuple[int, int]:
     """``copyUIDGID``: the uid and gid of the container's ``Config.User`` (``user[:group]``,
     names or ids), read from the container's own /etc/passwd and /etc/group as moby's
     ``getUIDGID``: a uid not in passwd is used as is with gid 0; an unknown name is an error."""
@@ -383,7 +394,7 @@ def _owner_in_root(spec: str) -> tuple[int, int]:
     uid = gid = 0
     if user:
         num, name = _id_or_name(user)
-        found = [e for e in _entries("/etc/passwd") if len(e) >= 4 and
+        found = [e for e in _entries("/etc/passwd", tree) if len(e) >= 4 and
                  (e[0] == name if name else e[2] == str(num))]
         if found:
             uid, gid = int(found[0][2]), int(found[0][3])
@@ -395,7 +406,8 @@ def _owner_in_root(spec: str) -> tuple[int, int]:
     if group:
         num, name = _id_or_name(group)
         if name:
-            found = [e for e in _entries("/etc/group") if len(e) >= 3 and e[0] == name]
+            found = [e for e in _entries("/etc/group", tree) if len(e) >= 3 and
+                     e[0] == name]
             if not found:
                 raise OwnerLookupError(f"failed to look up group {json.dumps(group)} in "
                                        "container: no matching entries in group file")
@@ -412,6 +424,8 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
     op = args["op"]
     path = "/" + os.path.normpath("/" + str(args.get("path") or "/")).lstrip("/")
     try:
+        if op == "put":
+            return _put(args, path, stdin)
         _enter(args)
         if op in ("stat", "get"):
             doc = path_stat(path, str(args.get("path") or "/"))
@@ -424,24 +438,6 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
             for chunk in tar_path(path, name, one_fs=bool(args.get("one_fs"))):
                 stdout.write(chunk)
             return 0
-        if op == "put":
-            st = os.stat(path)
-            if not stat.S_ISDIR(st.st_mode):
-                sys.stderr.write(json.dumps({"kind": "invalid",
-                                             "message": "extraction point is not a directory"}))
-                return 3
-            options = layers.ExtractOptions(
-                no_overwrite_dir_non_dir=bool(args.get("no_overwrite_dir_non_dir")),
-                owner=_owner_in_root(str(args["user"])) if args.get("user") else None,
-                shown_dest=path)
-            reader = layers._HashingReader(stdin)
-            try:
-                layers._extract(reader, path, options=options)
-            except layers.OverwriteRefused as e:
-                sys.stderr.write(json.dumps({"kind": "refused", "message": str(e)}))
-                return 5
-            reader.drain()
-            return 0
     except FileNotFoundError:
         sys.stderr.write(json.dumps({"kind": "notfound", "message": "no such file"}))
         return 2
@@ -451,6 +447,45 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
                                      "message": str(e)}))
         return 4
     return 1
+
+
+def _put(args: dict[str, object], path: str, stdin: BinaryIO) -> int:
+    """Extract the tar on ``stdin`` into directory ``path`` of the container.
+
+    No chroot: the container's root is opened from this process's own mount namespace (where
+    ``/proc`` is ours, not the container's) and every name below it, ``path`` and the tar's
+    entries alike, is resolved inside it by openat2 (silobox.kernel.saferoot). Symlinks in
+    ``path`` are followed as the container sees them, magic links (a ``--pid host``
+    container's ``/proc/1/root``) never; entries are never written through a symlink; and a
+    running container that swaps a directory for a link while we write cannot lead us out.
+    """
+    from silobox.kernel.saferoot import SafeRoot
+    from silobox.storage import layers
+    with SafeRoot(_container_root(args)) as tree:
+        try:
+            fd = tree.open_dir(path)
+        except NotADirectoryError:
+            sys.stderr.write(json.dumps({"kind": "invalid",
+                                         "message": "extraction point is not a directory"}))
+            return 3
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            sys.stderr.write(json.dumps({"kind": "invalid", "message": "extraction point "
+                                         "cannot be resolved inside the container"}))
+            return 3
+        with SafeRoot(fd) as dest:
+            os.close(fd)
+            options = layers.ExtractOptions(
+                no_overwrite_dir_non_dir=bool(args.get("no_overwrite_dir_non_dir")),
+                owner=_owner_in_root(str(args["user"]), tree) if args.get("user") else None,
+                shown_dest=path)
+            try:
+                layers.extract(stdin, dest, options)
+            except layers.OverwriteRefused as e:
+                sys.stderr.write(json.dumps({"kind": "refused", "message": str(e)}))
+                return 5
+    return 0
 
 
 if __name__ == "__main__":
