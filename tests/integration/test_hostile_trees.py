@@ -1,0 +1,165 @@
+"""Hostile container trees against every reader and mount of silod: images whose symlinks point
+at the host, a VOLUME over /dev with a planted ``null``, running containers that swap a
+directory for a symlink while ``cp``/``diff``/``export``/``commit`` walk them, build contexts
+whose files are links to host files. Each test makes a host victim (a directory and a file
+outside any root), and asserts it is unchanged afterwards and that nothing of it reached the
+output (archive, layer, image, container)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import stat
+import tarfile
+import time
+import uuid
+
+import docker
+import pytest
+
+BUSYBOX = "/bin/busybox"
+pytestmark = pytest.mark.skipif(not os.path.exists(BUSYBOX), reason="needs a static busybox")
+SECRET = b"host-secret-" + uuid.uuid4().hex.encode() + b"\n"
+
+
+@pytest.fixture
+def api(silod):
+    return silod.client
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A host directory and a file in it, outside any root; the test's end checks that neither
+    changed (entries, modes, owners, contents)."""
+    d = tmp_path / "victim"
+    d.mkdir(mode=0o755)
+    (d / "shadow").write_bytes(SECRET)
+    os.chmod(d / "shadow", 0o600)
+    before = _snapshot(str(d))
+    yield str(d)
+    assert _snapshot(str(d)) == before, "the host victim changed"
+
+
+def _snapshot(path: str) -> dict[str, tuple]:
+    out = {}
+    for top, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            p = os.path.join(top, name)
+            st = os.lstat(p)
+            data = open(p, "rb").read() if stat.S_ISREG(st.st_mode) else None
+            out[os.path.relpath(p, path)] = (st.st_mode, st.st_uid, st.st_gid, data)
+    st = os.lstat(path)
+    out["."] = (st.st_mode, st.st_uid, st.st_gid, None)
+    return out
+
+
+@pytest.fixture
+def made(silod):
+    """Names of containers, images and volumes a test makes; all removed afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    names: list[str] = []
+
+    def new(kind: str = "c") -> str:
+        names.append(f"sbxh{kind}-{tag}-{len(names)}")
+        return names[-1]
+
+    yield new
+    for n in names:
+        silod.request("DELETE", f"/containers/{n}?force=1&v=1")
+    for n in names:
+        silod.request("DELETE", f"/images/{n}?force=1")
+        silod.request("DELETE", f"/volumes/{n}?force=1")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, *, kind: bytes = b"0",
+         link: str = "", mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.linkname = link
+    info.mtime = 1700000000
+    if data is not None:
+        info.size = len(data)
+    tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def rootfs(extra) -> bytes:
+    """A busybox root (the host's static busybox) plus ``extra``: ``(name, kind, data|link)``
+    with kind ``f`` (file), ``d`` (dir) or ``l`` (symlink)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ("bin", "etc", "tmp", "dev", "proc", "sys"):
+            _add(tar, d, kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tar, "bin/busybox", open(BUSYBOX, "rb").read(), mode=0o755)
+        for applet in ("sh", "cat", "ls", "ln", "mv", "rm", "mkdir", "echo", "head", "sleep",
+                       "true", "stat", "readlink"):
+            _add(tar, f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox")
+        for name, kind, value in extra:
+            if kind == "f":
+                _add(tar, name, value)
+            elif kind == "d":
+                _add(tar, name, kind=tarfile.DIRTYPE, mode=0o755)
+            else:
+                _add(tar, name, kind=tarfile.SYMTYPE, link=value)
+    return buf.getvalue()
+
+
+def import_image(silod, name: str, extra, changes=()) -> str:
+    out = silod.client.import_image_from_data(rootfs(extra), repository=name,
+                                              changes=list(changes) or None)
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["status"].startswith("sha256:"), out
+    return name
+
+
+def run(api, image: str, cmd: str, name: str, **host) -> tuple[int, str]:
+    c = api.create_container(image, ["sh", "-c", cmd], name=name,
+                             host_config=api.create_host_config(**host))
+    api.start(c)
+    code = api.wait(c, timeout=60)["StatusCode"]
+    return code, api.logs(c, stdout=True, stderr=True).decode(errors="replace")
+
+
+# ----- mount targets inside the rootfs ---------------------------------------------------------
+
+def test_mount_targets_that_link_to_the_host_stay_inside_the_root(silod, api, made, victim,
+                                                                  tmp_path):
+    """Bind, volume and tmpfs targets that are symlinks to the host victim (absolute, and
+    through ``..``) are resolved inside the rootfs: the container's writes land in its own
+    mounts, the victim is untouched and gets no mount point or entry."""
+    up = os.path.dirname(victim)
+    image = import_image(silod, made("i"), [
+        ("data", "l", victim), ("rel", "l", "../../../../../../.." + up + "/rel"),
+        ("deep", "l", up + "/deep")])
+    vol = made("v")
+    src = tmp_path / "src"
+    src.mkdir()
+    code, out = run(api, image,
+                    "echo v > /data/in-vol && echo b > /rel/in-bind && echo t > /deep/x/in-tmpfs"
+                    " && cat /data/in-vol /rel/in-bind /deep/x/in-tmpfs", made(),
+                    binds={vol: {"bind": "/data", "mode": "rw"},
+                           str(src): {"bind": "/rel", "mode": "rw"}},
+                    tmpfs={"/deep/x": ""})
+    assert code == 0, out
+    assert out.split() == ["v", "b", "t"]
+    assert (src / "in-bind").read_bytes() == b"b\n"
+    assert os.listdir(api.inspect_volume(vol)["Mountpoint"]) == ["in-vol"]
+    assert sorted(os.listdir(up)) == ["src", "victim"]
+
+
+@pytest.mark.parametrize("planted", ["file", "symlink"])
+def test_volume_over_dev_with_a_planted_null_cannot_unmask(silod, api, made, planted):
+    """An image whose VOLUME /dev carries its own ``null`` (a file with content, or a link to
+    a /proc/sys file): masked paths still get the silo's real null device (1:3), never the
+    planted one, so masked files read empty and no /proc/sys file becomes writable."""
+    entry = ("dev/null", "f", b"PLANTED\n") if planted == "file" else \
+        ("dev/null", "l", "/proc/sys/kernel/core_pattern")
+    image = import_image(silod, made("i"), [entry], changes=["VOLUME /dev"])
+    with open("/proc/sys/kernel/core_pattern", "rb") as f:
+        pattern = f.read().strip()
+    code, out = run(api, image, "cat /proc/interrupts /proc/timer_list; echo END", made())
+    assert code == 0, out
+    assert out.strip() == "END", out
+    assert b"PLANTED" not in out.encode() and (not pattern or pattern not in out.encode())
