@@ -23,7 +23,9 @@ import os
 import stat
 import sys
 import tarfile
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, NamedTuple, Union
+
+from silobox.kernel.saferoot import SafeRoot
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -42,11 +44,38 @@ def is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def is_opaque(path: str) -> bool:
+class TreeFile(NamedTuple):
+    """An entry of an untrusted tree: its name, resolved inside the tree whenever it is read
+    (:class:`SafeRoot`), so nothing swapped in it meanwhile can lead outside the tree."""
+
+    tree: SafeRoot
+    rel: str
+
+
+Source = Union[TreeFile, str]   # a str: a path of ours (image layer trees, downloads)
+
+
+def _getxattr(src: Source, key: str) -> bytes:
+    if isinstance(src, TreeFile):
+        return src.tree.getxattr(src.rel, key)
+    return os.getxattr(src, key, follow_symlinks=False)
+
+
+def _listxattr(src: Source) -> list[str]:
+    if isinstance(src, TreeFile):
+        return src.tree.listxattr(src.rel)
+    return os.listxattr(src, follow_symlinks=False)
+
+
+def _readlink(src: Source) -> str:
+    return src.tree.readlink(src.rel) if isinstance(src, TreeFile) else os.readlink(src)
+
+
+def is_opaque(path: Source) -> bool:
     """Whether overlay hides the lower copies of this directory (its opaque xattr is set)."""
     for name in OPAQUE_XATTRS:
         try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+            if _getxattr(path, name) == b"y":
                 return True
         except OSError:
             continue
@@ -68,7 +97,7 @@ class TarWriter:
     def __init__(self) -> None:
         self._links: dict[tuple[int, int], str] = {}
 
-    def header(self, name: str, st: os.stat_result, path: str | None,
+    def header(self, name: str, st: os.stat_result, path: Source | None,
                xattrs: bool = True) -> tuple[tarfile.TarInfo, bool]:
         """The entry for ``name``; the flag says whether file content follows."""
         info = tarfile.TarInfo(name)
@@ -83,7 +112,7 @@ class TarWriter:
                 info.name += "/"
         elif stat.S_ISLNK(st.st_mode):
             info.type = tarfile.SYMTYPE
-            info.linkname = os.readlink(path) if path else ""
+            info.linkname = _readlink(path) if path else ""
         elif stat.S_ISREG(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1 and key in self._links:
@@ -104,14 +133,14 @@ class TarWriter:
             raise ValueError(f"{name}: sockets cannot be archived")
         if xattrs and path is not None:
             try:
-                names = os.listxattr(path, follow_symlinks=False)
+                names = _listxattr(path)
             except OSError:
                 names = []
             for key in names:
                 if key.startswith(("trusted.overlay.", "user.overlay.")):
                     continue
                 try:
-                    value = os.getxattr(path, key, follow_symlinks=False)
+                    value = _getxattr(path, key)
                 except OSError:
                     continue
                 info.pax_headers["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
@@ -120,20 +149,15 @@ class TarWriter:
     def entry(self, info: tarfile.TarInfo) -> bytes:
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
-    def file(self, info: tarfile.TarInfo, path: str) -> Iterator[bytes]:
-        """The header, the content (exactly ``info.size`` bytes) and the padding."""
+    def file(self, info: tarfile.TarInfo, path: Source,
+             st: os.stat_result | None = None) -> Iterator[bytes]:
+        """The header, the content (exactly ``info.size`` bytes) and the padding.
+
+        An entry of an untrusted tree is opened without following it and read only if it is
+        still the regular file ``st`` that was walked (else zeros: the header promised a size);
+        a fifo or device swapped in meanwhile is never opened for reading."""
         yield self.entry(info)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        left = info.size
-        try:
-            while left > 0:
-                chunk = os.read(fd, min(left, _CHUNK))
-                if not chunk:   # the file shrank while read: pad, the header promised the size
-                    chunk = bytes(min(left, _CHUNK))
-                left -= len(chunk)
-                yield chunk
-        finally:
-            os.close(fd)
+        yield from _read_all(_open_regular(path, st), info.size)
         if info.size % _BLOCK:
             yield bytes(_BLOCK - info.size % _BLOCK)
 
@@ -142,40 +166,97 @@ class TarWriter:
         return bytes(2 * _BLOCK * 5)   # two zero blocks, padded to a 10 KiB record
 
 
-def walk_tree(root: str, one_fs: bool = False) -> Iterator[tuple[str, str, os.stat_result]]:
-    """(relative name, path, lstat) for everything under ``root``, sorted, never following."""
-    root_dev = os.lstat(root).st_dev
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        here = os.path.join(root, rel_dir) if rel_dir else root
-        try:
-            names = sorted(os.listdir(here))
-        except FileNotFoundError:
-            continue
-        subdirs = []
-        for name in names:
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            path = os.path.join(here, name)
+def _open_regular(path: Source, st: os.stat_result | None) -> int:
+    """A readable fd of the regular file at ``path``, or -1 if it is not that file any more."""
+    if not isinstance(path, TreeFile):
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        ref = path.tree.open(path.rel, os.O_PATH, follow=False)
+    except OSError:
+        return -1
+    try:
+        now = os.fstat(ref)
+        if not stat.S_ISREG(now.st_mode) or (st is not None and (now.st_dev, now.st_ino) !=
+                                             (st.st_dev, st.st_ino)):
+            return -1
+        # reopened through procfs: exactly this inode, never a path lookup again
+        return os.open(f"/proc/self/fd/{ref}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ref)
+
+
+def _read_all(fd: int, left: int) -> Iterator[bytes]:
+    try:
+        while left > 0:
+            chunk = os.read(fd, min(left, _CHUNK)) if fd >= 0 else b""
+            if not chunk:   # the file shrank while read: pad, the header promised the size
+                chunk = bytes(min(left, _CHUNK))
+            left -= len(chunk)
+            yield chunk
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def walk_tree(tree: SafeRoot, one_fs: bool = False
+              ) -> Iterator[tuple[str, TreeFile, os.stat_result]]:
+    """(relative name, entry, lstat) for everything under ``tree``, sorted, never following.
+
+    Directories are listed and entered through fds (openat with O_NOFOLLOW from their parent's
+    fd), so a running container that swaps a directory for a symlink while we walk makes us
+    see a symlink, never its target; reads of an entry resolve it inside ``tree`` again.
+    """
+    top = tree.open("", os.O_RDONLY | os.O_DIRECTORY)
+    root_dev = os.fstat(top).st_dev
+    stack: list[tuple[int, str]] = [(top, "")]
+    try:
+        while stack:
+            fd, rel_dir = stack.pop()
             try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            yield rel, path, st
-            # one_fs: /proc, /sys, /dev and volumes are other filesystems, listed but not
-            # entered (overlay reports its own device for directories only)
-            if stat.S_ISDIR(st.st_mode) and not (one_fs and st.st_dev != root_dev):
-                subdirs.append(rel)
-        stack.extend(reversed(subdirs))
+                with os.scandir(fd) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+                subdirs: list[tuple[int, str]] = []
+                for entry in entries:
+                    rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    # one_fs: /proc, /sys, /dev and volumes are other filesystems, listed but
+                    # not entered (overlay reports its own device for directories only)
+                    if stat.S_ISDIR(st.st_mode) and not (one_fs and st.st_dev != root_dev):
+                        try:
+                            sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                        except OSError as e:
+                            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                                continue   # gone, or swapped for a non-directory meanwhile
+                            raise
+                        st = os.fstat(sub)
+                        subdirs.append((sub, rel))
+                    yield rel, TreeFile(tree, rel), st
+            finally:
+                os.close(fd)
+            stack.extend(reversed(subdirs))
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
 
 
-def tar_overlay_dir(root: str, skip_init: bool = False) -> Iterator[bytes]:
+def tar_overlay_dir(root: str | SafeRoot, skip_init: bool = False) -> Iterator[bytes]:
     """An overlay upper (or layer) directory as an OCI layer tar (see :func:`layer_tar`)."""
-    yield from layer_tar((rel, path, st) for rel, path, st in walk_tree(root)
-                         if not (skip_init and is_init_path(rel)))
+    tree = SafeRoot(root) if isinstance(root, str) else root
+    try:
+        yield from layer_tar((rel, path, st) for rel, path, st in walk_tree(tree)
+                             if not (skip_init and is_init_path(rel)))
+    finally:
+        if tree is not root:
+            tree.close()
 
 
-def layer_tar(entries: Iterable[tuple[str, str, os.stat_result]]) -> Iterator[bytes]:
+def layer_tar(entries: Iterable[tuple[str, Source, os.stat_result]]) -> Iterator[bytes]:
     """Entries of an overlay tree (as :func:`walk_tree` yields them) as an OCI layer tar:
     whiteouts become ``.wh.`` entries and opaque directories get a ``.wh..wh..opq`` entry after
     their own. Shared by ``commit``/``diff`` and the builder's RUN layers, which choose the
@@ -193,7 +274,7 @@ def layer_tar(entries: Iterable[tuple[str, str, os.stat_result]]) -> Iterator[by
         _check_self_contained(path, rel)
         info, content = writer.header(rel, st, path)
         if content:
-            yield from writer.file(info, path)
+            yield from writer.file(info, path, st)
         else:
             yield writer.entry(info)
         if stat.S_ISDIR(st.st_mode) and is_opaque(path):
@@ -204,12 +285,12 @@ def layer_tar(entries: Iterable[tuple[str, str, os.stat_result]]) -> Iterator[by
     yield writer.end()
 
 
-def _check_self_contained(path: str, rel: str) -> None:
+def _check_self_contained(path: Source, rel: str) -> None:
     """An upper dir written with overlay's redirect_dir or metacopy features holds references
     into the lower layers instead of the data; such a tree cannot become a layer by itself."""
     for name in ("trusted.overlay.redirect", "trusted.overlay.metacopy"):
         try:
-            os.getxattr(path, name, follow_symlinks=False)
+            _getxattr(path, name)
         except OSError:
             continue
         raise ValueError(f"{rel}: the overlay wrote it with {name.rsplit('.', 1)[1]} "
@@ -217,24 +298,49 @@ def _check_self_contained(path: str, rel: str) -> None:
                          "mount container roots with redirect_dir=off,metacopy=off")
 
 
-def tar_path(path: str, name: str, one_fs: bool = False) -> Iterator[bytes]:
-    """A plain tree (``export``, ``cp`` from a container): ``path`` archived as ``name``
-    (empty ``name``: its contents at the top, Docker's ``path/.``)."""
+def open_entry(tree: SafeRoot, rel: str) -> tuple[SafeRoot, str, os.stat_result]:
+    """``rel`` of ``tree`` (symlinks on the way followed inside the tree, the last one not) as
+    (a tree holding it, its name there, its lstat): a directory becomes a tree of its own
+    (name ""), opened without following, so a later swap of a parent changes nothing."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts:
+        fd = tree.open("", os.O_RDONLY | os.O_DIRECTORY)
+    else:
+        pfd, name = tree.parent(rel)
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                return SafeRoot(pfd), name, st
+            fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+    try:
+        return SafeRoot(fd), "", os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def tar_path(tree: SafeRoot, rel: str, name: str, one_fs: bool = False) -> Iterator[bytes]:
+    """A plain tree (``export``, ``cp`` from a container): ``rel`` of ``tree`` archived as
+    ``name`` (empty ``name``: its contents at the top, Docker's ``path/.``)."""
     writer = TarWriter()
-    st = os.lstat(path)
-    if name:
-        info, content = writer.header(name, st, path)
-        yield from (writer.file(info, path) if content else [writer.entry(info)])
-    if stat.S_ISDIR(st.st_mode):
-        for rel, sub, sub_st in walk_tree(path, one_fs):
-            full = f"{name}/{rel}" if name else rel
-            if one_fs and not stat.S_ISDIR(sub_st.st_mode) and rel in INIT_PATHS:
-                continue   # the runtime's bind-mounted files (hosts, resolv.conf)
-            try:
-                info, content = writer.header(full, sub_st, sub)
-            except ValueError:
-                continue
-            yield from (writer.file(info, sub) if content else [writer.entry(info)])
+    top, last, st = open_entry(tree, rel)
+    with top:
+        src = TreeFile(top, last)
+        if name:
+            info, content = writer.header(name, st, src)
+            yield from (writer.file(info, src, st) if content else [writer.entry(info)])
+        if stat.S_ISDIR(st.st_mode):
+            for sub_rel, sub, sub_st in walk_tree(top, one_fs):
+                full = f"{name}/{sub_rel}" if name else sub_rel
+                if one_fs and not stat.S_ISDIR(sub_st.st_mode) and sub_rel in INIT_PATHS:
+                    continue   # the runtime's bind-mounted files (hosts, resolv.conf)
+                try:
+                    info, content = writer.header(full, sub_st, sub)
+                except ValueError:
+                    continue
+                yield from (writer.file(info, sub, sub_st) if content
+                            else [writer.entry(info)])
     yield writer.end()
 
 
@@ -249,16 +355,22 @@ def list_changes(upper: str, lower_dirs: list[str]) -> list[dict[str, object]]:
     was added.
     """
     out: list[dict[str, object]] = []
-    for rel, path, st in walk_tree(upper):
-        if is_init_path(rel):
-            continue
-        if is_whiteout(st):
-            kind = KIND_DELETED
-        elif any(os.path.lexists(os.path.join(lower, rel)) for lower in lower_dirs):
-            kind = KIND_MODIFIED
-        else:
-            kind = KIND_ADDED
-        out.append({"Path": "/" + rel, "Kind": kind, "dir": stat.S_ISDIR(st.st_mode)})
+    lowers = [SafeRoot(lower) for lower in lower_dirs]
+    try:
+        with SafeRoot(upper) as tree:
+            for rel, _path, st in walk_tree(tree):
+                if is_init_path(rel):
+                    continue
+                if is_whiteout(st):
+                    kind = KIND_DELETED
+                elif any(_in_layer(lower, rel) for lower in lowers):
+                    kind = KIND_MODIFIED
+                else:
+                    kind = KIND_ADDED
+                out.append({"Path": "/" + rel, "Kind": kind, "dir": stat.S_ISDIR(st.st_mode)})
+    finally:
+        for lower in lowers:
+            lower.close()
     # A directory the container did not touch itself shows up in upper only because the
     # runtime put its mount points there (/etc/hosts…): report it when something under it is.
     below: set[str] = set()
@@ -271,6 +383,16 @@ def list_changes(upper: str, lower_dirs: list[str]) -> list[dict[str, object]]:
             or c["Path"] in below]
     kept.sort(key=lambda c: str(c["Path"]))
     return [{"Path": c["Path"], "Kind": c["Kind"]} for c in kept]
+
+
+def _in_layer(layer: SafeRoot, rel: str) -> bool:
+    """Whether a layer tree holds ``rel`` as overlay sees it: through directories, never
+    through a symlink of the layer's."""
+    try:
+        os.close(layer.open(rel, os.O_PATH, follow=False, symlinks=False))
+        return True
+    except OSError:
+        return False
 
 
 # -- cp: stat header ---------------------------------------------------------------------------
@@ -304,14 +426,15 @@ def go_file_mode(mode: int) -> int:
     return out
 
 
-def path_stat(path: str, shown: str) -> dict[str, object]:
-    """The ``X-Docker-Container-Path-Stat`` document of ``path`` (not following a last link)."""
-    st = os.lstat(path)
+def path_stat(tree: SafeRoot, rel: str, shown: str) -> dict[str, object]:
+    """The ``X-Docker-Container-Path-Stat`` document of ``rel`` (not following a last link)."""
+    top, last, st = open_entry(tree, rel)
+    with top:
+        link = top.readlink(last) if stat.S_ISLNK(st.st_mode) else ""
     mtime = datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc)
     return {"name": os.path.basename(shown.rstrip("/")) or "/", "size": st.st_size,
             "mode": go_file_mode(st.st_mode),
-            "mtime": mtime.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "linkTarget": os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""}
+            "mtime": mtime.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "linkTarget": link}
 
 
 def encode_stat(doc: dict[str, object]) -> str:
@@ -319,15 +442,6 @@ def encode_stat(doc: dict[str, object]) -> str:
 
 
 # -- the helper process ------------------------------------------------------------------------
-
-
-def _enter(args: dict[str, object]) -> None:
-    """Chroot into the container's view of its filesystem (see :func:`_container_root`)."""
-    root = _container_root(args)
-    os.chdir(root)
-    os.chroot(".")
-    os.chdir("/")
-    sys.path[:] = []   # nothing may be imported from the container's tree from here on
 
 
 def _container_root(args: dict[str, object]) -> str:
@@ -426,18 +540,8 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
     try:
         if op == "put":
             return _put(args, path, stdin)
-        _enter(args)
         if op in ("stat", "get"):
-            doc = path_stat(path, str(args.get("path") or "/"))
-            if op == "stat":
-                stdout.write(json.dumps(doc).encode())
-                return 0
-            stdout.write((json.dumps(doc) + "\n").encode())
-            contents_only = str(args.get("path") or "").endswith("/.")
-            name = "" if contents_only or path == "/" else os.path.basename(path)
-            for chunk in tar_path(path, name, one_fs=bool(args.get("one_fs"))):
-                stdout.write(chunk)
-            return 0
+            return _get(args, path, op, stdout)
     except FileNotFoundError:
         sys.stderr.write(json.dumps({"kind": "notfound", "message": "no such file"}))
         return 2
@@ -447,6 +551,31 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
                                      "message": str(e)}))
         return 4
     return 1
+
+
+def _get(args: dict[str, object], path: str, op: object, stdout: BinaryIO) -> int:
+    """Stat ``path`` of the container, and for ``get`` stream it as a tar.
+
+    No chroot: the container's root is opened from this process's own mount namespace and
+    ``path`` resolved inside it (symlinks as the container sees them, magic links such as a
+    ``--pid host`` container's ``/proc/1/root`` never); the tree is walked through directory
+    fds and each file read only if it is still the regular file walked."""
+    with SafeRoot(_container_root(args)) as tree:
+        try:
+            doc = path_stat(tree, path, str(args.get("path") or "/"))
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                raise
+            raise FileNotFoundError(e.errno, "cannot be resolved inside the container") from e
+        if op == "stat":
+            stdout.write(json.dumps(doc).encode())
+            return 0
+        stdout.write((json.dumps(doc) + "\n").encode())
+        contents_only = str(args.get("path") or "").endswith("/.")
+        name = "" if contents_only or path == "/" else os.path.basename(path)
+        for chunk in tar_path(tree, path, name, one_fs=bool(args.get("one_fs"))):
+            stdout.write(chunk)
+    return 0
 
 
 def _put(args: dict[str, object], path: str, stdin: BinaryIO) -> int:
