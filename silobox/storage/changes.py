@@ -181,6 +181,8 @@ def _open_regular(path: Source, st: os.stat_result | None) -> int:
             return -1
         # reopened through procfs: exactly this inode, never a path lookup again
         return os.open(f"/proc/self/fd/{ref}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:   # unreadable (a write-only kernel file): archived as zeros, as it shrank
+        return -1
     finally:
         os.close(ref)
 
@@ -188,7 +190,10 @@ def _open_regular(path: Source, st: os.stat_result | None) -> int:
 def _read_all(fd: int, left: int) -> Iterator[bytes]:
     try:
         while left > 0:
-            chunk = os.read(fd, min(left, _CHUNK)) if fd >= 0 else b""
+            try:
+                chunk = os.read(fd, min(left, _CHUNK)) if fd >= 0 else b""
+            except OSError:
+                chunk = b""
             if not chunk:   # the file shrank while read: pad, the header promised the size
                 chunk = bytes(min(left, _CHUNK))
             left -= len(chunk)
@@ -215,31 +220,33 @@ def walk_tree(tree: SafeRoot, one_fs: bool = False
     try:
         while stack:
             fd, rel_dir = stack.pop()
+            subdirs: list[tuple[int, str]] = []
             try:
-                with os.scandir(fd) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-                subdirs: list[tuple[int, str]] = []
+                try:
+                    with os.scandir(fd) as it:
+                        entries = sorted(it, key=lambda e: e.name)
+                except OSError:   # gone meanwhile, or a kernel directory that refuses us
+                    entries = []
                 for entry in entries:
                     rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                     try:
                         st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
+                    except OSError:
                         continue
                     # one_fs: /proc, /sys, /dev and volumes are other filesystems, listed but
                     # not entered (overlay reports its own device for directories only)
                     if stat.S_ISDIR(st.st_mode) and not (one_fs and st.st_dev != root_dev):
                         try:
                             sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
-                        except OSError as e:
-                            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                                continue   # gone, or swapped for a non-directory meanwhile
-                            raise
-                        st = os.fstat(sub)
+                        except OSError:
+                            continue   # gone, swapped for a non-directory meanwhile, or a
+                            # kernel directory that refuses us
                         subdirs.append((sub, rel))
+                        st = os.fstat(sub)
                     yield rel, TreeFile(tree, rel), st
             finally:
                 os.close(fd)
-            stack.extend(reversed(subdirs))
+                stack.extend(reversed(subdirs))   # closed below if we stop early
     finally:
         for fd, _ in stack:
             os.close(fd)
@@ -272,7 +279,10 @@ def layer_tar(entries: Iterable[tuple[str, Source, os.stat_result]]) -> Iterator
             yield writer.entry(info)
             continue
         _check_self_contained(path, rel)
-        info, content = writer.header(rel, st, path)
+        try:
+            info, content = writer.header(rel, st, path)
+        except FileNotFoundError:
+            continue   # removed by the running container since it was listed
         if content:
             yield from writer.file(info, path, st)
         else:
@@ -337,8 +347,9 @@ def tar_path(tree: SafeRoot, rel: str, name: str, one_fs: bool = False) -> Itera
                     continue   # the runtime's bind-mounted files (hosts, resolv.conf)
                 try:
                     info, content = writer.header(full, sub_st, sub)
-                except ValueError:
-                    continue
+                except (ValueError, OSError):
+                    continue   # a socket; gone since it was listed; a kernel file we may
+                    # not read the link of (/proc/self, /proc/1/exe)
                 yield from (writer.file(info, sub, sub_st) if content
                             else [writer.entry(info)])
     yield writer.end()
@@ -564,7 +575,7 @@ def _get(args: dict[str, object], path: str, op: object, stdout: BinaryIO) -> in
         try:
             doc = path_stat(tree, path, str(args.get("path") or "/"))
         except OSError as e:
-            if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV, errno.EACCES):
                 raise
             raise FileNotFoundError(e.errno, "cannot be resolved inside the container") from e
         if op == "stat":

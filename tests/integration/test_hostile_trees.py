@@ -163,3 +163,133 @@ def test_volume_over_dev_with_a_planted_null_cannot_unmask(silod, api, made, pla
     assert code == 0, out
     assert out.strip() == "END", out
     assert b"PLANTED" not in out.encode() and (not pattern or pattern not in out.encode())
+
+
+# ----- readers: cp out, export, diff, commit ---------------------------------------------------
+
+def _archive(api, container: str, path: str) -> bytes:
+    stream, _stat = api.get_archive(container, path)
+    return b"".join(stream)
+
+
+def _names(data: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def test_cp_out_never_follows_a_link_to_the_host(silod, api, made, victim):
+    """Links to the host victim (absolute, relative, through a directory) are archived as
+    links or resolved inside the container; the victim's content never reaches the archive."""
+    image = import_image(silod, made("i"), [
+        ("leak", "l", victim + "/shadow"), ("leakdir", "l", victim),
+        ("up", "l", "../../../../../../../../.." + victim), ("d", "d", None),
+        ("d/x", "l", victim + "/shadow")])
+    c = made()
+    api.create_container(image, ["sleep", "60"], name=c)
+    for running in (False, True):
+        if running:
+            api.start(c)
+        # "/" of a running container holds its /proc and /sys: archived by export (one
+        # filesystem), not walked whole here
+        for path in ("/leak", "/leakdir", "/up", "/d", "/d/.", "/leak/.", "/up/.",
+                     *([] if running else ["/"])):
+            data = _archive(api, c, path)
+            assert SECRET not in data, path
+        members = _names(_archive(api, c, "/leak"))
+        assert members["leak"].issym() and members["leak"].linkname == victim + "/shadow"
+        for path in ("/leakdir/shadow", "/up/shadow", "/d/x/y"):
+            with pytest.raises(docker.errors.NotFound):
+                _archive(api, c, path)
+        export = b"".join(api.export(c))
+        assert SECRET not in export
+        assert _names(export)["d/x"].issym()
+
+
+def test_cp_out_of_a_pid_host_container_cannot_reach_the_host_root(silod, api, made, victim):
+    """A --pid host container's /proc is the host's: /proc/1/root is the host's root. cp
+    refuses that magic link (404), a container symlink to it is archived as a link, and
+    export does not enter /proc."""
+    image = import_image(silod, made("i"), [("hostroot", "l", "/proc/1/root"),
+                                            ("via", "l", "/proc/1/root" + victim)])
+    c = made()
+    api.create_container(image, ["sleep", "60"], name=c,
+                         host_config=api.create_host_config(pid_mode="host"))
+    api.start(c)
+    for path in ("/proc/1/root" + victim + "/shadow", "/proc/1/root" + victim,
+                 "/hostroot" + victim + "/shadow", "/via/shadow", "/proc/self/root" + victim):
+        with pytest.raises(docker.errors.NotFound):
+            _archive(api, c, path)
+    for path in ("/via", "/hostroot", "/proc/1"):
+        try:
+            data = _archive(api, c, path)
+        except docker.errors.APIError as e:
+            assert e.status_code < 500, (path, e)
+            continue
+        assert SECRET not in data
+    assert SECRET not in b"".join(api.export(c))
+
+
+SWAPPER = ("mkdir -p /w/d && echo inside > /w/d/f && i=0; "
+           "while [ $i -lt 100000 ]; do mv /w/d /w/d.x; ln -s {victim} /w/d; "
+           "rm /w/d; mv /w/d.x /w/d; i=$((i+1)); done")
+
+
+def test_walks_of_a_container_swapping_a_dir_for_a_host_link(silod, api, made, victim):
+    """A running container swaps /w/d for a symlink to the host victim in a loop while diff,
+    commit (unpaused), export and cp walk it: none of them leaves the container's tree, and
+    the victim's content reaches no archive or image."""
+    image = import_image(silod, made("i"), [("w", "d", None)])
+    c = made()
+    api.create_container(image, ["sh", "-c", SWAPPER.format(victim=victim)], name=c)
+    api.start(c)
+    deadline = time.time() + 4
+    rounds = 0
+    while time.time() < deadline:
+        rounds += 1
+        changes = api.diff(c) or []
+        assert all(not ch["Path"].startswith(victim) for ch in changes)
+        assert SECRET not in _archive(api, c, "/w")
+        assert SECRET not in b"".join(api.export(c))
+        tag = made("i")
+        api.commit(c, repository=tag, pause=False)
+        assert SECRET not in b"".join(api.get_image(tag))
+        silod.request("DELETE", f"/images/{tag}?force=1")
+    assert rounds >= 2
+    api.kill(c)
+
+
+# ----- the build context -----------------------------------------------------------------------
+
+def test_build_context_links_to_host_files_are_not_followed(silod, api, made, victim):
+    """A context whose files are symlinks to a host file: COPY of the link itself is refused
+    (it leaves the context), COPY of a directory holding one copies the link as a link; the
+    host file's content is in no image."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        _add(tar, "Dockerfile", b"FROM scratch\nCOPY dir /dir\n")
+        _add(tar, "dir", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tar, "dir/shadow", kind=tarfile.SYMTYPE, link=victim + "/shadow")
+        _add(tar, "dir/up", kind=tarfile.SYMTYPE, link="../../../../../../.." + victim)
+        _add(tar, "secret", kind=tarfile.SYMTYPE, link=victim + "/shadow")
+        _add(tar, "up", kind=tarfile.SYMTYPE, link="../../../../../../.." + victim)
+    context = buf.getvalue()
+    tag = made("i")
+    msgs = list(api.build(fileobj=io.BytesIO(context), custom_context=True, decode=True,
+                          tag=tag, rm=True))
+    assert not [m for m in msgs if "error" in m], msgs
+    assert SECRET not in b"".join(api.get_image(tag))
+    for dockerfile in ("FROM scratch\nCOPY secret /x\n", "FROM scratch\nCOPY up/shadow /x\n",
+                       "FROM scratch\nCOPY dir/up/shadow /x\n", "FROM scratch\nCOPY up /x\n"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            with tarfile.open(fileobj=io.BytesIO(context)) as src:
+                for m in src.getmembers():
+                    if m.name != "Dockerfile":
+                        tar.addfile(m)
+            _add(tar, "Dockerfile", dockerfile.encode())
+        tag = made("i")
+        msgs = list(api.build(fileobj=io.BytesIO(buf.getvalue()), custom_context=True,
+                              decode=True, tag=tag, rm=True))
+        errors = [m["error"] for m in msgs if "error" in m]
+        if not errors:
+            assert SECRET not in b"".join(api.get_image(tag)), dockerfile
