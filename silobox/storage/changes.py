@@ -608,8 +608,8 @@ def _put(args: dict[str, object], path: str, stdin: BinaryIO) -> int:
             sys.stderr.write(json.dumps({"kind": "invalid",
                                          "message": "extraction point is not a directory"}))
             return 3
-        except OSError as e:
-            if e.errno != errno.ELOOP:
+        except OSError as e:   # a magic link (refused, or not ours to follow) on the way
+            if e.errno not in (errno.ELOOP, errno.EACCES, errno.EPERM, errno.EXDEV):
                 raise
             sys.stderr.write(json.dumps({"kind": "invalid", "message": "extraction point "
                                          "cannot be resolved inside the container"}))
@@ -619,7 +619,7 @@ def _put(args: dict[str, object], path: str, stdin: BinaryIO) -> int:
             options = layers.ExtractOptions(
                 no_overwrite_dir_non_dir=bool(args.get("no_overwrite_dir_non_dir")),
                 owner=_owner_in_root(str(args["user"]), tree) if args.get("user") else None,
-                shown_dest=path)
+                shown_dest=path, whiteouts=False)
             try:
                 layers.extract(stdin, dest, options)
             except layers.OverwriteRefused as e:

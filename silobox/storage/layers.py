@@ -660,11 +660,14 @@ class ExtractOptions:
     ``no_overwrite_dir_non_dir``: an existing directory is never replaced by a non-directory
     nor the reverse (the entry is refused with moby's message, naming paths as ``shown_dest``
     plus the entry's name). ``owner``: (uid, gid) every entry is given instead of the tar's
-    (moby's ``ChownOpts``, from ``copyUIDGID`` and the container's user)."""
+    (moby's ``ChownOpts``, from ``copyUIDGID`` and the container's user). ``whiteouts``:
+    OCI whiteouts become overlay's (a layer); without it they are written as the plain files
+    they are, as ``docker cp`` does."""
 
     no_overwrite_dir_non_dir: bool = False
     owner: tuple[int, int] | None = None
     shown_dest: str = ""
+    whiteouts: bool = True
 
 
 class OverwriteRefused(Exception):
@@ -812,7 +815,7 @@ class _Extractor:
         parent_rel = "/".join(parts[:-1])
         rel = f"{parent_rel}/{base}" if parent_rel else base
         pfd = self._parent(parts[:-1], member)
-        if base.startswith(WHITEOUT_PREFIX):
+        if base.startswith(WHITEOUT_PREFIX) and self.options.whiteouts:
             self._whiteout(pfd, parent_rel, base, member.name)
             return
         st = _lstat_at(pfd, base)

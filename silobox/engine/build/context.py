@@ -25,6 +25,7 @@ from silobox import dockerignore
 from silobox.engine.build.remote import Download, is_url
 from silobox.engine.build.rootfs import MergedView
 from silobox.errors import InvalidArgument, NotFound
+from silobox.kernel.saferoot import SafeRoot, link_at, make_dir_at, remove_at, split_name
 from silobox.storage.changes import TarWriter
 
 _CHUNK = 1 << 20
@@ -49,48 +50,19 @@ def _within(path: str, root: str) -> bool:
 
 
 def extract_context(stream: BinaryIO, root: str) -> None:
-    """Unpack the context tar into ``root`` (an empty directory), never writing outside it."""
-    real_root = os.path.realpath(root)
+    """Unpack the context tar into ``root`` (an empty directory), never writing outside it.
+
+    Every entry's parent is opened inside ``root`` by openat2 (silobox.kernel.saferoot): the
+    tar's own symlinks are followed as if ``root`` were ``/``, so none can lead out, and each
+    entry is made in that directory fd by its single name without following a link.
+    """
     count = 0
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with SafeRoot(root) as tree, \
+                tarfile.open(fileobj=stream, mode="r|*") as tar:   # type: ignore[call-overload]
             for member in tar:
                 count += 1
-                path = _inside(root, member.name)
-                if path == root:
-                    continue
-                parent = os.path.dirname(path)
-                os.makedirs(parent, mode=0o755, exist_ok=True)
-                if not _within(os.path.realpath(parent), real_root):
-                    raise InvalidArgument(f"invalid build context: {member.name!r} is below a "
-                                          "symbolic link that leaves the context")
-                if os.path.lexists(path) and not (member.isdir() and os.path.isdir(path)):
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path)
-                    else:
-                        os.unlink(path)
-                if member.isdir():
-                    os.makedirs(path, exist_ok=True)
-                    os.chmod(path, member.mode & 0o7777 | 0o700)
-                elif member.isreg():
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                                 0o600)
-                    with os.fdopen(fd, "wb") as out:
-                        shutil.copyfileobj(src, out, _CHUNK)
-                    os.chmod(path, member.mode & 0o7777)
-                elif member.issym():
-                    os.symlink(member.linkname, path)
-                elif member.islnk():
-                    target = _inside(root, member.linkname)
-                    if not _within(os.path.realpath(target), real_root):
-                        raise InvalidArgument(f"invalid build context: hard link {member.name!r} "
-                                              "points outside the context")
-                    os.link(target, path)
-                else:
-                    continue   # devices and fifos have no place in a build context
-                os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+                _context_member(tree, tar, member)
     except tarfile.TarError as e:
         raise InvalidArgument(f"failed to read the build context: not a valid tar archive "
                               f"({e})") from e
@@ -105,36 +77,100 @@ def extract_context(stream: BinaryIO, root: str) -> None:
         raise InvalidArgument("failed to read the build context: the tar archive is empty")
 
 
+def _context_member(tree: SafeRoot, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    name = _clean(member.name)
+    if name == ".":
+        return
+    if not (member.isdir() or member.isreg() or member.issym() or member.islnk()):
+        return   # devices and fifos have no place in a build context
+    parent, base = split_name(name)
+    pfd = tree.open_dir(parent, create=True, mode=0o755)
+    try:
+        try:
+            st: os.stat_result | None = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not (member.isdir() and stat.S_ISDIR(st.st_mode)):
+            remove_at(pfd, base)
+        mtime_ns = int(member.mtime * 10**9)
+        if member.isdir():
+            fd = make_dir_at(pfd, base, 0o755)
+            try:
+                os.fchmod(fd, member.mode & 0o7777 | 0o700)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+        elif member.isreg():
+            src = tar.extractfile(member)
+            assert src is not None
+            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                         os.O_CLOEXEC, 0o600, dir_fd=pfd)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(src, out, _CHUNK)
+                out.flush()
+                os.fchmod(fd, member.mode & 0o7777)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+        elif member.issym():
+            os.symlink(member.linkname, base, dir_fd=pfd)
+            os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        else:
+            target = _clean(member.linkname)
+            if target == ".":
+                raise InvalidArgument(f"invalid build context: hard link {member.name!r} "
+                                      "points outside the context")
+            spfd, sname = tree.parent(target)
+            try:
+                link_at(spfd, sname, pfd, base)
+            finally:
+                os.close(spfd)
+    finally:
+        os.close(pfd)
+
+
+def _clean(rel: str) -> str:
+    """A tar name as a clean name below the context; InvalidArgument if it climbs out."""
+    name = dockerignore.clean(rel.lstrip("/"))
+    if name == ".." or name.startswith("../"):
+        raise InvalidArgument(f"invalid build context: entry {rel!r} points outside the context")
+    return name
+
+
 def apply_dockerignore(root: str) -> None:
     """Drop what ``.dockerignore`` excludes; the Dockerfile and the ignore file go too when
-    excluded, after the builder has read them (moby ``removeDockerfile``)."""
-    path = os.path.join(root, ".dockerignore")
+    excluded, after the builder has read them (moby ``removeDockerfile``).
+
+    The context is only listed here (os.walk never enters a symlink); every removal goes
+    through the context's SafeRoot, walking directory fds.
+    """
     try:
-        with open(path, errors="replace") as f:
-            patterns = dockerignore.parse(f.read())
+        with SafeRoot(root) as tree:
+            fd = tree.open(".dockerignore")
+            with os.fdopen(fd, errors="replace") as f:
+                patterns = dockerignore.parse(f.read())
     except (FileNotFoundError, IsADirectoryError):
         return
     try:
         matcher = dockerignore.PatternMatcher(patterns)
     except ValueError as e:
         raise InvalidArgument(f"invalid .dockerignore: {e}") from e
-    for dirpath, dirnames, filenames in os.walk(root, topdown=True):
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        for name in list(dirnames):
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            if matcher.excluded(rel) and not matcher.has_exclusions:
-                shutil.rmtree(os.path.join(dirpath, name))
-                dirnames.remove(name)
-        for name in filenames:
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            if matcher.excluded(rel):
-                os.unlink(os.path.join(dirpath, name))
-    if matcher.has_exclusions:   # excluded directories left empty by the walk go too
-        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-            rel = os.path.relpath(dirpath, root)
-            if rel != "." and not os.listdir(dirpath) and matcher.excluded(rel):
-                os.rmdir(dirpath)
+    with SafeRoot(root) as tree:
+        for dirpath, dirnames, filenames in os.walk(root, topdown=True):
+            rel_dir = os.path.relpath(dirpath, root)
+            rel_dir = "" if rel_dir == "." else rel_dir
+            for name in list(dirnames):
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if matcher.excluded(rel) and not matcher.has_exclusions:
+                    tree.rmtree(rel)
+                    dirnames.remove(name)
+            for name in filenames:
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if matcher.excluded(rel):
+                    tree.unlink(rel)
+        if matcher.has_exclusions:   # excluded directories left empty by the walk go too
+            for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+                rel = os.path.relpath(dirpath, root)
+                if rel != "." and not os.listdir(dirpath) and matcher.excluded(rel):
+                    tree.rmtree(rel)
 
 
 # -- sources ------------------------------------------------------------------------------------
