@@ -67,7 +67,7 @@ def _listxattr(src: Source) -> list[str]:
     return os.listxattr(src, follow_symlinks=False)
 
 
-def _readlink(src: Source) -> str:
+def read_link(src: Source) -> str:
     return src.tree.readlink(src.rel) if isinstance(src, TreeFile) else os.readlink(src)
 
 
@@ -112,7 +112,7 @@ class TarWriter:
                 info.name += "/"
         elif stat.S_ISLNK(st.st_mode):
             info.type = tarfile.SYMTYPE
-            info.linkname = _readlink(path) if path else ""
+            info.linkname = read_link(path) if path else ""
         elif stat.S_ISREG(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1 and key in self._links:
@@ -157,7 +157,7 @@ class TarWriter:
         still the regular file ``st`` that was walked (else zeros: the header promised a size);
         a fifo or device swapped in meanwhile is never opened for reading."""
         yield self.entry(info)
-        yield from _read_all(_open_regular(path, st), info.size)
+        yield from _read_all(open_regular(path, st), info.size)
         if info.size % _BLOCK:
             yield bytes(_BLOCK - info.size % _BLOCK)
 
@@ -166,7 +166,7 @@ class TarWriter:
         return bytes(2 * _BLOCK * 5)   # two zero blocks, padded to a 10 KiB record
 
 
-def _open_regular(path: Source, st: os.stat_result | None) -> int:
+def open_regular(path: Source, st: os.stat_result | None) -> int:
     """A readable fd of the regular file at ``path``, or -1 if it is not that file any more."""
     if not isinstance(path, TreeFile):
         return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -206,16 +206,18 @@ def _read_all(fd: int, left: int) -> Iterator[bytes]:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def walk_tree(tree: SafeRoot, one_fs: bool = False
+def walk_tree(tree: SafeRoot, one_fs: bool = False, under: str = ""
               ) -> Iterator[tuple[str, TreeFile, os.stat_result]]:
-    """(relative name, entry, lstat) for everything under ``tree``, sorted, never following.
+    """(relative name, entry, lstat) for everything under ``tree`` (or its directory ``under``,
+    names then relative to it), sorted, never following.
 
     Directories are listed and entered through fds (openat with O_NOFOLLOW from their parent's
     fd), so a running container that swaps a directory for a symlink while we walk makes us
     see a symlink, never its target; reads of an entry resolve it inside ``tree`` again.
     """
-    top = tree.open("", os.O_RDONLY | os.O_DIRECTORY)
+    top = tree.open(under, os.O_RDONLY | os.O_DIRECTORY, follow=not under)
     root_dev = os.fstat(top).st_dev
+    prefix = under.strip("/") + "/" if under.strip("/") else ""
     stack: list[tuple[int, str]] = [(top, "")]
     try:
         while stack:
@@ -243,7 +245,7 @@ def walk_tree(tree: SafeRoot, one_fs: bool = False
                             # kernel directory that refuses us
                         subdirs.append((sub, rel))
                         st = os.fstat(sub)
-                    yield rel, TreeFile(tree, rel), st
+                    yield rel, TreeFile(tree, prefix + rel), st
             finally:
                 os.close(fd)
                 stack.extend(reversed(subdirs))   # closed below if we stop early

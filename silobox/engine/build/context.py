@@ -26,27 +26,14 @@ from silobox.engine.build.remote import Download, is_url
 from silobox.engine.build.rootfs import MergedView
 from silobox.errors import InvalidArgument, NotFound
 from silobox.kernel.saferoot import SafeRoot, link_at, make_dir_at, remove_at, split_name
-from silobox.storage.changes import TarWriter
+from silobox.storage.changes import (Source, TarWriter, TreeFile, open_regular, read_link,
+                                     walk_tree)
 
 _CHUNK = 1 << 20
 _ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
 # -- the context --------------------------------------------------------------------------------
-
-
-def _inside(root: str, rel: str) -> str:
-    """``root/rel`` for a cleaned relative name; InvalidArgument if it would leave ``root``."""
-    name = dockerignore.clean(rel.lstrip("/"))
-    if name == ".":
-        return root
-    if name == ".." or name.startswith("../"):
-        raise InvalidArgument(f"invalid build context: entry {rel!r} points outside the context")
-    return os.path.join(root, name)
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def extract_context(stream: BinaryIO, root: str) -> None:
@@ -135,6 +122,27 @@ def _clean(rel: str) -> str:
     return name
 
 
+def read_context_file(root: str, name: str, limit: int) -> str | None:
+    """The text (at most ``limit`` bytes) of the regular file ``name`` of the context, its
+    links followed inside the context only; None if there is no such file."""
+    rel = dockerignore.clean(name.lstrip("/"))
+    if rel in (".", "..") or rel.startswith("../"):
+        return None
+    try:
+        with SafeRoot(root) as tree:
+            ref = tree.open(rel, os.O_PATH)
+        try:
+            if not stat.S_ISREG(os.fstat(ref).st_mode):
+                return None
+            fd = os.open(f"/proc/self/fd/{ref}", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(ref)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit).decode("utf-8", "replace")
+
+
 def apply_dockerignore(root: str) -> None:
     """Drop what ``.dockerignore`` excludes; the Dockerfile and the ignore file go too when
     excluded, after the builder has read them (moby ``removeDockerfile``).
@@ -180,21 +188,31 @@ def _has_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def _glob(root: str, pattern: str) -> list[str]:
+def _glob(tree: SafeRoot, pattern: str) -> list[str]:
     """Context paths matching ``pattern`` element by element (Go ``filepath.Match``: ``*``
-    never crosses a ``/``; hidden files match too)."""
+    never crosses a ``/``; hidden files match too). Only real directories are listed (through
+    their fds), never a symlink's target."""
     parts = [p for p in pattern.split("/") if p and p != "."]
     found = [""]
     for part in parts:
         nxt = []
         for base in found:
-            here = os.path.join(root, base) if base else root
-            if not os.path.isdir(here) or os.path.islink(here):
+            try:
+                fd = tree.open(base, os.O_RDONLY | os.O_DIRECTORY, follow=False,
+                               symlinks=False)
+            except OSError:
                 continue
-            if _has_glob(part):
-                names = sorted(n for n in os.listdir(here) if fnmatch.fnmatchcase(n, part))
-            else:
-                names = [part] if os.path.lexists(os.path.join(here, part)) else []
+            try:
+                if _has_glob(part):
+                    names = sorted(n for n in os.listdir(fd) if fnmatch.fnmatchcase(n, part))
+                else:
+                    try:
+                        os.stat(part, dir_fd=fd, follow_symlinks=False)
+                        names = [part]
+                    except OSError:
+                        names = []
+            finally:
+                os.close(fd)
             nxt.extend(f"{base}/{n}" if base else n for n in names)
         found = nxt
     return found
@@ -206,7 +224,7 @@ class Entry:
     root), taken from ``host`` (lstat ``st``)."""
 
     dest: str
-    host: str
+    host: Source
     st: os.stat_result
     uid: int | None = None   # None: keep the source's (ADD of an archive)
     gid: int | None = None
@@ -216,17 +234,30 @@ class Entry:
 class CopyPlan:
     entries: list[Entry] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)   # destinations a directory is copied into
-    archives: list[tuple[str, str]] = field(default_factory=list)   # (host tar, dest dir)
+    archives: list[tuple[Source, str]] = field(default_factory=list)   # (tar, dest dir)
     digest: str = ""
     kind: str = "file"   # file, dir or multi: how docker names the source in the history
 
 
 @dataclass
 class SourceRoot:
-    """Where COPY reads from: the context directory or another image's merged view."""
+    """Where COPY reads from: the context directory or another image's merged view.
+
+    The context is the client's: its links may point anywhere. It is read only through its
+    :class:`SafeRoot` (``tree``): sources are resolved inside it and their content read from
+    the entry found, so no link leads out of the context. ``close`` when the layer is made."""
 
     context: str | None = None
     view: MergedView | None = None
+    tree: SafeRoot | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.context is not None:
+            self.tree = SafeRoot(self.context)
+
+    def close(self) -> None:
+        if self.tree is not None:
+            self.tree.close()
 
     def matches(self, src: str) -> list[str]:
         rel = dockerignore.clean(src.lstrip("/"))
@@ -234,9 +265,10 @@ class SourceRoot:
         if self.context is not None:
             if rel.startswith("../") or rel == "..":
                 raise InvalidArgument(f"forbidden path outside the build context: {src}")
+            assert self.tree is not None
             if _has_glob(rel):
-                return _glob(self.context, rel)
-            return [rel] if os.path.lexists(_inside(self.context, rel)) else []
+                return _glob(self.tree, rel)
+            return [rel] if self.tree.lstat(rel) is not None else []
         assert self.view is not None
         if _has_glob(rel):
             parent, _, pat = rel.rpartition("/")
@@ -244,49 +276,69 @@ class SourceRoot:
                     if fnmatch.fnmatchcase(n, pat)]
         return [rel] if self.view.lstat(self.view.resolve(rel)) else []
 
-    def stat(self, rel: str) -> tuple[str, os.stat_result]:
-        """Host path and lstat of a source, the source itself followed if it is a link."""
+    def stat(self, rel: str) -> tuple[Source, os.stat_result]:
+        """Where a source is and its lstat, the source itself followed if it is a link (inside
+        the context: a link that leads out of it finds nothing)."""
         if self.context is not None:
-            path = _inside(self.context, rel)
-            real = os.path.realpath(path)
-            if not _within(real, os.path.realpath(self.context)):
+            assert self.tree is not None
+            try:
+                fd = self.tree.open(rel, os.O_PATH)
+            except FileNotFoundError:
+                raise NotFound(f"file not found in build context: {rel}: a symbolic link to "
+                               "nothing inside the context") from None
+            except OSError as e:
+                raise InvalidArgument(f"forbidden path outside the build context: {rel} "
+                                      f"({e.strerror})") from None
+            try:
+                st = os.fstat(fd)
+                real = os.readlink(f"/proc/self/fd/{fd}")   # where openat2 found it
+            finally:
+                os.close(fd)
+            base = os.readlink(f"/proc/self/fd/{self.tree.fd}").rstrip("/")
+            if real != base and not real.startswith(base + "/"):
                 raise InvalidArgument(f"forbidden path outside the build context: {rel}")
-            return real, os.lstat(real)
+            return TreeFile(self.tree, real[len(base) + 1:]), st
         assert self.view is not None
         found = self.view.lstat(self.view.resolve(rel))
         if found is None:
             raise NotFound(f"file not found: {rel}")
         return found
 
-    def walk(self, rel: str, host: str) -> Iterator[tuple[str, str, os.stat_result]]:
-        """(relative name, host path, lstat) under a source directory, parents first."""
+    def walk(self, rel: str, host: Source) -> Iterator[tuple[str, Source, os.stat_result]]:
+        """(relative name, where, lstat) under a source directory, parents first."""
         if self.context is not None:
-            for dirpath, dirnames, filenames in os.walk(host):
-                dirnames.sort()
-                sub = os.path.relpath(dirpath, host)
-                sub = "" if sub == "." else sub
-                for name in sorted(dirnames + filenames):
-                    path = os.path.join(dirpath, name)
-                    yield (f"{sub}/{name}" if sub else name), path, os.lstat(path)
+            assert isinstance(host, TreeFile)
+            yield from walk_tree(host.tree, under=host.rel)
             return
         assert self.view is not None
         yield from self.view.walk(self.view.resolve(rel))
 
 
-def is_archive(path: str) -> bool:
+def _open_source(src: Source) -> BinaryIO:
+    """The content of a regular source file (an entry of the context: only if it still is the
+    regular file it was)."""
+    fd = open_regular(src, None)
+    if fd < 0:
+        raise InvalidArgument(f"{src.rel if isinstance(src, TreeFile) else src}: not a regular "
+                              "file any more")
+    return os.fdopen(fd, "rb")
+
+
+def is_archive(path: Source) -> bool:
     """What ADD extracts: a tar, possibly compressed (Docker's ``archive.IsArchivePath``)."""
     try:
-        with open(path, "rb") as f:
+        with _open_source(path) as f:
             head = f.read(512)
-    except OSError:
+            if head.startswith(_ARCHIVE_MAGIC):
+                f.seek(0)
+                try:
+                    with tarfile.open(fileobj=f, mode="r:*") as tar:
+                        tar.next()
+                    return True
+                except (tarfile.TarError, EOFError, OSError):
+                    return False
+    except (OSError, InvalidArgument):
         return False
-    if head.startswith(_ARCHIVE_MAGIC):
-        try:
-            with tarfile.open(path, "r:*") as tar:
-                tar.next()
-            return True
-        except (tarfile.TarError, EOFError, OSError):
-            return False
     return len(head) == 512 and head[257:262] == b"ustar"
 
 
@@ -368,14 +420,14 @@ def _add(plan: CopyPlan, entry: Entry, hasher: "hashlib._Hash", chmod: int | Non
     if stat.S_ISREG(st.st_mode):
         _hash_file(hasher, entry.host)
     elif stat.S_ISLNK(st.st_mode):
-        hasher.update(os.readlink(entry.host).encode())
+        hasher.update(read_link(entry.host).encode())
     elif not stat.S_ISDIR(st.st_mode):
         return   # devices, fifos and sockets are not copied
     plan.entries.append(entry)
 
 
-def _hash_file(hasher: "hashlib._Hash", path: str) -> None:
-    with open(path, "rb") as f:
+def _hash_file(hasher: "hashlib._Hash", path: Source) -> None:
+    with _open_source(path) as f:
         while chunk := f.read(_CHUNK):
             hasher.update(chunk)
 
@@ -425,7 +477,7 @@ def copy_layer_tar(plan: CopyPlan, image: MergedView, uid: int, gid: int,
             info.mode = chmod
         written.add(entry.dest)
         if content:
-            yield from writer.file(info, entry.host)
+            yield from writer.file(info, entry.host, entry.st)
         else:
             yield writer.entry(info)
     for host, dest in plan.archives:
@@ -434,10 +486,10 @@ def copy_layer_tar(plan: CopyPlan, image: MergedView, uid: int, gid: int,
     yield writer.end()
 
 
-def _archive_members(writer: TarWriter, host: str, dest: str, parents: Any,
+def _archive_members(writer: TarWriter, host: Source, dest: str, parents: Any,
                      written: set[str]) -> Iterator[bytes]:
     """The members of an ADDed archive, re-rooted at ``dest``, streamed in archive order."""
-    with tarfile.open(host, "r:*") as tar:
+    with _open_source(host) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
         for member in tar:
             name = dockerignore.clean(member.name.lstrip("/"))
             if name in (".", "..") or name.startswith("../"):
