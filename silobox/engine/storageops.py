@@ -29,6 +29,7 @@ from silobox.engine.hooks import ContainerHook
 from silobox.errors import (Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure,
                             Unavailable)
 from silobox.kernel import libc
+from silobox.kernel.saferoot import SafeRoot
 from silobox.storage import disk as D
 from silobox.storage.sandbox import Sandbox, mounts_under
 from silobox.storage.volumes import ANONYMOUS_LABEL, VolumeStore, check_name
@@ -47,23 +48,6 @@ def _depth(path: str) -> int:
 
 def _clean(path: str) -> str:
     return os.path.normpath(path) if path else path
-
-
-def _resolve_inside(root: str, path: str, hops: int = 0) -> str:
-    """``path`` (absolute in the image) under ``root``, symlinks resolved without leaving it."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    cur = root
-    for i, part in enumerate(parts):
-        if part == "..":
-            cur = os.path.dirname(cur) if cur != root else root
-            continue
-        nxt = os.path.join(cur, part)
-        if os.path.islink(nxt) and hops < 40:
-            link = os.readlink(nxt)
-            base = link if link.startswith("/") else os.path.join(cur[len(root):] or "/", link)
-            return _resolve_inside(root, os.path.join(base, *parts[i + 1:]), hops + 1)
-        cur = nxt
-    return cur
 
 
 class StorageHook(ContainerHook):
@@ -590,10 +574,18 @@ class StorageOps:
             raise SystemFailure(f"cannot mount the image to fill its volumes: {e.strerror}",
                                 cause=e) from e
         try:
-            for name, dest in items:
-                src = _resolve_inside(tmp, dest)
-                if src.startswith(tmp + "/") and os.path.isdir(src):
-                    self.volumes.populate(name, src)
+            # the image's symlinks on the way are followed as the container would see them,
+            # inside the image only (SafeRoot); its content is copied from the directory found
+            with SafeRoot(tmp) as tree:
+                for name, dest in items:
+                    try:
+                        src = tree.open_dir(dest)
+                    except OSError:
+                        continue   # absent or not a directory in the image: nothing to copy
+                    try:
+                        self.volumes.populate(name, src)
+                    finally:
+                        os.close(src)
         finally:
             libc.umount2(tmp, libc.MNT_DETACH)
             os.rmdir(tmp)

@@ -232,14 +232,16 @@ class VolumeStore:
         except FileNotFoundError:
             return True
 
-    def populate(self, name: str, source: str) -> bool:
-        """Copy ``source`` (a directory of the image) into an empty volume, with owners, modes,
-        xattrs and hard links, as Docker does for a new volume mounted over image content."""
+    def populate(self, name: str, source: int) -> bool:
+        """Copy the directory ``source`` (an fd of a directory of the image, resolved inside
+        it) into an empty volume, with owners, modes, xattrs and hard links, as Docker does for
+        a new volume mounted over image content. ``cp`` reaches it through the fd, so no path
+        of the image is looked up again, and copies links as links (``-a``)."""
         dest = self.data_path(name)
-        if not os.path.isdir(source) or os.path.islink(source) or not self.is_empty(name):
+        if not self.is_empty(name):
             return False
-        res = subprocess.run(["cp", "-a", "--", source + "/.", dest + "/"],
-                             capture_output=True, timeout=600)
+        res = subprocess.run(["cp", "-a", "--", f"/proc/self/fd/{source}/.", dest + "/"],
+                             capture_output=True, timeout=600, pass_fds=(source,))
         if res.returncode != 0:
             raise SystemFailure(f"cannot copy the image's content into volume {name}: "
                                 f"{res.stderr.decode(errors='replace').strip()}",

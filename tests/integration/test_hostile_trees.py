@@ -293,3 +293,26 @@ def test_build_context_links_to_host_files_are_not_followed(silod, api, made, vi
         errors = [m["error"] for m in msgs if "error" in m]
         if not errors:
             assert SECRET not in b"".join(api.get_image(tag)), dockerfile
+
+
+# ----- volume population from the image --------------------------------------------------------
+
+def test_volume_population_stays_inside_the_image(silod, api, made, victim):
+    """VOLUMEs whose path is a link to the host victim, or whose content holds links to it:
+    the new volumes are filled from the image only (links copied as links), the victim's
+    content reaches no volume and the victim is untouched."""
+    image = import_image(silod, made("i"), [
+        ("data", "l", victim), ("v", "d", None), ("v/shadow", "l", victim + "/shadow"),
+        ("v/dir", "l", victim), ("v/real", "f", b"image content\n")],
+        changes=["VOLUME /data", "VOLUME /v"])
+    c = made()
+    code, out = run(api, image, "cat /v/real; readlink /v/shadow", c)
+    assert code == 0, out
+    assert out.split("\n")[:2] == ["image content", victim + "/shadow"]
+    for m in api.inspect_container(c)["Mounts"]:
+        for top, dirs, files in os.walk(m["Source"]):
+            for f in files:
+                p = os.path.join(top, f)
+                if not os.path.islink(p):
+                    assert SECRET not in open(p, "rb").read()
+    silod.request("DELETE", f"/containers/{c}?v=1")
