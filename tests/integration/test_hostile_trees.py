@@ -316,3 +316,20 @@ def test_volume_population_stays_inside_the_image(silod, api, made, victim):
                 if not os.path.islink(p):
                     assert SECRET not in open(p, "rb").read()
     silod.request("DELETE", f"/containers/{c}?v=1")
+
+
+def test_workdir_through_a_magic_link_is_refused(silod, api, made, victim):
+    """An image whose WORKDIR leads through /proc/1/root (the host's root in a --pid host
+    container): the working directory is made inside the container or the start is refused;
+    nothing is created in the victim. A WORKDIR through an image symlink is made in-root."""
+    image = import_image(silod, made("i"), [("w", "l", victim + "/made")],
+                         changes=[f"WORKDIR /proc/1/root{victim}/new"])
+    c = api.create_container(image, ["pwd"], name=made(),
+                             host_config=api.create_host_config(pid_mode="host"))
+    with pytest.raises(docker.errors.APIError) as e:
+        api.start(c)
+    assert e.value.status_code == 400 and "stage cwd" in str(e.value)
+    code, out = run(api, import_image(silod, made("i"), [("w", "l", victim + "/made")],
+                                      changes=["WORKDIR /w/x"]), "pwd; ls -d " + victim
+                    + "/made/x", made())
+    assert code == 0 and out.split() == [victim + "/made/x"] * 2, out   # in the container

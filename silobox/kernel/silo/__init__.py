@@ -411,6 +411,22 @@ def _build_tree(root: SafeRoot, spec: SiloSpec) -> int:
     return null
 
 
+def make_workdir(path: str) -> None:
+    """Make the working directory (the image's WORKDIR: untrusted) inside the entered root,
+    its links followed inside it only, and check that the path the process will ``chdir`` to
+    names that same directory: a ``--pid host`` container's ``/proc/1/root/...`` would lead
+    to the host's root instead."""
+    with SafeRoot("/") as root:
+        fd = _target(root, path, True)
+    try:
+        made = os.fstat(fd)
+    finally:
+        os.close(fd)
+    plain = os.stat(path)
+    if (plain.st_dev, plain.st_ino) != (made.st_dev, made.st_ino):
+        raise OSError(errno.ELOOP, f"working directory {path} leads outside the container")
+
+
 def _mask(root: SafeRoot, path: str, null: int) -> None:
     """Hide a path: the silo's own /dev/null over a file, an empty read-only tmpfs over a
     directory. The null is checked to be the null character device (1:3) before it is
