@@ -85,13 +85,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, *, kind: by
     tar.addfile(info, io.BytesIO(data) if data is not None else None)
 
 
-def rootfs(extra) -> bytes:
+def rootfs(extra, skip=()) -> bytes:
     """A busybox root (the host's static busybox) plus ``extra``: ``(name, kind, data|link)``
     with kind ``f`` (file), ``d`` (dir) or ``l`` (symlink)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for d in ("bin", "etc", "tmp", "dev", "proc", "sys"):
-            _add(tar, d, kind=tarfile.DIRTYPE, mode=0o755)
+            if d not in skip:
+                _add(tar, d, kind=tarfile.DIRTYPE, mode=0o755)
         _add(tar, "bin/busybox", open(BUSYBOX, "rb").read(), mode=0o755)
         for applet in ("sh", "cat", "ls", "ln", "mv", "rm", "mkdir", "echo", "head", "sleep",
                        "true", "stat", "readlink"):
@@ -106,8 +107,8 @@ def rootfs(extra) -> bytes:
     return buf.getvalue()
 
 
-def import_image(silod, name: str, extra, changes=()) -> str:
-    out = silod.client.import_image_from_data(rootfs(extra), repository=name,
+def import_image(silod, name: str, extra, changes=(), skip=()) -> str:
+    out = silod.client.import_image_from_data(rootfs(extra, skip), repository=name,
                                               changes=list(changes) or None)
     last = json.loads(out.strip().splitlines()[-1])
     assert last["status"].startswith("sha256:"), out
@@ -333,3 +334,16 @@ def test_workdir_through_a_magic_link_is_refused(silod, api, made, victim):
                                       changes=["WORKDIR /w/x"]), "pwd; ls -d " + victim
                     + "/made/x", made())
     assert code == 0 and out.split() == [victim + "/made/x"] * 2, out   # in the container
+
+
+@pytest.mark.parametrize("name", ["proc", "sys", "dev"])
+def test_proc_sys_dev_must_be_directories_of_the_root(silod, api, made, name):
+    """An image whose /proc (/sys, /dev) is a link to another of its directories: the kernel
+    filesystem would land there, where a later mount could hide it from its masks; the start
+    is refused (400) rather than mounting through the link."""
+    image = import_image(silod, made("i"), [("elsewhere", "d", None),
+                                            (name, "l", "/elsewhere")], skip=(name,))
+    c = api.create_container(image, ["true"], name=made())
+    with pytest.raises(docker.errors.APIError) as e:
+        api.start(c)
+    assert e.value.status_code == 400, e.value

@@ -243,13 +243,13 @@ def _remount(root: SafeRoot, rel: str, source_st: os.stat_result, flags: int) ->
 def _mount_dev(root: SafeRoot, spec: SiloSpec) -> int:
     """A fresh tmpfs on /dev with the default nodes; returns an O_PATH fd of its ``null``,
     kept to mask paths with later (whatever is mounted over /dev afterwards)."""
-    target = root.open_dir("dev", create=True)
+    target = root.open_dir("dev", create=True, follow=False)
     try:
         libc.mount("tmpfs", root.mount_path(target), "tmpfs",
                    libc.MS_NOSUID | libc.MS_STRICTATIME, "mode=755,size=65536k")
     finally:
         os.close(target)
-    dev = root.open_dir("dev")   # the new tmpfs: empty, nothing of the image in it
+    dev = root.open_dir("dev", follow=False)   # the new tmpfs: empty, nothing of the image
     try:
         old = os.umask(0)
         try:
@@ -360,13 +360,16 @@ def build_rootfs(spec: SiloSpec) -> None:
 def _build_tree(root: SafeRoot, spec: SiloSpec) -> int:
     """/proc, /sys, /dev, then binds and tmpfs mounts, all onto fds resolved in ``root``.
     Returns an O_PATH fd of the silo's own /dev/null, for masking after ``pivot_root``."""
-    proc = root.open_dir("proc", create=True)
+    # /proc, /sys and /dev must be the rootfs' own directories, not links elsewhere in it:
+    # procfs mounted where an image link points could be hidden under another mount and
+    # escape its masks and read-only paths (runc refuses the same)
+    proc = root.open_dir("proc", create=True, follow=False)
     try:
         libc.mount("proc", root.mount_path(proc), "proc",
                    libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
     finally:
         os.close(proc)
-    sys_fd = root.open_dir("sys", create=True)
+    sys_fd = root.open_dir("sys", create=True, follow=False)
     sys_flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
     if not spec.privileged:
         sys_flags |= libc.MS_RDONLY
