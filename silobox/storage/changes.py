@@ -67,13 +67,24 @@ def _listxattr(src: Source) -> list[str]:
     return os.listxattr(src, follow_symlinks=False)
 
 
+def xattr_names_of(src: Source) -> list[str]:
+    """The entry's own xattr names ([] where it has none or cannot have any)."""
+    try:
+        return _listxattr(src)
+    except OSError:
+        return []
+
+
 def read_link(src: Source) -> str:
     return src.tree.readlink(src.rel) if isinstance(src, TreeFile) else os.readlink(src)
 
 
-def is_opaque(path: Source) -> bool:
-    """Whether overlay hides the lower copies of this directory (its opaque xattr is set)."""
+def is_opaque(path: Source, names: list[str] | None = None) -> bool:
+    """Whether overlay hides the lower copies of this directory (its opaque xattr is set);
+    ``names``: its xattr names if listed already (one lookup, not one per name)."""
     for name in OPAQUE_XATTRS:
+        if names is not None and name not in names:
+            continue
         try:
             if _getxattr(path, name) == b"y":
                 return True
@@ -98,8 +109,10 @@ class TarWriter:
         self._links: dict[tuple[int, int], str] = {}
 
     def header(self, name: str, st: os.stat_result, path: Source | None,
-               xattrs: bool = True) -> tuple[tarfile.TarInfo, bool]:
-        """The entry for ``name``; the flag says whether file content follows."""
+               xattrs: bool = True, xattr_names: list[str] | None = None,
+               xattr_fd: int | None = None) -> tuple[tarfile.TarInfo, bool]:
+        """The entry for ``name``; the flag says whether file content follows
+        (``xattr_names``: the entry's xattr names when the caller listed them already)."""
         info = tarfile.TarInfo(name)
         info.mode = stat.S_IMODE(st.st_mode)
         info.uid, info.gid = st.st_uid, st.st_gid
@@ -132,19 +145,58 @@ class TarWriter:
         else:
             raise ValueError(f"{name}: sockets cannot be archived")
         if xattrs and path is not None:
-            try:
-                names = _listxattr(path)
-            except OSError:
-                names = []
+            names = xattr_names if xattr_names is not None else xattr_names_of(path)
             for key in names:
                 if key.startswith(("trusted.overlay.", "user.overlay.")):
                     continue
                 try:
-                    value = _getxattr(path, key)
+                    value = os.getxattr(xattr_fd, key) if xattr_fd is not None and \
+                        xattr_fd >= 0 else _getxattr(path, key)
                 except OSError:
                     continue
                 info.pax_headers["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
         return info, content
+
+    def prepare(self, name: str, st: os.stat_result, path: Source,
+                xattr_names: list[str] | None = None
+                ) -> tuple[tarfile.TarInfo, int | None, list[str]]:
+        """(header, fd of the content or None, xattr names) of one entry of a tree.
+
+        A regular file of an untrusted tree is opened once (:func:`open_regular`) and its
+        xattrs and content read through that fd; the fd is -1 when the entry is no longer the
+        file walked (its content is then zeros). Raises before anything is written when the
+        entry cannot be archived (ValueError: a socket) or is gone (OSError)."""
+        fd: int | None = None
+        if stat.S_ISREG(st.st_mode) and isinstance(path, TreeFile):
+            fd = open_regular(path, st)
+            if xattr_names is None:
+                try:
+                    xattr_names = os.listxattr(fd) if fd >= 0 else []
+                except OSError:
+                    xattr_names = []
+        elif xattr_names is None:
+            xattr_names = xattr_names_of(path)
+        try:
+            info, content = self.header(name, st, path, xattr_names=xattr_names, xattr_fd=fd)
+            if content and fd is None:
+                fd = open_regular(path, st)
+        except BaseException:
+            if fd is not None and fd >= 0:
+                os.close(fd)
+            raise
+        if not content and fd is not None:
+            if fd >= 0:
+                os.close(fd)
+            fd = None
+        return info, fd, xattr_names
+
+    def member(self, info: tarfile.TarInfo, fd: int | None) -> Iterator[bytes]:
+        """What :meth:`prepare` made, as tar bytes: the header, then any content."""
+        yield self.entry(info)
+        if fd is not None:
+            yield from _read_all(fd, info.size)
+            if info.size % _BLOCK:
+                yield bytes(_BLOCK - info.size % _BLOCK)
 
     def entry(self, info: tarfile.TarInfo) -> bytes:
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
@@ -280,16 +332,18 @@ def layer_tar(entries: Iterable[tuple[str, Source, os.stat_result]]) -> Iterator
             info.uname = info.gname = ""
             yield writer.entry(info)
             continue
-        _check_self_contained(path, rel)
         try:
-            info, content = writer.header(rel, st, path)
+            info, fd, names = writer.prepare(rel, st, path)
         except FileNotFoundError:
             continue   # removed by the running container since it was listed
-        if content:
-            yield from writer.file(info, path, st)
-        else:
-            yield writer.entry(info)
-        if stat.S_ISDIR(st.st_mode) and is_opaque(path):
+        try:
+            _check_self_contained(names, rel)
+        except BaseException:
+            if fd is not None and fd >= 0:
+                os.close(fd)
+            raise
+        yield from writer.member(info, fd)
+        if stat.S_ISDIR(st.st_mode) and is_opaque(path, names):
             marker = tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}")
             marker.mtime = int(st.st_mtime)
             marker.uname = marker.gname = ""
@@ -297,13 +351,11 @@ def layer_tar(entries: Iterable[tuple[str, Source, os.stat_result]]) -> Iterator
     yield writer.end()
 
 
-def _check_self_contained(path: Source, rel: str) -> None:
+def _check_self_contained(names: list[str], rel: str) -> None:
     """An upper dir written with overlay's redirect_dir or metacopy features holds references
     into the lower layers instead of the data; such a tree cannot become a layer by itself."""
     for name in ("trusted.overlay.redirect", "trusted.overlay.metacopy"):
-        try:
-            _getxattr(path, name)
-        except OSError:
+        if name not in names:
             continue
         raise ValueError(f"{rel}: the overlay wrote it with {name.rsplit('.', 1)[1]} "
                          "(redirect_dir/metacopy are on): it cannot be made into a layer; "
@@ -340,20 +392,19 @@ def tar_path(tree: SafeRoot, rel: str, name: str, one_fs: bool = False) -> Itera
     with top:
         src = TreeFile(top, last)
         if name:
-            info, content = writer.header(name, st, src)
-            yield from (writer.file(info, src, st) if content else [writer.entry(info)])
+            info, fd, _ = writer.prepare(name, st, src)
+            yield from writer.member(info, fd)
         if stat.S_ISDIR(st.st_mode):
             for sub_rel, sub, sub_st in walk_tree(top, one_fs):
                 full = f"{name}/{sub_rel}" if name else sub_rel
                 if one_fs and not stat.S_ISDIR(sub_st.st_mode) and sub_rel in INIT_PATHS:
                     continue   # the runtime's bind-mounted files (hosts, resolv.conf)
                 try:
-                    info, content = writer.header(full, sub_st, sub)
+                    info, fd, _ = writer.prepare(full, sub_st, sub)
                 except (ValueError, OSError):
                     continue   # a socket; gone since it was listed; a kernel file we may
                     # not read the link of (/proc/self, /proc/1/exe)
-                yield from (writer.file(info, sub, sub_st) if content
-                            else [writer.entry(info)])
+                yield from writer.member(info, fd)
     yield writer.end()
 
 
