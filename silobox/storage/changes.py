@@ -306,6 +306,27 @@ def walk_tree(tree: SafeRoot, one_fs: bool = False, under: str = ""
             os.close(fd)
 
 
+def tree_bytes(root: str, hard_links_once: bool = True) -> int:
+    """The apparent size of everything but directories under ``root`` (a tree a container
+    writes to: walked through directory fds, so a swapped-in link never leads elsewhere)."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    try:
+        tree = SafeRoot(root)
+    except FileNotFoundError:
+        return 0
+    with tree:
+        for _rel, _src, st in walk_tree(tree):
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if hard_links_once and st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
 def tar_overlay_dir(root: str | SafeRoot, skip_init: bool = False) -> Iterator[bytes]:
     """An overlay upper (or layer) directory as an OCI layer tar (see :func:`layer_tar`)."""
     tree = SafeRoot(root) if isinstance(root, str) else root

@@ -217,14 +217,9 @@ class VolumeStore:
                 libc.umount2(point, libc.MNT_DETACH)
 
     def size(self, name: str) -> int:
-        total = 0
-        for top, _dirs, files in os.walk(self.data_path(name)):
-            for f in files:
-                try:
-                    total += os.lstat(os.path.join(top, f)).st_size
-                except OSError:
-                    pass
-        return total
+        """Bytes in the volume (containers write to it: walked through directory fds)."""
+        from silobox.storage.changes import tree_bytes
+        return tree_bytes(self.data_path(name), hard_links_once=False)
 
     def is_empty(self, name: str) -> bool:
         try:
