@@ -135,12 +135,28 @@ class SafeRoot:
         except FileNotFoundError:
             if not create:
                 raise
-        parent, name = split_name(rel)
-        pfd = self.open_dir(parent, create=True, mode=mode, symlinks=symlinks)
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        have = len(parts) - 1   # the deepest prefix that exists, found walking back
+        while have > 0:
+            try:
+                fd = self.open("/".join(parts[:have]), _DIR_FLAGS, symlinks=symlinks)
+                break
+            except FileNotFoundError:
+                have -= 1
+        else:
+            fd = self.open("", _DIR_FLAGS)
         try:
-            return make_dir_at(pfd, name, mode)
-        finally:
-            os.close(pfd)
+            for i in range(have, len(parts)):
+                if parts[i] == "..":   # never openat(".."): resolved from the root again
+                    nfd = self.open("/".join(parts[:i + 1]), _DIR_FLAGS, symlinks=symlinks)
+                else:
+                    nfd = make_dir_at(fd, parts[i], mode)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def parent(self, rel: str, *, create: bool = False, mode: int = 0o755,
                symlinks: bool = True) -> tuple[int, str]:

@@ -571,18 +571,31 @@ def _id_or_name(text: str) -> tuple[int, str]:
     return 0, text
 
 
+_PASSWD_LIMIT = 4 << 20
+
+
 def _entries(path: str, tree: object = None) -> list[list[str]]:
-    """The lines of a passwd-style file; with ``tree`` (a SafeRoot) resolved inside it."""
+    """The lines of a passwd-style file; with ``tree`` (a SafeRoot) resolved inside it, and
+    only if it is a regular file (a fifo or ``/dev/zero`` planted there must not hang or fill
+    the helper), read up to 4 MiB."""
     try:
         if tree is not None:
-            f = os.fdopen(tree.open(path), errors="replace")   # type: ignore[attr-defined]
+            fd = tree.open(path, os.O_RDONLY | os.O_NONBLOCK)   # type: ignore[attr-defined]
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return []
+            f = os.fdopen(fd, errors="replace")
         else:
             f = open(path, errors="replace")
         with f:
-            return [line.rstrip("\n").split(":") for line in f
-                    if line.strip() and not line.startswith("#")]
-    except FileNotFoundError:
+            text = f.read(_PASSWD_LIMIT)
+    except OSError as e:   # missing, or behind a magic link: no entries, as moby reads it
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES,
+                           errno.EISDIR, errno.ENXIO):
+            raise
         return []
+    return [line.split(":") for line in text.splitlines()
+            if line.strip() and not line.startswith("#")]
 
 
 def _owner_in_root(spec: str, tree: object = None) -> tuple[int, int]:

@@ -22,7 +22,6 @@ import hashlib
 import json
 import lzma
 import os
-import shutil
 import stat
 import tarfile
 import time
@@ -1022,18 +1021,17 @@ def _metadata_at(dirfd: int, name: str, member: tarfile.TarInfo,
 
 
 def _remove_tree(path: str) -> None:
-    """Delete a folder we own, whatever it contains (device nodes, read-only dirs)."""
-    def onerror(func: object, p: str, exc: object) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p)
-            else:
-                os.unlink(p)
-        except FileNotFoundError:
-            pass
-    if path and os.path.lexists(path):
-        shutil.rmtree(path, onerror=onerror)
+    """Delete a folder we own, whatever the layer put in it (device nodes, read-only or deeply
+    nested directories, links): walked by directory fds, never following a link."""
+    if not path:
+        return
+    parent = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        remove_at(parent, os.path.basename(path))
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent)
 
 
 def _read_range(fd: int, pos: int, length: int) -> Iterator[bytes]:

@@ -327,3 +327,25 @@ def test_legit_cp_still_works_everywhere(silod, containers):
         with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as tar:
             info = tar.next()
             assert info.mode & 0o7777 == 0o4755 and tar.extractfile(info).read() == b"tool\n"
+
+
+def test_cp_owner_lookup_reads_only_the_containers_own_files(silod, victim):
+    """copyUIDGID reads the container's /etc/passwd: a link to the host's (through a --pid
+    host container's /proc) or a fifo there is no entry, never the host's file or a hang."""
+    cid = silod.client.create_container(
+        "busybox", ["sleep", "600"], user="root",
+        host_config=silod.client.create_host_config(pid_mode="host"))["Id"]
+    try:
+        silod.client.start(cid)
+        data = hostile.tar_bytes([hostile.f("owned", b"x\n")])
+        for plant in ("ln -sf /proc/1/root/etc/passwd /etc/passwd",
+                      "rm -f /etc/passwd; mkfifo /etc/passwd"):
+            r = silod.silo("exec", "-u", "0", cid, "sh", "-c", plant)
+            assert r.returncode == 0, r.stderr
+            status, body = silod.request(
+                "PUT", f"/containers/{cid}/archive?path=/tmp&copyUIDGID=1", raw=data,
+                headers={"Content-Type": "application/x-tar"})
+            assert status == 400, (plant, status, body)
+            assert "failed to look up user" in body["message"]
+    finally:
+        silod.client.remove_container(cid, force=True)

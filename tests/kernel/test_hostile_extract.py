@@ -143,3 +143,14 @@ def test_random_member_sequences_never_leave_the_tree(members):
 
 def teardown_module() -> None:
     shutil.rmtree(_WORK, ignore_errors=True)
+
+
+def test_a_deeply_nested_layer_is_stored_and_removed(store):
+    """Deeper than Python's recursion limit: parents are made and removed without recursion."""
+    layers, _ = store
+    deep = "/".join(["a"] * 1200)
+    data = hostile.tar_bytes([hostile.f(deep + "/f", b"bottom\n")])
+    layer = layers.add_from_tar(io.BytesIO(data))
+    assert os.path.isdir(os.path.join(layer.path, "a", "a", "a"))
+    layers.remove(layer.diff_id)
+    assert os.listdir(layers.dir) == []

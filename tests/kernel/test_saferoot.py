@@ -214,3 +214,15 @@ def test_a_kernel_without_openat2_is_refused_not_worked_around(monkeypatch, tmp_
     monkeypatch.setattr(saferoot.libc, "openat2", enosys)
     with pytest.raises(Unavailable, match="Linux 5.6"):
         SafeRoot(str(tmp_path))
+
+
+def test_creating_parents_deep_and_with_dotdot_stays_inside(trees):
+    r, root, victim = trees
+    deep = "/".join(["d"] * 1500)                 # deeper than Python's recursion limit
+    os.close(r.open_dir(deep, create=True, mode=0o750))
+    assert stat.S_IMODE(os.lstat(root / "d/d/d").st_mode) == 0o750
+    r.rmtree("d")                                 # iterative too (shutil's is recursive)
+    assert not os.path.lexists(root / "d")
+    os.close(r.open_dir("new/../../../../made", create=True))
+    assert os.path.isdir(root / "new") and os.path.isdir(root / "made")
+    assert not os.path.exists(root.parent / "made")
