@@ -220,6 +220,8 @@ def test_cp_out_of_a_pid_host_container_cannot_reach_the_host_root(silod, api, m
                  "/hostroot" + victim + "/shadow", "/via/shadow", "/proc/self/root" + victim):
         with pytest.raises(docker.errors.NotFound):
             _archive(api, c, path)
+        status, _ = silod.request("HEAD", f"/containers/{c}/archive?path={path}")
+        assert status == 404, path
     for path in ("/via", "/hostroot", "/proc/1"):
         try:
             data = _archive(api, c, path)
