@@ -296,6 +296,7 @@ def test_build_context_links_to_host_files_are_not_followed(silod, api, made, vi
         errors = [m["error"] for m in msgs if "error" in m]
         if not errors:
             assert SECRET not in b"".join(api.get_image(tag)), dockerfile
+    silod.request("POST", "/build/prune")
 
 
 # ----- volume population from the image --------------------------------------------------------
