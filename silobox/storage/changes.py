@@ -263,47 +263,44 @@ def walk_tree(tree: SafeRoot, one_fs: bool = False, under: str = ""
     """(relative name, entry, lstat) for everything under ``tree`` (or its directory ``under``,
     names then relative to it), sorted, never following.
 
-    Directories are listed and entered through fds (openat with O_NOFOLLOW from their parent's
-    fd), so a running container that swaps a directory for a symlink while we walk makes us
-    see a symlink, never its target; reads of an entry resolve it inside ``tree`` again.
+    Each directory is listed through its own fd, opened inside ``tree`` with no symlink allowed
+    anywhere on its path (openat2 ``RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS``): a running
+    container that swaps a directory for a symlink while we walk makes that subtree vanish
+    from the walk, never leads it elsewhere. One directory fd is open at a time, however wide
+    or deep the tree; reads of an entry resolve it inside ``tree`` again.
     """
+    prefix = under.strip("/") + "/" if under.strip("/") else ""
     top = tree.open(under, os.O_RDONLY | os.O_DIRECTORY, follow=not under)
     root_dev = os.fstat(top).st_dev
-    prefix = under.strip("/") + "/" if under.strip("/") else ""
-    stack: list[tuple[int, str]] = [(top, "")]
-    try:
-        while stack:
-            fd, rel_dir = stack.pop()
-            subdirs: list[tuple[int, str]] = []
+    stack: list[tuple[str, int | None]] = [("", top)]
+    while stack:
+        rel_dir, fd = stack.pop()
+        if fd is None:
             try:
+                fd = tree.open(prefix + rel_dir, _DIR_FLAGS, follow=False, symlinks=False)
+            except OSError:
+                continue   # gone, swapped for a link meanwhile, or beyond PATH_MAX
+        subdirs: list[str] = []
+        try:
+            try:
+                with os.scandir(fd) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError:   # gone meanwhile, or a kernel directory that refuses us
+                entries = []
+            for entry in entries:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 try:
-                    with os.scandir(fd) as it:
-                        entries = sorted(it, key=lambda e: e.name)
-                except OSError:   # gone meanwhile, or a kernel directory that refuses us
-                    entries = []
-                for entry in entries:
-                    rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    # one_fs: /proc, /sys, /dev and volumes are other filesystems, listed but
-                    # not entered (overlay reports its own device for directories only)
-                    if stat.S_ISDIR(st.st_mode) and not (one_fs and st.st_dev != root_dev):
-                        try:
-                            sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
-                        except OSError:
-                            continue   # gone, swapped for a non-directory meanwhile, or a
-                            # kernel directory that refuses us
-                        subdirs.append((sub, rel))
-                        st = os.fstat(sub)
-                    yield rel, TreeFile(tree, prefix + rel), st
-            finally:
-                os.close(fd)
-                stack.extend(reversed(subdirs))   # closed below if we stop early
-    finally:
-        for fd, _ in stack:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                yield rel, TreeFile(tree, prefix + rel), st
+                # one_fs: /proc, /sys, /dev and volumes are other filesystems, listed but not
+                # entered (overlay reports its own device for directories only)
+                if stat.S_ISDIR(st.st_mode) and not (one_fs and st.st_dev != root_dev):
+                    subdirs.append(rel)
+        finally:
             os.close(fd)
+        stack.extend((sub, None) for sub in reversed(subdirs))
 
 
 def tree_bytes(root: str, hard_links_once: bool = True) -> int:
