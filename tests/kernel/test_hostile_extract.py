@@ -117,13 +117,24 @@ def _pieces(victim: str) -> st.SearchStrategy[hostile.Member]:
     )
 
 
-_WORK = tempfile.mkdtemp(prefix="sbx-hostile-")
-_VICTIM = hostile.make_victim(os.path.join(_WORK, "victim"))
+# The strategies need the victim's path when the module is imported; the tree itself is made
+# (and removed) by the fixture below, only when the test runs.
+_WORK = os.path.join(tempfile.gettempdir(),
+                     f"sbx-hostile-{os.environ.get('SILOBOX_TEST_RUN', 'x')}-{os.getpid()}")
+_VICTIM = os.path.join(_WORK, "victim")
+
+
+@pytest.fixture(scope="module")
+def random_work():
+    os.makedirs(_WORK)
+    hostile.make_victim(_VICTIM)
+    yield
+    shutil.rmtree(_WORK, ignore_errors=True)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(_pieces(_VICTIM), min_size=1, max_size=12))
-def test_random_member_sequences_never_leave_the_tree(members):
+@given(members=st.lists(_pieces(_VICTIM), min_size=1, max_size=12))
+def test_random_member_sequences_never_leave_the_tree(random_work, members):
     before = hostile.snapshot(_VICTIM)
     work = tempfile.mkdtemp(dir=_WORK)
     try:
@@ -140,9 +151,6 @@ def test_random_member_sequences_never_leave_the_tree(members):
     finally:
         layers_mod._remove_tree(work)
 
-
-def teardown_module() -> None:
-    shutil.rmtree(_WORK, ignore_errors=True)
 
 
 def test_a_deeply_nested_layer_is_stored_and_removed(store):
