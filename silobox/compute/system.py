@@ -656,9 +656,14 @@ class ComputeService:
         if doc.sandbox_path:
             candidates.append(os.path.join(doc.sandbox_path, "upper"))
         candidates += [l.path for l in doc.layers]
+        from silobox.kernel.saferoot import SafeRoot
         for root in candidates:
-            if os.path.lexists(os.path.join(root, "etc", "passwd")):
-                return root
+            try:
+                with SafeRoot(root) as tree:   # the layer's links stay inside the layer
+                    if tree.exists("etc/passwd"):
+                        return root
+            except OSError:
+                continue
         return candidates[0] if candidates else "/nonexistent"
 
 

@@ -29,6 +29,7 @@ from silobox.engine.hooks import ContainerHook
 from silobox.errors import (Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure,
                             Unavailable)
 from silobox.kernel import libc
+from silobox.kernel.saferoot import SafeRoot
 from silobox.storage import disk as D
 from silobox.storage.sandbox import Sandbox, mounts_under
 from silobox.storage.volumes import ANONYMOUS_LABEL, VolumeStore, check_name
@@ -47,23 +48,6 @@ def _depth(path: str) -> int:
 
 def _clean(path: str) -> str:
     return os.path.normpath(path) if path else path
-
-
-def _resolve_inside(root: str, path: str, hops: int = 0) -> str:
-    """``path`` (absolute in the image) under ``root``, symlinks resolved without leaving it."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    cur = root
-    for i, part in enumerate(parts):
-        if part == "..":
-            cur = os.path.dirname(cur) if cur != root else root
-            continue
-        nxt = os.path.join(cur, part)
-        if os.path.islink(nxt) and hops < 40:
-            link = os.readlink(nxt)
-            base = link if link.startswith("/") else os.path.join(cur[len(root):] or "/", link)
-            return _resolve_inside(root, os.path.join(base, *parts[i + 1:]), hops + 1)
-        cur = nxt
-    return cur
 
 
 class StorageHook(ContainerHook):
@@ -629,10 +613,18 @@ class StorageOps:
             raise SystemFailure(f"cannot mount the image to fill its volumes: {e.strerror}",
                                 cause=e) from e
         try:
-            for name, dest in items:
-                src = _resolve_inside(tmp, dest)
-                if src.startswith(tmp + "/") and os.path.isdir(src):
-                    self.volumes.populate(name, src)
+            # the image's symlinks on the way are followed as the container would see them,
+            # inside the image only (SafeRoot); its content is copied from the directory found
+            with SafeRoot(tmp) as tree:
+                for name, dest in items:
+                    try:
+                        src = tree.open_dir(dest)
+                    except OSError:
+                        continue   # absent or not a directory in the image: nothing to copy
+                    try:
+                        self.volumes.populate(name, src)
+                    finally:
+                        os.close(src)
         finally:
             libc.umount2(tmp, libc.MNT_DETACH)
             os.rmdir(tmp)
@@ -795,10 +787,14 @@ class StorageOps:
         return await self.sandbox_inspect(c.id)
 
     async def sandbox_attach(self, ref: str, mountpoint: str = "", merged: bool = False,
-                             rw: bool = False) -> dict[str, Any]:
+                             rw: bool = False, allow_exec: bool = False) -> dict[str, Any]:
         """Mount a stopped container's sandbox on the host (``attach vdisk`` + ``assign
         letter``): the disk's own tree (upper/, work/), or with ``merged`` the container's
-        whole filesystem. Read-only unless ``rw``."""
+        whole filesystem. Read-only unless ``rw``.
+
+        The container's files are untrusted: the mount is ``nosuid,nodev`` always and
+        ``noexec`` unless ``allow_exec``, so a setuid binary or a device node the container
+        made is inert on the host."""
         c = self._find(ref)  # type: ignore[attr-defined]
         async with self._lock(c.id):  # type: ignore[attr-defined]
             if c.running:
@@ -811,11 +807,74 @@ class StorageOps:
             if merged:
                 lowers = self.container_lower_dirs(c)
             rec = await asyncio.get_running_loop().run_in_executor(
-                None, self._attach_sync, c, mountpoint, merged, rw, lowers)
+                None, self._attach_sync, c, mountpoint, merged, rw, lowers, allow_exec)
         return rec
 
+    def _attach_refusal(self, c: Any, point: str) -> str:
+        """Why ``point`` (a real path) may not hold an attached sandbox, or "".
+
+        Our state directories hold every container's tree and the store; /proc reaches running
+        containers' roots; a directory bound into a container is part of that container's
+        tree. A sandbox mounted in any of them would be reachable, or writable, from a
+        container. The one place under the state dir allowed is this container's own ``mnt``."""
+        own = os.path.realpath(os.path.join(self.config.containers_dir, c.id, "mnt"))
+        if point == own:
+            return ""
+        forbidden = [(os.path.realpath(self.config.root), "silod's state directory"),
+                     (os.path.realpath(self.config.exec_root), "silod's runtime directory"),
+                     ("/proc", "/proc")]
+        for other in self.containers.values():
+            for m in other.data.get("Mounts") or []:
+                src = m.get("Source") or ""
+                if m.get("Type") == "bind" and src.startswith("/") and src != "/":
+                    forbidden.append((os.path.realpath(src),
+                                      f"a directory of container {other.name}"))
+        for base, what in forbidden:
+            if point == base or point.startswith(base.rstrip("/") + "/"):
+                return f"{point} is inside {what}"
+        return ""
+
+    def _checked_fd(self, c: Any, path: str, flags: int) -> int:
+        """An O_PATH fd of ``path``, refused unless it is in silod's own mount namespace
+        (a path through /proc/<pid>/root leads into a container's) and outside the forbidden
+        trees, both asked of the directory actually opened."""
+        try:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | flags)
+        except OSError as e:
+            raise InvalidArgument(f"mount point {path} is not a directory") from e
+        try:
+            why = self._attach_refusal(c, os.readlink(f"/proc/self/fd/{fd}"))
+            if not why and not _in_own_mount_namespace(fd):
+                why = f"{path} is in another mount namespace (a container's tree)"
+        except BaseException:
+            os.close(fd)
+            raise
+        if why:
+            os.close(fd)
+            raise InvalidArgument(f"cannot attach the sandbox of container {c.name}: {why}")
+        return fd
+
+    def _open_attach_point(self, c: Any, mountpoint: str) -> tuple[int, bool]:
+        """(O_PATH fd of the checked mount point, whether we created it).
+
+        The checks are made on the directories actually opened (the nearest existing one
+        before anything is created, then the mount point), and the mount goes onto the fd,
+        so no path component swapped after the check can move it."""
+        for path in (mountpoint, os.path.realpath(mountpoint)):
+            why = self._attach_refusal(c, path)
+            if why:
+                raise InvalidArgument(f"cannot attach the sandbox of container {c.name}: {why}")
+        existing = mountpoint
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if mountpoint != os.path.abspath(os.path.join(self.config.containers_dir, c.id, "mnt")):
+            os.close(self._checked_fd(c, existing, 0))   # the default's parent is ours
+        created = existing != mountpoint
+        os.makedirs(mountpoint, mode=0o755, exist_ok=True)
+        return self._checked_fd(c, mountpoint, os.O_NOFOLLOW), created
+
     def _attach_sync(self, c: Any, mountpoint: str, merged: bool, rw: bool,
-                     lowers: list[str]) -> dict[str, Any]:
+                     lowers: list[str], allow_exec: bool = False) -> dict[str, Any]:
         sandbox = Sandbox(self.config.root, c.id)
         if not mountpoint:
             mountpoint = os.path.join(self.config.containers_dir, c.id, "mnt")
@@ -824,8 +883,9 @@ class StorageOps:
             raise InvalidArgument(f"mount point {mountpoint} is not a directory")
         if mountpoint in mounts_under(mountpoint):
             raise Conflict(f"{mountpoint} is a mount point already")
-        created = not os.path.exists(mountpoint)
-        os.makedirs(mountpoint, mode=0o755, exist_ok=True)
+        inert = libc.MS_NOSUID | libc.MS_NODEV | (0 if allow_exec else libc.MS_NOEXEC)
+        point_fd, created = self._open_attach_point(c, mountpoint)
+        target = f"/proc/self/fd/{point_fd}"
         done: list[str] = []
         device = ""
         try:
@@ -837,25 +897,34 @@ class StorageOps:
                 else:
                     sandbox.release_spare()
                     D.wait_detached(sandbox.image)
-                    device = D.mount_image(sandbox.image, mountpoint, readonly=not rw)
+                    device = D.mount_image(sandbox.image, target, readonly=not rw,
+                                           flags=inert)
                     done.append(mountpoint)
                     top = ""
             else:
                 top = sandbox.path
                 if not merged:
-                    libc.mount(sandbox.path, mountpoint, None, libc.MS_BIND)
+                    libc.mount(sandbox.path, target, None, libc.MS_BIND)
                     done.append(mountpoint)
-                    if not rw:
-                        libc.mount(None, mountpoint, None,
-                                   libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+                    # a bind takes no flags: remount the new mount's root, opened afresh
+                    bound = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                                    | os.O_CLOEXEC)
+                    try:
+                        if os.fstat(bound).st_ino != os.stat(sandbox.path).st_ino:
+                            raise SystemFailure(f"{mountpoint} changed while it was mounted")
+                        libc.mount(None, f"/proc/self/fd/{bound}", None,
+                                   libc.MS_BIND | libc.MS_REMOUNT | inert
+                                   | (0 if rw else libc.MS_RDONLY))
+                    finally:
+                        os.close(bound)
             if merged:
                 upper = os.path.join(top, "upper")
                 if rw:
                     opts = (f"lowerdir={':'.join(lowers)},upperdir={upper},"
                             f"workdir={os.path.join(top, 'work')}")
-                    libc.mount("overlay", mountpoint, "overlay", 0, opts)
+                    libc.mount("overlay", target, "overlay", inert, opts)
                 else:   # the container's changes as the top read-only layer
-                    libc.mount("overlay", mountpoint, "overlay", libc.MS_RDONLY,
+                    libc.mount("overlay", target, "overlay", libc.MS_RDONLY | inert,
                                f"lowerdir={':'.join([upper, *lowers])}")
                 done.append(mountpoint)
         except (OSError, SiloboxError) as e:
@@ -873,8 +942,10 @@ class StorageOps:
                 raise
             raise SystemFailure(f"cannot attach the sandbox of container {c.name}: "
                                 f"{e.strerror}", cause=e) from e
+        finally:
+            os.close(point_fd)
         rec = {"MountPoint": mountpoint, "Merged": merged, "ReadOnly": not rw,
-               "Device": device, "Mounts": done, "CreatedMountPoint": created}
+               "Exec": allow_exec, "Device": device, "Mounts": done, "CreatedMountPoint": created}
         atomic_write_json(self._attach_record_path(c.id), rec)
         return rec
 
@@ -906,6 +977,14 @@ class StorageOps:
                 pass
         os.unlink(self._attach_record_path(cid))
         return rec
+
+
+def _in_own_mount_namespace(fd: int) -> bool:
+    """Whether the mount ``fd`` is on is one of this process's mount namespace."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        mnt_id = next((l.split()[1] for l in f if l.startswith("mnt_id:")), "")
+    with open("/proc/self/mountinfo") as f:
+        return any(l.split(" ", 1)[0] == mnt_id for l in f)
 
 
 class _Named:

@@ -307,3 +307,45 @@ def bpf_prog_id(prog_fd: int) -> int:
                         info=ctypes.addressof(info))
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "bpf(BPF_OBJ_GET_INFO_BY_FD)")
     return info.id
+
+
+# openat2(2): path resolution confined to a directory (linux/openat2.h), what every walk of an
+# untrusted tree goes through (silobox.kernel.saferoot). The same number on every architecture.
+_OPENAT2_NR = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+PROC_SUPER_MAGIC = 0x9FA0
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str | bytes, flags: int, mode: int, resolve: int) -> int:
+    """``openat2(dirfd, path, {flags, mode, resolve})``; returns the new fd.
+
+    ``flags`` must carry O_CLOEXEC if the fd is not to be inherited (the kernel adds nothing).
+    """
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    creates = bool(flags & os.O_CREAT) or (tmpfile and flags & tmpfile == tmpfile)
+    how = _OpenHow(flags, mode if creates else 0, resolve)   # else EINVAL
+    raw = path if isinstance(path, bytes) else os.fsencode(path)
+    return _check(_libc.syscall(ctypes.c_long(_OPENAT2_NR), ctypes.c_int(dirfd),
+                                ctypes.c_char_p(raw), ctypes.byref(how),
+                                ctypes.c_size_t(ctypes.sizeof(how))),
+                  "openat2", os.fsdecode(raw))
+
+
+_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+
+def fstatfs_type(fd: int) -> int:
+    """The filesystem magic (``f_type`` of ``struct statfs``) of the file behind ``fd``."""
+    buf = ctypes.create_string_buffer(256)   # struct statfs is 120 bytes; f_type comes first
+    _check(_libc.fstatfs(ctypes.c_int(fd), buf), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value

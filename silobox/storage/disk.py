@@ -385,9 +385,10 @@ def _has_capability(cap: int) -> bool:
 
 
 def mount_image(image: str, target: str, readonly: bool = False,
-                root: str | None = None) -> str:
+                root: str | None = None, flags: int = 0) -> str:
     """Attach and mount ``image`` on ``target``; returns the loop device. Refuses an image that is
-    attached already: ext4 must never be mounted twice from two devices.
+    attached already: ext4 must never be mounted twice from two devices. ``flags`` are
+    added to the mount's (``MS_NOSUID|MS_NODEV|MS_NOEXEC`` for a mount on the host).
 
     With ``root`` (the daemon's storage root), a device the pool attached ahead of time for
     this image is used (read-write) or let go (read-only)."""
@@ -410,7 +411,7 @@ def mount_image(image: str, target: str, readonly: bool = False,
             check(image)   # no journal: a disk that was mounted when the host went down
         fd, dev = attach(image, readonly=readonly)
     try:
-        flags = libc.MS_NOATIME | (libc.MS_RDONLY if readonly else 0)
+        flags |= libc.MS_NOATIME | (libc.MS_RDONLY if readonly else 0)
         data = "noload" if readonly else MOUNT_DATA
         libc.mount(dev, target, "ext4", flags, data or None)
     except OSError as e:

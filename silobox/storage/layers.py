@@ -22,7 +22,6 @@ import hashlib
 import json
 import lzma
 import os
-import shutil
 import stat
 import tarfile
 import time
@@ -33,6 +32,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from silobox.atomic import atomic_write_json
 from silobox.errors import Conflict, InvalidArgument, NotFound, SystemFailure
+from silobox.kernel.saferoot import SafeRoot, chmod_at, link_at, make_dir_at, remove_at, setxattr_at
 from silobox.storage.db import Database
 
 SCHEMA_COMPONENT = "storage.layers"
@@ -624,7 +624,8 @@ def _extract_stream(stream: BinaryIO, diff_dir: str,
     reader.split = split
     try:
         try:
-            size = _extract(reader, diff_dir, split)
+            with SafeRoot(diff_dir) as tree:
+                size = _extract(reader, tree, split)
         except tarfile.ReadError:
             if reader.total:
                 raise
@@ -658,24 +659,25 @@ class ExtractOptions:
     ``no_overwrite_dir_non_dir``: an existing directory is never replaced by a non-directory
     nor the reverse (the entry is refused with moby's message, naming paths as ``shown_dest``
     plus the entry's name). ``owner``: (uid, gid) every entry is given instead of the tar's
-    (moby's ``ChownOpts``, from ``copyUIDGID`` and the container's user)."""
+    (moby's ``ChownOpts``, from ``copyUIDGID`` and the container's user). ``whiteouts``:
+    OCI whiteouts become overlay's (a layer); without it they are written as the plain files
+    they are, as ``docker cp`` does."""
 
     no_overwrite_dir_non_dir: bool = False
     owner: tuple[int, int] | None = None
     shown_dest: str = ""
+    whiteouts: bool = True
 
 
 class OverwriteRefused(Exception):
     """An entry would replace a directory by a non-directory or the reverse."""
 
 
-def _check_overwrite(target: str, member: tarfile.TarInfo, options: ExtractOptions) -> None:
-    if not options.no_overwrite_dir_non_dir:
+def _check_overwrite(st: os.stat_result | None, member: tarfile.TarInfo,
+                     options: ExtractOptions) -> None:
+    if not options.no_overwrite_dir_non_dir or st is None:
         return
-    try:
-        is_dir = stat.S_ISDIR(os.lstat(target).st_mode)
-    except FileNotFoundError:
-        return
+    is_dir = stat.S_ISDIR(st.st_mode)
     shown = "/" + os.path.normpath(os.path.join(options.shown_dest, member.name)).lstrip("/")
     if is_dir and not member.isdir():
         raise OverwriteRefused(f"cannot overwrite directory {_go_quote(shown)} with "
@@ -690,82 +692,226 @@ def _go_quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _extract(reader: _HashingReader, dest: str, split: _TarSplit | None = None,
-             options: ExtractOptions | None = None) -> int:
-    """Apply every member of the tar under ``dest``; returns the bytes of file content written.
+def _invalid(name: str, why: str) -> InvalidArgument:
+    return InvalidArgument(f"invalid layer tar: {name}: {why}",
+                           operation="storage::Layer::Import", object_id=name)
 
-    Written for untrusted input: each name must stay inside ``dest`` (no absolute names, no
-    ``..``, never through a symlink), hard links must point at entries of this layer, and no
-    symlink is ever followed. Ownership, modes (setuid included), xattrs, device numbers and
-    mtimes are kept as they are in the tar, which is why tarfile's own extraction filters are
-    not used.
-    """
-    options = options or ExtractOptions()
-    owner = options.owner
-    size = 0
-    verified_dirs: set[str] = {""}
-    dir_times: list[tuple[str, int]] = []
-    with tarfile.open(fileobj=reader, mode="r|") as tar:   # type: ignore[call-overload]
-        for member in _members(tar, reader):
-            parts = _clean_name(member.name)
-            base = parts[-1] if parts else ""
-            parent_rel = "/".join(parts[:-1])
-            if base.startswith(WHITEOUT_PREFIX):
-                parent = _ensure_parent(dest, parts[:-1], verified_dirs)
-                if split is not None and base != OPAQUE_MARKER:
-                    hidden = base[len(WHITEOUT_PREFIX):]
-                    split.replaced(f"{parent_rel}/{hidden}" if parent_rel else hidden, True)
-                _apply_whiteout(parent, base, member.name)
-                continue
-            if not parts:   # "./": the layer's root directory itself
-                _apply_metadata(dest, member, owner)
-                dir_times.append((dest, int(member.mtime)))
-                continue
-            parent = _ensure_parent(dest, parts[:-1], verified_dirs)
-            target = os.path.join(parent, base)
-            rel = f"{parent_rel}/{base}" if parent_rel else base
-            if split is not None and os.path.lexists(target):
-                is_dir = os.path.isdir(target) and not os.path.islink(target)
-                if not (is_dir and member.isdir()):
-                    split.replaced(rel, is_dir)
-            _check_overwrite(target, member, options)
-            if member.isdir():
-                _make_room(target, keep_dir=True, verified_dirs=verified_dirs, rel=rel)
-                if not os.path.isdir(target):
-                    os.mkdir(target, 0o700)
-                verified_dirs.add(rel)
-                _apply_metadata(target, member, owner)
-                dir_times.append((target, int(member.mtime)))
-                continue
-            _make_room(target, keep_dir=False, verified_dirs=verified_dirs, rel=rel)
-            if member.isreg():
-                if split is not None:
-                    if member.issparse():
-                        split.complete = False
-                    if member.size:
-                        split.content(member.offset_data, member.size, rel)
-                size += _write_file(tar, member, target)
-            elif member.issym():
-                os.symlink(member.linkname, target)
-            elif member.islnk():
-                source = os.path.join(dest, *_clean_link(member))
-                _check_link_source(dest, source, member, verified_dirs)
-                os.link(source, target, follow_symlinks=False)
-                continue   # a hard link shares its inode's metadata
-            elif member.ischr() or member.isblk():
-                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-                os.mknod(target, kind | 0o600, os.makedev(member.devmajor, member.devminor))
-            elif member.isfifo():
-                os.mkfifo(target, 0o600)
-            else:
-                raise InvalidArgument(f"invalid layer tar: {member.name}: unsupported entry "
-                                      f"type {member.type!r}",
-                                      operation="storage::Layer::Import", object_id=member.name)
-            _apply_metadata(target, member, owner)
-    # Creating entries changes a directory's mtime, so directory times are set last.
-    for path, mtime in reversed(dir_times):
-        os.utime(path, ns=(mtime * 10**9, mtime * 10**9), follow_symlinks=False)
+
+def extract(stream: BinaryIO, tree: SafeRoot, options: ExtractOptions | None = None) -> int:
+    """Apply a plain tar to the directory ``tree`` (``docker cp`` into a container); returns
+    the bytes of file content written. The whole stream is read."""
+    reader = _HashingReader(stream)
+    size = _extract(reader, tree, options=options)
+    reader.drain()
     return size
+
+
+def _extract(reader: _HashingReader, tree: SafeRoot, split: _TarSplit | None = None,
+             options: ExtractOptions | None = None) -> int:
+    """Apply every member of the tar to ``tree``; returns the bytes of file content written.
+
+    Written for untrusted input, and safe by construction rather than by checks on names:
+    every parent directory is opened inside ``tree`` by openat2 with RESOLVE_IN_ROOT and
+    RESOLVE_NO_SYMLINKS (an entry is never written through a symlink, whatever earlier members
+    or a running container did to the tree), the entry is made with a ``*at`` call on (that
+    fd, its name) that does not follow, and its metadata is set through its own fd. Hard links
+    must name an entry of ``tree`` reached without symlinks. Absolute names and ``..`` are
+    refused outright. Ownership, modes (setuid included), xattrs (but overlay's own), device
+    numbers and mtimes are kept as they are in the tar.
+    """
+    return _Extractor(tree, split, options or ExtractOptions()).run(reader)
+
+
+class _Extractor:
+    """One tar applied to one tree (see :func:`_extract`)."""
+
+    def __init__(self, tree: SafeRoot, split: _TarSplit | None, options: ExtractOptions) -> None:
+        self.tree = tree
+        self.split = split
+        self.options = options
+        self.size = 0
+        self.dir_times: list[tuple[str, int]] = []
+        # The fd of the directory the previous member went to (tars list a directory's entries
+        # together), reused only for a member with the same parent. Members only ever remove
+        # entries of their own parent, so it never names a directory the tar took away; and
+        # being an fd, not a path, it could never lead out of the tree anyway.
+        self._last: tuple[str, int] | None = None
+
+    def run(self, reader: _HashingReader) -> int:
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:   # type: ignore[call-overload]
+                for member in _members(tar, reader):
+                    try:
+                        self._member(tar, member)
+                    except OSError as e:
+                        if e.errno not in _MEMBER_ERRORS:
+                            raise
+                        raise _invalid(member.name, e.strerror or str(e)) from e
+        finally:
+            self._forget()
+        # Creating entries changes a directory's mtime, so directory times are set last.
+        for rel, mtime in reversed(self.dir_times):
+            self._dir_time(rel, mtime)
+        return self.size
+
+    # -- directories -----------------------------------------------------------------------
+
+    def _forget(self) -> None:
+        if self._last is not None:
+            os.close(self._last[1])
+            self._last = None
+
+    def _parent(self, parts: list[str], member: tarfile.TarInfo) -> int:
+        """The directory fd a member goes in (not to be closed by the caller), created (0755,
+        as Docker) if the tar did not list it first; never reached through a symlink."""
+        rel = "/".join(parts)
+        if self._last is not None and self._last[0] == rel:
+            return self._last[1]
+        self._forget()
+        try:
+            fd = self.tree.open_dir(rel, create=True, mode=0o755, symlinks=False)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise _invalid(member.name, f"{rel} is a symlink and an entry is written "
+                                            "through it") from None
+            if e.errno in (errno.ENOTDIR, errno.EEXIST):
+                raise _invalid(member.name, f"{rel} is not a directory") from None
+            raise
+        self._last = (rel, fd)
+        return fd
+
+    def _dir_time(self, rel: str, mtime: int) -> None:
+        try:
+            fd = self.tree.open(rel, _DIR_READ | os.O_NOFOLLOW, symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return   # a later member removed or replaced it
+            raise
+        try:
+            os.utime(fd, ns=(mtime * 10**9, mtime * 10**9))
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _remove(pfd: int, name: str) -> None:
+        """Remove entry ``name`` of ``pfd`` (a directory with all below it). The remembered
+        directory is always ``pfd`` itself, the parent of what goes, so it stays valid."""
+        remove_at(pfd, name)
+
+    # -- members ---------------------------------------------------------------------------
+
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = _clean_name(member.name)
+        if not parts:   # "./": the tree's root directory itself
+            fd = self.tree.open("", _DIR_READ)
+            try:
+                _metadata_fd(fd, member, self.options.owner, times=False)
+            finally:
+                os.close(fd)
+            self.dir_times.append(("", int(member.mtime)))
+            return
+        base = parts[-1]
+        parent_rel = "/".join(parts[:-1])
+        rel = f"{parent_rel}/{base}" if parent_rel else base
+        pfd = self._parent(parts[:-1], member)
+        if base.startswith(WHITEOUT_PREFIX) and self.options.whiteouts:
+            self._whiteout(pfd, parent_rel, base, member.name)
+            return
+        st = _lstat_at(pfd, base)
+        if self.split is not None and st is not None:
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if not (is_dir and member.isdir()):
+                self.split.replaced(rel, is_dir)
+        _check_overwrite(st, member, self.options)
+        owner = self.options.owner
+        if member.isdir():
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                self._remove(pfd, base)
+            fd = make_dir_at(pfd, base, 0o700)
+            try:
+                _metadata_fd(fd, member, owner, times=False)
+            finally:
+                os.close(fd)
+            self.dir_times.append((rel, int(member.mtime)))
+            return
+        if st is not None:
+            self._remove(pfd, base)
+        if member.isreg():
+            if self.split is not None:
+                if member.issparse():
+                    self.split.complete = False
+                if member.size:
+                    self.split.content(member.offset_data, member.size, rel)
+            fd = os.open(base, _NEW_FILE, 0o600, dir_fd=pfd)
+            try:
+                self.size += _write_file(tar, member, fd)
+                _metadata_fd(fd, member, owner, times=True)
+            finally:
+                os.close(fd)
+            return
+        if member.islnk():
+            self._hard_link(member, pfd, base)
+            return   # a hard link shares its inode's metadata
+        if member.issym():
+            os.symlink(member.linkname, base, dir_fd=pfd)
+        elif member.ischr() or member.isblk():
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor),
+                     dir_fd=pfd)
+        elif member.isfifo():
+            os.mkfifo(base, 0o600, dir_fd=pfd)
+        else:
+            raise _invalid(member.name, f"unsupported entry type {member.type!r}")
+        _metadata_at(pfd, base, member, owner)
+
+    def _hard_link(self, member: tarfile.TarInfo, pfd: int, base: str) -> None:
+        """A hard link's source is an existing non-directory of this tree, reached without a
+        symlink: never a file of the host or of another tree."""
+        parts = _clean_link(member)
+        missing = _invalid(member.name, f"hard link target {member.linkname} is not in the "
+                                        "layer")
+        try:
+            spfd = self.tree.open_dir("/".join(parts[:-1]), symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise missing from None
+            raise
+        try:
+            link_at(spfd, parts[-1], pfd, base)
+        except FileNotFoundError:
+            raise missing from None
+        except IsADirectoryError:
+            raise _invalid(member.name, "hard link to a directory") from None
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                raise missing from None
+            raise
+        finally:
+            os.close(spfd)
+
+    def _whiteout(self, pfd: int, parent_rel: str, base: str, name: str) -> None:
+        """OCI whiteouts become what overlayfs reads: a 0:0 character device for a deleted
+        entry, ``trusted.overlay.opaque=y`` for a directory whose lower contents are hidden."""
+        if base == OPAQUE_MARKER:
+            os.setxattr(pfd, OVERLAY_OPAQUE_XATTR, b"y")
+            return
+        hidden = base[len(WHITEOUT_PREFIX):]
+        if self.split is not None:
+            self.split.replaced(f"{parent_rel}/{hidden}" if parent_rel else hidden, True)
+        if hidden.startswith(WHITEOUT_PREFIX) or hidden in ("", ".", ".."):
+            return   # other ".wh..wh." metadata entries (aufs hard-link dirs) carry nothing
+        if _lstat_at(pfd, hidden) is not None:
+            self._remove(pfd, hidden)
+        os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
+
+
+# What a member itself can provoke (a name too long, a link where a directory must be, an
+# xattr the filesystem refuses, a mount point of a container in the way): the tar's fault.
+_MEMBER_ERRORS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,
+                            errno.EEXIST, errno.EMLINK, errno.EINVAL, errno.ERANGE, errno.E2BIG,
+                            errno.EXDEV, errno.EPERM, errno.ENOTEMPTY, errno.EBUSY})
+_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _members(tar: tarfile.TarFile, reader: _HashingReader) -> Iterator[tarfile.TarInfo]:
@@ -788,12 +934,10 @@ def _members(tar: tarfile.TarFile, reader: _HashingReader) -> Iterator[tarfile.T
 def _clean_name(name: str) -> list[str]:
     """Split a member name into components; refuse absolute names and ``..``."""
     if name.startswith("/"):
-        raise InvalidArgument(f"invalid layer tar: {name}: absolute path",
-                              operation="storage::Layer::Import", object_id=name)
+        raise _invalid(name, "absolute path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise InvalidArgument(f"invalid layer tar: {name}: path escapes the layer",
-                              operation="storage::Layer::Import", object_id=name)
+        raise _invalid(name, "path escapes the layer")
     return parts
 
 
@@ -801,175 +945,93 @@ def _clean_link(member: tarfile.TarInfo) -> list[str]:
     """A hard link's target, which must name an entry inside the layer."""
     if member.linkname.startswith("/"):
         # GNU tar strips a leading slash from link targets the same way as from names.
-        raise InvalidArgument(f"invalid layer tar: {member.name}: hard link to absolute path "
-                              f"{member.linkname}", operation="storage::Layer::Import",
-                              object_id=member.name)
+        raise _invalid(member.name, f"hard link to absolute path {member.linkname}")
     parts = [p for p in member.linkname.split("/") if p not in ("", ".")]
     if ".." in parts or not parts:
-        raise InvalidArgument(f"invalid layer tar: {member.name}: hard link to "
-                              f"{member.linkname} points outside the layer",
-                              operation="storage::Layer::Import", object_id=member.name)
+        raise _invalid(member.name, f"hard link to {member.linkname} points outside the layer")
     return parts
 
 
-def _ensure_parent(dest: str, parts: list[str], verified_dirs: set[str]) -> str:
-    """The parent directory of a member, created if the tar did not list it first.
-
-    Every existing component must be a real directory: writing through a symlink could land
-    anywhere on the host, so a tar that tries is refused.
-    """
-    path = dest
-    rel = ""
-    for part in parts:
-        path = os.path.join(path, part)
-        rel = f"{rel}/{part}" if rel else part
-        if rel in verified_dirs:
-            continue
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            os.mkdir(path)
-            os.chmod(path, 0o755)   # a directory the tar implies but does not list, as Docker
-        else:
-            if stat.S_ISLNK(st.st_mode):
-                raise InvalidArgument(f"invalid layer tar: {rel} is a symlink and an entry is "
-                                      "written through it", operation="storage::Layer::Import",
-                                      object_id=rel)
-            if not stat.S_ISDIR(st.st_mode):
-                raise InvalidArgument(f"invalid layer tar: {rel} is not a directory",
-                                      operation="storage::Layer::Import", object_id=rel)
-        verified_dirs.add(rel)
-    return path
-
-
-def _make_room(target: str, keep_dir: bool, verified_dirs: set[str], rel: str) -> None:
-    """A later entry replaces an earlier one of the same name (a directory stays a directory)."""
+def _lstat_at(dirfd: int, name: str) -> os.stat_result | None:
     try:
-        st = os.lstat(target)
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        if keep_dir:
-            return
-        shutil.rmtree(target)
-        for known in [d for d in verified_dirs if d == rel or d.startswith(rel + "/")]:
-            verified_dirs.discard(known)
-    else:
-        os.unlink(target)
+        return None
 
 
-def _check_link_source(dest: str, source: str, member: tarfile.TarInfo,
-                       verified_dirs: set[str]) -> None:
-    """A hard link source must be an existing non-directory reached without symlinks."""
-    parts = _clean_link(member)
-    _ensure_parent_exists(dest, parts[:-1], member, verified_dirs)
-    try:
-        st = os.lstat(source)
-    except FileNotFoundError:
-        raise InvalidArgument(f"invalid layer tar: {member.name}: hard link target "
-                              f"{member.linkname} is not in the layer",
-                              operation="storage::Layer::Import", object_id=member.name) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InvalidArgument(f"invalid layer tar: {member.name}: hard link to a directory",
-                              operation="storage::Layer::Import", object_id=member.name)
-
-
-def _ensure_parent_exists(dest: str, parts: list[str], member: tarfile.TarInfo,
-                          verified_dirs: set[str]) -> None:
-    path = dest
-    rel = ""
-    for part in parts:
-        path = os.path.join(path, part)
-        rel = f"{rel}/{part}" if rel else part
-        if rel in verified_dirs:
-            continue
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-        if st is None or not stat.S_ISDIR(st.st_mode):
-            raise InvalidArgument(f"invalid layer tar: {member.name}: hard link target "
-                                  f"{member.linkname} is not in the layer",
-                                  operation="storage::Layer::Import", object_id=member.name)
-        verified_dirs.add(rel)
-
-
-def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> int:
+def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> int:
     src = tar.extractfile(member)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
     written = 0
-    try:
-        if src is not None:
-            while chunk := src.read(_COPY_CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                    written += n
-    finally:
-        os.close(fd)
+    if src is not None:
+        while chunk := src.read(_COPY_CHUNK):
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                written += n
     return written
 
 
-def _apply_whiteout(parent: str, base: str, name: str) -> None:
-    """OCI whiteouts become what overlayfs reads: a 0:0 character device for a deleted entry,
-    ``trusted.overlay.opaque=y`` for a directory whose lower contents are hidden."""
-    if base == OPAQUE_MARKER:
-        os.setxattr(parent, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
-        return
-    hidden = base[len(WHITEOUT_PREFIX):]
-    if hidden.startswith(WHITEOUT_PREFIX) or hidden in ("", ".", ".."):
-        return   # other ".wh..wh." metadata entries (aufs hard-link dirs) carry nothing to apply
-    if "/" in hidden:
-        raise InvalidArgument(f"invalid layer tar: {name}: bad whiteout",
-                              operation="storage::Layer::Import", object_id=name)
-    target = os.path.join(parent, hidden)
-    if os.path.lexists(target):
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        else:
-            os.unlink(target)
-    os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-
-
-def _apply_metadata(path: str, member: tarfile.TarInfo,
-                    owner: tuple[int, int] | None = None) -> None:
-    """Owner, then mode (chown clears setuid bits), xattrs, then mtime — never through a link."""
-    uid, gid = owner if owner is not None else (member.uid, member.gid)
-    os.chown(path, uid, gid, follow_symlinks=False)
-    if not member.issym():
-        os.chmod(path, member.mode & 0o7777)
+def _xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
     for key, value in member.pax_headers.items():
         if not key.startswith("SCHILY.xattr."):
             continue
         name = key[len("SCHILY.xattr."):]
         if name.startswith("trusted.overlay."):
             continue   # overlay metadata is ours to write; a tar must not plant redirects
-        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+        yield name, value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+
+
+def _ignore_unsupported(e: OSError) -> None:
+    if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+        raise e
+
+
+def _metadata_fd(fd: int, member: tarfile.TarInfo, owner: tuple[int, int] | None,
+                 times: bool) -> None:
+    """Owner, then mode (chown clears setuid bits), xattrs, then mtime, through the entry's fd."""
+    uid, gid = owner if owner is not None else (member.uid, member.gid)
+    os.fchown(fd, uid, gid)
+    os.fchmod(fd, member.mode & 0o7777)
+    for name, raw in _xattrs(member):
         try:
-            os.setxattr(path, name, raw, follow_symlinks=False)
+            os.setxattr(fd, name, raw)
         except OSError as e:
-            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-    if not member.isdir():
+            _ignore_unsupported(e)
+    if times:
         mtime_ns = int(member.mtime * 10**9)
-        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
+def _metadata_at(dirfd: int, name: str, member: tarfile.TarInfo,
+                 owner: tuple[int, int] | None) -> None:
+    """The same for what is not opened for real (symlinks, devices, fifos): (dirfd, name)
+    calls that never follow the entry."""
+    uid, gid = owner if owner is not None else (member.uid, member.gid)
+    os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
+    if not member.issym():
+        chmod_at(dirfd, name, member.mode & 0o7777)
+    for key, raw in _xattrs(member):
+        try:
+            setxattr_at(dirfd, name, key, raw)
+        except OSError as e:
+            _ignore_unsupported(e)
+    mtime_ns = int(member.mtime * 10**9)
+    os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dirfd, follow_symlinks=False)
 
 
 def _remove_tree(path: str) -> None:
-    """Delete a folder we own, whatever it contains (device nodes, read-only dirs)."""
-    def onerror(func: object, p: str, exc: object) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p)
-            else:
-                os.unlink(p)
-        except FileNotFoundError:
-            pass
-    if path and os.path.lexists(path):
-        shutil.rmtree(path, onerror=onerror)
+    """Delete a folder we own, whatever the layer put in it (device nodes, read-only or deeply
+    nested directories, links): walked by directory fds, never following a link."""
+    if not path:
+        return
+    parent = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        remove_at(parent, os.path.basename(path))
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent)
 
 
 def _read_range(fd: int, pos: int, length: int) -> Iterator[bytes]:

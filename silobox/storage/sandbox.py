@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import uuid
 from dataclasses import dataclass
 
@@ -232,22 +231,8 @@ class Sandbox:
         filesystem holds beyond a freshly formatted one (read from the superblock)."""
         if self.kind == "disk" and not self.is_active():
             return self._disk_used_delta()
-        total = 0
-        seen: set[tuple[int, int]] = set()
-        for top, dirs, files in os.walk(self.paths.upper):
-            for name in [*dirs, *files]:
-                try:
-                    st = os.lstat(os.path.join(top, name))
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    continue
-                if st.st_nlink > 1:
-                    if (st.st_dev, st.st_ino) in seen:
-                        continue
-                    seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-        return total
+        from silobox.storage.changes import tree_bytes
+        return tree_bytes(self.paths.upper)
 
     def _disk_used_delta(self) -> int:
         from silobox.storage import disk

@@ -224,14 +224,9 @@ class VolumeStore:
                 libc.umount2(point, libc.MNT_DETACH)
 
     def size(self, name: str) -> int:
-        total = 0
-        for top, _dirs, files in os.walk(self.data_path(name)):
-            for f in files:
-                try:
-                    total += os.lstat(os.path.join(top, f)).st_size
-                except OSError:
-                    pass
-        return total
+        """Bytes in the volume (containers write to it: walked through directory fds)."""
+        from silobox.storage.changes import tree_bytes
+        return tree_bytes(self.data_path(name), hard_links_once=False)
 
     def is_empty(self, name: str) -> bool:
         try:
@@ -239,14 +234,16 @@ class VolumeStore:
         except FileNotFoundError:
             return True
 
-    def populate(self, name: str, source: str) -> bool:
-        """Copy ``source`` (a directory of the image) into an empty volume, with owners, modes,
-        xattrs and hard links, as Docker does for a new volume mounted over image content."""
+    def populate(self, name: str, source: int) -> bool:
+        """Copy the directory ``source`` (an fd of a directory of the image, resolved inside
+        it) into an empty volume, with owners, modes, xattrs and hard links, as Docker does for
+        a new volume mounted over image content. ``cp`` reaches it through the fd, so no path
+        of the image is looked up again, and copies links as links (``-a``)."""
         dest = self.data_path(name)
-        if not os.path.isdir(source) or os.path.islink(source) or not self.is_empty(name):
+        if not self.is_empty(name):
             return False
-        res = subprocess.run(["cp", "-a", "--", source + "/.", dest + "/"],
-                             capture_output=True, timeout=600)
+        res = subprocess.run(["cp", "-a", "--", f"/proc/self/fd/{source}/.", dest + "/"],
+                             capture_output=True, timeout=600, pass_fds=(source,))
         if res.returncode != 0:
             raise SystemFailure(f"cannot copy the image's content into volume {name}: "
                                 f"{res.stderr.decode(errors='replace').strip()}",

@@ -324,6 +324,79 @@ def test_attach_detach_and_start_refused_while_attached(silod, api, ctr, tmp_pat
     api.kill(c)
 
 
+def _mount_options(point: str) -> set[str]:
+    """The per-mount options (mountinfo's sixth field) of the mount at ``point``."""
+    with open("/proc/self/mountinfo") as f:
+        rows = [l.split() for l in f if l.split()[4] == point]
+    assert rows, f"{point} is not mounted"
+    return set(rows[-1][5].split(","))
+
+
+@pytest.mark.parametrize("kind,merged", [("disk", False), ("disk", True), ("dir", False),
+                                         ("dir", True)])
+def test_attached_sandbox_is_inert_on_the_host(silod, ctr, tmp_path, kind, merged):
+    """What a container made (a setuid-root program, a device node) is mounted on the host
+    nosuid,nodev,noexec: neither runs setuid nor opens the device; --exec lifts noexec only."""
+    c = ctr()
+    r = _run(silod, "--name", c, "--storage-opt", f"sandbox={kind}", IMAGE, "sh", "-c",
+             "cp /bin/busybox /suid && chmod 4755 /suid && mknod /null2 c 1 3")
+    assert r.returncode == 0, r.stderr
+    ctr.track(c)
+    flag = ["--merged"] if merged else []
+    mnt = str(tmp_path / "m")
+    r = silod.silo("sandbox", "attach", *flag, c, mnt)
+    assert r.returncode == 0, r.stderr
+    top = mnt if merged else os.path.join(mnt, "upper")
+    st = os.stat(os.path.join(top, "suid"))
+    assert st.st_mode & 0o4000 and st.st_uid == 0     # the bit is there, and is inert:
+    assert {"nosuid", "nodev", "noexec", "ro"} <= _mount_options(mnt)
+    with pytest.raises(PermissionError):
+        subprocess.run([os.path.join(top, "suid"), "true"], check=False)
+    with pytest.raises(PermissionError):
+        open(os.path.join(top, "null2"), "rb")
+    assert silod.silo("sandbox", "detach", c).returncode == 0
+    r = silod.silo("sandbox", "attach", "--exec", *flag, c, mnt)
+    assert r.returncode == 0, r.stderr
+    opts = _mount_options(mnt)
+    assert {"nosuid", "nodev"} <= opts and "noexec" not in opts
+    assert silod.silo("sandbox", "detach", c).returncode == 0
+    assert not _mounts(mnt)
+
+
+def test_attach_refuses_mount_points_in_container_trees_and_state(silod, ctr, tmp_path):
+    """Mount points under silod's state or runtime directory (but the container's own mnt),
+    under /proc (running containers' roots) or in a directory bound into a container are
+    refused with 400, through a symlink too; nothing is mounted or created."""
+    c, other, running = ctr(), ctr(), ctr()
+    assert _run(silod, "--name", c, IMAGE, "true").returncode == 0
+    ctr.track(c)
+    assert _run(silod, "-d", "--name", running, IMAGE, "sleep", "60").returncode == 0
+    ctr.track(running)
+    pid = silod.client.inspect_container(running)["State"]["Pid"]
+    via_proc = tmp_path / "via-proc"
+    via_proc.symlink_to(f"/proc/{pid}/root/tmp")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    r = silod.silo("create", "--name", other, "-v", f"{shared}:/data", IMAGE, "true")
+    assert r.returncode == 0, r.stderr
+    ctr.track(other)
+    other_id = silod.client.inspect_container(other)["Id"]
+    link = tmp_path / "link"
+    link.symlink_to(os.path.join(silod.root, "containers", other_id))
+    for point in (os.path.join(silod.root, "containers", other_id, "mnt"),
+                  os.path.join(silod.root, "volumes", "x"), os.path.join(silod.exec_root, "x"),
+                  f"/proc/{pid}/root/tmp/x", str(via_proc / "x"), str(shared / "x"),
+                  str(link / "y")):
+        status, body = silod.request("POST", f"/silobox/sandboxes/{c}/attach",
+                                     {"MountPoint": point})
+        assert status == 400, (point, status, body)
+        assert not os.path.lexists(point)
+    assert not _mounts(silod.root + "/containers/" + other_id)
+    status, body = silod.request("POST", f"/silobox/sandboxes/{c}/attach", {})
+    assert status == 200, body   # the default, <root>/containers/<id>/mnt, is the one allowed
+    assert silod.silo("sandbox", "detach", c).returncode == 0
+
+
 def test_rm_of_an_attached_container_cleans_up(silod, ctr, tmp_path):
     c = ctr()
     assert _run(silod, "--name", c, IMAGE, "true").returncode == 0

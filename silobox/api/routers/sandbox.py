@@ -13,7 +13,7 @@ from silobox.api.routers import (Route, check_fields, complete, json_response,
                                  read_json_object)
 from silobox.errors import InvalidArgument
 
-_ATTACH_BODY = {"MountPoint": "str", "Merged": "bool", "ReadWrite": "bool"}
+_ATTACH_BODY = {"MountPoint": "str", "Merged": "bool", "ReadWrite": "bool", "Exec": "bool"}
 
 
 class SandboxRouter:
@@ -52,7 +52,7 @@ class SandboxRouter:
         check_fields(body, _ATTACH_BODY)
         return json_response(await complete(self.backend.sandbox_attach(
             request.match_info["id"], body.get("MountPoint") or "", bool(body.get("Merged")),
-            bool(body.get("ReadWrite")))))
+            bool(body.get("ReadWrite")), bool(body.get("Exec")))))
 
     async def detach(self, request: web.Request) -> web.Response:
         return json_response(await complete(self.backend.sandbox_detach(

@@ -93,18 +93,21 @@ def expand(ctx: Context, argv: list[str]) -> int:
 
 
 def attach(ctx: Context, argv: list[str]) -> int:
-    """``silo sandbox attach C [MOUNTPOINT] [--merged] [--rw]``: prints the mount point."""
+    """``silo sandbox attach C [MOUNTPOINT] [--merged] [--rw] [--exec]``: prints the mount
+    point."""
     p = parser(ctx, "sandbox attach", "[OPTIONS] CONTAINER [MOUNTPOINT]",
                "Mount a stopped container's sandbox on the host (read-only by default)")
     p.add_argument("--merged", action="store_true",
                    help="Mount the container's whole filesystem, not only its changes")
     p.add_argument("--rw", action="store_true", help="Mount read-write")
+    p.add_argument("--exec", action="store_true",
+                   help="Allow running the container's programs from the mount (never setuid)")
     p.add_argument("ref", metavar="CONTAINER")
     p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT")
     ns = parse(p, argv)
     import os
     body = {"MountPoint": os.path.abspath(ns.mountpoint) if ns.mountpoint else "",
-            "Merged": ns.merged, "ReadWrite": ns.rw}
+            "Merged": ns.merged, "ReadWrite": ns.rw, "Exec": ns.exec}
     rec = ctx.client.post(f"/silobox/sandboxes/{quote(ns.ref)}/attach", body=body)
     ctx.out(f"{rec['MountPoint']}\n")
     return 0

@@ -655,16 +655,19 @@ class Build:
         else:
             root = ctx.SourceRoot(context=self.context)
         loop = asyncio.get_running_loop()
-        if inst.cmd != "ADD" or not any(remote.is_url(s) for s in sources):
-            await self._copy_planned(stage, inst, sources, dest, root, image_view, uid, gid,
-                                     chmod, source_from, "")
-            return
-        fetched = tempfile.mkdtemp(prefix="remote-", dir=self.workdir)
-        try:   # the downloads live until the layer is written, then go
-            await self._copy_planned(stage, inst, sources, dest, root, image_view, uid, gid,
-                                     chmod, source_from, fetched)
+        try:
+            if inst.cmd != "ADD" or not any(remote.is_url(s) for s in sources):
+                await self._copy_planned(stage, inst, sources, dest, root, image_view, uid,
+                                         gid, chmod, source_from, "")
+                return
+            fetched = tempfile.mkdtemp(prefix="remote-", dir=self.workdir)
+            try:   # the downloads live until the layer is written, then go
+                await self._copy_planned(stage, inst, sources, dest, root, image_view, uid,
+                                         gid, chmod, source_from, fetched)
+            finally:
+                await loop.run_in_executor(None, shutil.rmtree, fetched, True)
         finally:
-            await loop.run_in_executor(None, shutil.rmtree, fetched, True)
+            root.close()
 
     async def _download(self, sources: list[str], into: str) -> dict[str, remote.Download]:
         """ADD's URL sources, fetched every time (the cache is keyed by their content), each
@@ -854,15 +857,9 @@ async def prepare_build(engine: Any, body: Any, options: BuildOptions, workdir: 
     os.mkdir(context_dir, 0o700)
     await loop.run_in_executor(None, ctx.extract_context, body, context_dir)
     name = options.dockerfile or "Dockerfile"
-    try:
-        path = ctx._inside(context_dir, name)
-    except InvalidArgument as e:
-        raise InvalidArgument(f"Cannot locate specified Dockerfile: {name}") from e
-    real = os.path.realpath(path)
-    if not ctx._within(real, os.path.realpath(context_dir)) or not os.path.isfile(real):
+    text = ctx.read_context_file(context_dir, name, 4 << 20)
+    if text is None:
         raise InvalidArgument(f"Cannot locate specified Dockerfile: {name}")
-    with open(real, "rb") as f:
-        text = f.read(4 << 20).decode("utf-8", "replace")
     text = text.removeprefix("\ufeff")
     dockerfile = parse(text, name)
     await loop.run_in_executor(None, ctx.apply_dockerignore, context_dir)

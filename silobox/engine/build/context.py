@@ -25,7 +25,9 @@ from silobox import dockerignore
 from silobox.engine.build.remote import Download, is_url
 from silobox.engine.build.rootfs import MergedView
 from silobox.errors import InvalidArgument, NotFound
-from silobox.storage.changes import TarWriter
+from silobox.kernel.saferoot import SafeRoot, link_at, make_dir_at, remove_at, split_name
+from silobox.storage.changes import (Source, TarWriter, TreeFile, open_regular, read_link,
+                                     walk_tree)
 
 _CHUNK = 1 << 20
 _ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
@@ -34,63 +36,20 @@ _ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 # -- the context --------------------------------------------------------------------------------
 
 
-def _inside(root: str, rel: str) -> str:
-    """``root/rel`` for a cleaned relative name; InvalidArgument if it would leave ``root``."""
-    name = dockerignore.clean(rel.lstrip("/"))
-    if name == ".":
-        return root
-    if name == ".." or name.startswith("../"):
-        raise InvalidArgument(f"invalid build context: entry {rel!r} points outside the context")
-    return os.path.join(root, name)
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 def extract_context(stream: BinaryIO, root: str) -> None:
-    """Unpack the context tar into ``root`` (an empty directory), never writing outside it."""
-    real_root = os.path.realpath(root)
+    """Unpack the context tar into ``root`` (an empty directory), never writing outside it.
+
+    Every entry's parent is opened inside ``root`` by openat2 (silobox.kernel.saferoot): the
+    tar's own symlinks are followed as if ``root`` were ``/``, so none can lead out, and each
+    entry is made in that directory fd by its single name without following a link.
+    """
     count = 0
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with SafeRoot(root) as tree, \
+                tarfile.open(fileobj=stream, mode="r|*") as tar:   # type: ignore[call-overload]
             for member in tar:
                 count += 1
-                path = _inside(root, member.name)
-                if path == root:
-                    continue
-                parent = os.path.dirname(path)
-                os.makedirs(parent, mode=0o755, exist_ok=True)
-                if not _within(os.path.realpath(parent), real_root):
-                    raise InvalidArgument(f"invalid build context: {member.name!r} is below a "
-                                          "symbolic link that leaves the context")
-                if os.path.lexists(path) and not (member.isdir() and os.path.isdir(path)):
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path)
-                    else:
-                        os.unlink(path)
-                if member.isdir():
-                    os.makedirs(path, exist_ok=True)
-                    os.chmod(path, member.mode & 0o7777 | 0o700)
-                elif member.isreg():
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                                 0o600)
-                    with os.fdopen(fd, "wb") as out:
-                        shutil.copyfileobj(src, out, _CHUNK)
-                    os.chmod(path, member.mode & 0o7777)
-                elif member.issym():
-                    os.symlink(member.linkname, path)
-                elif member.islnk():
-                    target = _inside(root, member.linkname)
-                    if not _within(os.path.realpath(target), real_root):
-                        raise InvalidArgument(f"invalid build context: hard link {member.name!r} "
-                                              "points outside the context")
-                    os.link(target, path)
-                else:
-                    continue   # devices and fifos have no place in a build context
-                os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+                _context_member(tree, tar, member)
     except tarfile.TarError as e:
         raise InvalidArgument(f"failed to read the build context: not a valid tar archive "
                               f"({e})") from e
@@ -105,36 +64,121 @@ def extract_context(stream: BinaryIO, root: str) -> None:
         raise InvalidArgument("failed to read the build context: the tar archive is empty")
 
 
+def _context_member(tree: SafeRoot, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    name = _clean(member.name)
+    if name == ".":
+        return
+    if not (member.isdir() or member.isreg() or member.issym() or member.islnk()):
+        return   # devices and fifos have no place in a build context
+    parent, base = split_name(name)
+    pfd = tree.open_dir(parent, create=True, mode=0o755)
+    try:
+        try:
+            st: os.stat_result | None = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not (member.isdir() and stat.S_ISDIR(st.st_mode)):
+            remove_at(pfd, base)
+        mtime_ns = int(member.mtime * 10**9)
+        if member.isdir():
+            fd = make_dir_at(pfd, base, 0o755)
+            try:
+                os.fchmod(fd, member.mode & 0o7777 | 0o700)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+        elif member.isreg():
+            src = tar.extractfile(member)
+            assert src is not None
+            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                         os.O_CLOEXEC, 0o600, dir_fd=pfd)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(src, out, _CHUNK)
+                out.flush()
+                os.fchmod(fd, member.mode & 0o7777)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+        elif member.issym():
+            os.symlink(member.linkname, base, dir_fd=pfd)
+            os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        else:
+            target = _clean(member.linkname)
+            if target == ".":
+                raise InvalidArgument(f"invalid build context: hard link {member.name!r} "
+                                      "points outside the context")
+            spfd, sname = tree.parent(target)
+            try:
+                link_at(spfd, sname, pfd, base)
+            finally:
+                os.close(spfd)
+    finally:
+        os.close(pfd)
+
+
+def _clean(rel: str) -> str:
+    """A tar name as a clean name below the context; InvalidArgument if it climbs out."""
+    name = dockerignore.clean(rel.lstrip("/"))
+    if name == ".." or name.startswith("../"):
+        raise InvalidArgument(f"invalid build context: entry {rel!r} points outside the context")
+    return name
+
+
+def read_context_file(root: str, name: str, limit: int) -> str | None:
+    """The text (at most ``limit`` bytes) of the regular file ``name`` of the context, its
+    links followed inside the context only; None if there is no such file."""
+    rel = dockerignore.clean(name.lstrip("/"))
+    if rel in (".", "..") or rel.startswith("../"):
+        return None
+    try:
+        with SafeRoot(root) as tree:
+            ref = tree.open(rel, os.O_PATH)
+        try:
+            if not stat.S_ISREG(os.fstat(ref).st_mode):
+                return None
+            fd = os.open(f"/proc/self/fd/{ref}", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(ref)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit).decode("utf-8", "replace")
+
+
 def apply_dockerignore(root: str) -> None:
     """Drop what ``.dockerignore`` excludes; the Dockerfile and the ignore file go too when
-    excluded, after the builder has read them (moby ``removeDockerfile``)."""
-    path = os.path.join(root, ".dockerignore")
+    excluded, after the builder has read them (moby ``removeDockerfile``).
+
+    The context is only listed here (os.walk never enters a symlink); every removal goes
+    through the context's SafeRoot, walking directory fds.
+    """
     try:
-        with open(path, errors="replace") as f:
-            patterns = dockerignore.parse(f.read())
+        with SafeRoot(root) as tree:
+            fd = tree.open(".dockerignore")
+            with os.fdopen(fd, errors="replace") as f:
+                patterns = dockerignore.parse(f.read())
     except (FileNotFoundError, IsADirectoryError):
         return
     try:
         matcher = dockerignore.PatternMatcher(patterns)
     except ValueError as e:
         raise InvalidArgument(f"invalid .dockerignore: {e}") from e
-    for dirpath, dirnames, filenames in os.walk(root, topdown=True):
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        for name in list(dirnames):
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            if matcher.excluded(rel) and not matcher.has_exclusions:
-                shutil.rmtree(os.path.join(dirpath, name))
-                dirnames.remove(name)
-        for name in filenames:
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            if matcher.excluded(rel):
-                os.unlink(os.path.join(dirpath, name))
-    if matcher.has_exclusions:   # excluded directories left empty by the walk go too
-        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-            rel = os.path.relpath(dirpath, root)
-            if rel != "." and not os.listdir(dirpath) and matcher.excluded(rel):
-                os.rmdir(dirpath)
+    with SafeRoot(root) as tree:
+        for dirpath, dirnames, filenames in os.walk(root, topdown=True):
+            rel_dir = os.path.relpath(dirpath, root)
+            rel_dir = "" if rel_dir == "." else rel_dir
+            for name in list(dirnames):
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if matcher.excluded(rel) and not matcher.has_exclusions:
+                    tree.rmtree(rel)
+                    dirnames.remove(name)
+            for name in filenames:
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if matcher.excluded(rel):
+                    tree.unlink(rel)
+        if matcher.has_exclusions:   # excluded directories left empty by the walk go too
+            for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+                rel = os.path.relpath(dirpath, root)
+                if rel != "." and not os.listdir(dirpath) and matcher.excluded(rel):
+                    tree.rmtree(rel)
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -144,21 +188,31 @@ def _has_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def _glob(root: str, pattern: str) -> list[str]:
+def _glob(tree: SafeRoot, pattern: str) -> list[str]:
     """Context paths matching ``pattern`` element by element (Go ``filepath.Match``: ``*``
-    never crosses a ``/``; hidden files match too)."""
+    never crosses a ``/``; hidden files match too). Only real directories are listed (through
+    their fds), never a symlink's target."""
     parts = [p for p in pattern.split("/") if p and p != "."]
     found = [""]
     for part in parts:
         nxt = []
         for base in found:
-            here = os.path.join(root, base) if base else root
-            if not os.path.isdir(here) or os.path.islink(here):
+            try:
+                fd = tree.open(base, os.O_RDONLY | os.O_DIRECTORY, follow=False,
+                               symlinks=False)
+            except OSError:
                 continue
-            if _has_glob(part):
-                names = sorted(n for n in os.listdir(here) if fnmatch.fnmatchcase(n, part))
-            else:
-                names = [part] if os.path.lexists(os.path.join(here, part)) else []
+            try:
+                if _has_glob(part):
+                    names = sorted(n for n in os.listdir(fd) if fnmatch.fnmatchcase(n, part))
+                else:
+                    try:
+                        os.stat(part, dir_fd=fd, follow_symlinks=False)
+                        names = [part]
+                    except OSError:
+                        names = []
+            finally:
+                os.close(fd)
             nxt.extend(f"{base}/{n}" if base else n for n in names)
         found = nxt
     return found
@@ -170,7 +224,7 @@ class Entry:
     root), taken from ``host`` (lstat ``st``)."""
 
     dest: str
-    host: str
+    host: Source
     st: os.stat_result
     uid: int | None = None   # None: keep the source's (ADD of an archive)
     gid: int | None = None
@@ -180,17 +234,30 @@ class Entry:
 class CopyPlan:
     entries: list[Entry] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)   # destinations a directory is copied into
-    archives: list[tuple[str, str]] = field(default_factory=list)   # (host tar, dest dir)
+    archives: list[tuple[Source, str]] = field(default_factory=list)   # (tar, dest dir)
     digest: str = ""
     kind: str = "file"   # file, dir or multi: how docker names the source in the history
 
 
 @dataclass
 class SourceRoot:
-    """Where COPY reads from: the context directory or another image's merged view."""
+    """Where COPY reads from: the context directory or another image's merged view.
+
+    The context is the client's: its links may point anywhere. It is read only through its
+    :class:`SafeRoot` (``tree``): sources are resolved inside it and their content read from
+    the entry found, so no link leads out of the context. ``close`` when the layer is made."""
 
     context: str | None = None
     view: MergedView | None = None
+    tree: SafeRoot | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.context is not None:
+            self.tree = SafeRoot(self.context)
+
+    def close(self) -> None:
+        if self.tree is not None:
+            self.tree.close()
 
     def matches(self, src: str) -> list[str]:
         rel = dockerignore.clean(src.lstrip("/"))
@@ -198,9 +265,10 @@ class SourceRoot:
         if self.context is not None:
             if rel.startswith("../") or rel == "..":
                 raise InvalidArgument(f"forbidden path outside the build context: {src}")
+            assert self.tree is not None
             if _has_glob(rel):
-                return _glob(self.context, rel)
-            return [rel] if os.path.lexists(_inside(self.context, rel)) else []
+                return _glob(self.tree, rel)
+            return [rel] if self.tree.lstat(rel) is not None else []
         assert self.view is not None
         if _has_glob(rel):
             parent, _, pat = rel.rpartition("/")
@@ -208,49 +276,69 @@ class SourceRoot:
                     if fnmatch.fnmatchcase(n, pat)]
         return [rel] if self.view.lstat(self.view.resolve(rel)) else []
 
-    def stat(self, rel: str) -> tuple[str, os.stat_result]:
-        """Host path and lstat of a source, the source itself followed if it is a link."""
+    def stat(self, rel: str) -> tuple[Source, os.stat_result]:
+        """Where a source is and its lstat, the source itself followed if it is a link (inside
+        the context: a link that leads out of it finds nothing)."""
         if self.context is not None:
-            path = _inside(self.context, rel)
-            real = os.path.realpath(path)
-            if not _within(real, os.path.realpath(self.context)):
+            assert self.tree is not None
+            try:
+                fd = self.tree.open(rel, os.O_PATH)
+            except FileNotFoundError:
+                raise NotFound(f"file not found in build context: {rel}: a symbolic link to "
+                               "nothing inside the context") from None
+            except OSError as e:
+                raise InvalidArgument(f"forbidden path outside the build context: {rel} "
+                                      f"({e.strerror})") from None
+            try:
+                st = os.fstat(fd)
+                real = os.readlink(f"/proc/self/fd/{fd}")   # where openat2 found it
+            finally:
+                os.close(fd)
+            base = os.readlink(f"/proc/self/fd/{self.tree.fd}").rstrip("/")
+            if real != base and not real.startswith(base + "/"):
                 raise InvalidArgument(f"forbidden path outside the build context: {rel}")
-            return real, os.lstat(real)
+            return TreeFile(self.tree, real[len(base) + 1:]), st
         assert self.view is not None
         found = self.view.lstat(self.view.resolve(rel))
         if found is None:
             raise NotFound(f"file not found: {rel}")
         return found
 
-    def walk(self, rel: str, host: str) -> Iterator[tuple[str, str, os.stat_result]]:
-        """(relative name, host path, lstat) under a source directory, parents first."""
+    def walk(self, rel: str, host: Source) -> Iterator[tuple[str, Source, os.stat_result]]:
+        """(relative name, where, lstat) under a source directory, parents first."""
         if self.context is not None:
-            for dirpath, dirnames, filenames in os.walk(host):
-                dirnames.sort()
-                sub = os.path.relpath(dirpath, host)
-                sub = "" if sub == "." else sub
-                for name in sorted(dirnames + filenames):
-                    path = os.path.join(dirpath, name)
-                    yield (f"{sub}/{name}" if sub else name), path, os.lstat(path)
+            assert isinstance(host, TreeFile)
+            yield from walk_tree(host.tree, under=host.rel)
             return
         assert self.view is not None
         yield from self.view.walk(self.view.resolve(rel))
 
 
-def is_archive(path: str) -> bool:
+def _open_source(src: Source) -> BinaryIO:
+    """The content of a regular source file (an entry of the context: only if it still is the
+    regular file it was)."""
+    fd = open_regular(src, None)
+    if fd < 0:
+        raise InvalidArgument(f"{src.rel if isinstance(src, TreeFile) else src}: not a regular "
+                              "file any more")
+    return os.fdopen(fd, "rb")
+
+
+def is_archive(path: Source) -> bool:
     """What ADD extracts: a tar, possibly compressed (Docker's ``archive.IsArchivePath``)."""
     try:
-        with open(path, "rb") as f:
+        with _open_source(path) as f:
             head = f.read(512)
-    except OSError:
+            if head.startswith(_ARCHIVE_MAGIC):
+                f.seek(0)
+                try:
+                    with tarfile.open(fileobj=f, mode="r:*") as tar:
+                        tar.next()
+                    return True
+                except (tarfile.TarError, EOFError, OSError):
+                    return False
+    except (OSError, InvalidArgument):
         return False
-    if head.startswith(_ARCHIVE_MAGIC):
-        try:
-            with tarfile.open(path, "r:*") as tar:
-                tar.next()
-            return True
-        except (tarfile.TarError, EOFError, OSError):
-            return False
     return len(head) == 512 and head[257:262] == b"ustar"
 
 
@@ -332,14 +420,14 @@ def _add(plan: CopyPlan, entry: Entry, hasher: "hashlib._Hash", chmod: int | Non
     if stat.S_ISREG(st.st_mode):
         _hash_file(hasher, entry.host)
     elif stat.S_ISLNK(st.st_mode):
-        hasher.update(os.readlink(entry.host).encode())
+        hasher.update(read_link(entry.host).encode())
     elif not stat.S_ISDIR(st.st_mode):
         return   # devices, fifos and sockets are not copied
     plan.entries.append(entry)
 
 
-def _hash_file(hasher: "hashlib._Hash", path: str) -> None:
-    with open(path, "rb") as f:
+def _hash_file(hasher: "hashlib._Hash", path: Source) -> None:
+    with _open_source(path) as f:
         while chunk := f.read(_CHUNK):
             hasher.update(chunk)
 
@@ -389,7 +477,7 @@ def copy_layer_tar(plan: CopyPlan, image: MergedView, uid: int, gid: int,
             info.mode = chmod
         written.add(entry.dest)
         if content:
-            yield from writer.file(info, entry.host)
+            yield from writer.file(info, entry.host, entry.st)
         else:
             yield writer.entry(info)
     for host, dest in plan.archives:
@@ -398,10 +486,10 @@ def copy_layer_tar(plan: CopyPlan, image: MergedView, uid: int, gid: int,
     yield writer.end()
 
 
-def _archive_members(writer: TarWriter, host: str, dest: str, parents: Any,
+def _archive_members(writer: TarWriter, host: Source, dest: str, parents: Any,
                      written: set[str]) -> Iterator[bytes]:
     """The members of an ADDed archive, re-rooted at ``dest``, streamed in archive order."""
-    with tarfile.open(host, "r:*") as tar:
+    with _open_source(host) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
         for member in tar:
             name = dockerignore.clean(member.name.lstrip("/"))
             if name in (".", "..") or name.startswith("../"):

@@ -16,6 +16,7 @@ import stat
 from typing import Iterator
 
 from silobox.engine.build.rootfs import MergedView
+from silobox.kernel.saferoot import SafeRoot
 from silobox.storage.changes import is_init_path, is_opaque, layer_tar, walk_tree
 
 
@@ -28,7 +29,13 @@ def _same_dir(st: os.stat_result, below: tuple[str, os.stat_result] | None) -> b
 
 def run_layer_tar(upper: str, lower: MergedView) -> Iterator[bytes] | None:
     """The upper directory as an OCI layer tar, or None if the step changed nothing."""
-    entries = [(rel, path, st) for rel, path, st in walk_tree(upper) if not is_init_path(rel)]
+    tree = SafeRoot(upper)
+    try:
+        entries = [(rel, path, st) for rel, path, st in walk_tree(tree)
+                   if not is_init_path(rel)]
+    except BaseException:
+        tree.close()
+        raise
     needed: set[str] = set()
     for rel, path, st in entries:
         if stat.S_ISDIR(st.st_mode) and not is_opaque(path) and \
@@ -41,5 +48,13 @@ def run_layer_tar(upper: str, lower: MergedView) -> Iterator[bytes] | None:
             needed.add(parent)
     kept = [e for e in entries if e[0] in needed]
     if not kept:
+        tree.close()
         return None
-    return layer_tar(kept)
+    return _closing(layer_tar(kept), tree)
+
+
+def _closing(chunks: Iterator[bytes], tree: SafeRoot) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    finally:
+        tree.close()

@@ -21,10 +21,10 @@ import stat
 from typing import Callable, NamedTuple
 
 from silobox.errors import InvalidArgument, SystemFailure
+from silobox.kernel.saferoot import SafeRoot
 
 MAX_ID = (1 << 31) - 1          # Docker's range for uids and gids (32-bit safe)
 _MAX_FILE = 16 << 20            # refuse absurd passwd/group files rather than read them whole
-_MAX_LINKS = 40                 # like the kernel's ELOOP limit
 _NUMERIC = re.compile(r"[+-]?[0-9]+\Z")
 
 
@@ -50,66 +50,26 @@ class _Entry(NamedTuple):
 # ----- reading files inside a root without following links out of it -------------------------
 
 def _open_in_root(root: str, path: str) -> int | None:
-    """Open ``path`` for reading as if ``root`` were ``/``; None when it does not exist or is not
-    a regular file. Symlinks (absolute or with ``..``) are resolved inside ``root``."""
-    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    """Open ``path`` for reading as if ``root`` were ``/`` (:class:`SafeRoot`); None when it
+    does not exist or is not a regular file. Symlinks (absolute or with ``..``) are resolved
+    inside ``root``, magic links refused."""
     try:
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        tree = SafeRoot(root)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    stack = [root_fd]             # open directories from the root down to the current one
-    pending = [p for p in path.split("/") if p]
-    pending.reverse()
-    links = 0
+    with tree:
+        try:
+            ref = tree.open(path.lstrip("/") or ".", os.O_PATH)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
     try:
-        while pending:
-            part = pending.pop()
-            if part == ".":
-                continue
-            if part == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop())
-                continue
-            try:
-                fd = os.open(part, flags, dir_fd=stack[-1])
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-            st = os.fstat(fd)
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(part, dir_fd=stack[-1])
-                os.close(fd)
-                links += 1
-                if links > _MAX_LINKS:
-                    raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
-                if target.startswith("/"):
-                    while len(stack) > 1:
-                        os.close(stack.pop())
-                more = [p for p in target.split("/") if p]
-                more.reverse()
-                pending.extend(more)
-                continue
-            if pending:
-                if not stat.S_ISDIR(st.st_mode):
-                    os.close(fd)
-                    return None
-                stack.append(fd)
-                continue
-            os.close(fd)
-            if not stat.S_ISREG(st.st_mode):   # a whiteout, fifo or device: not a passwd file
-                return None
-            # Reopen for reading; O_NOFOLLOW/O_NONBLOCK and the inode check defeat a swap
-            # of the entry between the two opens.
-            fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-                         | os.O_CLOEXEC, dir_fd=stack[-1])
-            again = os.fstat(fd)
-            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
-                os.close(fd)
-                raise OSError(errno.EAGAIN, "file changed while it was opened", path)
-            return fd
-        return None   # the path named the root itself
+        if not stat.S_ISREG(os.fstat(ref).st_mode):   # a whiteout, fifo or device
+            return None
+        # reopened through procfs: exactly the inode found, never a path lookup again
+        return os.open(f"/proc/self/fd/{ref}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+                       | os.O_CLOEXEC)
     finally:
-        for d in stack:
-            os.close(d)
+        os.close(ref)
 
 
 def read_file_in_root(root: str, path: str) -> str | None:

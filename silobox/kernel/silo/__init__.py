@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass, field
 
 from silobox.kernel import libc
+from silobox.kernel.saferoot import SafeRoot
 from silobox.kernel.silo.cgroupfs import mount_cgroupfs
 
 # (name, type, major, minor, mode): what every container's /dev holds.
@@ -163,158 +164,192 @@ def _loopback_up() -> None:
         s.close()
 
 
-def _mkdirs(path: str, mode: int = 0o755) -> None:
+_NULL_DEVICE = os.makedev(1, 3)
+
+
+def _target(root: SafeRoot, rel: str, is_dir: bool) -> int:
+    """An O_PATH fd of a mount target resolved inside the rootfs, made (a directory for a
+    directory, an empty file for a file) with its parents when missing.
+
+    Symlinks are followed only inside the rootfs (an image's ``/data -> /etc`` mounts on its
+    own /etc; a dangling ``/data -> /host/dir`` makes ``/host/dir`` in the rootfs), never
+    through /proc's magic links; the mount then goes onto the fd, so nothing swapped after
+    the lookup can move it."""
     try:
-        os.makedirs(path, mode, exist_ok=True)
-    except FileExistsError:
-        pass
+        fd = root.open(rel, os.O_PATH)
+    except FileNotFoundError:
+        fd = _make_target(root, rel, is_dir)
+    if stat.S_ISLNK(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.ELOOP, f"{rel}: the mount target keeps changing into a symlink")
+    return fd
 
 
-def _ensure_target(target: str, is_dir: bool) -> None:
-    """Create the mount point of a bind inside the rootfs (a file for a file, a dir for a dir)."""
-    if os.path.lexists(target):
-        return
-    _mkdirs(os.path.dirname(target))
-    if is_dir:
-        os.mkdir(target, 0o755)
-    else:
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-
-
-def _inside(root: str, path: str) -> str:
-    """Resolve ``path`` (container-absolute) below ``root`` without following symlinks out of it."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    cur = root
-    for i, part in enumerate(parts):
+def _make_target(root: SafeRoot, rel: str, is_dir: bool) -> int:
+    """Make the missing parts of ``rel`` one component at a time, each in its parent's fd,
+    a symlink met on the way read and followed as if the rootfs were ``/``."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
         if part == "..":
-            cur = os.path.dirname(cur) if cur != root else root
+            if done:
+                done.pop()
             continue
-        nxt = os.path.join(cur, part)
-        if os.path.islink(nxt):
-            link = os.readlink(nxt)
-            rest = "/".join(parts[i + 1:])
-            base = link if link.startswith("/") else os.path.join(cur[len(root):] or "/", link)
-            return _inside(root, os.path.join(base, rest))
-        cur = nxt
-    return cur
+        here = "/".join([*done, part])
+        st = root.lstat(here)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > 40:
+                raise OSError(errno.ELOOP, f"{rel}: too many levels of symbolic links")
+            link = root.readlink(here)
+            if link.startswith("/"):
+                done = []
+            parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+            continue
+        if st is None:
+            parent = root.open_dir("/".join(done))
+            try:
+                if parts or is_dir:
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=parent)
+                    except FileExistsError:
+                        pass
+                else:
+                    try:
+                        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                                         | os.O_CLOEXEC, 0o644, dir_fd=parent))
+                    except FileExistsError:
+                        pass
+            finally:
+                os.close(parent)
+        done.append(part)
+    return root.open("/".join(done), os.O_PATH, follow=False)
 
 
-def _mount_dev(root: str, spec: SiloSpec) -> None:
-    dev = os.path.join(root, "dev")
-    _mkdirs(dev)
-    libc.mount("tmpfs", dev, "tmpfs", libc.MS_NOSUID | libc.MS_STRICTATIME, "mode=755,size=65536k")
-    old = os.umask(0)
+def _remount(root: SafeRoot, rel: str, source_st: os.stat_result, flags: int) -> None:
+    """Change the flags of the mount just made at ``rel``: a bind takes none at first. The
+    mount's root is opened afresh and must be the source that was bound."""
+    fd = root.open(rel, os.O_PATH)
     try:
-        for name, kind, major, minor, mode in DEFAULT_DEVICES:
-            os.mknod(os.path.join(dev, name), mode | (stat.S_IFCHR if kind == "c" else stat.S_IFBLK),
-                     os.makedev(major, minor))
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (source_st.st_dev, source_st.st_ino):
+            raise OSError(errno.EXDEV, f"{rel}: changed while it was mounted")
+        libc.mount(None, root.mount_path(fd), None, libc.MS_BIND | libc.MS_REMOUNT | flags)
     finally:
-        os.umask(old)
-    for src, name in DEV_SYMLINKS:
-        os.symlink(src, os.path.join(dev, name))
-    for device in spec.devices:
-        _add_device(root, *device)
-    if os.path.exists("/proc/kcore"):
-        os.symlink("/proc/kcore", os.path.join(dev, "core"))
-    pts = os.path.join(dev, "pts")
-    os.mkdir(pts, 0o755)
-    libc.mount("devpts", pts, "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
-               "newinstance,ptmxmode=0666,mode=0620,gid=5")
-    shm = os.path.join(dev, "shm")
-    os.mkdir(shm, 0o1777)
-    libc.mount("shm", shm, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
-               f"mode=1777,size={spec.shm_size}")
-    mq = os.path.join(dev, "mqueue")
-    os.mkdir(mq, 0o755)
-    libc.mount("mqueue", mq, "mqueue", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+        os.close(fd)
 
 
-def _add_device(root: str, inside: str, host: str, kind: str, major: int, minor: int,
+def _mount_dev(root: SafeRoot, spec: SiloSpec) -> int:
+    """A fresh tmpfs on /dev with the default nodes; returns an O_PATH fd of its ``null``,
+    kept to mask paths with later (whatever is mounted over /dev afterwards)."""
+    target = root.open_dir("dev", create=True, follow=False)
+    try:
+        libc.mount("tmpfs", root.mount_path(target), "tmpfs",
+                   libc.MS_NOSUID | libc.MS_STRICTATIME, "mode=755,size=65536k")
+    finally:
+        os.close(target)
+    dev = root.open_dir("dev", follow=False)   # the new tmpfs: empty, nothing of the image
+    try:
+        old = os.umask(0)
+        try:
+            for name, kind, major, minor, mode in DEFAULT_DEVICES:
+                os.mknod(name, mode | (stat.S_IFCHR if kind == "c" else stat.S_IFBLK),
+                         os.makedev(major, minor), dir_fd=dev)
+        finally:
+            os.umask(old)
+        null = os.open("null", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev)
+        for src, name in DEV_SYMLINKS:
+            os.symlink(src, name, dir_fd=dev)
+        for device in spec.devices:
+            _add_device(root, *device)
+        if os.path.exists("/proc/kcore"):
+            os.symlink("/proc/kcore", "core", dir_fd=dev)
+        for name, mode, fstype, flags, data in (
+                ("pts", 0o755, "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
+                 "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+                ("shm", 0o1777, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
+                 f"mode=1777,size={spec.shm_size}"),
+                ("mqueue", 0o755, "mqueue", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
+                 None)):
+            os.mkdir(name, mode, dir_fd=dev)
+            fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=dev)
+            try:
+                libc.mount(name if name != "pts" else "devpts", root.mount_path(fd), fstype,
+                           flags, data)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dev)
+    return null
+
+
+def _add_device(root: SafeRoot, inside: str, host: str, kind: str, major: int, minor: int,
                 mode: int, uid: int, gid: int) -> None:
     """A host device in the silo: mknod where the job object allows it, else (no ``m`` in
     its rule) a bind mount of the host's node, as runc falls back to."""
-    target = _inside(root, inside)
-    _mkdirs(os.path.dirname(target))
-    if os.path.lexists(target):
-        os.unlink(target)
-    old = os.umask(0)
+    parent, name = root.parent(inside, create=True)
     try:
-        os.mknod(target, mode | (stat.S_IFCHR if kind == "c" else stat.S_IFBLK),
-                 os.makedev(major, minor))
-        os.chown(target, uid, gid)
-    except PermissionError:
-        fd = os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-        libc.mount(host, target, None, libc.MS_BIND)
+        try:
+            os.unlink(name, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0)
+        try:
+            os.mknod(name, mode | (stat.S_IFCHR if kind == "c" else stat.S_IFBLK),
+                     os.makedev(major, minor), dir_fd=parent)
+            os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
+        except PermissionError:
+            fd = os.open(name, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=parent)
+            os.close(fd)
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            try:
+                libc.mount(host, root.mount_path(fd), None, libc.MS_BIND)
+            finally:
+                os.close(fd)
+        finally:
+            os.umask(old)
     finally:
-        os.umask(old)
+        os.close(parent)
 
 
 def build_rootfs(spec: SiloSpec) -> None:
     """Mount the root filesystem, /proc, /sys, /dev and binds, then ``pivot_root`` into it.
 
     Everything is mounted inside the silo's own mount namespace, so when the last process of the
-    container exits the kernel tears the mounts down and nothing is left on the host.
+    container exits the kernel tears the mounts down and nothing is left on the host. Every
+    target inside the rootfs is the image's to shape (a symlink, a planted file): each is opened
+    inside the rootfs (:class:`SafeRoot`) and mounted onto through its fd.
     """
-    root = spec.rootfs
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     if spec.upper_dir:
         opts = (f"lowerdir={':'.join(spec.lower_dirs)},upperdir={spec.upper_dir},"
                 f"workdir={spec.work_dir}")
-        libc.mount("overlay", root, "overlay", 0, opts)
+        libc.mount("overlay", spec.rootfs, "overlay", 0, opts)
     elif spec.lower_dirs and len(spec.lower_dirs) > 1:
-        libc.mount("overlay", root, "overlay", 0, f"lowerdir={':'.join(spec.lower_dirs)}")
+        libc.mount("overlay", spec.rootfs, "overlay", 0, f"lowerdir={':'.join(spec.lower_dirs)}")
     else:
-        src = spec.lower_dirs[0] if spec.lower_dirs else root
-        libc.mount(src, root, None, libc.MS_BIND | libc.MS_REC)
+        src = spec.lower_dirs[0] if spec.lower_dirs else spec.rootfs
+        libc.mount(src, spec.rootfs, None, libc.MS_BIND | libc.MS_REC)
 
-    proc = os.path.join(root, "proc")
-    _mkdirs(proc)
-    libc.mount("proc", proc, "proc", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
-    sys_dir = os.path.join(root, "sys")
-    _mkdirs(sys_dir)
-    sys_flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
-    if not spec.privileged:
-        sys_flags |= libc.MS_RDONLY
+    with SafeRoot(spec.rootfs) as root:
+        null = _build_tree(root, spec)
     try:
-        libc.mount("sysfs", sys_dir, "sysfs", sys_flags)
-    except OSError as e:
-        # Sharing the host's network namespace forbids a new sysfs instance: bind the host's.
-        if e.errno not in (errno.EPERM, errno.EBUSY):
-            raise
-        libc.mount("/sys", sys_dir, None, libc.MS_BIND | libc.MS_REC)
+        os.chdir(spec.rootfs)
+        libc.pivot_root(".", ".")
+        libc.umount2(".", libc.MNT_DETACH)
+        os.chdir("/")
         if not spec.privileged:
-            libc.mount(None, sys_dir, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | sys_flags)
-    _mount_dev(root, spec)
-    mount_cgroupfs(root, "cgroup" in spec.namespaces or "cgroup" in spec.join, spec.privileged)
-
-    # Binds and tmpfs mounts together, parents before what is mounted inside them.
-    mounts: list = [*spec.binds, *spec.tmpfs]
-    mounts.sort(key=lambda m: len([p for p in (m.target if isinstance(m, BindMount)
-                                               else m[0]).split("/") if p]))
-    for m in mounts:
-        if not isinstance(m, BindMount):
-            target = _inside(root, m[0])
-            _ensure_target(target, True)
-            libc.mount("tmpfs", target, "tmpfs", int(m[1]), m[2] or None)
-            continue
-        target = _inside(root, m.target)
-        is_dir = os.path.isdir(m.source)
-        _ensure_target(target, is_dir)
-        libc.mount(m.source, target, None, libc.MS_BIND | libc.MS_REC)
-        if m.readonly:
-            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
-
-    os.chdir(root)
-    libc.pivot_root(".", ".")
-    libc.umount2(".", libc.MNT_DETACH)
-    os.chdir("/")
-
-    if not spec.privileged:
-        for path in spec.masked_paths:
-            _mask(path)
-        for path in spec.readonly_paths:
-            _readonly(path)
+            with SafeRoot("/") as root:
+                for path in spec.masked_paths:
+                    _mask(root, path, null)
+                for path in spec.readonly_paths:
+                    _readonly(root, path)
+    finally:
+        os.close(null)
     if spec.readonly_rootfs:
         libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
     if spec.hostname and "uts" in spec.namespaces:
@@ -323,22 +358,111 @@ def build_rootfs(spec: SiloSpec) -> None:
         libc.setdomainname(spec.domainname)
 
 
-def _mask(path: str) -> None:
-    """Hide a path: /dev/null over a file, an empty read-only tmpfs over a directory."""
+def _build_tree(root: SafeRoot, spec: SiloSpec) -> int:
+    """/proc, /sys, /dev, then binds and tmpfs mounts, all onto fds resolved in ``root``.
+    Returns an O_PATH fd of the silo's own /dev/null, for masking after ``pivot_root``."""
+    # /proc, /sys and /dev must be the rootfs' own directories, not links elsewhere in it:
+    # procfs mounted where an image link points could be hidden under another mount and
+    # escape its masks and read-only paths (runc refuses the same)
+    proc = root.open_dir("proc", create=True, follow=False)
     try:
-        st = os.stat(path)
-    except OSError:
+        libc.mount("proc", root.mount_path(proc), "proc",
+                   libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+    finally:
+        os.close(proc)
+    sys_fd = root.open_dir("sys", create=True, follow=False)
+    sys_flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    if not spec.privileged:
+        sys_flags |= libc.MS_RDONLY
+    try:
+        libc.mount("sysfs", root.mount_path(sys_fd), "sysfs", sys_flags)
+    except OSError as e:
+        # Sharing the host's network namespace forbids a new sysfs instance: bind the host's.
+        if e.errno not in (errno.EPERM, errno.EBUSY):
+            raise
+        libc.mount("/sys", root.mount_path(sys_fd), None, libc.MS_BIND | libc.MS_REC)
+        if not spec.privileged:
+            _remount(root, "sys", os.stat("/sys"), libc.MS_RDONLY | sys_flags)
+    finally:
+        os.close(sys_fd)
+    null = _mount_dev(root, spec)
+    # /sys is the sysfs mounted just above, so the view's path is the kernel's, not the image's
+    mount_cgroupfs(spec.rootfs, "cgroup" in spec.namespaces or "cgroup" in spec.join,
+                   spec.privileged)
+
+    # Binds and tmpfs mounts together, parents before what is mounted inside them.
+    mounts: list = [*spec.binds, *spec.tmpfs]
+    mounts.sort(key=lambda m: len([p for p in (m.target if isinstance(m, BindMount)
+                                               else m[0]).split("/") if p]))
+    for m in mounts:
+        if not isinstance(m, BindMount):
+            target = _target(root, m[0], True)
+            try:
+                libc.mount("tmpfs", root.mount_path(target), "tmpfs", int(m[1]), m[2] or None)
+            finally:
+                os.close(target)
+            continue
+        source = os.open(m.source, os.O_PATH | os.O_CLOEXEC)
+        try:
+            source_st = os.fstat(source)
+            target = _target(root, m.target, stat.S_ISDIR(source_st.st_mode))
+            try:
+                libc.mount(f"/proc/self/fd/{source}", root.mount_path(target), None,
+                           libc.MS_BIND | libc.MS_REC)
+            finally:
+                os.close(target)
+        finally:
+            os.close(source)
+        if m.readonly:
+            _remount(root, m.target, source_st, libc.MS_RDONLY)
+    return null
+
+
+def make_workdir(path: str) -> None:
+    """Make the working directory (the image's WORKDIR: untrusted) inside the entered root,
+    its links followed inside it only, and check that the path the process will ``chdir`` to
+    names that same directory: a ``--pid host`` container's ``/proc/1/root/...`` would lead
+    to the host's root instead."""
+    with SafeRoot("/") as root:
+        fd = _target(root, path, True)
+    try:
+        made = os.fstat(fd)
+    finally:
+        os.close(fd)
+    plain = os.stat(path)
+    if (plain.st_dev, plain.st_ino) != (made.st_dev, made.st_ino):
+        raise OSError(errno.ELOOP, f"working directory {path} leads outside the container")
+
+
+def _mask(root: SafeRoot, path: str, null: int) -> None:
+    """Hide a path: the silo's own /dev/null over a file, an empty read-only tmpfs over a
+    directory. The null is checked to be the null character device (1:3) before it is
+    bound: a regular file or a link to a host file there would make the mask a window."""
+    try:
+        fd = root.open(path, os.O_PATH, follow=False)
+    except FileNotFoundError:
         return  # absent on this kernel (e.g. /proc/kcore): nothing to hide
-    if stat.S_ISDIR(st.st_mode):
-        libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY, None)
-    else:
-        libc.mount("/dev/null", path, None, libc.MS_BIND)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            libc.mount("tmpfs", root.mount_path(fd), "tmpfs", libc.MS_RDONLY, None)
+            return
+        null_st = os.fstat(null)
+        if not stat.S_ISCHR(null_st.st_mode) or null_st.st_rdev != _NULL_DEVICE:
+            raise OSError(errno.EPERM, f"cannot mask {path}: /dev/null is not the null device")
+        libc.mount(f"/proc/self/fd/{null}", root.mount_path(fd), None, libc.MS_BIND)
+    finally:
+        os.close(fd)
 
 
-def _readonly(path: str) -> None:
-    if not os.path.exists(path):
+def _readonly(root: SafeRoot, path: str) -> None:
+    try:
+        fd = root.open(path, os.O_PATH, follow=False)
+    except FileNotFoundError:
         return
-    libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
-    libc.mount(None, path, None,
-               libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV
-               | libc.MS_NOEXEC)
+    try:
+        st = os.fstat(fd)
+        libc.mount(root.mount_path(fd), root.mount_path(fd), None, libc.MS_BIND | libc.MS_REC)
+    finally:
+        os.close(fd)
+    _remount(root, path, st, libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)

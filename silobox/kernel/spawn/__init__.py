@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from silobox.kernel import libc
-from silobox.kernel.silo import SiloSpec, build_rootfs, enter, set_sysctls
+from silobox.kernel.silo import SiloSpec, build_rootfs, enter, make_workdir, set_sysctls
 
 EXIT_CANNOT_INVOKE = 126
 EXIT_NOT_FOUND = 127
@@ -356,7 +356,7 @@ def _silo_stages(silo: SiloSpec, proc: ProcessSpec, sync_fd: int, start_fd: int,
             _stdio((slave, slave, slave), True)
         stage = "cwd"
         if proc.cwd != "/":
-            os.makedirs(proc.cwd, 0o755, exist_ok=True)
+            make_workdir(proc.cwd)
     except OSError as e:
         raise _StageError(stage, e) from None
     path = resolve_executable(proc.argv[0], proc.env, proc.cwd)
