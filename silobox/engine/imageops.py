@@ -21,6 +21,7 @@ import sys
 import uuid
 from typing import Any, AsyncIterator, Callable, Iterator
 
+from silobox.engine.state import Status, status
 from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure
 
 log = logging.getLogger("silobox.images")
@@ -552,7 +553,7 @@ class ImageOpsService:
         base = self.images.get(c.data["Image"])
         owner = f"commit:{uuid.uuid4().hex}"
         paused_here = False
-        if pause and c.running and c.state.get("Status") != "paused":
+        if pause and c.running and status(c) is not Status.PAUSED:
             await self.container_pause(c.id)
             paused_here = True
         try:
