@@ -26,11 +26,12 @@ from silobox.engine.hostconfig import check_host_config, shared_host_namespaces
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
-from silobox.timeutil import human_duration, now_iso, parse_iso
+from silobox.timeutil import human_duration, now_iso, parse_iso, parse_until
 from silobox.engine.sessions import AttachSession, ExecSession
 from silobox.engine.state import (LIVE, Status, allowed, check, from_compute, initial_state,
                                   is_live, refusal, status, transition)
 from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified
+from silobox.filters import labels_match
 
 class Container:
     """The stored record of one Docker container (what ``docker inspect`` shows)."""
@@ -642,19 +643,19 @@ class ContainerService:
                 raise InvalidArgument(f"invalid filter '{k}'")
         until = 0.0
         if filters.get("until"):
-            from silobox.timeutil import parse_iso as _p
             v = filters["until"][0]
             try:
-                until = float(v)
+                until = parse_until(v)
             except ValueError:
-                until = _p(v)
+                raise InvalidArgument(f"invalid filter 'until={v}'") from None
         deleted, reclaimed = [], 0
         for c in list(self.containers.values()):
             if c.running or status(c) in (Status.RESTARTING, Status.REMOVING):
                 continue
-            if filters.get("label") and not self._match(c, {"label": filters["label"]}):
+            labels = c.config.get("Labels")
+            if filters.get("label") and not labels_match(labels, filters["label"]):
                 continue
-            if any(self._match(c, {"label": [v]}) for v in filters.get("label!", [])):
+            if labels_match(labels, filters.get("label!", []), any_of=True):
                 continue
             if until and parse_iso(c.data["Created"]) >= until:
                 continue
@@ -784,12 +785,8 @@ class ContainerService:
         if f.get("exited"):
             if status(c) is not Status.EXITED or str(c.state["ExitCode"]) not in f["exited"]:
                 return False
-        if f.get("label"):
-            labels = c.config.get("Labels") or {}
-            for v in f["label"]:
-                k, eq, val = v.partition("=")
-                if k not in labels or (eq and labels[k] != val):
-                    return False
+        if f.get("label") and not labels_match(c.config.get("Labels"), f["label"]):
+            return False
         if f.get("ancestor"):
             ok = False
             for v in f["ancestor"]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from silobox.atomic import atomic_write_json
 from silobox.engine.hooks import ContainerHook
+from silobox.filters import labels_match
 from silobox.errors import (Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure,
                             Unavailable)
 from silobox.kernel import libc
@@ -615,7 +616,7 @@ class StorageOps:
                 continue
             if filters.get("driver") and vol.driver not in filters["driver"]:
                 continue
-            if filters.get("label") and not _labels_match(vol.labels or {}, filters["label"]):
+            if filters.get("label") and not labels_match(vol.labels, filters["label"]):
                 continue
             if filters.get("dangling"):
                 want = filters["dangling"][0].lower()
@@ -669,9 +670,9 @@ class StorageOps:
         for vol in self.volumes.list():
             if not all_volumes and not vol.anonymous:
                 continue
-            if filters.get("label") and not _labels_match(vol.labels or {}, filters["label"]):
+            if filters.get("label") and not labels_match(vol.labels, filters["label"]):
                 continue
-            if filters.get("label!") and _labels_match(vol.labels or {}, filters["label!"],
+            if filters.get("label!") and labels_match(vol.labels, filters["label!"],
                                                        any_of=True):
                 continue
             if self._volume_users(vol.name):
@@ -878,10 +879,3 @@ class _Named:
         self.data: dict[str, Any] = {"Config": {"Labels": {}}, "Name": "/" + name}
         self.config = self.data["Config"]
 
-
-def _labels_match(labels: dict[str, str], wanted: list[str], any_of: bool = False) -> bool:
-    results = []
-    for w in wanted:
-        k, eq, v = w.partition("=")
-        results.append(k in labels and (not eq or labels[k] == v))
-    return any(results) if any_of else all(results)
