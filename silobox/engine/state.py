@@ -44,7 +44,7 @@ class HasState(Protocol):
 
 
 # A refusal: the error class and its message; {id} is the full id, {short} the first 12 digits,
-# {verb} and {status} what was asked and what the container is; other fields come from the caller.
+# {verb} and {status} what was asked and what the container is, {ref} the name the user gave.
 Refusal = tuple[type[SiloboxError], str]
 
 
@@ -135,7 +135,8 @@ def refusal(c: HasState, verb: str, **context: Any) -> SiloboxError:
     rule = TRANSITIONS[verb]
     cls, template = rule.refusals.get(st) or rule.refusals.get(None) or (
         Conflict, "cannot {verb} container {short}: it is {status}")
-    message = template.format(id=c.id, short=c.id[:12], verb=verb, status=st.value, **context)
+    fields = {"id": c.id, "short": c.id[:12], "verb": verb, "status": st.value, "ref": c.id}
+    message = template.format(**{**fields, **context})   # ref: the name the user gave
     return cls(message, operation=verb, object_id=c.id)
 
 
