@@ -45,7 +45,7 @@ def parse_rfc3339(text: str, *, naive: str | None = None, partial: bool = False)
         seconds = stamp.timestamp()
     else:
         seconds = calendar.timegm(stamp.timetuple())
-        if zone and zone not in "Zz":
+        if zone and zone not in ("Z", "z"):
             offset = int(zone[1:3]) * 3600 + int(zone[-2:]) * 60
             seconds -= offset if zone[0] == "+" else -offset
     return seconds + (int(fraction[:9].ljust(9, "0")) / 1e9 if fraction else 0.0)

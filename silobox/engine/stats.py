@@ -30,8 +30,7 @@ class StatsService:
         system = self.system_of(c)  # type: ignore[attr-defined]
         base: dict[str, Any] = {"read": now_iso(), "preread": pre["read"] if pre else ZERO_TIME,
                                 "name": "/" + c.name, "id": c.id, "num_procs": 0}
-        if not is_live(system) \
-                or not system.job.exists():
+        if not is_live(system) or not system.job.exists():
             base.update(cpu_stats={"cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0,
                                                  "usage_in_usermode": 0},
                                    "throttling_data": {"periods": 0, "throttled_periods": 0,
