@@ -209,3 +209,18 @@ def test_is_live() -> None:
     assert not S.is_live(System(ComputeState.STOPPED))
     assert not S.is_live(System(ComputeState.CREATED))
     assert not S.is_live(None)
+
+
+def test_no_other_writer_of_a_containers_state() -> None:
+    """transition() stays the only writer: no module assigns into or updates ``.state``."""
+    import pathlib
+    import re
+
+    import silobox
+    write = re.compile(r"\.state(\[[^]]+\] *=[^=]|\.(update|pop|setdefault|clear)\()"
+                       r"|\.data\[\"State\"\] *=[^=]")
+    root = pathlib.Path(silobox.__file__).parent
+    offenders = [f"{path.relative_to(root)}:{n}"
+                 for path in sorted((root / "engine").rglob("*.py")) if path.name != "state.py"
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if write.search(line)]
+    assert offenders == []
