@@ -87,7 +87,9 @@ class ContainerService:
         self._removed_waiters: dict[str, list[asyncio.Future]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._backoff: dict[str, float] = {}
-        self._restarts: dict[str, asyncio.Task] = {}
+        self._restarts: dict[str, asyncio.Task] = {}   # policy restarts still in their back-off
+        self._restart_tasks: set[asyncio.Task] = set()   # ... and those already starting
+        self._closing = False
         self.container_hooks: list[ContainerHook] = []
         import json
         for row in self.db.query("SELECT data FROM containers"):
@@ -423,7 +425,10 @@ class ContainerService:
             except Exception:  # the record stays for a manual rm
                 pass
         elif self._should_restart(c, ex.exit_code):
-            self._restarts[c.id] = asyncio.get_running_loop().create_task(self._restart_later(c))
+            task = asyncio.get_running_loop().create_task(self._restart_later(c))
+            self._restarts[c.id] = task
+            self._restart_tasks.add(task)
+            task.add_done_callback(self._restart_tasks.discard)
 
     def _cancel_restart(self, c: Container) -> bool:
         """A user's stop or kill between two restarts: no more restarts; True if one was due."""
@@ -434,6 +439,17 @@ class ContainerService:
         transition(c, "cancel_restart")
         self._save(c)
         return True
+
+    async def _stop_restarts(self) -> None:
+        """silod is stopping: no policy restart may start a container while its networks and
+        storage go away. Those waiting stay 'restarting' (recovery decides again at the next
+        start); a start already under way finishes first."""
+        self._closing = True
+        for task in self._restarts.values():
+            task.cancel()
+        self._restarts.clear()
+        if self._restart_tasks:
+            await asyncio.wait(list(self._restart_tasks), timeout=30)
 
     def _should_restart(self, c: Container, exit_code: int) -> bool:
         """The restart policy, as Docker applies it after an exit nobody asked for."""
@@ -464,7 +480,7 @@ class ContainerService:
             self._restarts.pop(c.id, None)
         try:
             async with self._lock(c.id):
-                if c.id not in self.containers or c.running:
+                if c.id not in self.containers or c.running or self._closing:
                     return
                 if c.data["Silobox"].get("StoppedByUser"):   # stopped while it waited
                     if allowed(c, "cancel_restart"):
@@ -964,6 +980,9 @@ class ContainerService:
             if status(c) is Status.REMOVING:
                 await self._remove(c, force=True)
                 continue
+            if status(c) is Status.RESTARTING:   # silod stopped during a policy back-off:
+                transition(c, "cancel_restart")   # the policy below decides again
+                self._save(c)
             if not c.running:
                 continue
             system = self.compute.create(c.id, self._document(c))
