@@ -288,3 +288,22 @@ def test_a_policy_restart_interrupted_by_silod_stopping_ends_exited(silod):
         assert (st["ExitCode"], st["Error"]) == (3, "")
     finally:
         silod.client.remove_container(c, force=True)
+
+
+def test_container_prune_until(api, silod):
+    """``until`` takes dockerd's forms; one it cannot read is refused, not taken as no filter."""
+    c = api.create_container(IMAGE, ["true"], labels={"silotest": "prune-until"})
+    try:
+        only = {"label": "silotest=prune-until"}
+        assert api.prune_containers(filters={**only, "until": "1h"})["ContainersDeleted"] is None
+        status, doc = silod.request(
+            "POST", '/containers/prune?filters={"until":["soon"],"label":["silotest"]}')
+        assert (status, doc["message"]) == (400, "invalid filter 'until=soon'")
+        assert c["Id"] in [x["Id"] for x in api.containers(all=True)]
+        res = api.prune_containers(filters={**only, "until": str(int(time.time()) + 5)})
+        assert res["ContainersDeleted"] == [c["Id"]]
+    finally:
+        try:
+            api.remove_container(c, force=True)
+        except docker.errors.NotFound:
+            pass
