@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 import time
 
-from silobox.timeutil import human_duration, parse_go_duration  # noqa: F401  (shared with the daemon)
-from silobox.timeutil import parse_rfc3339
+from silobox.timeutil import human_duration  # noqa: F401  (shared with the daemon)
+from silobox.timeutil import parse_go_duration, parse_rfc3339
 
 _SIZE_RE = r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$"
 _BINARY = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
