@@ -10,6 +10,7 @@ import re
 import time
 
 from silobox.timeutil import human_duration  # noqa: F401  (shared with the daemon)
+from silobox.timeutil import parse_go_duration, parse_rfc3339
 
 _SIZE_RE = r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$"
 _BINARY = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -65,33 +66,6 @@ def bytes_size(size: float) -> str:
     return _custom_size("%.4g%s", float(size), 1024.0, _BINARY_UNITS)
 
 
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-             "h": 3600.0}
-_GO_DURATION_RE = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)"
-
-
-def parse_go_duration(value: str) -> float:
-    """``1h30m`` / ``90s`` / ``1.5h`` → seconds, Go's time.ParseDuration grammar."""
-    text = value.strip()
-    sign = 1.0
-    if text[:1] in "+-" and text:
-        sign = -1.0 if text[0] == "-" else 1.0
-        text = text[1:]
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    if not text:
-        raise ValueError(f'time: invalid duration "{value}"')
-    pattern = re.compile(_GO_DURATION_RE)  # cached by re after the first call
-    while pos < len(text):
-        m = pattern.match(text, pos)
-        if not m:
-            raise ValueError(f'time: invalid duration "{value}"')
-        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
-        pos = m.end()
-    return sign * total
-
-
 def parse_timestamp(value: str, now: float | None = None) -> str:
     """``--since``/``--until`` value → the API's ``seconds[.nanoseconds]`` string.
 
@@ -116,18 +90,7 @@ def parse_timestamp(value: str, now: float | None = None) -> str:
 
 def parse_iso(value: str) -> float:
     """RFC 3339 timestamp (nanosecond fractions allowed) → Unix seconds; naive means local."""
-    from datetime import datetime
-
-    text = value.strip()
-    m = re.match(r"^(.*?T?\d\d:\d\d(?::\d\d)?)(\.\d+)?(.*)$", text)
-    frac = 0.0
-    if m:
-        frac = float(m.group(2)) if m.group(2) else 0.0
-        text = m.group(1) + m.group(3)
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    dt = datetime.fromisoformat(text)
-    return dt.timestamp() + frac
+    return parse_rfc3339(value.strip(), naive="local", partial=True)
 
 
 def go_time_zero(value: str | None) -> bool:

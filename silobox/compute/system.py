@@ -3,8 +3,8 @@
 A ``ComputeSystem`` is one process-isolated container: a job object (cgroup), a silo
 (namespaces + root filesystem) and a shim that holds its first process. The verbs are HCS's:
 create, start, pause, resume, shutdown (the stop signal, then terminate after the timeout),
-terminate, properties, modify, create process, wait. Every verb checks the state machine
-(Created → Running ⇄ Paused → Stopped, and Stopped → Running again) before acting.
+terminate, properties, modify, create process, wait. Every verb checks :data:`VERBS`, the state
+machine (Created → Running ⇄ Paused → Stopped, and Stopped → Running again), before acting.
 
 The daemon side only: documents are translated to plain specs here (the part hcsshim calls
 ``hcsoci``) and handed to the spawner; nothing here forks.
@@ -24,7 +24,7 @@ from enum import Enum
 from typing import Any, Awaitable, Callable
 
 from silobox.errors import (AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified,
-                            NotRunning, SystemFailure)
+                            NotRunning, SiloboxError, SystemFailure)
 from silobox.compute.schema import ContainerDocument, ProcessParameters, parse_document
 from silobox.compute.shimclient import ShimClient, ShimStream
 from silobox.compute.spawner import Spawner
@@ -40,6 +40,48 @@ class State(str, Enum):
     RUNNING = "Running"
     PAUSED = "Paused"
     STOPPED = "Stopped"
+
+
+_LIVE = frozenset({State.RUNNING, State.PAUSED})
+_IDLE = frozenset({State.CREATED, State.STOPPED})
+
+
+@dataclass(frozen=True)
+class Verb:
+    """What one HCS verb may start from, where it leaves the system, what an exit after it means.
+
+    ``during`` names verbs in flight that allow this one whatever the state (attach while a start
+    waits for its clients); ``exit_type`` is what an exit is called once this verb has been asked.
+    """
+
+    allowed: frozenset[State]
+    to: State | None = None
+    during: frozenset[str] = frozenset()
+    exit_type: str = ""
+    refusals: dict[State, tuple[type[SiloboxError], str]] = dataclasses.field(default_factory=dict)
+
+
+_NOT_RUNNING: tuple[type[SiloboxError], str] = (NotModified, "container {short} is not running")
+_ALREADY_RUNNING: tuple[type[SiloboxError], str] = (NotModified,
+                                                    "container {short} is already running")
+
+VERBS: dict[str, Verb] = {
+    "start": Verb(_IDLE, State.RUNNING,
+                  refusals={State.RUNNING: _ALREADY_RUNNING, State.PAUSED: _ALREADY_RUNNING}),
+    "reattach": Verb(frozenset({State.CREATED})),   # to Running or Paused, as the freezer says
+    "exit": Verb(frozenset(State), State.STOPPED),
+    "pause": Verb(frozenset({State.RUNNING}), State.PAUSED),
+    "resume": Verb(frozenset({State.PAUSED}), State.RUNNING,
+                   refusals={State.RUNNING: (Conflict, "container {short} is not paused")}),
+    "shutdown": Verb(_LIVE, exit_type="GracefulExit",
+                     refusals={State.CREATED: _NOT_RUNNING, State.STOPPED: _NOT_RUNNING}),
+    "terminate": Verb(_LIVE, exit_type="ForcedExit",
+                      refusals={State.CREATED: _NOT_RUNNING, State.STOPPED: _NOT_RUNNING}),
+    "signal": Verb(_LIVE),
+    "attach": Verb(_LIVE, during=frozenset({"start"})),
+    "resize": Verb(_LIVE),
+    "exec": Verb(frozenset({State.RUNNING})),
+}
 
 
 @dataclass
@@ -142,18 +184,29 @@ class ComputeSystem:
         self.on_exit: list[Callable[["ComputeSystem"], Awaitable[None] | None]] = []
         self._exited = asyncio.Event()
         self._monitor: asyncio.Task | None = None
-        self._stopping: str | None = None
-        self._starting = False
+        # The verb in flight that the state alone does not show: "start" while clients attach
+        # before the release, "shutdown"/"terminate" once a stop was asked (names the exit).
+        self.pending: str | None = None
         self._lock = asyncio.Lock()
 
     # ----- state machine ------------------------------------------------------------------
-    def _require(self, verb: str, *allowed: State) -> None:
-        if self.state not in allowed:
-            if self.state in (State.CREATED, State.STOPPED) and verb not in ("start",):
-                raise NotRunning(f"container {self.id[:12]} is not running", operation=verb,
-                                 object_id=self.id)
-            raise Conflict(f"cannot {verb} container {self.id[:12]}: it is "
-                           f"{self.state.value.lower()}", operation=verb, object_id=self.id)
+    def _check(self, verb: str) -> None:
+        """Raise unless :data:`VERBS` allows ``verb`` now."""
+        rule = VERBS[verb]
+        if self.state in rule.allowed or self.pending in rule.during:
+            return
+        cls, template = rule.refusals.get(self.state) or (
+            (NotRunning, "container {short} is not running") if self.state in _IDLE else
+            (Conflict, "cannot {verb} container {short}: it is {state}"))
+        raise cls(template.format(short=self.id[:12], verb=verb, state=self.state.value.lower()),
+                  operation=verb, object_id=self.id)
+
+    def _enter(self, verb: str, to: State | None = None) -> None:
+        """Check ``verb``, then take the state its entry (or ``to``) names."""
+        self._check(verb)
+        target = to or VERBS[verb].to
+        if target is not None:
+            self.state = target
 
     # ----- start ----------------------------------------------------------------------------
     async def start(self, init: ProcessParameters, *, log_path: str | None = None,
@@ -161,10 +214,7 @@ class ComputeSystem:
                     before_release: Callable[[ShimClient], Awaitable[None]] | None = None) -> None:
         """Create the job object, spawn the shim, let ``before_release`` attach, then exec."""
         async with self._lock:
-            if self.state in (State.RUNNING, State.PAUSED):
-                raise NotModified(f"container {self.id[:12]} is already running", operation="start",
-                                  object_id=self.id)
-            self._require("start", State.CREATED, State.STOPPED)
+            self._check("start")
             os.makedirs(self.state_dir, exist_ok=True)
             for stale in ("exit.json", "shim.sock", "shim.json"):
                 try:
@@ -213,14 +263,15 @@ class ComputeSystem:
             self.pid, self.shim_pid = report["pid"], report["shim_pid"]
             self._exited = asyncio.Event()
             self.exit = None
-            self._stopping = None
+            self.pending = None
             self._monitor = asyncio.get_running_loop().create_task(self._watch())
             if before_release is not None:
-                self._starting = True
+                self.pending = "start"
                 try:
                     await before_release(self.shim)
                 finally:
-                    self._starting = False
+                    if self.pending == "start":
+                        self.pending = None
                     result = await self.shim.request({"op": "start"})
             else:
                 result = report
@@ -229,7 +280,8 @@ class ComputeSystem:
                 await self._exited.wait()
                 raise self._start_error(result)
             self.started_at = result.get("started_at") or _now()
-            self.state = State.RUNNING
+            if not self._exited.is_set():   # a command that ended at once has been recorded
+                self._enter("start")
 
     def _start_error(self, report: dict) -> StartError:
         import errno as _errno
@@ -260,11 +312,11 @@ class ComputeSystem:
             error = "the container's shim exited unexpectedly"
         else:
             error = ""
-        exit_type = {"stop": "GracefulExit", "kill": "ForcedExit"}.get(self._stopping or "",
-                                                                       "UnexpectedExit")
+        asked = VERBS.get(self.pending or "")
+        exit_type = asked.exit_type if asked and asked.exit_type else "UnexpectedExit"
         self.exit = ExitStatus(int(record.get("ExitCode", 255)), bool(record.get("OOMKilled")),
                                record.get("FinishedAt") or _now(), exit_type, error)
-        self.state = State.STOPPED
+        self._enter("exit")
         self.pid = 0
         self._exited.set()
         for cb in list(self.on_exit):
@@ -290,7 +342,7 @@ class ComputeSystem:
                 self.pid = st.get("pid", 0)
                 self.shim_pid = info.get("ShimPid", 0)
                 self.started_at = st.get("started_at") or ""
-                self.state = State.PAUSED if self._frozen() else State.RUNNING
+                self._enter("reattach", State.PAUSED if self._frozen() else State.RUNNING)
                 self._exited = asyncio.Event()
                 self._monitor = asyncio.get_running_loop().create_task(self._watch())
                 return
@@ -310,7 +362,7 @@ class ComputeSystem:
 
     # ----- verbs ------------------------------------------------------------------------------
     async def signal(self, sig: int) -> None:
-        self._require("signal", State.RUNNING, State.PAUSED)
+        self._check("signal")
         if sig == _signal.SIGKILL:
             await self.terminate()
             return
@@ -320,12 +372,11 @@ class ComputeSystem:
 
     async def shutdown(self, timeout: float = 10.0, sig: int = _signal.SIGTERM) -> None:
         """Graceful stop: the stop signal to PID 1, then terminate once ``timeout`` passes."""
-        if self.state not in (State.RUNNING, State.PAUSED):
-            raise NotModified(f"container {self.id[:12]} is not running", object_id=self.id)
-        self._stopping = "stop"
+        self._check("shutdown")
+        self.pending = "shutdown"
         if self.state == State.PAUSED:
             self.job.thaw()
-            self.state = State.RUNNING
+            self._enter("resume")
         if sig != _signal.SIGKILL and timeout != 0:
             try:
                 await self.shim.request({"op": "signal", "signal": sig})
@@ -341,10 +392,9 @@ class ComputeSystem:
 
     async def terminate(self) -> None:
         """Forced stop: kill every process of the job object (TerminateComputeSystem)."""
-        if self.state not in (State.RUNNING, State.PAUSED):
-            raise NotModified(f"container {self.id[:12]} is not running", object_id=self.id)
-        if self._stopping is None:
-            self._stopping = "kill"
+        self._check("terminate")
+        if self.pending is None:
+            self.pending = "terminate"
         try:
             self.job.kill_all(_signal.SIGKILL)
             if self.state == State.PAUSED:
@@ -358,18 +408,16 @@ class ComputeSystem:
             raise SystemFailure(f"container {self.id[:12]} did not exit after SIGKILL",
                                 operation="terminate", object_id=self.id) from None
 
-    def pause(self) -> None:
-        self._require("pause", State.RUNNING)
-        self.job.freeze()
-        self.state = State.PAUSED
+    async def pause(self) -> None:
+        """Freeze the job object; the freezer is waited for off the loop (v1 polls)."""
+        self._check("pause")
+        await asyncio.get_running_loop().run_in_executor(None, self.job.freeze)
+        self._enter("pause")   # an exit while freezing wins: not running
 
-    def resume(self) -> None:
-        if self.state == State.RUNNING:
-            raise Conflict(f"container {self.id[:12]} is not paused", operation="resume",
-                           object_id=self.id)
-        self._require("resume", State.PAUSED)
-        self.job.thaw()
-        self.state = State.RUNNING
+    async def resume(self) -> None:
+        self._check("resume")
+        await asyncio.get_running_loop().run_in_executor(None, self.job.thaw)
+        self._enter("resume")
 
     async def wait(self) -> ExitStatus:
         await self._exited.wait()
@@ -428,12 +476,12 @@ class ComputeSystem:
             self.doc.linux.resources.update({k: v for k, v in settings.items() if v is not None})
         else:
             raise InvalidArgument(f"unsupported ResourcePath {path!r}")
-        if self.state in (State.RUNNING, State.PAUSED):
+        if self.state in _LIVE:
             self.job.set_limits(limits)
 
     async def attach(self, stdin: bool) -> ShimStream:
-        if not (self.pid and self._starting):   # between shim ready and release, attach is how
-            self._require("attach", State.RUNNING, State.PAUSED)   # clients get all output
+        # between shim ready and release ("start" pending), attach is how clients get all output
+        self._check("attach")
         res, stream = await self.shim.stream({"op": "attach", "stdin": stdin})
         if not res.get("ok"):
             await stream.close()
@@ -441,7 +489,7 @@ class ComputeSystem:
         return stream
 
     async def resize_console(self, height: int, width: int, target: str | None = None) -> None:
-        self._require("resize", State.RUNNING, State.PAUSED)
+        self._check("resize")
         res = await self.shim.request({"op": "resize", "target": target, "height": height,
                                        "width": width})
         if not res.get("ok"):
@@ -450,7 +498,7 @@ class ComputeSystem:
     async def create_process(self, exec_id: str, params: ProcessParameters,
                              privileged: bool = False) -> "Process":
         """HCS CreateProcess: a new process in the running silo, joined through setns."""
-        self._require("exec", State.RUNNING)
+        self._check("exec")
         proc = await asyncio.get_running_loop().run_in_executor(
             None, self.service.translate_process, self.doc, params, privileged)
         res, stream = await self.shim.stream({
@@ -478,7 +526,7 @@ class ComputeSystem:
             "JobObject": {"Name": self.id, "Path": self.job.path,
                           "Exists": self.job.exists()},
         }
-        running = self.state in (State.RUNNING, State.PAUSED) and self.job.exists()
+        running = self.state in _LIVE and self.job.exists()
         if "Statistics" in types:
             props["Statistics"] = self._statistics() if running else None
         if "ProcessList" in types:
@@ -573,7 +621,7 @@ class ComputeService:
     def close_system(self, cid: str) -> None:
         """Forget a stopped system and remove its state directory (HcsCloseComputeSystem)."""
         system = self.systems.get(cid)
-        if system is not None and system.state in (State.RUNNING, State.PAUSED):
+        if system is not None and system.state in _LIVE:
             raise Conflict(f"compute system {cid[:12]} is running", object_id=cid)
         if system is not None:
             system.close()

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 
 from silobox.atomic import atomic_write
 from silobox.compute.schema import ProcessParameters
-from silobox.compute.system import ComputeSystem, StartError, State
+from silobox.compute.system import ComputeSystem, StartError
 from silobox.engine import spec as S
 from silobox.engine.health import parse_healthcheck
 from silobox.engine.devices import check_device_requests, device_rules, resolve_devices
@@ -27,9 +27,12 @@ from silobox.engine.hostconfig import (check_blkio, check_host_config, check_win
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
-from silobox.timeutil import ZERO_TIME, human_duration, now_iso, parse_iso
+from silobox.timeutil import human_duration, now_iso, parse_iso, parse_until
 from silobox.engine.sessions import AttachSession, ExecSession
+from silobox.engine.state import (LIVE, Status, allowed, check, from_compute, initial_state,
+                                  is_live, refusal, status, transition)
 from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified
+from silobox.filters import labels_match
 
 class Container:
     """The stored record of one Docker container (what ``docker inspect`` shows)."""
@@ -59,7 +62,7 @@ class Container:
 
     @property
     def running(self) -> bool:
-        return self.state["Status"] in ("running", "paused")
+        return self.state["Status"] in LIVE
 
 
 class ContainerService:
@@ -85,7 +88,9 @@ class ContainerService:
         self._removed_waiters: dict[str, list[asyncio.Future]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._backoff: dict[str, float] = {}
-        self._restarts: dict[str, asyncio.Task] = {}
+        self._restarts: dict[str, asyncio.Task] = {}   # policy restarts still in their back-off
+        self._restart_tasks: set[asyncio.Task] = set()   # ... and those already starting
+        self._closing = False
         self.container_hooks: list[ContainerHook] = []
         import json
         for row in self.db.query("SELECT data FROM containers"):
@@ -194,10 +199,7 @@ class ContainerService:
         cdir = self._container_dir(cid)
         data = {
             "Id": cid, "Created": now_iso(), "Path": argv[0], "Args": argv[1:],
-            "State": {"Status": "created", "Running": False, "Paused": False,
-                      "Restarting": False, "OOMKilled": False, "Dead": False, "Pid": 0,
-                      "ExitCode": 0, "Error": "", "StartedAt": ZERO_TIME,
-                      "FinishedAt": ZERO_TIME},
+            "State": initial_state(),
             "Image": image.id, "ResolvConfPath": os.path.join(cdir, "resolv.conf"),
             "HostnamePath": os.path.join(cdir, "hostname"),
             "HostsPath": os.path.join(cdir, "hosts"),
@@ -359,15 +361,12 @@ class ContainerService:
             # a link or namespace target that is not running is a 409 but still a failed
             # start), unless it is running or already being removed.
             if c.host_config.get("AutoRemove") and c.id in self.containers \
-                    and not c.running and c.state["Status"] != "removing":
+                    and not c.running and status(c) is not Status.REMOVING:
                 await self._remove(c, force=True)
             raise
 
     async def _start(self, c: Container) -> None:
-        if c.running:
-            raise NotModified(f"container {c.id[:12]} is already running")
-        if c.state["Status"] == "removing":
-            raise Conflict(f"container {c.id[:12]} is marked for removal and cannot be started")
+        check(c, "start")
         self.compute.close_system(c.id)
         try:
             document = self._document(c)
@@ -400,9 +399,7 @@ class ContainerService:
                                before_release=before_release if pending else None)
         except BaseException as e:
             if isinstance(e, StartError):
-                c.state.update(Status="created" if c.state["StartedAt"] == ZERO_TIME
-                               else "exited", ExitCode=e.exit_code, Error=e.message,
-                               Running=False, Pid=0)
+                transition(c, "start_failed", ExitCode=e.exit_code, Error=e.message)
                 self._save(c)
             for sess in pending:
                 sess.finish()
@@ -410,9 +407,7 @@ class ContainerService:
             for hook in self.container_hooks:
                 await hook.on_stop(c)
             raise
-        c.state.update(Status="running", Running=True, Paused=False, Restarting=False,
-                       Pid=system.pid, ExitCode=0, Error="", OOMKilled=False,
-                       StartedAt=system.started_at, FinishedAt=ZERO_TIME)
+        transition(c, "start", Pid=system.pid, StartedAt=system.started_at)
         c.data["Silobox"]["StoppedByUser"] = False
         self._save(c)
         self.emit_event("container", "start", c)
@@ -426,9 +421,8 @@ class ContainerService:
             return
         ex = system.exit
         self._stop_health(c)
-        c.state.update(Status="exited", Running=False, Paused=False, Pid=0,
-                       ExitCode=ex.exit_code, OOMKilled=ex.oom_killed, FinishedAt=ex.finished_at,
-                       Error=ex.error)
+        transition(c, "exit", ExitCode=ex.exit_code, OOMKilled=ex.oom_killed,
+                   FinishedAt=ex.finished_at, Error=ex.error)
         self._save(c)
         for hook in self.container_hooks:
             await hook.on_stop(c)
@@ -444,7 +438,10 @@ class ContainerService:
             except Exception:  # the record stays for a manual rm
                 pass
         elif self._should_restart(c, ex.exit_code):
-            self._restarts[c.id] = asyncio.get_running_loop().create_task(self._restart_later(c))
+            task = asyncio.get_running_loop().create_task(self._restart_later(c))
+            self._restarts[c.id] = task
+            self._restart_tasks.add(task)
+            task.add_done_callback(self._restart_tasks.discard)
 
     def _cancel_restart(self, c: Container) -> bool:
         """A user's stop or kill between two restarts: no more restarts; True if one was due."""
@@ -452,9 +449,20 @@ class ContainerService:
         if task is None:
             return False
         task.cancel()
-        c.state.update(Status="exited", Restarting=False)
+        transition(c, "cancel_restart")
         self._save(c)
         return True
+
+    async def _stop_restarts(self) -> None:
+        """silod is stopping: no policy restart may start a container while its networks and
+        storage go away. Those waiting stay 'restarting' (recovery decides again at the next
+        start); a start already under way finishes first."""
+        self._closing = True
+        for task in self._restarts.values():
+            task.cancel()
+        self._restarts.clear()
+        if self._restart_tasks:
+            await asyncio.wait(list(self._restart_tasks), timeout=30)
 
     def _should_restart(self, c: Container, exit_code: int) -> bool:
         """The restart policy, as Docker applies it after an exit nobody asked for."""
@@ -474,7 +482,10 @@ class ContainerService:
         backoff = self._backoff.get(c.id, 0.05)
         backoff = 0.1 if finished - started > 10 else min(backoff * 2, 60.0)
         self._backoff[c.id] = backoff
-        c.state.update(Status="restarting", Restarting=True)
+        if not allowed(c, "schedule_restart"):   # started or removed since it exited
+            self._restarts.pop(c.id, None)
+            return
+        transition(c, "schedule_restart")
         self._save(c)
         try:
             await asyncio.sleep(backoff)
@@ -482,14 +493,19 @@ class ContainerService:
             self._restarts.pop(c.id, None)
         try:
             async with self._lock(c.id):
-                if (c.id not in self.containers or c.running
-                        or c.data["Silobox"].get("StoppedByUser")):
+                if c.id not in self.containers or c.running or self._closing:
+                    return
+                if c.data["Silobox"].get("StoppedByUser"):   # stopped while it waited
+                    if allowed(c, "cancel_restart"):
+                        transition(c, "cancel_restart")
+                        self._save(c)
                     return
                 c.data["RestartCount"] = c.data.get("RestartCount", 0) + 1
                 await self._start(c)
         except Exception as e:  # recorded on the container; the policy tries again on exit
-            c.state.update(Status="exited", Restarting=False, Error=str(e))
-            self._save(c)
+            if c.id in self.containers and allowed(c, "restart_failed"):
+                transition(c, "restart_failed", Error=str(e))
+                self._save(c)
 
     def system_of(self, c: Container) -> ComputeSystem | None:
         try:
@@ -506,9 +522,8 @@ class ContainerService:
             if self._cancel_restart(c):
                 return
             system = self.system_of(c)
-            if not c.running or system is None or system.state not in (State.RUNNING,
-                                                                         State.PAUSED):
-                raise NotModified(f"container {c.id[:12]} is not running")
+            if not c.running or not is_live(system):
+                raise refusal(c, "stop")
             if timeout is None:
                 timeout = c.config.get("StopTimeout")
                 if timeout is None:
@@ -537,10 +552,8 @@ class ContainerService:
         sig = S.parse_signal(signal or "SIGKILL", _signal.SIGKILL)
         async with self._lock(c.id):
             system = self.system_of(c)
-            running = c.running and system is not None and system.state in (State.RUNNING,
-                                                                               State.PAUSED)
-            if not running and c.id not in self._restarts:
-                raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
+            if not (c.running and is_live(system)) and c.id not in self._restarts:
+                raise refusal(c, "kill", ref=ref)
             self._stopped_by_user(c)
             if self._cancel_restart(c):
                 return
@@ -584,9 +597,8 @@ class ContainerService:
     # ----- remove ----------------------------------------------------------------------------
     async def container_remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         c = self._find(ref)
-        if c.running and not force:
-            raise Conflict(f"You cannot remove a running container {c.id}. Stop the container "
-                           "before attempting removal or force remove")
+        if not force:
+            check(c, "remove")
         c.remove_volumes = volumes   # type: ignore[attr-defined]  # read by the storage hook
         await self._remove(c, force)
 
@@ -599,10 +611,10 @@ class ContainerService:
                 return
             system = self.system_of(c)
             c.data["Silobox"]["StoppedByUser"] = True   # no policy restart during removal
-            if system is not None and system.state in (State.RUNNING, State.PAUSED):
+            if is_live(system):
                 await system.terminate()
                 await self._settled(c)     # the exit is recorded (and "die" sent) first
-            c.state["Status"] = "removing"
+            transition(c, "begin_removal")
             self.compute.close_system(c.id)
             for hook in self.container_hooks:
                 await hook.on_remove(c)
@@ -648,7 +660,7 @@ class ContainerService:
             hc["RestartPolicy"] = S.parse_restart_policy(body["RestartPolicy"], False)
         resources = S.resources_from_hostconfig(hc)
         system = self.system_of(c)
-        if system is not None and system.state in (State.RUNNING, State.PAUSED):
+        if is_live(system):
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, system.modify, {
                 "ResourcePath": "Container/Linux/Resources", "RequestType": "Update",
@@ -680,19 +692,19 @@ class ContainerService:
                 raise InvalidArgument(f"invalid filter '{k}'")
         until = 0.0
         if filters.get("until"):
-            from silobox.timeutil import parse_iso as _p
             v = filters["until"][0]
             try:
-                until = float(v)
+                until = parse_until(v)
             except ValueError:
-                until = _p(v)
+                raise InvalidArgument(f"invalid filter 'until={v}'") from None
         deleted, reclaimed = [], 0
         for c in list(self.containers.values()):
-            if c.running or c.state["Status"] in ("restarting", "removing"):
+            if c.running or status(c) in (Status.RESTARTING, Status.REMOVING):
                 continue
-            if filters.get("label") and not self._match(c, {"label": filters["label"]}):
+            labels = c.config.get("Labels")
+            if filters.get("label") and not labels_match(labels, filters["label"]):
                 continue
-            if any(self._match(c, {"label": [v]}) for v in filters.get("label!", [])):
+            if labels_match(labels, filters.get("label!", []), any_of=True):
                 continue
             if until and parse_iso(c.data["Created"]) >= until:
                 continue
@@ -704,26 +716,26 @@ class ContainerService:
 
     # ----- pause / rename / resize -----------------------------------------------------------
     async def container_pause(self, ref: str) -> None:
-        c = self._find(ref)
-        system = self.system_of(c)
-        if system is None or not c.running:
-            raise Conflict(f"Container {c.id} is not running")
-        if system.state == State.PAUSED:
-            raise Conflict(f"Container {c.id} is already paused")
-        await asyncio.get_running_loop().run_in_executor(None, system.pause)
-        c.state.update(Status="paused", Paused=True)
-        self._save(c)
-        self.emit_event("container", "pause", c)
+        await self._freeze(self._find(ref), "pause")
 
     async def container_unpause(self, ref: str) -> None:
-        c = self._find(ref)
-        system = self.system_of(c)
-        if system is None or system.state != State.PAUSED:
-            raise Conflict(f"Container {c.id} is not paused")
-        system.resume()
-        c.state.update(Status="running", Paused=False)
-        self._save(c)
-        self.emit_event("container", "unpause", c)
+        await self._freeze(self._find(ref), "unpause")
+
+    async def _freeze(self, c: Container, verb: str) -> None:
+        """Pause or unpause: under the container's lock, so a stop or a policy restart does not
+        interleave with the freezer; the compute system waits for the freezer off the loop."""
+        async with self._lock(c.id):
+            system = self.system_of(c)
+            check(c, verb)
+            if system is None:
+                raise refusal(c, verb)
+            if verb == "pause":
+                await system.pause()
+            else:
+                await system.resume()
+            transition(c, verb)
+            self._save(c)
+        self.emit_event("container", verb, c)
 
     async def container_rename(self, ref: str, new_name: str) -> None:
         c = self._find(ref)
@@ -745,8 +757,9 @@ class ContainerService:
     async def container_resize(self, ref: str, height: int, width: int) -> None:
         c = self._find(ref)
         system = self.system_of(c)
-        if system is None or not c.running:
-            raise Conflict(f"Container {c.id} is not running")
+        check(c, "resize")
+        if system is None:
+            raise refusal(c, "resize")
         if not c.config["Tty"]:
             return
         await system.resize_console(height, width)
@@ -770,17 +783,18 @@ class ContainerService:
 
     def _status_text(self, c: Container) -> str:
         st = c.state
-        if st["Status"] in ("running", "paused"):
+        now = status(c)
+        if now in LIVE:
             txt = "Up " + human_duration(time.time() - parse_iso(st["StartedAt"]))
-            if st["Status"] == "paused":
+            if now is Status.PAUSED:
                 return txt + " (Paused)"
             health = (st.get("Health") or {}).get("Status")
             if health:
                 txt += " (health: starting)" if health == "starting" else f" ({health})"
             return txt
-        if st["Status"] == "created":
+        if now is Status.CREATED:
             return "Created"
-        if st["Status"] == "removing":
+        if now is Status.REMOVING:
             return "Removal In Progress"
         fin = parse_iso(st["FinishedAt"])
         return f"Exited ({st['ExitCode']}) {human_duration(time.time() - fin)} ago"
@@ -794,8 +808,7 @@ class ContainerService:
             if k not in known:
                 raise InvalidArgument(f"invalid filter '{k}'")
         for s in filters.get("status", []):
-            if s not in ("created", "restarting", "running", "removing", "paused", "exited",
-                         "dead"):
+            if s not in {x.value for x in Status}:
                 raise InvalidArgument(f"invalid filter 'status={s}'")
         items = sorted(self.containers.values(), key=lambda c: c.data["Created"], reverse=True)
         out = []
@@ -819,14 +832,10 @@ class ContainerService:
         if f.get("status") and c.state["Status"] not in f["status"]:
             return False
         if f.get("exited"):
-            if c.state["Status"] != "exited" or str(c.state["ExitCode"]) not in f["exited"]:
+            if status(c) is not Status.EXITED or str(c.state["ExitCode"]) not in f["exited"]:
                 return False
-        if f.get("label"):
-            labels = c.config.get("Labels") or {}
-            for v in f["label"]:
-                k, eq, val = v.partition("=")
-                if k not in labels or (eq and labels[k] != val):
-                    return False
+        if f.get("label") and not labels_match(c.config.get("Labels"), f["label"]):
+            return False
         if f.get("ancestor"):
             ok = False
             for v in f["ancestor"]:
@@ -891,9 +900,9 @@ class ContainerService:
             sess.finish()
             return sess
         system = self.system_of(c)
-        if c.running and system is not None and system.state in (State.RUNNING, State.PAUSED):
+        if c.running and is_live(system):
             await sess.bind_system(system)
-        elif c.state["Status"] in ("created", "exited"):
+        elif status(c) in (Status.CREATED, Status.EXITED):
             self._pending_attach.setdefault(c.id, []).append(sess)
         else:
             sess.finish()
@@ -912,10 +921,7 @@ class ContainerService:
         env = body.get("Env") or []
         if not isinstance(env, list) or not all(isinstance(x, str) for x in env):
             raise InvalidArgument("Env: expected a list of strings")
-        if not c.running:
-            raise Conflict(f"Container {c.id} is not running")
-        if c.state["Status"] == "paused":
-            raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
+        check(c, "exec")
         eid = secrets.token_hex(32)
         size = body.get("ConsoleSize")
         self.execs[eid] = {
@@ -946,7 +952,7 @@ class ContainerService:
             raise Conflict(f"exec {exec_id} has already been started")
         c = self._find(x["ContainerID"])
         system = self.system_of(c)
-        if system is None or system.state != State.RUNNING:
+        if system is None or from_compute(system.state) is not Status.RUNNING:
             raise Conflict(f"Container {c.id} is not running")
         pc = x["ProcessConfig"]
         use_tty = pc["tty"] if tty is None else bool(tty)
@@ -1004,18 +1010,19 @@ class ContainerService:
     async def recover_containers(self) -> None:
         """After a (re)start of silod: re-attach to the shims of containers still running."""
         for c in list(self.containers.values()):
-            if c.state["Status"] == "removing":
+            if status(c) is Status.REMOVING:
                 await self._remove(c, force=True)
                 continue
+            if status(c) is Status.RESTARTING:   # silod stopped during a policy back-off:
+                transition(c, "cancel_restart")   # the policy below decides again
+                self._save(c)
             if not c.running:
                 continue
             system = self.compute.create(c.id, self._document(c))
             system.on_exit.append(self._on_exit)
             await system.reattach()
-            if system.state in (State.RUNNING, State.PAUSED):
-                c.state.update(Pid=system.pid,
-                               Status="paused" if system.state == State.PAUSED else "running",
-                               Paused=system.state == State.PAUSED)
+            if is_live(system):
+                transition(c, "recover", to=from_compute(system.state), Pid=system.pid)
                 self._save(c)
                 for hook in self.container_hooks:
                     await hook.on_recover(c)
@@ -1032,14 +1039,14 @@ class ContainerService:
                     async with self._lock(c.id):
                         await self._start(c)
                 except Exception as e:  # keep going: one bad container must not stop silod
-                    c.state["Error"] = str(e)
+                    transition(c, "record_error", Error=str(e))
                     self._save(c)
 
     def _remove_orphans(self) -> None:
         """Reconcile the host with the store: job objects and shim state nobody owns go."""
         from silobox.kernel.jobobject import JobObject, list_job_objects
         live = {cid for cid, s in self.compute.systems.items()
-                if s.state in (State.RUNNING, State.PAUSED)}
+                if is_live(s)}
         for name in list_job_objects(self.config.cgroup_parent):
             if name in live:
                 continue

@@ -71,6 +71,7 @@ class Engine(BuildService, ContainerService, StatsService, ImageOpsService, Imag
         self.reconcile_networks()
 
     async def close(self) -> None:
+        await self._stop_restarts()
         self._close_storage()
         for system in list(self.compute.systems.values()):
             system.close()

@@ -8,6 +8,7 @@ from collections import deque
 from typing import Any, AsyncIterator
 
 from silobox.errors import InvalidArgument
+from silobox.filters import labels_match
 
 EVENT_FILTERS = ("type", "event", "container", "image", "label", "network", "volume", "scope")
 
@@ -96,9 +97,6 @@ class EventLog:
             img = attrs.get("image", ev["Actor"]["ID"] if ev["Type"] == "image" else "")
             if not any(img == v or img.split(":")[0] == v for v in f["image"]):
                 return False
-        if f.get("label"):
-            for v in f["label"]:
-                k, eq, val = v.partition("=")
-                if k not in attrs or (eq and attrs[k] != val):
-                    return False
+        if f.get("label") and not labels_match(attrs, f["label"]):
+            return False
         return True

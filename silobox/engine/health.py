@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from silobox.compute.schema import ProcessParameters
+from silobox.engine.state import Status, status, transition
 from silobox.errors import InvalidArgument, SiloboxError
 from silobox.timeutil import now_iso
 
@@ -69,11 +70,11 @@ class HealthService:
     def _start_health(self, c: Any, system: Any) -> None:
         settings = effective(c.config)
         if settings is None:
-            c.state.pop("Health", None)
+            transition(c, "health", Health=None)
             return
         if not hasattr(self, "_health_tasks"):
             self._health_tasks = {}
-        c.state["Health"] = {"Status": "starting", "FailingStreak": 0, "Log": []}
+        transition(c, "health", Health={"Status": "starting", "FailingStreak": 0, "Log": []})
         self._stop_health(c)
         self._health_tasks[c.id] = asyncio.get_running_loop().create_task(
             self._health_loop(c, system, settings))
@@ -89,11 +90,11 @@ class HealthService:
             await asyncio.sleep(s["Interval"] / SECOND)
             if not c.running or self.system_of(c) is not system:  # type: ignore[attr-defined]
                 return
-            if c.state.get("Status") == "paused":
+            if status(c) is Status.PAUSED:
                 continue
             entry = await self._probe(c, system, s)
-            health = c.state.setdefault("Health", {"Status": "starting", "FailingStreak": 0,
-                                                   "Log": []})
+            health = dict(c.state.get("Health") or {"Status": "starting", "FailingStreak": 0,
+                                                    "Log": []})
             health["Log"] = (health.get("Log") or [])[-(LOG_ENTRIES - 1):] + [entry]
             before = health["Status"]
             if entry["ExitCode"] == 0:
@@ -102,6 +103,7 @@ class HealthService:
                 health["FailingStreak"] = health.get("FailingStreak", 0) + 1
                 if health["FailingStreak"] >= s["Retries"]:
                     health["Status"] = "unhealthy"
+            transition(c, "health", Health=health)
             if health["Status"] != before:
                 self.emit_event("container",  # type: ignore[attr-defined]
                                 f"health_status: {health['Status']}", c)

@@ -22,8 +22,11 @@ import uuid
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from silobox import jsonlimits
+from silobox.engine.state import Status, status
 from silobox.errors import (NO_SPACE_ERRNOS, Conflict, InsufficientStorage, InvalidArgument,
                             NotFound, SiloboxError, SystemFailure)
+from silobox.filters import labels_match
+from silobox.timeutil import parse_rfc3339, parse_until
 
 log = logging.getLogger("silobox.images")
 Progress = Callable[[dict[str, Any]], None]
@@ -554,7 +557,7 @@ class ImageOpsService:
         base = self.images.get(c.data["Image"])
         owner = f"commit:{uuid.uuid4().hex}"
         paused_here = False
-        if pause and c.running and c.state.get("Status") != "paused":
+        if pause and c.running and status(c) is not Status.PAUSED:
             await self.container_pause(c.id)
             paused_here = True
         try:
@@ -789,34 +792,19 @@ def _reference_matches(tag: str, pattern: str) -> bool:
 
 
 def _labels_match(image: Any, wanted: list[str], any_of: bool = False) -> bool:
-    labels = (image.config.get("config") or {}).get("Labels") or {}
-    results = []
-    for item in wanted:
-        key, eq, value = item.partition("=")
-        results.append(key in labels and (not eq or labels[key] == value))
-    return any(results) if any_of else all(results)
+    return labels_match((image.config.get("config") or {}).get("Labels"), wanted, any_of)
 
 
 def _ts(created: str) -> float:
-    from silobox.storage.images import rfc3339_to_unix
-    frac = 0.0
-    if "." in created:
-        digits = created.split(".", 1)[1].rstrip("Zz").split("+")[0].split("-")[0]
-        if digits.isdigit():
-            frac = int(digits[:9].ljust(9, "0")) / 1e9
-    return rfc3339_to_unix(created) + frac
+    try:
+        return parse_rfc3339(created)
+    except ValueError:
+        return 0.0
 
 
 def _until(value: str) -> float:
     """``until``: Unix seconds, RFC 3339, or a duration before now (``10m``)."""
-    import time
-    if value and value[-1] in "smh" and value[:-1].isdigit() and len(value) <= 12:
-        return time.time() - int(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
     try:
-        return float(value)
+        return parse_until(value)
     except ValueError:
-        pass
-    seconds = _ts(value)
-    if not seconds:
-        raise InvalidArgument(f"invalid filter 'until={value}'")
-    return seconds
+        raise InvalidArgument(f"invalid filter 'until={value}'") from None

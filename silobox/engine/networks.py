@@ -14,8 +14,9 @@ from typing import Any
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.links import check_endpoint_links
 from silobox.errors import Conflict, InvalidArgument, NotFound
+from silobox.filters import labels_match
 from silobox.network.objects import PortMapping, new_guid, port_mapping_from
-from silobox.timeutil import now_iso
+from silobox.timeutil import now_iso, parse_until
 
 DEFAULT_ALIASES = ("default", "bridge", "nat")
 _EMPTY_NET = {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "",
@@ -480,9 +481,7 @@ class NetworkService:
                 continue
             if f.get("driver") and d["Driver"] not in f["driver"]:
                 continue
-            if f.get("label") and not all(
-                    (k in d["Labels"]) and (not eq or d["Labels"][k] == v)
-                    for k, eq, v in (x.partition("=") for x in f["label"])):
+            if f.get("label") and not labels_match(d["Labels"], f["label"]):
                 continue
             if f.get("type"):
                 kind = "builtin" if n.get("Default") else "custom"
@@ -559,9 +558,26 @@ class NetworkService:
 
     async def network_prune(self, filters: dict[str, list[str]] | None = None
                             ) -> dict[str, Any]:
+        f = filters or {}
+        for k in f:
+            if k not in ("label", "label!", "until"):
+                raise InvalidArgument(f"invalid filter '{k}'")
+        until = 0.0
+        if f.get("until"):
+            try:
+                until = parse_until(f["until"][0])
+            except ValueError:
+                raise InvalidArgument(f"invalid filter 'until={f['until'][0]}'") from None
         removed = []
         for n in list(self.hns.networks.values()):
             if n.get("Default") or self.hns.endpoints_of(n["ID"]):
+                continue
+            labels = n.get("Labels")
+            if f.get("label") and not labels_match(labels, f["label"]):
+                continue
+            if labels_match(labels, f.get("label!", []), any_of=True):
+                continue
+            if until and n["Created"] >= until:
                 continue
             if any(c.host_config.get("NetworkMode") == n["Name"] for c in self.containers.values()):
                 continue

@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any, AsyncIterator
 
-from silobox.compute.system import State
+from silobox.engine.state import is_live
 from silobox.errors import Conflict, InvalidArgument
 from silobox.timeutil import now_iso, ZERO_TIME
 
@@ -30,8 +30,7 @@ class StatsService:
         system = self.system_of(c)  # type: ignore[attr-defined]
         base: dict[str, Any] = {"read": now_iso(), "preread": pre["read"] if pre else ZERO_TIME,
                                 "name": "/" + c.name, "id": c.id, "num_procs": 0}
-        if system is None or system.state not in (State.RUNNING, State.PAUSED) \
-                or not system.job.exists():
+        if not is_live(system) or not system.job.exists():
             base.update(cpu_stats={"cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0,
                                                  "usage_in_usermode": 0},
                                    "throttling_data": {"periods": 0, "throttled_periods": 0,

@@ -26,13 +26,14 @@ from typing import Any
 
 from silobox.atomic import atomic_write_json
 from silobox.engine.hooks import ContainerHook
+from silobox.filters import labels_match
 from silobox.errors import (Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure,
                             Unavailable)
 from silobox.kernel import libc
 from silobox.kernel.saferoot import SafeRoot
 from silobox.storage import disk as D
 from silobox.storage.sandbox import Sandbox, mounts_under
-from silobox.storage.volumes import ANONYMOUS_LABEL, VolumeStore, check_name
+from silobox.storage.volumes import VolumeStore, check_name
 
 log = logging.getLogger("silobox.storage")
 
@@ -646,7 +647,7 @@ class StorageOps:
                 continue
             if filters.get("driver") and vol.driver not in filters["driver"]:
                 continue
-            if filters.get("label") and not _labels_match(vol.labels or {}, filters["label"]):
+            if filters.get("label") and not labels_match(vol.labels, filters["label"]):
                 continue
             if filters.get("dangling"):
                 want = filters["dangling"][0].lower()
@@ -700,9 +701,9 @@ class StorageOps:
         for vol in self.volumes.list():
             if not all_volumes and not vol.anonymous:
                 continue
-            if filters.get("label") and not _labels_match(vol.labels or {}, filters["label"]):
+            if filters.get("label") and not labels_match(vol.labels, filters["label"]):
                 continue
-            if filters.get("label!") and _labels_match(vol.labels or {}, filters["label!"],
+            if filters.get("label!") and labels_match(vol.labels, filters["label!"],
                                                        any_of=True):
                 continue
             if self._volume_users(vol.name):
@@ -995,14 +996,6 @@ class _Named:
         self.name = name
         self.data: dict[str, Any] = {"Config": {"Labels": {}}, "Name": "/" + name}
         self.config = self.data["Config"]
-
-
-def _labels_match(labels: dict[str, str], wanted: list[str], any_of: bool = False) -> bool:
-    results = []
-    for w in wanted:
-        k, eq, v = w.partition("=")
-        results.append(k in labels and (not eq or labels[k] == v))
-    return any(results) if any_of else all(results)
 
 
 def _entries(directory: str) -> list[str]:

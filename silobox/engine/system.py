@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import silobox
+from silobox.engine.state import Status, status
 from silobox.timeutil import iso
 
 
@@ -36,8 +37,8 @@ class SystemService:
     async def info(self) -> dict[str, Any]:
         from silobox.kernel.features import cgroup_layout
         cs = list(self.containers.values())  # type: ignore[attr-defined]
-        running = sum(1 for c in cs if c.state["Status"] == "running")
-        paused = sum(1 for c in cs if c.state["Status"] == "paused")
+        running = sum(1 for c in cs if status(c) is Status.RUNNING)
+        paused = sum(1 for c in cs if status(c) is Status.PAUSED)
         layout = cgroup_layout()
         mode = getattr(layout, "mode", "v1")
         forwarding = self.hns.forwarding.report()  # type: ignore[attr-defined]

@@ -627,7 +627,6 @@ def _owner_in_root(spec: str, tree: object = None) -> tuple[int, int]:
 
 
 def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
-    from silobox.storage import layers   # imported before the chroot, with its dependencies
     warm = tarfile.open(fileobj=__import__("io").BytesIO(TarWriter.end()), mode="r|")
     warm.close()
     op = args["op"]

@@ -9,7 +9,6 @@ and tags keyed by the normalised repository name, and renders the Docker Engine 
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import json
 import platform
@@ -23,6 +22,7 @@ from silobox.errors import Conflict, InvalidArgument, NotFound, SystemFailure
 from silobox.storage import reference
 from silobox.storage.db import Database
 from silobox.storage.layers import Layer, LayerStore, normalize_diff_id
+from silobox.timeutil import parse_rfc3339
 
 SCHEMA_COMPONENT = "storage.images"
 SCHEMA: list[str] = [
@@ -74,8 +74,6 @@ _GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "ar
            "armv7l": "arm", "armv6l": "arm", "i386": "386", "i686": "386", "ppc64le": "ppc64le",
            "s390x": "s390x", "riscv64": "riscv64"}
 _HEX = re.compile(r"[0-9a-f]{1,64}")
-_RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?"
-                      r"(?:([Zz])|([+-])(\d\d):(\d\d))")
 
 # The container-config keys Docker always shows in an image's Config, in its order.
 _CONFIG_DEFAULTS: tuple[tuple[str, Any], ...] = (
@@ -104,16 +102,12 @@ def now_rfc3339() -> str:
 
 
 def rfc3339_to_unix(text: str) -> int:
-    """Seconds since the epoch for an RFC 3339 time (any fraction length); 0 if unparsable."""
-    m = _RFC3339.fullmatch(text or "")
-    if not m:
+    """Whole seconds since the epoch for an RFC 3339 time; 0 if unparsable (image configs
+    come from anywhere)."""
+    try:
+        return int(parse_rfc3339(text or ""))
+    except ValueError:
         return 0
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    if m.group(9):
-        offset = int(m.group(10)) * 3600 + int(m.group(11)) * 60
-        seconds -= offset if m.group(9) == "+" else -offset
-    return seconds
 
 
 def storage_layers_of(layers: list[Layer]) -> list[dict[str, str]]:

@@ -262,3 +262,48 @@ def test_network_and_volume_events(api):
     assert ("network", "destroy", "silotest-evnet") in seen
     assert any(t == "volume" and a == "create" for t, a, _ in seen)
     assert any(t == "volume" and a == "destroy" for t, a, _ in seen)
+
+
+def test_a_policy_restart_interrupted_by_silod_stopping_ends_exited(silod):
+    """A container waiting out its restart back-off when silod stops is not started while silod
+    shuts down, nor left 'restarting' for ever: recovery records it exited with its last exit
+    code, and the restart policy decides as for any stopped container at silod's start."""
+    api = silod.client
+    c = api.create_container(IMAGE, ["sh", "-c", "exit 3"], host_config=api.create_host_config(
+        restart_policy={"Name": "on-failure", "MaximumRetryCount": 50}))
+    try:
+        api.start(c)
+        assert _wait_for(lambda: api.inspect_container(c)["RestartCount"] >= 6, 30)
+        finished = api.inspect_container(c)["State"]["FinishedAt"]
+
+        def waiting() -> bool:   # a newer exit recorded, and the next back-off (>= 6.4 s) begun
+            st = api.inspect_container(c)["State"]
+            return st["Status"] == "restarting" and st["FinishedAt"] != finished
+        assert _wait_for(waiting, 15)
+        silod.stop()
+        silod.start()
+        api = silod.client
+        st = api.inspect_container(c)["State"]
+        assert (st["Status"], st["Restarting"], st["Running"]) == ("exited", False, False)
+        assert (st["ExitCode"], st["Error"]) == (3, "")
+    finally:
+        silod.client.remove_container(c, force=True)
+
+
+def test_container_prune_until(api, silod):
+    """``until`` takes dockerd's forms; one it cannot read is refused, not taken as no filter."""
+    c = api.create_container(IMAGE, ["true"], labels={"silotest": "prune-until"})
+    try:
+        only = {"label": "silotest=prune-until"}
+        assert api.prune_containers(filters={**only, "until": "1h"})["ContainersDeleted"] is None
+        status, doc = silod.request(
+            "POST", '/containers/prune?filters={"until":["soon"],"label":["silotest"]}')
+        assert (status, doc["message"]) == (400, "invalid filter 'until=soon'")
+        assert c["Id"] in [x["Id"] for x in api.containers(all=True)]
+        res = api.prune_containers(filters={**only, "until": str(int(time.time()) + 5)})
+        assert res["ContainersDeleted"] == [c["Id"]]
+    finally:
+        try:
+            api.remove_container(c, force=True)
+        except docker.errors.NotFound:
+            pass

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.parse
 from typing import Any, Iterator
 
 import pytest
@@ -550,3 +551,24 @@ def test_forward_rules_leave_at_clean_stop_and_option_turns_them_off(
             assert any("--forward-rules=false" in w for w in d.client.info()["Warnings"])
     finally:
         subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
+
+
+def test_prune_honours_label_and_until_filters(net: Net, silod: Any) -> None:
+    """``network prune --filter`` removes only the unused networks the filters select."""
+    tag = f"p{os.getpid()}"
+    net.network(f"{tag}-keep")
+    net.network(f"{tag}-gone", labels={"silotest": "prune"})
+    net.network(f"{tag}-other", labels={"silotest": "other"})
+    api = silod.client
+    names = lambda: {n["Name"] for n in api.networks()}   # noqa: E731
+    assert api.prune_networks(filters={"until": "1"})["NetworksDeleted"] == []
+    for filters, message in (({"until": ["soon"]}, "invalid filter 'until=soon'"),
+                             ({"driver": ["nat"]}, "invalid filter 'driver'")):
+        query = urllib.parse.quote(json.dumps(filters))
+        status, doc = silod.request("POST", f"/networks/prune?filters={query}")
+        assert (status, doc["message"]) == (400, message)
+    res = api.prune_networks(filters={"label": "silotest=prune"})
+    assert res["NetworksDeleted"] == [f"{tag}-gone"]
+    res = api.prune_networks(filters={"label!": "silotest", "label": "silotest"})
+    assert res["NetworksDeleted"] == []
+    assert {f"{tag}-keep", f"{tag}-other"} <= names() and f"{tag}-gone" not in names()

@@ -12,13 +12,13 @@ import json
 import logging
 import math
 import re
-from datetime import datetime
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar
 
 from aiohttp import web
 
 from silobox import jsonlimits
 from silobox.errors import InvalidArgument
+from silobox.timeutil import parse_rfc3339
 
 log = logging.getLogger("silobox.api")
 T = TypeVar("T")
@@ -129,25 +129,11 @@ def parse_timestamp(name: str, raw: str | None) -> float:
             not dot or (fraction.isdigit() and fraction.isascii() and len(fraction) <= 20)):
         return int(seconds) + (int(fraction[:9].ljust(9, "0")) / 1e9 if fraction else 0.0)
     try:
-        return _parse_rfc3339(raw)
+        return parse_rfc3339(raw)
     except ValueError:
         raise InvalidArgument(
             f"invalid value for {name!r}: {_shown(raw)} is neither Unix seconds nor an RFC 3339 "
             "time") from None
-
-
-_RFC3339_RE = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9})\d*)?([Zz]|[+-]\d{2}:\d{2})$")
-
-
-def _parse_rfc3339(raw: str) -> float:
-    match = _RFC3339_RE.match(raw)
-    if not match:
-        raise ValueError(raw)
-    date, clock, fraction, zone = match.groups()
-    zone = "+00:00" if zone in ("Z", "z") else zone
-    stamp = datetime.fromisoformat(f"{date}T{clock}{zone}")
-    return stamp.timestamp() + (int(fraction.ljust(9, "0")) / 1e9 if fraction else 0.0)
 
 
 def parse_tail(raw: str | None) -> str:
