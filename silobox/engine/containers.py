@@ -28,7 +28,8 @@ from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
 from silobox.timeutil import ZERO_TIME, human_duration, now_iso, parse_iso
 from silobox.engine.sessions import AttachSession, ExecSession
-from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified
+from silobox.errors import (AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified,
+                            NotRunning)
 
 class Container:
     """The stored record of one Docker container (what ``docker inspect`` shows)."""
@@ -131,8 +132,8 @@ class ContainerService:
         check_device_requests(hc)
         iso = (hc.get("Isolation") or "").lower()
         if iso not in ("", "default", "process"):
-            raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - silobox supports '
-                                  'only "process" isolation on this host')
+            raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - linux only '
+                                  "supports 'default' (silobox also accepts 'process')")
         net = hc.get("NetworkMode") or "default"  # validated by the network hook
         resources = S.resources_from_hostconfig(hc)
         sec = S.parse_security_opts(hc.get("SecurityOpt") or [])
@@ -184,7 +185,7 @@ class ContainerService:
             S.parse_signal(config["StopSignal"])
         host_config = {
             **hc, "NetworkMode": net,
-            "Isolation": "process", "Ulimits": ulimits or None,
+            "Isolation": hc.get("Isolation") or "", "Ulimits": ulimits or None,
             "CapAdd": hc.get("CapAdd"), "CapDrop": hc.get("CapDrop"),
             "SecurityOpt": hc.get("SecurityOpt"),
             "RestartPolicy": restart,
@@ -379,7 +380,7 @@ class ContainerService:
 
         try:
             log = c.host_config.get("LogConfig") or {}
-            log_cfg = log.get("Config") or {}
+            log_cfg = (log.get("Config") or {}) if log.get("Type") != "none" else {}
             await system.start(self._init_params(c),
                                log_path=None if log.get("Type") == "none" else c.data["LogPath"],
                                log_max_size=S.log_max_size(log_cfg),
@@ -677,7 +678,10 @@ class ContainerService:
             raise Conflict(f"Container {c.id} is not running")
         if system.state == State.PAUSED:
             raise Conflict(f"Container {c.id} is already paused")
-        await asyncio.get_running_loop().run_in_executor(None, system.pause)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, system.pause)
+        except NotFound:   # its job object went with its last process: it has just ended
+            raise NotRunning(f"Container {c.id} is not running") from None
         c.state.update(Status="paused", Paused=True)
         self._save(c)
         self.emit_event("container", "pause", c)
@@ -687,7 +691,10 @@ class ContainerService:
         system = self.system_of(c)
         if system is None or system.state != State.PAUSED:
             raise Conflict(f"Container {c.id} is not paused")
-        system.resume()
+        try:
+            system.resume()
+        except NotFound:   # it ended while paused (it had no process left to freeze)
+            raise NotRunning(f"Container {c.id} is not running") from None
         c.state.update(Status="running", Paused=False)
         self._save(c)
         self.emit_event("container", "unpause", c)
@@ -804,7 +811,8 @@ class ContainerService:
                     pass
             if not ok:
                 return False
-        if f.get("isolation") and "process" not in f["isolation"]:
+        isolation = c.host_config.get("Isolation") or "default"
+        if f.get("isolation") and isolation not in f["isolation"]:
             return False
         if f.get("health"):
             if (c.state.get("Health") or {}).get("Status", "none") not in f["health"]:

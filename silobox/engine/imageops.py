@@ -21,7 +21,8 @@ import sys
 import uuid
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure
+from silobox.errors import (Conflict, InvalidArgument, NotFound, NotRunning, SiloboxError,
+                            SystemFailure)
 
 log = logging.getLogger("silobox.images")
 Progress = Callable[[dict[str, Any]], None]
@@ -206,6 +207,8 @@ class ImageOpsService:
     sandbox_for: Any
     emit_event: Any
     container_pause: Any
+    sandbox_readers: dict[str, int]
+    _attachment: Any
     container_unpause: Any
     _lock: Any
 
@@ -521,7 +524,19 @@ class ImageOpsService:
         (under the container's lock, so a start cannot mount the disk a second time)."""
         sandbox = self.sandbox_for(c.id)
         if c.running:
-            yield sandbox.paths.upper
+            readers = self.sandbox_readers
+            readers[c.id] = readers.get(c.id, 0) + 1
+            try:
+                yield sandbox.paths.upper
+            finally:
+                readers[c.id] -= 1
+                if not readers[c.id]:
+                    del readers[c.id]
+                    if not c.running:   # it stopped meanwhile: unmount what its stop left
+                        async with self._lock(c.id):
+                            if not c.running and not self._attachment(c.id):
+                                await asyncio.get_running_loop().run_in_executor(
+                                    None, sandbox.deactivate)
             return
         async with self._lock(c.id):
             loop = asyncio.get_running_loop()
@@ -553,8 +568,11 @@ class ImageOpsService:
         owner = f"commit:{uuid.uuid4().hex}"
         paused_here = False
         if pause and c.running and c.state.get("Status") != "paused":
-            await self.container_pause(c.id)
-            paused_here = True
+            try:
+                await self.container_pause(c.id)
+                paused_here = True
+            except NotRunning:   # it ended meanwhile: a stopped container needs no pause
+                pass
         try:
             async with self._upper_of(c) as upper:
                 reader = IteratorReader(tar_overlay_dir(upper, skip_init=True))
@@ -563,7 +581,8 @@ class ImageOpsService:
                     None, self.layers.add_from_tar, reader, parent, owner)
         finally:
             if paused_here:
-                await self.container_unpause(c.id)
+                with contextlib.suppress(Conflict):   # it may have been killed meanwhile
+                    await self.container_unpause(c.id)
         cfg = {k: v for k, v in c.config.items() if k not in ("Hostname", "Domainname")}
         cfg.update({k: v for k, v in (config or {}).items() if v is not None})
         cfg = apply_changes(cfg, changes or [])

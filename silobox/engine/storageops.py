@@ -365,7 +365,7 @@ class StorageHook(ContainerHook):
         if self.e._attachment(c.id):
             return   # the start was refused; the attachment is the user's to detach
         sandbox = Sandbox(self.e.config.root, c.id)
-        if sandbox.kind == "disk":
+        if sandbox.kind == "disk" and not self.e.sandbox_readers.get(c.id):
             self.e.disk_pool.busy()
             # Inline (an unmount, ~1 ms): no await point before the hooks after this one, so
             # a restart never waits on, or races with, this container's disk.
@@ -420,6 +420,9 @@ class StorageOps:
     def _init_storage(self) -> None:
         opts = self._daemon_storage_opts()
         self.volumes = VolumeStore(self.config.root, self.db)
+        self.sandbox_readers: dict[str, int] = {}
+        """Readers of a running container's sandbox (commit, diff): its disk stays mounted
+        past the container's stop until the last of them is done."""
         # A sandbox disk per container by default (Windows' sandbox.vhdx); the pool keeps
         # disks copied, written back and attached ahead of time, so a start only mounts one.
         self.sandbox_default = opts.get("sandbox") or "disk"

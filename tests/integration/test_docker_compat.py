@@ -1,0 +1,176 @@
+"""Docker behaviours that peer clients rely on, each as dockerd on Linux shows it.
+
+Through the docker CLI (skipped where it is not installed) and docker-py. Every object a test
+makes carries the run's prefix and is removed at the end, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from typing import Any, Iterator
+
+import docker
+import pytest
+
+IMAGE = "busybox"
+DOCKER = shutil.which("docker")
+
+NOT_A_MANAGER = ('This node is not a swarm manager. Use "docker swarm init" or '
+                 '"docker swarm join" to connect this node to swarm and try again.')
+
+
+class Made:
+    """Names for the test's containers, networks, volumes and images; all removed at the end."""
+
+    def __init__(self, silod: Any, run_id: str) -> None:
+        self.silod = silod
+        self.api: docker.APIClient = silod.client
+        self.prefix = f"t{run_id}-compat-{uuid.uuid4().hex[:6]}"
+        self.containers: list[str] = []
+        self.networks: list[str] = []
+        self.volumes: list[str] = []
+        self.images: list[str] = []
+        self.env = {**os.environ, "DOCKER_HOST": f"unix://{silod.socket}"}
+
+    def name(self, kind: str = "c") -> str:
+        name = f"{self.prefix}-{kind}{len(self.containers) + len(self.networks)}"
+        {"c": self.containers, "n": self.networks, "v": self.volumes,
+         "i": self.images}[kind].append(name)
+        return name
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 60
+               ) -> subprocess.CompletedProcess:
+        if not DOCKER:
+            pytest.skip("no docker CLI on this machine")
+        r = subprocess.run([DOCKER, *args], env=self.env, capture_output=True, timeout=timeout)
+        if check:
+            assert r.returncode == 0, (args, r.stderr.decode())
+        return r
+
+    def close(self) -> None:
+        for name in self.containers:
+            try:
+                self.api.remove_container(name, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+        for name in self.networks:
+            try:
+                self.api.remove_network(name)
+            except docker.errors.NotFound:
+                pass
+        for name in self.volumes:
+            try:
+                self.api.remove_volume(name, force=True)
+            except docker.errors.NotFound:
+                pass
+        for name in self.images:
+            try:
+                self.api.remove_image(name, force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+@pytest.fixture
+def made(silod: Any, run_id: str) -> Iterator[Made]:
+    m = Made(silod, run_id)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+# --- swarm: answered as by a dockerd in no swarm ---------------------------------------------
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/swarm"), ("GET", "/swarm/unlockkey"), ("POST", "/swarm/unlock"),
+    ("GET", "/nodes"), ("GET", "/nodes/x"), ("DELETE", "/nodes/x"),
+    ("POST", "/nodes/x/update?version=1"),
+    ("GET", "/services"), ("POST", "/services/create"), ("GET", "/services/x"),
+    ("DELETE", "/services/x"), ("POST", "/services/x/update?version=3"),
+    ("GET", "/services/x/logs?stdout=1"),
+    ("GET", "/tasks"), ("GET", "/tasks/x"), ("GET", "/tasks/x/logs?stderr=1"),
+    ("GET", "/secrets"), ("POST", "/secrets/create"), ("GET", "/secrets/x"),
+    ("DELETE", "/secrets/x"), ("POST", "/secrets/x/update?version=1"),
+    ("GET", "/configs"), ("POST", "/configs/create"), ("GET", "/configs/x"),
+    ("DELETE", "/configs/x"), ("POST", "/configs/x/update?version=1"),
+])
+def test_swarm_endpoints_answer_as_a_node_outside_a_swarm(silod: Any, method: str,
+                                                          path: str) -> None:
+    body = {} if method == "POST" else None
+    assert silod.request(method, f"/v1.47{path}", body) == (503, {"message": NOT_A_MANAGER})
+    assert silod.request(method, path, body) == (503, {"message": NOT_A_MANAGER})
+
+
+def test_swarm_leave_init_and_request_checks(silod: Any) -> None:
+    assert silod.request("POST", "/swarm/leave") == (
+        503, {"message": "This node is not part of a swarm"})
+    for path in ("/swarm/init", "/swarm/join"):
+        status, doc = silod.request("POST", path, {"ListenAddr": "127.0.0.1:2377"})
+        assert status == 503 and doc["message"].startswith("This node is not part of a swarm")
+    assert silod.request("POST", "/services/x/update", {}) == (400, {
+        "message": "invalid service version '': strconv.ParseUint: parsing \"\": "
+                   "invalid syntax"})
+    assert silod.request("POST", "/secrets/x/update?version=x", {}) == (
+        400, {"message": "invalid secret version"})
+    assert silod.request("GET", "/services/x/logs") == (
+        400, {"message": "Bad parameters: you must choose at least one stream"})
+
+
+def test_swarm_through_the_clients(made: Made) -> None:
+    with pytest.raises(docker.errors.APIError) as e:
+        made.api.services()
+    assert e.value.status_code == 503 and e.value.explanation == NOT_A_MANAGER
+    with pytest.raises(docker.errors.APIError) as e:
+        made.api.leave_swarm()
+    assert e.value.status_code == 503
+    assert made.api.info()["Swarm"]["LocalNodeState"] == "inactive"
+    r = made.docker("service", "ls", check=False)
+    assert r.returncode == 1 and NOT_A_MANAGER in r.stderr.decode()
+    r = made.docker("swarm", "leave", check=False)
+    assert r.returncode == 1 and "This node is not part of a swarm" in r.stderr.decode()
+
+
+# --- commit, isolation, info -----------------------------------------------------------------
+
+def test_commit_with_pause_of_a_container_that_has_just_ended(made: Made) -> None:
+    """The container may end between the state check and the freeze: commit goes on unpaused."""
+    for _ in range(8):
+        name = made.name()
+        made.api.create_container(IMAGE, ["touch", "/committed"], name=name)
+        made.api.start(name)
+        image = made.api.commit(name)["Id"]   # pause=True, as the CLI and docker-py send
+        made.images.append(image)
+    made.api.wait(name, timeout=30)
+    made.images.append(made.api.commit(name)["Id"])     # stopped
+    created = made.name()
+    made.api.create_container(IMAGE, ["true"], name=created)
+    made.images.append(made.api.commit(created)["Id"])  # never started
+
+
+def test_isolation_is_stored_as_given(made: Made) -> None:
+    for given in ("default", "process", ""):
+        name = made.name()
+        made.api.create_container(IMAGE, ["true"], name=name,
+                                  host_config=made.api.create_host_config(isolation=given))
+        assert made.api.inspect_container(name)["HostConfig"]["Isolation"] == given
+    name = made.name()
+    made.docker("create", "--name", name, "--isolation", "default", IMAGE, "true")
+    r = made.docker("inspect", "-f", "{{.HostConfig.Isolation}}", name)
+    assert r.stdout.decode().strip() == "default"
+    listed = made.api.containers(all=True, filters={"isolation": "default", "name": name})
+    assert [c["Names"] for c in listed] == [[f"/{name}"]]
+    with pytest.raises(docker.errors.APIError) as e:
+        made.api.create_container(IMAGE, ["true"], host_config=made.api.create_host_config(
+            isolation="hyperv"))
+    assert e.value.status_code == 400
+    assert e.value.explanation.startswith(
+        'Invalid isolation: "hyperv" - linux only supports \'default\'')
+
+
+def test_info_lists_runtimes(made: Made) -> None:
+    info = made.api.info()
+    assert info["DefaultRuntime"] in info["Runtimes"]
+    assert all("path" in r for r in info["Runtimes"].values())
