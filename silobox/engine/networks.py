@@ -90,7 +90,8 @@ class NetworkHook(ContainerHook):
             n = self.hns.find_network(name)
             hc["NetworkMode"] = mode
             ec = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
-            cfg = ec.get(mode) or ec.get(n["Name"]) or {}
+            keys = [mode, n["Name"], *(DEFAULT_ALIASES if n.get("Default") else ())]
+            cfg = next((ec[k] for k in keys if ec.get(k)), {})
             ipam = cfg.get("IPAMConfig") or {}
             if (ipam.get("IPv4Address") or ipam.get("IPv6Address")) and n["Default"]:
                 raise InvalidArgument("user specified IP address is supported on user defined "
@@ -468,7 +469,10 @@ class NetworkService:
         f = filters or {}
         for n in sorted(self.hns.networks.values(), key=lambda n: n["Created"]):
             d = self._docker_network(n)
-            if f.get("name") and not any(v in d["Name"] for v in f["name"]):
+            names = [d["Name"]]
+            if n.get("Default") and self.hns.driver(n) == "nat":
+                names.append("bridge")   # Linux clients' name for it
+            if f.get("name") and not any(v in name for v in f["name"] for name in names):
                 continue
             if f.get("id") and not any(d["Id"].startswith(v) for v in f["id"]):
                 continue
@@ -496,10 +500,19 @@ class NetworkService:
                             "Containers": {}, "Options": {}, "Labels": {}})
         return out
 
+    def find_docker_network(self, ref: str) -> dict[str, Any]:
+        """A network by Docker reference: ``bridge`` (Linux clients' name for the default
+        network) and ``default`` name the ``nat`` network, which keeps its Windows name."""
+        if ref in DEFAULT_ALIASES:
+            for n in self.hns.networks.values():
+                if n.get("Default") and self.hns.driver(n) == "nat":
+                    return n
+        return self.hns.find_network(ref)
+
     async def network_inspect(self, ref: str) -> dict[str, Any]:
         if ref in ("none", "host"):
             return next(n for n in await self.network_list() if n["Name"] == ref)
-        return self._docker_network(self.hns.find_network(ref))
+        return self._docker_network(self.find_docker_network(ref))
 
     async def network_create(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get("Name")
@@ -545,7 +558,7 @@ class NetworkService:
     async def network_remove(self, ref: str) -> None:
         if ref in ("none", "host"):
             raise Conflict(f"{ref} is a pre-defined network and cannot be removed")
-        n = self.hns.find_network(ref)
+        n = self.find_docker_network(ref)
         if n.get("Default"):
             raise Conflict(f"{n['Name']} is a pre-defined network and cannot be removed")
         await self.hns.delete_network(n["ID"])
@@ -567,7 +580,7 @@ class NetworkService:
     async def network_connect(self, ref: str, container: str,
                               endpoint_config: dict[str, Any]) -> None:
         """Add a network to a container; a running one gets a new vNIC in its compartment."""
-        n = self.hns.find_network(ref)
+        n = self.find_docker_network(ref)
         c = self._find(container)  # type: ignore[attr-defined]
         nets = c.data["NetworkSettings"]["Networks"]
         if str(c.host_config.get("NetworkMode")).startswith("container:"):
@@ -613,7 +626,7 @@ class NetworkService:
         self._network_event("connect", n, c)
 
     async def network_disconnect(self, ref: str, container: str, force: bool = False) -> None:
-        n = self.hns.find_network(ref)
+        n = self.find_docker_network(ref)
         c = self._find(container)  # type: ignore[attr-defined]
         nets = c.data["NetworkSettings"]["Networks"]
         if n["Name"] not in nets:

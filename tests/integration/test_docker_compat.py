@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import time
 import uuid
 from typing import Any, Iterator
 
@@ -174,3 +176,62 @@ def test_info_lists_runtimes(made: Made) -> None:
     info = made.api.info()
     assert info["DefaultRuntime"] in info["Runtimes"]
     assert all("path" in r for r in info["Runtimes"].values())
+
+
+# --- the default network answers to Linux clients' name for it -------------------------------
+
+def test_bridge_names_the_default_network(made: Made) -> None:
+    r = made.docker("network", "inspect", "bridge", "-f", "{{.Name}} {{.Id}}")
+    name, nid = r.stdout.decode().split()
+    assert name == "nat" and made.api.inspect_network("nat")["Id"] == nid
+    assert [n["Id"] for n in made.api.networks(names=["bridge"])] == [nid]
+    # --network bridge, and a link on the default network
+    target = made.name()
+    made.docker("run", "-d", "--name", target, IMAGE, "sleep", "60")
+    r = made.docker("run", "--rm", "--network", "bridge", "--link", f"{target}:friend", IMAGE,
+                    "sh", "-c", "grep -w friend /etc/hosts && ping -c1 -W2 friend")
+    assert b"1 packets received" in r.stdout
+    # NetworkingConfig keyed by bridge on the default network
+    name = made.name()
+    made.api.create_container(
+        IMAGE, ["sleep", "60"], name=name,
+        networking_config=made.api.create_networking_config({
+            "bridge": made.api.create_endpoint_config(mac_address="02:42:ac:11:00:99")}))
+    made.api.start(name)
+    nets = made.api.inspect_container(name)["NetworkSettings"]["Networks"]
+    assert nets["nat"]["MacAddress"] == "02:42:ac:11:00:99" and nets["nat"]["NetworkID"] == nid
+    # connect and disconnect by that name
+    made.api.disconnect_container_from_network(name, "bridge")
+    assert made.api.inspect_container(name)["NetworkSettings"]["Networks"] == {}
+    made.api.connect_container_to_network(name, "bridge")
+    assert list(made.api.inspect_container(name)["NetworkSettings"]["Networks"]) == ["nat"]
+    with pytest.raises(docker.errors.APIError) as e:
+        made.api.remove_network("bridge")
+    assert e.value.status_code == 409
+    with pytest.raises(docker.errors.APIError) as e:
+        made.api.create_network("bridge")
+    assert e.value.status_code == 409
+
+
+def test_publish_port_zero_picks_a_random_host_port(made: Made) -> None:
+    name = made.name()
+    made.docker("run", "-d", "--name", name, "-p", "0:80", "-p", "127.0.0.1:0:81/udp", IMAGE,
+                "sh", "-c", "echo published | nc -l -p 80; sleep 60")
+    ports = made.api.inspect_container(name)["NetworkSettings"]["Ports"]
+    tcp, udp = ports["80/tcp"][0], ports["81/udp"][0]
+    assert 0 < int(tcp["HostPort"]) < 65536 and 0 < int(udp["HostPort"]) < 65536
+    assert udp["HostIp"] == "127.0.0.1"
+    assert made.api.inspect_container(name)["HostConfig"]["PortBindings"]["80/tcp"] == [
+        {"HostIp": "", "HostPort": "0"}]
+    r = made.docker("port", name, "80/tcp")
+    assert r.stdout.decode().split("\n")[0].endswith(f":{tcp['HostPort']}")
+    deadline = time.time() + 10
+    while True:   # through the published port on loopback
+        try:
+            with socket.create_connection(("127.0.0.1", int(tcp["HostPort"])), timeout=5) as s:
+                assert s.recv(64) == b"published\n"
+                break
+        except (ConnectionError, AssertionError):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
