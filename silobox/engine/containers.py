@@ -924,7 +924,10 @@ class ContainerService:
         if system is None or system.state != State.RUNNING:
             raise Conflict(f"Container {c.id} is not running")
         pc = x["ProcessConfig"]
-        use_tty = pc["tty"] if tty is None else bool(tty)
+        # As dockerd: the create's Tty gives the process its pty; the start's Tty only says
+        # whether the stream is raw or multiplexed (docker-py sends Tty false by default).
+        use_tty = pc["tty"]
+        framed_raw = pc["tty"] if tty is None else bool(tty)
         env = {}
         for item in S.merge_env(c.config["Env"], x["_env"]):
             k, _, v = item.partition("=")
@@ -955,7 +958,7 @@ class ContainerService:
         def died(record: dict[str, Any]) -> None:
             self.emit_event("container", "exec_die", c,
                             {"execID": exec_id, "exitCode": str(record["ExitCode"])})
-        sess = ExecSession(proc, x, tty=use_tty, stdin=x["OpenStdin"], on_exit=died)
+        sess = ExecSession(proc, x, tty=framed_raw, stdin=x["OpenStdin"], on_exit=died)
         if detach:
             asyncio.get_running_loop().create_task(sess.drain())
             return None

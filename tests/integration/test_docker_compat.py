@@ -235,3 +235,27 @@ def test_publish_port_zero_picks_a_random_host_port(made: Made) -> None:
             if time.time() > deadline:
                 raise
             time.sleep(0.1)
+
+
+# --- exec ------------------------------------------------------------------------------------
+
+def test_exec_tty_gives_pty_output_in_every_stream_form(made: Made) -> None:
+    """The create's Tty gives the pty; the start's Tty (docker-py sends false) only picks the
+    framing, as in dockerd."""
+    name = made.name()
+    made.api.create_container(IMAGE, ["sleep", "60"], name=name)
+    made.api.start(name)
+    cmd = ["sh", "-c", "echo a; echo b >&2"]
+
+    def run(create_tty: bool, **kwargs: Any) -> Any:
+        out = made.api.exec_start(made.api.exec_create(name, cmd, tty=create_tty), **kwargs)
+        return list(out) if kwargs.get("stream") else out
+
+    assert run(True) == b"a\r\nb\r\n"
+    assert run(True, tty=True) == b"a\r\nb\r\n"
+    assert run(True, demux=True) == (b"a\r\nb\r\n", None)
+    assert run(True, tty=True, demux=True) == (b"a\r\nb\r\n", None)
+    assert b"".join(run(True, stream=True)) == b"a\r\nb\r\n"
+    assert run(False, demux=True) == (b"a\n", b"b\n")
+    r = made.docker("exec", "-t", name, "sh", "-c", "echo a")
+    assert r.stdout == b"a\r\n"
