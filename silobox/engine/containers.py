@@ -164,7 +164,8 @@ class ContainerService:
         env = S.merge_env(icfg.get("Env") or [S.DEFAULT_PATH], body.get("Env") or [])
         config = {
             "Hostname": hostname, "Domainname": body.get("Domainname") or "",
-            "User": body.get("User") if body.get("User") is not None else icfg.get("User", ""),
+            # dockerd's merge: an empty User (the CLI always sends one) takes the image's
+            "User": body.get("User") or icfg.get("User") or "",
             "AttachStdin": bool(body.get("AttachStdin")),
             "AttachStdout": bool(body.get("AttachStdout", True)),
             "AttachStderr": bool(body.get("AttachStderr", True)),

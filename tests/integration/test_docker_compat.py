@@ -259,3 +259,31 @@ def test_exec_tty_gives_pty_output_in_every_stream_form(made: Made) -> None:
     assert run(False, demux=True) == (b"a\n", b"b\n")
     r = made.docker("exec", "-t", name, "sh", "-c", "echo a")
     assert r.stdout == b"a\r\n"
+
+
+# --- USER from the image's own /etc/passwd ---------------------------------------------------
+
+def test_user_added_by_a_run_of_the_same_build(made: Made, tmp_path: Any) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox\n"
+        'RUN echo "app:x:1234:1235::/:/bin/sh" >> /etc/passwd && echo "app:x:1235:" >> /etc/group\n'
+        "USER app\nCMD id\n")
+    tag = made.name("i")
+    r = subprocess.run([DOCKER or "docker", "build", "-q", "-t", tag, str(tmp_path)],
+                       env={**made.env, "DOCKER_BUILDKIT": "0",
+                            "DOCKER_CONFIG": str(tmp_path / "cfg")},
+                       capture_output=True, timeout=120) if DOCKER else None
+    if r is None:
+        made.api.build(path=str(tmp_path), tag=tag, rm=True)
+    else:
+        assert r.returncode == 0, r.stderr.decode()
+    assert made.api.inspect_image(tag)["Config"]["User"] == "app"
+    expected = "uid=1234(app) gid=1235(app) groups=1235(app)"
+    assert made.docker("run", "--rm", tag).stdout.decode().strip() == expected
+    name = made.name()
+    made.api.create_container(tag, name=name)   # docker-py sends no User
+    made.api.start(name)
+    made.api.wait(name, timeout=30)
+    assert made.api.logs(name).decode().strip() == expected
+    assert made.api.inspect_container(name)["Config"]["User"] == "app"
+    assert made.docker("run", "--rm", "-u", "0", tag, "id", "-u").stdout == b"0\n"
