@@ -434,7 +434,8 @@ class NetworkService:
         configs = [ipam_cfg]
         s6 = self.hns.subnet6(n)
         if s6:
-            configs.append({"Subnet": s6["AddressPrefix"], "Gateway": s6["GatewayAddress"]})
+            configs.append({"Subnet": s6["AddressPrefix"], "Gateway": s6["GatewayAddress"],
+                            **({"IPRange": s6["IPRange"]} if s6.get("IPRange") else {})})
         containers = {}
         for e in self.hns.endpoints_of(n["ID"]):
             c = self.containers.get(e.get("ContainerId", ""))
@@ -530,14 +531,13 @@ class NetworkService:
                                   "subnet")
         cfg = v4[0] if v4 else {}
         cfg6 = v6[0] if v6 else {}
-        if cfg6 and cfg6.get("IPRange"):
-            raise InvalidArgument("--ip-range is not supported for IPv6 subnets")
         n = await self.hns.create_network(
             name, subnet=cfg.get("Subnet") or None, gateway=cfg.get("Gateway") or None,
             ip_range=cfg.get("IPRange") or None, internal=bool(body.get("Internal")),
             labels=body.get("Labels") or {}, options=body.get("Options") or {},
             driver="nat" if driver == "bridge" else driver, ipv6=bool(body.get("EnableIPv6")),
-            subnet6=cfg6.get("Subnet") or None, gateway6=cfg6.get("Gateway") or None)
+            subnet6=cfg6.get("Subnet") or None, gateway6=cfg6.get("Gateway") or None,
+            ip_range6=cfg6.get("IPRange") or None)
         if driver == "bridge":
             # Docker's name for the nat network on Linux: remembered so it is shown as asked.
             n["DockerDriver"] = driver

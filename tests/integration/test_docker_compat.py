@@ -6,7 +6,9 @@ makes carries the run's prefix and is removed at the end, also when the test fai
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -287,3 +289,48 @@ def test_user_added_by_a_run_of_the_same_build(made: Made, tmp_path: Any) -> Non
     assert made.api.logs(name).decode().strip() == expected
     assert made.api.inspect_container(name)["Config"]["User"] == "app"
     assert made.docker("run", "--rm", "-u", "0", tag, "id", "-u").stdout == b"0\n"
+
+
+# --- network IPAM ----------------------------------------------------------------------------
+
+def _ula() -> str:
+    return str(ipaddress.IPv6Network(((0xFD << 120) | (secrets.randbits(40) << 80), 64)))
+
+
+def test_ipv6_network_with_ip_range(made: Made) -> None:
+    subnet6 = ipaddress.IPv6Network(_ula())
+    range6 = ipaddress.IPv6Network((int(subnet6.network_address) + 0x80000, 112))
+    name = made.name("n")
+    subnet4 = f"10.241.{secrets.randbelow(200) + 20}.0/24"
+    made.docker("network", "create", "--ipv6", "--subnet", subnet4, "--subnet", str(subnet6),
+                "--ip-range", str(range6), name)
+    configs = made.api.inspect_network(name)["IPAM"]["Config"]
+    assert {"Subnet": str(subnet6), "IPRange": str(range6),
+            "Gateway": str(subnet6[1])} in configs
+    r = made.docker("run", "--rm", "--network", name, IMAGE, "ip", "-6", "addr", "show", "eth0")
+    leased = [ipaddress.IPv6Interface(w).ip for line in r.stdout.decode().splitlines()
+              if "global" in line for w in line.split() if "/" in w]
+    assert leased and leased[0] in range6, r.stdout
+    with pytest.raises(docker.errors.APIError) as e:
+        made.api.create_network(made.name("n"), enable_ipv6=True, ipam={"Config": [
+            {"Subnet": _ula(), "IPRange": str(range6)}]})
+    assert e.value.status_code == 400 and "no matching subnet for range" in e.value.explanation
+
+
+def test_subnet_overlap_names_what_it_overlaps(made: Made) -> None:
+    first, octet = made.name("n"), secrets.randbelow(200) + 20
+    made.api.create_network(first, ipam={"Config": [{"Subnet": f"10.{octet}.0.0/16"}]})
+    with pytest.raises(docker.errors.APIError) as e:
+        made.api.create_network(made.name("n"), ipam={"Config": [
+            {"Subnet": f"10.{octet}.7.0/24"}]})
+    assert e.value.explanation == (
+        f"Pool overlaps with other one on this address space: 10.{octet}.7.0/24 overlaps "
+        f"the subnet 10.{octet}.0.0/16 of network {first}")
+    v6, subnet6 = made.name("n"), _ula()
+    made.api.create_network(v6, enable_ipv6=True, ipam={"Config": [
+        {"Subnet": f"10.{octet + 1}.0.0/24"}, {"Subnet": subnet6}]})
+    inner = str(ipaddress.IPv6Network(subnet6).network_address) + "/80"
+    r = made.docker("network", "create", "--ipv6", "--subnet", inner, made.name("n"),
+                    check=False)
+    assert r.returncode != 0
+    assert (f"{inner} overlaps the subnet {subnet6} of network {v6}") in r.stderr.decode()
