@@ -334,3 +334,29 @@ def test_subnet_overlap_names_what_it_overlaps(made: Made) -> None:
                     check=False)
     assert r.returncode != 0
     assert (f"{inner} overlaps the subnet {subnet6} of network {v6}") in r.stderr.decode()
+
+
+# --- stats -----------------------------------------------------------------------------------
+
+def test_stats_carry_the_container_networks(made: Made) -> None:
+    a, b = made.name(), made.name()
+    for name in (a, b):
+        made.api.create_container(IMAGE, ["sleep", "60"], name=name)
+        made.api.start(name)
+    before = made.api.stats(a, stream=False, one_shot=True)["networks"]
+    assert list(before) == ["eth0"]
+    ip = made.api.inspect_container(b)["NetworkSettings"]["IPAddress"]
+    out = made.api.exec_start(made.api.exec_create(a, ["ping", "-c3", "-s1000", "-W2", ip]))
+    assert b"3 packets received" in out, out
+    after = made.api.stats(a, stream=False, one_shot=True)["networks"]["eth0"]
+    assert after["tx_bytes"] >= before["eth0"]["tx_bytes"] + 3000
+    assert after["rx_packets"] >= before["eth0"]["rx_packets"] + 3
+    assert set(after) == {"rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
+                          "tx_bytes", "tx_packets", "tx_errors", "tx_dropped"}
+    r = made.docker("stats", "--no-stream", "--format", "{{.NetIO}}", a)
+    assert r.stdout.decode().strip() not in ("0B / 0B", "--")
+    none = made.name()
+    made.api.create_container(IMAGE, ["sleep", "60"], name=none,
+                              host_config=made.api.create_host_config(network_mode="none"))
+    made.api.start(none)
+    assert "networks" not in made.api.stats(none, stream=False, one_shot=True)
