@@ -21,6 +21,7 @@ import sys
 import uuid
 from typing import Any, AsyncIterator, Callable, Iterator
 
+from silobox.engine.storageops import mount_tree
 from silobox.errors import (Conflict, InvalidArgument, NotFound, NotRunning, SiloboxError,
                             SystemFailure)
 
@@ -696,8 +697,14 @@ class ImageOpsService:
     async def _fs_helper_run(self, c: Any, args: dict[str, Any], path: str = "/",
                              stdin: bool = False) -> asyncio.subprocess.Process:
         """Start the helper that works inside the container's root (see storage.changes)."""
+        held = mount_tree(c.data.get("Mounts") or [], str(args.get("path") or "/"))
+        if held is not None and args["op"] == "put" and not held[0].get("RW", True):
+            raise InvalidArgument("mounted volume is marked read-only")
         if c.running and c.state.get("Pid"):
             args = {**args, "pid": c.state["Pid"]}
+        elif held is not None:
+            # a stopped container's volume or bind is not in its overlay: read its source
+            args = {**args, "tree": held[0]["Source"], "path": held[1], "shown": args["path"]}
         else:
             sandbox = self.sandbox_for(c.id)
             lowers = self.container_lower_dirs(c)

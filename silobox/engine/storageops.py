@@ -66,6 +66,22 @@ def _resolve_inside(root: str, path: str, hops: int = 0) -> str:
     return cur
 
 
+def mount_tree(mounts: list[dict[str, Any]], path: str) -> tuple[dict[str, Any], str] | None:
+    """The volume or bind that holds container ``path`` and the path inside its source tree,
+    or None when the path is in the container's own filesystem. The innermost mount wins, as
+    in the container's mount table; the match is lexical (``..`` is folded first)."""
+    where = "/" + os.path.normpath("/" + path).lstrip("/")
+    best: tuple[dict[str, Any], str] | None = None
+    for m in mounts:
+        if m.get("Type") not in ("bind", "volume") or not m.get("Source"):
+            continue
+        dest = "/" + os.path.normpath("/" + m["Destination"]).lstrip("/")
+        if where == dest or where.startswith(dest.rstrip("/") + "/"):
+            if best is None or _depth(dest) > _depth(best[0]["Destination"]):
+                best = (m, "/" + where[len(dest):].lstrip("/"))
+    return best
+
+
 class StorageHook(ContainerHook):
     """Sandbox disk and mounts of each container (see the module docstring)."""
 

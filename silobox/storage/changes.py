@@ -325,11 +325,14 @@ def _enter(args: dict[str, object]) -> None:
     """Chroot into the container's view of its filesystem.
 
     A running container: its ``/proc/<pid>/root``. A stopped one: a private mount namespace
-    with the overlay of its sandbox mounted on its ``rootfs/``, gone when this process exits.
+    with the overlay of its sandbox mounted on its ``rootfs/``, gone when this process exits;
+    or, for a path under one of its volumes or binds, that mount's source tree (``tree``).
     """
     from silobox.kernel import libc
     if args.get("pid"):
         root = f"/proc/{int(args['pid'])}/root"
+    elif args.get("tree"):
+        root = str(args["tree"])
     else:
         libc.unshare(libc.CLONE_NEWNS)
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE, None)
@@ -411,16 +414,19 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
     warm.close()
     op = args["op"]
     path = "/" + os.path.normpath("/" + str(args.get("path") or "/")).lstrip("/")
+    # the path as the client gave it: differs from ``path`` inside a mount's ``tree``
+    given = str(args.get("shown") or args.get("path") or "/")
+    shown = "/" + os.path.normpath("/" + given).lstrip("/")
     try:
         _enter(args)
         if op in ("stat", "get"):
-            doc = path_stat(path, str(args.get("path") or "/"))
+            doc = path_stat(path, given)
             if op == "stat":
                 stdout.write(json.dumps(doc).encode())
                 return 0
             stdout.write((json.dumps(doc) + "\n").encode())
-            contents_only = str(args.get("path") or "").endswith("/.")
-            name = "" if contents_only or path == "/" else os.path.basename(path)
+            contents_only = given.endswith("/.")
+            name = "" if contents_only or shown == "/" else os.path.basename(shown)
             for chunk in tar_path(path, name, one_fs=bool(args.get("one_fs"))):
                 stdout.write(chunk)
             return 0
@@ -433,7 +439,7 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
             options = layers.ExtractOptions(
                 no_overwrite_dir_non_dir=bool(args.get("no_overwrite_dir_non_dir")),
                 owner=_owner_in_root(str(args["user"])) if args.get("user") else None,
-                shown_dest=path)
+                shown_dest=shown)
             reader = layers._HashingReader(stdin)
             try:
                 layers._extract(reader, path, options=options)

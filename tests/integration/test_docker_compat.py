@@ -6,12 +6,14 @@ makes carries the run's prefix and is removed at the end, also when the test fai
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
 import uuid
 from typing import Any, Iterator
@@ -360,3 +362,82 @@ def test_stats_carry_the_container_networks(made: Made) -> None:
                               host_config=made.api.create_host_config(network_mode="none"))
     made.api.start(none)
     assert "networks" not in made.api.stats(none, stream=False, one_shot=True)
+
+
+# --- cp through volume and bind mount points -------------------------------------------------
+
+def _tar_of(data: bytes) -> dict[str, bytes]:
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar:
+            f = tar.extractfile(member) if member.isfile() else None
+            out[member.name] = f.read() if f else b""
+    return out
+
+
+def _put(made: Made, name: str, path: str, files: dict[str, bytes]) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for fname, data in files.items():
+            info = tarfile.TarInfo(fname)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert made.api.put_archive(name, path, buf.getvalue())
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
+def test_archive_through_volume_and_bind_mounts(made: Made, tmp_path: Any,
+                                                running: bool) -> None:
+    bind = tmp_path / "bind"
+    (bind / "sub").mkdir(parents=True)
+    (bind / "sub" / "host.txt").write_bytes(b"from the host\n")
+    volume, name = made.name("v"), made.name()
+    made.api.create_container(
+        IMAGE, ["sh", "-c", "echo in-volume > /data/v.txt; exec sleep 60"], name=name,
+        host_config=made.api.create_host_config(binds={
+            volume: {"bind": "/data", "mode": "rw"}, str(bind): {"bind": "/mnt/b", "mode": "rw"},
+            str(bind / "sub"): {"bind": "/ro", "mode": "ro"}}))
+    made.api.start(name)
+    deadline = time.time() + 10
+    while b"in-volume" not in made.api.exec_start(made.api.exec_create(
+            name, ["sh", "-c", "cat /data/v.txt 2>/dev/null || true"])):
+        assert time.time() < deadline
+        time.sleep(0.1)
+    if not running:
+        made.api.stop(name, timeout=0)
+    # GET and HEAD
+    stream, stat = made.api.get_archive(name, "/data/v.txt")
+    assert stat["name"] == "v.txt" and _tar_of(b"".join(stream)) == {"v.txt": b"in-volume\n"}
+    stream, stat = made.api.get_archive(name, "/mnt/b")
+    assert stat["name"] == "b"
+    assert _tar_of(b"".join(stream))["b/sub/host.txt"] == b"from the host\n"
+    stream, _ = made.api.get_archive(name, "/mnt/b/sub/.")   # the contents only
+    names = {n.lstrip("./") for n in _tar_of(b"".join(stream))} - {""}
+    assert names == {"host.txt"}
+    assert made.api.get_archive(name, "/ro/host.txt")[1]["size"] == len(b"from the host\n")
+    with pytest.raises(docker.errors.NotFound):
+        made.api.get_archive(name, "/data/missing")
+    # PUT lands in the mount's own tree
+    _put(made, name, "/data", {"put.txt": b"put into the volume\n"})
+    _put(made, name, "/mnt/b/sub", {"put.txt": b"put into the bind\n"})
+    assert (bind / "sub" / "put.txt").read_bytes() == b"put into the bind\n"
+    with pytest.raises(docker.errors.APIError) as e:
+        _put(made, name, "/ro", {"x.txt": b"x"})
+    assert e.value.status_code == 400
+    assert e.value.explanation == "mounted volume is marked read-only"
+    # through the docker CLI
+    src = tmp_path / "cli.txt"
+    src.write_bytes(b"via docker cp\n")
+    made.docker("cp", str(src), f"{name}:/data/cli.txt")
+    out = tmp_path / "out"
+    out.mkdir()
+    made.docker("cp", f"{name}:/data/.", str(out))
+    assert (out / "cli.txt").read_bytes() == b"via docker cp\n"
+    assert (out / "put.txt").read_bytes() == b"put into the volume\n"
+    assert (out / "v.txt").read_bytes() == b"in-volume\n"
+    # what the container itself sees
+    if not running:
+        made.api.start(name)
+    seen = made.api.exec_start(made.api.exec_create(
+        name, ["cat", "/data/put.txt", "/data/cli.txt", "/mnt/b/sub/put.txt"]))
+    assert seen == b"put into the volume\nvia docker cp\nput into the bind\n"
