@@ -187,6 +187,7 @@ class ContainerService:
         host_config = {
             **hc, "NetworkMode": net,
             "Isolation": hc.get("Isolation") or "", "Ulimits": ulimits or None,
+            "Runtime": hc.get("Runtime") or "silobox",   # dockerd fills in its default
             "CapAdd": hc.get("CapAdd"), "CapDrop": hc.get("CapDrop"),
             "SecurityOpt": hc.get("SecurityOpt"),
             "RestartPolicy": restart,

@@ -178,8 +178,16 @@ def test_isolation_is_stored_as_given(made: Made) -> None:
 
 def test_info_lists_runtimes(made: Made) -> None:
     info = made.api.info()
-    assert info["DefaultRuntime"] in info["Runtimes"]
+    assert info["DefaultRuntime"] == "silobox"
+    assert {"silobox", "runc"} <= set(info["Runtimes"])
     assert all("path" in r for r in info["Runtimes"].values())
+    for given, stored in ((None, "silobox"), ("runc", "runc")):
+        name = made.name()
+        made.api.create_container(IMAGE, ["true"], name=name,
+                                  host_config=made.api.create_host_config(runtime=given))
+        assert made.api.inspect_container(name)["HostConfig"]["Runtime"] == stored
+    r = made.docker("create", "--runtime", "crun", IMAGE, "true", check=False)
+    assert r.returncode != 0 and b"Unknown runtime specified crun" in r.stderr
 
 
 # --- the default network answers to Linux clients' name for it -------------------------------
