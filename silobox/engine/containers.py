@@ -327,8 +327,11 @@ class ContainerService:
         argv = [c.data["Path"]] + list(c.data["Args"])
         if c.host_config.get("Init"):
             argv = ["/sbin/docker-init", "--"] + argv
-        env = {}
-        for item in cfg["Env"]:
+        # dockerd's daemon environment: HOSTNAME, then a legacy link's variables; the
+        # container's own Env wins over both
+        env = {"HOSTNAME": cfg.get("Hostname") or ""}
+        linked = (c.data.get("Silobox") or {}).get("LinkEnv") or []
+        for item in [*linked, *cfg["Env"]]:
             k, _, v = item.partition("=")
             env[k] = v
         return ProcessParameters(
@@ -930,7 +933,7 @@ class ContainerService:
         # whether the stream is raw or multiplexed (docker-py sends Tty false by default).
         use_tty = pc["tty"]
         framed_raw = pc["tty"] if tty is None else bool(tty)
-        env = {}
+        env = {"HOSTNAME": c.config.get("Hostname") or ""}   # as dockerd's exec
         for item in S.merge_env(c.config["Env"], x["_env"]):
             k, _, v = item.partition("=")
             env[k] = v

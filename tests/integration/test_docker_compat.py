@@ -449,3 +449,25 @@ def test_archive_through_volume_and_bind_mounts(made: Made, tmp_path: Any,
     seen = made.api.exec_start(made.api.exec_create(
         name, ["cat", "/data/put.txt", "/data/cli.txt", "/mnt/b/sub/put.txt"]))
     assert seen == b"put into the volume\nvia docker cp\nput into the bind\n"
+
+
+def test_legacy_link_variables_and_hostname(made: Made) -> None:
+    """dockerd's daemon environment: HOSTNAME, and each legacy link's ALIAS_* variables."""
+    child, parent = made.name(), made.name()
+    made.docker("run", "-d", "--name", child, "-e", "FOO=1", "--expose", "80",
+                "--expose", "8000-8002", "--expose", "53/udp", IMAGE, "sleep", "60")
+    ip = made.api.inspect_container(child)["NetworkSettings"]["IPAddress"]
+    r = made.docker("run", "--name", parent, "--hostname", "linked", "--link",
+                    f"{child}:my-db", IMAGE, "env")
+    env = dict(line.split("=", 1) for line in r.stdout.decode().splitlines())
+    assert env["HOSTNAME"] == "linked"
+    assert env["MY_DB_NAME"] == f"/{parent}/my-db"
+    assert env["MY_DB_ENV_FOO"] == "1" and "MY_DB_ENV_PATH" not in env
+    assert env["MY_DB_PORT"] == f"udp://{ip}:53"
+    assert env["MY_DB_PORT_80_TCP"] == f"tcp://{ip}:80"
+    assert env["MY_DB_PORT_80_TCP_ADDR"] == ip and env["MY_DB_PORT_80_TCP_PORT"] == "80"
+    assert env["MY_DB_PORT_8000_TCP_START"] == f"tcp://{ip}:8000"
+    assert env["MY_DB_PORT_8000_TCP_END"] == f"tcp://{ip}:8002"
+    assert env["MY_DB_PORT_8001_TCP_PROTO"] == "tcp"
+    r = made.docker("exec", child, "sh", "-c", "echo $HOSTNAME")
+    assert r.stdout.decode().strip() == made.api.inspect_container(child)["Config"]["Hostname"]
