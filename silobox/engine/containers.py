@@ -580,6 +580,9 @@ class ContainerService:
         if c.running and not force:
             raise Conflict(f"You cannot remove a running container {c.id}. Stop the container "
                            "before attempting removal or force remove")
+        if c.state.get("Restarting") and not force:   # between a policy's restarts
+            raise Conflict(f"You cannot remove a restarting container {c.id}. Stop the "
+                           "container before attempting removal or force remove")
         c.remove_volumes = volumes   # type: ignore[attr-defined]  # read by the storage hook
         await self._remove(c, force)
 

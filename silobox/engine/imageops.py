@@ -598,7 +598,7 @@ class ImageOpsService:
         if comment:
             entry["comment"] = comment
         history.append(entry)
-        doc.update({"created": now, "config": cfg, "container": c.id,
+        doc.update({"created": now, "config": cfg, "container": c.id, "parent": base.id,
                     "container_config": c.config, "history": history,
                     "author": author, "comment": comment})
         if not author:

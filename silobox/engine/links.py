@@ -269,6 +269,24 @@ class LinkService:
         self.container_hooks.insert(0, VolumesFromHook(self))
         self.container_hooks.append(LinkHook(self))
 
+    async def container_remove_link(self, name: str) -> None:
+        """``DELETE /containers/parent/alias?link=1``: drop a legacy link from its parent (moby
+        ``rmLink``); it takes effect at the parent's next start, both containers stay."""
+        parent, _, alias = name.strip("/").rpartition("/")
+        if not parent:
+            raise Conflict("Conflict, cannot remove the default link name of the container")
+        try:
+            c = self._find(parent)  # type: ignore[attr-defined]
+        except NotFound:
+            raise NotFound(f"Cannot get parent /{parent} for link name /{name.strip('/')}"
+                           ) from None
+        links = c.host_config.get("Links") or []
+        kept = [item for item in links if parse_link(item)[1] != alias]
+        if len(kept) == len(links):
+            raise NotFound(f"No such container: {name.strip('/')}")
+        c.host_config["Links"] = kept or None
+        self._save(c)  # type: ignore[attr-defined]
+
     def link_target(self, container_id: str, name: str) -> str | None:
         """The container name an endpoint link alias of ``container_id`` stands for."""
         c = self.containers.get(container_id)

@@ -492,6 +492,8 @@ class NetworkService:
             for name in ("none", "host"):
                 if f.get("name") and not any(v in name for v in f["name"]):
                     continue
+                if f.get("id") and not any(name.startswith(v) for v in f["id"]):
+                    continue
                 out.append({"Name": name, "Id": name, "Created": _iso(self.started),
                             "Scope": "local", "Driver": "null" if name == "none" else "host",
                             "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None,

@@ -471,3 +471,47 @@ def test_legacy_link_variables_and_hostname(made: Made) -> None:
     assert env["MY_DB_PORT_8001_TCP_PROTO"] == "tcp"
     r = made.docker("exec", child, "sh", "-c", "echo $HOSTNAME")
     assert r.stdout.decode().strip() == made.api.inspect_container(child)["Config"]["Hostname"]
+
+
+def test_remove_a_legacy_link(made: Made) -> None:
+    child, parent = made.name(), made.name()
+    made.docker("run", "-d", "--name", child, IMAGE, "sleep", "60")
+    made.docker("run", "-d", "--name", parent, "--link", f"{child}:ali", IMAGE, "sleep", "60")
+    made.api.remove_container(f"{parent}/ali", link=True)   # DELETE /containers/parent/ali
+    assert made.api.inspect_container(parent)["HostConfig"]["Links"] is None
+    assert {c["Id"] for c in made.api.containers(filters={"name": made.prefix})} == {
+        made.api.inspect_container(n)["Id"] for n in (child, parent)}
+    with pytest.raises(docker.errors.NotFound):
+        made.api.remove_container(f"{parent}/ali", link=True)
+    r = made.docker("rm", "--link", parent, check=False)
+    assert r.returncode == 1 and b"cannot remove the default link name" in r.stderr
+
+
+def test_restarting_container_is_not_removed_without_force(made: Made) -> None:
+    name = made.name()
+    made.api.create_container(IMAGE, ["sh", "-c", "sleep 0.2; exit 1"], name=name,
+                              host_config=made.api.create_host_config(
+                                  restart_policy={"Name": "always"}, network_mode="none"))
+    made.api.start(name)
+    made.api.wait(name, timeout=30)
+    with pytest.raises(docker.errors.APIError) as e:
+        made.api.remove_container(name)
+    assert e.value.status_code == 409
+    assert "stop the container before" in e.value.explanation.lower()
+    made.api.remove_container(name, force=True)
+
+
+def test_commit_records_the_parent_image(made: Made) -> None:
+    name = made.name()
+    made.api.create_container(IMAGE, ["touch", "/x"], name=name)
+    made.api.start(name)
+    made.api.wait(name, timeout=30)
+    image = made.api.commit(name)["Id"]
+    made.images.append(image)
+    assert made.api.inspect_image(image)["Parent"] == made.api.inspect_image(IMAGE)["Id"]
+
+
+def test_network_list_filters_apply_to_none_and_host(made: Made) -> None:
+    nid = made.api.inspect_network("bridge")["Id"]
+    assert [n["Id"] for n in made.api.networks(ids=[nid[:8]])] == [nid]
+    assert [n["Name"] for n in made.api.networks(ids=["host"])] == ["host"]

@@ -17,7 +17,7 @@ from silobox.api.backend import ContainerBackend
 from silobox.api.routers import (Query, Route, api_version, check_fields, complete,
                                  json_response, no_content, parse_tail, read_json_object,
                                  version_at_least)
-from silobox.errors import InvalidArgument, SiloboxError
+from silobox.errors import InvalidArgument, NotFound, SiloboxError
 
 log = logging.getLogger("silobox.api")
 
@@ -131,6 +131,7 @@ class ContainerRouter:
             ("POST", "/containers/{id}/resize", self.resize),
             ("POST", "/containers/{id}/attach", self.attach),
             ("DELETE", "/containers/{id}", self.remove),
+            ("DELETE", "/containers/{id}/{alias}", self.remove_link),
         ]
 
     # --- create, list, inspect ---------------------------------------------------------------
@@ -226,8 +227,20 @@ class ContainerRouter:
 
     async def remove(self, request: web.Request) -> web.Response:
         query = Query(request)
+        if query.flag("link"):   # ?link=1 names a legacy link, parent/alias
+            await complete(self.backend.container_remove_link(_ref(request)))
+            return no_content()
         force, volumes = query.flag("force"), query.flag("v")
         await complete(self.backend.container_remove(_ref(request), force=force, volumes=volumes))
+        return no_content()
+
+    async def remove_link(self, request: web.Request) -> web.Response:
+        """``DELETE /containers/parent/alias?link=1``: a legacy link's name has a slash."""
+        if not Query(request).flag("link"):
+            raise NotFound(f"No such container: {request.match_info['id']}/"
+                           f"{request.match_info['alias']}")
+        name = f"{request.match_info['id']}/{request.match_info['alias']}"
+        await complete(self.backend.container_remove_link(name))
         return no_content()
 
     async def resize(self, request: web.Request) -> web.Response:
