@@ -43,7 +43,7 @@ LEFT_OUT_WORDS = ("registry-1.docker.io", "index.docker.io", "pull access denied
                   "--registry-loopback-only", "no such host", "name resolution",
                   "dial tcp", "swarm", "requested access to the resource is denied",
                   "repository does not exist")
-IMAGES = (("alpine", "3.10"), ("busybox", "latest"))
+IMAGES = (("alpine", "3.10"), ("alpine", "latest"), ("busybox", "latest"))
 
 
 def busybox_rootfs_tar() -> bytes:
@@ -115,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or ("silod" if proc else "engine")
     try:
         ensure_images(args.python, host)
-        env = {**os.environ, "DOCKER_HOST": host, "PYTHONDONTWRITEBYTECODE": "1"}
+        config = tempfile.mkdtemp(prefix="dpycfg", dir="/tmp")   # the suite's contexts
+        env = {**os.environ, "DOCKER_HOST": host, "PYTHONDONTWRITEBYTECODE": "1",
+               "DOCKER_CONFIG": config}
         env.pop("DOCKER_TLS_VERIFY", None)
         if args.api:
             env["DOCKER_TEST_API_VERSION"] = args.api
@@ -128,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.time()
         code = subprocess.run(cmd, env=env, cwd=source).returncode
         print(f"{name}: pytest exited {code} after {time.time() - started:.0f} s", file=sys.stderr)
+        shutil.rmtree(config, ignore_errors=True)
         return 0
     finally:
         if proc is not None:

@@ -92,6 +92,9 @@ class NetworkHook(ContainerHook):
             ec = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
             keys = [mode, n["Name"], *(DEFAULT_ALIASES if n.get("Default") else ())]
             cfg = next((ec[k] for k in keys if ec.get(k)), {})
+            for other in ec:
+                if other not in keys:   # dockerd connects each: one that does not exist is 404
+                    self.engine.find_docker_network(other)
             ipam = cfg.get("IPAMConfig") or {}
             if (ipam.get("IPv4Address") or ipam.get("IPv6Address")) and n["Default"]:
                 raise InvalidArgument("user specified IP address is supported on user defined "
@@ -105,6 +108,7 @@ class NetworkHook(ContainerHook):
             c.data["NetworkSettings"]["Networks"] = {n["Name"]: {
                 **_EMPTY_NET, "NetworkID": n["DockerId"],
                 "IPAMConfig": ipam or None, "Aliases": cfg.get("Aliases"),
+                "DriverOpts": cfg.get("DriverOpts") or None,
                 "MacAddress": cfg.get("MacAddress") or body.get("MacAddress") or ""}}
             c.data["Silobox"]["RequestedMac"] = {
                 n["Name"]: cfg.get("MacAddress") or body.get("MacAddress") or ""}
@@ -599,6 +603,7 @@ class NetworkService:
             (c.data["Silobox"].get("ConfigMac") or {}).get(n["Name"]) or ""
         cfg = {**_EMPTY_NET, "NetworkID": n["DockerId"], "IPAMConfig": ipam or None,
                "Aliases": endpoint_config.get("Aliases"),
+               "DriverOpts": endpoint_config.get("DriverOpts") or None,
                "Links": check_endpoint_links(endpoint_config.get("Links")),
                "MacAddress": mac}
         ns_id = (c.data.get("Silobox") or {}).get("NetworkNamespace")

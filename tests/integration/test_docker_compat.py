@@ -515,3 +515,30 @@ def test_network_list_filters_apply_to_none_and_host(made: Made) -> None:
     nid = made.api.inspect_network("bridge")["Id"]
     assert [n["Id"] for n in made.api.networks(ids=[nid[:8]])] == [nid]
     assert [n["Name"] for n in made.api.networks(ids=["host"])] == ["host"]
+
+
+def test_endpoint_config_aliases_driver_opts_and_unknown_networks(made: Made) -> None:
+    net = made.name("n")
+    made.api.create_network(net)
+    old = docker.APIClient(base_url=f"unix://{made.silod.socket}", version="1.41")
+    name = made.name()
+    old.create_container(IMAGE, ["true"], name=name, host_config=old.create_host_config(
+        network_mode=net), networking_config=old.create_networking_config({
+            net: old.create_endpoint_config(aliases=["hello"], driver_opt={"k": "a"})}))
+    cid = made.api.inspect_container(name)["Id"]
+    ep = old.inspect_container(name)["NetworkSettings"]["Networks"][net]
+    assert ep["Aliases"] == ["hello", cid[:12]]   # the short id too before API 1.45
+    assert ep["DriverOpts"] == {"k": "a"}
+    assert made.api.inspect_container(name)["NetworkSettings"]["Networks"][net]["Aliases"] == [
+        "hello"]
+    default = made.name()
+    old.create_container(IMAGE, ["true"], name=default)
+    assert old.inspect_container(default)["NetworkSettings"]["Networks"]["nat"]["Aliases"] \
+        is None
+    with pytest.raises(docker.errors.NotFound) as e:
+        made.api.create_container(IMAGE, ["true"], name=made.name(),
+                                  host_config=made.api.create_host_config(network_mode=net),
+                                  networking_config=made.api.create_networking_config({
+                                      net: made.api.create_endpoint_config(),
+                                      "no-such-net": made.api.create_endpoint_config()}))
+    assert e.value.explanation == "network no-such-net not found"

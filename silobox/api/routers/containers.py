@@ -106,6 +106,10 @@ def validate_wait_condition(raw: str | None) -> str:
     return raw
 
 
+_BUILTIN_NETWORKS = frozenset({"nat", "bridge", "default", "host", "none"})
+"""Network names that are not user-defined (``nat`` is the default network's own name)."""
+
+
 class ContainerRouter:
     def __init__(self, backend: ContainerBackend) -> None:
         self.backend = backend
@@ -168,6 +172,16 @@ class ContainerRouter:
 
     async def inspect(self, request: web.Request) -> web.Response:
         doc = await self.backend.container_inspect(_ref(request), size=Query(request).flag("size"))
+        if not version_at_least(request, (1, 45)):
+            # Before 1.45 a user-defined network's Aliases also carry the short id (moby);
+            # the document may share its dicts with the container's state: copies are changed
+            settings = dict(doc.get("NetworkSettings") or {})
+            networks = dict(settings.get("Networks") or {})
+            for name, ep in networks.items():
+                if name not in _BUILTIN_NETWORKS and isinstance(ep, dict):
+                    networks[name] = {**ep, "Aliases": list(dict.fromkeys(
+                        [*(ep.get("Aliases") or []), doc["Id"][:12]]))}
+            doc = {**doc, "NetworkSettings": {**settings, "Networks": networks}}
         return json_response(doc)
 
     async def top(self, request: web.Request) -> web.Response:
