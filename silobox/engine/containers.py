@@ -27,7 +27,7 @@ from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
 from silobox.timeutil import ZERO_TIME, human_duration, now_iso, parse_iso
-from silobox.engine.sessions import AttachSession, ExecSession
+from silobox.engine.sessions import AttachSession, ExecSession, FailedExecStart
 from silobox.errors import (AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified,
                             NotRunning)
 
@@ -923,7 +923,7 @@ class ContainerService:
         return x
 
     async def exec_start(self, exec_id: str, detach: bool = False,
-                         tty: bool | None = None) -> ExecSession | None:
+                         tty: bool | None = None) -> ExecSession | FailedExecStart | None:
         x = self._find_exec(exec_id)
         if x["Running"] or x["ExitCode"] is not None:
             raise Conflict(f"exec {exec_id} has already been started")
@@ -959,7 +959,10 @@ class ContainerService:
             x["Running"] = False
             x["ExitCode"] = proc.start_error.exit_code
             await proc.stream.close()
-            raise proc.start_error
+            if detach:
+                raise proc.start_error
+            # As dockerd: the stream is already the client's, the error is its output
+            return FailedExecStart(proc.start_error.message, tty=framed_raw)
         command = " ".join([pc["entrypoint"]] + pc["arguments"])
         self.emit_event("container", f"exec_start: {command}", c, {"execID": exec_id})
 

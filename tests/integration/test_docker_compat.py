@@ -542,3 +542,18 @@ def test_endpoint_config_aliases_driver_opts_and_unknown_networks(made: Made) ->
                                       net: made.api.create_endpoint_config(),
                                       "no-such-net": made.api.create_endpoint_config()}))
     assert e.value.explanation == "network no-such-net not found"
+
+
+def test_exec_of_a_missing_command_reports_in_the_stream(made: Made) -> None:
+    """As dockerd: the stream is the client's once started; the error is its output."""
+    name = made.name()
+    made.api.create_container(IMAGE, ["sleep", "60"], name=name)
+    made.api.start(name)
+    client = docker.DockerClient(base_url=f"unix://{made.silod.socket}", version="auto")
+    code, out = client.containers.get(name).exec_run("no-such-command")
+    assert code == 127 and b"executable file not found" in out and out.endswith(b"\r\n")
+    r = made.docker("exec", name, "no-such-command", check=False)
+    assert r.returncode == 127 and b"executable file not found" in r.stdout + r.stderr
+    with pytest.raises(docker.errors.APIError) as e:   # detached: the start itself fails
+        made.api.exec_start(made.api.exec_create(name, ["no-such-command"]), detach=True)
+    assert e.value.status_code == 400
