@@ -125,7 +125,7 @@ class StorageHook(ContainerHook):
             self.undo_create(c)
             raise
         for m in plan:
-            for private in ("_labels", "_nocopy", "_options"):
+            for private in ("_labels", "_nocopy", "_options", "_mount"):
                 m.pop(private, None)
         mounts = list(c.data.get("Mounts") or []) + plan
         c.data["Mounts"] = mounts
@@ -168,8 +168,8 @@ class StorageHook(ContainerHook):
         if not isinstance(mounts, list):
             raise InvalidArgument("json: cannot unmarshal object into Go struct field "
                                   "HostConfig.HostConfig.Mounts of type []mount.Mount")
-        for m in mounts:
-            plan.append(self._mount_entry(m, claim))
+        for m in mounts:   # each names its own volume driver
+            plan.append({**self._mount_entry(m, claim), "_mount": True})
         tmpfs: list[dict[str, str]] = []
         tmap = hc.get("Tmpfs") or {}
         if not isinstance(tmap, dict) or not all(isinstance(v, str) for v in tmap.values()):
@@ -197,6 +197,13 @@ class StorageHook(ContainerHook):
             plan.append({"Type": "volume", "Name": "", "Source": "",
                          "Destination": claim(path), "Driver": "local", "Mode": "",
                          "RW": True, "Propagation": ""})
+        driver = hc.get("VolumeDriver") or "local"
+        if driver != "local" and any(
+                p["Type"] == "volume" and not p.get("_mount") and
+                not (p["Name"] and self.e.volumes.exists(p["Name"])) for p in plan):
+            # as dockerd: the driver matters only for a volume that has to be made
+            raise NotFound(f'error looking up volume plugin {driver}: plugin "{driver}" '
+                           "not found")
         return plan, tmpfs
 
     def _mount_entry(self, m: Any, claim: Any) -> dict[str, Any]:

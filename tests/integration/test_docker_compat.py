@@ -557,3 +557,19 @@ def test_exec_of_a_missing_command_reports_in_the_stream(made: Made) -> None:
     with pytest.raises(docker.errors.APIError) as e:   # detached: the start itself fails
         made.api.exec_start(made.api.exec_create(name, ["no-such-command"]), detach=True)
     assert e.value.status_code == 400
+
+
+def test_volume_driver_matters_only_for_a_volume_to_make(made: Made) -> None:
+    name = made.name()
+    made.api.create_container(IMAGE, ["true"], name=name,
+                              host_config=made.api.create_host_config(volume_driver="foo"))
+    assert made.api.inspect_container(name)["HostConfig"]["VolumeDriver"] == "foo"
+    with pytest.raises(docker.errors.NotFound) as e:
+        made.api.create_container(IMAGE, ["true"], host_config=made.api.create_host_config(
+            volume_driver="foo", binds=[f"{made.name('v')}:/data"]))
+    assert e.value.explanation == 'error looking up volume plugin foo: plugin "foo" not found'
+    vol = made.name("v")
+    made.api.create_volume(vol)
+    made.api.create_container(IMAGE, ["true"], name=made.name(),
+                              host_config=made.api.create_host_config(
+                                  volume_driver="foo", binds=[f"{vol}:/data"]))
