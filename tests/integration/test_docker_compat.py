@@ -573,3 +573,29 @@ def test_volume_driver_matters_only_for_a_volume_to_make(made: Made) -> None:
     made.api.create_container(IMAGE, ["true"], name=made.name(),
                               host_config=made.api.create_host_config(
                                   volume_driver="foo", binds=[f"{vol}:/data"]))
+
+
+# --- classic builder -------------------------------------------------------------------------
+
+def test_build_cache_from_and_stderr(made: Made) -> None:
+    script = f"FROM busybox\nENV FOO={made.prefix}\nRUN touch baz\nRUN touch bax\n".encode()
+    first, second = made.name("i"), made.name("i")
+
+    def build(tag: str, **kwargs: Any) -> list[dict[str, Any]]:
+        return list(made.api.build(fileobj=io.BytesIO(script), tag=tag, decode=True, rm=True,
+                                   **kwargs))
+
+    build(first)
+    hits = sum("Using cache" in m.get("stream", "") for m in build(second, cache_from=[first]))
+    assert hits == 3
+    made.api.remove_image(second)
+    hits = sum("Using cache" in m.get("stream", "")
+               for m in build(second, cache_from=["no-such-image"]))
+    assert hits == 0   # with cachefrom, only those images are a cache
+    out = list(made.api.build(fileobj=io.BytesIO(
+        b'FROM busybox\nRUN sh -c ">&2 echo to-stderr; echo to-stdout"\n'), decode=True,
+        nocache=True, rm=True))
+    streams = [m.get("stream") for m in out]
+    assert "\x1b[91mto-stderr\n\x1b[0m" in streams and "to-stdout\n" in streams
+    made.images.append(next(m["stream"].split()[-1] for m in out
+                            if m.get("stream", "").startswith("Successfully built")))
