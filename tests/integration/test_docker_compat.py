@@ -599,3 +599,15 @@ def test_build_cache_from_and_stderr(made: Made) -> None:
     assert "\x1b[91mto-stderr\n\x1b[0m" in streams and "to-stdout\n" in streams
     made.images.append(next(m["stream"].split()[-1] for m in out
                             if m.get("stream", "").startswith("Successfully built")))
+
+
+def test_exec_create_fields_match_without_case(made: Made) -> None:
+    """Go's JSON decoding: docker-py sends ``detachKeys`` from the client's config file."""
+    name = made.name()
+    made.api.create_container(IMAGE, ["sleep", "60"], name=name)
+    made.api.start(name)
+    status, doc = made.silod.request("POST", f"/containers/{name}/exec",
+                                     {"cmd": ["true"], "detachKeys": "ctrl-p", "tty": True})
+    assert status == 201, doc
+    info = made.api.exec_inspect(doc["Id"])
+    assert info["DetachKeys"] == "ctrl-p" and info["ProcessConfig"]["tty"] is True
