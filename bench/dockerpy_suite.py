@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         ensure_images(args.python, host)
         config = tempfile.mkdtemp(prefix="dpycfg", dir="/tmp")   # the suite's contexts
+        with open(os.path.join(config, "config.json"), "w") as f:
+            f.write("{}")   # without one docker-py keeps contexts in the working directory
         env = {**os.environ, "DOCKER_HOST": host, "PYTHONDONTWRITEBYTECODE": "1",
                "DOCKER_CONFIG": config}
         env.pop("DOCKER_TLS_VERIFY", None)

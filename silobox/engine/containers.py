@@ -950,6 +950,12 @@ class ContainerService:
         x["Running"] = True
         try:
             proc = await system.create_process(exec_id, params, pc["privileged"])
+        except InvalidArgument as e:   # e.g. an unknown user: in the stream, as dockerd does
+            x["Running"] = False
+            x["ExitCode"] = 126
+            if detach:
+                raise
+            return FailedExecStart(e.message, tty=framed_raw)
         except BaseException:
             x["Running"] = False
             x["ExitCode"] = 126

@@ -554,6 +554,8 @@ def test_exec_of_a_missing_command_reports_in_the_stream(made: Made) -> None:
     assert code == 127 and b"executable file not found" in out and out.endswith(b"\r\n")
     r = made.docker("exec", name, "no-such-command", check=False)
     assert r.returncode == 127 and b"executable file not found" in r.stdout + r.stderr
+    code, out = client.containers.get(name).exec_run("id", user="no-such-user")
+    assert code == 126 and b"unable to find user no-such-user" in out
     with pytest.raises(docker.errors.APIError) as e:   # detached: the start itself fails
         made.api.exec_start(made.api.exec_create(name, ["no-such-command"]), detach=True)
     assert e.value.status_code == 400
