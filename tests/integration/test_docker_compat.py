@@ -39,10 +39,12 @@ class Made:
         self.networks: list[str] = []
         self.volumes: list[str] = []
         self.images: list[str] = []
+        self.count = 0
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{silod.socket}"}
 
     def name(self, kind: str = "c") -> str:
-        name = f"{self.prefix}-{kind}{len(self.containers) + len(self.networks)}"
+        self.count += 1
+        name = f"{self.prefix}-{kind}{self.count}"
         {"c": self.containers, "n": self.networks, "v": self.volumes,
          "i": self.images}[kind].append(name)
         return name
