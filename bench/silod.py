@@ -26,14 +26,16 @@ def answers(sock: str) -> bool:
         return False
 
 
-def start_silod(base: str, cgroup: str) -> tuple[subprocess.Popen, str]:
+def start_silod(base: str, cgroup: str, extra: tuple[str, ...] = ()
+                ) -> tuple[subprocess.Popen, str]:
     """silod on ``base`` (short folder names: container shim sockets live below it and a unix
     socket path has 108 bytes at most) in cgroup parent ``silobox/<cgroup>``; returns the
     process and its DOCKER_HOST once it answers."""
     sock = os.path.join(base, "r", "silod.sock")
     proc = subprocess.Popen([sys.executable, "-m", "silobox.engine.daemon", "--root",
                              os.path.join(base, "d"), "--exec-root", os.path.join(base, "r"),
-                             "--cgroup-parent", f"silobox/{cgroup}", "-H", f"unix://{sock}"],
+                             "--cgroup-parent", f"silobox/{cgroup}", "-H", f"unix://{sock}",
+                             *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 20

@@ -29,6 +29,7 @@ from silobox.api.routers.distribution import DistributionRouter
 from silobox.api.routers.exec import ExecRouter
 from silobox.api.routers.images import ImageRouter
 from silobox.api.routers.networks import NetworkRouter
+from silobox.api.routers.swarm import SwarmRouter
 from silobox.api.routers.system import SystemRouter
 from silobox.api.routers.sandbox import SandboxRouter
 from silobox.api.routers.volumes import VolumeRouter
@@ -139,6 +140,7 @@ def create_app(backend: Backend) -> web.Application:
                ImageRouter(backend), ComputeRouter(backend), NetworkRouter(backend))
     routers += (VolumeRouter(backend), SandboxRouter(backend))
     routers += (DistributionRouter(backend), BuildRouter(backend))  # type: ignore[arg-type]
+    routers += (SwarmRouter(),)  # type: ignore[assignment]
     routes = [route for router in routers for route in router.routes()]
     for method, path, handler in with_version_prefix(routes):
         app.router.add_route(method, path, handler)

@@ -27,11 +27,12 @@ from silobox.engine.hostconfig import (check_blkio, check_host_config, check_win
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
-from silobox.timeutil import human_duration, now_iso, parse_iso, parse_until
-from silobox.engine.sessions import AttachSession, ExecSession
+from silobox.timeutil import ZERO_TIME, human_duration, now_iso, parse_iso, parse_until
+from silobox.engine.sessions import AttachSession, ExecSession, FailedExecStart
 from silobox.engine.state import (LIVE, Status, allowed, check, from_compute, initial_state,
                                   is_live, refusal, status, transition)
-from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified
+from silobox.errors import (AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified,
+                            NotRunning)
 from silobox.filters import labels_match
 
 class Container:
@@ -137,8 +138,8 @@ class ContainerService:
         check_device_requests(hc)
         iso = (hc.get("Isolation") or "").lower()
         if iso not in ("", "default", "process"):
-            raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - silobox supports '
-                                  'only "process" isolation on this host')
+            raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - linux only '
+                                  "supports 'default' (silobox also accepts 'process')")
         net = hc.get("NetworkMode") or "default"  # validated by the network hook
         resources = S.resources_from_hostconfig(hc)
         sec = S.parse_security_opts(hc.get("SecurityOpt") or [])
@@ -169,7 +170,8 @@ class ContainerService:
         env = S.merge_env(icfg.get("Env") or [S.DEFAULT_PATH], body.get("Env") or [])
         config = {
             "Hostname": hostname, "Domainname": body.get("Domainname") or "",
-            "User": body.get("User") if body.get("User") is not None else icfg.get("User", ""),
+            # dockerd's merge: an empty User (the CLI always sends one) takes the image's
+            "User": body.get("User") or icfg.get("User") or "",
             "AttachStdin": bool(body.get("AttachStdin")),
             "AttachStdout": bool(body.get("AttachStdout", True)),
             "AttachStderr": bool(body.get("AttachStderr", True)),
@@ -190,7 +192,8 @@ class ContainerService:
             S.parse_signal(config["StopSignal"])
         host_config = {
             **hc, "NetworkMode": net,
-            "Isolation": "process", "Ulimits": ulimits or None,
+            "Isolation": hc.get("Isolation") or "", "Ulimits": ulimits or None,
+            "Runtime": hc.get("Runtime") or "silobox",   # dockerd fills in its default
             "CapAdd": hc.get("CapAdd"), "CapDrop": hc.get("CapDrop"),
             "SecurityOpt": hc.get("SecurityOpt"),
             "RestartPolicy": restart,
@@ -339,8 +342,11 @@ class ContainerService:
         argv = [c.data["Path"]] + list(c.data["Args"])
         if c.host_config.get("Init"):
             argv = ["/sbin/docker-init", "--"] + argv
-        env = {}
-        for item in cfg["Env"]:
+        # dockerd's daemon environment: HOSTNAME, then a legacy link's variables; the
+        # container's own Env wins over both
+        env = {"HOSTNAME": cfg.get("Hostname") or ""}
+        linked = (c.data.get("Silobox") or {}).get("LinkEnv") or []
+        for item in [*linked, *cfg["Env"]]:
             k, _, v = item.partition("=")
             env[k] = v
         return ProcessParameters(
@@ -391,7 +397,7 @@ class ContainerService:
 
         try:
             log = c.host_config.get("LogConfig") or {}
-            log_cfg = log.get("Config") or {}
+            log_cfg = (log.get("Config") or {}) if log.get("Type") != "none" else {}
             await system.start(self._init_params(c),
                                log_path=None if log.get("Type") == "none" else c.data["LogPath"],
                                log_max_size=S.log_max_size(log_cfg),
@@ -729,10 +735,13 @@ class ContainerService:
             check(c, verb)
             if system is None:
                 raise refusal(c, verb)
-            if verb == "pause":
-                await system.pause()
-            else:
-                await system.resume()
+            try:
+                if verb == "pause":
+                    await system.pause()
+                else:
+                    await system.resume()
+            except NotFound:   # its job object went with its last process: it has just ended
+                raise NotRunning(f"Container {c.id} is not running") from None
             transition(c, verb)
             self._save(c)
         self.emit_event("container", verb, c)
@@ -846,7 +855,8 @@ class ContainerService:
                     pass
             if not ok:
                 return False
-        if f.get("isolation") and "process" not in f["isolation"]:
+        isolation = c.host_config.get("Isolation") or "default"
+        if f.get("isolation") and isolation not in f["isolation"]:
             return False
         if f.get("health"):
             if (c.state.get("Health") or {}).get("Status", "none") not in f["health"]:
@@ -946,7 +956,7 @@ class ContainerService:
         return x
 
     async def exec_start(self, exec_id: str, detach: bool = False,
-                         tty: bool | None = None) -> ExecSession | None:
+                         tty: bool | None = None) -> ExecSession | FailedExecStart | None:
         x = self._find_exec(exec_id)
         if x["Running"] or x["ExitCode"] is not None:
             raise Conflict(f"exec {exec_id} has already been started")
@@ -955,8 +965,11 @@ class ContainerService:
         if system is None or from_compute(system.state) is not Status.RUNNING:
             raise Conflict(f"Container {c.id} is not running")
         pc = x["ProcessConfig"]
-        use_tty = pc["tty"] if tty is None else bool(tty)
-        env = {}
+        # As dockerd: the create's Tty gives the process its pty; the start's Tty only says
+        # whether the stream is raw or multiplexed (docker-py sends Tty false by default).
+        use_tty = pc["tty"]
+        framed_raw = pc["tty"] if tty is None else bool(tty)
+        env = {"HOSTNAME": c.config.get("Hostname") or ""}   # as dockerd's exec
         for item in S.merge_env(c.config["Env"], x["_env"]):
             k, _, v = item.partition("=")
             env[k] = v
@@ -970,6 +983,12 @@ class ContainerService:
         x["Running"] = True
         try:
             proc = await system.create_process(exec_id, params, pc["privileged"])
+        except InvalidArgument as e:   # e.g. an unknown user: in the stream, as dockerd does
+            x["Running"] = False
+            x["ExitCode"] = 126
+            if detach:
+                raise
+            return FailedExecStart(e.message, tty=framed_raw)
         except BaseException:
             x["Running"] = False
             x["ExitCode"] = 126
@@ -979,14 +998,17 @@ class ContainerService:
             x["Running"] = False
             x["ExitCode"] = proc.start_error.exit_code
             await proc.stream.close()
-            raise proc.start_error
+            if detach:
+                raise proc.start_error
+            # As dockerd: the stream is already the client's, the error is its output
+            return FailedExecStart(proc.start_error.message, tty=framed_raw)
         command = " ".join([pc["entrypoint"]] + pc["arguments"])
         self.emit_event("container", f"exec_start: {command}", c, {"execID": exec_id})
 
         def died(record: dict[str, Any]) -> None:
             self.emit_event("container", "exec_die", c,
                             {"execID": exec_id, "exitCode": str(record["ExitCode"])})
-        sess = ExecSession(proc, x, tty=use_tty, stdin=x["OpenStdin"], on_exit=died)
+        sess = ExecSession(proc, x, tty=framed_raw, stdin=x["OpenStdin"], on_exit=died)
         if detach:
             asyncio.get_running_loop().create_task(sess.drain())
             return None

@@ -34,7 +34,6 @@ _MODES: dict[str, tuple[tuple[str, ...], str]] = {
                      "a container has its own cgroup namespace or the host's"),
     "UsernsMode": (("", "host"), "containers run in the host's user namespace"),
     "Cgroup": (("",), "every container has its own job object"),
-    "VolumeDriver": (("", "local"), "volumes use the local driver"),
 }
 
 _JOINABLE = ("IpcMode", "PidMode")

@@ -23,8 +23,9 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 from silobox import jsonlimits
 from silobox.engine.state import Status, status
+from silobox.engine.storageops import mount_tree
 from silobox.errors import (NO_SPACE_ERRNOS, Conflict, InsufficientStorage, InvalidArgument,
-                            NotFound, SiloboxError, SystemFailure)
+                            NotFound, NotRunning, SiloboxError, SystemFailure)
 from silobox.filters import labels_match
 from silobox.timeutil import parse_rfc3339, parse_until
 
@@ -211,6 +212,8 @@ class ImageOpsService:
     sandbox_for: Any
     emit_event: Any
     container_pause: Any
+    sandbox_readers: dict[str, int]
+    _attachment: Any
     container_unpause: Any
     _lock: Any
 
@@ -526,7 +529,19 @@ class ImageOpsService:
         (under the container's lock, so a start cannot mount the disk a second time)."""
         sandbox = self.sandbox_for(c.id)
         if c.running:
-            yield sandbox.paths.upper
+            readers = self.sandbox_readers
+            readers[c.id] = readers.get(c.id, 0) + 1
+            try:
+                yield sandbox.paths.upper
+            finally:
+                readers[c.id] -= 1
+                if not readers[c.id]:
+                    del readers[c.id]
+                    if not c.running:   # it stopped meanwhile: unmount what its stop left
+                        async with self._lock(c.id):
+                            if not c.running and not self._attachment(c.id):
+                                await asyncio.get_running_loop().run_in_executor(
+                                    None, sandbox.deactivate)
             return
         async with self._lock(c.id):
             loop = asyncio.get_running_loop()
@@ -558,8 +573,11 @@ class ImageOpsService:
         owner = f"commit:{uuid.uuid4().hex}"
         paused_here = False
         if pause and c.running and status(c) is not Status.PAUSED:
-            await self.container_pause(c.id)
-            paused_here = True
+            try:
+                await self.container_pause(c.id)
+                paused_here = True
+            except NotRunning:   # it ended meanwhile: a stopped container needs no pause
+                pass
         try:
             async with self._upper_of(c) as upper:
                 reader = IteratorReader(tar_overlay_dir(upper, skip_init=True))
@@ -568,7 +586,8 @@ class ImageOpsService:
                     None, self.layers.add_from_tar, reader, parent, owner)
         finally:
             if paused_here:
-                await self.container_unpause(c.id)
+                with contextlib.suppress(Conflict):   # it may have been killed meanwhile
+                    await self.container_unpause(c.id)
         cfg = {k: v for k, v in c.config.items() if k not in ("Hostname", "Domainname")}
         cfg.update({k: v for k, v in (config or {}).items() if v is not None})
         cfg = apply_changes(cfg, changes or [])
@@ -583,7 +602,7 @@ class ImageOpsService:
         if comment:
             entry["comment"] = comment
         history.append(entry)
-        doc.update({"created": now, "config": cfg, "container": c.id,
+        doc.update({"created": now, "config": cfg, "container": c.id, "parent": base.id,
                     "container_config": c.config, "history": history,
                     "author": author, "comment": comment})
         if not author:
@@ -682,8 +701,14 @@ class ImageOpsService:
     async def _fs_helper_run(self, c: Any, args: dict[str, Any], path: str = "/",
                              stdin: bool = False) -> asyncio.subprocess.Process:
         """Start the helper that works inside the container's root (see storage.changes)."""
+        held = mount_tree(c.data.get("Mounts") or [], str(args.get("path") or "/"))
+        if held is not None and args["op"] == "put" and not held[0].get("RW", True):
+            raise InvalidArgument("mounted volume is marked read-only")
         if c.running and c.state.get("Pid"):
             args = {**args, "pid": c.state["Pid"]}
+        elif held is not None:
+            # a stopped container's volume or bind is not in its overlay: read its source
+            args = {**args, "tree": held[0]["Source"], "path": held[1], "shown": args["path"]}
         else:
             sandbox = self.sandbox_for(c.id)
             lowers = self.container_lower_dirs(c)

@@ -73,6 +73,48 @@ def parse_volumes_from(spec: Any) -> tuple[str, str]:
     return ref, mode
 
 
+def link_env(parent: str, alias: str, ip: str, exposed: Any, env: list[str]) -> list[str]:
+    """The variables a legacy link gives the linking container (moby ``links.Link.ToEnv``):
+    ``ALIAS_NAME``, ``ALIAS_PORT*`` for the linked container's exposed ports (contiguous ports
+    also as ``_START``/``_END`` ranges) and ``ALIAS_ENV_*`` for its environment."""
+    prefix = alias.upper().replace("-", "_")
+    ports = []
+    for key in exposed or {}:
+        port, _, proto = str(key).partition("/")
+        if port.isdigit():
+            ports.append((int(port), (proto or "tcp").lower()))
+    ports.sort(key=lambda p: (p[0], p[1] != "tcp"))
+    out = []
+    if ports:
+        out.append(f"{prefix}_PORT={ports[0][1]}://{ip}:{ports[0][0]}")
+
+    def entries(port: int, proto: str) -> list[str]:
+        key = f"{prefix}_PORT_{port}_{proto.upper()}"
+        return [f"{key}={proto}://{ip}:{port}", f"{key}_ADDR={ip}", f"{key}_PORT={port}",
+                f"{key}_PROTO={proto}"]
+    i = 0
+    while i < len(ports):
+        port, proto = ports[i]
+        j, value = i, port
+        while j + 1 < len(ports) and ports[j + 1][0] <= value + 1:   # moby's nextContiguous
+            j, value = j + 1, value + 1
+        if j > i + 1:
+            key, (last, last_proto) = f"{prefix}_PORT_{port}_{proto.upper()}", ports[j]
+            out += [f"{key}_START={proto}://{ip}:{port}", f"{key}_ADDR={ip}",
+                    f"{key}_PROTO={proto}", f"{key}_PORT_START={port}",
+                    f"{prefix}_PORT_{port}_{last_proto.upper()}_END={last_proto}://{ip}:{last}",
+                    f"{prefix}_PORT_{port}_{last_proto.upper()}_PORT_END={last}"]
+        for k in range(i, j + 1):
+            out += entries(*ports[k])
+        i = j + 1
+    out.append(f"{prefix}_NAME=/{parent}/{alias}")
+    for item in env:
+        key, sep, value = item.partition("=")
+        if sep and key not in ("HOME", "PATH"):
+            out.append(f"{prefix}_ENV_{key}={value}")
+    return out
+
+
 def is_default_network(mode: str) -> bool:
     return (mode or "default") in DEFAULT_NETWORK_MODES
 
@@ -165,12 +207,15 @@ class LinkHook(ContainerHook):
                                       "with links. This would result in undefined behavior")
 
     async def on_start(self, c: Any, document: dict[str, Any]) -> None:
-        """Name the linked containers in ``/etc/hosts`` (the network hook has written it)."""
+        """Name the linked containers in ``/etc/hosts`` (the network hook has written it) and
+        give their variables to the container's first process (``Silobox.LinkEnv``)."""
         hc = c.host_config
+        c.data.setdefault("Silobox", {}).pop("LinkEnv", None)
         if not hc.get("Links") or not is_default_network(hc.get("NetworkMode") or "default"):
             return
         from silobox.atomic import atomic_write
         lines = []
+        variables: list[str] = []
         for item in hc["Links"]:
             name, alias = parse_link(item)
             try:
@@ -186,6 +231,9 @@ class LinkHook(ContainerHook):
             if ip:
                 names = dict.fromkeys([alias, child.id[:12], child.name])
                 lines.append(f"{ip}\t{' '.join(names)}")
+            variables += link_env(c.name, alias, ip, child.config.get("ExposedPorts"),
+                                  child.config.get("Env") or [])
+        c.data["Silobox"]["LinkEnv"] = variables
         if lines:
             with open(c.data["HostsPath"]) as f:
                 hosts = f.read()
@@ -220,6 +268,24 @@ class LinkService:
         # hook (legacy links append to the /etc/hosts it writes).
         self.container_hooks.insert(0, VolumesFromHook(self))
         self.container_hooks.append(LinkHook(self))
+
+    async def container_remove_link(self, name: str) -> None:
+        """``DELETE /containers/parent/alias?link=1``: drop a legacy link from its parent (moby
+        ``rmLink``); it takes effect at the parent's next start, both containers stay."""
+        parent, _, alias = name.strip("/").rpartition("/")
+        if not parent:
+            raise Conflict("Conflict, cannot remove the default link name of the container")
+        try:
+            c = self._find(parent)  # type: ignore[attr-defined]
+        except NotFound:
+            raise NotFound(f"Cannot get parent /{parent} for link name /{name.strip('/')}"
+                           ) from None
+        links = c.host_config.get("Links") or []
+        kept = [item for item in links if parse_link(item)[1] != alias]
+        if len(kept) == len(links):
+            raise NotFound(f"No such container: {name.strip('/')}")
+        c.host_config["Links"] = kept or None
+        self._save(c)  # type: ignore[attr-defined]
 
     def link_target(self, container_id: str, name: str) -> str | None:
         """The container name an endpoint link alias of ``container_id`` stands for."""

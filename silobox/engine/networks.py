@@ -95,7 +95,11 @@ class NetworkHook(ContainerHook):
             n = self.hns.find_network(name)
             hc["NetworkMode"] = mode
             ec = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
-            cfg = ec.get(mode) or ec.get(n["Name"]) or {}
+            keys = [mode, n["Name"], *(DEFAULT_ALIASES if n.get("Default") else ())]
+            cfg = next((ec[k] for k in keys if ec.get(k)), {})
+            for other in ec:
+                if other not in keys:   # dockerd connects each: one that does not exist is 404
+                    self.engine.find_docker_network(other)
             ipam = cfg.get("IPAMConfig") or {}
             if (ipam.get("IPv4Address") or ipam.get("IPv6Address")) and n["Default"]:
                 raise InvalidArgument("user specified IP address is supported on user defined "
@@ -109,6 +113,7 @@ class NetworkHook(ContainerHook):
             c.data["NetworkSettings"]["Networks"] = {n["Name"]: {
                 **_EMPTY_NET, "NetworkID": n["DockerId"],
                 "IPAMConfig": ipam or None, "Aliases": cfg.get("Aliases"),
+                "DriverOpts": cfg.get("DriverOpts") or None,
                 "MacAddress": cfg.get("MacAddress") or body.get("MacAddress") or ""}}
             c.data["Silobox"]["RequestedMac"] = {
                 n["Name"]: cfg.get("MacAddress") or body.get("MacAddress") or ""}
@@ -440,7 +445,8 @@ class NetworkService:
         configs = [ipam_cfg]
         s6 = self.hns.subnet6(n)
         if s6:
-            configs.append({"Subnet": s6["AddressPrefix"], "Gateway": s6["GatewayAddress"]})
+            configs.append({"Subnet": s6["AddressPrefix"], "Gateway": s6["GatewayAddress"],
+                            **({"IPRange": s6["IPRange"]} if s6.get("IPRange") else {})})
         containers = {}
         for e in self.hns.endpoints_of(n["ID"]):
             c = self.containers.get(e.get("ContainerId", ""))
@@ -475,7 +481,10 @@ class NetworkService:
         f = filters or {}
         for n in sorted(self.hns.networks.values(), key=lambda n: n["Created"]):
             d = self._docker_network(n)
-            if f.get("name") and not any(v in d["Name"] for v in f["name"]):
+            names = [d["Name"]]
+            if n.get("Default") and self.hns.driver(n) == "nat":
+                names.append("bridge")   # Linux clients' name for it
+            if f.get("name") and not any(v in name for v in f["name"] for name in names):
                 continue
             if f.get("id") and not any(d["Id"].startswith(v) for v in f["id"]):
                 continue
@@ -492,6 +501,8 @@ class NetworkService:
             for name in ("none", "host"):
                 if f.get("name") and not any(v in name for v in f["name"]):
                     continue
+                if f.get("id") and not any(name.startswith(v) for v in f["id"]):
+                    continue
                 out.append({"Name": name, "Id": name, "Created": _iso(self.started),
                             "Scope": "local", "Driver": "null" if name == "none" else "host",
                             "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None,
@@ -501,10 +512,19 @@ class NetworkService:
                             "Containers": {}, "Options": {}, "Labels": {}})
         return out
 
+    def find_docker_network(self, ref: str) -> dict[str, Any]:
+        """A network by Docker reference: ``bridge`` (Linux clients' name for the default
+        network) and ``default`` name the ``nat`` network, which keeps its Windows name."""
+        if ref in DEFAULT_ALIASES:
+            for n in self.hns.networks.values():
+                if n.get("Default") and self.hns.driver(n) == "nat":
+                    return n
+        return self.hns.find_network(ref)
+
     async def network_inspect(self, ref: str) -> dict[str, Any]:
         if ref in ("none", "host"):
             return next(n for n in await self.network_list() if n["Name"] == ref)
-        return self._docker_network(self.hns.find_network(ref))
+        return self._docker_network(self.find_docker_network(ref))
 
     async def network_create(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get("Name")
@@ -522,14 +542,13 @@ class NetworkService:
                                   "subnet")
         cfg = v4[0] if v4 else {}
         cfg6 = v6[0] if v6 else {}
-        if cfg6 and cfg6.get("IPRange"):
-            raise InvalidArgument("--ip-range is not supported for IPv6 subnets")
         n = await self.hns.create_network(
             name, subnet=cfg.get("Subnet") or None, gateway=cfg.get("Gateway") or None,
             ip_range=cfg.get("IPRange") or None, internal=bool(body.get("Internal")),
             labels=body.get("Labels") or {}, options=body.get("Options") or {},
             driver="nat" if driver == "bridge" else driver, ipv6=bool(body.get("EnableIPv6")),
-            subnet6=cfg6.get("Subnet") or None, gateway6=cfg6.get("Gateway") or None)
+            subnet6=cfg6.get("Subnet") or None, gateway6=cfg6.get("Gateway") or None,
+            ip_range6=cfg6.get("IPRange") or None)
         if driver == "bridge":
             # Docker's name for the nat network on Linux: remembered so it is shown as asked.
             n["DockerDriver"] = driver
@@ -550,7 +569,7 @@ class NetworkService:
     async def network_remove(self, ref: str) -> None:
         if ref in ("none", "host"):
             raise Conflict(f"{ref} is a pre-defined network and cannot be removed")
-        n = self.hns.find_network(ref)
+        n = self.find_docker_network(ref)
         if n.get("Default"):
             raise Conflict(f"{n['Name']} is a pre-defined network and cannot be removed")
         await self.hns.delete_network(n["ID"])
@@ -589,7 +608,7 @@ class NetworkService:
     async def network_connect(self, ref: str, container: str,
                               endpoint_config: dict[str, Any]) -> None:
         """Add a network to a container; a running one gets a new vNIC in its compartment."""
-        n = self.hns.find_network(ref)
+        n = self.find_docker_network(ref)
         c = self._find(container)  # type: ignore[attr-defined]
         nets = c.data["NetworkSettings"]["Networks"]
         if str(c.host_config.get("NetworkMode")).startswith("container:"):
@@ -606,6 +625,7 @@ class NetworkService:
             (c.data["Silobox"].get("ConfigMac") or {}).get(n["Name"]) or ""
         cfg = {**_EMPTY_NET, "NetworkID": n["DockerId"], "IPAMConfig": ipam or None,
                "Aliases": endpoint_config.get("Aliases"),
+               "DriverOpts": endpoint_config.get("DriverOpts") or None,
                "Links": check_endpoint_links(endpoint_config.get("Links")),
                "MacAddress": mac}
         ns_id = (c.data.get("Silobox") or {}).get("NetworkNamespace")
@@ -635,7 +655,7 @@ class NetworkService:
         self._network_event("connect", n, c)
 
     async def network_disconnect(self, ref: str, container: str, force: bool = False) -> None:
-        n = self.hns.find_network(ref)
+        n = self.find_docker_network(ref)
         c = self._find(container)  # type: ignore[attr-defined]
         nets = c.data["NetworkSettings"]["Networks"]
         if n["Name"] not in nets:

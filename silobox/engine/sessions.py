@@ -119,3 +119,25 @@ class ExecSession:
     async def drain(self) -> None:
         while await self.read() is not None:
             pass
+
+
+class FailedExecStart:
+    """An exec whose process could not start: its stream carries dockerd's in-band report
+    (the error on stdout, CRLF-terminated) and ends; the exit code is on the record."""
+
+    def __init__(self, message: str, tty: bool) -> None:
+        self.tty = tty
+        self.stdin = False
+        self._pending: list[tuple[int, bytes]] = [(STDOUT, (message + "\r\n").encode())]
+
+    async def read(self) -> tuple[int, bytes] | None:
+        return self._pending.pop(0) if self._pending else None
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def close_stdin(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._pending.clear()

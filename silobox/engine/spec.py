@@ -343,32 +343,64 @@ def parse_binds(binds: list[str] | None) -> list[dict[str, Any]]:
     return out
 
 
-LOG_OPTS = ("max-size", "max-file", "compress", "labels", "env", "tag")
+LOG_OPTS = ("max-size", "max-file", "compress", "labels", "labels-regex", "env", "env-regex",
+            "tag")
+"""The json-file driver's options (dockerd's ``jsonfilelog.ValidateLogOpt``)."""
+
+DOCKER_LOG_DRIVERS = ("local", "syslog", "journald", "gelf", "fluentd", "awslogs", "splunk",
+                      "etwlogs", "gcplogs", "logentries")
+"""Drivers dockerd has built in that silobox does not write: refused by name, not as plugins."""
 
 
 def parse_log_config(lc: Any) -> dict[str, Any]:
-    """HostConfig.LogConfig: the json-file driver (the shim writes it) and its rotation."""
+    """HostConfig.LogConfig: the json-file driver (the shim writes it) and its rotation.
+
+    The words are dockerd's (``logger.ValidateLogOpts``, then the driver's own checks). Values
+    dockerd only rejects when the container starts (a 500 there) are client errors found here.
+    """
     if lc is None:
         lc = {}
     if not isinstance(lc, dict):
         raise InvalidArgument("LogConfig: expected an object")
     kind = lc.get("Type") or "json-file"
-    if kind not in ("json-file", "none"):
-        raise InvalidArgument(f'logging driver "{kind}" is not supported: use json-file or none')
     cfg = lc.get("Config") or {}
     if not isinstance(cfg, dict) or not all(isinstance(v, str) for v in cfg.values()):
         raise InvalidArgument("LogConfig.Config: expected an object of strings")
+    if kind == "none":   # dockerd validates nothing for it
+        return {"Type": kind, "Config": dict(cfg)}
+    if kind in DOCKER_LOG_DRIVERS:
+        raise InvalidArgument(f'logging driver "{kind}" is not supported by silobox: '
+                              "use json-file or none")
+    if kind != "json-file":
+        raise InvalidArgument(f'error looking up logging plugin {kind}: plugin "{kind}" '
+                              "not found")
+    mode = cfg.get("mode", "")
+    if mode not in ("", "blocking", "non-blocking"):
+        raise InvalidArgument(f"logger: logging mode not supported: {mode}")
+    if "max-buffer-size" in cfg:
+        if mode != "non-blocking":
+            raise InvalidArgument("logger: max-buffer-size option is only supported with "
+                                  "'mode=non-blocking'")
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([kmgtp]i?b?|b)?\s*", cfg["max-buffer-size"],
+                            re.IGNORECASE):
+            raise InvalidArgument("error parsing option max-buffer-size: invalid size: "
+                                  f"'{cfg['max-buffer-size']}'")
     for key in cfg:
-        if key not in LOG_OPTS:
+        if key not in LOG_OPTS and key not in ("mode", "max-buffer-size"):
             raise InvalidArgument(f"unknown log opt '{key}' for {kind} log driver")
     if "max-size" in cfg:
         log_max_size(cfg)
     if "max-file" in cfg:
-        if "max-size" not in cfg:
-            raise InvalidArgument("max-file can only be used with max-size")
-        if not cfg["max-file"].isdigit() or len(cfg["max-file"]) > 9 \
-                or int(cfg["max-file"]) < 1:
+        raw = cfg["max-file"]
+        if not re.fullmatch(r"[+-]?[0-9]+", raw):
+            raise InvalidArgument(f'strconv.Atoi: parsing "{raw[:64]}": invalid syntax')
+        if len(raw.lstrip("+-")) > 18:   # past int64, as Go's Atoi refuses it
+            raise InvalidArgument(f'strconv.Atoi: parsing "{raw[:64]}": value out of range')
+        if int(raw) < 1:
             raise InvalidArgument("max-file cannot be less than 1")
+    if "compress" in cfg and cfg["compress"] not in (
+            "1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"):
+        raise InvalidArgument(f'strconv.ParseBool: parsing "{cfg["compress"]}": invalid syntax')
     return {"Type": kind, "Config": dict(cfg)}
 
 
@@ -377,12 +409,12 @@ def log_max_size(cfg: dict[str, str]) -> int:
     raw = (cfg.get("max-size") or "").strip().lower()
     if not raw or raw == "-1":
         return 0
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", raw)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", raw)
     if not m:
-        raise InvalidArgument(f"invalid max-size {cfg.get('max-size')!r}: use a size like 10m")
+        raise InvalidArgument(f"invalid size: '{cfg.get('max-size', '')[:64]}'")
     number = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
     if number >= 2**63:
-        raise InvalidArgument(f"invalid max-size {cfg.get('max-size')!r}: too large")
+        raise InvalidArgument(f"invalid size: '{cfg.get('max-size', '')[:64]}'")
     size = int(number)
     if size <= 0:
         raise InvalidArgument("max-size must be a positive number")

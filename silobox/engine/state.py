@@ -117,8 +117,11 @@ TRANSITIONS: dict[str, Rule] = {
         LIVE | {Status.RESTARTING},
         refusals={None: (NotModified, "container {short} is not running")}),
     "remove": Rule(             # without force
-        ALL - LIVE,
-        refusals={None: (Conflict, "You cannot remove a running container {id}. Stop the "
+        ALL - LIVE - {Status.RESTARTING},
+        refusals={Status.RESTARTING: (Conflict, "You cannot remove a restarting container "
+                                                "{id}. Stop the container before attempting "
+                                                "removal or force remove"),
+                  None: (Conflict, "You cannot remove a running container {id}. Stop the "
                                    "container before attempting removal or force remove")}),
     "resize": Rule(LIVE, refusals={None: _NOT_RUNNING}),
 }

@@ -23,6 +23,27 @@ def _mem_total() -> int:
         return int(f.readline().split()[1]) * 1024
 
 
+def _network_counters(pid: int) -> dict[str, dict[str, int]]:
+    """Docker's ``networks`` section: per interface of the container's network namespace
+    (read through its init's /proc/<pid>/net/dev, which the kernel answers from that
+    namespace), loopback left out as dockerd does."""
+    try:
+        with open(f"/proc/{pid}/net/dev") as f:
+            lines = f.read().splitlines()[2:]
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        name, _, counters = line.partition(":")
+        name, v = name.strip(), counters.split()
+        if name == "lo" or len(v) < 16:
+            continue
+        out[name] = {"rx_bytes": int(v[0]), "rx_packets": int(v[1]), "rx_errors": int(v[2]),
+                     "rx_dropped": int(v[3]), "tx_bytes": int(v[8]), "tx_packets": int(v[9]),
+                     "tx_errors": int(v[10]), "tx_dropped": int(v[11])}
+    return out
+
+
 class StatsService:
     config: Any
 
@@ -72,6 +93,11 @@ class StatsService:
                 "io_time_recursive": None, "sectors_recursive": None},
             storage_stats={},
         )
+        pid = int(c.state.get("Pid") or 0)
+        if pid and c.host_config.get("NetworkMode") != "host" and pid in system.job.pids():
+            networks = _network_counters(pid)
+            if networks:
+                base["networks"] = networks
         return base
 
     async def container_stats(self, ref: str, stream: bool = True,

@@ -51,6 +51,22 @@ def _clean(path: str) -> str:
     return os.path.normpath(path) if path else path
 
 
+def mount_tree(mounts: list[dict[str, Any]], path: str) -> tuple[dict[str, Any], str] | None:
+    """The volume or bind that holds container ``path`` and the path inside its source tree,
+    or None when the path is in the container's own filesystem. The innermost mount wins, as
+    in the container's mount table; the match is lexical (``..`` is folded first)."""
+    where = "/" + os.path.normpath("/" + path).lstrip("/")
+    best: tuple[dict[str, Any], str] | None = None
+    for m in mounts:
+        if m.get("Type") not in ("bind", "volume") or not m.get("Source"):
+            continue
+        dest = "/" + os.path.normpath("/" + m["Destination"]).lstrip("/")
+        if where == dest or where.startswith(dest.rstrip("/") + "/"):
+            if best is None or _depth(dest) > _depth(best[0]["Destination"]):
+                best = (m, "/" + where[len(dest):].lstrip("/"))
+    return best
+
+
 class StorageHook(ContainerHook):
     """Sandbox disk and mounts of each container (see the module docstring)."""
 
@@ -94,7 +110,7 @@ class StorageHook(ContainerHook):
             self.undo_create(c)
             raise
         for m in plan:
-            for private in ("_labels", "_nocopy", "_options"):
+            for private in ("_labels", "_nocopy", "_options", "_mount"):
                 m.pop(private, None)
         mounts = list(c.data.get("Mounts") or []) + plan
         c.data["Mounts"] = mounts
@@ -137,8 +153,8 @@ class StorageHook(ContainerHook):
         if not isinstance(mounts, list):
             raise InvalidArgument("json: cannot unmarshal object into Go struct field "
                                   "HostConfig.HostConfig.Mounts of type []mount.Mount")
-        for m in mounts:
-            plan.append(self._mount_entry(m, claim))
+        for m in mounts:   # each names its own volume driver
+            plan.append({**self._mount_entry(m, claim), "_mount": True})
         tmpfs: list[dict[str, str]] = []
         tmap = hc.get("Tmpfs") or {}
         if not isinstance(tmap, dict) or not all(isinstance(v, str) for v in tmap.values()):
@@ -166,6 +182,13 @@ class StorageHook(ContainerHook):
             plan.append({"Type": "volume", "Name": "", "Source": "",
                          "Destination": claim(path), "Driver": "local", "Mode": "",
                          "RW": True, "Propagation": ""})
+        driver = hc.get("VolumeDriver") or "local"
+        if driver != "local" and any(
+                p["Type"] == "volume" and not p.get("_mount") and
+                not (p["Name"] and self.e.volumes.exists(p["Name"])) for p in plan):
+            # as dockerd: the driver matters only for a volume that has to be made
+            raise NotFound(f'error looking up volume plugin {driver}: plugin "{driver}" '
+                           "not found")
         return plan, tmpfs
 
     def _mount_entry(self, m: Any, claim: Any) -> dict[str, Any]:
@@ -350,7 +373,7 @@ class StorageHook(ContainerHook):
         if self.e._attachment(c.id):
             return   # the start was refused; the attachment is the user's to detach
         sandbox = Sandbox(self.e.config.root, c.id)
-        if sandbox.kind == "disk":
+        if sandbox.kind == "disk" and not self.e.sandbox_readers.get(c.id):
             self.e.disk_pool.busy()
             # Inline (an unmount, ~1 ms): no await point before the hooks after this one, so
             # a restart never waits on, or races with, this container's disk.
@@ -405,6 +428,9 @@ class StorageOps:
     def _init_storage(self) -> None:
         opts = self._daemon_storage_opts()
         self.volumes = VolumeStore(self.config.root, self.db)
+        self.sandbox_readers: dict[str, int] = {}
+        """Readers of a running container's sandbox (commit, diff): its disk stays mounted
+        past the container's stop until the last of them is done."""
         # A sandbox disk per container by default (Windows' sandbox.vhdx); the pool keeps
         # disks copied, written back and attached ahead of time, so a start only mounts one.
         self.sandbox_default = opts.get("sandbox") or "disk"

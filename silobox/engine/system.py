@@ -75,7 +75,9 @@ class SystemService:
             "GenericResources": None, "DockerRootDir": self.config.root,
             "HttpProxy": "", "HttpsProxy": "", "NoProxy": "", "Name": socket.gethostname(),
             "Labels": [], "ExperimentalBuild": False, "ServerVersion": silobox.__version__,
-            "Runtimes": {"silobox": {"path": "silobox-shim"}}, "DefaultRuntime": "silobox",
+            # runc: the name clients written for dockerd ask for, run by the same shim
+            "Runtimes": {"silobox": {"path": "silobox-shim"}, "runc": {"path": "silobox-shim"}},
+            "DefaultRuntime": "silobox",
             "Swarm": {"LocalNodeState": "inactive", "NodeID": "", "NodeAddr": "",
                       "ControlAvailable": False, "Error": "", "RemoteManagers": None},
             "LiveRestoreEnabled": True, "Isolation": "process", "InitBinary": "tini",

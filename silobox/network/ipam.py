@@ -96,8 +96,9 @@ class Ipam:
                        f"{subnet} is exhausted")
 
     def allocate_ip6(self, network_id: str, subnet: str, gateway: str, endpoint_id: str,
-                     wanted: str | None = None) -> str:
-        """An IPv6 address of ``subnet`` (the next free after the gateway, or ``wanted``)."""
+                     wanted: str | None = None, ip_range: str | None = None) -> str:
+        """An IPv6 address of ``subnet`` (the first free one of ``ip_range``, or of the
+        subnet after the gateway, or ``wanted``)."""
         net = ipaddress.IPv6Network(subnet)
         gw = ipaddress.IPv6Address(gateway)
         used = {ipaddress.IPv6Address(r["address"]) for r in self.db.query(
@@ -113,8 +114,10 @@ class Ipam:
                 raise Conflict(f"Address already in use: {wanted}")
             cand = a
         else:
-            first = int(net.network_address) + 1
-            last = min(int(net.broadcast_address), first + V6_SCAN)
+            pool = ipaddress.IPv6Network(ip_range) if ip_range else net
+            first = max(int(pool.network_address) + (1 if ip_range else 0),
+                        int(net.network_address) + 1)
+            last = min(int(pool.broadcast_address), first + V6_SCAN)
             for i in range(first, last + 1):
                 cand = ipaddress.IPv6Address(i)
                 if cand != gw and cand not in used:

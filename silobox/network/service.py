@@ -261,8 +261,8 @@ class HostNetworkingService:
                              internal: bool = False, labels: dict[str, str] | None = None,
                              options: dict[str, str] | None = None,
                              default: bool = False, driver: str = "nat", ipv6: bool = False,
-                             subnet6: str | None = None, gateway6: str | None = None
-                             ) -> dict[str, Any]:
+                             subnet6: str | None = None, gateway6: str | None = None,
+                             ip_range6: str | None = None) -> dict[str, Any]:
         """HNS ``POST /networks``: a nat network with its vSwitch, host vNIC and NAT, or an
         external one (``drivers.py``) on a host NIC or a VXLAN tunnel."""
         if any(n["Name"] == name for n in self.networks.values()):
@@ -294,7 +294,7 @@ class HostNetworkingService:
                 raise InvalidArgument(f"subnet {subnet} is too small")
             if I.free_subnet(occupied, [str(net)]) is None:
                 raise Conflict(f"Pool overlaps with other one on this address space: {net} "
-                               "overlaps a host route or another network")
+                               f"overlaps {self._overlapped(net, occupied)}")
         else:
             free = I.free_subnet(occupied, I.default_candidates())
             if free is None:
@@ -309,7 +309,9 @@ class HostNetworkingService:
             gw = net.network_address + 1
         v6: dict[str, Any] | None = None
         if ipv6:
-            v6 = self._ipv6_subnet(subnet6, gateway6)
+            v6 = self._ipv6_subnet(subnet6, gateway6, ip_range6)
+        elif ip_range6:
+            raise InvalidArgument("an IPv6 range needs --ipv6 (EnableIPv6)")
         if ip_range:
             r = ipaddress.IPv4Network(ip_range, strict=False)
             if not r.subnet_of(net):
@@ -370,8 +372,24 @@ class HostNetworkingService:
         self.sync_forwarding()
         return n
 
-    def _ipv6_subnet(self, subnet6: str | None, gateway6: str | None) -> dict[str, Any]:
-        """The IPv6 subnet record of a new network: the given one, or a random ULA /64."""
+    def _overlapped(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                    occupied: list[tuple[str, int]]) -> str:
+        """What a new subnet overlaps, named for the user: a network of ours or a host route."""
+        for n in self.networks.values():
+            for s in n["Subnets"]:
+                other = ipaddress.ip_network(s["AddressPrefix"], strict=False)
+                if other.version == net.version and other.overlaps(net):  # type: ignore[arg-type]
+                    return f"the subnet {other} of network {n['Name']}"
+        for address, length in occupied:
+            other = ipaddress.ip_network(f"{address}/{length}", strict=False)
+            if other.version == net.version and other.overlaps(net):  # type: ignore[arg-type]
+                return f"{other}, a route or address of this host"
+        return "a host route or another network"
+
+    def _ipv6_subnet(self, subnet6: str | None, gateway6: str | None,
+                     ip_range6: str | None = None) -> dict[str, Any]:
+        """The IPv6 subnet record of a new network: the given one, or a random ULA /64, and
+        the range its addresses are leased from (``--ip-range``)."""
         if subnet6:
             try:
                 net6 = ipaddress.IPv6Network(subnet6, strict=False)
@@ -385,10 +403,20 @@ class HostNetworkingService:
                      if ":" in s["AddressPrefix"]]
         free = I.free_subnet6(occupied, subnet6)
         if free is None:
-            raise Conflict(f"Pool overlaps with other one on this address space: {subnet6} "
-                           "overlaps a host route or another network" if subnet6 else
-                           "could not find an available IPv6 address pool")
+            if not subnet6:
+                raise Conflict("could not find an available IPv6 address pool")
+            raise Conflict(f"Pool overlaps with other one on this address space: {net6} "
+                           f"overlaps {self._overlapped(net6, occupied)}")
         net6 = ipaddress.IPv6Network(free)
+        range6 = ""
+        if ip_range6:
+            try:
+                r6 = ipaddress.IPv6Network(ip_range6, strict=False)
+            except ValueError as e:
+                raise InvalidArgument(f"invalid range {ip_range6}: {e}") from None
+            if not r6.subnet_of(net6):
+                raise InvalidArgument(f"no matching subnet for range {ip_range6}")
+            range6 = str(r6)
         if gateway6:
             try:
                 gw6 = ipaddress.IPv6Address(gateway6)
@@ -398,8 +426,11 @@ class HostNetworkingService:
                 raise InvalidArgument(f"no matching subnet for gateway {gateway6}")
         else:
             gw6 = net6.network_address + 1
-        return {"AddressPrefix": str(net6), "GatewayAddress": str(gw6), "ID": new_guid(),
-                "Policies": [], "State": 0, "AdditionalParams": {}}
+        record = {"AddressPrefix": str(net6), "GatewayAddress": str(gw6), "ID": new_guid(),
+                  "Policies": [], "State": 0, "AdditionalParams": {}}
+        if range6:
+            record["IPRange"] = range6
+        return record
 
     async def _realise_network(self, n: dict[str, Any]) -> None:
         s = n["Subnets"][0]
@@ -497,7 +528,8 @@ class HostNetworkingService:
             v6 = {}
             if s6 is not None:
                 v6 = {"IPv6Address": self.ipam.allocate_ip6(
-                          network["ID"], s6["AddressPrefix"], s6["GatewayAddress"], eid, ip6),
+                          network["ID"], s6["AddressPrefix"], s6["GatewayAddress"], eid, ip6,
+                          s6.get("IPRange") or None),
                       "IPv6PrefixLength": int(s6["AddressPrefix"].split("/")[1]),
                       "GatewayAddressV6": s6["GatewayAddress"]}
             e = {

@@ -530,11 +530,14 @@ def _container_root(args: dict[str, object]) -> str:
     """The container's view of its filesystem, as a path in this process's mount namespace.
 
     A running container: its ``/proc/<pid>/root``. A stopped one: a private mount namespace
-    with the overlay of its sandbox mounted on its ``rootfs/``, gone when this process exits.
+    with the overlay of its sandbox mounted on its ``rootfs/``, gone when this process exits;
+    or, for a path under one of its volumes or binds, that mount's source tree (``tree``).
     """
     from silobox.kernel import libc
     if args.get("pid"):
         return f"/proc/{int(args['pid'])}/root"
+    if args.get("tree"):
+        return str(args["tree"])
     else:
         libc.unshare(libc.CLONE_NEWNS)
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE, None)
@@ -631,11 +634,14 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
     warm.close()
     op = args["op"]
     path = "/" + os.path.normpath("/" + str(args.get("path") or "/")).lstrip("/")
+    # the path as the client gave it: differs from ``path`` inside a mount's ``tree``
+    given = str(args.get("shown") or args.get("path") or "/")
+    shown = "/" + os.path.normpath("/" + given).lstrip("/")
     try:
         if op == "put":
-            return _put(args, path, stdin)
+            return _put(args, path, stdin, shown)
         if op in ("stat", "get"):
-            return _get(args, path, op, stdout)
+            return _get(args, path, op, stdout, given, shown)
     except FileNotFoundError:
         sys.stderr.write(json.dumps({"kind": "notfound", "message": "no such file"}))
         return 2
@@ -647,7 +653,8 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
     return 1
 
 
-def _get(args: dict[str, object], path: str, op: object, stdout: BinaryIO) -> int:
+def _get(args: dict[str, object], path: str, op: object, stdout: BinaryIO, given: str,
+         shown: str) -> int:
     """Stat ``path`` of the container, and for ``get`` stream it as a tar.
 
     No chroot: the container's root is opened from this process's own mount namespace and
@@ -656,7 +663,7 @@ def _get(args: dict[str, object], path: str, op: object, stdout: BinaryIO) -> in
     fds and each file read only if it is still the regular file walked."""
     with SafeRoot(_container_root(args)) as tree:
         try:
-            doc = path_stat(tree, path, str(args.get("path") or "/"))
+            doc = path_stat(tree, path, given)
         except OSError as e:
             if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV, errno.EACCES):
                 raise
@@ -665,14 +672,14 @@ def _get(args: dict[str, object], path: str, op: object, stdout: BinaryIO) -> in
             stdout.write(json.dumps(doc).encode())
             return 0
         stdout.write((json.dumps(doc) + "\n").encode())
-        contents_only = str(args.get("path") or "").endswith("/.")
-        name = "" if contents_only or path == "/" else os.path.basename(path)
+        contents_only = given.endswith("/.")
+        name = "" if contents_only or shown == "/" else os.path.basename(shown)
         for chunk in tar_path(tree, path, name, one_fs=bool(args.get("one_fs"))):
             stdout.write(chunk)
     return 0
 
 
-def _put(args: dict[str, object], path: str, stdin: BinaryIO) -> int:
+def _put(args: dict[str, object], path: str, stdin: BinaryIO, shown: str) -> int:
     """Extract the tar on ``stdin`` into directory ``path`` of the container.
 
     No chroot: the container's root is opened from this process's own mount namespace (where
@@ -702,7 +709,7 @@ def _put(args: dict[str, object], path: str, stdin: BinaryIO) -> int:
             options = layers.ExtractOptions(
                 no_overwrite_dir_non_dir=bool(args.get("no_overwrite_dir_non_dir")),
                 owner=_owner_in_root(str(args["user"]), tree) if args.get("user") else None,
-                shown_dest=path, whiteouts=False)
+                shown_dest=shown, whiteouts=False)
             try:
                 layers.extract(stdin, dest, options)
             except layers.OverwriteRefused as e:

@@ -166,7 +166,7 @@ class Image:
         """One item of ``GET /images/json``."""
         return {
             "Id": self.id,
-            "ParentId": "",
+            "ParentId": self.config.get("parent", ""),
             "RepoTags": list(self.tags),
             "RepoDigests": list(self.digests),
             "Created": rfc3339_to_unix(self.created),
@@ -185,7 +185,7 @@ class Image:
             "Id": self.id,
             "RepoTags": list(self.tags),
             "RepoDigests": list(self.digests),
-            "Parent": "",
+            "Parent": self.config.get("parent", ""),   # set by commit, as moby's child images
             "Comment": self.config.get("comment", ""),
             "Created": self.created,
             "Container": self.config.get("container", ""),

@@ -211,13 +211,33 @@ def test_log_config_none_and_bad_options(api):
         assert api.logs(c) == b""
     finally:
         api.remove_container(c, force=True)
-    for cfg in ({"Type": "syslog", "Config": {}},
-                {"Type": "json-file", "Config": {"max-size": "lots"}},
-                {"Type": "json-file", "Config": {"max-file": "3"}}):
+    # dockerd's words; those it finds only at start (a 500 there) are 400s at create here.
+    for cfg, words in (
+            ({"Type": "syslog", "Config": {}}, 'logging driver "syslog" is not supported'),
+            ({"Type": "asdf", "Config": {}},
+             'error looking up logging plugin asdf: plugin "asdf" not found'),
+            ({"Type": "json-file", "Config": {"max-size": "lots"}}, "invalid size: 'lots'"),
+            ({"Type": "json-file", "Config": {"foo": "bar"}},
+             "unknown log opt 'foo' for json-file log driver"),
+            ({"Type": "json-file", "Config": {"mode": "weird"}},
+             "logger: logging mode not supported: weird"),
+            ({"Type": "json-file", "Config": {"max-buffer-size": "4m"}},
+             "logger: max-buffer-size option is only supported with 'mode=non-blocking'"),
+            ({"Type": "json-file", "Config": {"max-size": "1m", "max-file": "0"}},
+             "max-file cannot be less than 1"),
+            ({"Type": "json-file", "Config": {"max-size": "1m", "max-file": "x"}},
+             'strconv.Atoi: parsing "x": invalid syntax')):
         with pytest.raises(docker.errors.APIError) as e:
             api.create_container(IMAGE, ["true"],
                                  host_config=api.create_host_config(log_config=cfg))
         assert e.value.status_code == 400
+        assert e.value.explanation.startswith(words), (cfg, e.value.explanation)
+    # as in dockerd: max-file alone (no rotation without max-size), and any options for none
+    for cfg in ({"Type": "json-file", "Config": {"max-file": "3"}},
+                {"Type": "none", "Config": {"max-size": "1m", "whatever": "x"}}):
+        c = api.create_container(IMAGE, ["true"], host_config=api.create_host_config(
+            log_config=cfg))
+        api.remove_container(c, force=True)
 
 
 def test_healthcheck_transitions_and_events(api, silod):

@@ -52,6 +52,20 @@ def _json_query(query: Query, name: str) -> dict[str, Any]:
     return value
 
 
+def _cache_from(query: Query) -> list[str]:
+    """``cachefrom``: a JSON array of image names."""
+    raw = query.text("cachefrom")
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise InvalidArgument(f"invalid cachefrom value: {e}") from e
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument("invalid cachefrom value: expected a JSON array of strings")
+    return value
+
+
 def build_options(request: web.Request) -> Any:
     """The query of ``POST /build`` as the builder's options; InvalidArgument if malformed."""
     from silobox.engine.build.builder import BuildOptions
@@ -100,6 +114,7 @@ def build_options(request: web.Request) -> Any:
         quiet=query.flag("q"), rm=query.flag("rm", default=True),
         forcerm=query.flag("forcerm"), host_config=host_config,
         networkmode="" if network == "default" else network, pull=query.flag("pull"),
+        cache_from=_cache_from(query),
         registry_config=request.headers.get("X-Registry-Config", ""))
 
 

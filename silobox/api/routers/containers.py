@@ -17,7 +17,7 @@ from silobox.api.backend import ContainerBackend
 from silobox.api.routers import (Query, Route, api_version, check_fields, complete,
                                  json_response, no_content, parse_tail, read_json_object,
                                  version_at_least)
-from silobox.errors import InvalidArgument, SiloboxError
+from silobox.errors import InvalidArgument, NotFound, SiloboxError
 
 log = logging.getLogger("silobox.api")
 
@@ -125,6 +125,10 @@ def validate_wait_condition(raw: str | None) -> str:
     return raw
 
 
+_BUILTIN_NETWORKS = frozenset({"nat", "bridge", "default", "host", "none"})
+"""Network names that are not user-defined (``nat`` is the default network's own name)."""
+
+
 class ContainerRouter:
     def __init__(self, backend: ContainerBackend) -> None:
         self.backend = backend
@@ -150,6 +154,7 @@ class ContainerRouter:
             ("POST", "/containers/{id}/resize", self.resize),
             ("POST", "/containers/{id}/attach", self.attach),
             ("DELETE", "/containers/{id}", self.remove),
+            ("DELETE", "/containers/{id}/{alias}", self.remove_link),
         ]
 
     # --- create, list, inspect ---------------------------------------------------------------
@@ -186,6 +191,16 @@ class ContainerRouter:
 
     async def inspect(self, request: web.Request) -> web.Response:
         doc = await self.backend.container_inspect(_ref(request), size=Query(request).flag("size"))
+        if not version_at_least(request, (1, 45)):
+            # Before 1.45 a user-defined network's Aliases also carry the short id (moby);
+            # the document may share its dicts with the container's state: copies are changed
+            settings = dict(doc.get("NetworkSettings") or {})
+            networks = dict(settings.get("Networks") or {})
+            for name, ep in networks.items():
+                if name not in _BUILTIN_NETWORKS and isinstance(ep, dict):
+                    networks[name] = {**ep, "Aliases": list(dict.fromkeys(
+                        [*(ep.get("Aliases") or []), doc["Id"][:12]]))}
+            doc = {**doc, "NetworkSettings": {**settings, "Networks": networks}}
         return json_response(doc)
 
     async def top(self, request: web.Request) -> web.Response:
@@ -246,8 +261,20 @@ class ContainerRouter:
 
     async def remove(self, request: web.Request) -> web.Response:
         query = Query(request)
+        if query.flag("link"):   # ?link=1 names a legacy link, parent/alias
+            await complete(self.backend.container_remove_link(_ref(request)))
+            return no_content()
         force, volumes = query.flag("force"), query.flag("v")
         await complete(self.backend.container_remove(_ref(request), force=force, volumes=volumes))
+        return no_content()
+
+    async def remove_link(self, request: web.Request) -> web.Response:
+        """``DELETE /containers/parent/alias?link=1``: a legacy link's name has a slash."""
+        if not Query(request).flag("link"):
+            raise NotFound(f"No such container: {request.match_info['id']}/"
+                           f"{request.match_info['alias']}")
+        name = f"{request.match_info['id']}/{request.match_info['alias']}"
+        await complete(self.backend.container_remove_link(name))
         return no_content()
 
     async def resize(self, request: web.Request) -> web.Response:

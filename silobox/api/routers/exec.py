@@ -36,6 +36,18 @@ def validate_console_size(value: Any) -> tuple[int, int] | None:
     return value[0], value[1]
 
 
+def go_field_names(body: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Top-level keys under their canonical names, matched without case as Go's encoding/json
+    does (docker-py sends ``detachKeys`` from the client's config file)."""
+    canonical = {name.lower(): name for name in spec}
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        name = key if key in spec else canonical.get(key.lower(), key)
+        if name not in out or name == key:
+            out[name] = value
+    return out
+
+
 def validate_exec_create(body: dict[str, Any]) -> None:
     check_fields(body, EXEC_CREATE_BODY)
     if not body.get("Cmd"):
@@ -58,7 +70,8 @@ class ExecRouter:
         ]
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await read_json_object(request, required=False)
+        body = go_field_names(await read_json_object(request, required=False),
+                              EXEC_CREATE_BODY)
         validate_exec_create(body)
         if not version_at_least(request, CONSOLE_SIZE_SINCE):
             body = {**body, "ConsoleSize": None}

@@ -66,6 +66,7 @@ class BuildOptions:
     host_config: dict[str, Any] = field(default_factory=dict)   # resource limits for RUN
     pull: bool = False                 # pull FROM images even when they are here
     registry_config: str = ""          # X-Registry-Config: credentials per registry
+    cache_from: list[str] = field(default_factory=list)   # the only cache sources, if given
 
 
 @dataclass
@@ -142,6 +143,7 @@ class Build:
         self.emit: Emit = lambda _: None
         self.step = 0
         self.total = 0
+        self._cache_sources: set[str] | None = None
         self._meta: list[Instruction] = []
         self._stages: list[tuple[Instruction, list[Instruction]]] = []
         self._prepare()
@@ -517,12 +519,30 @@ class Build:
         if self.options.nocache:
             return False
         image_id = self.engine.build_cache_lookup(key)
-        if image_id is None:
+        if image_id is None or not self._from_cache_sources(image_id):
             return False
         self._load_image(stage, image_id)
         self._out(" ---> Using cache\n")
         self._out(f" ---> {image_id.removeprefix('sha256:')[:12]}\n")
         return True
+
+    def _from_cache_sources(self, image_id: str) -> bool:
+        """With ``cachefrom`` only those images and the steps they were built from are a cache
+        (moby's classic builder); a name that is not here adds nothing."""
+        if not self.options.cache_from:
+            return True
+        if self._cache_sources is None:
+            sources: set[str] = set()
+            for ref in self.options.cache_from:
+                try:
+                    current = self.engine.images.resolve(ref).id
+                except SiloboxError:
+                    continue
+                while current and current not in sources:
+                    sources.add(current)
+                    current = self.engine._image_parent(current)
+            self._cache_sources = sources
+        return image_id in self._cache_sources
 
     async def _commit_config(self, stage: Stage, comment: str, inst: Instruction | None) -> None:
         """A metadata-only step: a new image with the changed config and an empty layer."""
@@ -598,8 +618,10 @@ class Build:
             self._out(f" ---> Running in {cid[:12]}\n")
             await self.engine.container_start(cid)
             _tty, lines = await self.engine.container_logs(cid, follow=True)
-            async for _fd, data in lines:
-                self._out(data.decode("utf-8", "replace"))
+            async for fd, data in lines:
+                text = data.decode("utf-8", "replace")
+                # dockerd's classic builder shows a RUN's stderr in red (streamformatter)
+                self._out(f"\x1b[91m{text}\x1b[0m" if fd == 2 else text)
             status = await self.engine.container_wait(cid)
             code = status["StatusCode"]
             if code != 0:

@@ -198,7 +198,7 @@ class BuildService:
         """Docker hides intermediate images (untagged, with children) unless ``all``."""
         items = await super().image_list(all=all, filters=filters)   # type: ignore[misc]
         for item in items:
-            item["ParentId"] = self._image_parent(item["Id"])
+            item["ParentId"] = self._image_parent(item["Id"]) or item.get("ParentId", "")
         if all:
             return items
         return [i for i in items if i.get("RepoTags") or not self._has_children(i["Id"])]
@@ -253,6 +253,6 @@ class BuildService:
 
     async def image_inspect(self, ref: str) -> dict[str, Any]:
         out = await super().image_inspect(ref)   # type: ignore[misc]
-        out["Parent"] = self._image_parent(out["Id"])
+        out["Parent"] = self._image_parent(out["Id"]) or out.get("Parent", "")   # or commit's
         return out
 
