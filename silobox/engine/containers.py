@@ -27,7 +27,7 @@ from silobox.engine.hostconfig import (check_blkio, check_host_config, check_win
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
-from silobox.timeutil import ZERO_TIME, human_duration, now_iso, parse_iso, parse_until
+from silobox.timeutil import human_duration, now_iso, parse_iso, parse_until
 from silobox.engine.sessions import AttachSession, ExecSession, FailedExecStart
 from silobox.engine.state import (LIVE, Status, allowed, check, from_compute, initial_state,
                                   is_live, refusal, status, transition)
