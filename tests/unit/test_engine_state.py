@@ -47,7 +47,7 @@ EXPECTED_ALLOWED: dict[str, set[Status]] = {
     "exec": {R},
     "kill": {R, P, RS},
     "stop": {R, P, RS},
-    "remove": {C, RS, RM, E, D},
+    "remove": {C, RM, E, D},
     "resize": {R, P},
 }
 
@@ -72,6 +72,8 @@ EXPECTED_REFUSALS: dict[tuple[str, Status], tuple[type, str]] = {
                               "before attempting removal or force remove"),
     ("remove", P): (Conflict, f"You cannot remove a running container {CID}. Stop the container "
                               "before attempting removal or force remove"),
+    ("remove", RS): (Conflict, f"You cannot remove a restarting container {CID}. Stop the "
+                               "container before attempting removal or force remove"),
     ("resize", E): (Conflict, f"Container {CID} is not running"),
     ("schedule_restart", R): (Conflict, f"cannot schedule_restart container {SHORT}: it is "
                                         "running"),
