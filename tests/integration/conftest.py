@@ -255,3 +255,14 @@ def images(silod: Any) -> Iterator[list[str]]:
         except Exception:
             pass
     silod.request("POST", "/build/prune")
+
+
+@pytest.fixture
+def made(silod: Silod) -> Iterator[list[str]]:
+    """Ids of containers a test creates through the API; each is force-removed afterwards."""
+    ids: list[str] = []
+    try:
+        yield ids
+    finally:
+        for cid in ids:
+            silod.request("DELETE", f"/containers/{cid}?force=1")

@@ -14,6 +14,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tarutil import tar_of
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -275,18 +276,6 @@ def test_network_connect_with_hostile_bodies(silod, target, body, disconnect):
                       {"Container": target[0], "Force": True})
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    import io
-    import tarfile
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 def _query_value():
     return st.one_of(st.text(max_size=16), st.sampled_from(
         [str(v) for v in HOSTILE if isinstance(v, (int, float, str))] + ["[" * 3000, "{}"]))
@@ -320,10 +309,10 @@ def _fuzz_images_removed(silod):
 def test_build_with_hostile_queries(silod, rss_start, params, body):
     from urllib.parse import urlencode
     dockerfile = f"FROM busybox\nLABEL {FUZZ_LABEL}=1\n"
-    raw = {"plain": _tar({"Dockerfile": dockerfile.encode()}),
-           "run": _tar({"Dockerfile": (dockerfile + "RUN true\n").encode()}),
+    raw = {"plain": tar_of({"Dockerfile": dockerfile.encode()}),
+           "run": tar_of({"Dockerfile": (dockerfile + "RUN true\n").encode()}),
            "garbage": b"\x00garbage" * 100, "empty": b"",
-           "nested": _tar({"Dockerfile": dockerfile.encode(),
+           "nested": tar_of({"Dockerfile": dockerfile.encode(),
                            "a/" * 60 + "f": b"x"})}[body]
     url = "/build?" + urlencode(params)
     try:
@@ -343,7 +332,7 @@ def test_build_with_hostile_queries(silod, rss_start, params, body):
        body=st.sampled_from(["tar", "garbage", "empty"]))
 def test_archive_with_hostile_paths_and_bodies(silod, target, method, path, body):
     from urllib.parse import quote
-    raw = {"tar": _tar({"f": b"data"}), "garbage": b"\x01" * 700, "empty": b""}[body]
+    raw = {"tar": tar_of({"f": b"data"}), "garbage": b"\x01" * 700, "empty": b""}[body]
     status, answer = silod.request(method, f"/containers/{target[0]}/archive?path={quote(path)}",
                                    raw=raw if method == "PUT" else None,
                                    headers={"Content-Type": "application/x-tar"})

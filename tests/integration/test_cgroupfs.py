@@ -5,9 +5,7 @@ Containers carry the run's id and are removed even when a test fails.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
-
-import pytest
+from typing import Any
 
 from silobox.kernel.features import cgroup_layout
 
@@ -19,16 +17,6 @@ READ_LIMITS = (
     "/sys/fs/cgroup/cpu/cpu.cfs_period_us /sys/fs/cgroup/pids/pids.max")
 EXPECTED = (["67108864", "50000 100000", "20"] if V2 else
             ["67108864", "50000", "100000", "20"])
-
-
-@pytest.fixture
-def made(silod: Any) -> Iterator[list[str]]:
-    ids: list[str] = []
-    try:
-        yield ids
-    finally:
-        for cid in ids:
-            silod.request("DELETE", f"/containers/{cid}?force=1")
 
 
 def run(silod: Any, made: list[str], script: str, **hc: Any) -> tuple[int, str]:

@@ -6,15 +6,14 @@ request wrote is gone again."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
-import tarfile
 
 import pytest
 
 from silobox.kernel import libc
+from tarutil import tar_of
 
 SIZE = 48 << 20
 BIG = 64 << 20
@@ -42,19 +41,9 @@ def _used(path: str) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def big_layer() -> bytes:
-    return _tar({"big": os.urandom(BIG)})
+    return tar_of({"big": os.urandom(BIG)})
 
 
 def _stream_error(answer) -> str:
@@ -83,7 +72,7 @@ def test_load_that_fills_the_disk(small, big_layer):
     config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [diff_id]},
                          "architecture": "amd64", "os": "linux"}).encode()
     manifest = [{"Config": "c.json", "RepoTags": ["big:1"], "Layers": ["layer.tar"]}]
-    data = _tar({"layer.tar": big_layer, "c.json": config,
+    data = tar_of({"layer.tar": big_layer, "c.json": config,
                  "manifest.json": json.dumps(manifest).encode()})
     status, answer = small.request("POST", "/images/load", raw=data,
                                    headers={"Content-Type": "application/x-tar"})
@@ -103,7 +92,7 @@ def test_import_that_fills_the_disk(small, big_layer):
 
 def test_build_context_that_fills_the_disk(small):
     before = _used(small.small_root)
-    context = _tar({"Dockerfile": b"FROM busybox\nCOPY big /big\n", "big": os.urandom(BIG)})
+    context = tar_of({"Dockerfile": b"FROM busybox\nCOPY big /big\n", "big": os.urandom(BIG)})
     status, answer = small.request("POST", "/build?t=bb:1", raw=context,
                                    headers={"Content-Type": "application/x-tar"})
     assert 400 <= status < 500 and "No space left on device" in answer["message"], \

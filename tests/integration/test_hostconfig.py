@@ -9,19 +9,9 @@ import os
 import socket
 import subprocess
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
-
-@pytest.fixture
-def made(silod: Any) -> Iterator[list[str]]:
-    ids: list[str] = []
-    try:
-        yield ids
-    finally:
-        for cid in ids:
-            silod.request("DELETE", f"/containers/{cid}?force=1")
 
 
 def create(silod: Any, made: list[str], cmd: list[str], **hc: Any) -> tuple[int, Any]:

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,16 +35,6 @@ def root_disk() -> tuple[str, int, int]:
         if os.path.exists(f"/dev/{name}"):
             return f"/dev/{name}", major, minor
     pytest.skip("no block device node on this host")
-
-
-@pytest.fixture
-def made(silod: Any) -> Iterator[list[str]]:
-    ids: list[str] = []
-    try:
-        yield ids
-    finally:
-        for cid in ids:
-            silod.request("DELETE", f"/containers/{cid}?force=1")
 
 
 def docker(silod: Any, *args: str) -> subprocess.CompletedProcess:

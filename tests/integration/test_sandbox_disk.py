@@ -16,6 +16,7 @@ import docker
 import pytest
 
 from silobox.storage import disk as D
+from tarutil import tar_of
 
 IMAGE = "busybox"
 pytestmark = pytest.mark.skipif(bool(D.loop_supported()), reason=f"sandbox disks unavailable")
@@ -70,18 +71,6 @@ def ctr(silod):
             break
         time.sleep(0.05)
     assert not left, f"left behind: {left}"
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    import io
-    import tarfile
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _run(silod, *args: str) -> subprocess.CompletedProcess:
@@ -140,7 +129,7 @@ def test_created_never_started_and_removed_leaves_no_device(silod, api, ctr):
     assert r.returncode == 0, r.stderr
     disk = api.inspect_container(c)["GraphDriver"]["Data"]["disk"]
     assert D.loops_of(disk)                              # the pool still holds its device
-    api.put_archive(c, "/", _tar({"put-while-created": b"x"}))   # a helper mounts the disk
+    api.put_archive(c, "/", tar_of({"put-while-created": b"x"}))   # a helper mounts the disk
     bits, _ = api.get_archive(c, "/put-while-created")
     assert b"".join(bits)
     api.remove_container(c)

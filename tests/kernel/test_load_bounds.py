@@ -14,21 +14,12 @@ import pytest
 
 from silobox.errors import InvalidArgument
 from silobox.storage import archive
+from tarutil import tar_of
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (layer stores keep owners)"),
 ]
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 def _refused(store, data: bytes, match: str) -> None:
@@ -42,7 +33,7 @@ def test_too_many_members(store, monkeypatch):
     monkeypatch.setattr(archive, "HELD_MEMBERS", 50)
     members = {f"f{i}": b"x" for i in range(60)}
     members["manifest.json"] = b"[]"
-    _refused(store, _tar(members), "more than 50 members")
+    _refused(store, tar_of(members), "more than 50 members")
 
 
 def test_too_many_links_count_too(store, monkeypatch):
@@ -59,11 +50,11 @@ def test_too_many_links_count_too(store, monkeypatch):
 def test_too_many_document_bytes(store, monkeypatch):
     monkeypatch.setattr(archive, "HELD_BYTES", 1 << 20)
     doc = json.dumps({"pad": "p" * 400_000}).encode()
-    _refused(store, _tar({f"{i}.json": doc for i in range(4)}), "documents exceed 1 MiB")
+    _refused(store, tar_of({f"{i}.json": doc for i in range(4)}), "documents exceed 1 MiB")
 
 
 def _layer() -> tuple[bytes, str]:
-    layer = _tar({"hello": b"world"})
+    layer = tar_of({"hello": b"world"})
     return layer, "sha256:" + hashlib.sha256(layer).hexdigest()
 
 
@@ -74,7 +65,7 @@ def _layer() -> tuple[bytes, str]:
 def test_misshapen_docker_manifests(store, manifest):
     layer, diff_id = _layer()
     config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
-    _refused(store, _tar({"layer.tar": layer, "c.json": config,
+    _refused(store, tar_of({"layer.tar": layer, "c.json": config,
                           "manifest.json": json.dumps(manifest).encode()}), "invalid archive")
 
 
@@ -84,7 +75,7 @@ def test_misshapen_docker_manifests(store, manifest):
 def test_misshapen_image_configs(store, config):
     layer, _ = _layer()
     manifest = [{"Config": "c.json", "Layers": ["layer.tar"]}]
-    _refused(store, _tar({"layer.tar": layer, "c.json": config,
+    _refused(store, tar_of({"layer.tar": layer, "c.json": config,
                           "manifest.json": json.dumps(manifest).encode()}), "invalid")
 
 
@@ -97,7 +88,7 @@ def _blob(doc: dict) -> tuple[str, bytes]:
                                    {"manifests": [{"digest": 5}]},
                                    {"manifests": [{"digest": "sha256:00", "annotations": 5}]}])
 def test_misshapen_oci_indexes(store, index):
-    _refused(store, _tar({"index.json": json.dumps(index).encode()}), "invalid archive")
+    _refused(store, tar_of({"index.json": json.dumps(index).encode()}), "invalid archive")
 
 
 def test_oci_indexes_nested_too_deep(store):
@@ -109,4 +100,4 @@ def test_oci_indexes_nested_too_deep(store):
                              "manifests": [{"digest": digest}]})
         files[f"blobs/sha256/{digest[7:]}"] = raw
     files["index.json"] = json.dumps({"manifests": [{"digest": digest}]}).encode()
-    _refused(store, _tar(files), "nest more than")
+    _refused(store, tar_of(files), "nest more than")
