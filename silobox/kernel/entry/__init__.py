@@ -34,7 +34,8 @@ MODE_PARK = 1      # a container's first process: report ready, wait for start
 MODE_FORK = 2      # an exec: join the PID namespace and fork into it
 
 (T_MODE, T_SYNC_FD, T_START_FD, T_PIDNS_FD, T_PATH, T_ARGV, T_ENV, T_CWD, T_UID, T_GID,
- T_GROUPS, T_CAPS, T_LAST_CAP, T_NNP, T_SECCOMP, T_RLIMITS, T_UMASK, T_OOM_SCORE_ADJ) = range(1, 19)
+ T_GROUPS, T_CAPS, T_LAST_CAP, T_NNP, T_SECCOMP, T_RLIMITS, T_UMASK, T_OOM_SCORE_ADJ,
+ T_TTY) = range(1, 20)
 
 _MFD_EXEC = 0x10                    # kernel >= 6.3; older kernels take memfds as executable
 _FS_IOC_SETFLAGS = 0x40086602
@@ -147,7 +148,8 @@ def encode_spec(*, mode: int, sync_fd: int, path: str, argv: Sequence[str], env:
                 cwd: str, uid: int, gid: int, groups: Sequence[int], capabilities: int,
                 last_cap: int, no_new_privs: bool, seccomp: bytes | None,
                 rlimits: Sequence[tuple[int, int, int]], umask: int,
-                oom_score_adj: int | None, start_fd: int = -1, pidns_fd: int = -1) -> bytes:
+                oom_score_adj: int | None, start_fd: int = -1, pidns_fd: int = -1,
+                tty: bool = False) -> bytes:
     """The helper's spec blob (format in helper.c)."""
     out = [b"SBXE", struct.pack("<I", 1), _u32(T_MODE, mode), _u32(T_SYNC_FD, sync_fd),
            _record(T_PATH, os.fsencode(path) + b"\0"), _record(T_ARGV, _strings(argv)),
@@ -155,7 +157,8 @@ def encode_spec(*, mode: int, sync_fd: int, path: str, argv: Sequence[str], env:
            _u32(T_UID, uid), _u32(T_GID, gid),
            _record(T_GROUPS, struct.pack(f"<{len(groups)}I", *groups)),
            _record(T_CAPS, struct.pack("<Q", capabilities & (2**64 - 1))),
-           _u32(T_LAST_CAP, last_cap), _u32(T_NNP, int(no_new_privs)), _u32(T_UMASK, umask)]
+           _u32(T_LAST_CAP, last_cap), _u32(T_NNP, int(no_new_privs)), _u32(T_UMASK, umask),
+           _u32(T_TTY, int(tty))]
     if start_fd >= 0:
         out.append(_u32(T_START_FD, start_fd))
     if pidns_fd >= 0:

@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -53,7 +54,7 @@
 
 enum tag {
     T_MODE = 1, T_SYNC_FD, T_START_FD, T_PIDNS_FD, T_PATH, T_ARGV, T_ENV, T_CWD, T_UID, T_GID,
-    T_GROUPS, T_CAPS, T_LAST_CAP, T_NNP, T_SECCOMP, T_RLIMITS, T_UMASK, T_OOM_SCORE_ADJ,
+    T_GROUPS, T_CAPS, T_LAST_CAP, T_NNP, T_SECCOMP, T_RLIMITS, T_UMASK, T_OOM_SCORE_ADJ, T_TTY,
 };
 enum mode { M_PARK = 1, M_FORK = 2 };   /* bits */
 
@@ -62,7 +63,7 @@ struct spec {
     int sync_fd, start_fd, pidns_fd;
     const char *path, *cwd;
     char **argv, **env;
-    uint32_t uid, gid, ngroups, last_cap, nnp, umask_, nrlimits;
+    uint32_t uid, gid, ngroups, last_cap, nnp, umask_, nrlimits, tty;
     const uint32_t *groups;
     uint64_t caps;
     const unsigned char *seccomp;
@@ -185,6 +186,7 @@ static const char *parse(unsigned char *buf, size_t len, struct spec *s)
         case T_LAST_CAP: need4 = 1; if (n == 4) s->last_cap = u32(v); break;
         case T_NNP: need4 = 1; if (n == 4) s->nnp = u32(v); break;
         case T_UMASK: need4 = 1; if (n == 4) s->umask_ = u32(v); break;
+        case T_TTY: need4 = 1; if (n == 4) s->tty = u32(v); break;
         case T_OOM_SCORE_ADJ: need4 = 1; if (n == 4) { s->has_oom = 1; s->oom = (int32_t)u32(v); } break;
         case T_CAPS: need8 = 1; if (n == 8) s->caps = u64(v); break;
         case T_PATH:
@@ -341,6 +343,7 @@ int main(int argc, char **argv)
 {
     /* First: nothing may ptrace us or open our /proc files from here to execve. */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    prctl(PR_SET_NAME, "silobox-entry", 0, 0, 0);   /* not the memfd's "/dev/fd/N" */
     /* Only silobox runs this, as full root. A set-id bit or file capabilities (AT_SECURE), or
      * a run as anyone else (the binary reached as "#!/proc/self/exe"), is refused. */
     if (getauxval(AT_SECURE) || getuid() != 0 || geteuid() != 0 || argc != 2) {
@@ -387,6 +390,12 @@ int main(int argc, char **argv)
             report(line);
             _exit(0);
         }
+        /* The exec leads its own session (and owns its terminal), as a first process does;
+         * the parent, which exits now, must not be the one whose exit hangs the terminal up. */
+        if (setsid() < 0)
+            fail("stdio", "setsid", NULL);
+        if (s.tty && ioctl(0, TIOCSCTTY, 0) < 0)
+            fail("console", "ioctl(TIOCSCTTY)", NULL);
     }
     if (s.mode & M_PARK) {
         /* A container's first process: parked until Start; EOF means the start was abandoned. */

@@ -94,8 +94,10 @@ def _fail(sync_fd: int, e: _StageError) -> NoReturn:
     os._exit(code)
 
 
-def _stdio(stdio: tuple[int, int, int], tty: bool) -> None:
-    os.setsid()
+def _stdio(stdio: tuple[int, int, int], tty: bool, session: bool = True) -> None:
+    """fds 0-2; a first process also leads a new session (an exec's helper fork does that)."""
+    if session:
+        os.setsid()
     for target, fd in enumerate(stdio):
         if fd != target:
             os.dup2(fd, target, inheritable=True)
@@ -187,7 +189,7 @@ def _enter_helper(proc: ProcessSpec, path: str, sync_fd: int, *, start_fd: int =
         argv=proc.argv, env=proc.env, cwd=proc.cwd, uid=proc.uid, gid=proc.gid,
         groups=proc.groups, capabilities=proc.capabilities, last_cap=proc.last_cap,
         no_new_privs=proc.no_new_privs, seccomp=proc.seccomp, rlimits=proc.rlimits,
-        umask=proc.umask, oom_score_adj=proc.oom_score_adj)
+        umask=proc.umask, oom_score_adj=proc.oom_score_adj, tty=proc.tty)
     try:
         entry.exec_helper(spec, [fd for fd in (sync_fd, start_fd, pidns_fd) if fd >= 0])
     except OSError as e:
@@ -284,7 +286,7 @@ def child_pooled(procs_files: list[str], config_fd: int, sync_fd: int, start_fd:
 
 
 def _prelude(keep: list[int], stdio: tuple[int, int, int] | None,
-             procs_files: list[str]) -> None:
+             procs_files: list[str], session: bool = True) -> None:
     """First stages of every child: non-dumpable, stdio, every other fd of the shim closed
     (its log, sockets, epoll, other processes' pipes), clean signals, job object."""
     stage = "dumpable"
@@ -292,7 +294,7 @@ def _prelude(keep: list[int], stdio: tuple[int, int, int] | None,
         _no_dump()
         if stdio is not None:
             stage = "stdio"
-            _stdio(stdio, False)
+            _stdio(stdio, False, session)
         stage = "signals"
         _default_signals()     # first: the wakeup fd it clears is one of those closed next
         stage = "fds"
@@ -342,7 +344,7 @@ def child_exec(ns_fds: list[tuple[int, int]], pidns_fd: int | None, root_fd: int
             keep.append(pidns_fd)
         if console_fd is not None:
             keep.append(console_fd)
-        _prelude(keep, stdio, procs_files)
+        _prelude(keep, stdio, procs_files, session=False)
         try:
             stage = "namespaces"
             for fd, nstype in ns_fds:
@@ -356,7 +358,7 @@ def child_exec(ns_fds: list[tuple[int, int]], pidns_fd: int | None, root_fd: int
             if console_fd is not None:
                 stage = "console"
                 slave = _console(console_fd, console_size, False)
-                _stdio((slave, slave, slave), True)
+                _stdio((slave, slave, slave), False, session=False)
         except OSError as e:
             raise _StageError(stage, e) from None
         path = resolve_executable(proc.argv[0], proc.env, proc.cwd)
