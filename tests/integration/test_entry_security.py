@@ -24,7 +24,7 @@ import time
 import pytest
 
 PROBES = os.path.join(os.path.dirname(__file__), "probes")
-ENTRY_TIMEOUT = 3      # this module's silod gives up on a stopped entering process after 3 s
+ENTRY_TIMEOUT = 10     # this module's silod gives up on a stopped entering process after 10 s
 
 
 def _gcc(tmp: str, src: str, out: str, *flags: str) -> str:
