@@ -17,8 +17,10 @@ fi
 # busybox-static: the built-in busybox image; tini: --init; libseccomp2: syscall filters;
 # python3-venv: the interpreter silobox runs on (Debian's, which starts fastest);
 # libnftables1/nftables + iproute2: the networking service's NAT and port mapping;
-# e2fsprogs: mkfs.ext4/e2fsck/resize2fs for sandbox disks (util-linux: losetup for inspection).
-PKGS="busybox-static tini libseccomp2 python3 python3-venv ca-certificates libnftables1 nftables iproute2 e2fsprogs"
+# e2fsprogs: mkfs.ext4/e2fsck/resize2fs for sandbox disks (util-linux: losetup for inspection);
+# gcc + libc6-dev (libc.a): the static container entry helper, built below and rebuilt by silod
+# if its source changes (silobox/kernel/entry/helper.c).
+PKGS="busybox-static tini libseccomp2 python3 python3-venv ca-certificates libnftables1 nftables iproute2 e2fsprogs gcc libc6-dev"
 # Tests only: skopeo and umoci check the image archive formats against independent tools;
 # gcc builds a static probe for syscalls busybox has no applet for (keyctl);
 # docker-registry (+ apache2-utils for htpasswd -B, openssl for a test CA): the registry the
@@ -63,6 +65,8 @@ if [ "$WITH_TESTS" = 1 ]; then
     "$CPIP" install -q --disable-pip-version-check --no-build-isolation PyYAML==5.4.1
     "$CPIP" install -q --disable-pip-version-check -r "$SRC/scripts/compose-requirements.txt"
 fi
+# The container entry helper: a static binary that silod runs from a sealed memfd.
+"$PREFIX/bin/python" -m silobox.kernel.entry build >/dev/null
 ln -sf "$PREFIX/bin/silo" /usr/local/bin/silo
 ln -sf "$PREFIX/bin/silod" /usr/local/bin/silod
 echo "silobox installed in $PREFIX (silo, silod on PATH)"

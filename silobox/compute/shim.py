@@ -24,6 +24,7 @@ import signal
 import socket
 import struct
 import termios
+import time
 from dataclasses import dataclass, field
 
 from silobox.atomic import atomic_write_json
@@ -31,10 +32,14 @@ from silobox.timeutil import now_iso as rfc3339
 from silobox.kernel import libc
 from silobox.kernel.silo import SiloSpec
 from silobox.kernel.spawn import (ProcessSpec, child_exec, child_init, child_pooled,
-                                  read_messages)
+                                  parse_messages, read_messages)
 
 STDOUT, STDERR, EXIT = 1, 2, 3
 _FRAME = struct.Struct(">BxxxI")
+# How long a process may take from fork to execve (or to parking, for a first process). A
+# container can stop a process that entered its PID namespace; past this the shim kills it and
+# fails the exec or start instead of waiting.
+ENTRY_TIMEOUT = float(os.environ.get("SILOBOX_ENTRY_TIMEOUT") or 30)
 _NS_ORDER = (("ipc", libc.CLONE_NEWIPC), ("uts", libc.CLONE_NEWUTS), ("net", libc.CLONE_NEWNET),
              ("cgroup", libc.CLONE_NEWCGROUP), ("mnt", libc.CLONE_NEWNS))
 
@@ -68,6 +73,26 @@ class _Proc:
         return self.status is not None and not self.out_fds
 
 
+@dataclass
+class _PendingExec:
+    """An exec between fork and execve: its sync pipe is read by the event loop."""
+
+    conn: "_Conn"
+    key: str
+    tty: bool
+    child: int                                 # the shim's fork (host PID namespace)
+    sync_fd: int
+    deadline: float
+    stdin_fd: int | None
+    out: dict[int, int]
+    con_parent: socket.socket | None
+    want_stdin: bool
+    rest: bytes = b""                          # client bytes after the request: stdin
+    buf: bytes = b""
+    pid: int = 0                               # the helper's fork in the container
+    error: dict | None = None
+
+
 class _Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -97,8 +122,11 @@ class Shim:
         self.exit_record: dict | None = None
         self.ns_fds: list[tuple[int, int]] = []
         self.root_fd: int | None = None
+        self.pidns_fd: int | None = None
         self.started_at = ""
         self.pty_master: int | None = None
+        self.pending: dict[int, _PendingExec] = {}       # sync fd → exec being entered
+        self.unclaimed: dict[int, int] = {}              # reaped before their exec settled
 
     # ----- set-up -------------------------------------------------------------------------
     def _detach(self) -> None:
@@ -106,6 +134,8 @@ class Shim:
         and make the next fork the first process of a new PID namespace (unless --pid host)."""
         os.setsid()
         libc.set_process_name("silobox-shim")
+        # An exec's entry helper forks into the container and exits: its child is ours to reap.
+        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_IGN)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -154,10 +184,9 @@ class Shim:
             proc.tty, bool(cfg.get("open_stdin")), child_close, parent_close)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
-        child_close += [sync_r, start_w, self.wake_r, self.wake_w, self.report.fileno()]
         pid = os.fork()
         if pid == 0:
-            child_init(silo, proc, cfg["procs_files"], sync_w, start_r, stdio, child_close,
+            child_init(silo, proc, cfg["procs_files"], sync_w, start_r, stdio,
                        con_child.fileno() if con_child else None, console_size)  # type: ignore[arg-type]
         for fd in parent_close + [sync_w, start_r]:
             os.close(fd)
@@ -170,10 +199,12 @@ class Shim:
                     start_w: int) -> None:
         """Wait for the init to park before exec, then open for business and report ready."""
         cfg = self.cfg
-        msgs = read_messages(sync_r)
+        msgs = read_messages(sync_r, ENTRY_TIMEOUT)
         last = msgs[-1] if msgs else {"t": "error", "stage": "init", "errno": 0,
                                       "msg": "container init exited before it was ready"}
         if last.get("t") != "ready":
+            if last.get("stage") == "timeout":
+                _kill(pid)
             os.waitpid(pid, 0)
             err = RuntimeError(last.get("msg", "init failed"))
             err.stage = last.get("stage", "init")  # type: ignore[attr-defined]
@@ -201,6 +232,7 @@ class Shim:
             if name in silo.namespaces or (name == "net" and silo.netns_path):
                 self.ns_fds.append((os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC),
                                     flag))
+        self.pidns_fd = self._exec_pid_namespace(pid)
         sock_path = os.path.join(self.state_dir, "shim.sock")
         try:
             os.unlink(sock_path)
@@ -222,6 +254,22 @@ class Shim:
             self._report({"t": "ready", "pid": pid, "shim_pid": os.getpid()})
         self.report.close()
 
+    def _exec_pid_namespace(self, pid: int) -> int | None:
+        """The init's PID namespace, for exec helpers to join; from now on the shim's own forks
+        stay in the shim's namespace, where the container cannot see them. None: the init is
+        in the shim's namespace (--pid host)."""
+        ours = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        theirs = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        if os.fstat(ours).st_ino == os.fstat(theirs).st_ino:
+            os.close(ours)
+            os.close(theirs)
+            return None
+        try:
+            libc.setns(ours, libc.CLONE_NEWPID)
+        finally:
+            os.close(ours)
+        return theirs
+
     # ----- the warm pool --------------------------------------------------------------------
     def run_pooled(self, spawner: socket.socket, parent: str, pool_name: str,
                    procs_files: list[str]) -> None:
@@ -241,12 +289,10 @@ class Shim:
         cfg_r, cfg_w = os.pipe2(os.O_CLOEXEC)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
-        ours = [in_w, out_r, err_r, con_parent.fileno(), cfg_w, sync_r, start_w, self.wake_r,
-                self.wake_w, spawner.fileno()]
         pid = os.fork()
         if pid == 0:
             child_pooled(procs_files, cfg_r, sync_w, start_r, (in_r, out_w, err_w),
-                         con_child.fileno(), ours)
+                         con_child.fileno())
         for fd in (in_r, out_w, err_w, cfg_r, sync_w, start_r):
             os.close(fd)
         con_child.close()
@@ -314,7 +360,9 @@ class Shim:
         os.write(self.start_w, b"1")
         os.close(self.start_w)
         self.start_w = None
-        msgs = read_messages(self.sync_r) if self.sync_r is not None else []
+        msgs = read_messages(self.sync_r, ENTRY_TIMEOUT) if self.sync_r is not None else []
+        if msgs and msgs[-1].get("stage") == "timeout" and self.init is not None:
+            _kill(self.init.pid)
         if self.sync_r is not None:
             os.close(self.sync_r)
             self.sync_r = None
@@ -328,9 +376,15 @@ class Shim:
     # ----- event loop ---------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            for key, mask in self.sel.select(timeout=1.0):
+            timeout = 1.0
+            if self.pending:
+                soonest = min(p.deadline for p in self.pending.values())
+                timeout = min(timeout, max(soonest - time.monotonic(), 0))
+            for key, mask in self.sel.select(timeout=timeout):
                 kind, obj = key.data
-                if kind == "accept":
+                if kind == "sync":
+                    self._on_sync(obj)
+                elif kind == "accept":
                     self._accept()
                 elif kind == "signal":
                     self._on_signal()
@@ -341,6 +395,8 @@ class Shim:
                 elif kind == "stdin":
                     self._flush_stdin(obj)
             self._reap()
+            if self.pending:
+                self._expire_pending()
             if self.init is not None and self.init.done and self.exit_record is None:
                 self._finish()
                 return
@@ -372,6 +428,8 @@ class Shim:
                 return
             proc = self.pid_to_proc.pop(pid, None)
             if proc is None:
+                if self.pending:   # an exec's process that ended before its exec settled
+                    self.unclaimed[pid] = os.waitstatus_to_exitcode(status)
                 continue
             proc.status = os.waitstatus_to_exitcode(status)
             if proc is self.init:
@@ -382,10 +440,10 @@ class Shim:
     def _init_exited(self) -> None:
         for p in self.procs.values():
             if p is not self.init and p.status is None and p.pid in self.pid_to_proc:
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _kill(p.pid)
+        for pe in list(self.pending.values()):
+            self._settle(pe, {"t": "error", "stage": "exec", "errno": 0,
+                              "msg": "container is not running"}, kill=True)
         if self.init and self.init.tty and self.pty_master is not None:
             # A pty master keeps returning EIO after the last slave closes: drain now.
             self._drain_pty(self.init)
@@ -512,7 +570,7 @@ class Shim:
                 pass
             self._drop(conn)
         if proc.stdin_fd is not None:
-            self._close_stdin(proc)
+            self._close_stdin(proc, force=True)
         self.procs.pop(proc.key, None)
 
     # ----- connections ----------------------------------------------------------------------
@@ -560,7 +618,8 @@ class Shim:
         conn.inbuf = b""
         try:
             req = json.loads(line)
-            reply = self._handle(conn, req)
+            reply = self._exec(conn, req, rest) if req.get("op") == "exec" else \
+                self._handle(conn, req)
         except Exception as e:  # a bad request must not take the container down
             reply = {"ok": False, "msg": f"{type(e).__name__}: {e}"}
         if reply is not None:
@@ -609,8 +668,6 @@ class Shim:
             if proc is not None:
                 self._close_stdin(proc)
             return {"ok": True}
-        if op == "exec":
-            return self._exec(conn, req)
         return {"ok": False, "msg": f"unknown op {op!r}"}
 
     # ----- stdin ----------------------------------------------------------------------------
@@ -643,15 +700,17 @@ class Shim:
         except (KeyError, ValueError):
             pass
 
-    def _close_stdin(self, proc: _Proc) -> None:
+    def _close_stdin(self, proc: _Proc, force: bool = False) -> None:
         fd = proc.stdin_fd
         if fd is None:
             return
-        if proc.tty:
+        if proc.tty and not force:
             # A terminal has no half-close, and a client leaving (detach keys, a dropped
             # connection) must not end the shell it leaves behind: keep the terminal open.
             return
         proc.stdin_fd = None
+        if fd in proc.out_fds:        # a pty master still being read: _close_out closes it
+            return
         try:
             self.sel.unregister(fd)
         except (KeyError, ValueError):
@@ -659,58 +718,121 @@ class Shim:
         os.close(fd)
 
     # ----- exec -----------------------------------------------------------------------------
-    def _exec(self, conn: _Conn, req: dict) -> dict:
+    def _exec(self, conn: _Conn, req: dict, rest: bytes) -> dict | None:
+        """Fork a process that enters the container; the reply waits for its sync pipe."""
         if self.init is None or self.init.status is not None:
             return {"ok": False, "msg": "container is not running"}
         proc_spec = ProcessSpec.from_dict(req["process"])
         key = req["id"]
-        child_close: list[int] = [self.wake_r, self.wake_w, self.listener.fileno()]  # type: ignore[union-attr]
         parent_close: list[int] = []
         con_parent, con_child, stdio, stdin_fd, out = _stdio_for(
-            proc_spec.tty, bool(req.get("stdin")), child_close, parent_close)
-        for p in self.procs.values():
-            child_close += [fd for fd in p.out_fds if fd not in child_close]
-            if p.stdin_fd is not None and p.stdin_fd not in child_close:
-                child_close.append(p.stdin_fd)
+            proc_spec.tty, bool(req.get("stdin")), [], parent_close)
         root_fd = os.open(f"/proc/{self.init.pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        ns = [(os.dup(fd), flag) for fd, flag in self.ns_fds]
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-        child_close.append(sync_r)
         try:
             pid = os.fork()
         except OSError as e:
-            for fd in parent_close + [root_fd, sync_r, sync_w] + [f for f, _ in ns]:
+            for fd in parent_close + [root_fd, sync_r, sync_w, *out]:
                 os.close(fd)
+            if stdin_fd is not None:
+                os.close(stdin_fd)
+            for s in (con_parent, con_child):
+                if s is not None:
+                    s.close()
             return {"ok": False, "msg": f"cannot create process: {e.strerror}"}
         if pid == 0:
-            child_exec(self.init.pid, ns, root_fd, proc_spec, self.cfg["procs_files"], sync_w,
-                       stdio, [fd for fd in child_close if fd not in (stdio or ())],
-                       con_child.fileno() if con_child else None,
+            child_exec(self.ns_fds, self.pidns_fd, root_fd, proc_spec, self.cfg["procs_files"],
+                       sync_w, stdio, con_child.fileno() if con_child else None,
                        tuple(req.get("console_size") or (24, 80)))  # type: ignore[arg-type]
-        for fd in parent_close + [root_fd, sync_w] + [f for f, _ in ns]:
+        for fd in parent_close + [root_fd, sync_w]:
             os.close(fd)
         if con_child is not None:
             con_child.close()
-        msgs = read_messages(sync_r)
-        os.close(sync_r)
-        if con_parent is not None:
-            master = _recv_master(con_parent)
+        os.set_blocking(sync_r, False)
+        pe = _PendingExec(conn, key, proc_spec.tty, pid, sync_r, time.monotonic() + ENTRY_TIMEOUT,
+                          stdin_fd, out, con_parent, bool(req.get("stdin")), rest)
+        self.pending[sync_r] = pe
+        self.sel.register(sync_r, selectors.EVENT_READ, ("sync", pe))
+        try:   # nothing more from the client until the exec settled; its stdin waits
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        return None
+
+    def _on_sync(self, pe: _PendingExec) -> None:
+        try:
+            chunk = os.read(pe.sync_fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            msgs, pe.buf = parse_messages(pe.buf + chunk)
+            for m in msgs:
+                if m.get("t") == "pid":
+                    pe.pid = int(m.get("pid") or 0)
+                elif m.get("t") == "error" and pe.error is None:
+                    pe.error = m
+            return
+        self._settle(pe, pe.error)
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        for pe in list(self.pending.values()):
+            if pe.deadline <= now:
+                self._settle(pe, {"t": "error", "stage": "timeout", "errno": errno.ETIMEDOUT,
+                                  "msg": f"the process did not enter the container within "
+                                         f"{ENTRY_TIMEOUT:g}s"}, kill=True)
+
+    def _settle(self, pe: _PendingExec, error: dict | None, kill: bool = False) -> None:
+        """The exec either execve'd (EOF, no error), failed or timed out: make its _Proc,
+        answer the client and turn its connection into the process's stream."""
+        self.pending.pop(pe.sync_fd, None)
+        try:
+            self.sel.unregister(pe.sync_fd)
+        except (KeyError, ValueError):
+            pass
+        os.close(pe.sync_fd)
+        pid = pe.pid or pe.child
+        if kill:
+            for p in {pe.pid, pe.child} - {0}:
+                _kill(p)
+        if pid != pe.child:   # the helper's first half, which exits once it forked
+            self.unclaimed.pop(pe.child, None)
+        out, stdin_fd = pe.out, pe.stdin_fd
+        if pe.con_parent is not None:
+            master = _recv_master(pe.con_parent)
             if master >= 0:
                 out = {master: STDOUT}
-                stdin_fd = master if req.get("stdin") else None
-        proc = _Proc(key, pid, proc_spec.tty, stdin_fd, dict(out))
-        self.procs[key] = proc
-        self.pid_to_proc[pid] = proc
+                stdin_fd = master if pe.want_stdin else None
+        proc = _Proc(pe.key, pid, pe.tty, stdin_fd, dict(out))
+        self.procs[pe.key] = proc
+        if pid in self.unclaimed:
+            proc.status = self.unclaimed.pop(pid)
+        else:
+            self.pid_to_proc[pid] = proc
+        if not self.pending:
+            self.unclaimed.clear()
         for fd in out:
             self.sel.register(fd, selectors.EVENT_READ, ("out", proc))
+        conn = pe.conn
         conn.proc = proc
         conn.stdin = stdin_fd is not None
         proc.subscribers.append(conn)
-        if msgs and msgs[-1].get("t") == "error":
-            m = msgs[-1]
-            return {"ok": False, "pid": pid, "stage": m.get("stage"), "errno": m.get("errno", 0),
-                    "msg": m.get("msg", "")}
-        return {"ok": True, "pid": pid}
+        if error is not None:
+            reply = {"ok": False, "pid": pid, "stage": error.get("stage"),
+                     "errno": error.get("errno", 0), "msg": error.get("msg", "")}
+        else:
+            reply = {"ok": True, "pid": pid}
+        try:
+            conn.sock.sendall((json.dumps(reply) + "\n").encode())
+            self.sel.register(conn.sock, selectors.EVENT_READ, ("conn", conn))
+        except (OSError, ValueError, KeyError):
+            self._drop(conn)
+            return
+        if pe.rest and conn.stdin:
+            self._write_stdin(proc, pe.rest)
+        self._maybe_proc_done(proc)
 
     # ----- exit -----------------------------------------------------------------------------
     def _cleanup_job(self) -> None:
@@ -792,6 +914,13 @@ def _stdio_for(tty: bool, open_stdin: bool, child_close: list[int], parent_close
     child_close += [out_r, err_r]
     parent_close += [in_r, out_w, err_w]
     return None, None, (in_r, out_w, err_w), stdin_fd, {out_r: STDOUT, err_r: STDERR}
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _read_line(fd: int) -> dict:

@@ -5,6 +5,9 @@ silod is an asyncio program with threads; forking container children from it ris
 with the kernel modules already imported, and asks it for every shim. A shim is a fork of the
 spawner: no interpreter start-up, and its pages are shared copy-on-write.
 
+The spawner holds the entry helper's sealed memfd (``silobox.kernel.entry``), loaded once
+before it is forked; shims inherit it and every process that enters a container execs it.
+
 Protocol: silod sends one SOCK_SEQPACKET message per shim, a JSON config plus, as SCM_RIGHTS, the
 socket on which the new shim reports to silod directly. The spawner only forks and reaps.
 """
@@ -206,7 +209,12 @@ class Spawner:
 
     @classmethod
     def fork(cls, cgroup_parent: str = "silobox", pool_size: int = POOL_SIZE) -> "Spawner":
-        """Start the spawner; call before any thread exists in the daemon."""
+        """Start the spawner; call before any thread exists in the daemon.
+
+        The entry helper is loaded into its sealed memfd first: every shim inherits that fd, and
+        a daemon that cannot enter containers refuses to start (EntryHelperMissing)."""
+        from silobox.kernel import entry
+        entry.load(entry.ensure_built())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:

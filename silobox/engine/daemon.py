@@ -140,7 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     from silobox.compute.spawner import Spawner
     # The spawner first: shims are its forks, and a shim must not inherit the pid-file lock
     # (it would outlive a killed silod and block the next one).
-    spawner = Spawner.fork(config.cgroup_parent, config.shim_pool)
+    from silobox.kernel.entry import EntryHelperMissing
+    try:
+        spawner = Spawner.fork(config.cgroup_parent, config.shim_pool)
+    except EntryHelperMissing as e:
+        print(f"silod: {e}", file=sys.stderr)
+        sys.exit(1)
     try:
         pid_fd = _lock_pidfile(config.pid_file)
     except SystemExit:

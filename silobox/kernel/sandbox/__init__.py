@@ -8,8 +8,11 @@ Linux pieces, one module each:
 * ``seccomp`` (+ ``seccomp_default``) — Docker-format syscall filter profiles compiled to BPF;
 * ``paths`` — the masked and read-only paths the rootfs code hides or freezes.
 
-The daemon resolves everything to plain numbers and bytes. The child, between fork and exec,
-only calls the ``apply_*`` functions here, in this order (``apply_sandbox`` runs them all):
+The daemon resolves everything to plain numbers and bytes. A container's processes get them
+applied by the entry helper (``silobox/kernel/entry/helper.c``), a static program, between its
+fork and exec, in this order; the ``apply_*`` functions here are the same steps for Python
+children (``apply_sandbox`` runs them all; the kernel tests check the order's semantics with
+them):
 
 1. rlimits (may need privileges the next steps drop);
 2. without no_new_privs: the seccomp filter now, while CAP_SYS_ADMIN still allows loading it;

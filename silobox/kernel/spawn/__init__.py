@@ -1,12 +1,18 @@
 """The child side of a container start or exec: named stages between fork and exec.
 
 This is what vmcompute's container init does on Windows. A freshly forked child walks through
-named stages (stdio, job object, silo, rootfs, sandbox, exec) doing nothing but syscalls. Each
-failure is reported to the parent as one typed message on the sync pipe; a successful ``execve``
-closes the CLOEXEC pipe, which the parent sees as EOF (the ``subprocess`` errpipe idea).
+named stages (stdio, job object, silo, rootfs, console) doing nothing but syscalls, then execs
+the entry helper (``silobox.kernel.entry``) from its sealed memfd, which parks (a first
+process), applies the sandbox and execs the container's program: the host's interpreter never
+runs where the container can reach it (docs/security.md, "Entering a container"). Every child
+is non-dumpable from its first step and closes every inherited fd it does not need before it
+joins any namespace.
 
-Messages are single JSON lines: ``{"t": "ready"}`` when the child is parked waiting for the
-start signal, ``{"t": "error", "stage": ..., "errno": ..., "msg": ...}`` on failure.
+Each failure is reported to the parent as one typed message on the sync pipe; a successful
+``execve`` closes the CLOEXEC pipe, which the parent sees as EOF (the ``subprocess`` errpipe
+idea). Messages are single JSON lines: ``{"t": "ready"}`` when the first process is parked
+waiting for the start signal, ``{"t": "pid", "pid": N}`` when an exec forked into the PID
+namespace, ``{"t": "error", "stage": ..., "errno": ..., "msg": ...}`` on failure.
 """
 
 from __future__ import annotations
@@ -15,15 +21,16 @@ import errno
 import fcntl
 import json
 import os
-import resource
+import select
 import signal
+import time
 import socket
 import struct
 import termios
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from silobox.kernel import libc
+from silobox.kernel import entry, libc
 from silobox.kernel.silo import SiloSpec, build_rootfs, enter, make_workdir, set_sysctls
 
 EXIT_CANNOT_INVOKE = 126
@@ -87,8 +94,10 @@ def _fail(sync_fd: int, e: _StageError) -> NoReturn:
     os._exit(code)
 
 
-def _stdio(stdio: tuple[int, int, int], tty: bool) -> None:
-    os.setsid()
+def _stdio(stdio: tuple[int, int, int], tty: bool, session: bool = True) -> None:
+    """fds 0-2; a first process also leads a new session (an exec's helper fork does that)."""
+    if session:
+        os.setsid()
     for target, fd in enumerate(stdio):
         if fd != target:
             os.dup2(fd, target, inheritable=True)
@@ -170,98 +179,48 @@ def resolve_executable(argv0: str, env: list[str], cwd: str) -> str:
                                       f'exec: "{argv0}": executable file not found in $PATH'))
 
 
-def _sandbox(proc: ProcessSpec, seccomp_done: bool) -> None:
-    """OOM score, rlimits, capabilities, user, working directory, no_new_privs and (last)
-    seccomp."""
-    stage = "oom_score_adj"
+def _enter_helper(proc: ProcessSpec, path: str, sync_fd: int, *, start_fd: int = -1,
+                  pidns_fd: int = -1) -> NoReturn:
+    """Hand the rest to the entry helper: park (first process) or fork into the PID namespace
+    (exec), then rlimits, seccomp, capabilities, user, cwd, no_new_privs and execve."""
+    mode = entry.MODE_PARK if start_fd >= 0 else entry.MODE_FORK
+    spec = entry.encode_spec(
+        mode=mode, sync_fd=sync_fd, start_fd=start_fd, pidns_fd=pidns_fd, path=path,
+        argv=proc.argv, env=proc.env, cwd=proc.cwd, uid=proc.uid, gid=proc.gid,
+        groups=proc.groups, capabilities=proc.capabilities, last_cap=proc.last_cap,
+        no_new_privs=proc.no_new_privs, seccomp=proc.seccomp, rlimits=proc.rlimits,
+        umask=proc.umask, oom_score_adj=proc.oom_score_adj, tty=proc.tty)
     try:
-        if proc.oom_score_adj is not None:
-            # While still root with every capability: lowering the score needs CAP_SYS_RESOURCE.
-            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, str(proc.oom_score_adj).encode())
-            finally:
-                os.close(fd)
-        stage = "rlimits"
-        for res, soft, hard in proc.rlimits:
-            resource.setrlimit(res, (soft, hard))
-        stage = "seccomp"
-        if proc.seccomp and not proc.no_new_privs and not seccomp_done:
-            # Without no_new_privs the kernel only accepts a filter while we hold CAP_SYS_ADMIN,
-            # so it goes in before the capability drop (as runc does).
-            libc.seccomp_load(proc.seccomp)
-        stage = "capabilities"
-        for cap in range(proc.last_cap + 1):
-            if not proc.capabilities & (1 << cap):
-                try:
-                    libc.prctl(libc.PR_CAPBSET_DROP, cap)
-                except OSError as e:
-                    if e.errno != errno.EINVAL:
-                        raise
-        libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
-        stage = "user"
-        # Keep the permitted set across setuid so the capability step below still works; a
-        # non-root user then ends with empty sets, as on Docker.
-        libc.prctl(libc.PR_SET_KEEPCAPS, 1)
-        os.setgroups(proc.groups)
-        os.setgid(proc.gid)
-        os.setuid(proc.uid)
-        libc.prctl(libc.PR_SET_KEEPCAPS, 0)
-        stage = "capabilities"
-        caps = proc.capabilities if proc.uid == 0 else 0
-        libc.capset(caps, caps, 0)
-        stage = "cwd"
-        os.chdir(proc.cwd)
-        os.umask(proc.umask)
-        if proc.no_new_privs:
-            stage = "no_new_privs"
-            libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
-            if proc.seccomp:
-                stage = "seccomp"
-                libc.seccomp_load(proc.seccomp)
+        entry.exec_helper(spec, [fd for fd in (sync_fd, start_fd, pidns_fd) if fd >= 0])
     except OSError as e:
-        raise _StageError(stage, e) from None
+        raise _StageError("entry", e) from None
 
 
-def _exec(path: str, proc: ProcessSpec) -> NoReturn:
-    try:
-        os.execve(path, proc.argv, dict(_split_env(proc.env)))
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise _StageError("exec", OSError(errno.ENOENT, f'exec: "{proc.argv[0]}": '
-                                              "no such file or directory")) from None
-        raise _StageError("exec", OSError(e.errno, f'exec: "{proc.argv[0]}": '
-                                          f"{os.strerror(e.errno or errno.EACCES).lower()}")) from None
+def close_fds_except(keep: list[int]) -> None:
+    """Close every fd above 2 not in ``keep`` (close_range over the gaps)."""
+    lo = 3
+    for fd in sorted(set(k for k in keep if k >= 3)):
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 2**31 - 1)
 
 
-def _split_env(env: list[str]) -> list[tuple[str, str]]:
-    out = []
-    for item in env:
-        k, _, v = item.partition("=")
-        out.append((k, v))
-    return out
-
-
-def _wait_start(start_fd: int) -> None:
-    """Park until the shim says go (HCS Start after Create); EOF means the start was abandoned."""
-    while True:
-        try:
-            data = os.read(start_fd, 1)
-            break
-        except InterruptedError:
-            continue
-    if not data:
-        os._exit(EXIT_CANNOT_INVOKE)
-    os.close(start_fd)
+def _no_dump() -> None:
+    """First step of every child: no ptrace, no /proc/<pid>/{exe,fd,mem} for anyone else."""
+    libc.prctl(libc.PR_SET_DUMPABLE, 0)
 
 
 def child_init(silo: SiloSpec, proc: ProcessSpec, procs_files: list[str], sync_fd: int,
-               start_fd: int, stdio: tuple[int, int, int] | None, close_fds: list[int],
+               start_fd: int, stdio: tuple[int, int, int] | None,
                console_fd: int | None = None,
                console_size: tuple[int, int] | None = None) -> NoReturn:
     """Stages of a container's first process: it becomes PID 1 of the silo."""
     try:
-        _prelude(close_fds, stdio, procs_files)
+        keep = [sync_fd, start_fd, entry.helper_fd()]
+        if console_fd is not None:
+            keep.append(console_fd)
+        _prelude(keep, stdio, procs_files)
         _silo_stages(silo, proc, sync_fd, start_fd, console_fd, console_size)
     except _StageError as e:
         _fail(sync_fd, e)
@@ -270,8 +229,7 @@ def child_init(silo: SiloSpec, proc: ProcessSpec, procs_files: list[str], sync_f
 
 
 def child_pooled(procs_files: list[str], config_fd: int, sync_fd: int, start_fd: int,
-                 pipes: tuple[int, int, int], console_fd: int,
-                 close_fds: list[int]) -> NoReturn:
+                 pipes: tuple[int, int, int], console_fd: int) -> NoReturn:
     """A container's first process made ahead of time, for a pool of warm shims.
 
     It joins a pool job object and parks until its configuration arrives on ``config_fd``
@@ -279,7 +237,8 @@ def child_pooled(procs_files: list[str], config_fd: int, sync_fd: int, start_fd:
     grace period dominates a cold start on cgroup v1, are then off the start path.
     """
     try:
-        _prelude(close_fds, None, procs_files)
+        _prelude([config_fd, sync_fd, start_fd, *pipes, console_fd, entry.helper_fd()], None,
+                 procs_files)
         _report(sync_fd, {"t": "pooled"})
         try:
             stage = "config"
@@ -311,6 +270,10 @@ def child_pooled(procs_files: list[str], config_fd: int, sync_fd: int, start_fd:
                     os.close(in_r)
                     in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
                 _stdio((in_r, out_w, err_w), False)
+            keep = [sync_fd, start_fd, entry.helper_fd()]
+            if console is not None:
+                keep.append(console)
+            close_fds_except(keep)
         except OSError as e:
             raise _StageError(stage, e) from None
         size = cfg.get("console_size")
@@ -322,17 +285,20 @@ def child_pooled(procs_files: list[str], config_fd: int, sync_fd: int, start_fd:
         _fail(sync_fd, _StageError("internal", f"{type(e).__name__}: {e}"))
 
 
-def _prelude(close_fds: list[int], stdio: tuple[int, int, int] | None,
-             procs_files: list[str]) -> None:
-    """First stages of every child: drop the parent's fds, clean signals, stdio, job object."""
-    stage = "signals"
+def _prelude(keep: list[int], stdio: tuple[int, int, int] | None,
+             procs_files: list[str], session: bool = True) -> None:
+    """First stages of every child: non-dumpable, stdio, every other fd of the shim closed
+    (its log, sockets, epoll, other processes' pipes), clean signals, job object."""
+    stage = "dumpable"
     try:
-        for fd in close_fds:
-            os.close(fd)
-        _default_signals()
+        _no_dump()
         if stdio is not None:
             stage = "stdio"
-            _stdio(stdio, False)
+            _stdio(stdio, False, session)
+        stage = "signals"
+        _default_signals()     # first: the wakeup fd it clears is one of those closed next
+        stage = "fds"
+        close_fds_except(keep)
         stage = "jobobject"
         _join_job(procs_files)
     except OSError as e:
@@ -360,19 +326,25 @@ def _silo_stages(silo: SiloSpec, proc: ProcessSpec, sync_fd: int, start_fd: int,
     except OSError as e:
         raise _StageError(stage, e) from None
     path = resolve_executable(proc.argv[0], proc.env, proc.cwd)
-    _report(sync_fd, {"t": "ready"})
-    _wait_start(start_fd)
-    _sandbox(proc, seccomp_done=False)
-    _exec(path, proc)
+    _enter_helper(proc, path, sync_fd, start_fd=start_fd)
 
 
-def child_exec(init_pid: int, ns_fds: list[tuple[int, int]], root_fd: int, proc: ProcessSpec,
-               procs_files: list[str], sync_fd: int, stdio: tuple[int, int, int] | None,
-               close_fds: list[int], console_fd: int | None = None,
+def child_exec(ns_fds: list[tuple[int, int]], pidns_fd: int | None, root_fd: int,
+               proc: ProcessSpec, procs_files: list[str], sync_fd: int,
+               stdio: tuple[int, int, int] | None, console_fd: int | None = None,
                console_size: tuple[int, int] | None = None) -> NoReturn:
-    """Stages of a process joining a running silo (``docker exec``, HCS CreateProcess)."""
+    """Stages of a process joining a running silo (``docker exec``, HCS CreateProcess).
+
+    Forked in the shim's own PID namespace, this process is invisible to the container; it
+    joins the other namespaces and the root, and only the entry helper it execs joins the
+    container's PID namespace (and forks into it)."""
     try:
-        _prelude(close_fds, stdio, procs_files)
+        keep = [sync_fd, root_fd, entry.helper_fd(), *(fd for fd, _ in ns_fds)]
+        if pidns_fd is not None:
+            keep.append(pidns_fd)
+        if console_fd is not None:
+            keep.append(console_fd)
+        _prelude(keep, stdio, procs_files, session=False)
         try:
             stage = "namespaces"
             for fd, nstype in ns_fds:
@@ -386,23 +358,49 @@ def child_exec(init_pid: int, ns_fds: list[tuple[int, int]], root_fd: int, proc:
             if console_fd is not None:
                 stage = "console"
                 slave = _console(console_fd, console_size, False)
-                _stdio((slave, slave, slave), True)
+                _stdio((slave, slave, slave), False, session=False)
         except OSError as e:
             raise _StageError(stage, e) from None
         path = resolve_executable(proc.argv[0], proc.env, proc.cwd)
-        _sandbox(proc, seccomp_done=False)
-        _exec(path, proc)
+        _enter_helper(proc, path, sync_fd, pidns_fd=-1 if pidns_fd is None else pidns_fd)
     except _StageError as e:
         _fail(sync_fd, e)
     except BaseException as e:
         _fail(sync_fd, _StageError("internal", f"{type(e).__name__}: {e}"))
 
 
-def read_messages(sync_fd: int) -> list[dict]:
-    """Parent side: read the child's messages until EOF (exec done) or a 'ready' (parked)."""
+def parse_messages(buf: bytes) -> tuple[list[dict], bytes]:
+    """Complete JSON lines of a sync pipe; returns (messages, the unfinished rest)."""
+    msgs = []
+    while b"\n" in buf:
+        line, buf = buf.split(b"\n", 1)
+        try:
+            msgs.append(json.loads(line.decode("utf-8", "replace")))
+        except ValueError:
+            msgs.append({"t": "error", "stage": "entry", "errno": 0,
+                         "msg": "garbled message from the entering process"})
+    return msgs, buf
+
+
+def read_messages(sync_fd: int, timeout: float | None = None) -> list[dict]:
+    """Parent side: read the child's messages until EOF (exec done) or a 'ready' / 'error'.
+
+    With ``timeout`` the wait is bounded: when it passes, the last message is an error of stage
+    "timeout" (the caller kills the child)."""
     buf = b""
     msgs: list[dict] = []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(sync_fd, select.POLLIN)
     while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            ready = poller.poll(max(int(left * 1000) + 1, 0)) if left > 0 else []
+            if not ready:
+                msgs.append({"t": "error", "stage": "timeout", "errno": errno.ETIMEDOUT,
+                             "msg": f"the process did not enter the container within "
+                                    f"{timeout:g}s"})
+                return msgs
         try:
             chunk = os.read(sync_fd, 4096)
         except InterruptedError:
@@ -410,9 +408,8 @@ def read_messages(sync_fd: int) -> list[dict]:
         if not chunk:
             break
         buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            msg = json.loads(line)
+        new, buf = parse_messages(buf)
+        for msg in new:
             msgs.append(msg)
             if msg.get("t") in ("ready", "error"):
                 return msgs

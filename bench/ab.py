@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""A/B two silobox daemons (say, before and after a change) on exec and run, interleaved.
+
+Each iteration times one call on each daemon, in alternating order, so the load of a shared
+machine falls on both alike; the medians are comparable even when absolute times are noisy.
+
+    bench/ab.py --a unix:///tmp/before/silod.sock --b unix:///tmp/after/silod.sock [--n 200]
+
+exec: ``exec_create`` + ``exec_start`` of ``true`` in a running busybox container;
+run: create + start + wait + remove of ``busybox true`` (the API calls ``docker run --rm`` makes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import docker
+
+NAME = "bench-ab"
+
+
+def _exec(c: docker.APIClient) -> float:
+    t = time.perf_counter()
+    c.exec_start(c.exec_create(NAME, ["true"]))
+    return (time.perf_counter() - t) * 1000
+
+
+def _run(c: docker.APIClient) -> float:
+    t = time.perf_counter()
+    x = c.create_container("busybox", ["true"])
+    c.start(x)
+    c.wait(x)
+    c.remove_container(x)
+    return (time.perf_counter() - t) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--a", required=True, help="daemon A (e.g. before), unix://PATH")
+    ap.add_argument("--b", required=True, help="daemon B (e.g. after), unix://PATH")
+    ap.add_argument("--n", type=int, default=200, help="calls per daemon and test")
+    a = ap.parse_args()
+    clients = {"A": docker.APIClient(base_url=a.a, version="auto", timeout=60),
+               "B": docker.APIClient(base_url=a.b, version="auto", timeout=60)}
+    for c in clients.values():
+        c.remove_container(NAME, force=True) if c.containers(all=True, filters={"name": NAME}) \
+            else None
+        c.create_container("busybox", ["sleep", "1000"], name=NAME)
+        c.start(NAME)
+    try:
+        for test, fn in (("exec c true", _exec), ("run --rm busybox true", _run)):
+            times: dict[str, list[float]] = {"A": [], "B": []}
+            for _ in range(3):
+                for c in clients.values():
+                    fn(c)
+            for i in range(a.n):
+                for k in ("AB" if i % 2 == 0 else "BA"):
+                    times[k].append(fn(clients[k]))
+            for k, v in times.items():
+                v.sort()
+                print(f"{test:24} {k}: median {statistics.median(v):6.1f} ms  "
+                      f"p25 {v[len(v) // 4]:6.1f}  p75 {v[3 * len(v) // 4]:6.1f}  min {v[0]:6.1f}")
+    finally:
+        for c in clients.values():
+            c.remove_container(NAME, force=True)
+
+
+if __name__ == "__main__":
+    main()
