@@ -90,7 +90,9 @@ def check_structure(data: bytes | bytearray) -> None:
         raise JSONLimitError(f"more than {MAX_ITEMS} values")
 
 
-_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+# The closing quote is optional: an unclosed string is consumed once, to the end, instead of
+# being rescanned from each of its escaped quotes (quadratic in the body's length).
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.S)
 _NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
 _SIGNS = bytes(1 if c in b"[{" else 255 if c in b"]}" else 0 for c in range(256))
 

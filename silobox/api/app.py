@@ -106,10 +106,36 @@ async def _map_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         raise
     except Exception as exc:
         response = response_for(exc, request)
+        if not request.get(HIJACKED_KEY):
+            await _drain_refused_body(request)
     if request.get(HIJACKED_KEY):
         # The connection's bytes no longer belong to HTTP: never reuse it.
         response.force_close()
     return response
+
+
+DRAIN_LIMIT = 1 << 20
+
+
+async def _drain_refused_body(request: web.Request) -> None:
+    """Read and drop what is left of a refused request's small body, so that a client still
+    sending it gets the answer instead of a reset connection (a broken pipe on its side). A
+    large or slow rest is left: the connection is closed instead, as Go's server does."""
+    if not request.body_exists or request.content.at_eof():
+        return
+    if request.content_length is not None and request.content_length > DRAIN_LIMIT:
+        return
+    left = DRAIN_LIMIT
+    try:
+        while left > 0:
+            chunk = await asyncio.wait_for(request.content.read(min(65536, left)), 2)
+            if not chunk:
+                return
+            left -= len(chunk)
+    except (asyncio.TimeoutError, ConnectionError, web.HTTPException):
+        return
+    except Exception as e:   # the payload reader's own errors: nothing more to save
+        log.debug("not draining a refused body: %s", e)
 
 
 @web.middleware

@@ -76,7 +76,9 @@ TRANSITIONS: dict[str, Rule] = {
         sets={"Running": True, "Paused": False, "Restarting": False, "ExitCode": 0, "Error": "",
               "OOMKilled": False, "FinishedAt": ZERO_TIME},
         fields=frozenset({"Pid", "StartedAt"}),
-        refusals={Status.RUNNING: _ALREADY_RUNNING, Status.PAUSED: _ALREADY_RUNNING,
+        refusals={Status.RUNNING: _ALREADY_RUNNING,
+                  Status.PAUSED: (Conflict, "cannot start a paused container, try unpause "
+                                            "instead"),
                   Status.REMOVING: _MARKED_FOR_REMOVAL, Status.DEAD: _MARKED_FOR_REMOVAL}),
     "start_failed": Rule(   # the command could not be started (exit code 126/127)
         {Status.CREATED, Status.EXITED, Status.RESTARTING}, _created_or_exited,

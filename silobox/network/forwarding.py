@@ -109,9 +109,23 @@ class SysctlLease:
                     doc = json.load(f)
             except (FileNotFoundError, ValueError):
                 doc = {}
+            if not isinstance(doc, dict):
+                doc = {}
             yield doc
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _live_holders(doc: dict[str, Any], without: str = "") -> list[str]:
+        """The holders whose silod still runs; entries that do not parse are dropped."""
+        live = []
+        for h in doc.get("holders") or []:
+            try:
+                if h != without and _alive(int(str(h).split()[0])):
+                    live.append(h)
+            except (ValueError, IndexError):
+                continue
+        return live
 
     def _save(self, doc: dict[str, Any]) -> None:
         if doc.get("holders"):
@@ -131,12 +145,14 @@ class SysctlLease:
     def acquire(self) -> str:
         """Turn forwarding on (if off) and hold it; returns what was done, for ``info``."""
         with self._locked() as doc:
-            holders = [h for h in doc.get("holders", []) if _alive(int(h.split()[0]))]
+            holders = self._live_holders(doc)
             current = self._read()
+            if not holders:
+                # No silod holds it: what a killed one recorded is stale (someone may have
+                # turned forwarding on since), so the value found now is the one to give back.
+                doc["original"] = current
             if current != "1":
                 self._write("1")
-                if not holders:
-                    doc["original"] = current
                 log.info("enabled net.ipv4.ip_forward (was %s) for the nat networks' outbound "
                          "traffic; restored when the last silod stops", current)
             if self.holder not in holders:
@@ -152,8 +168,7 @@ class SysctlLease:
         if not self.held:
             return
         with self._locked() as doc:
-            holders = [h for h in doc.get("holders", []) if h != self.holder
-                       and _alive(int(h.split()[0]))]
+            holders = self._live_holders(doc, without=self.holder)
             doc["holders"] = holders
             if not holders and doc.get("original", "1") != "1" and self._read() == "1":
                 self._write(doc["original"])

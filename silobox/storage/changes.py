@@ -580,10 +580,15 @@ def _entries(path: str, tree: object = None) -> list[list[str]]:
     the helper), read up to 4 MiB."""
     try:
         if tree is not None:
-            fd = tree.open(path, os.O_RDONLY | os.O_NONBLOCK)   # type: ignore[attr-defined]
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                return []
+            # looked at through O_PATH first: a device node planted there is never opened
+            pfd = tree.open(path, os.O_PATH)   # type: ignore[attr-defined]
+            try:
+                if not stat.S_ISREG(os.fstat(pfd).st_mode):
+                    return []
+                fd = os.open(f"/proc/self/fd/{pfd}",
+                             os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            finally:
+                os.close(pfd)
             f = os.fdopen(fd, errors="replace")
         else:
             f = open(path, errors="replace")
@@ -646,8 +651,9 @@ def _helper(args: dict[str, object], stdin: BinaryIO, stdout: BinaryIO) -> int:
         sys.stderr.write(json.dumps({"kind": "notfound", "message": "no such file"}))
         return 2
     except Exception as e:   # reported to silod as the operation's failure
-        sys.stderr.write(json.dumps({"kind": "invalid" if isinstance(e, (tarfile.TarError, ValueError))
-                                     or e.__class__.__name__ == "InvalidArgument" else "failure",
+        invalid = isinstance(e, (tarfile.TarError, ValueError, OverflowError)) \
+            or e.__class__.__name__ == "InvalidArgument"
+        sys.stderr.write(json.dumps({"kind": "invalid" if invalid else "failure",
                                      "message": str(e)}))
         return 4
     return 1

@@ -635,7 +635,8 @@ def _extract_stream(stream: BinaryIO, diff_dir: str,
             index = split.finish(reader.total)
             atomic_write_json(os.path.join(os.path.dirname(split_path or ""), TAR_SPLIT_INDEX),
                               index)
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError,
+            OverflowError) as e:
         raise InvalidArgument(f"invalid layer tar: {e}", operation="storage::Layer::Import",
                               cause=e) from e
     except OSError as e:

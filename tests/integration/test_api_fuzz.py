@@ -327,15 +327,25 @@ def test_build_with_hostile_queries(silod, rss_start, params, body):
     _check(silod, status, answer, (params, body))
 
 
+MAX_REQUEST_LINE = 8190   # aiohttp's HTTP parser's limit for the request line
+
+
 @HOSTILE_SETTINGS
 @given(method=st.sampled_from(["HEAD", "GET", "PUT"]), path=_query_value(),
        body=st.sampled_from(["tar", "garbage", "empty"]))
 def test_archive_with_hostile_paths_and_bodies(silod, target, method, path, body):
     from urllib.parse import quote
     raw = {"tar": tar_of({"f": b"data"}), "garbage": b"\x01" * 700, "empty": b""}[body]
-    status, answer = silod.request(method, f"/containers/{target[0]}/archive?path={quote(path)}",
-                                   raw=raw if method == "PUT" else None,
-                                   headers={"Content-Type": "application/x-tar"})
+    url = f"/containers/{target[0]}/archive?path={quote(path)}"
+    try:
+        status, answer = silod.request(method, url, raw=raw if method == "PUT" else None,
+                                       headers={"Content-Type": "application/x-tar"})
+    except (BrokenPipeError, ConnectionResetError):
+        # A request line past the HTTP parser's limit is answered 400 and the connection
+        # closed before the body is read: a client still sending it may see the close first.
+        assert len(url) > MAX_REQUEST_LINE, url[:200]
+        _alive(silod)
+        return
     _alive(silod)
     assert status < 500, _short((method, path, body, status, answer))
 

@@ -162,3 +162,19 @@ def test_a_deeply_nested_layer_is_stored_and_removed(store):
     assert os.path.isdir(os.path.join(layer.path, "a", "a", "a"))
     layers.remove(layer.diff_id)
     assert os.listdir(layers.dir) == []
+
+
+@pytest.mark.parametrize("field", ["mtime", "uid"])
+def test_out_of_range_numbers_are_a_refused_layer_not_a_failure(store, field):
+    """A PAX header may carry any number; one no file system can hold is the tar's fault."""
+    import tarfile
+    layers, _ = store
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.size = 1
+        info.pax_headers = {field: "1e400" if field == "mtime" else str(10**30)}
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(InvalidArgument, match="invalid layer tar"):
+        layers.add_from_tar(io.BytesIO(out.getvalue()))
+    assert not [n for n in os.listdir(layers.dir) if n.startswith("tmp-")]

@@ -54,7 +54,7 @@ EXPECTED_ALLOWED: dict[str, set[Status]] = {
 # (verb, status) → the error class and the exact message Docker's API answers with.
 EXPECTED_REFUSALS: dict[tuple[str, Status], tuple[type, str]] = {
     ("start", R): (NotModified, f"container {SHORT} is already running"),
-    ("start", P): (NotModified, f"container {SHORT} is already running"),
+    ("start", P): (Conflict, "cannot start a paused container, try unpause instead"),
     ("start", RM): (Conflict, f"container {SHORT} is marked for removal and cannot be started"),
     ("start", D): (Conflict, f"container {SHORT} is marked for removal and cannot be started"),
     ("pause", P): (Conflict, f"Container {CID} is already paused"),

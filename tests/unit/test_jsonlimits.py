@@ -95,3 +95,13 @@ def test_too_many_values_are_refused_before_decoding(raw: bytes) -> None:
 def test_separators_inside_strings_do_not_count() -> None:
     text = '{"csv": "' + "a,b:[{" * 100_000 + '", "n": [1, 2]}'
     assert jsonlimits.loads(text)["n"] == [1, 2]
+
+
+def test_an_unclosed_string_of_escaped_quotes_costs_linear_time() -> None:
+    """Past 100 brackets the text's strings are cut out by a regex; a string that never closes
+    and holds many escaped quotes must be consumed once, not rescanned from each quote."""
+    raw = b"[" * 101 + b'"' + b'\\"' * 500_000
+    started = time.monotonic()
+    with pytest.raises(ValueError):
+        jsonlimits.loads(raw)
+    assert time.monotonic() - started < 5

@@ -56,7 +56,7 @@ def extract_context(stream: BinaryIO, root: str) -> None:
     except EOFError as e:
         raise InvalidArgument("failed to read the build context: unexpected end of the tar "
                               "archive") from e
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, OverflowError) as e:
         if isinstance(e, InvalidArgument):
             raise
         raise InvalidArgument(f"failed to read the build context: {e}") from e
