@@ -565,6 +565,7 @@ class _TarSplit:
         self.region = (0, 0)
         self.regions: list[list[object]] = []
         self.names: set[str] = set()
+        self.dirs: set[str] = set()   # every ancestor of a name: "is anything under X" in O(1)
         self.complete = True
 
     def feed(self, pos: int, data: bytes) -> None:
@@ -580,13 +581,17 @@ class _TarSplit:
         if rel in self.names:
             self.complete = False
         self.names.add(rel)
+        parent = rel.rpartition("/")[0]
+        while parent and parent not in self.dirs:
+            self.dirs.add(parent)
+            parent = parent.rpartition("/")[0]
         self.regions.append([start, size, rel])
         self._flush(start + size, start)
         self.region = (start, start + size)
 
     def replaced(self, rel: str, tree: bool) -> None:
         """An entry removes or replaces ``rel`` (with ``tree``, what is under it too)."""
-        if rel in self.names or (tree and any(n.startswith(rel + "/") for n in self.names)):
+        if self.complete and (rel in self.names or (tree and rel in self.dirs)):
             self.complete = False
 
     def _flush(self, upto: int, skip_from: int) -> None:
