@@ -707,22 +707,27 @@ class ImageOpsService:
         if c.running and c.state.get("Pid"):
             args = {**args, "pid": c.state["Pid"]}
         elif held is not None:
-            # a stopped container's volume or bind is not in its overlay: read its source
+            # a stopped container's volume or bind is not in its overlay: read its source;
+            # cp -a's owner still comes from the container's own passwd and group
             args = {**args, "tree": held[0]["Source"], "path": held[1], "shown": args["path"]}
+            if args.get("user"):
+                args.update(await self._overlay_args(c, readonly=True))
         else:
-            sandbox = self.sandbox_for(c.id)
-            lowers = self.container_lower_dirs(c)
-            # the helper process attaches the disk itself: the pool lets go of its device
-            await asyncio.get_running_loop().run_in_executor(None, sandbox.release_spare)
-            args = {**args, "rootfs": sandbox.paths.rootfs, "root": self.config.root,
-                    "cid": c.id,
-                    "options": sandbox.overlay_options(lowers),
-                    "readonly": args["op"] != "put"}
+            args = {**args, **await self._overlay_args(c, readonly=args["op"] != "put")}
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "silobox.storage.changes", json.dumps(args),
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _src_path()})
+
+    async def _overlay_args(self, c: Any, readonly: bool) -> dict[str, Any]:
+        """What the helper needs to mount a stopped container's root in its own namespace."""
+        sandbox = self.sandbox_for(c.id)
+        lowers = self.container_lower_dirs(c)
+        # the helper process attaches the disk itself: the pool lets go of its device
+        await asyncio.get_running_loop().run_in_executor(None, sandbox.release_spare)
+        return {"rootfs": sandbox.paths.rootfs, "root": self.config.root, "cid": c.id,
+                "options": sandbox.overlay_options(lowers), "readonly": readonly}
 
     async def _fs_helper(self, c: Any, args: dict[str, Any], path: str = "/"
                          ) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:

@@ -603,6 +603,16 @@ def _entries(path: str, tree: object = None) -> list[list[str]]:
             if line.strip() and not line.startswith("#")]
 
 
+def _owner(args: dict[str, object], tree: object) -> tuple[int, int]:
+    """cp -a's owner, from the container's passwd and group: in ``tree`` itself unless that is
+    one of its volumes or binds (``tree`` in args), whose files are not the container's."""
+    if not args.get("tree"):
+        return _owner_in_root(str(args["user"]), tree)
+    from silobox.kernel.saferoot import SafeRoot
+    with SafeRoot(_container_root({k: v for k, v in args.items() if k != "tree"})) as root:
+        return _owner_in_root(str(args["user"]), root)
+
+
 def _owner_in_root(spec: str, tree: object = None) -> tuple[int, int]:
     """``copyUIDGID``: the uid and gid of the container's ``Config.User`` (``user[:group]``,
     names or ids), read from the container's own /etc/passwd and /etc/group as moby's
@@ -714,7 +724,7 @@ def _put(args: dict[str, object], path: str, stdin: BinaryIO, shown: str) -> int
             os.close(fd)
             options = layers.ExtractOptions(
                 no_overwrite_dir_non_dir=bool(args.get("no_overwrite_dir_non_dir")),
-                owner=_owner_in_root(str(args["user"]), tree) if args.get("user") else None,
+                owner=_owner(args, tree) if args.get("user") else None,
                 shown_dest=shown, whiteouts=False)
             try:
                 layers.extract(stdin, dest, options)

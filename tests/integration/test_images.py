@@ -707,3 +707,27 @@ def test_killed_silod_mid_load_is_swept_at_start(silod):
     assert not any(n.startswith("tmp-") for n in os.listdir(layers_dir))
     assert silod.request("GET", f"/images/{name}:k/json")[0] == 404
     store_consistent(silod)
+
+
+def test_cp_into_a_stopped_containers_bind_takes_the_owner_from_the_container(silod, tmp_path):
+    """A path under a bind of a stopped container is written in the bind's source, but
+    copyUIDGID's user is still looked up in the container's own /etc/passwd, never in the
+    bound tree (which may hold a passwd of its own, or be a host directory)."""
+    name = uniq()
+    image_id = import_image(silod, name, rootfs_tar({
+        "etc/passwd": b"root:x:0:0::/root:/bin/sh\napp:x:1500:1600::/home/app:/bin/sh\n",
+        "etc/group": b"root:x:0:\n"}))
+    src = tmp_path / "bound"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "passwd").write_text("app:x:4242:4242::/:/bin/sh\n")
+    cid = silod.client.create_container(
+        name, ["true"], user="app",
+        host_config=silod.client.create_host_config(binds=[f"{src}:/data"]))["Id"]
+    try:
+        assert _put(silod, cid, "/data", _owned_tar([("t", b"x")], 42, 43),
+                    copyUIDGID="1")[0] == 200
+        st = os.stat(src / "t")
+        assert (st.st_uid, st.st_gid) == (1500, 1600)
+    finally:
+        silod.client.remove_container(cid, force=True)
+        rmi(silod, image_id)
