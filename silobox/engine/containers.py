@@ -558,10 +558,14 @@ class ContainerService:
         sig = S.parse_signal(signal or "SIGKILL", _signal.SIGKILL)
         async with self._lock(c.id):
             system = self.system_of(c)
-            if not (c.running and is_live(system)) and c.id not in self._restarts:
+            live = c.running and is_live(system)
+            # between a policy's back-off and its start (out of _restarts, waiting for this
+            # lock) the container is still "restarting": the kill must stop that start too
+            restarting = c.id in self._restarts or status(c) is Status.RESTARTING
+            if not live and not restarting:
                 raise refusal(c, "kill", ref=ref)
             self._stopped_by_user(c)
-            if self._cancel_restart(c):
+            if self._cancel_restart(c) or not live:
                 return
             if sig == _signal.SIGKILL:
                 await system.terminate()  # type: ignore[union-attr]
