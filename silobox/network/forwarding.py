@@ -238,6 +238,16 @@ class ForwardRules:
         after silod, an administrator's policy change) without listing rules."""
         return sorted((h.backend, h.family, h.table, h.chain) for h in self.hooks)
 
+    def intact(self) -> bool:
+        """Our rules are still in every chain ``sync`` put them in: a firewall reload
+        (``nft -f`` with ``flush ruleset``, ``iptables-restore``, ufw or firewalld) recreates
+        the same dropping chain without them."""
+        placed = {(h.family, h.table, h.chain) for h in self.hooks if h.rules}
+        if not placed:
+            return True
+        found = {(h.family, h.table, h.chain) for h in self._chains_with_ours()}
+        return placed <= found
+
     def nft_signature(self) -> list[tuple[str, str, str, str]]:
         return sorted([(h.backend, h.family, h.table, h.chain)
                        for h in self.drop_chains(legacy=False)]
@@ -440,7 +450,7 @@ class HostForwarding:
         if not (self.manage_rules and networks) or now - self._checked < self.CHECK_INTERVAL:
             return
         self._checked = now
-        if self.rules.nft_signature() != self.rules.signature():
+        if self.rules.nft_signature() != self.rules.signature() or not self.rules.intact():
             self.rules.sync(networks)
 
     def close(self) -> None:

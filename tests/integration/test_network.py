@@ -352,6 +352,16 @@ def test_forward_drop_policy_gets_scoped_accept_rules(net: Net, silod: Any,
         listed = subprocess.run(["nft", "list", "chain", "ip", table, "forward"],
                                 capture_output=True, text=True).stdout
         assert f'iifname != "{prefix}*" oifname != "{prefix}*" accept' in listed
+        # a firewall reload recreates the chain without our rules: the next start restores them
+        subprocess.run(["nft", f"delete table ip {table}; add table ip {table}; "
+                        f"add chain ip {table} forward "
+                        "{ type filter hook forward priority 0; policy drop; }; "
+                        f'add rule ip {table} forward iifname != "{prefix}*" '
+                        f'oifname != "{prefix}*" accept'], check=True)
+        assert our_rules(table, comment) == []
+        time.sleep(1.1)
+        check_hairpin(net)
+        assert our_rules(table, comment) == rules
     finally:
         subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
 
