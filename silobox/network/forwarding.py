@@ -147,12 +147,10 @@ class SysctlLease:
         with self._locked() as doc:
             holders = self._live_holders(doc)
             current = self._read()
-            if not holders:
-                # No silod holds it: what a killed one recorded is stale (someone may have
-                # turned forwarding on since), so the value found now is the one to give back.
-                doc["original"] = current
             if current != "1":
                 self._write("1")
+                if not holders:
+                    doc["original"] = current
                 log.info("enabled net.ipv4.ip_forward (was %s) for the nat networks' outbound "
                          "traffic; restored when the last silod stops", current)
             if self.holder not in holders:
