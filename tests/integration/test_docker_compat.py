@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import docker
 import pytest
+from tarutil import tar_of
 
 IMAGE = "busybox"
 DOCKER = shutil.which("docker")
@@ -386,13 +387,7 @@ def _tar_of(data: bytes) -> dict[str, bytes]:
 
 
 def _put(made: Made, name: str, path: str, files: dict[str, bytes]) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for fname, data in files.items():
-            info = tarfile.TarInfo(fname)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    assert made.api.put_archive(name, path, buf.getvalue())
+    assert made.api.put_archive(name, path, tar_of(files))
 
 
 @pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
