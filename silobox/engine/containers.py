@@ -657,7 +657,6 @@ class ContainerService:
         for key in self._UPDATABLE:
             if body.get(key) not in (None, 0, ""):
                 hc[key] = body[key]
-        S.check_create_body({"Image": "-", "HostConfig": hc})
         warnings = check_blkio(hc) + check_windows_cpu(hc)
         if (hc.get("IOMaximumBandwidth") or hc.get("IOMaximumIOps")) \
                 and self.sandbox_for(c.id).kind != "disk":

@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from silobox.api.backend import DistributionBackend
 from silobox.api.routers import Query, Route, json_response, read_json_object
 from silobox.errors import InvalidArgument
 
@@ -15,21 +16,6 @@ ProgressStream = Callable[[web.Request, Callable[[Callable[[dict[str, Any]], Non
                                                  Awaitable[list[dict[str, Any]]]]],
                           Awaitable[web.StreamResponse]]
 
-
-class DistributionBackend(Protocol):
-    async def image_pull(self, image: str, tag: str = "", auth_header: str | None = None,
-                         platform: str = "",
-                         progress: Callable[[dict[str, Any]], None] | None = None
-                         ) -> list[dict[str, Any]]: ...
-
-    async def image_push(self, name: str, tag: str = "", auth_header: str | None = None,
-                         progress: Callable[[dict[str, Any]], None] | None = None
-                         ) -> list[dict[str, Any]]: ...
-
-    async def registry_login(self, body: dict[str, Any]) -> dict[str, str]: ...
-
-    async def distribution_inspect(self, name: str, auth_header: str | None = None
-                                   ) -> dict[str, Any]: ...
 
 
 async def pull(backend: DistributionBackend, request: web.Request,

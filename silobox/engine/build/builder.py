@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from silobox import jsonlimits
+from silobox.api.backend import BuildOptions
 from silobox.engine.build import context as ctx
 from silobox.engine.build import remote
 from silobox.engine.build.dockerfile import (Dockerfile, DockerfileError, ExpansionError,
@@ -48,25 +49,6 @@ class BuildFailed(SiloboxError):
         super().__init__(message)
         self.code = code
 
-
-@dataclass
-class BuildOptions:
-    """``POST /build``'s query, parsed."""
-
-    tags: list[str] = field(default_factory=list)
-    dockerfile: str = "Dockerfile"
-    buildargs: dict[str, str | None] = field(default_factory=dict)
-    nocache: bool = False
-    target: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    quiet: bool = False
-    rm: bool = True
-    forcerm: bool = False
-    networkmode: str = ""
-    host_config: dict[str, Any] = field(default_factory=dict)   # resource limits for RUN
-    pull: bool = False                 # pull FROM images even when they are here
-    registry_config: str = ""          # X-Registry-Config: credentials per registry
-    cache_from: list[str] = field(default_factory=list)   # the only cache sources, if given
 
 
 @dataclass

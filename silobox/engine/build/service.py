@@ -59,6 +59,7 @@ class BuildService:
         from silobox.engine.imageops import ThreadReader
         from silobox.storage import reference
         self._build_schema()
+        _check_platform(options.platform)
         for tag in options.tags:
             try:
                 parsed = reference.parse_tagged(tag)
@@ -256,3 +257,13 @@ class BuildService:
         out["Parent"] = self._image_parent(out["Id"]) or out.get("Parent", "")   # or commit's
         return out
 
+
+def _check_platform(platform: str) -> None:
+    """Only this host's own platform is built (no emulation)."""
+    if not platform:
+        return
+    from silobox.storage.images import host_architecture
+    os_name, _, arch = platform.lower().partition("/")
+    if os_name != "linux" or (arch and arch.split("/")[0] != host_architecture()):
+        raise InvalidArgument(f'"{platform}": this host builds only linux/'
+                              f"{host_architecture()} images")
