@@ -26,45 +26,14 @@ from silobox.engine.hostconfig import (check_blkio, check_host_config, check_win
                                       hcs_settings, shared_host_namespaces)
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
-from silobox.engine.names import random_name
 from silobox.timeutil import human_duration, now_iso, parse_iso, parse_until
 from silobox.engine.sessions import AttachSession, ExecSession, FailedExecStart
+from silobox.engine.store import Container, ContainerStore
 from silobox.engine.state import (LIVE, Status, allowed, check, from_compute, initial_state,
                                   is_live, refusal, status, transition)
-from silobox.errors import (AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified,
+from silobox.errors import (Conflict, InvalidArgument, NotFound, NotModified,
                             NotRunning)
 from silobox.filters import labels_match
-
-class Container:
-    """The stored record of one Docker container (what ``docker inspect`` shows)."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-    @property
-    def id(self) -> str:
-        return self.data["Id"]
-
-    @property
-    def name(self) -> str:
-        return self.data["Name"].lstrip("/")
-
-    @property
-    def state(self) -> dict[str, Any]:
-        return self.data["State"]
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.data["Config"]
-
-    @property
-    def host_config(self) -> dict[str, Any]:
-        return self.data["HostConfig"]
-
-    @property
-    def running(self) -> bool:
-        return self.state["Status"] in LIVE
-
 
 class ContainerService:
     """Implements ``api.backend.ContainerBackend``; shares the engine's store and services."""
@@ -74,65 +43,39 @@ class ContainerService:
     db: Any
     compute: Any
     images: Any
-    containers: dict[str, Container]
+    store: ContainerStore
+    containers: ContainerStore
     execs: dict[str, dict[str, Any]]
 
     def _init_containers(self) -> None:
-        self.db.migrate("containers", [
-            "CREATE TABLE containers (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, "
-            "data TEXT NOT NULL)",
-        ])
-        self.containers = {}
+        self.store = ContainerStore(self.db, self.config.containers_dir)
+        self.containers = self.store   # the name the other services still use
         self.execs = {}
         self._pending_attach: dict[str, list[AttachSession]] = {}
         self._exit_waiters: dict[str, list[asyncio.Future]] = {}
         self._removed_waiters: dict[str, list[asyncio.Future]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self._backoff: dict[str, float] = {}
         self._restarts: dict[str, asyncio.Task] = {}   # policy restarts still in their back-off
         self._restart_tasks: set[asyncio.Task] = set()   # ... and those already starting
         self._closing = False
         self.container_hooks: list[ContainerHook] = []
-        import json
-        for row in self.db.query("SELECT data FROM containers"):
-            c = Container(json.loads(row["data"]))
-            self.containers[c.id] = c
 
-    # ----- lookup & persistence ---------------------------------------------------------------
+    # ----- lookup & persistence: the store's ------------------------------------------------
     def _find(self, ref: str) -> Container:
-        if not ref:
-            raise NotFound("No such container: ")
-        ref = ref.lstrip("/") or ref
-        c = self.containers.get(ref)
-        if c:
-            return c
-        for c in self.containers.values():
-            if c.name == ref:
-                return c
-        matches = [c for c in self.containers.values() if c.id.startswith(ref)]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
-        raise NotFound(f"No such container: {ref}", object_id=ref)
+        return self.store.find(ref)
 
     def _lock(self, cid: str) -> asyncio.Lock:
-        return self._locks.setdefault(cid, asyncio.Lock())
+        return self.store.lock(cid)
 
     def _save(self, c: Container) -> None:
-        with self.db.tx():
-            self.db.execute("INSERT OR REPLACE INTO containers (id, name, data) VALUES (?, ?, ?)",
-                            (c.id, c.name, S.dumps(c.data)))
-
-    def _container_dir(self, cid: str) -> str:
-        return os.path.join(self.config.containers_dir, cid)
+        self.store.save(c)
 
     # ----- create ---------------------------------------------------------------------------
     async def container_create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
         body = S.check_create_body(body)
         if name:
             name = S.validate_name(name)
-            self._check_name_free(name)
+            self.store.check_name_free(name)
         hc = dict(body.get("HostConfig") or {})
         warnings = check_host_config(hc)
         check_device_requests(hc)
@@ -160,7 +103,7 @@ class ContainerService:
             raise InvalidArgument("No command specified")
         cid = secrets.token_hex(32)
         if not name:
-            name = self._unique_random_name()
+            name = self.store.unique_random_name()
         if hc.get("UTSMode") == "host":
             if body.get("Hostname"):
                 raise InvalidArgument("Conflicting options: hostname and the UTS mode")
@@ -199,7 +142,7 @@ class ContainerService:
             "RestartPolicy": restart,
             "LogConfig": S.parse_log_config(hc.get("LogConfig")),
         }
-        cdir = self._container_dir(cid)
+        cdir = self.store.directory(cid)
         data = {
             "Id": cid, "Created": now_iso(), "Path": argv[0], "Args": argv[1:],
             "State": initial_state(),
@@ -230,11 +173,8 @@ class ContainerService:
             os.makedirs(cdir, mode=0o710, exist_ok=True)
             self._write_etc_files(c)
             self.sandbox_for(cid).create()
-            self._check_name_free(name)
-            self.containers[cid] = c
-            self._save(c)
+            self.store.add(c)
         except BaseException:
-            self.containers.pop(cid, None)
             for hook in reversed(done):
                 hook.undo_create(c)
             self.sandbox_for(cid).remove()
@@ -251,21 +191,6 @@ class ContainerService:
             self._save(c)
         self.emit_event("container", "create", c)
         return {"Id": cid, "Warnings": warnings}
-
-    def _check_name_free(self, name: str) -> None:
-        for other in self.containers.values():
-            if other.name == name:
-                raise AlreadyExists(f'Conflict. The container name "/{name}" is already in use by '
-                                    f'container "{other.id}". You have to remove (or rename) that '
-                                    "container to be able to reuse that name.")
-
-    def _unique_random_name(self) -> str:
-        used = {c.name for c in self.containers.values()}
-        for i in range(100):
-            n = random_name(i > 10)
-            if n not in used:
-                return n
-        return "silo_" + secrets.token_hex(6)
 
     def _write_etc_files(self, c: Container) -> None:
         cfg = c.config
@@ -366,7 +291,7 @@ class ContainerService:
             # Docker removes an --rm container whose start failed, too (whatever the error:
             # a link or namespace target that is not running is a 409 but still a failed
             # start), unless it is running or already being removed.
-            if c.host_config.get("AutoRemove") and c.id in self.containers \
+            if c.host_config.get("AutoRemove") and c.id in self.store \
                     and not c.running and status(c) is not Status.REMOVING:
                 await self._remove(c, force=True)
             raise
@@ -422,7 +347,7 @@ class ContainerService:
             self._save(c)
 
     async def _on_exit(self, system: ComputeSystem) -> None:
-        c = self.containers.get(system.id)
+        c = self.store.get(system.id)
         if c is None or system.exit is None:
             return
         ex = system.exit
@@ -499,7 +424,7 @@ class ContainerService:
             self._restarts.pop(c.id, None)
         try:
             async with self._lock(c.id):
-                if c.id not in self.containers or c.running or self._closing:
+                if c.id not in self.store or c.running or self._closing:
                     return
                 if c.data["Silobox"].get("StoppedByUser"):   # stopped while it waited
                     if allowed(c, "cancel_restart"):
@@ -509,7 +434,7 @@ class ContainerService:
                 c.data["RestartCount"] = c.data.get("RestartCount", 0) + 1
                 await self._start(c)
         except Exception as e:  # recorded on the container; the policy tries again on exit
-            if c.id in self.containers and allowed(c, "restart_failed"):
+            if c.id in self.store and allowed(c, "restart_failed"):
                 transition(c, "restart_failed", Error=str(e))
                 self._save(c)
 
@@ -617,7 +542,7 @@ class ContainerService:
         if pending is not None:
             pending.cancel()
         async with self._lock(c.id):
-            if c.id not in self.containers:
+            if c.id not in self.store:
                 return
             system = self.system_of(c)
             c.data["Silobox"]["StoppedByUser"] = True   # no policy restart during removal
@@ -629,11 +554,8 @@ class ContainerService:
             for hook in self.container_hooks:
                 await hook.on_remove(c)
             self.sandbox_for(c.id).remove()
-            shutil.rmtree(self._container_dir(c.id), ignore_errors=True)
-            with self.db.tx():
-                self.db.execute("DELETE FROM containers WHERE id = ?", (c.id,))
-            del self.containers[c.id]
-            self._locks.pop(c.id, None)
+            shutil.rmtree(self.store.directory(c.id), ignore_errors=True)
+            self.store.delete(c)
             for eid in [e for e, x in self.execs.items() if x["ContainerID"] == c.id]:
                 self.execs.pop(eid, None)
             code = c.state.get("ExitCode", 0)
@@ -707,7 +629,7 @@ class ContainerService:
             except ValueError:
                 raise InvalidArgument(f"invalid filter 'until={v}'") from None
         deleted, reclaimed = [], 0
-        for c in list(self.containers.values()):
+        for c in list(self.store.values()):
             if c.running or status(c) in (Status.RESTARTING, Status.REMOVING):
                 continue
             labels = c.config.get("Labels")
@@ -756,14 +678,8 @@ class ContainerService:
         new = S.validate_name(new_name)
         if new == c.name:
             raise InvalidArgument("Renaming a container with the same name as its current name")
-        self._check_name_free(new)
         old = c.name
-        c.data["Name"] = "/" + new
-        try:
-            self._save(c)
-        except Exception:
-            c.data["Name"] = "/" + old
-            raise
+        self.store.rename(c, new)
         self.emit_event("container", "rename", c, {"oldName": "/" + old})
 
     async def container_resize(self, ref: str, height: int, width: int) -> None:
@@ -822,7 +738,7 @@ class ContainerService:
         for s in filters.get("status", []):
             if s not in {x.value for x in Status}:
                 raise InvalidArgument(f"invalid filter 'status={s}'")
-        items = sorted(self.containers.values(), key=lambda c: c.data["Created"], reverse=True)
+        items = sorted(self.store.values(), key=lambda c: c.data["Created"], reverse=True)
         out = []
         resolved: dict[str, str] = {}   # image name → id, once per listing
         for c in items:
@@ -893,7 +809,7 @@ class ContainerService:
             raise InvalidArgument("You must choose at least one stream")
 
         def still_running() -> bool:
-            return c.id in self.containers and c.running
+            return c.id in self.store and c.running
 
         it = read_log(c.data["LogPath"], stdout=stdout, stderr=stderr, follow=follow,
                       since=since, until=until, timestamps=timestamps, tail=tail,
@@ -1034,7 +950,7 @@ class ContainerService:
     # ----- recovery ------------------------------------------------------------------------------
     async def recover_containers(self) -> None:
         """After a (re)start of silod: re-attach to the shims of containers still running."""
-        for c in list(self.containers.values()):
+        for c in list(self.store.values()):
             if status(c) is Status.REMOVING:
                 await self._remove(c, force=True)
                 continue
@@ -1054,7 +970,7 @@ class ContainerService:
             else:
                 await self._on_exit(system)
         self._remove_orphans()
-        for c in list(self.containers.values()):
+        for c in list(self.store.values()):
             if c.running:
                 continue
             name = (c.host_config.get("RestartPolicy") or {}).get("Name")
