@@ -48,7 +48,6 @@ class ContainerService:
     execs: dict[str, dict[str, Any]]
 
     def _init_containers(self) -> None:
-        self.store = ContainerStore(self.db, self.config.containers_dir)
         self.containers = self.store   # the name the other services still use
         self.execs = {}
         self._pending_attach: dict[str, list[AttachSession]] = {}
@@ -342,7 +341,7 @@ class ContainerService:
         c.data["Silobox"]["StoppedByUser"] = False
         self._save(c)
         self.emit_event("container", "start", c)
-        self._start_health(c, system)
+        self.health.start(c, system)
         if c.state.get("Health"):
             self._save(c)
 
@@ -351,7 +350,7 @@ class ContainerService:
         if c is None or system.exit is None:
             return
         ex = system.exit
-        self._stop_health(c)
+        self.health.stop(c)
         transition(c, "exit", ExitCode=ex.exit_code, OOMKilled=ex.oom_killed,
                    FinishedAt=ex.finished_at, Error=ex.error)
         self._save(c)
