@@ -94,7 +94,7 @@ class ContainerService:
         if hc.get("Init") and not os.path.exists(self.config.init_binary):
             raise InvalidArgument(f"--init needs {self.config.init_binary}: "
                                   "apt-get install tini")
-        image = await self.image_for_create(body["Image"])
+        image = await self.image_service.image_for_create(body["Image"])
         icfg = image.config.get("config") or {}
         entry, cmd = S.command_of(body, icfg)
         argv = entry + cmd
@@ -785,7 +785,7 @@ class ContainerService:
                  resolved: dict[str, str] | None = None) -> dict[str, Any]:
         argv = [c.data["Path"]] + c.data["Args"]
         d = {
-            "Id": c.id, "Names": ["/" + c.name], "Image": self.image_shown(c, resolved),
+            "Id": c.id, "Names": ["/" + c.name], "Image": self.image_service.image_shown(c, resolved),
             "ImageID": c.data["Image"], "Command": " ".join(argv),
             "Created": int(parse_iso(c.data["Created"])), "Ports": [],
             "Labels": c.config.get("Labels") or {}, "State": c.state["Status"],

@@ -9,14 +9,16 @@ from typing import Any, AsyncIterator, Callable
 
 from silobox.compute.spawner import Spawner
 from silobox.compute.system import ComputeService
+from silobox.api.backend import BuildOptions
+from silobox.engine.build.cache import BuildCache
 from silobox.engine.build.service import BuildService
 from silobox.engine.config import DaemonConfig
+from silobox.engine.containerfs import ContainerFilesystems
 from silobox.engine.containers import ContainerService
 from silobox.engine.distribution import DistributionService, Progress
 from silobox.engine.bootstrap import BootstrapService
 from silobox.engine.events import EventLog
 from silobox.engine.health import HealthMonitor
-from silobox.engine.imageops import ImageOpsService
 from silobox.engine.links import LinkService
 from silobox.engine.images import ImageService
 from silobox.engine.networks import NetworkService
@@ -27,8 +29,7 @@ from silobox.engine.store import ContainerStore
 from silobox.engine.system import SystemService
 
 
-class Engine(BuildService, ContainerService, ImageOpsService, ImageService,
-             NetworkService, StorageOps, LinkService, NamespaceSharing):
+class Engine(ContainerService, NetworkService, StorageOps, LinkService, NamespaceSharing):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
     def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:
@@ -50,15 +51,25 @@ class Engine(BuildService, ContainerService, ImageOpsService, ImageService,
         self.emit_event = self.event_log.emit_event
         self.store = ContainerStore(self.db, config.containers_dir)
         self.health = HealthMonitor(self.store, self.compute, self.event_log)
+        lineage = BuildCache(self.db, config.root)
+        self.image_service = ImageService(config, self.images, self.layers, self.store,
+                                          self.event_log, lineage)
         self._init_containers()
         self._init_storage()
         self._init_networks()
         self._init_links()
         self._init_sharing()
         self.stats = StatsService(self.store, self.compute)
-        self.bootstrap = BootstrapService(config, import_image=self.image_import)
+        self.bootstrap = BootstrapService(config, import_image=self.image_service.image_import)
         self.distribution = DistributionService(config, self.db, self.images, self.layers,
                                                 self.event_log)
+        self.filesystems = ContainerFilesystems(config, self.store, self.images, self.layers,
+                                                storage=self, containers=self,
+                                                events=self.event_log)
+        self.builds = BuildService(config, lineage, self.images, self.layers, self.store,
+                                   self.event_log, image_service=self.image_service,
+                                   containers=self, filesystems=self.filesystems,
+                                   distribution=self.distribution)
         self.system = SystemService(config, self.daemon_id, self.store, self.images,
                                     self.layers, self.volumes, self.hns, self.compute,
                                     summary=self._summary, volume_users=self._volume_users,
@@ -96,6 +107,78 @@ class Engine(BuildService, ContainerService, ImageOpsService, ImageService,
                                    ) -> dict[str, Any]:
         return await self.distribution.distribution_inspect(name, auth_header)
 
+    async def image_list(self, all: bool = False,
+                         filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        return await self.image_service.image_list(all, filters)
+
+    async def image_inspect(self, ref: str) -> dict[str, Any]:
+        return await self.image_service.image_inspect(ref)
+
+    async def image_history(self, ref: str) -> list[dict[str, Any]]:
+        return await self.image_service.image_history(ref)
+
+    async def image_tag(self, ref: str, repo: str, tag: str | None) -> None:
+        await self.image_service.image_tag(ref, repo, tag)
+
+    async def image_delete(self, ref: str, force: bool = False,
+                           noprune: bool = False) -> list[dict[str, str]]:
+        return await self.image_service.image_delete(ref, force, noprune)
+
+    async def image_prune(self, filters: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        return await self.image_service.image_prune(filters)
+
+    async def image_import(self, body: AsyncIterator[bytes], repo: str = "", tag: str = "",
+                           message: str = "", changes: list[str] | None = None,
+                           platform: str = "", progress: Progress | None = None) -> str:
+        return await self.image_service.image_import(body, repo, tag, message, changes,
+                                                     platform, progress)
+
+    async def image_load(self, body: AsyncIterator[bytes], quiet: bool = False,
+                         progress: Progress | None = None) -> list[str]:
+        return await self.image_service.image_load(body, quiet, progress)
+
+    async def image_save(self, names: list[str], oci: bool = False) -> AsyncIterator[bytes]:
+        return await self.image_service.image_save(names, oci)
+
+    async def container_commit(self, ref: str, repo: str = "", tag: str = "",
+                               comment: str = "", author: str = "",
+                               changes: list[str] | None = None, pause: bool = True,
+                               config: dict[str, Any] | None = None) -> str:
+        return await self.filesystems.container_commit(ref, repo, tag, comment, author,
+                                                       changes, pause, config)
+
+    async def container_export(self, ref: str) -> AsyncIterator[bytes]:
+        return await self.filesystems.container_export(ref)
+
+    async def container_changes(self, ref: str) -> list[dict[str, Any]] | None:
+        return await self.filesystems.container_changes(ref)
+
+    async def container_archive_stat(self, ref: str, path: str) -> dict[str, Any]:
+        return await self.filesystems.container_archive_stat(ref, path)
+
+    async def container_archive_get(self, ref: str, path: str
+                                    ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+        return await self.filesystems.container_archive_get(ref, path)
+
+    async def container_archive_put(self, ref: str, path: str, body: AsyncIterator[bytes],
+                                    no_overwrite_dir_non_dir: bool = False,
+                                    copy_uid_gid: bool = False) -> None:
+        await self.filesystems.container_archive_put(ref, path, body, no_overwrite_dir_non_dir,
+                                                     copy_uid_gid)
+
+    async def build_prepare(self, body: AsyncIterator[bytes], options: BuildOptions) -> Any:
+        return await self.builds.build_prepare(body, options)
+
+    async def build_run(self, build: Any, emit: Any) -> str:
+        return await self.builds.build_run(build, emit)
+
+    def build_discard(self, build: Any) -> None:
+        self.builds.build_discard(build)
+
+    async def build_prune(self, filters: dict[str, list[str]] | None = None,
+                          all: bool = False) -> dict[str, Any]:
+        return await self.builds.build_prune(filters, all)
+
     async def version(self) -> dict[str, Any]:
         return await self.system.version()
 
@@ -124,7 +207,7 @@ class Engine(BuildService, ContainerService, ImageOpsService, ImageService,
             return new
 
     async def start(self) -> None:
-        self.sweep_storage()
+        self.image_service.sweep_storage()
         self.distribution.sweep_transfers()
         await self.start_networks()
         await self.recover_containers()

@@ -424,6 +424,9 @@ class StorageOps:
     containers: dict[str, Any]
     container_hooks: list[ContainerHook]
 
+    def sandbox_for(self, cid: str) -> Sandbox:
+        return Sandbox(self.config.root, cid)
+
     # ----- set-up -------------------------------------------------------------------------
     def _init_storage(self) -> None:
         opts = self._daemon_storage_opts()

@@ -293,11 +293,11 @@ class Build:
         """An image named by FROM or COPY --from: the local one, pulled first when ``pull``
         or when it is not here (dockerd's classic builder does the same), the pull's
         progress going into the build's stream."""
-        can_pull = hasattr(self.engine, "image_pull")
+        can_pull = self.engine.distribution is not None
         if pull and can_pull:
             await self._pull(name)
         try:
-            return await self.engine.image_for_create(name)
+            return await self.engine.image_service.image_for_create(name)
         except NotFound as missing:
             if not can_pull or pull:
                 raise BuildFailed(missing.message) from missing
@@ -312,7 +312,7 @@ class Build:
             if not self.options.quiet:
                 self.emit(msg)
         try:
-            final = await self.engine.image_pull(name, auth_header=self._auth_for(name),
+            final = await self.engine.distribution.image_pull(name, auth_header=self._auth_for(name),
                                                  progress=progress)
         except SiloboxError as e:
             raise BuildFailed(f"pulling {name}: {e.message}") from e
@@ -500,7 +500,7 @@ class Build:
     def _use_cache(self, stage: Stage, key: str) -> bool:
         if self.options.nocache:
             return False
-        image_id = self.engine.build_cache_lookup(key)
+        image_id = self.engine.cache.lookup(key)
         if image_id is None or not self._from_cache_sources(image_id):
             return False
         self._load_image(stage, image_id)
@@ -522,7 +522,7 @@ class Build:
                     continue
                 while current and current not in sources:
                     sources.add(current)
-                    current = self.engine._image_parent(current)
+                    current = self.engine.cache.parent(current)
             self._cache_sources = sources
         return image_id in self._cache_sources
 
@@ -563,7 +563,7 @@ class Build:
         doc.setdefault("os", "linux")
         image = self.engine.images.create(doc, diff_ids)
         parent = stage.image_id
-        self.engine.build_cache_record(key, image.id, parent)
+        self.engine.cache.record(key, image.id, parent)
         self._load_image(stage, image.id)
         if announce:
             self._out(f" ---> {image.short_id}\n")
@@ -593,23 +593,23 @@ class Build:
             "HostConfig": {**self.options.host_config,
                            "NetworkMode": self.options.networkmode or "default"},
         }
-        created = await self.engine.container_create(None, body)
+        created = await self.engine.containers.container_create(None, body)
         cid = created["Id"]
         ok = False
         try:
             self._out(f" ---> Running in {cid[:12]}\n")
-            await self.engine.container_start(cid)
-            _tty, lines = await self.engine.container_logs(cid, follow=True)
+            await self.engine.containers.container_start(cid)
+            _tty, lines = await self.engine.containers.container_logs(cid, follow=True)
             async for fd, data in lines:
                 text = data.decode("utf-8", "replace")
                 # dockerd's classic builder shows a RUN's stderr in red (streamformatter)
                 self._out(f"\x1b[91m{text}\x1b[0m" if fd == 2 else text)
-            status = await self.engine.container_wait(cid)
+            status = await self.engine.containers.container_wait(cid)
             code = status["StatusCode"]
             if code != 0:
                 raise BuildFailed(f"The command '{' '.join(argv)}' returned a non-zero code: "
                                   f"{code}", code=code)
-            c = self.engine._find(cid)
+            c = self.engine.store.find(cid)
             container_config = {**stage.config, "Cmd": history_cmd}
             layer, empty = await self.engine.build_commit_layer(c, stage.diff_ids,
                                                                  self.layer_owner)
@@ -627,7 +627,7 @@ class Build:
 
     async def _remove(self, cid: str, announce: bool) -> None:
         try:
-            await self.engine.container_remove(cid, force=True)
+            await self.engine.containers.container_remove(cid, force=True)
         except NotFound:
             return
         if announce:
