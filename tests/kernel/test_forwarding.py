@@ -27,7 +27,7 @@ from silobox.network.forwarding import ForwardRules, RoutedNetwork
 from silobox.network.nft import Nft
 nft = Nft()
 fr = ForwardRules(lambda: nft, "silobox_0042", {"silobox_0042"})
-nets = [RoutedNetwork(n, h, s) for n, h, s in json.loads(sys.argv[2])]
+nets = [RoutedNetwork(*n) for n in json.loads(sys.argv[2])]
 if sys.argv[1] == "sync":
     fr.sync(nets)
 else:
@@ -55,7 +55,7 @@ def netns():
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
-def child(ns: str, op: str, nets: list[tuple[str, str, str]]) -> dict:
+def child(ns: str, op: str, nets: list[tuple[str, ...]]) -> dict:
     out = ns_run(ns, sys.executable, "-c", CHILD, op, json.dumps(nets))
     return json.loads(out.strip().splitlines()[-1])
 
@@ -87,6 +87,30 @@ def test_iptables_nft_forward_drop_gets_exactly_our_rules(netns: str) -> None:
     rules = ns_run(netns, "iptables-nft", "-S", "FORWARD")
     assert "silobox" not in rules
     assert "-P FORWARD DROP" in rules and "-A FORWARD -i docker0 -j ACCEPT" in rules
+
+
+def test_ip6tables_and_inet_forward_drop_get_ipv6_rules(netns: str) -> None:
+    """Docker with its ip6tables on drops forwarded IPv6 too: an IPv6 network gets its pair
+    there (an IPv4-only one none), an inet chain gets both families' rules."""
+    if not shutil.which("ip6tables-nft"):
+        pytest.skip("ip6tables-nft is not installed")
+    nets = [("nat", "sbx0042nat0", "192.168.48.0/20"),
+            ("v6", "sbx0042nat1", "10.77.0.0/24", "fd00:42:42::/64")]
+    ns_run(netns, "ip6tables-nft", "-P", "FORWARD", "DROP")
+    ns_run(netns, "nft", "add table inet fw; add chain inet fw forward "
+           "{ type filter hook forward priority 0; policy drop; }")
+    r = child(netns, "sync", nets)
+    assert ["iptables-nft", "ip6", "filter", "FORWARD", 2] in r["hooks"], r
+    assert ["nft", "inet", "fw", "forward", 9] in r["hooks"], r
+    rules = ns_run(netns, "ip6tables-nft", "-S", "FORWARD")
+    ours = [l for l in rules.splitlines() if "silobox_0042" in l]
+    assert len(ours) == 2 and "-P FORWARD DROP" in rules, rules
+    assert any("-s fd00:42:42::/64 -i sbx0042nat1" in l for l in ours), ours
+    inet = ns_run(netns, "nft", "list", "chain", "inet", "fw", "forward")
+    assert "ip6 saddr fd00:42:42::/64" in inet and "ip saddr 192.168.48.0/20" in inet, inet
+    child(netns, "remove", [])
+    assert "silobox" not in ns_run(netns, "ip6tables-nft", "-S", "FORWARD")
+    assert "silobox" not in ns_run(netns, "nft", "list", "chain", "inet", "fw", "forward")
 
 
 def test_nft_table_with_policy_drop(netns: str) -> None:
