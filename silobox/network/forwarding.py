@@ -99,10 +99,14 @@ class SysctlLease:
     """A forwarding sysctl (``net.ipv4.ip_forward``, ``net.ipv6.conf.all.forwarding``) turned
     on while any silod holds it, restored by the last one."""
 
-    def __init__(self, holder: str, path: str = LEASE_FILE, sysctl: str = IPV4_FORWARD) -> None:
+    def __init__(self, holder: str, path: str = LEASE_FILE, sysctl: str = IPV4_FORWARD,
+                 others: Callable[[], list[str]] | None = None) -> None:
         self.holder = holder                 # "<pid> <root>"
         self.path = path
         self.sysctl = sysctl
+        # Other engines' links that route through the host too (Docker started after silod
+        # found forwarding on and never recorded needing it): restoring would cut them off.
+        self.others = others or other_engines_links
         self.name = sysctl.removeprefix("/proc/sys/").replace("/", ".")
         self.held = False
 
@@ -177,10 +181,29 @@ class SysctlLease:
             holders = self._live_holders(doc, without=self.holder)
             doc["holders"] = holders
             if not holders and doc.get("original", "1") != "1" and self._read() == "1":
-                self._write(doc["original"])
-                log.info("restored %s to %s", self.name, doc["original"])
+                others = self.others()
+                if others:
+                    log.info("left %s on: %s of another engine route through the host",
+                             self.name, ", ".join(others[:5]))
+                else:
+                    self._write(doc["original"])
+                    log.info("restored %s to %s", self.name, doc["original"])
             self._save(doc)
         self.held = False
+
+
+OTHER_ENGINES = ("docker0", "br-", "podman", "cni", "virbr", "lxcbr", "lxdbr", "incusbr",
+                 "flannel", "cilium_", "kube-bridge")
+
+
+def other_engines_links(sys_net: str = "/sys/class/net") -> list[str]:
+    """Links other container engines and hypervisors route their guests through (Docker's
+    ``docker0`` and ``br-<id>``, Podman's, CNI's, libvirt's, LXC's, Kubernetes CNIs')."""
+    try:
+        names = os.listdir(sys_net)
+    except OSError:
+        return []
+    return sorted(n for n in names if n.startswith(OTHER_ENGINES))
 
 
 def _iptables_tool(backend: str, family: str = "ip") -> str | None:

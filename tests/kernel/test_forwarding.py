@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from silobox.network.forwarding import SysctlLease
+from silobox.network.forwarding import SysctlLease as Lease, other_engines_links
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -165,6 +165,10 @@ def test_sysctl_lease_is_shared_and_restored(tmp_path) -> None:
     sysctl.write_text("0\n")
     lease = str(tmp_path / "lease.json")
     me = os.getpid()
+
+    def SysctlLease(holder: str, path: str, sysctl: str) -> Lease:
+        return Lease(holder, path, sysctl, others=lambda: [])
+
     a = SysctlLease(f"{me} /a", lease, str(sysctl))
     b = SysctlLease(f"{me} /b", lease, str(sysctl))
     assert a.acquire() == "enabled by silod" and sysctl.read_text() == "1"
@@ -199,3 +203,21 @@ def test_sysctl_lease_is_shared_and_restored(tmp_path) -> None:
     f3.acquire()
     f3.release()
     assert sysctl.read_text().strip() == "1"
+
+
+def test_forwarding_stays_on_for_another_engine(tmp_path) -> None:
+    """A Docker started after silod found forwarding on and relies on it: the last silod
+    leaves it on rather than cut Docker's containers off."""
+    sysctl = tmp_path / "ip_forward"
+    sysctl.write_text("0\n")
+    lease = str(tmp_path / "lease.json")
+    links: list[str] = []
+    a = Lease(f"{os.getpid()} /a", lease, str(sysctl), others=lambda: links)
+    a.acquire()
+    links.append("docker0")
+    a.release()
+    assert sysctl.read_text() == "1" and not os.path.exists(lease)
+    net = tmp_path / "net"
+    for name in ("lo", "eth0", "docker0", "br-0123456789ab", "sbx12nat0", "virbr0"):
+        (net / name).mkdir(parents=True)
+    assert other_engines_links(str(net)) == ["br-0123456789ab", "docker0", "virbr0"]
