@@ -19,17 +19,17 @@ from silobox.engine.distribution import DistributionService, Progress
 from silobox.engine.bootstrap import BootstrapService
 from silobox.engine.events import EventLog
 from silobox.engine.health import HealthMonitor
-from silobox.engine.links import LinkService
+from silobox.engine.links import LinkHook, Links, VolumesFromHook
 from silobox.engine.images import ImageService
 from silobox.engine.networks import NetworkService
-from silobox.engine.sharing import NamespaceSharing
+from silobox.engine.sharing import NamespaceSharingHook
 from silobox.engine.stats import StatsService
 from silobox.engine.storageops import StorageOps
 from silobox.engine.store import ContainerStore
 from silobox.engine.system import SystemService
 
 
-class Engine(ContainerService, NetworkService, StorageOps, LinkService, NamespaceSharing):
+class Engine(ContainerService, StorageOps):
     """dockerd's role: containers ⇄ compute systems + sandboxes; images; the daemon's views."""
 
     def __init__(self, config: DaemonConfig, spawner: Spawner) -> None:
@@ -56,9 +56,16 @@ class Engine(ContainerService, NetworkService, StorageOps, LinkService, Namespac
                                           self.event_log, lineage)
         self._init_containers()
         self._init_storage()
-        self._init_networks()
-        self._init_links()
-        self._init_sharing()
+        self.links = Links(self.store)
+        self.networks = NetworkService(config, self.db, self.store, self.event_log, self.links,
+                                       self.started)
+        self.hns = self.networks.hns
+        # The order of a container's hooks: copied mounts claim their paths before the
+        # storage hook plans its own; legacy links append to the /etc/hosts the network hook
+        # writes.
+        self.container_hooks.insert(0, VolumesFromHook(self.store))
+        self.container_hooks += [self.networks.hook, LinkHook(self.store),
+                                 NamespaceSharingHook(self.store, config.containers_dir)]
         self.stats = StatsService(self.store, self.compute)
         self.bootstrap = BootstrapService(config, import_image=self.image_service.image_import)
         self.distribution = DistributionService(config, self.db, self.images, self.layers,
@@ -179,6 +186,49 @@ class Engine(ContainerService, NetworkService, StorageOps, LinkService, Namespac
                           all: bool = False) -> dict[str, Any]:
         return await self.builds.build_prune(filters, all)
 
+    async def container_remove_link(self, name: str) -> None:
+        await self.links.container_remove_link(name)
+
+    async def network_list(self, filters: dict[str, list[str]] | None = None
+                           ) -> list[dict[str, Any]]:
+        return await self.networks.network_list(filters)
+
+    async def network_inspect(self, ref: str) -> dict[str, Any]:
+        return await self.networks.network_inspect(ref)
+
+    async def network_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.networks.network_create(body)
+
+    async def network_remove(self, ref: str) -> None:
+        await self.networks.network_remove(ref)
+
+    async def network_prune(self, filters: dict[str, list[str]] | None = None
+                            ) -> dict[str, Any]:
+        return await self.networks.network_prune(filters)
+
+    async def network_connect(self, ref: str, container: str,
+                              endpoint_config: dict[str, Any]) -> None:
+        await self.networks.network_connect(ref, container, endpoint_config)
+
+    async def network_disconnect(self, ref: str, container: str, force: bool = False) -> None:
+        await self.networks.network_disconnect(ref, container, force)
+
+    async def hns_networks(self) -> list[dict[str, Any]]:
+        return await self.networks.hns_networks()
+
+    async def hns_network(self, ref: str) -> dict[str, Any]:
+        return await self.networks.hns_network(ref)
+
+    async def hns_endpoints(self) -> list[dict[str, Any]]:
+        return await self.networks.hns_endpoints()
+
+    async def hns_endpoint(self, ref: str) -> dict[str, Any]:
+        return await self.networks.hns_endpoint(ref)
+
+    async def hns_endpoint_policies(self, ref: str, request_type: str,
+                                    policies: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self.networks.hns_endpoint_policies(ref, request_type, policies)
+
     async def version(self) -> dict[str, Any]:
         return await self.system.version()
 
@@ -209,16 +259,16 @@ class Engine(ContainerService, NetworkService, StorageOps, LinkService, Namespac
     async def start(self) -> None:
         self.image_service.sweep_storage()
         self.distribution.sweep_transfers()
-        await self.start_networks()
+        await self.networks.start_networks()
         await self.recover_containers()
-        self.reconcile_networks()
+        self.networks.reconcile_networks()
 
     async def close(self) -> None:
         await self._stop_restarts()
         self._close_storage()
         for system in list(self.compute.systems.values()):
             system.close()
-        await self.close_networks()
+        await self.networks.close_networks()
         self.db.close()
 
 

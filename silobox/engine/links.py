@@ -125,8 +125,8 @@ class VolumesFromHook(ContainerHook):
     It runs before the storage hook, so a copied volume covers an image ``VOLUME`` of the same
     path (no anonymous volume is made there) and counts as a user of the volume."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, store: Any) -> None:
+        self.store = store
 
     def on_create(self, c: Any, body: dict[str, Any]) -> None:
         hc = c.host_config
@@ -140,7 +140,7 @@ class VolumesFromHook(ContainerHook):
         copied: dict[str, dict[str, Any]] = {}
         for spec in specs:
             ref, mode = parse_volumes_from(spec)
-            source = self.engine._find(ref)
+            source = self.store.find(ref)
             if source.id == c.id:
                 raise InvalidArgument("cannot mount volumes from the container itself")
             for m in source.data.get("Mounts") or []:
@@ -171,8 +171,8 @@ class VolumesFromHook(ContainerHook):
 class LinkHook(ContainerHook):
     """Legacy links on the default network, and the endpoint links of the create body."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, store: Any) -> None:
+        self.store = store
 
     def on_create(self, c: Any, body: dict[str, Any]) -> None:
         hc = c.host_config
@@ -197,7 +197,7 @@ class LinkHook(ContainerHook):
         for item in links:
             name, _alias = parse_link(item)
             try:
-                child = self.engine._find(name)
+                child = self.store.find(name)
             except NotFound:
                 raise InvalidArgument(f"could not get container for {name}") from None
             if child.id == c.id:
@@ -219,7 +219,7 @@ class LinkHook(ContainerHook):
         for item in hc["Links"]:
             name, alias = parse_link(item)
             try:
-                child = self.engine._find(name)
+                child = self.store.find(name)
             except NotFound:
                 raise Conflict(f"Cannot link to /{name}, as it does not exist") from None
             if not child.running:
@@ -250,24 +250,18 @@ class LinkHook(ContainerHook):
         for item in links:
             name, alias = parse_link(item)
             try:
-                child = self.engine._find(name)
+                child = self.store.find(name)
             except NotFound:
                 continue
             shown.append(f"/{child.name}:/{c.name}/{alias}")
         hc["Links"] = shown or None
 
 
-class LinkService:
-    """Engine mixin: registers the hooks, answers the embedded DNS for endpoint links."""
+class Links:
+    """Legacy links' removal, and the endpoint links the embedded DNS resolves."""
 
-    containers: dict[str, Any]
-    container_hooks: list[ContainerHook]
-
-    def _init_links(self) -> None:
-        # Before the storage hook (copied mounts claim their paths first); after the network
-        # hook (legacy links append to the /etc/hosts it writes).
-        self.container_hooks.insert(0, VolumesFromHook(self))
-        self.container_hooks.append(LinkHook(self))
+    def __init__(self, store: Any) -> None:
+        self.store = store
 
     async def container_remove_link(self, name: str) -> None:
         """``DELETE /containers/parent/alias?link=1``: drop a legacy link from its parent (moby
@@ -276,7 +270,7 @@ class LinkService:
         if not parent:
             raise Conflict("Conflict, cannot remove the default link name of the container")
         try:
-            c = self._find(parent)  # type: ignore[attr-defined]
+            c = self.store.find(parent)
         except NotFound:
             raise NotFound(f"Cannot get parent /{parent} for link name /{name.strip('/')}"
                            ) from None
@@ -285,11 +279,11 @@ class LinkService:
         if len(kept) == len(links):
             raise NotFound(f"No such container: {name.strip('/')}")
         c.host_config["Links"] = kept or None
-        self._save(c)  # type: ignore[attr-defined]
+        self.store.save(c)
 
     def link_target(self, container_id: str, name: str) -> str | None:
         """The container name an endpoint link alias of ``container_id`` stands for."""
-        c = self.containers.get(container_id)
+        c = self.store.get(container_id)
         if c is None:
             return None
         for network, cfg in (c.data["NetworkSettings"].get("Networks") or {}).items():

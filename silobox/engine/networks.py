@@ -74,12 +74,11 @@ def parse_port_bindings(bindings: dict[str, Any] | None, exposed: dict[str, Any]
 class NetworkHook(ContainerHook):
     """The container lifecycle points where networking takes part."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-
-    @property
-    def hns(self) -> Any:
-        return self.engine.hns
+    def __init__(self, networks: "NetworkService", store: Any) -> None:
+        self.networks = networks
+        self.store = store
+        self.hns = networks.hns
+        self.dns = networks.dns
 
     def mode(self, c: Any) -> str:
         return c.host_config.get("NetworkMode") or "default"
@@ -99,7 +98,7 @@ class NetworkHook(ContainerHook):
             cfg = next((ec[k] for k in keys if ec.get(k)), {})
             for other in ec:
                 if other not in keys:   # dockerd connects each: one that does not exist is 404
-                    self.engine.find_docker_network(other)
+                    self.networks.find_docker_network(other)
             ipam = cfg.get("IPAMConfig") or {}
             if (ipam.get("IPv4Address") or ipam.get("IPv6Address")) and n["Default"]:
                 raise InvalidArgument("user specified IP address is supported on user defined "
@@ -131,7 +130,7 @@ class NetworkHook(ContainerHook):
         """``--network container:X``: no endpoint of its own; X's compartment at start."""
         if not ref:
             raise InvalidArgument("invalid network mode container: (no container named)")
-        target = self.engine._find(ref)
+        target = self.store.find(ref)
         hc = c.host_config
         ec = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
         if hc.get("PortBindings") or hc.get("PublishAllPorts"):
@@ -154,7 +153,7 @@ class NetworkHook(ContainerHook):
     def _join(self, c: Any, document: dict[str, Any], tid: str) -> None:
         """Start in the running container ``tid``'s network namespace, with its hostname and
         its hosts and resolv.conf files (Docker shares them the same way)."""
-        target = self.engine.containers.get(tid)
+        target = self.store.get(tid)
         if target is None:
             raise NotFound(f"No such container: {tid}")
         if target.id == c.id:
@@ -176,7 +175,7 @@ class NetworkHook(ContainerHook):
     def _joined_by_others(self, c: Any) -> bool:
         mode = f"container:{c.id}"
         return any(o.running and o.host_config.get("NetworkMode") == mode
-                   for o in self.engine.containers.values() if o is not c)
+                   for o in self.store.values() if o is not c)
 
     async def on_start(self, c: Any, document: dict[str, Any]) -> None:
         mode = self.mode(c)
@@ -231,7 +230,7 @@ class NetworkHook(ContainerHook):
         from silobox.network.dns import DNS_ADDRESS
         sock = await self.hns.netlink.run(self.hns.netlink.udp_socket_in,
                                           self.hns.netns_path(ns_id), DNS_ADDRESS, 53)
-        await self.engine.dns.serve(c.id, sock)
+        await self.dns.serve(c.id, sock)
 
     def _write_files(self, c: Any, user_dns: bool, live: bool = False) -> None:
         """/etc/hosts with the container's own address and --add-host entries; resolv.conf
@@ -301,7 +300,7 @@ class NetworkHook(ContainerHook):
                    aliases: list[str]) -> list[str] | None:
         """The names the embedded DNS answers for this endpoint, in moby's order (name,
         aliases, short id, hostname); none on the default network, which has no DNS."""
-        c = self.engine.containers.get(e.get("ContainerId", ""))
+        c = self.store.get(e.get("ContainerId", ""))
         if n.get("Default") or c is None:
             return None
         names = [c.name, *aliases, c.id[:12], c.config.get("Hostname") or ""]
@@ -332,7 +331,7 @@ class NetworkHook(ContainerHook):
         return out
 
     async def on_stop(self, c: Any) -> None:
-        self.engine.dns.stop(c.id)
+        self.dns.stop(c.id)
         ns_id = (c.data.get("Silobox") or {}).pop("NetworkNamespace", None)
         eps = [e["ID"] for e in self.hns.endpoints.values() if e.get("ContainerId") == c.id]
         if eps and ns_id and self._joined_by_others(c):
@@ -396,17 +395,21 @@ def shown_networks(c: Any) -> dict[str, Any]:
 class NetworkService:
     """Implements ``api.backend.NetworkBackend`` (Docker's /networks) over the HNS records."""
 
-    hns: Any
-    containers: dict[str, Any]
-
-    def _init_networks(self) -> None:
+    def __init__(self, config: Any, db: Any, store: Any, events: Any, links: Any,
+                 started: float) -> None:
         from silobox.network.service import HostNetworkingService
         from silobox.network.dns import EmbeddedDNS
-        self.hns = HostNetworkingService(self.db, self.config.root, self.config.exec_root,
-                                         ip_forward=self.config.ip_forward,
-                                         forward_rules=self.config.forward_rules)
+        self.config = config
+        self.db = db
+        self.store = store
+        self.events = events
+        self.links = links          # endpoint links name containers for the embedded DNS
+        self.started = started      # the built-in networks' creation time
+        self.hns = HostNetworkingService(db, config.root, config.exec_root,
+                                         ip_forward=config.ip_forward,
+                                         forward_rules=config.forward_rules)
         self.dns = EmbeddedDNS(self._dns_resolve)
-        self.container_hooks.append(NetworkHook(self))
+        self.hook = NetworkHook(self, store)
 
     async def start_networks(self) -> None:
         import os
@@ -424,13 +427,13 @@ class NetworkService:
         await self.hns.close()
 
     def reconcile_networks(self) -> None:
-        live = {cid for cid, c in self.containers.items() if c.running}
+        live = {cid for cid, c in self.store.items() if c.running}
         self.hns.reconcile_endpoints(live)
 
     def _dns_resolve(self, container_id: str, name: str) -> list[str]:
         """Containers sharing a user-created network with the asker, by name, id or alias;
         the asker's own endpoint links (``--link name:alias``) name a container too."""
-        name = self.link_target(container_id, name) or name  # type: ignore[attr-defined]
+        name = self.links.link_target(container_id, name) or name
         mine = {e["VirtualNetwork"] for e in self.hns.endpoints.values()
                 if e.get("ContainerId") == container_id
                 and not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)}
@@ -438,7 +441,7 @@ class NetworkService:
         for e in self.hns.endpoints.values():
             if e["VirtualNetwork"] not in mine:
                 continue
-            c = self.containers.get(e.get("ContainerId", ""))
+            c = self.store.get(e.get("ContainerId", ""))
             if c is None:
                 continue
             net = self.hns.networks[e["VirtualNetwork"]]["Name"]
@@ -465,7 +468,7 @@ class NetworkService:
                             **({"IPRange": s6["IPRange"]} if s6.get("IPRange") else {})})
         containers = {}
         for e in self.hns.endpoints_of(n["ID"]):
-            c = self.containers.get(e.get("ContainerId", ""))
+            c = self.store.get(e.get("ContainerId", ""))
             containers[e["ContainerId"]] = {
                 "Name": c.name if c else "", "EndpointID": e["ID"].replace("-", "").lower(),
                 "MacAddress": e["MacAddress"].replace("-", ":").lower(),
@@ -568,7 +571,7 @@ class NetworkService:
         if driver == "bridge":
             # Docker's name for the nat network on Linux: remembered so it is shown as asked.
             n["DockerDriver"] = driver
-            with self.db.tx():  # type: ignore[attr-defined]
+            with self.db.tx():
                 self.hns._save_network(n)
         self._network_event("create", n)
         return {"Id": n["DockerId"], "Warning": ""}
@@ -579,8 +582,7 @@ class NetworkService:
         extra = {"name": n["Name"], "type": self.hns.driver(n)}
         if container is not None:
             extra["container"] = container.id
-        self.emit_event("network", action, SimpleNamespace(id=n["DockerId"]),  # type: ignore[attr-defined]
-                        extra)
+        self.events.emit_event("network", action, SimpleNamespace(id=n["DockerId"]), extra)
 
     async def network_remove(self, ref: str) -> None:
         if ref in ("none", "host"):
@@ -614,7 +616,7 @@ class NetworkService:
                 continue
             if until and n["Created"] >= until:
                 continue
-            if any(c.host_config.get("NetworkMode") == n["Name"] for c in self.containers.values()):
+            if any(c.host_config.get("NetworkMode") == n["Name"] for c in self.store.values()):
                 continue
             await self.hns.delete_network(n["ID"])
             self._network_event("destroy", n)
@@ -625,7 +627,7 @@ class NetworkService:
                               endpoint_config: dict[str, Any]) -> None:
         """Add a network to a container; a running one gets a new vNIC in its compartment."""
         n = self.find_docker_network(ref)
-        c = self._find(container)  # type: ignore[attr-defined]
+        c = self.store.find(container)
         nets = c.data["NetworkSettings"]["Networks"]
         if str(c.host_config.get("NetworkMode")).startswith("container:"):
             raise Conflict("container sharing network namespace with another container or host "
@@ -656,7 +658,7 @@ class NetworkService:
             except BaseException:
                 await self.hns.delete_endpoints([e["ID"]], None)
                 raise
-            hook = NetworkHook(self)
+            hook = self.hook
             hook._fill(cfg, n, e)
             had_user = any(not self.hns.find_network(name).get("Default") for name in nets)
             if not n.get("Default") and not had_user:
@@ -669,12 +671,12 @@ class NetworkService:
         c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = mac
         if n.get("Default") and ref == "bridge":
             c.data["Silobox"].setdefault("ShownAs", {})[n["Name"]] = "bridge"
-        self._save(c)  # type: ignore[attr-defined]
+        self.store.save(c)
         self._network_event("connect", n, c)
 
     async def network_disconnect(self, ref: str, container: str, force: bool = False) -> None:
         n = self.find_docker_network(ref)
-        c = self._find(container)  # type: ignore[attr-defined]
+        c = self.store.find(container)
         nets = c.data["NetworkSettings"]["Networks"]
         if n["Name"] not in nets:
             raise Conflict(f"container {c.id} is not connected to network {n['Name']}")
@@ -683,8 +685,8 @@ class NetworkService:
         await self.hns.delete_endpoints(eps, None)
         del nets[n["Name"]]
         (c.data["Silobox"].get("ShownAs") or {}).pop(n["Name"], None)
-        NetworkHook(self)._top_level(c)
-        self._save(c)  # type: ignore[attr-defined]
+        self.hook._top_level(c)
+        self.store.save(c)
         self._network_event("disconnect", n, c)
 
     # ----- HNS view ----------------------------------------------------------------------------

@@ -26,8 +26,11 @@ _SHARED = (("IpcMode", "ipc", "IPC"), ("PidMode", "pid", "PID"))
 
 
 class NamespaceSharingHook(ContainerHook):
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    """``--ipc``/``--pid container:NAME``: join the namespaces of another running container."""
+
+    def __init__(self, store: Any, containers_dir: str) -> None:
+        self.store = store
+        self.containers_dir = containers_dir
 
     def on_create(self, c: Any, body: dict[str, Any]) -> None:
         hc = c.host_config
@@ -38,7 +41,7 @@ class NamespaceSharingHook(ContainerHook):
             ref = mode.split(":", 1)[1]
             if not ref:
                 raise InvalidArgument(f"invalid {field} {mode!r}: no container named")
-            target = self.engine._find(ref)
+            target = self.store.find(ref)
             if target.id == c.id:
                 raise InvalidArgument(f"invalid {field}: a container cannot join itself")
             hc[field] = f"container:{target.id}"
@@ -50,7 +53,7 @@ class NamespaceSharingHook(ContainerHook):
             if not mode.startswith("container:"):
                 continue
             tid = mode.split(":", 1)[1]
-            target = self.engine.containers.get(tid)
+            target = self.store.get(tid)
             if target is None or not target.running or not target.state.get("Pid"):
                 raise Conflict(f"cannot join {label} of a non running container: {tid}")
             if ns == "ipc":
@@ -72,7 +75,7 @@ class NamespaceSharingHook(ContainerHook):
                 {"HostPath": path, "ContainerPath": "/dev/shm"})
 
     def _shm(self, c: Any) -> str:
-        return os.path.join(self.engine.config.containers_dir, c.id, "shm")
+        return os.path.join(self.containers_dir, c.id, "shm")
 
     async def on_stop(self, c: Any) -> None:
         path = self._shm(c)
@@ -81,12 +84,3 @@ class NamespaceSharingHook(ContainerHook):
 
     async def on_remove(self, c: Any) -> None:
         await self.on_stop(c)
-
-
-class NamespaceSharing:
-    """Engine mixin: registers the hook."""
-
-    container_hooks: list[ContainerHook]
-
-    def _init_sharing(self) -> None:
-        self.container_hooks.append(NamespaceSharingHook(self))
