@@ -37,8 +37,10 @@ class StreamSession(Protocol):
 
 
 class ContainerBackend(Protocol):
-    async def container_create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /containers/create → {"Id", "Warnings"}."""
+    async def container_create(self, name: str | None, body: dict[str, Any],
+                               platform: str = "") -> dict[str, Any]:
+        """POST /containers/create → {"Id", "Warnings"}; ``platform`` (os[/arch]) must be
+        the image's."""
 
     async def container_start(self, ref: str) -> None:
         """Raises NotModified when it is already running."""

@@ -101,9 +101,9 @@ async def _serve(config: DaemonConfig, spawner: object) -> None:
 
     from silobox.api.app import create_app
     from silobox.api.server import serve, shutdown
-    from silobox.engine.core import Engine
+    from silobox.daemon.wiring import build_engine
 
-    engine = Engine(config, spawner)  # type: ignore[arg-type]
+    engine = build_engine(config, spawner)  # type: ignore[arg-type]
     await engine.start()
     runner = await serve(create_app(engine), config.socket)
     log.info("silod %s serving on unix://%s (root %s)", __version__, config.socket, config.root)

@@ -37,20 +37,25 @@ from silobox.errors import (Conflict, InvalidArgument, NotFound, NotModified,
 from silobox.filters import labels_match
 
 class ContainerService:
-    """Implements ``api.backend.ContainerBackend``; shares the engine's store and services."""
+    """Docker's container verbs (``api.backend.ContainerBackend``) over compute systems.
 
-    # Attributes provided by the Engine that mixes this in.
-    config: Any
-    db: Any
-    compute: Any
-    images: Any
-    store: ContainerStore
-    containers: ContainerStore
-    execs: dict[str, dict[str, Any]]
+    ``store`` owns the records and their locks; ``compute`` runs them; ``storage`` gives each
+    its sandbox and image layers; ``hooks`` (volumes, networks, links, shared namespaces) take
+    part at each point of a container's life, in their order; ``health`` runs health checks."""
 
-    def _init_containers(self) -> None:
-        self.containers = self.store   # the name the other services still use
-        self.execs = {}
+    def __init__(self, config: Any, store: ContainerStore, compute: Any, images: Any,
+                 image_service: Any, storage: Any, hooks: list[ContainerHook], events: Any,
+                 health: Any) -> None:
+        self.config = config
+        self.store = store
+        self.compute = compute
+        self.images = images                # the image store (``ancestor`` filters)
+        self.image_service = image_service  # a new container's image, names shown in lists
+        self.storage = storage
+        self.hooks = hooks
+        self.events = events
+        self.health = health
+        self.execs: dict[str, dict[str, Any]] = {}
         self._pending_attach: dict[str, list[AttachSession]] = {}
         self._exit_waiters: dict[str, list[asyncio.Future]] = {}
         self._removed_waiters: dict[str, list[asyncio.Future]] = {}
@@ -58,21 +63,17 @@ class ContainerService:
         self._restarts: dict[str, asyncio.Task] = {}   # policy restarts still in their back-off
         self._restart_tasks: set[asyncio.Task] = set()   # ... and those already starting
         self._closing = False
-        self.container_hooks: list[ContainerHook] = []
-
-    # ----- lookup & persistence: the store's ------------------------------------------------
-    def _find(self, ref: str) -> Container:
-        return self.store.find(ref)
-
-    def _lock(self, cid: str) -> asyncio.Lock:
-        return self.store.lock(cid)
-
-    def _save(self, c: Container) -> None:
-        self.store.save(c)
 
     # ----- create ---------------------------------------------------------------------------
-    async def container_create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    async def container_create(self, name: str | None, body: dict[str, Any],
+                               platform: str = "") -> dict[str, Any]:
         body = S.check_create_body(body)
+        if platform:
+            from silobox.storage.images import host_architecture
+            os_name, _, arch = platform.lower().partition("/")
+            if os_name != "linux" or (arch and arch.split("/")[0] != host_architecture()):
+                raise InvalidArgument(f"image with reference {body['Image']} was found but does "
+                                      f"not match the specified platform: wanted {platform}")
         if name:
             name = S.validate_name(name)
             self.store.check_name_free(name)
@@ -167,29 +168,29 @@ class ContainerService:
         c = Container(data)
         done: list[ContainerHook] = []
         try:
-            for hook in self.container_hooks:
+            for hook in self.hooks:
                 hook.on_create(c, body)
                 done.append(hook)
             os.makedirs(cdir, mode=0o710, exist_ok=True)
             self._write_etc_files(c)
-            self.sandbox_for(cid).create()
+            self.storage.sandbox_for(cid).create()
             self.store.add(c)
         except BaseException:
             for hook in reversed(done):
                 hook.undo_create(c)
-            self.sandbox_for(cid).remove()
+            self.storage.sandbox_for(cid).remove()
             shutil.rmtree(cdir, ignore_errors=True)
             raise
         if (hc.get("IOMaximumBandwidth") or hc.get("IOMaximumIOps")) \
-                and self.sandbox_for(cid).kind != "disk":
+                and self.storage.sandbox_for(cid).kind != "disk":
             for field in ("IOMaximumBandwidth", "IOMaximumIOps"):
                 if hc.get(field):
                     warnings.append(f"{field} applies to a container's sandbox disk and this "
                                     "container has a directory sandbox: "
                                     f"{field} discarded.")
                     c.host_config[field] = 0
-            self._save(c)
-        self.emit_event("container", "create", c)
+            self.store.save(c)
+        self.events.emit_event("container", "create", c)
         return {"Id": cid, "Warnings": warnings}
 
     def _write_etc_files(self, c: Container) -> None:
@@ -232,8 +233,8 @@ class ContainerService:
             "ShouldTerminateOnLastHandleClosed": False,
             "Container": {
                 "GuestOs": {"HostName": c.config["Hostname"]},
-                "Storage": {"Layers": self.container_storage_layers(c),
-                            "Path": self.sandbox_for(c.id).path,
+                "Storage": {"Layers": self.storage.container_storage_layers(c),
+                            "Path": self.storage.sandbox_for(c.id).path,
                             **({"QoS": qos} if qos else {})},
                 **({"Processor": processor} if processor else {}),
                 "MappedDirectories": mapped,
@@ -281,9 +282,9 @@ class ContainerService:
 
     # ----- start / exit ----------------------------------------------------------------------
     async def container_start(self, ref: str) -> None:
-        c = self._find(ref)
+        c = self.store.find(ref)
         try:
-            async with self._lock(c.id):
+            async with self.store.lock(c.id):
                 await self._start(c)
         except NotModified:
             raise
@@ -303,11 +304,11 @@ class ContainerService:
             document = self._document(c)
             # Host devices are read at each start (not at recovery: a running one has them).
             document["Container"]["Linux"]["Devices"] = resolve_devices(c.host_config)
-            for hook in self.container_hooks:
+            for hook in self.hooks:
                 await hook.on_start(c, document)
             system = self.compute.create(c.id, document)
         except BaseException:
-            for hook in self.container_hooks:
+            for hook in self.hooks:
                 await hook.on_stop(c)
             # Clients attached before the start (docker run) learn it failed: their streams end.
             for sess in self._pending_attach.pop(c.id, []):
@@ -331,20 +332,20 @@ class ContainerService:
         except BaseException as e:
             if isinstance(e, StartError):
                 transition(c, "start_failed", ExitCode=e.exit_code, Error=e.message)
-                self._save(c)
+                self.store.save(c)
             for sess in pending:
                 sess.finish()
             self.compute.close_system(c.id)
-            for hook in self.container_hooks:
+            for hook in self.hooks:
                 await hook.on_stop(c)
             raise
         transition(c, "start", Pid=system.pid, StartedAt=system.started_at)
         c.data["Silobox"]["StoppedByUser"] = False
-        self._save(c)
-        self.emit_event("container", "start", c)
+        self.store.save(c)
+        self.events.emit_event("container", "start", c)
         self.health.start(c, system)
         if c.state.get("Health"):
-            self._save(c)
+            self.store.save(c)
 
     async def _on_exit(self, system: ComputeSystem) -> None:
         c = self.store.get(system.id)
@@ -354,12 +355,12 @@ class ContainerService:
         self.health.stop(c)
         transition(c, "exit", ExitCode=ex.exit_code, OOMKilled=ex.oom_killed,
                    FinishedAt=ex.finished_at, Error=ex.error)
-        self._save(c)
-        for hook in self.container_hooks:
+        self.store.save(c)
+        for hook in self.hooks:
             await hook.on_stop(c)
         if ex.oom_killed:
-            self.emit_event("container", "oom", c)
-        self.emit_event("container", "die", c, {"exitCode": str(ex.exit_code)})
+            self.events.emit_event("container", "oom", c)
+        self.events.emit_event("container", "die", c, {"exitCode": str(ex.exit_code)})
         for fut in self._exit_waiters.pop(c.id, []):
             if not fut.done():
                 fut.set_result(ex.exit_code)
@@ -381,10 +382,10 @@ class ContainerService:
             return False
         task.cancel()
         transition(c, "cancel_restart")
-        self._save(c)
+        self.store.save(c)
         return True
 
-    async def _stop_restarts(self) -> None:
+    async def stop_restarts(self) -> None:
         """silod is stopping: no policy restart may start a container while its networks and
         storage go away. Those waiting stay 'restarting' (recovery decides again at the next
         start); a start already under way finishes first."""
@@ -417,26 +418,26 @@ class ContainerService:
             self._restarts.pop(c.id, None)
             return
         transition(c, "schedule_restart")
-        self._save(c)
+        self.store.save(c)
         try:
             await asyncio.sleep(backoff)
         finally:
             self._restarts.pop(c.id, None)
         try:
-            async with self._lock(c.id):
+            async with self.store.lock(c.id):
                 if c.id not in self.store or c.running or self._closing:
                     return
                 if c.data["Silobox"].get("StoppedByUser"):   # stopped while it waited
                     if allowed(c, "cancel_restart"):
                         transition(c, "cancel_restart")
-                        self._save(c)
+                        self.store.save(c)
                     return
                 c.data["RestartCount"] = c.data.get("RestartCount", 0) + 1
                 await self._start(c)
         except Exception as e:  # recorded on the container; the policy tries again on exit
             if c.id in self.store and allowed(c, "restart_failed"):
                 transition(c, "restart_failed", Error=str(e))
-                self._save(c)
+                self.store.save(c)
 
     def system_of(self, c: Container) -> ComputeSystem | None:
         try:
@@ -447,8 +448,8 @@ class ContainerService:
     # ----- stop / kill / restart ----------------------------------------------------------
     async def container_stop(self, ref: str, timeout: int | None = None,
                              signal: str | None = None) -> None:
-        c = self._find(ref)
-        async with self._lock(c.id):   # a start in progress (a policy restart) finishes first
+        c = self.store.find(ref)
+        async with self.store.lock(c.id):   # a start in progress (a policy restart) finishes first
             self._stopped_by_user(c)
             if self._cancel_restart(c):
                 return
@@ -461,15 +462,15 @@ class ContainerService:
                     timeout = self.config.default_stop_timeout
             sig = S.parse_signal(signal or c.config.get("StopSignal"))
             # Docker's events for a stop: kill (the stop signal), die, then stop.
-            self.emit_event("container", "kill", c, {"signal": str(sig)})
+            self.events.emit_event("container", "kill", c, {"signal": str(sig)})
             await system.shutdown(float(timeout), sig)
             await self._settled(c)
-        self.emit_event("container", "stop", c)
+        self.events.emit_event("container", "stop", c)
 
     def _stopped_by_user(self, c: Container) -> None:
         """A stop or kill from a user: the restart policy no longer applies until a start."""
         c.data["Silobox"]["StoppedByUser"] = True
-        self._save(c)
+        self.store.save(c)
 
     async def _settled(self, c: Container) -> None:
         """Wait until the exit callback has recorded the exit (it runs as a task)."""
@@ -479,9 +480,9 @@ class ContainerService:
             await asyncio.sleep(0.005)
 
     async def container_kill(self, ref: str, signal: str = "SIGKILL") -> None:
-        c = self._find(ref)
+        c = self.store.find(ref)
         sig = S.parse_signal(signal or "SIGKILL", _signal.SIGKILL)
-        async with self._lock(c.id):
+        async with self.store.lock(c.id):
             system = self.system_of(c)
             live = c.running and is_live(system)
             # between a policy's back-off and its start (out of _restarts, waiting for this
@@ -497,25 +498,25 @@ class ContainerService:
                 await self._settled(c)
             else:
                 await system.signal(sig)  # type: ignore[union-attr]
-        self.emit_event("container", "kill", c, {"signal": str(sig)})
+        self.events.emit_event("container", "kill", c, {"signal": str(sig)})
 
     async def container_restart(self, ref: str, timeout: int | None = None,
                                 signal: str | None = None) -> None:
-        c = self._find(ref)
+        c = self.store.find(ref)
         try:
             await self.container_stop(ref, timeout, signal)
         except NotModified:
             pass
-        async with self._lock(c.id):
+        async with self.store.lock(c.id):
             await self._start(c)
-        self.emit_event("container", "restart", c)
+        self.events.emit_event("container", "restart", c)
 
     # ----- wait ------------------------------------------------------------------------------
     async def container_wait(self, ref: str, condition: str = "not-running") -> dict[str, Any]:
         condition = condition or "not-running"
         if condition not in ("not-running", "next-exit", "removed"):
             raise InvalidArgument(f"invalid condition: \"{condition}\"")
-        c = self._find(ref)
+        c = self.store.find(ref)
         loop = asyncio.get_running_loop()
         if condition == "removed":
             fut = loop.create_future()
@@ -531,7 +532,7 @@ class ContainerService:
 
     # ----- remove ----------------------------------------------------------------------------
     async def container_remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
-        c = self._find(ref)
+        c = self.store.find(ref)
         if not force:
             check(c, "remove")
         c.remove_volumes = volumes   # type: ignore[attr-defined]  # read by the storage hook
@@ -541,7 +542,7 @@ class ContainerService:
         pending = self._restarts.pop(c.id, None)
         if pending is not None:
             pending.cancel()
-        async with self._lock(c.id):
+        async with self.store.lock(c.id):
             if c.id not in self.store:
                 return
             system = self.system_of(c)
@@ -551,9 +552,9 @@ class ContainerService:
                 await self._settled(c)     # the exit is recorded (and "die" sent) first
             transition(c, "begin_removal")
             self.compute.close_system(c.id)
-            for hook in self.container_hooks:
+            for hook in self.hooks:
                 await hook.on_remove(c)
-            self.sandbox_for(c.id).remove()
+            self.storage.sandbox_for(c.id).remove()
             shutil.rmtree(self.store.directory(c.id), ignore_errors=True)
             self.store.delete(c)
             for eid in [e for e, x in self.execs.items() if x["ContainerID"] == c.id]:
@@ -562,7 +563,7 @@ class ContainerService:
             for fut in self._removed_waiters.pop(c.id, []) + self._exit_waiters.pop(c.id, []):
                 if not fut.done():
                     fut.set_result(code)
-            self.emit_event("container", "destroy", c)
+            self.events.emit_event("container", "destroy", c)
 
     # ----- update / prune ------------------------------------------------------------------
     _UPDATABLE = ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus", "CpuShares",
@@ -572,7 +573,7 @@ class ContainerService:
 
     async def container_update(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
         """``docker update``: new limits, applied live to the job object (HCS Modify)."""
-        c = self._find(ref)
+        c = self.store.find(ref)
         if not isinstance(body, dict):
             raise InvalidArgument("update config must be a JSON object")
         hc = dict(c.host_config)
@@ -581,7 +582,7 @@ class ContainerService:
                 hc[key] = body[key]
         warnings = check_blkio(hc) + check_windows_cpu(hc)
         if (hc.get("IOMaximumBandwidth") or hc.get("IOMaximumIOps")) \
-                and self.sandbox_for(c.id).kind != "disk":
+                and self.storage.sandbox_for(c.id).kind != "disk":
             raise InvalidArgument("IOMaximumBandwidth and IOMaximumIOps apply to a container's "
                                   "sandbox disk and this container has a directory sandbox")
         if "RestartPolicy" in body and body["RestartPolicy"] is not None:
@@ -610,8 +611,8 @@ class ContainerService:
                                  "BandwidthMaximum": qos.get("BandwidthMaximum", 0)}})
         c.data["HostConfig"] = hc
         c.data["Silobox"]["Resources"] = resources
-        self._save(c)
-        self.emit_event("container", "update", c)
+        self.store.save(c)
+        self.events.emit_event("container", "update", c)
         return {"Warnings": warnings}
 
     async def container_prune(self, filters: dict[str, list[str]] | None = None
@@ -639,7 +640,7 @@ class ContainerService:
                 continue
             if until and parse_iso(c.data["Created"]) >= until:
                 continue
-            size = self.sandbox_for(c.id).used_bytes()
+            size = self.storage.sandbox_for(c.id).used_bytes()
             await self._remove(c, force=False)
             deleted.append(c.id)
             reclaimed += size
@@ -647,15 +648,15 @@ class ContainerService:
 
     # ----- pause / rename / resize -----------------------------------------------------------
     async def container_pause(self, ref: str) -> None:
-        await self._freeze(self._find(ref), "pause")
+        await self._freeze(self.store.find(ref), "pause")
 
     async def container_unpause(self, ref: str) -> None:
-        await self._freeze(self._find(ref), "unpause")
+        await self._freeze(self.store.find(ref), "unpause")
 
     async def _freeze(self, c: Container, verb: str) -> None:
         """Pause or unpause: under the container's lock, so a stop or a policy restart does not
         interleave with the freezer; the compute system waits for the freezer off the loop."""
-        async with self._lock(c.id):
+        async with self.store.lock(c.id):
             system = self.system_of(c)
             check(c, verb)
             if system is None:
@@ -668,11 +669,11 @@ class ContainerService:
             except NotFound:   # its job object went with its last process: it has just ended
                 raise NotRunning(f"Container {c.id} is not running") from None
             transition(c, verb)
-            self._save(c)
-        self.emit_event("container", verb, c)
+            self.store.save(c)
+        self.events.emit_event("container", verb, c)
 
     async def container_rename(self, ref: str, new_name: str) -> None:
-        c = self._find(ref)
+        c = self.store.find(ref)
         if not new_name:
             raise InvalidArgument("Neither old nor new names may be empty")
         new = S.validate_name(new_name)
@@ -680,10 +681,10 @@ class ContainerService:
             raise InvalidArgument("Renaming a container with the same name as its current name")
         old = c.name
         self.store.rename(c, new)
-        self.emit_event("container", "rename", c, {"oldName": "/" + old})
+        self.events.emit_event("container", "rename", c, {"oldName": "/" + old})
 
     async def container_resize(self, ref: str, height: int, width: int) -> None:
-        c = self._find(ref)
+        c = self.store.find(ref)
         system = self.system_of(c)
         check(c, "resize")
         if system is None:
@@ -694,7 +695,7 @@ class ContainerService:
 
     # ----- inspect / list ---------------------------------------------------------------------
     async def container_inspect(self, ref: str, size: bool = False) -> dict[str, Any]:
-        c = self._find(ref)
+        c = self.store.find(ref)
         out = {k: v for k, v in c.data.items() if k != "Silobox"}
         out["ExecIDs"] = [e for e, x in self.execs.items() if x["ContainerID"] == c.id] or None
         hc = dict(out["HostConfig"])
@@ -703,9 +704,9 @@ class ContainerService:
         out["Silobox"] = {"ComputeSystem": system.state.value if system else None,
                           "JobObject": f"/{self.config.cgroup_parent}/{c.id}"}
         if size:
-            out["SizeRw"] = self.sandbox_for(c.id).used_bytes()
+            out["SizeRw"] = self.storage.sandbox_for(c.id).used_bytes()
             out["SizeRootFs"] = out["SizeRw"]
-        for hook in self.container_hooks:
+        for hook in self.hooks:
             hook.on_inspect(c, out)
         return out
 
@@ -747,7 +748,7 @@ class ContainerService:
                 continue
             if not self._match(c, filters):
                 continue
-            out.append(self._summary(c, size, resolved))
+            out.append(self.summary(c, size, resolved))
         if limit is not None and limit > 0:
             out = out[:limit]
         return out
@@ -782,7 +783,7 @@ class ContainerService:
                 return False
         return True
 
-    def _summary(self, c: Container, size: bool,
+    def summary(self, c: Container, size: bool,
                  resolved: dict[str, str] | None = None) -> dict[str, Any]:
         argv = [c.data["Path"]] + c.data["Args"]
         d = {
@@ -796,7 +797,7 @@ class ContainerService:
             "Mounts": c.data.get("Mounts") or [],
         }
         if size:
-            d["SizeRw"] = self.sandbox_for(c.id).used_bytes()
+            d["SizeRw"] = self.storage.sandbox_for(c.id).used_bytes()
         return d
 
     # ----- logs ------------------------------------------------------------------------------
@@ -804,7 +805,7 @@ class ContainerService:
                              follow: bool = False, since: float = 0, until: float = 0,
                              timestamps: bool = False, tail: str = "all"
                              ) -> tuple[bool, AsyncIterator[tuple[int, bytes]]]:
-        c = self._find(ref)
+        c = self.store.find(ref)
         if not (stdout or stderr):
             raise InvalidArgument("You must choose at least one stream")
 
@@ -819,7 +820,7 @@ class ContainerService:
     # ----- attach ----------------------------------------------------------------------------
     async def container_attach(self, ref: str, *, stdin: bool, stdout: bool, stderr: bool,
                                logs: bool, stream: bool) -> AttachSession:
-        c = self._find(ref)
+        c = self.store.find(ref)
         sess = AttachSession(tty=c.config["Tty"], stdin=stdin and c.config["OpenStdin"],
                              stdout=stdout, stderr=stderr)
         if logs:
@@ -839,7 +840,7 @@ class ContainerService:
 
     # ----- exec ------------------------------------------------------------------------------
     async def exec_create(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
-        c = self._find(ref)
+        c = self.store.find(ref)
         if not isinstance(body, dict):
             raise InvalidArgument("exec config must be a JSON object")
         cmd = body.get("Cmd")
@@ -865,7 +866,7 @@ class ContainerService:
             "_env": env, "_cwd": body.get("WorkingDir") or "", "_size": size,
         }
         # Docker's actions name the command: "exec_create: sh -c date".
-        self.emit_event("container", f"exec_create: {' '.join(cmd)}", c, {"execID": eid})
+        self.events.emit_event("container", f"exec_create: {' '.join(cmd)}", c, {"execID": eid})
         return {"Id": eid}
 
     def _find_exec(self, exec_id: str) -> dict[str, Any]:
@@ -879,7 +880,7 @@ class ContainerService:
         x = self._find_exec(exec_id)
         if x["Running"] or x["ExitCode"] is not None:
             raise Conflict(f"exec {exec_id} has already been started")
-        c = self._find(x["ContainerID"])
+        c = self.store.find(x["ContainerID"])
         system = self.system_of(c)
         if system is None or from_compute(system.state) is not Status.RUNNING:
             raise Conflict(f"Container {c.id} is not running")
@@ -922,10 +923,10 @@ class ContainerService:
             # As dockerd: the stream is already the client's, the error is its output
             return FailedExecStart(proc.start_error.message, tty=framed_raw)
         command = " ".join([pc["entrypoint"]] + pc["arguments"])
-        self.emit_event("container", f"exec_start: {command}", c, {"execID": exec_id})
+        self.events.emit_event("container", f"exec_start: {command}", c, {"execID": exec_id})
 
         def died(record: dict[str, Any]) -> None:
-            self.emit_event("container", "exec_die", c,
+            self.events.emit_event("container", "exec_die", c,
                             {"execID": exec_id, "exitCode": str(record["ExitCode"])})
         sess = ExecSession(proc, x, tty=framed_raw, stdin=x["OpenStdin"], on_exit=died)
         if detach:
@@ -941,7 +942,7 @@ class ContainerService:
         x = self._find_exec(exec_id)
         if not x["Running"]:
             raise Conflict(f"exec {exec_id} is not running")
-        c = self._find(x["ContainerID"])
+        c = self.store.find(x["ContainerID"])
         system = self.system_of(c)
         if system is None:
             raise Conflict(f"Container {c.id} is not running")
@@ -956,7 +957,7 @@ class ContainerService:
                 continue
             if status(c) is Status.RESTARTING:   # silod stopped during a policy back-off:
                 transition(c, "cancel_restart")   # the policy below decides again
-                self._save(c)
+                self.store.save(c)
             if not c.running:
                 continue
             system = self.compute.create(c.id, self._document(c))
@@ -964,8 +965,8 @@ class ContainerService:
             await system.reattach()
             if is_live(system):
                 transition(c, "recover", to=from_compute(system.state), Pid=system.pid)
-                self._save(c)
-                for hook in self.container_hooks:
+                self.store.save(c)
+                for hook in self.hooks:
                     await hook.on_recover(c)
             else:
                 await self._on_exit(system)
@@ -977,11 +978,11 @@ class ContainerService:
             if name == "always" or (name == "unless-stopped"
                                     and not c.data["Silobox"].get("StoppedByUser")):
                 try:
-                    async with self._lock(c.id):
+                    async with self.store.lock(c.id):
                         await self._start(c)
                 except Exception as e:  # keep going: one bad container must not stop silod
                     transition(c, "record_error", Error=str(e))
-                    self._save(c)
+                    self.store.save(c)
 
     def _remove_orphans(self) -> None:
         """Reconcile the host with the store: job objects and shim state nobody owns go."""

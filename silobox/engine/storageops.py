@@ -416,13 +416,20 @@ class StorageHook(ContainerHook):
 
 
 class StorageOps:
-    """Engine mixin: volumes (``/volumes``) and sandbox views (``/silobox/sandboxes``)."""
+    """Volumes (``/volumes``), sandbox views (``/silobox/sandboxes``) and the storage hook."""
 
-    config: Any
-    db: Any
-    images: Any
-    containers: dict[str, Any]
-    container_hooks: list[ContainerHook]
+    def __init__(self, config: Any, db: Any, images: Any, layers: Any, store: Any,
+                 events: Any, hooks: list[ContainerHook]) -> None:
+        self.config = config
+        self.db = db
+        self.images = images
+        self.layers = layers
+        self.containers = store
+        self._find = store.find
+        self._lock = store.lock
+        self.emit_event = events.emit_event
+        self.container_hooks = hooks
+        self._init_storage()
 
     def sandbox_for(self, cid: str) -> Sandbox:
         return Sandbox(self.config.root, cid)
