@@ -17,6 +17,7 @@ from silobox.engine.containers import ContainerService
 from silobox.engine.core import Engine
 from silobox.engine.distribution import DistributionService
 from silobox.engine.events import EventLog
+from silobox.engine.execs import ExecService
 from silobox.engine.health import HealthMonitor
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.images import ImageService
@@ -27,6 +28,7 @@ from silobox.engine.stats import StatsService
 from silobox.engine.storageops import StorageOps
 from silobox.engine.store import ContainerStore
 from silobox.engine.system import SystemService
+from silobox.engine.views import ContainerViews
 from silobox.storage.db import Database
 from silobox.storage.images import ImageStore
 from silobox.storage.layers import LayerStore
@@ -56,8 +58,10 @@ def build_engine(config: DaemonConfig, spawner: Spawner) -> Engine:
     hooks[:] = [VolumesFromHook(store), *hooks, networks.hook, LinkHook(store),
                 NamespaceSharingHook(store, config.containers_dir)]
     health = HealthMonitor(store, compute, events)
+    execs = ExecService(store, compute, events)
     containers = ContainerService(config, store, compute, image_store, images, storage, hooks,
-                                  events, health)
+                                  events, health, execs)
+    views = ContainerViews(config, store, compute, image_store, images, storage, hooks, execs)
     distribution = DistributionService(config, db, image_store, layers, events)
     filesystems = ContainerFilesystems(config, store, image_store, layers, storage, containers,
                                        events)
@@ -65,10 +69,11 @@ def build_engine(config: DaemonConfig, spawner: Spawner) -> Engine:
                           image_service=images, containers=containers, filesystems=filesystems,
                           distribution=distribution)
     system = SystemService(config, daemon_id(config.root), store, image_store, layers,
-                           storage.volumes, networks.hns, compute, summary=containers.summary,
+                           storage.volumes, networks.hns, compute, summary=views.summary,
                            volume_users=storage._volume_users,
                            registry_config=distribution.registry_config)
-    return Engine(db=db, compute=compute, event_log=events, containers=containers,
+    return Engine(db=db, compute=compute, event_log=events, containers=containers, execs=execs,
+                  views=views,
                   storage=storage, networks=networks, links=links, images=images,
                   filesystems=filesystems, builds=builds, distribution=distribution,
                   bootstrap=BootstrapService(config, import_image=images.image_import),

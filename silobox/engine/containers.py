@@ -13,27 +13,26 @@ import secrets
 import shutil
 import signal as _signal
 import socket
-import time
 from typing import Any, AsyncIterator
 
 from silobox.atomic import atomic_write
-from silobox.compute.schema import ProcessParameters
 from silobox.compute.system import ComputeSystem, StartError
+from silobox.engine import restart
 from silobox.engine import spec as S
+from silobox.engine.devices import check_device_requests, resolve_devices
+from silobox.engine.document import compute_document, init_params
+from silobox.engine.execs import ExecService
 from silobox.engine.health import parse_healthcheck
-from silobox.engine.devices import check_device_requests, device_rules, resolve_devices
-from silobox.engine.hostconfig import (check_blkio, check_host_config, check_windows_cpu,
-                                      hcs_settings, shared_host_namespaces)
 from silobox.engine.hooks import ContainerHook
+from silobox.engine.hostconfig import (check_blkio, check_host_config, check_windows_cpu,
+                                      hcs_settings)
 from silobox.engine.logs import read_log
-from silobox.engine.networks import shown_networks
-from silobox.timeutil import human_duration, now_iso, parse_iso, parse_until
-from silobox.engine.sessions import AttachSession, ExecSession, FailedExecStart
-from silobox.engine.store import Container, ContainerStore
-from silobox.engine.state import (LIVE, Status, allowed, check, from_compute, initial_state,
+from silobox.engine.sessions import AttachSession
+from silobox.engine.state import (Status, allowed, check, from_compute, initial_state,
                                   is_live, refusal, status, transition)
-from silobox.errors import (Conflict, InvalidArgument, NotFound, NotModified,
-                            NotRunning)
+from silobox.engine.store import Container, ContainerStore
+from silobox.errors import InvalidArgument, NotFound, NotModified, NotRunning
+from silobox.timeutil import now_iso, parse_iso, parse_until
 from silobox.filters import labels_match
 
 class ContainerService:
@@ -45,7 +44,7 @@ class ContainerService:
 
     def __init__(self, config: Any, store: ContainerStore, compute: Any, images: Any,
                  image_service: Any, storage: Any, hooks: list[ContainerHook], events: Any,
-                 health: Any) -> None:
+                 health: Any, execs: ExecService) -> None:
         self.config = config
         self.store = store
         self.compute = compute
@@ -55,7 +54,7 @@ class ContainerService:
         self.hooks = hooks
         self.events = events
         self.health = health
-        self.execs: dict[str, dict[str, Any]] = {}
+        self.execs = execs
         self._pending_attach: dict[str, list[AttachSession]] = {}
         self._exit_waiters: dict[str, list[asyncio.Future]] = {}
         self._removed_waiters: dict[str, list[asyncio.Future]] = {}
@@ -209,76 +208,10 @@ class ContainerService:
                                          (" 127." in l or " ::1" in l))]
         atomic_write(c.data["ResolvConfPath"], "\n".join(kept) + "\n")
 
-    # ----- the compute document ----------------------------------------------------------------
     def _document(self, c: Container) -> dict[str, Any]:
-        hc = c.host_config
-        sec = c.data["Silobox"]["Security"]
-        mapped = [
-            {"HostPath": c.data["HostnamePath"], "ContainerPath": "/etc/hostname"},
-            {"HostPath": c.data["HostsPath"], "ContainerPath": "/etc/hosts"},
-            {"HostPath": c.data["ResolvConfPath"], "ContainerPath": "/etc/resolv.conf"},
-        ]
-        mapped += [{"HostPath": m["Source"], "ContainerPath": m["Destination"],
-                    "ReadOnly": not m["RW"]} for m in c.data.get("Mounts") or []]
-        if hc.get("Init"):
-            mapped.append({"HostPath": self.config.init_binary,
-                           "ContainerPath": "/sbin/docker-init", "ReadOnly": True})
-        shared = shared_host_namespaces(hc)
-        if "ipc" in shared:   # POSIX shared memory lives in /dev/shm: the host's, as on Docker
-            mapped.append({"HostPath": "/dev/shm", "ContainerPath": "/dev/shm"})
-        res = dict(c.data["Silobox"]["Resources"])
-        processor, qos = hcs_settings(hc)
-        return {
-            "Owner": "silod", "SchemaVersion": {"Major": 2, "Minor": 1},
-            "ShouldTerminateOnLastHandleClosed": False,
-            "Container": {
-                "GuestOs": {"HostName": c.config["Hostname"]},
-                "Storage": {"Layers": self.storage.container_storage_layers(c),
-                            "Path": self.storage.sandbox_for(c.id).path,
-                            **({"QoS": qos} if qos else {})},
-                **({"Processor": processor} if processor else {}),
-                "MappedDirectories": mapped,
-                "Memory": {"SizeInMB": (res.get("memory") or 0) // 2**20},
-                "Networking": {},
-                "Linux": {
-                    "Resources": res, "CapAdd": hc.get("CapAdd") or [],
-                    "CapDrop": hc.get("CapDrop") or [],
-                    "Seccomp": sec["Seccomp"], "SeccompUnconfined": sec["SeccompUnconfined"],
-                    "NoNewPrivileges": sec["NoNewPrivileges"],
-                    "ReadonlyRootfs": bool(hc.get("ReadonlyRootfs")),
-                    "Privileged": bool(hc.get("Privileged")),
-                    "Rlimits": hc.get("Ulimits") or [],
-                    "Domainname": c.config.get("Domainname") or "",
-                    "ShmSize": hc.get("ShmSize") or 64 * 1024 * 1024,
-                    "Namespaces": [n for n in ("mnt", "uts", "ipc", "net", "cgroup")
-                                   if n not in shared],
-                    "HostPid": hc.get("PidMode") == "host",
-                    "Sysctls": hc.get("Sysctls") or {},
-                    "GroupAdd": hc.get("GroupAdd") or [],
-                    "OomScoreAdj": hc.get("OomScoreAdj") or None,
-                    "DeviceCgroupRules": device_rules(hc),
-                    "MaskedPaths": hc.get("MaskedPaths"),
-                    "ReadonlyPaths": hc.get("ReadonlyPaths"),
-                },
-            },
-        }
-
-    def _init_params(self, c: Container) -> ProcessParameters:
-        cfg = c.config
-        argv = [c.data["Path"]] + list(c.data["Args"])
-        if c.host_config.get("Init"):
-            argv = ["/sbin/docker-init", "--"] + argv
-        # dockerd's daemon environment: HOSTNAME, then a legacy link's variables; the
-        # container's own Env wins over both
-        env = {"HOSTNAME": cfg.get("Hostname") or ""}
-        linked = (c.data.get("Silobox") or {}).get("LinkEnv") or []
-        for item in [*linked, *cfg["Env"]]:
-            k, _, v = item.partition("=")
-            env[k] = v
-        return ProcessParameters(
-            command_args=argv, working_directory=cfg.get("WorkingDir") or "/",
-            environment=env, user=cfg.get("User") or "", emulate_console=cfg["Tty"],
-            create_stdin_pipe=cfg["OpenStdin"], stdin_once=cfg["StdinOnce"])
+        return compute_document(c, self.config.init_binary,
+                                self.storage.container_storage_layers(c),
+                                self.storage.sandbox_for(c.id).path)
 
     # ----- start / exit ----------------------------------------------------------------------
     async def container_start(self, ref: str) -> None:
@@ -324,7 +257,7 @@ class ContainerService:
         try:
             log = c.host_config.get("LogConfig") or {}
             log_cfg = (log.get("Config") or {}) if log.get("Type") != "none" else {}
-            await system.start(self._init_params(c),
+            await system.start(init_params(c),
                                log_path=None if log.get("Type") == "none" else c.data["LogPath"],
                                log_max_size=S.log_max_size(log_cfg),
                                log_max_files=int(log_cfg.get("max-file") or 1),
@@ -369,7 +302,7 @@ class ContainerService:
                 await self._remove(c, force=True)
             except Exception:  # the record stays for a manual rm
                 pass
-        elif self._should_restart(c, ex.exit_code):
+        elif restart.restart_after_exit(c, ex.exit_code):
             task = asyncio.get_running_loop().create_task(self._restart_later(c))
             self._restarts[c.id] = task
             self._restart_tasks.add(task)
@@ -396,23 +329,11 @@ class ContainerService:
         if self._restart_tasks:
             await asyncio.wait(list(self._restart_tasks), timeout=30)
 
-    def _should_restart(self, c: Container, exit_code: int) -> bool:
-        """The restart policy, as Docker applies it after an exit nobody asked for."""
-        rp = c.host_config.get("RestartPolicy") or {}
-        name = rp.get("Name") or "no"
-        if name == "no" or c.data["Silobox"].get("StoppedByUser"):
-            return False
-        if name == "on-failure":
-            limit = rp.get("MaximumRetryCount") or 0
-            return exit_code != 0 and (limit == 0 or c.data.get("RestartCount", 0) < limit)
-        return name in ("always", "unless-stopped")
-
     async def _restart_later(self, c: Container) -> None:
         """Restart with Docker's back-off: 100 ms doubling, reset after 10 s of running."""
         started = parse_iso(c.state.get("StartedAt", ""))
         finished = parse_iso(c.state.get("FinishedAt", ""))
-        backoff = self._backoff.get(c.id, 0.05)
-        backoff = 0.1 if finished - started > 10 else min(backoff * 2, 60.0)
+        backoff = restart.next_backoff(self._backoff.get(c.id), finished - started)
         self._backoff[c.id] = backoff
         if not allowed(c, "schedule_restart"):   # started or removed since it exited
             self._restarts.pop(c.id, None)
@@ -557,8 +478,7 @@ class ContainerService:
             self.storage.sandbox_for(c.id).remove()
             shutil.rmtree(self.store.directory(c.id), ignore_errors=True)
             self.store.delete(c)
-            for eid in [e for e, x in self.execs.items() if x["ContainerID"] == c.id]:
-                self.execs.pop(eid, None)
+            self.execs.forget(c.id)
             code = c.state.get("ExitCode", 0)
             for fut in self._removed_waiters.pop(c.id, []) + self._exit_waiters.pop(c.id, []):
                 if not fut.done():
@@ -693,113 +613,6 @@ class ContainerService:
             return
         await system.resize_console(height, width)
 
-    # ----- inspect / list ---------------------------------------------------------------------
-    async def container_inspect(self, ref: str, size: bool = False) -> dict[str, Any]:
-        c = self.store.find(ref)
-        out = {k: v for k, v in c.data.items() if k != "Silobox"}
-        out["ExecIDs"] = [e for e, x in self.execs.items() if x["ContainerID"] == c.id] or None
-        hc = dict(out["HostConfig"])
-        out["HostConfig"] = hc
-        system = self.system_of(c)
-        out["Silobox"] = {"ComputeSystem": system.state.value if system else None,
-                          "JobObject": f"/{self.config.cgroup_parent}/{c.id}"}
-        if size:
-            out["SizeRw"] = self.storage.sandbox_for(c.id).used_bytes()
-            out["SizeRootFs"] = out["SizeRw"]
-        for hook in self.hooks:
-            hook.on_inspect(c, out)
-        return out
-
-    def _status_text(self, c: Container) -> str:
-        st = c.state
-        now = status(c)
-        if now in LIVE:
-            txt = "Up " + human_duration(time.time() - parse_iso(st["StartedAt"]))
-            if now is Status.PAUSED:
-                return txt + " (Paused)"
-            health = (st.get("Health") or {}).get("Status")
-            if health:
-                txt += " (health: starting)" if health == "starting" else f" ({health})"
-            return txt
-        if now is Status.CREATED:
-            return "Created"
-        if now is Status.REMOVING:
-            return "Removal In Progress"
-        fin = parse_iso(st["FinishedAt"])
-        return f"Exited ({st['ExitCode']}) {human_duration(time.time() - fin)} ago"
-
-    async def container_list(self, all: bool = False, limit: int = -1, size: bool = False,
-                             filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-        filters = filters or {}
-        known = {"id", "name", "status", "label", "exited", "ancestor", "before", "since",
-                 "isolation", "health", "network", "volume", "publish", "expose", "is-task"}
-        for k in filters:
-            if k not in known:
-                raise InvalidArgument(f"invalid filter '{k}'")
-        for s in filters.get("status", []):
-            if s not in {x.value for x in Status}:
-                raise InvalidArgument(f"invalid filter 'status={s}'")
-        items = sorted(self.store.values(), key=lambda c: c.data["Created"], reverse=True)
-        out = []
-        resolved: dict[str, str] = {}   # image name → id, once per listing
-        for c in items:
-            if not all and not c.running and not filters.get("status") and \
-                    not filters.get("exited"):
-                continue
-            if not self._match(c, filters):
-                continue
-            out.append(self.summary(c, size, resolved))
-        if limit is not None and limit > 0:
-            out = out[:limit]
-        return out
-
-    def _match(self, c: Container, f: dict[str, list[str]]) -> bool:
-        if f.get("id") and not any(c.id.startswith(v) for v in f["id"]):
-            return False
-        if f.get("name") and not any(v.lstrip("/") in c.name for v in f["name"]):
-            return False
-        if f.get("status") and c.state["Status"] not in f["status"]:
-            return False
-        if f.get("exited"):
-            if status(c) is not Status.EXITED or str(c.state["ExitCode"]) not in f["exited"]:
-                return False
-        if f.get("label") and not labels_match(c.config.get("Labels"), f["label"]):
-            return False
-        if f.get("ancestor"):
-            ok = False
-            for v in f["ancestor"]:
-                try:
-                    if self.images.resolve(v).id == c.data["Image"]:
-                        ok = True
-                except NotFound:
-                    pass
-            if not ok:
-                return False
-        isolation = c.host_config.get("Isolation") or "default"
-        if f.get("isolation") and isolation not in f["isolation"]:
-            return False
-        if f.get("health"):
-            if (c.state.get("Health") or {}).get("Status", "none") not in f["health"]:
-                return False
-        return True
-
-    def summary(self, c: Container, size: bool,
-                 resolved: dict[str, str] | None = None) -> dict[str, Any]:
-        argv = [c.data["Path"]] + c.data["Args"]
-        d = {
-            "Id": c.id, "Names": ["/" + c.name], "Image": self.image_service.image_shown(c, resolved),
-            "ImageID": c.data["Image"], "Command": " ".join(argv),
-            "Created": int(parse_iso(c.data["Created"])), "Ports": [],
-            "Labels": c.config.get("Labels") or {}, "State": c.state["Status"],
-            "Status": self._status_text(c),
-            "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "none")},
-            "NetworkSettings": {"Networks": shown_networks(c)},
-            "Mounts": c.data.get("Mounts") or [],
-        }
-        if size:
-            d["SizeRw"] = self.storage.sandbox_for(c.id).used_bytes()
-        return d
-
     # ----- logs ------------------------------------------------------------------------------
     async def container_logs(self, ref: str, *, stdout: bool = True, stderr: bool = True,
                              follow: bool = False, since: float = 0, until: float = 0,
@@ -838,116 +651,6 @@ class ContainerService:
             sess.finish()
         return sess
 
-    # ----- exec ------------------------------------------------------------------------------
-    async def exec_create(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
-        c = self.store.find(ref)
-        if not isinstance(body, dict):
-            raise InvalidArgument("exec config must be a JSON object")
-        cmd = body.get("Cmd")
-        if isinstance(cmd, str):
-            cmd = [cmd]
-        if not isinstance(cmd, list) or not cmd or not all(isinstance(x, str) for x in cmd):
-            raise InvalidArgument("No exec command specified")
-        env = body.get("Env") or []
-        if not isinstance(env, list) or not all(isinstance(x, str) for x in env):
-            raise InvalidArgument("Env: expected a list of strings")
-        check(c, "exec")
-        eid = secrets.token_hex(32)
-        size = body.get("ConsoleSize")
-        self.execs[eid] = {
-            "ID": eid, "Running": False, "ExitCode": None, "ContainerID": c.id,
-            "ProcessConfig": {"tty": bool(body.get("Tty")), "entrypoint": cmd[0],
-                              "arguments": cmd[1:], "privileged": bool(body.get("Privileged")),
-                              "user": body.get("User") or ""},
-            "OpenStdin": bool(body.get("AttachStdin")),
-            "OpenStderr": bool(body.get("AttachStderr", True)),
-            "OpenStdout": bool(body.get("AttachStdout", True)),
-            "CanRemove": False, "DetachKeys": body.get("DetachKeys") or "", "Pid": 0,
-            "_env": env, "_cwd": body.get("WorkingDir") or "", "_size": size,
-        }
-        # Docker's actions name the command: "exec_create: sh -c date".
-        self.events.emit_event("container", f"exec_create: {' '.join(cmd)}", c, {"execID": eid})
-        return {"Id": eid}
-
-    def _find_exec(self, exec_id: str) -> dict[str, Any]:
-        x = self.execs.get(exec_id)
-        if x is None:
-            raise NotFound(f"No such exec instance: {exec_id}")
-        return x
-
-    async def exec_start(self, exec_id: str, detach: bool = False,
-                         tty: bool | None = None) -> ExecSession | FailedExecStart | None:
-        x = self._find_exec(exec_id)
-        if x["Running"] or x["ExitCode"] is not None:
-            raise Conflict(f"exec {exec_id} has already been started")
-        c = self.store.find(x["ContainerID"])
-        system = self.system_of(c)
-        if system is None or from_compute(system.state) is not Status.RUNNING:
-            raise Conflict(f"Container {c.id} is not running")
-        pc = x["ProcessConfig"]
-        # As dockerd: the create's Tty gives the process its pty; the start's Tty only says
-        # whether the stream is raw or multiplexed (docker-py sends Tty false by default).
-        use_tty = pc["tty"]
-        framed_raw = pc["tty"] if tty is None else bool(tty)
-        env = {"HOSTNAME": c.config.get("Hostname") or ""}   # as dockerd's exec
-        for item in S.merge_env(c.config["Env"], x["_env"]):
-            k, _, v = item.partition("=")
-            env[k] = v
-        size = x.get("_size")
-        params = ProcessParameters(
-            command_args=[pc["entrypoint"]] + pc["arguments"],
-            working_directory=x["_cwd"] or c.config.get("WorkingDir") or "/",
-            environment=env, user=pc["user"] or c.config.get("User") or "",
-            emulate_console=use_tty, create_stdin_pipe=x["OpenStdin"] and not detach,
-            console_size=(int(size[0]), int(size[1])) if size else None)
-        x["Running"] = True
-        try:
-            proc = await system.create_process(exec_id, params, pc["privileged"])
-        except InvalidArgument as e:   # e.g. an unknown user: in the stream, as dockerd does
-            x["Running"] = False
-            x["ExitCode"] = 126
-            if detach:
-                raise
-            return FailedExecStart(e.message, tty=framed_raw)
-        except BaseException:
-            x["Running"] = False
-            x["ExitCode"] = 126
-            raise
-        x["Pid"] = proc.pid
-        if proc.start_error is not None:
-            x["Running"] = False
-            x["ExitCode"] = proc.start_error.exit_code
-            await proc.stream.close()
-            if detach:
-                raise proc.start_error
-            # As dockerd: the stream is already the client's, the error is its output
-            return FailedExecStart(proc.start_error.message, tty=framed_raw)
-        command = " ".join([pc["entrypoint"]] + pc["arguments"])
-        self.events.emit_event("container", f"exec_start: {command}", c, {"execID": exec_id})
-
-        def died(record: dict[str, Any]) -> None:
-            self.events.emit_event("container", "exec_die", c,
-                            {"execID": exec_id, "exitCode": str(record["ExitCode"])})
-        sess = ExecSession(proc, x, tty=framed_raw, stdin=x["OpenStdin"], on_exit=died)
-        if detach:
-            asyncio.get_running_loop().create_task(sess.drain())
-            return None
-        return sess
-
-    async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
-        x = self._find_exec(exec_id)
-        return {k: v for k, v in x.items() if not k.startswith("_")}
-
-    async def exec_resize(self, exec_id: str, height: int, width: int) -> None:
-        x = self._find_exec(exec_id)
-        if not x["Running"]:
-            raise Conflict(f"exec {exec_id} is not running")
-        c = self.store.find(x["ContainerID"])
-        system = self.system_of(c)
-        if system is None:
-            raise Conflict(f"Container {c.id} is not running")
-        await system.resize_console(height, width, target=exec_id)
-
     # ----- recovery ------------------------------------------------------------------------------
     async def recover_containers(self) -> None:
         """After a (re)start of silod: re-attach to the shims of containers still running."""
@@ -974,9 +677,7 @@ class ContainerService:
         for c in list(self.store.values()):
             if c.running:
                 continue
-            name = (c.host_config.get("RestartPolicy") or {}).get("Name")
-            if name == "always" or (name == "unless-stopped"
-                                    and not c.data["Silobox"].get("StoppedByUser")):
+            if restart.start_with_daemon(c):
                 try:
                     async with self.store.lock(c.id):
                         await self._start(c)

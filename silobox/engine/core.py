@@ -17,12 +17,14 @@ from silobox.engine.containerfs import ContainerFilesystems
 from silobox.engine.containers import ContainerService
 from silobox.engine.distribution import DistributionService
 from silobox.engine.events import EventLog
+from silobox.engine.execs import ExecService
 from silobox.engine.images import ImageService
 from silobox.engine.links import Links
 from silobox.engine.networks import NetworkService
 from silobox.engine.stats import StatsService
 from silobox.engine.storageops import StorageOps
 from silobox.engine.system import SystemService
+from silobox.engine.views import ContainerViews
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Engine:
     compute: Any
     event_log: EventLog
     containers: ContainerService
+    execs: ExecService
+    views: ContainerViews
     storage: StorageOps
     networks: NetworkService
     links: Links
@@ -99,11 +103,11 @@ class Engine:
         await self.containers.container_rename(ref, new_name)
 
     async def container_inspect(self, ref: str, size: bool = False) -> dict[str, Any]:
-        return await self.containers.container_inspect(ref, size)
+        return await self.views.container_inspect(ref, size)
 
     async def container_list(self, all: bool = False, limit: int = -1, size: bool = False,
                              filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-        return await self.containers.container_list(all, limit, size, filters)
+        return await self.views.container_list(all, limit, size, filters)
 
     async def container_logs(self, ref: str, *, stdout: bool = True, stderr: bool = True,
                              follow: bool = False, since: float = 0, until: float = 0,
@@ -133,17 +137,17 @@ class Engine:
         return await self.containers.container_prune(filters)
 
     async def exec_create(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.containers.exec_create(ref, body)
+        return await self.execs.exec_create(ref, body)
 
     async def exec_start(self, exec_id: str, detach: bool = False,
                          tty: bool | None = None) -> StreamSession | None:
-        return await self.containers.exec_start(exec_id, detach, tty)
+        return await self.execs.exec_start(exec_id, detach, tty)
 
     async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
-        return await self.containers.exec_inspect(exec_id)
+        return await self.execs.exec_inspect(exec_id)
 
     async def exec_resize(self, exec_id: str, height: int, width: int) -> None:
-        await self.containers.exec_resize(exec_id, height, width)
+        await self.execs.exec_resize(exec_id, height, width)
 
     # ----- ImageBackend -----------------------------------------------------------
     async def image_list(self, all: bool = False,
