@@ -20,6 +20,7 @@ from silobox.engine.events import EventLog
 from silobox.engine.execs import ExecService
 from silobox.engine.health import HealthMonitor
 from silobox.engine.hooks import ContainerHook
+from silobox.engine.host import KernelHost
 from silobox.engine.images import ImageService
 from silobox.engine.links import LinkHook, Links, VolumesFromHook
 from silobox.engine.networks import NetworkService
@@ -48,6 +49,7 @@ def build_engine(config: DaemonConfig, spawner: Spawner) -> Engine:
     store = ContainerStore(db, config.containers_dir)
     lineage = BuildCache(db, config.root)
     images = ImageService(config, image_store, layers, store, events, lineage)
+    host = KernelHost()
     hooks: list[ContainerHook] = []
     storage = StorageOps(config, db, image_store, layers, store, events, hooks)
     links = Links(store)
@@ -56,11 +58,11 @@ def build_engine(config: DaemonConfig, spawner: Spawner) -> Engine:
     # before the storage hook plans its own; legacy links append to the /etc/hosts that the
     # network hook writes.
     hooks[:] = [VolumesFromHook(store), *hooks, networks.hook, LinkHook(store),
-                NamespaceSharingHook(store, config.containers_dir)]
+                NamespaceSharingHook(store, config.containers_dir, host)]
     health = HealthMonitor(store, compute, events)
     execs = ExecService(store, compute, events)
     containers = ContainerService(config, store, compute, image_store, images, storage, hooks,
-                                  events, health, execs)
+                                  events, health, execs, host)
     views = ContainerViews(config, store, compute, image_store, images, storage, hooks, execs)
     distribution = DistributionService(config, db, image_store, layers, events)
     filesystems = ContainerFilesystems(config, store, image_store, layers, storage, containers,

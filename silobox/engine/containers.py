@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal as _signal
-import socket
 from typing import Any, AsyncIterator
 
 from silobox.atomic import atomic_write
@@ -24,6 +23,7 @@ from silobox.engine.document import compute_document, init_params
 from silobox.engine.execs import ExecService
 from silobox.engine.health import parse_healthcheck
 from silobox.engine.hooks import ContainerHook
+from silobox.engine.host import Host
 from silobox.engine.hostconfig import (check_blkio, check_host_config, check_windows_cpu,
                                       hcs_settings)
 from silobox.engine.logs import read_log
@@ -44,7 +44,7 @@ class ContainerService:
 
     def __init__(self, config: Any, store: ContainerStore, compute: Any, images: Any,
                  image_service: Any, storage: Any, hooks: list[ContainerHook], events: Any,
-                 health: Any, execs: ExecService) -> None:
+                 health: Any, execs: ExecService, host: Host) -> None:
         self.config = config
         self.store = store
         self.compute = compute
@@ -55,6 +55,7 @@ class ContainerService:
         self.events = events
         self.health = health
         self.execs = execs
+        self.host = host
         self._pending_attach: dict[str, list[AttachSession]] = {}
         self._exit_waiters: dict[str, list[asyncio.Future]] = {}
         self._removed_waiters: dict[str, list[asyncio.Future]] = {}
@@ -92,7 +93,7 @@ class ContainerService:
         ulimits = S.parse_ulimits(hc.get("Ulimits") or [])
         mounts = S.parse_binds(hc.get("Binds"))
         restart = S.parse_restart_policy(hc.get("RestartPolicy"), bool(hc.get("AutoRemove")))
-        if hc.get("Init") and not os.path.exists(self.config.init_binary):
+        if hc.get("Init") and not self.host.exists(self.config.init_binary):
             raise InvalidArgument(f"--init needs {self.config.init_binary}: "
                                   "apt-get install tini")
         image = await self.image_service.image_for_create(body["Image"])
@@ -107,7 +108,7 @@ class ContainerService:
         if hc.get("UTSMode") == "host":
             if body.get("Hostname"):
                 raise InvalidArgument("Conflicting options: hostname and the UTS mode")
-            hostname = socket.gethostname()   # the host's, as dockerd shows it
+            hostname = self.host.hostname()   # the host's, as dockerd shows it
         else:
             hostname = body.get("Hostname") or cid[:12]
         env = S.merge_env(icfg.get("Env") or [S.DEFAULT_PATH], body.get("Env") or [])
@@ -664,8 +665,10 @@ class ContainerService:
             if not c.running:
                 continue
             system = self.compute.create(c.id, self._document(c))
-            system.on_exit.append(self._on_exit)
             await system.reattach()
+            # Only now: a system found ended records its exit in reattach, and that exit is
+            # handled once, below (it was twice: two "die" events, two policy restarts).
+            system.on_exit.append(self._on_exit)
             if is_live(system):
                 transition(c, "recover", to=from_compute(system.state), Pid=system.pid)
                 self.store.save(c)
@@ -687,20 +690,14 @@ class ContainerService:
 
     def _remove_orphans(self) -> None:
         """Reconcile the host with the store: job objects and shim state nobody owns go."""
-        from silobox.kernel.jobobject import JobObject, list_job_objects
-        live = {cid for cid, s in self.compute.systems.items()
-                if is_live(s)}
-        for name in list_job_objects(self.config.cgroup_parent):
-            if name in live:
-                continue
-            job = JobObject(name, self.config.cgroup_parent)
-            job.kill_all()
-            job.wait_empty(5.0)
-            job.delete()
+        live = {cid for cid, s in self.compute.systems.items() if is_live(s)}
+        for name in self.host.job_objects(self.config.cgroup_parent):
+            if name not in live:
+                self.host.remove_job_object(name, self.config.cgroup_parent)
         try:
             entries = os.listdir(self.config.compute_dir)
         except FileNotFoundError:
             entries = []
         for name in entries:
             if name not in live:
-                shutil.rmtree(os.path.join(self.config.compute_dir, name), ignore_errors=True)
+                self.host.remove_tree(os.path.join(self.config.compute_dir, name))

@@ -19,8 +19,8 @@ import os
 from typing import Any
 
 from silobox.engine.hooks import ContainerHook
+from silobox.engine.host import Host
 from silobox.errors import Conflict, InvalidArgument
-from silobox.kernel import libc
 
 _SHARED = (("IpcMode", "ipc", "IPC"), ("PidMode", "pid", "PID"))
 
@@ -28,9 +28,10 @@ _SHARED = (("IpcMode", "ipc", "IPC"), ("PidMode", "pid", "PID"))
 class NamespaceSharingHook(ContainerHook):
     """``--ipc``/``--pid container:NAME``: join the namespaces of another running container."""
 
-    def __init__(self, store: Any, containers_dir: str) -> None:
+    def __init__(self, store: Any, containers_dir: str, host: Host) -> None:
         self.store = store
         self.containers_dir = containers_dir
+        self.host = host
 
     def on_create(self, c: Any, body: dict[str, Any]) -> None:
         hc = c.host_config
@@ -66,11 +67,8 @@ class NamespaceSharingHook(ContainerHook):
             lx.setdefault("JoinNamespaces", {})[ns] = f"/proc/{pid}/ns/{ns}"
         if c.host_config.get("IpcMode") == "shareable":
             path = self._shm(c)
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            if not os.path.ismount(path):
-                size = c.host_config.get("ShmSize") or 64 * 1024 * 1024
-                libc.mount("shm", path, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
-                           f"mode=1777,size={size}")
+            size = c.host_config.get("ShmSize") or 64 * 1024 * 1024
+            self.host.mount_tmpfs(path, f"mode=1777,size={size}")
             document["Container"].setdefault("MappedDirectories", []).append(
                 {"HostPath": path, "ContainerPath": "/dev/shm"})
 
@@ -78,9 +76,7 @@ class NamespaceSharingHook(ContainerHook):
         return os.path.join(self.containers_dir, c.id, "shm")
 
     async def on_stop(self, c: Any) -> None:
-        path = self._shm(c)
-        if os.path.ismount(path):
-            libc.umount2(path, libc.MNT_DETACH)
+        self.host.unmount(self._shm(c))
 
     async def on_remove(self, c: Any) -> None:
         await self.on_stop(c)
