@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from silobox.engine.networks import shown_networks
+from silobox.engine.endpoints import shown_networks
 from silobox.engine.state import LIVE, Status, status, system_of
 from silobox.errors import InvalidArgument, NotFound
 from silobox.filters import labels_match
