@@ -136,6 +136,11 @@ class ImageBackend(Protocol):
     async def image_save(self, names: list[str], oci: bool = False) -> AsyncIterator[bytes]:
         """The archive of the named images (names are checked before the first chunk)."""
 
+    async def image_bootstrap(self, ref: str, suite: str | None = None,
+                              variant: str = "minbase", mirror: str | None = None,
+                              progress: Callable[[dict[str, Any]], None] | None = None) -> str:
+        """silobox's own: a Debian base image built from the Debian archive → its id."""
+
     async def container_commit(self, ref: str, repo: str = "", tag: str = "",
                                comment: str = "", author: str = "",
                                changes: list[str] | None = None, pause: bool = True,
@@ -212,9 +217,6 @@ class NetworkBackend(Protocol):
         """POST /silobox/hns/endpoints/{id}/policies: HCN ModifyEndpoint (ACL, Route)."""
         ...
 
-
-class Backend(ContainerBackend, ImageBackend, SystemBackend, NetworkBackend, Protocol):
-    """Everything silod serves."""
 
 class DistributionBackend(Protocol):
     async def image_pull(self, image: str, tag: str = "", auth_header: str | None = None,
@@ -295,7 +297,12 @@ class SandboxBackend(Protocol):
     async def sandbox_expand(self, ref: str, size: str | int) -> dict[str, Any]: ...
 
     async def sandbox_attach(self, ref: str, mountpoint: str = "", merged: bool = False,
-                             rw: bool = False) -> dict[str, Any]:
+                             rw: bool = False, allow_exec: bool = False) -> dict[str, Any]:
         """Refused (Conflict) while the container runs."""
 
     async def sandbox_detach(self, ref: str) -> dict[str, Any]: ...
+
+
+class Backend(ContainerBackend, ImageBackend, SystemBackend, NetworkBackend, VolumeBackend,
+              SandboxBackend, DistributionBackend, BuildBackend, Protocol):
+    """Everything silod serves."""

@@ -182,6 +182,11 @@ class Engine:
     async def image_save(self, names: list[str], oci: bool = False) -> AsyncIterator[bytes]:
         return await self.images.image_save(names, oci)
 
+    async def image_bootstrap(self, ref: str, suite: str | None = None,
+                              variant: str = "minbase", mirror: str | None = None,
+                              progress: Callable[[dict[str, Any]], None] | None = None) -> str:
+        return await self.bootstrap.image_bootstrap(ref, suite, variant, mirror, progress)
+
     async def container_commit(self, ref: str, repo: str = "", tag: str = "",
                                comment: str = "", author: str = "",
                                changes: list[str] | None = None, pause: bool = True,
@@ -298,8 +303,8 @@ class Engine:
         return await self.storage.sandbox_expand(ref, size)
 
     async def sandbox_attach(self, ref: str, mountpoint: str = "", merged: bool = False,
-                             rw: bool = False) -> dict[str, Any]:
-        return await self.storage.sandbox_attach(ref, mountpoint, merged, rw)
+                             rw: bool = False, allow_exec: bool = False) -> dict[str, Any]:
+        return await self.storage.sandbox_attach(ref, mountpoint, merged, rw, allow_exec)
 
     async def sandbox_detach(self, ref: str) -> dict[str, Any]:
         return await self.storage.sandbox_detach(ref)

@@ -107,7 +107,7 @@ class ImageRouter:
         ref = query.text("tag") or "debian:bookworm"
 
         async def run(progress: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
-            image_id = await self.backend.image_bootstrap(  # type: ignore[attr-defined]
+            image_id = await self.backend.image_bootstrap(
                 ref, suite=query.text("suite") or None,
                 variant=query.text("variant") or "minbase",
                 mirror=query.text("mirror") or None, progress=progress)
