@@ -69,9 +69,7 @@ class ContainerService:
                                platform: str = "") -> dict[str, Any]:
         body = S.check_create_body(body)
         if platform:
-            from silobox.storage.images import host_architecture
-            os_name, _, arch = platform.lower().partition("/")
-            if os_name != "linux" or (arch and arch.split("/")[0] != host_architecture()):
+            if not S.runs_here(platform):
                 raise InvalidArgument(f"image with reference {body['Image']} was found but does "
                                       f"not match the specified platform: wanted {platform}")
         if name:

@@ -8,6 +8,7 @@ import os
 import shutil
 from typing import Any, Callable
 
+from silobox.engine.spec import runs_here
 from silobox.errors import InvalidArgument, NotFound
 
 Progress = Callable[[dict[str, Any]], None]
@@ -83,14 +84,11 @@ class DistributionService:
         """``POST /images/create?fromImage=&tag=``: returns the closing status messages."""
         from silobox.storage import reference
         from silobox.storage.distribution.pull import Puller
-        from silobox.storage.images import host_architecture
         if not image:
             raise InvalidArgument("image name must not be empty")
-        if platform:
-            os_name, _, arch = platform.partition("/")
-            if os_name != "linux" or (arch and arch.split("/")[0] != host_architecture()):
-                raise InvalidArgument(f'image with reference {image} was found but does not '
-                                      f'match the specified platform: wanted {platform}')
+        if platform and not runs_here(platform):
+            raise InvalidArgument(f'image with reference {image} was found but does not '
+                                  f'match the specified platform: wanted {platform}')
         ref = reference.parse(image)
         if tag:   # the tag parameter wins over a tag in the name, as in moby
             if ref.digest:

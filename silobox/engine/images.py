@@ -16,6 +16,7 @@ import uuid
 from typing import Any, AsyncIterator
 
 from silobox import jsonlimits
+from silobox.engine.spec import runs_here
 from silobox.engine.readers import Progress, ThreadReader, iterate_in_thread, threadsafe
 from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError
 from silobox.filters import labels_match
@@ -346,11 +347,9 @@ class ImageService:
             if ref.digest:
                 raise InvalidArgument("cannot import digest reference")
         container_config = apply_changes({}, changes or [])
-        if platform:
-            os_name, _, arch = platform.partition("/")
-            if os_name != "linux" or (arch and arch.split("/")[0] != host_architecture()):
-                raise InvalidArgument(f'image operating system "{platform}" cannot be used on '
-                                      "this platform")
+        if platform and not runs_here(platform):
+            raise InvalidArgument(f'image operating system "{platform}" cannot be used on '
+                                  "this platform")
         loop = asyncio.get_running_loop()
         report = threadsafe(progress, loop)
         reader = ProgressReader(ThreadReader(body, loop), lambda done: report(

@@ -26,6 +26,13 @@ def validate_name(name: str) -> str:
     return name.lstrip("/")
 
 
+def runs_here(platform: str) -> bool:
+    """Whether ``os[/arch[/variant]]`` names this host's platform (no emulation here)."""
+    from silobox.storage.images import host_architecture
+    os_name, _, arch = platform.lower().partition("/")
+    return os_name == "linux" and (not arch or arch.split("/")[0] == host_architecture())
+
+
 def parse_signal(value: str | int | None, default: int = _signal.SIGTERM) -> int:
     """Docker accepts SIGTERM, TERM and 15."""
     if value is None or value == "":

@@ -254,9 +254,8 @@ class Build:
         platform = inst.flag("platform")
         if platform:
             platform = self._word(None, platform, inst)
-            from silobox.storage.images import host_architecture
-            os_name, _, arch = platform.partition("/")
-            if os_name != "linux" or (arch and arch.split("/")[0] != host_architecture()):
+            from silobox.engine.spec import runs_here
+            if not runs_here(platform):
                 raise line_error(inst.line, f'image platform "{platform}" cannot be used on '
                                             "this host")
         stage = Stage(index=len(self.stages), name=self._stage_name(inst))

@@ -137,8 +137,8 @@ def _check_platform(platform: str) -> None:
     """Only this host's own platform is built (no emulation)."""
     if not platform:
         return
+    from silobox.engine.spec import runs_here
     from silobox.storage.images import host_architecture
-    os_name, _, arch = platform.lower().partition("/")
-    if os_name != "linux" or (arch and arch.split("/")[0] != host_architecture()):
+    if not runs_here(platform):
         raise InvalidArgument(f'"{platform}": this host builds only linux/'
                               f"{host_architecture()} images")
