@@ -97,7 +97,7 @@ class ContainerFilesystems:
             target = reference.parse_tagged(f"{repo}:{tag}" if tag else repo)
             if target.digest:
                 raise InvalidArgument("cannot commit to digest reference")
-        base = self.images.get(c.data["Image"])
+        base = self.images.get(c.image)
         owner = f"commit:{uuid.uuid4().hex}"
         paused_here = False
         if pause and c.running and status(c) is not Status.PAUSED:
@@ -124,7 +124,7 @@ class ContainerFilesystems:
         doc = {k: v for k, v in base.config.items() if k not in ("rootfs", "id", "parent")}
         history = list(doc.get("history") or [])
         entry: dict[str, Any] = {"created": now,
-                                 "created_by": " ".join([c.data["Path"], *c.data["Args"]])}
+                                 "created_by": " ".join([c.path, *c.args])}
         if author:
             entry["author"] = author
         if comment:
@@ -229,7 +229,7 @@ class ContainerFilesystems:
     async def _fs_helper_run(self, c: Any, args: dict[str, Any], path: str = "/",
                              stdin: bool = False) -> asyncio.subprocess.Process:
         """Start the helper that works inside the container's root (see storage.changes)."""
-        held = mount_tree(c.data.get("Mounts") or [], str(args.get("path") or "/"))
+        held = mount_tree(c.mounts, str(args.get("path") or "/"))
         if held is not None and args["op"] == "put" and not held[0].get("RW", True):
             raise InvalidArgument("mounted volume is marked read-only")
         if c.running and c.state.get("Pid"):

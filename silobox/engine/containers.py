@@ -28,9 +28,10 @@ from silobox.engine.hostconfig import (check_blkio, check_host_config, check_win
                                       hcs_settings)
 from silobox.engine.logs import read_log
 from silobox.engine.sessions import AttachSession
-from silobox.engine.state import (Status, allowed, check, from_compute, initial_state,
+from silobox.engine.state import (Status, allowed, check, from_compute,
                                   is_live, refusal, status, transition)
-from silobox.engine.store import Container, ContainerStore
+from silobox.engine.record import Container
+from silobox.engine.store import ContainerStore
 from silobox.errors import InvalidArgument, NotFound, NotModified, NotRunning
 from silobox.timeutil import now_iso, parse_iso, parse_until
 from silobox.filters import labels_match
@@ -142,28 +143,20 @@ class ContainerService:
             "LogConfig": S.parse_log_config(hc.get("LogConfig")),
         }
         cdir = self.store.directory(cid)
-        data = {
-            "Id": cid, "Created": now_iso(), "Path": argv[0], "Args": argv[1:],
-            "State": initial_state(),
-            "Image": image.id, "ResolvConfPath": os.path.join(cdir, "resolv.conf"),
-            "HostnamePath": os.path.join(cdir, "hostname"),
-            "HostsPath": os.path.join(cdir, "hosts"),
-            "LogPath": os.path.join(cdir, f"{cid}-json.log"),
-            "Name": "/" + name, "RestartCount": 0, "Driver": "windowsfilter",
-            "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
-            "ExecIDs": None, "HostConfig": host_config,
-            "GraphDriver": {"Name": "windowsfilter",
-                            "Data": {"dir": os.path.join(cdir, "sandbox")}},
-            "Mounts": mounts, "Config": config,
-            "NetworkSettings": {"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {},
-                                "Networks": {"none": {"NetworkID": "", "EndpointID": "",
-                                                      "Gateway": "", "IPAddress": "",
-                                                      "IPPrefixLen": 0, "MacAddress": ""}}},
-            "Silobox": {"Resources": resources, "Security": {
+        c = Container(
+            id=cid, name=name, image=image.id, config=config, host_config=host_config,
+            created=now_iso(), path=argv[0], args=argv[1:], mounts=mounts,
+            resolv_conf_path=os.path.join(cdir, "resolv.conf"),
+            hostname_path=os.path.join(cdir, "hostname"), hosts_path=os.path.join(cdir, "hosts"),
+            log_path=os.path.join(cdir, f"{cid}-json.log"),
+            graph_driver={"Name": "windowsfilter", "Data": {"dir": os.path.join(cdir, "sandbox")}},
+            network_settings={"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {},
+                              "Networks": {"none": {"NetworkID": "", "EndpointID": "",
+                                                    "Gateway": "", "IPAddress": "",
+                                                    "IPPrefixLen": 0, "MacAddress": ""}}},
+            silobox={"Resources": resources, "Security": {
                 "Seccomp": sec["seccomp"], "SeccompUnconfined": sec["seccomp_unconfined"],
-                "NoNewPrivileges": sec["no_new_privileges"]}},
-        }
-        c = Container(data)
+                "NoNewPrivileges": sec["no_new_privileges"]}})
         done: list[ContainerHook] = []
         try:
             for hook in self.hooks:
@@ -193,11 +186,11 @@ class ContainerService:
 
     def _write_etc_files(self, c: Container) -> None:
         cfg = c.config
-        atomic_write(c.data["HostnamePath"], cfg["Hostname"] + "\n")
+        atomic_write(c.hostname_path, cfg["Hostname"] + "\n")
         hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                  "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n"
                  "ff02::2\tip6-allrouters\n")
-        atomic_write(c.data["HostsPath"], hosts)
+        atomic_write(c.hosts_path, hosts)
         try:
             with open("/etc/resolv.conf") as f:
                 lines = f.read().splitlines()
@@ -205,7 +198,7 @@ class ContainerService:
             lines = []
         kept = [l for l in lines if not (l.startswith("nameserver") and
                                          (" 127." in l or " ::1" in l))]
-        atomic_write(c.data["ResolvConfPath"], "\n".join(kept) + "\n")
+        atomic_write(c.resolv_conf_path, "\n".join(kept) + "\n")
 
     def _document(self, c: Container) -> dict[str, Any]:
         return compute_document(c, self.config.init_binary,
@@ -257,7 +250,7 @@ class ContainerService:
             log = c.host_config.get("LogConfig") or {}
             log_cfg = (log.get("Config") or {}) if log.get("Type") != "none" else {}
             await system.start(init_params(c),
-                               log_path=None if log.get("Type") == "none" else c.data["LogPath"],
+                               log_path=None if log.get("Type") == "none" else c.log_path,
                                log_max_size=S.log_max_size(log_cfg),
                                log_max_files=int(log_cfg.get("max-file") or 1),
                                before_release=before_release if pending else None)
@@ -272,7 +265,7 @@ class ContainerService:
                 await hook.on_stop(c)
             raise
         transition(c, "start", Pid=system.pid, StartedAt=system.started_at)
-        c.data["Silobox"]["StoppedByUser"] = False
+        c.silobox["StoppedByUser"] = False
         self.store.save(c)
         self.events.emit_event("container", "start", c)
         self.health.start(c, system)
@@ -347,12 +340,12 @@ class ContainerService:
             async with self.store.lock(c.id):
                 if c.id not in self.store or c.running or self._closing:
                     return
-                if c.data["Silobox"].get("StoppedByUser"):   # stopped while it waited
+                if c.stopped_by_user:   # stopped while it waited
                     if allowed(c, "cancel_restart"):
                         transition(c, "cancel_restart")
                         self.store.save(c)
                     return
-                c.data["RestartCount"] = c.data.get("RestartCount", 0) + 1
+                c.restart_count += 1
                 await self._start(c)
         except Exception as e:  # recorded on the container; the policy tries again on exit
             if c.id in self.store and allowed(c, "restart_failed"):
@@ -389,7 +382,7 @@ class ContainerService:
 
     def _stopped_by_user(self, c: Container) -> None:
         """A stop or kill from a user: the restart policy no longer applies until a start."""
-        c.data["Silobox"]["StoppedByUser"] = True
+        c.silobox["StoppedByUser"] = True
         self.store.save(c)
 
     async def _settled(self, c: Container) -> None:
@@ -466,7 +459,7 @@ class ContainerService:
             if c.id not in self.store:
                 return
             system = self.system_of(c)
-            c.data["Silobox"]["StoppedByUser"] = True   # no policy restart during removal
+            c.silobox["StoppedByUser"] = True   # no policy restart during removal
             if is_live(system):
                 await system.terminate()
                 await self._settled(c)     # the exit is recorded (and "die" sent) first
@@ -528,8 +521,8 @@ class ContainerService:
                     "ResourcePath": "Container/Storage/QoS", "RequestType": "Update",
                     "Settings": {"IopsMaximum": qos.get("IopsMaximum", 0),
                                  "BandwidthMaximum": qos.get("BandwidthMaximum", 0)}})
-        c.data["HostConfig"] = hc
-        c.data["Silobox"]["Resources"] = resources
+        c.host_config = hc
+        c.silobox["Resources"] = resources
         self.store.save(c)
         self.events.emit_event("container", "update", c)
         return {"Warnings": warnings}
@@ -557,7 +550,7 @@ class ContainerService:
                 continue
             if labels_match(labels, filters.get("label!", []), any_of=True):
                 continue
-            if until and parse_iso(c.data["Created"]) >= until:
+            if until and parse_iso(c.created) >= until:
                 continue
             size = self.storage.sandbox_for(c.id).used_bytes()
             await self._remove(c, force=False)
@@ -624,7 +617,7 @@ class ContainerService:
         def still_running() -> bool:
             return c.id in self.store and c.running
 
-        it = read_log(c.data["LogPath"], stdout=stdout, stderr=stderr, follow=follow,
+        it = read_log(c.log_path, stdout=stdout, stderr=stderr, follow=follow,
                       since=since, until=until, timestamps=timestamps, tail=tail,
                       running=still_running)
         return bool(c.config["Tty"]), it

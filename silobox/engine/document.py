@@ -18,21 +18,21 @@ def compute_document(c: Any, init_binary: str, layers: list[dict[str, str]],
     """The HCS schema v2 document of a container's compute system: its silo, limits, mapped
     files and sandbox (``layers`` and ``sandbox_path`` are the storage's)."""
     hc = c.host_config
-    sec = c.data["Silobox"]["Security"]
+    sec = c.silobox["Security"]
     mapped = [
-        {"HostPath": c.data["HostnamePath"], "ContainerPath": "/etc/hostname"},
-        {"HostPath": c.data["HostsPath"], "ContainerPath": "/etc/hosts"},
-        {"HostPath": c.data["ResolvConfPath"], "ContainerPath": "/etc/resolv.conf"},
+        {"HostPath": c.hostname_path, "ContainerPath": "/etc/hostname"},
+        {"HostPath": c.hosts_path, "ContainerPath": "/etc/hosts"},
+        {"HostPath": c.resolv_conf_path, "ContainerPath": "/etc/resolv.conf"},
     ]
     mapped += [{"HostPath": m["Source"], "ContainerPath": m["Destination"],
-                "ReadOnly": not m["RW"]} for m in c.data.get("Mounts") or []]
+                "ReadOnly": not m["RW"]} for m in c.mounts]
     if hc.get("Init"):
         mapped.append({"HostPath": init_binary,
                        "ContainerPath": "/sbin/docker-init", "ReadOnly": True})
     shared = shared_host_namespaces(hc)
     if "ipc" in shared:   # POSIX shared memory lives in /dev/shm: the host's, as on Docker
         mapped.append({"HostPath": "/dev/shm", "ContainerPath": "/dev/shm"})
-    res = dict(c.data["Silobox"]["Resources"])
+    res = dict(c.silobox["Resources"])
     processor, qos = hcs_settings(hc)
     return {
         "Owner": "silod", "SchemaVersion": {"Major": 2, "Minor": 1},
@@ -73,13 +73,13 @@ def init_params(c: Any) -> ProcessParameters:
     """The container's first process: its command (behind ``docker-init`` with ``--init``),
     environment, user and stdio."""
     cfg = c.config
-    argv = [c.data["Path"]] + list(c.data["Args"])
+    argv = [c.path, *c.args]
     if c.host_config.get("Init"):
         argv = ["/sbin/docker-init", "--"] + argv
     # dockerd's daemon environment: HOSTNAME, then a legacy link's variables; the
     # container's own Env wins over both
     env = {"HOSTNAME": cfg.get("Hostname") or ""}
-    linked = (c.data.get("Silobox") or {}).get("LinkEnv") or []
+    linked = c.silobox.get("LinkEnv") or []
     for item in [*linked, *cfg["Env"]]:
         k, _, v = item.partition("=")
         env[k] = v

@@ -106,21 +106,21 @@ class NetworkHook(ContainerHook):
                 raise InvalidArgument(f"port mappings are not supported on "
                                       f"{self.hns.driver(n)} network {n['Name']}: its "
                                       "containers are reached at their own addresses")
-            c.data["NetworkSettings"]["Networks"] = {n["Name"]: {
+            c.network_settings["Networks"] = {n["Name"]: {
                 **EMPTY_NET, "NetworkID": n["DockerId"],
                 "IPAMConfig": ipam or None, "Aliases": cfg.get("Aliases"),
                 "DriverOpts": cfg.get("DriverOpts") or None,
                 "MacAddress": cfg.get("MacAddress") or body.get("MacAddress") or ""}}
-            c.data["Silobox"]["RequestedMac"] = {
+            c.silobox["RequestedMac"] = {
                 n["Name"]: cfg.get("MacAddress") or body.get("MacAddress") or ""}
             if n.get("Default") and "bridge" in (mode, *ec):
-                c.data["Silobox"]["ShownAs"] = {n["Name"]: "bridge"}
+                c.silobox["ShownAs"] = {n["Name"]: "bridge"}
             # Config.MacAddress (API < 1.44) belongs to this network for the container's life:
             # docker-compose disconnects and reconnects it before the start.
-            c.data["Silobox"]["ConfigMac"] = {n["Name"]: body.get("MacAddress") or ""}
+            c.silobox["ConfigMac"] = {n["Name"]: body.get("MacAddress") or ""}
         else:
             hc["NetworkMode"] = mode
-            c.data["NetworkSettings"]["Networks"] = {mode: dict(EMPTY_NET)}
+            c.network_settings["Networks"] = {mode: dict(EMPTY_NET)}
         self._top_level(c)
 
     def _create_joined(self, c: Any, body: dict[str, Any], ref: str) -> None:
@@ -144,7 +144,7 @@ class NetworkHook(ContainerHook):
             raise InvalidArgument("conflicting options: container type network can't be used "
                                   "with links. This would result in undefined behavior")
         hc["NetworkMode"] = f"container:{target.id}"
-        c.data["NetworkSettings"]["Networks"] = {}
+        c.network_settings["Networks"] = {}
         self._top_level(c)
 
     def _join(self, c: Any, document: dict[str, Any], tid: str) -> None:
@@ -193,13 +193,13 @@ class NetworkHook(ContainerHook):
         created: list[str] = []
         first = True
         try:
-            for name, cfg in c.data["NetworkSettings"]["Networks"].items():
+            for name, cfg in c.network_settings["Networks"].items():
                 n = self.hns.find_network(name)
                 ipam = cfg.get("IPAMConfig") or {}
                 e = self.hns.create_endpoint(
                     n, container_id=c.id, namespace_id=ns_id, name=f"{c.name}-{n['Name']}",
                     ip=ipam.get("IPv4Address") or None, ip6=ipam.get("IPv6Address") or None,
-                    mac=(c.data["Silobox"].get("RequestedMac") or {}).get(name) or None,
+                    mac=(c.silobox.get("RequestedMac") or {}).get(name) or None,
                     port_mappings=maps if first else [], aliases=cfg.get("Aliases") or [],
                     ifname="eth0" if first else f"eth{len(created)}")
                 created.append(e["ID"])
@@ -209,14 +209,14 @@ class NetworkHook(ContainerHook):
         except BaseException:
             await self.hns.delete_endpoints(created, ns_id)
             raise
-        c.data.setdefault("Silobox", {})["NetworkNamespace"] = ns_id
+        c.silobox["NetworkNamespace"] = ns_id
         self._top_level(c)
         user_dns = any(not self.hns.find_network(name).get("Default")
-                       for name in c.data["NetworkSettings"]["Networks"])
+                       for name in c.network_settings["Networks"])
         self._write_files(c, user_dns)
         if user_dns:
             await self._serve_dns(c, ns_id)
-        ns = c.data["NetworkSettings"]
+        ns = c.network_settings
         ns["SandboxID"] = ns_id
         ns["SandboxKey"] = self.hns.netns_path(ns_id)
         ns["Ports"] = self._ports(c)
@@ -246,7 +246,7 @@ class NetworkHook(ContainerHook):
                 f.truncate(0)
                 f.write(text)
         hc = c.host_config
-        ns = c.data["NetworkSettings"]
+        ns = c.network_settings
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
                  "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
                  "ff02::2\tip6-allrouters"]
@@ -260,12 +260,12 @@ class NetworkHook(ContainerHook):
             lines.append(f"{ns['IPAddress']}\t{c.config['Hostname']}")
         if ns.get("GlobalIPv6Address"):
             lines.append(f"{ns['GlobalIPv6Address']}\t{c.config['Hostname']}")
-        atomic_write(c.data["HostsPath"], "\n".join(lines) + "\n")
+        atomic_write(c.hosts_path, "\n".join(lines) + "\n")
         servers = [DNS_ADDRESS] if user_dns else list(hc.get("Dns") or [])
         if not servers and not hc.get("DnsSearch") and not hc.get("DnsOptions"):
             return
         try:
-            with open(c.data["ResolvConfPath"]) as f:
+            with open(c.resolv_conf_path) as f:
                 old = f.read().splitlines()
         except OSError:
             old = []
@@ -281,7 +281,7 @@ class NetworkHook(ContainerHook):
             opts.append("ndots:0")   # unless the user set ndots (libnetwork's rule)
         if opts:
             out.append("options " + " ".join(opts))
-        atomic_write(c.data["ResolvConfPath"], "\n".join(out) + "\n")
+        atomic_write(c.resolv_conf_path, "\n".join(out) + "\n")
 
     def _fill(self, cfg: dict[str, Any], n: dict[str, Any], e: dict[str, Any]) -> None:
         cfg.update(NetworkID=n["DockerId"], EndpointID=e["ID"].replace("-", "").lower(),
@@ -304,7 +304,7 @@ class NetworkHook(ContainerHook):
         return list(dict.fromkeys(x for x in names if x))
 
     def _top_level(self, c: Any) -> None:
-        ns = c.data["NetworkSettings"]
+        ns = c.network_settings
         first = next(iter(ns["Networks"].values()), {})
         for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress",
                   "GlobalIPv6Address", "GlobalIPv6PrefixLen", "IPv6Gateway"):
@@ -329,7 +329,7 @@ class NetworkHook(ContainerHook):
 
     async def on_stop(self, c: Any) -> None:
         self.dns.stop(c.id)
-        ns_id = (c.data.get("Silobox") or {}).pop("NetworkNamespace", None)
+        ns_id = c.silobox.pop("NetworkNamespace", None)
         eps = [e["ID"] for e in self.hns.endpoints.values() if e.get("ContainerId") == c.id]
         if eps and ns_id and self._joined_by_others(c):
             # Containers that joined this one keep the namespace alive: its vNICs must go
@@ -338,7 +338,7 @@ class NetworkHook(ContainerHook):
             eps = []
         if eps or ns_id:
             await self.hns.delete_endpoints(eps, ns_id)
-        ns = c.data["NetworkSettings"]
+        ns = c.network_settings
         for cfg in ns.get("Networks", {}).values():
             cfg.update(EndpointID="", Gateway="", IPAddress="", IPPrefixLen=0, MacAddress="",
                        GlobalIPv6Address="", GlobalIPv6PrefixLen=0, IPv6Gateway="")
@@ -351,7 +351,7 @@ class NetworkHook(ContainerHook):
     async def on_recover(self, c: Any) -> None:
         """The endpoints of a running container stay as stored (the kernel kept them); only the
         embedded DNS responder, which lived in the old silod, is served again."""
-        ns_id = (c.data.get("Silobox") or {}).get("NetworkNamespace")
+        ns_id = c.silobox.get("NetworkNamespace")
         if not ns_id:
             return
         if any(e.get("ContainerId") == c.id and
@@ -382,8 +382,8 @@ def shown_networks(c: Any) -> dict[str, Any]:
     """A container's ``NetworkSettings.Networks`` as its client named them: the default network
     keeps its name ``nat``, but a container created or connected with Docker's Linux name
     ``bridge`` finds its entry under ``bridge``, as clients written for Linux read it."""
-    nets = c.data["NetworkSettings"]["Networks"]
-    shown = (c.data.get("Silobox") or {}).get("ShownAs") or {}
+    nets = c.network_settings["Networks"]
+    shown = c.silobox.get("ShownAs") or {}
     if not shown:
         return nets
     return {shown.get(k, k): v for k, v in nets.items()}

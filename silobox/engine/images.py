@@ -71,10 +71,10 @@ class ImageService:
         self.layers.drop_refs_except(owners)
         keep: set[str] = set()
         for c in self.store.values():
-            ids = (c.data.get("Silobox") or {}).get("Layers")
+            ids = c.silobox.get("Layers")
             if ids is None:
                 try:
-                    ids = self.images.get(c.data["Image"]).diff_ids
+                    ids = self.images.get(c.image).diff_ids
                 except SiloboxError:
                     continue
             keep.update(ids)
@@ -198,7 +198,7 @@ class ImageService:
         deleted = {r["Deleted"] for r in records if "Deleted" in r}
         if noprune or not deleted:
             return records
-        used = {c.data.get("Image") for c in self.store.values()}
+        used = {c.image for c in self.store.values()}
         loop = asyncio.get_running_loop()
         while parent:
             try:
@@ -215,7 +215,7 @@ class ImageService:
     async def _delete_reference(self, ref: str, image: Any,
                                 force: bool) -> list[dict[str, str]]:
         from silobox.storage import reference
-        users = [c for c in self.store.values() if c.data.get("Image") == image.id]
+        users = [c for c in self.store.values() if c.image == image.id]
         running = [c for c in users if c.running]
         stopped = [c for c in users if not c.running]
         by_id = image.id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:")) \
@@ -272,14 +272,14 @@ class ImageService:
         names its image, else the image id (moby ``refreshImage``: after a retag or rmi -f).
         ``resolved`` memoizes name → image id across one listing (a store query each)."""
         name = c.config.get("Image") or ""
-        if name != c.data["Image"]:
+        if name != c.image:
             memo = resolved if resolved is not None else {}
             if name not in memo:
                 try:
                     memo[name] = self.images.resolve(name).id
                 except (NotFound, InvalidArgument):
                     memo[name] = ""
-            return name if memo[name] == c.data["Image"] else c.data["Image"]
+            return name if memo[name] == c.image else c.image
         return name
 
     def _is_tag_of(self, ref: str, image: Any) -> bool:
@@ -307,7 +307,7 @@ class ImageService:
             if key not in ("dangling", "until", "label", "label!"):
                 raise InvalidArgument(f"invalid filter '{key}'")
         only_dangling = (filters.get("dangling") or ["true"])[0].lower() in ("1", "true")
-        used = {c.data.get("Image") for c in self.store.values()}
+        used = {c.image for c in self.store.values()}
         deleted: list[dict[str, str]] = []
         reclaimed = 0
         for image in self.images.list():   # newest first: a child goes before its parent

@@ -143,18 +143,18 @@ class VolumesFromHook(ContainerHook):
             source = self.store.find(ref)
             if source.id == c.id:
                 raise InvalidArgument("cannot mount volumes from the container itself")
-            for m in source.data.get("Mounts") or []:
+            for m in source.mounts:
                 dest = os.path.normpath(m["Destination"])
                 if dest in own:
                     continue
                 copied[dest] = {**m, "RW": bool(m.get("RW")) and "ro" not in mode.split(",")}
-        c.data["Mounts"] = list(c.data.get("Mounts") or []) + list(copied.values())
+        c.mounts = list(c.mounts) + list(copied.values())
 
     @staticmethod
     def _own_destinations(c: Any) -> set[str]:
         """Destinations the container's own binds, mounts and tmpfs claim."""
         hc = c.host_config
-        dests = {os.path.normpath(m["Destination"]) for m in c.data.get("Mounts") or []}
+        dests = {os.path.normpath(m["Destination"]) for m in c.mounts}
         for b in hc.get("Binds") or []:
             parts = b.split(":") if isinstance(b, str) else []
             if len(parts) >= 2 and parts[1].startswith("/"):
@@ -187,7 +187,7 @@ class LinkHook(ContainerHook):
         for cfg in ec.values():
             check_endpoint_links((cfg or {}).get("Links"))
         mode = hc.get("NetworkMode") or "default"
-        for name, network in c.data["NetworkSettings"]["Networks"].items():
+        for name, network in c.network_settings["Networks"].items():
             # The network hook stored the endpoint under the network's name; the client may
             # have keyed it by the network mode (an alias such as "default").
             cfg = ec.get(name) or ec.get(mode) or {}
@@ -210,7 +210,7 @@ class LinkHook(ContainerHook):
         """Name the linked containers in ``/etc/hosts`` (the network hook has written it) and
         give their variables to the container's first process (``Silobox.LinkEnv``)."""
         hc = c.host_config
-        c.data.setdefault("Silobox", {}).pop("LinkEnv", None)
+        c.silobox.pop("LinkEnv", None)
         if not hc.get("Links") or not is_default_network(hc.get("NetworkMode") or "default"):
             return
         from silobox.atomic import atomic_write
@@ -226,18 +226,18 @@ class LinkHook(ContainerHook):
                 raise Conflict(f"Cannot link to a non running container: /{child.name} AS "
                                f"/{c.name}/{alias}")
             ip = next((n.get("IPAddress") for n in
-                       child.data["NetworkSettings"].get("Networks", {}).values()
+                       child.network_settings.get("Networks", {}).values()
                        if n.get("IPAddress")), "")
             if ip:
                 names = dict.fromkeys([alias, child.id[:12], child.name])
                 lines.append(f"{ip}\t{' '.join(names)}")
             variables += link_env(c.name, alias, ip, child.config.get("ExposedPorts"),
                                   child.config.get("Env") or [])
-        c.data["Silobox"]["LinkEnv"] = variables
+        c.silobox["LinkEnv"] = variables
         if lines:
-            with open(c.data["HostsPath"]) as f:
+            with open(c.hosts_path) as f:
                 hosts = f.read()
-            atomic_write(c.data["HostsPath"], hosts + "\n".join(lines) + "\n")
+            atomic_write(c.hosts_path, hosts + "\n".join(lines) + "\n")
 
     def on_inspect(self, c: Any, out: dict[str, Any]) -> None:
         """Docker's view of legacy links, ``/child:/parent/alias``; none on user networks."""
@@ -286,7 +286,7 @@ class Links:
         c = self.store.get(container_id)
         if c is None:
             return None
-        for network, cfg in (c.data["NetworkSettings"].get("Networks") or {}).items():
+        for network, cfg in (c.network_settings.get("Networks") or {}).items():
             for item in cfg.get("Links") or []:
                 target, alias = parse_link(item)
                 if name in (alias.lower(), f"{alias.lower()}.{network.lower()}"):

@@ -251,7 +251,7 @@ class NetworkService:
         """Add a network to a container; a running one gets a new vNIC in its compartment."""
         n = self.find_docker_network(ref)
         c = self.store.find(container)
-        nets = c.data["NetworkSettings"]["Networks"]
+        nets = c.network_settings["Networks"]
         if str(c.host_config.get("NetworkMode")).startswith("container:"):
             raise Conflict("container sharing network namespace with another container or host "
                            "cannot be connected to any other network")
@@ -263,13 +263,13 @@ class NetworkService:
             raise Conflict(f"endpoint with name {c.name} already exists in network {n['Name']}")
         ipam = endpoint_config.get("IPAMConfig") or {}
         mac = endpoint_config.get("MacAddress") or \
-            (c.data["Silobox"].get("ConfigMac") or {}).get(n["Name"]) or ""
+            (c.silobox.get("ConfigMac") or {}).get(n["Name"]) or ""
         cfg = {**EMPTY_NET, "NetworkID": n["DockerId"], "IPAMConfig": ipam or None,
                "Aliases": endpoint_config.get("Aliases"),
                "DriverOpts": endpoint_config.get("DriverOpts") or None,
                "Links": check_endpoint_links(endpoint_config.get("Links")),
                "MacAddress": mac}
-        ns_id = (c.data.get("Silobox") or {}).get("NetworkNamespace")
+        ns_id = c.silobox.get("NetworkNamespace")
         if c.running and ns_id:
             e = self.hns.create_endpoint(
                 n, container_id=c.id, namespace_id=ns_id, name=f"{c.name}-{n['Name']}",
@@ -291,23 +291,23 @@ class NetworkService:
                 hook._write_files(c, True, live=True)
                 await hook._serve_dns(c, ns_id)
         nets[n["Name"]] = cfg
-        c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = mac
+        c.silobox.setdefault("RequestedMac", {})[n["Name"]] = mac
         if n.get("Default") and ref == "bridge":
-            c.data["Silobox"].setdefault("ShownAs", {})[n["Name"]] = "bridge"
+            c.silobox.setdefault("ShownAs", {})[n["Name"]] = "bridge"
         self.store.save(c)
         self._network_event("connect", n, c)
 
     async def network_disconnect(self, ref: str, container: str, force: bool = False) -> None:
         n = self.find_docker_network(ref)
         c = self.store.find(container)
-        nets = c.data["NetworkSettings"]["Networks"]
+        nets = c.network_settings["Networks"]
         if n["Name"] not in nets:
             raise Conflict(f"container {c.id} is not connected to network {n['Name']}")
         eps = [e["ID"] for e in self.hns.endpoints.values()
                if e.get("ContainerId") == c.id and e["VirtualNetwork"] == n["ID"]]
         await self.hns.delete_endpoints(eps, None)
         del nets[n["Name"]]
-        (c.data["Silobox"].get("ShownAs") or {}).pop(n["Name"], None)
+        (c.silobox.get("ShownAs") or {}).pop(n["Name"], None)
         self.hook._top_level(c)
         self.store.save(c)
         self._network_event("disconnect", n, c)

@@ -18,24 +18,20 @@ def _policy(c: Any) -> tuple[str, int]:
     return rp.get("Name") or "no", rp.get("MaximumRetryCount") or 0
 
 
-def stopped_by_user(c: Any) -> bool:
-    return bool((c.data.get("Silobox") or {}).get("StoppedByUser"))
-
-
 def restart_after_exit(c: Any, exit_code: int) -> bool:
     """Whether the policy restarts the container after it exited with ``exit_code``."""
     name, limit = _policy(c)
-    if name == "no" or stopped_by_user(c):
+    if name == "no" or c.stopped_by_user:
         return False
     if name == "on-failure":
-        return exit_code != 0 and (limit == 0 or c.data.get("RestartCount", 0) < limit)
+        return exit_code != 0 and (limit == 0 or c.restart_count < limit)
     return name in ("always", "unless-stopped")
 
 
 def start_with_daemon(c: Any) -> bool:
     """Whether silod starts the (stopped) container when it starts, as dockerd does."""
     name, _ = _policy(c)
-    return name == "always" or (name == "unless-stopped" and not stopped_by_user(c))
+    return name == "always" or (name == "unless-stopped" and not c.stopped_by_user)
 
 
 def next_backoff(previous: float | None, ran_for: float) -> float:

@@ -17,42 +17,11 @@ from typing import Any, Iterator, Mapping
 
 from silobox.engine import spec as S
 from silobox.engine.names import random_name
-from silobox.engine.state import LIVE
+from silobox.engine.record import Container
 from silobox.errors import AlreadyExists, InvalidArgument, NotFound
 
 SCHEMA = ["CREATE TABLE containers (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, "
           "data TEXT NOT NULL)"]
-
-
-class Container:
-    """The stored record of one Docker container (what ``docker inspect`` shows)."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-    @property
-    def id(self) -> str:
-        return self.data["Id"]
-
-    @property
-    def name(self) -> str:
-        return self.data["Name"].lstrip("/")
-
-    @property
-    def state(self) -> dict[str, Any]:
-        return self.data["State"]
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.data["Config"]
-
-    @property
-    def host_config(self) -> dict[str, Any]:
-        return self.data["HostConfig"]
-
-    @property
-    def running(self) -> bool:
-        return self.state["Status"] in LIVE
 
 
 class ContainerStore(Mapping[str, Container]):
@@ -65,7 +34,7 @@ class ContainerStore(Mapping[str, Container]):
         self._records: dict[str, Container] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         for row in db.query("SELECT data FROM containers"):
-            c = Container(json.loads(row["data"]))
+            c = Container.from_document(json.loads(row["data"]))
             self._records[c.id] = c
 
     # ----- the mapping ----------------------------------------------------------------------
@@ -120,12 +89,12 @@ class ContainerStore(Mapping[str, Container]):
     def rename(self, c: Container, new: str) -> None:
         """Give ``c`` a free name, persisted; the old one stays if the write fails."""
         self.check_name_free(new)
-        old = c.data["Name"]
-        c.data["Name"] = "/" + new
+        old = c.name
+        c.name = new
         try:
             self.save(c)
         except Exception:
-            c.data["Name"] = old
+            c.name = old
             raise
 
     # ----- persistence ----------------------------------------------------------------------
@@ -142,7 +111,7 @@ class ContainerStore(Mapping[str, Container]):
     def save(self, c: Container) -> None:
         with self.db.tx():
             self.db.execute("INSERT OR REPLACE INTO containers (id, name, data) VALUES (?, ?, ?)",
-                            (c.id, c.name, S.dumps(c.data)))
+                            (c.id, c.name, S.dumps(c.to_document())))
 
     def delete(self, c: Container) -> None:
         with self.db.tx():

@@ -116,7 +116,7 @@ class SystemService:
         containers = list(self.store.values())
         uses: dict[str, int] = {}
         for c in containers:
-            uses[c.data["Image"]] = uses.get(c.data["Image"], 0) + 1
+            uses[c.image] = uses.get(c.image, 0) + 1
         images = []
         for image in self.images.list():
             doc = image.to_docker_summary()
@@ -126,7 +126,7 @@ class SystemService:
         for c in containers:
             doc = self.summary(c, True)
             doc["SizeRootFs"] = doc.get("SizeRw", 0) + next(
-                (i["Size"] for i in images if i["Id"] == c.data["Image"]), 0)
+                (i["Size"] for i in images if i["Id"] == c.image), 0)
             ctrs.append(doc)
         volumes = []
         for v in self.volumes.list():

@@ -34,7 +34,8 @@ class ContainerViews:
 
     async def container_inspect(self, ref: str, size: bool = False) -> dict[str, Any]:
         c = self.store.find(ref)
-        out = {k: v for k, v in c.data.items() if k != "Silobox"}
+        out = c.to_document()
+        del out["Silobox"]
         out["ExecIDs"] = self.execs.ids_of(c.id) or None
         hc = dict(out["HostConfig"])
         out["HostConfig"] = hc
@@ -77,7 +78,7 @@ class ContainerViews:
         for s in filters.get("status", []):
             if s not in {x.value for x in Status}:
                 raise InvalidArgument(f"invalid filter 'status={s}'")
-        items = sorted(self.store.values(), key=lambda c: c.data["Created"], reverse=True)
+        items = sorted(self.store.values(), key=lambda c: c.created, reverse=True)
         out = []
         resolved: dict[str, str] = {}   # image name → id, once per listing
         for c in items:
@@ -107,7 +108,7 @@ class ContainerViews:
             ok = False
             for v in f["ancestor"]:
                 try:
-                    if self.images.resolve(v).id == c.data["Image"]:
+                    if self.images.resolve(v).id == c.image:
                         ok = True
                 except NotFound:
                     pass
@@ -123,16 +124,16 @@ class ContainerViews:
 
     def summary(self, c: Container, size: bool,
                  resolved: dict[str, str] | None = None) -> dict[str, Any]:
-        argv = [c.data["Path"]] + c.data["Args"]
+        argv = [c.path, *c.args]
         d = {
             "Id": c.id, "Names": ["/" + c.name], "Image": self.image_service.image_shown(c, resolved),
-            "ImageID": c.data["Image"], "Command": " ".join(argv),
-            "Created": int(parse_iso(c.data["Created"])), "Ports": [],
+            "ImageID": c.image, "Command": " ".join(argv),
+            "Created": int(parse_iso(c.created)), "Ports": [],
             "Labels": c.config.get("Labels") or {}, "State": c.state["Status"],
             "Status": self._status_text(c),
             "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "none")},
             "NetworkSettings": {"Networks": shown_networks(c)},
-            "Mounts": c.data.get("Mounts") or [],
+            "Mounts": c.mounts,
         }
         if size:
             d["SizeRw"] = self.storage.sandbox_for(c.id).used_bytes()

@@ -4,11 +4,10 @@ create validation, hook order, state transitions, restart policies, recovery."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-
 import pytest
 
 from silobox.engine import restart
+from silobox.engine.record import Container
 from silobox.engine.state import Status, status
 from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, NotModified
 
@@ -121,15 +120,16 @@ def test_state_follows_the_verbs(tmp_path) -> None:
     ({"Name": "on-failure", "MaximumRetryCount": 2}, False, 3, 2, False),
 ])
 def test_restart_after_exit(policy, stopped, code, count, expected) -> None:
-    c = SimpleNamespace(host_config={"RestartPolicy": policy},
-                        data={"RestartCount": count, "Silobox": {"StoppedByUser": stopped}})
+    c = Container(id="c1", name="c1", image="i", config={}, host_config={"RestartPolicy": policy},
+                  restart_count=count, silobox={"StoppedByUser": stopped})
     assert restart.restart_after_exit(c, code) is expected
 
 
 def test_restart_with_the_daemon_and_back_off() -> None:
     def record(name, stopped):
-        return SimpleNamespace(host_config={"RestartPolicy": {"Name": name}},
-                               data={"Silobox": {"StoppedByUser": stopped}})
+        return Container(id="c1", name="c1", image="i", config={},
+                         host_config={"RestartPolicy": {"Name": name}},
+                         silobox={"StoppedByUser": stopped})
     assert restart.start_with_daemon(record("always", True))
     assert restart.start_with_daemon(record("unless-stopped", False))
     assert not restart.start_with_daemon(record("unless-stopped", True))
@@ -209,3 +209,26 @@ def test_recovery_readopts_the_running_and_sweeps_the_orphans(tmp_path) -> None:
     assert journal == ["net.recover", "net.stop"]
     assert ("remove_job_object", "leftover", "silobox-test") in host.calls
     assert not any(call[:2] == ("remove_job_object", alive) for call in host.calls)
+
+
+def test_a_record_reads_and_writes_the_stored_document_unchanged() -> None:
+    """A state directory from an earlier silod: every key comes back as it was stored,
+    unknown ones included; the document view writes through to the typed fields."""
+    doc = {"Id": "ab" * 32, "Created": "2026-01-01T00:00:00Z", "Path": "sh", "Args": ["-c", "x"],
+           "State": {"Status": "exited", "Running": False}, "Image": "sha256:" + "cd" * 32,
+           "ResolvConfPath": "/r", "HostnamePath": "/h", "HostsPath": "/hs", "LogPath": "/l",
+           "Name": "/web", "RestartCount": 2, "Driver": "windowsfilter", "Platform": "linux",
+           "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
+           "HostConfig": {"NetworkMode": "nat"}, "GraphDriver": {"Name": "windowsfilter"},
+           "Mounts": [{"Destination": "/data"}], "Config": {"Image": "busybox"},
+           "NetworkSettings": {"Networks": {}}, "Silobox": {"StoppedByUser": True},
+           "SomethingNewer": {"kept": 1}}
+    c = Container.from_document(doc)
+    assert c.name == "web" and c.restart_count == 2 and c.stopped_by_user
+    assert c.to_document() == doc and list(c.to_document()) == list(doc)
+    c.data["Mounts"] = []
+    c.data.setdefault("Silobox", {})["Layers"] = ["x"]
+    assert c.mounts == [] and c.silobox["Layers"] == ["x"] and c.data["Name"] == "/web"
+    older = {k: v for k, v in doc.items() if k not in ("RestartCount", "Mounts", "Silobox")}
+    c = Container.from_document(older)
+    assert c.restart_count == 0 and c.mounts == [] and c.silobox == {}

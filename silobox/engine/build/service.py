@@ -110,7 +110,7 @@ class BuildService:
             if key not in ("until", "unused-for", "id", "type", "inuse", "shared", "private",
                            "description"):
                 raise InvalidArgument(f"invalid filter '{key}'")
-        used = {c.data.get("Image") for c in self.store.values()}
+        used = {c.image for c in self.store.values()}
         deleted: list[str] = []
         reclaimed = 0
         loop = asyncio.get_running_loop()
