@@ -234,6 +234,40 @@ class VolumeStore:
         except FileNotFoundError:
             return True
 
+    def populate_from_image(self, lower_dirs: list[str], items: list[tuple[str, str]]) -> None:
+        """Fill each new volume of ``items`` (name, container path) with the image's content
+        at that path, as Docker does: the image (``lower_dirs``, top first) is mounted
+        read-only on a scratch point under ``<root>/tmp`` (the next daemon's sweep removes one
+        a crash left), and each path is resolved inside it, the image's symlinks followed as
+        the container would see them (SafeRoot)."""
+        if not lower_dirs:
+            return
+        from silobox.kernel import libc, overlay
+        from silobox.kernel.saferoot import SafeRoot
+        tmp = os.path.join(os.path.dirname(self.dir), "tmp", f"populate-{uuid.uuid4().hex[:8]}")
+        os.makedirs(tmp, mode=0o700)
+        try:
+            overlay.mount(tmp, lower_dirs)
+        except (OSError, ValueError) as e:
+            os.rmdir(tmp)
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            raise SystemFailure(f"cannot mount the image to fill its volumes: {why}",
+                                operation="volume::Populate", cause=e) from e
+        try:
+            with SafeRoot(tmp) as tree:
+                for name, dest in items:
+                    try:
+                        src = tree.open_dir(dest)
+                    except OSError:
+                        continue   # absent or not a directory in the image: nothing to copy
+                    try:
+                        self.populate(name, src)
+                    finally:
+                        os.close(src)
+        finally:
+            libc.umount2(tmp, libc.MNT_DETACH)
+            os.rmdir(tmp)
+
     def populate(self, name: str, source: int) -> bool:
         """Copy the directory ``source`` (an fd of a directory of the image, resolved inside
         it) into an empty volume, with owners, modes, xattrs and hard links, as Docker does for

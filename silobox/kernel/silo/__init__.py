@@ -19,7 +19,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
-from silobox.kernel import libc
+from silobox.kernel import libc, overlay
 from silobox.kernel.saferoot import SafeRoot
 from silobox.kernel.silo.cgroupfs import mount_cgroupfs
 
@@ -326,11 +326,10 @@ def build_rootfs(spec: SiloSpec) -> None:
     """
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     if spec.upper_dir:
-        opts = (f"lowerdir={':'.join(spec.lower_dirs)},upperdir={spec.upper_dir},"
-                f"workdir={spec.work_dir}")
-        libc.mount("overlay", spec.rootfs, "overlay", 0, opts)
+        libc.mount("overlay", spec.rootfs, "overlay", 0,
+                   overlay.options(spec.lower_dirs, spec.upper_dir, spec.work_dir))
     elif spec.lower_dirs and len(spec.lower_dirs) > 1:
-        libc.mount("overlay", spec.rootfs, "overlay", 0, f"lowerdir={':'.join(spec.lower_dirs)}")
+        libc.mount("overlay", spec.rootfs, "overlay", 0, overlay.options(spec.lower_dirs))
     else:
         src = spec.lower_dirs[0] if spec.lower_dirs else spec.rootfs
         libc.mount(src, spec.rootfs, None, libc.MS_BIND | libc.MS_REC)
