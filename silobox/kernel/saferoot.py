@@ -29,6 +29,7 @@ from silobox.kernel import libc
 RESOLVE = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _EAGAIN_TRIES = 32
+_MAX_LINKS = 40                # the kernel's MAXSYMLINKS
 
 _openat2_state: str | None = None   # None: unknown yet; "" works; else why it does not
 _proc_checked = False
@@ -164,6 +165,67 @@ class SafeRoot:
         component). The caller closes the fd and acts on the name with ``*at`` calls."""
         parent, name = split_name(rel)
         return self.open_dir(parent, create=create, mode=mode, symlinks=symlinks), name
+
+    def make(self, rel: str, is_dir: bool = True) -> int:
+        """An O_PATH fd of ``rel`` (a mount target, a working directory), made when missing
+        (a directory, or an empty file unless ``is_dir``) with its parents.
+
+        Symlinks are followed inside the root only, a dangling one too (an image's dangling
+        ``/data -> /host/dir`` makes ``/host/dir`` in the root); the caller acts on the fd,
+        so nothing swapped after the lookup can move what it names. The last component is
+        never a symlink (ELOOP if it keeps becoming one)."""
+        try:
+            fd = self.open(rel, os.O_PATH)
+        except FileNotFoundError:
+            fd = self._make_missing(rel, is_dir)
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.ELOOP, f"{rel}: the target keeps changing into a symlink")
+        return fd
+
+    def _make_missing(self, rel: str, is_dir: bool) -> int:
+        """Make the missing parts of ``rel`` one component at a time, each in its parent's fd,
+        a symlink met on the way read (through its parent's fd) and followed as if the root
+        were ``/``. The kernel resolves every existing prefix (RESOLVE_IN_ROOT); only a
+        dangling link's target needs reading here."""
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        done: list[str] = []
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            here = "/".join([*done, part])
+            st = self.lstat(here)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, f"{rel}: too many levels of symbolic links")
+                link = self.readlink(here)
+                if link.startswith("/"):
+                    done = []
+                parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+                continue
+            if st is None:
+                parent = self.open_dir("/".join(done))
+                try:
+                    if parts or is_dir:
+                        try:
+                            os.mkdir(part, 0o755, dir_fd=parent)
+                        except FileExistsError:
+                            pass
+                    else:
+                        try:
+                            os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                                             | os.O_CLOEXEC, 0o644, dir_fd=parent))
+                        except FileExistsError:
+                            pass
+                finally:
+                    os.close(parent)
+            done.append(part)
+        return self.open("/".join(done), os.O_PATH, follow=False)
 
     def lstat(self, rel: str) -> os.stat_result | None:
         """The entry itself (a last symlink not followed), or None if it is not there."""
