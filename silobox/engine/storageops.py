@@ -1,17 +1,15 @@
-"""The storage half of a container's life: its sandbox disk, its volumes and mounts.
+"""The engine's side of storage: which container's sandbox, volumes and mounts, and when.
 
-``StorageHook`` is registered with the container service and owns, per container:
-
-* the sandbox kind and size (``HostConfig.StorageOpt``: ``size=5G``, ``sandbox=disk|dir``), the
-  disk taken from the pool at create, activated (loop + mount over ``sandbox/``) at start and
-  deactivated at stop, like hcsshim's ActivateLayer/DeactivateLayer around a container's run;
-* its mounts: host binds and named volumes from ``-v``, ``HostConfig.Mounts`` (bind, volume,
-  tmpfs), anonymous volumes for the image's and the config's ``Volumes``, ``HostConfig.Tmpfs``.
-  New volumes are filled from the image's content at their path, as Docker does.
+``StorageHook`` joins a container's life (create, start, stop, remove, inspect) and asks
+storage for what it needs then: a sandbox disk at create (``SandboxStore``, with the kind and
+size from ``HostConfig.StorageOpt``), its volumes made and filled from the image
+(``VolumeStore``) after the create body's mounts are checked (``storage/mounts.py``), the disk
+activated at start and deactivated at stop (ActivateLayer/DeactivateLayer), option volumes
+mounted while a running container uses them.
 
 ``StorageOps`` is the engine mixin behind ``/volumes`` and silobox's ``/silobox/sandboxes``
-views: list, inspect, expand (ExpandSandboxSize), attach/detach on the host (diskpart's
-``attach vdisk`` + ``assign letter``).
+views (list, inspect, expand, attach/detach on the host): it finds the container, holds its
+lock and says which containers use a volume or bind a directory; storage does the rest.
 """
 
 from __future__ import annotations
@@ -25,39 +23,13 @@ from silobox.engine.hooks import ContainerHook
 from silobox.filters import labels_match
 from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError
 from silobox.storage import disk as D
+from silobox.storage.mounts import mount_tree, plan_mounts, tmpfs_of
 from silobox.storage.sandboxes import SandboxStore, parse_daemon_options
-from silobox.storage.volumes import VolumeStore, check_name
+from silobox.storage.volumes import VolumeStore
+
+__all__ = ["StorageHook", "StorageOps", "mount_tree"]
 
 log = logging.getLogger("silobox.storage")
-
-TMPFS_DEFAULTS = "noexec,nosuid,nodev"        # Docker's for --tmpfs
-MOUNT_TMPFS_DEFAULTS = "nosuid,nodev"         # Docker's for --mount type=tmpfs
-_BIND_MODES = {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared", "slave",
-               "rslave", "nocopy"}
-
-
-def _depth(path: str) -> int:
-    return len([p for p in path.split("/") if p])
-
-
-def _clean(path: str) -> str:
-    return os.path.normpath(path) if path else path
-
-
-def mount_tree(mounts: list[dict[str, Any]], path: str) -> tuple[dict[str, Any], str] | None:
-    """The volume or bind that holds container ``path`` and the path inside its source tree,
-    or None when the path is in the container's own filesystem. The innermost mount wins, as
-    in the container's mount table; the match is lexical (``..`` is folded first)."""
-    where = "/" + os.path.normpath("/" + path).lstrip("/")
-    best: tuple[dict[str, Any], str] | None = None
-    for m in mounts:
-        if m.get("Type") not in ("bind", "volume") or not m.get("Source"):
-            continue
-        dest = "/" + os.path.normpath("/" + m["Destination"]).lstrip("/")
-        if where == dest or where.startswith(dest.rstrip("/") + "/"):
-            if best is None or _depth(dest) > _depth(best[0]["Destination"]):
-                best = (m, "/" + where[len(dest):].lstrip("/"))
-    return best
 
 
 class StorageHook(ContainerHook):
@@ -108,163 +80,17 @@ class StorageHook(ContainerHook):
                                         "Created": made}
 
     def _plan_mounts(self, c: Any, body: dict[str, Any]) -> tuple[list[dict], list[dict]]:
-        """Validate every mount source of the create body; nothing is created here."""
-        hc = c.host_config
-        taken = {_clean(m["Destination"]) for m in c.data.get("Mounts") or []}
-        plan: list[dict[str, Any]] = []
-
-        def claim(dest: str) -> str:
-            dest = _clean(dest)
-            if dest in taken:
-                raise InvalidArgument(f"Duplicate mount point: {dest}")
-            taken.add(dest)
-            return dest
-
-        for b in hc.get("Binds") or []:
-            parts = b.split(":")
-            if parts[0].startswith("/"):
-                continue   # host binds: spec.parse_binds made them already
-            if len(parts) not in (2, 3) or not parts[1]:
-                raise InvalidArgument(f"invalid volume specification: '{b}'")
-            name, dest = parts[0], parts[1]
-            mode = parts[2] if len(parts) == 3 else ""
-            opts = [o for o in mode.split(",") if o]
-            if any(o not in _BIND_MODES for o in opts):
-                raise InvalidArgument(f"invalid mode: {mode}")
-            check_name(name)
-            if not dest.startswith("/") or dest == "/":
-                raise InvalidArgument(f"invalid volume specification: '{b}': invalid mount "
-                                      f"config for type \"volume\": invalid mount path: "
-                                      f"'{dest}' mount path must be absolute")
-            plan.append({"Type": "volume", "Name": name, "Source": "",
-                         "Destination": claim(dest), "Driver": "local", "Mode": mode or "z",
-                         "RW": "ro" not in opts, "Propagation": "", "_nocopy": "nocopy" in opts})
-        mounts = hc.get("Mounts") or []
-        if not isinstance(mounts, list):
-            raise InvalidArgument("json: cannot unmarshal object into Go struct field "
-                                  "HostConfig.HostConfig.Mounts of type []mount.Mount")
-        for m in mounts:   # each names its own volume driver
-            plan.append({**self._mount_entry(m, claim), "_mount": True})
-        tmpfs: list[dict[str, str]] = []
-        tmap = hc.get("Tmpfs") or {}
-        if not isinstance(tmap, dict) or not all(isinstance(v, str) for v in tmap.values()):
-            raise InvalidArgument("json: cannot unmarshal into Go struct field "
-                                  "HostConfig.HostConfig.Tmpfs of type map[string]string")
-        for path, opts in tmap.items():
-            if not path.startswith("/") or path == "/":
-                raise InvalidArgument(f"invalid mount path: '{path}' mount path must be absolute")
-            options = f"{TMPFS_DEFAULTS},{opts}" if opts else TMPFS_DEFAULTS
-            self._check_tmpfs(options)
-            tmpfs.append({"ContainerPath": claim(path), "Options": options})
-        # The image's VOLUMEs and the config's Volumes not covered by a mount: anonymous.
-        wanted: dict[str, Any] = {}
+        """Validate every mount source of the create body (storage/mounts.py); nothing is
+        created here."""
+        volumes: dict[str, Any] = {}
         try:
             image = self.e.images.resolve(c.data["Image"])
-            wanted.update((image.config.get("config") or {}).get("Volumes") or {})
+            volumes.update((image.config.get("config") or {}).get("Volumes") or {})
         except NotFound:
             pass
-        wanted.update(body.get("Volumes") or {})
-        for path in wanted:
-            if not isinstance(path, str) or not path.startswith("/") or path == "/":
-                raise InvalidArgument(f"invalid mount path: '{path}' mount path must be absolute")
-            if _clean(path) in taken:
-                continue
-            plan.append({"Type": "volume", "Name": "", "Source": "",
-                         "Destination": claim(path), "Driver": "local", "Mode": "",
-                         "RW": True, "Propagation": ""})
-        driver = hc.get("VolumeDriver") or "local"
-        if driver != "local" and any(
-                p["Type"] == "volume" and not p.get("_mount") and
-                not (p["Name"] and self.e.volumes.exists(p["Name"])) for p in plan):
-            # as dockerd: the driver matters only for a volume that has to be made
-            raise NotFound(f'error looking up volume plugin {driver}: plugin "{driver}" '
-                           "not found")
-        return plan, tmpfs
-
-    def _mount_entry(self, m: Any, claim: Any) -> dict[str, Any]:
-        """One ``HostConfig.Mounts`` item → a ``Mounts`` record (Docker's messages)."""
-        if not isinstance(m, dict):
-            raise InvalidArgument("invalid mount config: expected an object")
-        kind = m.get("Type") or ""
-        where = f'invalid mount config for type "{kind}"'
-        target = m.get("Target") or ""
-        if not target:
-            raise InvalidArgument(f"{where}: field Target must not be empty")
-        if not target.startswith("/") or target == "/":
-            raise InvalidArgument(f"{where}: invalid mount path: '{target}' mount path must "
-                                  "be absolute")
-        src = m.get("Source") or ""
-        ro = bool(m.get("ReadOnly"))
-        if kind == "bind":
-            if not src:
-                raise InvalidArgument(f"{where}: field Source must not be empty")
-            if not src.startswith("/"):
-                raise InvalidArgument(f"{where}: invalid mount path: '{src}' mount path must "
-                                      "be absolute")
-            if m.get("VolumeOptions") or m.get("TmpfsOptions"):
-                raise InvalidArgument(f"{where}: field VolumeOptions/TmpfsOptions must not be "
-                                      "specified")
-            if not os.path.exists(src):
-                if (m.get("BindOptions") or {}).get("CreateMountpoint"):
-                    os.makedirs(src, 0o755, exist_ok=True)
-                else:
-                    raise InvalidArgument(f"{where}: bind source path does not exist: {src}")
-            prop = (m.get("BindOptions") or {}).get("Propagation") or "rprivate"
-            return {"Type": "bind", "Source": src, "Destination": claim(target), "Mode": "",
-                    "RW": not ro, "Propagation": prop}
-        if kind == "volume":
-            if m.get("BindOptions") or m.get("TmpfsOptions"):
-                raise InvalidArgument(f"{where}: field BindOptions/TmpfsOptions must not be "
-                                      "specified")
-            vo = m.get("VolumeOptions") or {}
-            driver = (vo.get("DriverConfig") or {}).get("Name") or "local"
-            if driver != "local":
-                raise NotFound(f'error looking up volume plugin {driver}: plugin "{driver}" '
-                               "not found")
-            options = (vo.get("DriverConfig") or {}).get("Options") or None
-            if options:
-                from silobox.storage.volumes import check_options
-                check_options(options)
-            if vo.get("Subpath"):
-                raise InvalidArgument(f"{where}: volume subpaths are not supported")
-            if src:
-                check_name(src)
-            return {"Type": "volume", "Name": src, "Source": "",
-                    "Destination": claim(target), "Driver": "local", "Mode": "z",
-                    "RW": not ro, "Propagation": "", "_nocopy": bool(vo.get("NoCopy")),
-                    "_labels": vo.get("Labels") or None, "_options": options}
-        if kind == "tmpfs":
-            if src:
-                raise InvalidArgument(f"{where}: field Source must not be specified")
-            if m.get("BindOptions") or m.get("VolumeOptions"):
-                raise InvalidArgument(f"{where}: field BindOptions/VolumeOptions must not be "
-                                      "specified")
-            to = m.get("TmpfsOptions") or {}
-            opts = [MOUNT_TMPFS_DEFAULTS]
-            if ro:
-                opts.append("ro")
-            if to.get("SizeBytes"):
-                size = int(to["SizeBytes"])
-                if size < 0:
-                    raise InvalidArgument(f"{where}: invalid tmpfs size {size}")
-                opts.append(f"size={size}")
-            if to.get("Mode"):
-                opts.append(f"mode={int(to['Mode']):o}")
-            options = ",".join(opts)
-            self._check_tmpfs(options)
-            return {"Type": "tmpfs", "Source": "", "Destination": claim(target), "Mode": "",
-                    "RW": not ro, "Propagation": ""}
-        if not kind:
-            raise InvalidArgument("invalid mount config: mount type unknown")
-        raise InvalidArgument(f'invalid mount config for type "{kind}": mount type unknown')
-
-    @staticmethod
-    def _check_tmpfs(options: str) -> None:
-        from silobox.kernel.silo import tmpfs_options
-        try:
-            tmpfs_options(options)
-        except ValueError as e:
-            raise InvalidArgument(f"invalid tmpfs options: {e}") from None
+        volumes.update(body.get("Volumes") or {})
+        return plan_mounts(c.host_config, c.data.get("Mounts") or [], volumes,
+                           self.e.volumes.exists)
 
     def undo_create(self, c: Any) -> None:
         self.e.layers.unhold(f"container:{c.id}")
@@ -296,7 +122,7 @@ class StorageHook(ContainerHook):
         for m in c.data.get("Mounts") or []:
             if m.get("Type") == "tmpfs":
                 tmpfs.append({"ContainerPath": m["Destination"],
-                              "Options": self._mount_tmpfs_options(c, m)})
+                              "Options": tmpfs_of(c.host_config, m["Destination"])})
                 tmpfs_paths.add(m["Destination"])
         if tmpfs:
             cont.setdefault("Linux", {})["Tmpfs"] = tmpfs
@@ -324,20 +150,6 @@ class StorageHook(ContainerHook):
                     self.e.volumes.unmount(name)
                 except OSError as e:
                     log.warning("cannot unmount volume %s: %s", name, e)
-
-    @staticmethod
-    def _mount_tmpfs_options(c: Any, m: dict) -> str:
-        for spec in c.host_config.get("Mounts") or []:
-            if isinstance(spec, dict) and spec.get("Type") == "tmpfs" and \
-                    _clean(spec.get("Target") or "") == m["Destination"]:
-                to = spec.get("TmpfsOptions") or {}
-                opts = [MOUNT_TMPFS_DEFAULTS] + (["ro"] if spec.get("ReadOnly") else [])
-                if to.get("SizeBytes"):
-                    opts.append(f"size={int(to['SizeBytes'])}")
-                if to.get("Mode"):
-                    opts.append(f"mode={int(to['Mode']):o}")
-                return ",".join(opts)
-        return MOUNT_TMPFS_DEFAULTS
 
     async def on_stop(self, c: Any) -> None:
         self._release_volumes(c)
