@@ -3,7 +3,8 @@
 A volume is a directory ``<root>/volumes/<name>/_data`` plus a row in silod's store (driver,
 labels, options, creation time). Containers see it through a bind mount (HCS
 MappedDirectories). Which containers use a volume is the engine's knowledge (their Mounts), so
-the in-use refusal lives in the engine; this module only owns the directories and the rows.
+the in-use refusal lives in the engine; this module owns the directories, the rows, the mounts
+of volumes with options and the filling of a new volume from its image.
 """
 
 from __future__ import annotations
