@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterator
+from typing import Callable, Iterator
 
 from silobox.errors import Unavailable
 from silobox.kernel import libc
@@ -79,6 +79,39 @@ def split_name(rel: str) -> tuple[str, str]:
     if not parts or parts[-1] == "..":
         raise IsADirectoryError(errno.EISDIR, "the root itself has no parent", rel)
     return "/".join(parts[:-1]), parts[-1]
+
+
+def resolve_links(rel: str, link_at: Callable[[str, bool], str | None],
+                  follow_last: bool = True) -> str:
+    """``rel`` with every symlink on the way replaced by its target as if the tree's root were
+    ``/`` (``..`` stops at the root, an absolute target starts from it again), relative to the
+    root. ``link_at(prefix, is_last)`` says what the symlink at ``prefix`` holds, None for
+    anything else. Past 40 links: ELOOP.
+
+    For trees the kernel cannot resolve in one call: a name still to be made below a
+    dangling link (:meth:`SafeRoot.make`), an image's layers read without mounting them."""
+    todo = [p for p in rel.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        here = "/".join([*done, name])
+        last = not todo
+        target = link_at(here, last) if (follow_last or not last) else None
+        if target is not None:
+            hops += 1
+            if hops > _MAX_LINKS:
+                raise OSError(errno.ELOOP, f"{rel}: too many levels of symbolic links")
+            if target.startswith("/"):
+                done = []
+            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+            continue
+        done.append(name)
+    return "/".join(done)
 
 
 class SafeRoot:
@@ -188,44 +221,28 @@ class SafeRoot:
         a symlink met on the way read (through its parent's fd) and followed as if the root
         were ``/``. The kernel resolves every existing prefix (RESOLVE_IN_ROOT); only a
         dangling link's target needs reading here."""
-        parts = [p for p in rel.split("/") if p not in ("", ".")]
-        done: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            here = "/".join([*done, part])
+        def step(here: str, last: bool) -> str | None:
             st = self.lstat(here)
             if st is not None and stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > _MAX_LINKS:
-                    raise OSError(errno.ELOOP, f"{rel}: too many levels of symbolic links")
-                link = self.readlink(here)
-                if link.startswith("/"):
-                    done = []
-                parts = [p for p in link.split("/") if p not in ("", ".")] + parts
-                continue
+                return self.readlink(here)
             if st is None:
-                parent = self.open_dir("/".join(done))
+                parent, name = self.parent(here)
                 try:
-                    if parts or is_dir:
+                    if not last or is_dir:
                         try:
-                            os.mkdir(part, 0o755, dir_fd=parent)
+                            os.mkdir(name, 0o755, dir_fd=parent)
                         except FileExistsError:
                             pass
                     else:
                         try:
-                            os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
                                              | os.O_CLOEXEC, 0o644, dir_fd=parent))
                         except FileExistsError:
                             pass
                 finally:
                     os.close(parent)
-            done.append(part)
-        return self.open("/".join(done), os.O_PATH, follow=False)
+            return None
+        return self.open(resolve_links(rel, step), os.O_PATH, follow=False)
 
     def lstat(self, rel: str) -> os.stat_result | None:
         """The entry itself (a last symlink not followed), or None if it is not there."""

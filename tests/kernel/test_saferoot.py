@@ -254,3 +254,18 @@ def test_make_follows_links_inside_the_root_even_dangling(trees, tmp_path):
         r.make("loop1/x", True)
     assert e.value.errno == errno.ELOOP
     assert _victim_state(victim) == before
+
+
+def test_resolve_links_without_a_kernel_tree():
+    from silobox.kernel.saferoot import resolve_links
+    links = {"bin": "usr/bin", "usr/bin/sh": "/bin/busybox", "abs": "/../../etc",
+             "loop": "loop"}
+
+    def link_at(here, last):
+        return links.get(here)
+    assert resolve_links("/bin/sh", link_at) == "usr/bin/busybox"
+    assert resolve_links("/bin/sh", link_at, follow_last=False) == "usr/bin/sh"
+    assert resolve_links("../../abs/./passwd", link_at) == "etc/passwd"
+    with pytest.raises(OSError) as e:
+        resolve_links("loop/x", link_at)
+    assert e.value.errno == errno.ELOOP
