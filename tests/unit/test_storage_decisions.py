@@ -3,6 +3,8 @@ and what the crash sweep removes."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from silobox.errors import InvalidArgument, NotFound, Unavailable
@@ -163,3 +165,25 @@ def test_orphan_loop_devices(tmp_path):
     owners = {"run": True, "att": False, "stopped": False}
     gone = orphan_loop_devices(devs, root, cdir, owners, attached={"att"})
     assert [d.path for d in gone] == ["/dev/loop3", "/dev/loop4", "/dev/loop6"]
+
+
+# ----- where a sandbox may be attached --------------------------------------------------------
+def test_attach_refusals(tmp_path):
+    import pathlib
+    from silobox.storage.attach import SandboxAttachments
+    tmp_path = pathlib.Path(os.path.realpath(tmp_path))   # points are compared as real paths
+    root, run = tmp_path / "root", tmp_path / "run"
+    root.mkdir()
+    run.mkdir()
+    att = SandboxAttachments(str(root), str(run))
+    cid = "c0ffee"
+    own = str(root / "containers" / cid / "mnt")
+    binds = [(str(tmp_path / "shared"), "a directory of container web")]
+    assert att.refusal(cid, own, binds) == ""
+    assert att.refusal(cid, str(tmp_path / "elsewhere"), binds) == ""
+    assert "silod's state directory" in att.refusal(cid, str(root / "containers" / "x"), binds)
+    assert "silod's runtime directory" in att.refusal(cid, str(run / "c"), binds)
+    assert "/proc" in att.refusal(cid, "/proc/1/root/tmp", binds)
+    assert "container web" in att.refusal(cid, str(tmp_path / "shared" / "in"), binds)
+    assert att.refusal(cid, str(tmp_path / "sharedness"), binds) == ""   # a prefix, not a parent
+    assert att.record(cid) is None
