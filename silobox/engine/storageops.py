@@ -53,19 +53,7 @@ class StorageHook(ContainerHook):
         try:
             if kind == "disk":
                 self.e.sandboxes.create_disk(c.id, size)
-            populate: list[tuple[str, str]] = []
-            for m in plan:
-                if m["Type"] != "volume":
-                    continue
-                vol, created = self.e.volumes.create(m.get("Name") or None,
-                                                     labels=m.pop("_labels", None),
-                                                     options=m.pop("_options", None))
-                if created:
-                    made.append(vol.name)
-                m["Name"], m["Source"] = vol.name, vol.mountpoint
-                if not m.pop("_nocopy", False) and not vol.options and \
-                        self.e.volumes.is_empty(vol.name):
-                    populate.append((vol.name, m["Destination"]))
+            populate = self.e.volumes.provide(plan, made)
             if populate:
                 self.e._populate_volumes(c.data["Image"], populate)
         except BaseException:

@@ -235,6 +235,24 @@ class VolumeStore:
         except FileNotFoundError:
             return True
 
+    def provide(self, plan: list[dict[str, Any]], made: list[str]) -> list[tuple[str, str]]:
+        """Make (or find) the volume of each ``volume`` record of a mount plan
+        (``storage/mounts.py``), filling in its Name and Source; the names of those made are
+        appended to ``made`` as they come (the caller's undo). Returns (volume, container path)
+        of the new empty ones to fill from the image: not ``nocopy``, not option volumes."""
+        populate: list[tuple[str, str]] = []
+        for m in plan:
+            if m["Type"] != "volume":
+                continue
+            vol, created = self.create(m.get("Name") or None, labels=m.pop("_labels", None),
+                                       options=m.pop("_options", None))
+            if created:
+                made.append(vol.name)
+            m["Name"], m["Source"] = vol.name, vol.mountpoint
+            if not m.pop("_nocopy", False) and not vol.options and self.is_empty(vol.name):
+                populate.append((vol.name, m["Destination"]))
+        return populate
+
     def populate_from_image(self, lower_dirs: list[str], items: list[tuple[str, str]]) -> None:
         """Fill each new volume of ``items`` (name, container path) with the image's content
         at that path, as Docker does: the image (``lower_dirs``, top first) is mounted
