@@ -188,14 +188,25 @@ def tmpfs_mount_options(spec: dict[str, Any], where: str = "") -> str:
     """The tmpfs options of a ``HostConfig.Mounts`` item of type tmpfs (Docker's defaults,
     ``ro``, ``size=``, ``mode=`` in octal)."""
     to = spec.get("TmpfsOptions") or {}
+    if not isinstance(to, dict):
+        raise InvalidArgument("json: cannot unmarshal into Go struct field "
+                              "Mount.HostConfig.Mounts.TmpfsOptions of type mount.TmpfsOptions")
+    for key in ("SizeBytes", "Mode"):
+        if key in to and to[key] is not None and (not isinstance(to[key], int)
+                                                  or isinstance(to[key], bool)):
+            raise InvalidArgument(f"json: cannot unmarshal {type(to[key]).__name__} into Go "
+                                  f"struct field TmpfsOptions.HostConfig.Mounts.TmpfsOptions."
+                                  f"{key} of type {'int64' if key == 'SizeBytes' else 'uint32'}")
     opts = [MOUNT_TMPFS_DEFAULTS] + (["ro"] if spec.get("ReadOnly") else [])
     if to.get("SizeBytes"):
-        size = int(to["SizeBytes"])
+        size = to["SizeBytes"]
         if size < 0:
             raise InvalidArgument(f"{where}: invalid tmpfs size {size}")
         opts.append(f"size={size}")
     if to.get("Mode"):
-        opts.append(f"mode={int(to['Mode']):o}")
+        if not 0 <= to["Mode"] <= 0o7777:
+            raise InvalidArgument(f"{where}: invalid tmpfs mode {to['Mode']:o}")
+        opts.append(f"mode={to['Mode']:o}")
     return ",".join(opts)
 
 

@@ -187,3 +187,14 @@ def test_attach_refusals(tmp_path):
     assert "container web" in att.refusal(cid, str(tmp_path / "shared" / "in"), binds)
     assert att.refusal(cid, str(tmp_path / "sharedness"), binds) == ""   # a prefix, not a parent
     assert att.record(cid) is None
+
+
+@pytest.mark.parametrize("options", [{"SizeBytes": "1m"}, {"Mode": "0755"}, {"SizeBytes": 1.5},
+                                     {"Mode": True}, "size=1m", {"Mode": 0o17777}])
+def test_tmpfs_options_of_the_wrong_type_are_client_errors(options):
+    from silobox.errors import InvalidArgument
+    from silobox.storage.mounts import tmpfs_mount_options
+    with pytest.raises(InvalidArgument):
+        tmpfs_mount_options({"Type": "tmpfs", "Target": "/t", "TmpfsOptions": options}, "/t")
+    assert "size=65536,mode=1777" in tmpfs_mount_options(
+        {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 65536, "Mode": 0o1777}})
