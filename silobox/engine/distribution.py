@@ -8,17 +8,11 @@ import os
 import shutil
 from typing import Any, Callable
 
+from silobox.engine.events import Actor
 from silobox.engine.spec import runs_here
 from silobox.errors import InvalidArgument, NotFound
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-class _Named:
-    """The actor of pull and push events: Docker names it by the reference, not an id."""
-
-    def __init__(self, id: str) -> None:
-        self.id = id
 
 
 class DistributionService:
@@ -108,7 +102,7 @@ class DistributionService:
                             self.transfer_dir, report, in_flight=self.pulling,
                             downloads=self.downloads)
             result = await puller.pull()
-        self.events.emit_event("image", "pull", _Named(ref.familiar()), {"name": ref.familiar()})
+        self.events.emit_event("image", "pull", Actor(ref.familiar()), {"name": ref.familiar()})
         status = ("Image is up to date for" if result.up_to_date
                   else "Downloaded newer image for")
         return [{"status": f"Digest: {result.digest}"},
@@ -165,7 +159,7 @@ class DistributionService:
                 report({"progressDetail": {}, "aux": {"Tag": result.tag, "Digest": result.digest,
                                                       "Size": result.size}})
                 pushed = f"{repo.familiar_name}:{tag_name}"
-                self.events.emit_event("image", "push", _Named(pushed), {"name": pushed})
+                self.events.emit_event("image", "push", Actor(pushed), {"name": pushed})
         return []
 
     # -- login, distribution inspect ---------------------------------------------------------------

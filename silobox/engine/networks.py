@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from silobox.engine.events import Actor
 from silobox.engine.endpoints import DEFAULT_ALIASES, EMPTY_NET, NetworkHook
 from silobox.engine.links import check_endpoint_links
 from silobox.errors import Conflict, InvalidArgument
@@ -201,11 +202,10 @@ class NetworkService:
 
     def _network_event(self, action: str, n: dict[str, Any], container: Any = None) -> None:
         """Docker's network events: the network is the actor, the container an attribute."""
-        from types import SimpleNamespace
         extra = {"name": n["Name"], "type": self.hns.driver(n)}
         if container is not None:
             extra["container"] = container.id
-        self.events.emit_event("network", action, SimpleNamespace(id=n["DockerId"]), extra)
+        self.events.emit_event("network", action, Actor(n["DockerId"]), extra)
 
     async def network_remove(self, ref: str) -> None:
         if ref in ("none", "host"):
