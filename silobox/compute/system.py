@@ -313,7 +313,19 @@ class ComputeSystem:
         record = await self.shim.wait()
         if record is None:
             record = self._read_exit_file()
+        if record is None:
+            # The monitor is gone without an exit record (killed): nothing holds the
+            # container's stdio or can learn its exit status any more. End what is left of
+            # it, as containerd does when a shim dies (docs/architecture.md).
+            await asyncio.get_running_loop().run_in_executor(None, self._end_orphaned_job)
         self._record_exit(record)
+
+    def _end_orphaned_job(self) -> None:
+        try:
+            self.job.kill_all()
+            self.job.delete()
+        except Exception:
+            pass   # already gone, or left for remove's own delete
 
     def _read_exit_file(self) -> dict | None:
         try:
