@@ -439,11 +439,14 @@ class Shim:
         return args, keep
 
     def _note_error(self) -> None:
+        """The traceback into shim.err (removed with the container) and silod's stderr."""
+        import sys
         import traceback
         try:
+            traceback.print_exc(file=sys.stderr)
             with open(os.path.join(self.state_dir, "shim.err"), "a") as f:
                 traceback.print_exc(file=f)
-        except OSError:
+        except (OSError, ValueError):
             pass
 
     # ----- event loop ---------------------------------------------------------------------
