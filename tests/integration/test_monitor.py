@@ -163,3 +163,24 @@ def test_kill9_of_the_monitor_ends_only_its_container(silod):
         api.remove_container(c, force=True)
         api.remove_container(other, force=True)
     assert not _job_dirs(silod, cid)
+
+
+def test_log_records_of_odd_output_are_json_file_records(silod):
+    """Control bytes, invalid UTF-8, a line longer than 16 KiB and an unterminated last line."""
+    api = silod.client
+    script = ('printf "a\\001b\\377c\\342\\202\\254d\\tq\\"\\\\\\\\\\n"; '
+              'head -c 40000 /dev/zero | tr "\\0" x; echo; printf tail-no-newline >&2')
+    c = api.create_container(IMAGE, ["sh", "-c", script])
+    try:
+        api.start(c)
+        assert api.wait(c, timeout=30)["StatusCode"] == 0
+        path = api.inspect_container(c)["LogPath"]
+        records = [json.loads(line) for line in open(path, "rb")]
+        assert records[0]["log"] == 'a\x01b\ufffdc\u20acd\tq"\\\n' and records[0]["stream"] == "stdout"
+        body = "".join(r["log"] for r in records[1:] if r["stream"] == "stdout")
+        assert body == "x" * 40000 + "\n"
+        assert all(len(r["log"]) <= 65536 for r in records)
+        assert [r["log"] for r in records if r["stream"] == "stderr"] == ["tail-no-newline"]
+        assert all(r["time"].endswith("Z") for r in records)
+    finally:
+        api.remove_container(c, force=True)
