@@ -609,9 +609,14 @@ class HostNetworkingService:
         self.endpoints.pop(e["ID"], None)
 
     async def delete_endpoints(self, endpoint_ids: list[str], remove_namespace: str | None) -> None:
-        """Endpoint delete; removing the namespace lets the kernel destroy the veths with it."""
+        """Endpoint delete; removing the namespace lets the kernel destroy the veths with it.
+
+        Idempotent and safe against cancellation: the records go first (a second caller, such
+        as the exit hook racing a remove, finds nothing left to do), then the kernel work runs
+        in the netlink worker to completion, after any attach still in flight there."""
         had_ports = had_l2 = False
         acl_namespaces = set()
+        links: list[tuple[str, str]] = []
         for eid in endpoint_ids:
             e = self.endpoints.get(eid)
             if e is None:
@@ -621,17 +626,22 @@ class HostNetworkingService:
             had_ports |= any(p["Type"] == "PortMapping" for p in e["Policies"])
             had_l2 |= self.driver(self.networks.get(e["VirtualNetwork"], {})) in (
                 "l2bridge", "l2tunnel")
-            if not remove_namespace:
-                ns = self.netns_path(e["Namespace"]["ID"])
-                if is_netns(ns):
-                    await self.netlink.run(self.netlink.remove_endpoint_link, ns, e["IfName"])
+            if not remove_namespace or e["Namespace"]["ID"] != remove_namespace:
+                links.append((self.netns_path(e["Namespace"]["ID"]), e["IfName"]))
             self._drop_endpoint(e)
-        if remove_namespace:
-            self.netlink.remove_netns(self.netns_path(remove_namespace))
+        namespace = self.netns_path(remove_namespace) if remove_namespace else None
+
+        def kernel() -> None:
+            for ns, ifname in links:
+                if is_netns(ns):
+                    self.netlink.remove_endpoint_link(ns, ifname)
+            if namespace:
+                self.netlink.remove_netns(namespace)
+        await self.netlink.settle(kernel)
         if had_ports:
             self.apply_rules()
         if had_l2:
-            await self.apply_switch_rules()
+            await self.netlink.settle(self.netlink.switch_nft, self._switch_rules())
         for ns_id in acl_namespaces - {remove_namespace}:
             if is_netns(self.netns_path(ns_id)):
                 await self._apply_acls(ns_id)
