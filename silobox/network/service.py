@@ -1,19 +1,13 @@
-"""The Host Networking Service: HostComputeNetwork/Endpoint/Namespace records and their kernel form.
+"""The Host Networking Service: owner of the HostComputeNetwork/Endpoint/Namespace records.
 
-Records live in silod's store (the single source of truth); the kernel is derived from them and
-reconciled at every silod start: missing pieces are rebuilt, links/namespaces/tables with this
-daemon's prefix that the store does not own are removed, nothing else is touched.
-
-Linux mechanisms, per Windows object:
-
-* vSwitch (internal, for ``nat``): a bridge in silobox's own "vSwitch" network namespace. The
-  bridge is not in the host's namespace because bridged frames pass the host's IP ``forward``
-  hook (br_netfilter), where other engines' iptables-nft chains may drop them; in our own
-  namespace the bridge is plain L2, so containers of one network always reach each other.
-* host vNIC ``vEthernet (<net>)``: a veth whose host end (``sbx…nat<k>``) holds the gateway
-  address and the alias, and whose other end is a bridge port.
-* WinNAT (OutBoundNAT + PortMapping policies): one nftables table (``nft.py``).
-* compartment (HostComputeNamespace): a network namespace file ``<exec-root>/netns/<GUID>``.
+Records (``objects.py``) live in silod's store, the single source of truth; the kernel is
+derived from them and reconciled at every silod start: each network's driver (``drivers/``)
+restores what is missing, links/namespaces/tables with this daemon's prefix that the store
+does not own are removed, nothing else is touched. This service keeps what spans networks:
+IPAM (``ipam.py``), the WinNAT table (``winnat.py``), host forwarding (``forwarding.py``),
+the vSwitch's MAC rewrite table, endpoint policies (``policies.py``), and the compartments:
+a HostComputeNamespace is a network namespace file ``<exec-root>/netns/<GUID>``, made by its
+first endpoint's attach and removed once, in the netlink worker, whoever asks first.
 """
 
 from __future__ import annotations
@@ -33,6 +27,7 @@ from silobox.network import forwarding as F
 from silobox.network import ipam as I
 from silobox.network import nft as N
 from silobox.network import policies as P
+from silobox.network import winnat as W
 from silobox.network.netlink import Netlink, is_netns
 from silobox.network.objects import (HostComputeEndpoint, HostComputeNamespace,
                                      HostComputeNetwork, PortMapping, new_guid, policy_json)
@@ -270,6 +265,10 @@ class HostNetworkingService:
                 for n in self.networks.values()]
         return occ
 
+    def _subnets(self) -> list[tuple[str, list[str]]]:
+        """Each network's name and subnets: a new network's must not overlap them."""
+        return [(n.Name, [x["AddressPrefix"] for x in n.Subnets]) for n in self.networks.values()]
+
     async def create_network(self, name: str, *, subnet: str | None = None,
                              gateway: str | None = None, ip_range: str | None = None,
                              internal: bool = False, labels: dict[str, str] | None = None,
@@ -299,7 +298,7 @@ class HostNetworkingService:
         # The subnet of an external network lives outside the host: only our own networks'
         # subnets must not overlap it.
         occupied = self._occupied(host=drv.host_subnets_matter)
-        net = self._ipv4_subnet(subnet, occupied)
+        net = I.choose_subnet(subnet, occupied, self._subnets())
         if gateway:
             gw = ipaddress.IPv4Address(gateway)
             if gw not in net:
@@ -308,7 +307,9 @@ class HostNetworkingService:
             gw = net.network_address + 1
         v6: dict[str, Any] | None = None
         if ipv6:
-            v6 = self._ipv6_subnet(subnet6, gateway6, ip_range6)
+            v6 = I.choose_subnet6(subnet6, gateway6, ip_range6,
+                                  self.netlink.call(self.netlink.host_routes6), self._subnets())
+            v6["ID"] = new_guid()
         elif ip_range6:
             raise InvalidArgument("an IPv6 range needs --ipv6 (EnableIPv6)")
         if ip_range:
@@ -351,86 +352,6 @@ class HostNetworkingService:
         await self.apply_switch_rules()
         self.sync_forwarding()
         return n
-
-    def _ipv4_subnet(self, subnet: str | None, occupied: list[tuple[str, int]]
-                     ) -> ipaddress.IPv4Network:
-        """The given subnet if it is free, or the first free default pool."""
-        if not subnet:
-            free = I.free_subnet(occupied, I.default_candidates())
-            if free is None:
-                raise Conflict("could not find an available, non-overlapping IPv4 address pool "
-                               "among the defaults to assign to the network")
-            return ipaddress.IPv4Network(free)
-        try:
-            net = ipaddress.IPv4Network(subnet, strict=False)
-        except ValueError as e:
-            raise InvalidArgument(f"invalid subnet {subnet}: {e}") from None
-        if net.prefixlen > 30:
-            raise InvalidArgument(f"subnet {subnet} is too small")
-        if I.free_subnet(occupied, [str(net)]) is None:
-            raise Conflict(f"Pool overlaps with other one on this address space: {net} "
-                           f"overlaps {self._overlapped(net, occupied)}")
-        return net
-
-    def _overlapped(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network,
-                    occupied: list[tuple[str, int]]) -> str:
-        """What a new subnet overlaps, named for the user: a network of ours or a host route."""
-        for n in self.networks.values():
-            for s in n.Subnets:
-                other = ipaddress.ip_network(s["AddressPrefix"], strict=False)
-                if other.version == net.version and other.overlaps(net):  # type: ignore[arg-type]
-                    return f"the subnet {other} of network {n.Name}"
-        for address, length in occupied:
-            other = ipaddress.ip_network(f"{address}/{length}", strict=False)
-            if other.version == net.version and other.overlaps(net):  # type: ignore[arg-type]
-                return f"{other}, a route or address of this host"
-        return "a host route or another network"
-
-    def _ipv6_subnet(self, subnet6: str | None, gateway6: str | None,
-                     ip_range6: str | None = None) -> dict[str, Any]:
-        """The IPv6 subnet record of a new network: the given one, or a random ULA /64, and
-        the range its addresses are leased from (``--ip-range``)."""
-        if subnet6:
-            try:
-                net6 = ipaddress.IPv6Network(subnet6, strict=False)
-            except ValueError as e:
-                raise InvalidArgument(f"invalid subnet {subnet6}: {e}") from None
-            if net6.prefixlen > 120:
-                raise InvalidArgument(f"subnet {subnet6} is too small")
-        occupied = list(self.netlink.call(self.netlink.host_routes6))
-        occupied += [(s["AddressPrefix"].split("/")[0], int(s["AddressPrefix"].split("/")[1]))
-                     for n in self.networks.values() for s in n.Subnets[1:]
-                     if ":" in s["AddressPrefix"]]
-        free = I.free_subnet6(occupied, subnet6)
-        if free is None:
-            if not subnet6:
-                raise Conflict("could not find an available IPv6 address pool")
-            raise Conflict(f"Pool overlaps with other one on this address space: {net6} "
-                           f"overlaps {self._overlapped(net6, occupied)}")
-        net6 = ipaddress.IPv6Network(free)
-        range6 = ""
-        if ip_range6:
-            try:
-                r6 = ipaddress.IPv6Network(ip_range6, strict=False)
-            except ValueError as e:
-                raise InvalidArgument(f"invalid range {ip_range6}: {e}") from None
-            if not r6.subnet_of(net6):
-                raise InvalidArgument(f"no matching subnet for range {ip_range6}")
-            range6 = str(r6)
-        if gateway6:
-            try:
-                gw6 = ipaddress.IPv6Address(gateway6)
-            except ValueError:
-                raise InvalidArgument(f"invalid gateway {gateway6}") from None
-            if gw6 not in net6:
-                raise InvalidArgument(f"no matching subnet for gateway {gateway6}")
-        else:
-            gw6 = net6.network_address + 1
-        record = {"AddressPrefix": str(net6), "GatewayAddress": str(gw6), "ID": new_guid(),
-                  "Policies": [], "State": 0, "AdditionalParams": {}}
-        if range6:
-            record["IPRange"] = range6
-        return record
 
     async def delete_network(self, ref: str, force: bool = False) -> HostComputeNetwork:
         """HNS ``DELETE /networks/<id>``; refused while endpoints exist unless ``force``."""
@@ -663,29 +584,18 @@ class HostNetworkingService:
             cmds += [{"add": {"table": t}}] + P.acl_ruleset(eps)
         await self.netlink.run(self.netlink.nft_in, self.netns_path(namespace_id), cmds)
 
-    # ----- WinNAT: the nftables table ---------------------------------------------------------
+    # ----- WinNAT: the nftables table (winnat.py) --------------------------------------------
+    def ruleset(self) -> list[dict[str, Any]]:
+        """Our tables as one nftables batch, rendered from the records."""
+        nets = [W.NatNetwork(self.host_port(n), n.subnet["AddressPrefix"], n.Internal,
+                             n.subnet6 is not None) for n in self.nat_networks()]
+        published = [(e.IPAddress, m) for e in self.endpoints.values()
+                     for m in e.port_mappings()]
+        return W.tables(self.table, nets, published)
+
     def apply_rules(self) -> None:
         """Regenerate our tables from the store and swap them in, in one transaction."""
-        t4 = {"family": "ip", "name": self.table}
-        t6 = {"family": "ip6", "name": self.table}
-        cmds = [{"add": {"table": t4}}, {"delete": {"table": t4}}, {"add": {"table": t4}}]
-        cmds += self._ruleset()
-        cmds += [{"add": {"table": t6}}, {"delete": {"table": t6}}]
-        v6 = [self.host_port(n) for n in self.nat_networks() if n.subnet6]
-        if v6:
-            # Containers' IPv6 reaches their own network and the host, nothing beyond (no
-            # IPv6 NAT): whatever the host's forwarding setting, nothing is forwarded from or
-            # to a vNIC, which also keeps IPv6 networks isolated from each other.
-            cmds += [{"add": {"table": t6}},
-                     {"add": {"chain": {"family": "ip6", "table": self.table, "name": "forward",
-                                        "type": "filter", "hook": "forward", "prio": -1,
-                                        "policy": "accept"}}}]
-            for hp in v6:
-                for key in ("iifname", "oifname"):
-                    cmds.append({"add": {"rule": {
-                        "family": "ip6", "table": self.table, "chain": "forward",
-                        "expr": [N.match(N.meta(key), hp), {"drop": None}]}}})
-        self.nft.run(cmds)
+        self.nft.run(self.ruleset())
 
     async def apply_switch_rules(self) -> None:
         """The vSwitch's bridge-family table: l2bridge/l2tunnel MAC rewrite (VFP's job)."""
@@ -703,59 +613,6 @@ class HostNetworkingService:
                 D.mac_rewrite_rules("silobox", nets)
         else:
             cmds = [{"add": {"table": t}}, {"delete": {"table": t}}]
-        return cmds
-
-    def _ruleset(self) -> list[dict[str, Any]]:
-        T = self.table
-
-        def chain(name: str, **kw: Any) -> dict[str, Any]:
-            return {"add": {"chain": {"family": "ip", "table": T, "name": name, **kw}}}
-
-        def rule(ch: str, *expr: dict[str, Any]) -> dict[str, Any]:
-            return {"add": {"rule": {"family": "ip", "table": T, "chain": ch, "expr": list(expr)}}}
-
-        cmds = [
-            chain("publish"),
-            chain("prerouting", type="nat", hook="prerouting", prio=-100, policy="accept"),
-            chain("output", type="nat", hook="output", prio=-100, policy="accept"),
-            chain("postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
-            chain("forward", type="filter", hook="forward", prio=-1, policy="accept"),
-            rule("prerouting", N.fib_daddr_local(), {"jump": {"target": "publish"}}),
-            rule("output", N.fib_daddr_local(), {"jump": {"target": "publish"}}),
-        ]
-        for e in self.endpoints.values():
-            for m in e.port_mappings():
-                expr = []
-                if m.VIP:
-                    expr.append(N.match(N.payload("ip", "daddr"), m.VIP))
-                expr += [N.match(N.meta("l4proto"), m.proto_name),
-                         N.match(N.payload("th", "dport"), m.ExternalPort),
-                         {"dnat": {"addr": e.IPAddress, "port": m.InternalPort}}]
-                cmds.append(rule("publish", *expr))
-        for n in self.nat_networks():
-            hp = self.host_port(n)
-            subnet = n.subnet["AddressPrefix"]
-            # 127.0.0.1 → published port: the source must become the gateway for the reply.
-            cmds.append(rule("postrouting", N.match(N.meta("oifname"), hp),
-                             N.match(N.payload("ip", "saddr"), N.prefix("127.0.0.0/8")),
-                             {"masquerade": None}))
-            # Hairpin: a container reaching a published port through a host address.
-            cmds.append(rule("postrouting", N.match(N.meta("oifname"), hp),
-                             N.match(N.payload("ip", "saddr"), N.prefix(subnet)),
-                             N.match({"ct": {"key": "status"}}, "dnat", "in"),
-                             {"masquerade": None}))
-            if n.Internal:
-                cmds.append(rule("forward", N.match(N.meta("iifname"), hp), {"drop": None}))
-                cmds.append(rule("forward", N.match(N.meta("oifname"), hp), {"drop": None}))
-                continue
-            # OutBoundNAT: egress of the subnet leaving through any other link.
-            cmds.append(rule("postrouting", N.match(N.payload("ip", "saddr"), N.prefix(subnet)),
-                             N.match(N.meta("oifname"), hp, "!="), {"masquerade": None}))
-            for other in self.nat_networks():
-                if other is not n:
-                    cmds.append(rule("forward", N.match(N.meta("iifname"), hp),
-                                     N.match(N.meta("oifname"), self.host_port(other)),
-                                     {"drop": None}))
         return cmds
 
     def remove_everything(self) -> None:

@@ -175,8 +175,7 @@ def test_winnat_rules_outbound_and_hairpin_in_a_simulated_host(run_id: str, tmp_
             {"AddressPrefix": "10.77.0.0/24"}])}
         svc.endpoints = {"E": HostComputeEndpoint("E", IPAddress="10.77.0.2", VirtualNetwork="N",
                                                   Policies=[policy_json(PortMapping(6, 80, 8080))])}
-        doc = {"nftables": [{"add": {"table": {"family": "ip", "name": svc.table}}}]
-               + svc._ruleset()}
+        doc = {"nftables": svc.ruleset()}
         rules = os.path.join(str(tmp_path), "rules.json")
         with open(rules, "w") as f:
             json.dump(doc, f)
