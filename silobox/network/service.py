@@ -141,7 +141,8 @@ class HostNetworkingService:
     def routed_networks(self) -> list[F.RoutedNetwork]:
         """Networks whose containers the host forwards for: nat ones that are not internal
         (the external drivers switch in the vSwitch namespace, the host never routes them)."""
-        return [F.RoutedNetwork(n.Name, self.host_port(n), n.subnet["AddressPrefix"])
+        return [F.RoutedNetwork(n.Name, self.host_port(n), n.subnet["AddressPrefix"],
+                                (n.subnet6 or {}).get("AddressPrefix", ""))
                 for n in self.nat_networks() if not n.Internal and not n.Degraded]
 
     def sync_forwarding(self) -> None:
@@ -588,7 +589,8 @@ class HostNetworkingService:
     def ruleset(self) -> list[dict[str, Any]]:
         """Our tables as one nftables batch, rendered from the records."""
         nets = [W.NatNetwork(self.host_port(n), n.subnet["AddressPrefix"], n.Internal,
-                             n.subnet6 is not None) for n in self.nat_networks()]
+                             (n.subnet6 or {}).get("AddressPrefix", ""))
+                for n in self.nat_networks()]
         published = [(e.IPAddress, m) for e in self.endpoints.values()
                      for m in e.port_mappings()]
         return W.tables(self.table, nets, published)

@@ -5,7 +5,8 @@ The service renders the whole table from its records and swaps it in as one tran
 network: masquerade of the subnet's egress through any other link, hairpin and loopback
 masquerade for published ports, no forwarding between nat networks, and for ``--internal``
 ones no forwarding at all; per published port a ``dnat`` reached from prerouting and output
-for local destinations. IPv6 is not NATed: its own table only keeps vNICs from forwarding."""
+for local destinations. IPv6 subnets get the same OutBoundNAT in an ``ip6`` table, and nothing
+from another link reaches their vNICs but replies (no published IPv6 ports)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class NatNetwork:
     host_port: str          # the host vNIC holding the gateway
     subnet: str             # IPv4 prefix
     internal: bool
-    ipv6: bool
+    subnet6: str = ""       # IPv6 prefix of an --ipv6 network
 
 
 def tables(table: str, networks: list[NatNetwork],
@@ -32,20 +33,9 @@ def tables(table: str, networks: list[NatNetwork],
     cmds = [{"add": {"table": t4}}, {"delete": {"table": t4}}, {"add": {"table": t4}}]
     cmds += ruleset(table, networks, published)
     cmds += [{"add": {"table": t6}}, {"delete": {"table": t6}}]
-    v6 = [n.host_port for n in networks if n.ipv6]
+    v6 = [n for n in networks if n.subnet6]
     if v6:
-        # Containers' IPv6 reaches their own network and the host, nothing beyond (no
-        # IPv6 NAT): whatever the host's forwarding setting, nothing is forwarded from or
-        # to a vNIC, which also keeps IPv6 networks isolated from each other.
-        cmds += [{"add": {"table": t6}},
-                 {"add": {"chain": {"family": "ip6", "table": table, "name": "forward",
-                                    "type": "filter", "hook": "forward", "prio": -1,
-                                    "policy": "accept"}}}]
-        for hp in v6:
-            for key in ("iifname", "oifname"):
-                cmds.append({"add": {"rule": {
-                    "family": "ip6", "table": table, "chain": "forward",
-                    "expr": [N.match(N.meta(key), hp), {"drop": None}]}}})
+        cmds += [{"add": {"table": t6}}] + ruleset6(table, v6)
     return cmds
 
 
@@ -98,4 +88,39 @@ def ruleset(table: str, networks: list[NatNetwork],
             if other is not n:
                 cmds.append(rule("forward", N.match(N.meta("iifname"), hp),
                                  N.match(N.meta("oifname"), other.host_port), {"drop": None}))
+    return cmds
+
+
+def ruleset6(table: str, networks: list[NatNetwork]) -> list[dict[str, Any]]:
+    """IPv6 of nat networks: OutBoundNAT (masquerade) of a subnet leaving through another
+    link, as Docker's default IPv6 bridge networks do; nothing from another link reaches a
+    vNIC but replies (no published IPv6 ports); networks stay apart; internal ones route
+    nothing. Host ↔ container and container ↔ container never pass this hook."""
+    def chain(name: str, **kw: Any) -> dict[str, Any]:
+        return {"add": {"chain": {"family": "ip6", "table": table, "name": name, **kw}}}
+
+    def rule(ch: str, *expr: dict[str, Any]) -> dict[str, Any]:
+        return {"add": {"rule": {"family": "ip6", "table": table, "chain": ch,
+                                 "expr": list(expr)}}}
+
+    cmds = [chain("postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
+            chain("forward", type="filter", hook="forward", prio=-1, policy="accept")]
+    ports = [n.host_port for n in networks]
+    for n in networks:
+        hp = n.host_port
+        if n.internal:
+            cmds.append(rule("forward", N.match(N.meta("iifname"), hp), {"drop": None}))
+            cmds.append(rule("forward", N.match(N.meta("oifname"), hp), {"drop": None}))
+            continue
+        cmds.append(rule("postrouting",
+                         N.match(N.payload("ip6", "saddr"), N.prefix(n.subnet6)),
+                         N.match(N.meta("oifname"), hp, "!="), {"masquerade": None}))
+        for other in ports:
+            if other != hp:
+                cmds.append(rule("forward", N.match(N.meta("iifname"), hp),
+                                 N.match(N.meta("oifname"), other), {"drop": None}))
+        cmds.append(rule("forward", N.match(N.meta("oifname"), hp),
+                         N.match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                         {"accept": None}))
+        cmds.append(rule("forward", N.match(N.meta("oifname"), hp), {"drop": None}))
     return cmds
