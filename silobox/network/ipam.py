@@ -216,15 +216,21 @@ def choose_subnet(subnet: str | None, occupied: list[tuple[str, int]],
             raise Conflict("could not find an available, non-overlapping IPv4 address pool "
                            "among the defaults to assign to the network")
         return ipaddress.IPv4Network(free)
-    try:
-        net = ipaddress.IPv4Network(subnet, strict=False)
-    except ValueError as e:
-        raise InvalidArgument(f"invalid subnet {subnet}: {e}") from None
-    if net.prefixlen > 30:
-        raise InvalidArgument(f"subnet {subnet} is too small")
+    net = _given(subnet, ipaddress.IPv4Network, 30)
     if free_subnet(occupied, [str(net)]) is None:
         raise Conflict(f"Pool overlaps with other one on this address space: {net} "
                        f"overlaps {overlapped(net, occupied, ours)}")
+    return net
+
+
+def _given(text: str, kind: Any, longest: int) -> Any:
+    """A subnet the user gave, checked: a network of ``kind`` no longer than ``longest``."""
+    try:
+        net = kind(text, strict=False)
+    except ValueError as e:
+        raise InvalidArgument(f"invalid subnet {text}: {e}") from None
+    if net.prefixlen > longest:
+        raise InvalidArgument(f"subnet {text} is too small")
     return net
 
 
@@ -249,12 +255,7 @@ def choose_subnet6(subnet6: str | None, gateway6: str | None, ip_range6: str | N
     """The IPv6 subnet record of a new network: the given one, or a random ULA /64, and
     the range its addresses are leased from (``--ip-range``); the caller gives it an ID."""
     if subnet6:
-        try:
-            net6 = ipaddress.IPv6Network(subnet6, strict=False)
-        except ValueError as e:
-            raise InvalidArgument(f"invalid subnet {subnet6}: {e}") from None
-        if net6.prefixlen > 120:
-            raise InvalidArgument(f"subnet {subnet6} is too small")
+        net6 = _given(subnet6, ipaddress.IPv6Network, 120)
     occupied = list(host_routes6)
     occupied += [(p.split("/")[0], int(p.split("/")[1]))
                  for _, prefixes in ours for p in prefixes if ":" in p]

@@ -239,3 +239,20 @@ def test_records_read_and_write_the_stored_form() -> None:
     assert e.mac == "00:15:5d:aa:bb:cc" and e.namespace_id == "NS"
     assert [m.ExternalPort for m in e.port_mappings()] == [8080]
     assert e.get("IPv6Address", "") == "" and "IPv6Address" not in e.to_json()
+
+
+def test_subnet_choice_names_what_overlaps() -> None:
+    from silobox.network import ipam as I
+    ours = [("lan", ["10.5.0.0/24", "fd00:5::/64"])]
+    with pytest.raises(Conflict, match="overlaps the subnet 10.5.0.0/24 of network lan"):
+        I.choose_subnet("10.5.0.128/25", [("10.5.0.0", 24)], ours)
+    with pytest.raises(Conflict, match="a route or address of this host"):
+        I.choose_subnet("192.0.2.0/24", [("192.0.2.0", 25)], ours)
+    with pytest.raises(InvalidArgument, match="too small"):
+        I.choose_subnet("10.6.0.0/31", [], ours)
+    assert str(I.choose_subnet("10.6.0.0/24", [("10.5.0.0", 24)], ours)) == "10.6.0.0/24"
+    with pytest.raises(Conflict, match="of network lan"):
+        I.choose_subnet6("fd00:5::/64", None, None, [], ours)
+    rec = I.choose_subnet6("fd00:6::/64", None, "fd00:6::100/120", [], ours)
+    assert (rec["AddressPrefix"], rec["GatewayAddress"], rec["IPRange"]) == (
+        "fd00:6::/64", "fd00:6::1", "fd00:6::100/120")
