@@ -257,21 +257,25 @@ def test_outbound_nat_to_own_outside_namespace(net: Net, run_id: str) -> None:
 def check_outbound(net: Net, run_id: str) -> None:
     ns = f"sbxto{run_id[:6]}"
     host_end, out_end = f"sbxto{run_id[:6]}h", "eth0"
+    # a /30 of TEST-NET-2 of this run's own: suites running side by side on one host must not
+    # put the same address on two links (the reply would take the other one)
+    base = 4 * (int(run_id[:6], 16) % 64)
+    near, far = f"198.51.100.{base + 1}", f"198.51.100.{base + 2}"
     subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     try:
         subprocess.run(["ip", "netns", "add", ns], check=True)
         subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", out_end,
                         "netns", ns], check=True)
-        subprocess.run(["ip", "addr", "add", "198.51.100.1/30", "dev", host_end], check=True)
+        subprocess.run(["ip", "addr", "add", f"{near}/30", "dev", host_end], check=True)
         subprocess.run(["ip", "link", "set", host_end, "up"], check=True)
-        subprocess.run(["ip", "-n", ns, "addr", "add", "198.51.100.2/30", "dev", out_end],
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{far}/30", "dev", out_end],
                        check=True)
         subprocess.run(["ip", "-n", ns, "link", "set", out_end, "up"], check=True)
         srv = subprocess.Popen(["ip", "netns", "exec", ns, "busybox", "nc", "-l", "-p", "9000"],
                                stdout=subprocess.DEVNULL)
         try:
             cid = net.run("sleep 30")
-            net.exec(cid, "(echo hello; sleep 2) | nc 198.51.100.2 9000 >/dev/null 2>&1 &")
+            net.exec(cid, f"(echo hello; sleep 2) | nc {far} 9000 >/dev/null 2>&1 &")
             seen = ""
             for _ in range(40):
                 seen = subprocess.run(["ip", "netns", "exec", ns, "busybox", "netstat", "-tn"],
@@ -280,7 +284,7 @@ def check_outbound(net: Net, run_id: str) -> None:
                     break
                 time.sleep(0.05)
             # the outside sees the host's address on that link, never the container's
-            assert "198.51.100.1:" in seen and net.ip(cid) not in seen, seen
+            assert f"{near}:" in seen and net.ip(cid) not in seen, seen
         finally:
             srv.kill()
             srv.wait()

@@ -144,6 +144,7 @@ def test_ipv6_outbound_nat_and_forward_drop_rules(drv: Drivers, silod: Any) -> N
     assert "net.ipv6.conf.all.forwarding: 1" in silod.silo("info").stdout.decode()
 
     ns, tid = f"sbx6o{secrets.token_hex(3)}", secrets.token_hex(3)
+    link = f"2001:db8:{tid[:4]}::"     # a prefix of this test's own (suites run side by side)
     host_end, table = f"sbx6o{tid}h", f"sbxdrop6{tid}"
     server = ("import socket;s=socket.socket(socket.AF_INET6);"
               "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('::',9000));"
@@ -154,10 +155,10 @@ def test_ipv6_outbound_nat_and_forward_drop_rules(drv: Drivers, silod: Any) -> N
         subprocess.run(["ip", "netns", "add", ns], check=True)
         subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0",
                         "netns", ns], check=True)
-        subprocess.run(["ip", "addr", "add", "2001:db8:77::1/64", "dev", host_end, "nodad"],
+        subprocess.run(["ip", "addr", "add", f"{link}1/64", "dev", host_end, "nodad"],
                        check=True)
         subprocess.run(["ip", "link", "set", host_end, "up"], check=True)
-        subprocess.run(["ip", "-n", ns, "addr", "add", "2001:db8:77::2/64", "dev", "eth0",
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{link}2/64", "dev", "eth0",
                         "nodad"], check=True)
         subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
         subprocess.run(["nft", f"add table ip6 {table}; add chain ip6 {table} forward "
@@ -178,14 +179,14 @@ def test_ipv6_outbound_nat_and_forward_drop_rules(drv: Drivers, silod: Any) -> N
         code, out = 1, ""
         for _ in range(20):
             # (busybox 1.35's wget crashes on IPv6 literals: nc instead)
-            code, out = drv.exec(cid, "echo GET | nc -w 3 2001:db8:77::2 9000")
+            code, out = drv.exec(cid, f"echo GET | nc -w 3 {link}2 9000")
             if code == 0:
                 break
             time.sleep(0.2)
         assert code == 0 and "far" in out, out
         peer = srv.communicate(timeout=20)[0].strip()
         # masqueraded: the outside sees the host's address on that link, not the container's
-        assert peer == "2001:db8:77::1", peer
+        assert peer == f"{link}1", peer
         # removing the network takes its rules out of the foreign chain
         drv.api.remove_container(cid, force=True)
         drv.containers.remove(cid)
