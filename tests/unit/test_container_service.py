@@ -45,7 +45,7 @@ def test_create_fills_in_the_image_and_the_name(tmp_path) -> None:
                                                    "HostConfig": {"UTSMode": "host"}}))
     c = rig.store.find("web")
     assert c.id == out["Id"] and status(c) is Status.CREATED
-    assert c.data["Path"] == "sh" and c.config["Env"] == ["PATH=/bin"]
+    assert c.path == "sh" and c.config["Env"] == ["PATH=/bin"]
     assert c.config["Hostname"] == "the-host"     # the host's name, asked of the host seam
     with pytest.raises(AlreadyExists):
         run(rig.service.container_create("web", {"Image": "busybox"}))
@@ -152,7 +152,7 @@ def test_an_exit_nobody_asked_for_restarts_an_always_container(tmp_path) -> None
         assert status(rig.store[cid]) is Status.RESTARTING
         await asyncio.sleep(0.3)
         assert status(rig.store[cid]) is Status.RUNNING
-        assert rig.store[cid].data["RestartCount"] == 1
+        assert rig.store[cid].restart_count == 1
         await rig.service.container_stop(cid, timeout=1)   # a user's stop: no more restarts
         await asyncio.sleep(0.3)
         assert status(rig.store[cid]) is Status.EXITED
@@ -213,7 +213,7 @@ def test_recovery_readopts_the_running_and_sweeps_the_orphans(tmp_path) -> None:
 
 def test_a_record_reads_and_writes_the_stored_document_unchanged() -> None:
     """A state directory from an earlier silod: every key comes back as it was stored,
-    unknown ones included; the document view writes through to the typed fields."""
+    unknown ones included."""
     doc = {"Id": "ab" * 32, "Created": "2026-01-01T00:00:00Z", "Path": "sh", "Args": ["-c", "x"],
            "State": {"Status": "exited", "Running": False}, "Image": "sha256:" + "cd" * 32,
            "ResolvConfPath": "/r", "HostnamePath": "/h", "HostsPath": "/hs", "LogPath": "/l",
@@ -226,9 +226,8 @@ def test_a_record_reads_and_writes_the_stored_document_unchanged() -> None:
     c = Container.from_document(doc)
     assert c.name == "web" and c.restart_count == 2 and c.stopped_by_user
     assert c.to_document() == doc and list(c.to_document()) == list(doc)
-    c.data["Mounts"] = []
-    c.data.setdefault("Silobox", {})["Layers"] = ["x"]
-    assert c.mounts == [] and c.silobox["Layers"] == ["x"] and c.data["Name"] == "/web"
+    c.name = "db"
+    assert c.to_document()["Name"] == "/db"
     older = {k: v for k, v in doc.items() if k not in ("RestartCount", "Mounts", "Silobox")}
     c = Container.from_document(older)
     assert c.restart_count == 0 and c.mounts == [] and c.silobox == {}
