@@ -231,3 +231,52 @@ def test_a_record_reads_and_writes_the_stored_document_unchanged() -> None:
     older = {k: v for k, v in doc.items() if k not in ("RestartCount", "Mounts", "Silobox")}
     c = Container.from_document(older)
     assert c.restart_count == 0 and c.mounts == [] and c.silobox == {}
+
+
+def test_ps_filters_and_inspect(tmp_path) -> None:
+    from engine_fakes import FakeImages, FakeStorage
+    from silobox.engine.views import ContainerViews
+
+    rig = Rig(str(tmp_path))
+    views = ContainerViews(rig.config, rig.store, rig.compute, FakeImages(), FakeImages(),
+                           FakeStorage(str(tmp_path)), [], rig.service.execs)
+
+    async def go() -> None:
+        up = (await rig.service.container_create("up", {"Image": "busybox",
+                                                        "Labels": {"tier": "web"}}))["Id"]
+        await rig.service.container_create("idle", {"Image": "busybox"})
+        await rig.service.container_start(up)
+        assert [c["Names"] for c in await views.container_list()] == [["/up"]]
+        assert {c["Names"][0] for c in await views.container_list(all=True)} == {"/up", "/idle"}
+        only = await views.container_list(all=True, filters={"label": ["tier=web"]})
+        assert [c["Id"] for c in only] == [up]
+        created = await views.container_list(filters={"status": ["created"]})
+        assert [c["Names"] for c in created] == [["/idle"]]
+        with pytest.raises(InvalidArgument, match="invalid filter 'colour'"):
+            await views.container_list(filters={"colour": ["red"]})
+        with pytest.raises(InvalidArgument, match="status=sleepy"):
+            await views.container_list(filters={"status": ["sleepy"]})
+        exec_id = (await rig.service.execs.exec_create(up, {"Cmd": ["true"]}))["Id"]
+        out = await views.container_inspect("up")
+        assert out["ExecIDs"] == [exec_id] and "Silobox" in out and out["Name"] == "/up"
+        assert out["Silobox"]["ComputeSystem"] == "Running"
+        await rig.service.container_remove(up, force=True)
+        with pytest.raises(NotFound):
+            await rig.service.execs.exec_inspect(exec_id)
+    run(go())
+
+
+def test_exec_needs_a_running_container_and_a_command(tmp_path) -> None:
+    rig = Rig(str(tmp_path))
+
+    async def go() -> None:
+        cid = (await rig.service.container_create(None, {"Image": "busybox"}))["Id"]
+        with pytest.raises(Conflict, match="is not running"):
+            await rig.service.execs.exec_create(cid, {"Cmd": ["true"]})
+        await rig.service.container_start(cid)
+        with pytest.raises(InvalidArgument, match="No exec command"):
+            await rig.service.execs.exec_create(cid, {"Cmd": []})
+        await rig.service.container_pause(cid)
+        with pytest.raises(Conflict, match="is paused"):
+            await rig.service.execs.exec_create(cid, {"Cmd": ["true"]})
+    run(go())
