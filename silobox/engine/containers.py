@@ -59,6 +59,7 @@ class ContainerService:
         self.host = host
         self._pending_attach: dict[str, list[AttachSession]] = {}
         self._exit_waiters: dict[str, list[asyncio.Future]] = {}
+        self._exiting: set[str] = set()     # exit seen, "die" not yet sent
         self._removed_waiters: dict[str, list[asyncio.Future]] = {}
         self._backoff: dict[str, float] = {}
         self._restarts: dict[str, asyncio.Task] = {}   # policy restarts still in their back-off
@@ -281,11 +282,15 @@ class ContainerService:
         transition(c, "exit", ExitCode=ex.exit_code, OOMKilled=ex.oom_killed,
                    FinishedAt=ex.finished_at, Error=ex.error)
         self.store.save(c)
-        for hook in self.hooks:
-            await hook.on_stop(c)
-        if ex.oom_killed:
-            self.events.emit_event("container", "oom", c)
-        self.events.emit_event("container", "die", c, {"exitCode": str(ex.exit_code)})
+        self._exiting.add(c.id)
+        try:
+            for hook in self.hooks:
+                await hook.on_stop(c)
+        finally:
+            self._exiting.discard(c.id)
+            if ex.oom_killed:
+                self.events.emit_event("container", "oom", c)
+            self.events.emit_event("container", "die", c, {"exitCode": str(ex.exit_code)})
         for fut in self._exit_waiters.pop(c.id, []):
             if not fut.done():
                 fut.set_result(ex.exit_code)
@@ -382,12 +387,21 @@ class ContainerService:
         c.silobox["StoppedByUser"] = True
         self.store.save(c)
 
-    async def _settled(self, c: Container) -> None:
-        """Wait until the exit callback has recorded the exit (it runs as a task)."""
-        for _ in range(200):
-            if not c.running:
-                return
-            await asyncio.sleep(0.005)
+    async def _settled(self, c: Container, timeout: float = 30.0) -> None:
+        """Wait until the exit callback (a task) has recorded the exit, run the stop hooks and
+        sent "die": Docker's stop sends kill, die, then stop, whatever the hooks cost."""
+        if not c.running and c.id not in self._exiting:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._exit_waiters.setdefault(c.id, []).append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            waiters = self._exit_waiters.get(c.id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
 
     async def container_kill(self, ref: str, signal: str = "SIGKILL") -> None:
         c = self.store.find(ref)
