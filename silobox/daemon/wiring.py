@@ -72,7 +72,7 @@ def build_engine(config: DaemonConfig, spawner: Spawner) -> Engine:
                           distribution=distribution)
     system = SystemService(config, daemon_id(config.root), store, image_store, layers,
                            storage.volumes, networks.hns, compute, summary=views.summary,
-                           volume_users=storage._volume_users,
+                           volume_users=storage.volume_users,
                            registry_config=distribution.registry_config)
     return Engine(db=db, compute=compute, event_log=events, containers=containers, execs=execs,
                   views=views,

@@ -67,7 +67,7 @@ class ContainerFilesystems:
                     del readers[c.id]
                     if not c.running:   # it stopped meanwhile: unmount what its stop left
                         async with self.store.lock(c.id):
-                            if not c.running and not self.storage._attachment(c.id):
+                            if not c.running and not self.storage.attachment(c.id):
                                 await asyncio.get_running_loop().run_in_executor(
                                     None, sandbox.deactivate)
             return

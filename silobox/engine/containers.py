@@ -29,7 +29,7 @@ from silobox.engine.hostconfig import (check_blkio, check_host_config, check_win
 from silobox.engine.logs import read_log
 from silobox.engine.sessions import AttachSession
 from silobox.engine.state import (Status, allowed, check, from_compute,
-                                  is_live, refusal, status, transition)
+                                  is_live, refusal, status, system_of, transition)
 from silobox.engine.record import Container
 from silobox.engine.store import ContainerStore
 from silobox.errors import InvalidArgument, NotFound, NotModified, NotRunning
@@ -358,10 +358,7 @@ class ContainerService:
                 self.store.save(c)
 
     def system_of(self, c: Container) -> ComputeSystem | None:
-        try:
-            return self.compute.open(c.id)
-        except NotFound:
-            return None
+        return system_of(self.compute, c.id)
 
     # ----- stop / kill / restart ----------------------------------------------------------
     async def container_stop(self, ref: str, timeout: int | None = None,

@@ -59,7 +59,7 @@ class Engine:
     async def close(self) -> None:
         """silod stops; running containers keep running under their shims."""
         await self.containers.stop_restarts()
-        self.storage._close_storage()
+        self.storage.close()
         for system in list(self.compute.systems.values()):
             system.close()
         await self.networks.close_networks()

@@ -162,8 +162,8 @@ class NetworkHook(ContainerHook):
             ct["Linux"]["Namespaces"] = without_net(ct["Linux"])
         else:
             ct["Networking"] = {"Namespace": f"/proc/{target.state['Pid']}/ns/net"}
-        own = {c.data[k]: target.data[k] for k in ("HostsPath", "ResolvConfPath",
-                                                   "HostnamePath")}
+        own = {c.hosts_path: target.hosts_path, c.resolv_conf_path: target.resolv_conf_path,
+               c.hostname_path: target.hostname_path}
         for m in ct.get("MappedDirectories") or []:
             if m.get("HostPath") in own:
                 m["HostPath"] = own[m["HostPath"]]

@@ -14,7 +14,7 @@ class ContainerHook:
     """No-op defaults; a service overrides the points it needs."""
 
     def on_create(self, c: Any, body: dict[str, Any]) -> None:
-        """Validate the create body's part this service owns and record it in ``c.data``.
+        """Validate the create body's part this service owns and record it in the container record.
 
         Raise ``InvalidArgument``/``NotFound``/``Conflict``: the container is then not created
         and ``undo_create`` is called on the hooks that already ran."""

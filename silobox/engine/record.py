@@ -7,14 +7,12 @@ Keys of a stored document this version does not know are kept and written back a
 
 ``Config``, ``HostConfig``, ``NetworkSettings`` and ``State`` stay Docker's documents (the API
 sends and shows them as they are; ``State`` is written only by ``engine/state.py``).
-``data`` is the same record seen as that document, key by key, for code that still reads
-it so (the storage hook, until it moves into ``storage/``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, MutableMapping
+from typing import Any
 
 from silobox.engine.state import LIVE, initial_state
 
@@ -70,10 +68,6 @@ class Container:
         """A user's stop or kill: no policy restart until the next start."""
         return bool(self.silobox.get("StoppedByUser"))
 
-    @property
-    def data(self) -> "DocumentView":
-        return DocumentView(self)
-
     # ----- the stored document ----------------------------------------------------------------
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> "Container":
@@ -100,41 +94,3 @@ class Container:
         if key == "Name":
             return "/" + self.name
         return getattr(self, _FIELDS[key])
-
-    def _set(self, key: str, value: Any) -> None:
-        if key == "Name":
-            self.name = str(value).lstrip("/")
-        elif key in _FIELDS:
-            setattr(self, _FIELDS[key], value)
-        else:
-            self.extra[key] = value
-
-
-class DocumentView(MutableMapping[str, Any]):
-    """A container record read and written as its inspect document, key by key."""
-
-    def __init__(self, c: Container) -> None:
-        self._c = c
-
-    def __getitem__(self, key: str) -> Any:
-        if key in _FIELDS:
-            return self._c._get(key)
-        if key in self._c.extra:
-            return self._c.extra[key]
-        if key in _CONSTANTS:
-            return _CONSTANTS[key]
-        raise KeyError(key)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._c._set(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        if key in _FIELDS:
-            raise KeyError(f"{key} is a field of every container record")
-        del self._c.extra[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._c.to_document())
-
-    def __len__(self) -> int:
-        return len(self._c.to_document())

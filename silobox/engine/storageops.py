@@ -92,7 +92,7 @@ class StorageHook(ContainerHook):
 
     # ----- start / stop -------------------------------------------------------------------
     async def on_start(self, c: Any, document: dict[str, Any]) -> None:
-        attached = self.e._attachment(c.id)
+        attached = self.e.attachment(c.id)
         if attached:
             raise Conflict(f"cannot start container {c.name}: its sandbox is attached on the "
                            f"host at {attached['MountPoint']}; run 'silo sandbox detach "
@@ -133,7 +133,7 @@ class StorageHook(ContainerHook):
     def _release_volumes(self, c: Any) -> None:
         """Unmount the option volumes of ``c`` that no running container uses any more."""
         for name in self._option_volumes(c):
-            if not [u for u in self.e._volume_users(name, exclude=c.id)
+            if not [u for u in self.e.volume_users(name, exclude=c.id)
                     if self.e.store[u].running]:
                 try:
                     self.e.volumes.unmount(name)
@@ -142,7 +142,7 @@ class StorageHook(ContainerHook):
 
     async def on_stop(self, c: Any) -> None:
         self._release_volumes(c)
-        if self.e._attachment(c.id):
+        if self.e.attachment(c.id):
             return   # the start was refused; the attachment is the user's to detach
         # Inline: no await point before the hooks after this one (see deactivate_after_stop).
         self.e.sandboxes.deactivate_after_stop(c.id)
@@ -165,7 +165,7 @@ class StorageHook(ContainerHook):
                     vol = self.e.volumes.get(m["Name"])
                 except NotFound:
                     continue
-                if not vol.anonymous or self.e._volume_users(vol.name, exclude=c.id):
+                if not vol.anonymous or self.e.volume_users(vol.name, exclude=c.id):
                     continue
                 try:
                     self.e.volumes.remove(vol.name)
@@ -241,7 +241,7 @@ class StorageOps:
         env = os.environ.get("SILOBOX_STORAGE_OPTS", "")
         return parse_daemon_options([o for o in env.split(",") if o.strip()] + raw)
 
-    def _close_storage(self) -> None:
+    def close(self) -> None:
         self.sandboxes.close()
 
     def _sandbox_choice(self, storage_opt: Any) -> tuple[str, int | None]:
@@ -257,7 +257,7 @@ class StorageOps:
             return
         self.volumes.populate_from_image([e["Path"] for e in image.storage_layers()], items)
 
-    def _volume_users(self, name: str, exclude: str = "") -> list[str]:
+    def volume_users(self, name: str, exclude: str = "") -> list[str]:
         return [c.id for c in self.store.values() if c.id != exclude and any(
             m.get("Type") == "volume" and m.get("Name") == name
             for m in c.mounts)]
@@ -280,7 +280,7 @@ class StorageOps:
                 want = filters["dangling"][0].lower()
                 if want not in ("1", "0", "true", "false"):
                     raise InvalidArgument(f"invalid filter 'dangling={want}'")
-                if (want in ("1", "true")) != (not self._volume_users(vol.name)):
+                if (want in ("1", "true")) != (not self.volume_users(vol.name)):
                     continue
             out.append(vol.to_docker())
         return {"Volumes": out, "Warnings": []}
@@ -309,7 +309,7 @@ class StorageOps:
             if force:
                 return
             raise
-        users = self._volume_users(name)
+        users = self.volume_users(name)
         if users:
             raise Conflict(f"remove {name}: volume is in use - [{', '.join(users)}]",
                            operation="volume::Remove", object_id=name)
@@ -333,7 +333,7 @@ class StorageOps:
             if filters.get("label!") and labels_match(vol.labels, filters["label!"],
                                                        any_of=True):
                 continue
-            if self._volume_users(vol.name):
+            if self.volume_users(vol.name):
                 continue
             size = self.volumes.size(vol.name)
             self.volumes.remove(vol.name)
@@ -346,7 +346,7 @@ class StorageOps:
         self.events.emit_event("volume", action, Actor(name), {"driver": "local"})
 
     # ----- sandboxes ------------------------------------------------------------------------
-    def _attachment(self, cid: str) -> dict[str, Any] | None:
+    def attachment(self, cid: str) -> dict[str, Any] | None:
         return self.sandboxes.attachments.record(cid)
 
     def _sandbox_record(self, c: Any) -> dict[str, Any]:
@@ -369,7 +369,7 @@ class StorageOps:
             raise InvalidArgument(f"the sandbox of container {c.name} is a plain directory: it "
                                   "has no size to expand")
         new = size if isinstance(size, int) else D.parse_size(size)
-        if self._attachment(c.id):
+        if self.attachment(c.id):
             raise Conflict(f"the sandbox of container {c.name} is attached on the host; "
                            "detach it first")
         async with self.store.lock(c.id):
@@ -390,9 +390,9 @@ class StorageOps:
             if c.running:
                 raise Conflict(f"cannot attach the sandbox of container {c.name}: the container "
                                "is running; stop it first")
-            if self._attachment(c.id):
+            if self.attachment(c.id):
                 raise Conflict(f"the sandbox of container {c.name} is already attached at "
-                               f"{self._attachment(c.id)['MountPoint']}")
+                               f"{self.attachment(c.id)['MountPoint']}")
             lowers: list[str] = []
             if merged:
                 lowers = self.container_lower_dirs(c)

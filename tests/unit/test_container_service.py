@@ -45,7 +45,7 @@ def test_create_fills_in_the_image_and_the_name(tmp_path) -> None:
                                                    "HostConfig": {"UTSMode": "host"}}))
     c = rig.store.find("web")
     assert c.id == out["Id"] and status(c) is Status.CREATED
-    assert c.data["Path"] == "sh" and c.config["Env"] == ["PATH=/bin"]
+    assert c.path == "sh" and c.config["Env"] == ["PATH=/bin"]
     assert c.config["Hostname"] == "the-host"     # the host's name, asked of the host seam
     with pytest.raises(AlreadyExists):
         run(rig.service.container_create("web", {"Image": "busybox"}))
@@ -152,7 +152,7 @@ def test_an_exit_nobody_asked_for_restarts_an_always_container(tmp_path) -> None
         assert status(rig.store[cid]) is Status.RESTARTING
         await asyncio.sleep(0.3)
         assert status(rig.store[cid]) is Status.RUNNING
-        assert rig.store[cid].data["RestartCount"] == 1
+        assert rig.store[cid].restart_count == 1
         await rig.service.container_stop(cid, timeout=1)   # a user's stop: no more restarts
         await asyncio.sleep(0.3)
         assert status(rig.store[cid]) is Status.EXITED
@@ -213,7 +213,7 @@ def test_recovery_readopts_the_running_and_sweeps_the_orphans(tmp_path) -> None:
 
 def test_a_record_reads_and_writes_the_stored_document_unchanged() -> None:
     """A state directory from an earlier silod: every key comes back as it was stored,
-    unknown ones included; the document view writes through to the typed fields."""
+    unknown ones included."""
     doc = {"Id": "ab" * 32, "Created": "2026-01-01T00:00:00Z", "Path": "sh", "Args": ["-c", "x"],
            "State": {"Status": "exited", "Running": False}, "Image": "sha256:" + "cd" * 32,
            "ResolvConfPath": "/r", "HostnamePath": "/h", "HostsPath": "/hs", "LogPath": "/l",
@@ -226,9 +226,57 @@ def test_a_record_reads_and_writes_the_stored_document_unchanged() -> None:
     c = Container.from_document(doc)
     assert c.name == "web" and c.restart_count == 2 and c.stopped_by_user
     assert c.to_document() == doc and list(c.to_document()) == list(doc)
-    c.data["Mounts"] = []
-    c.data.setdefault("Silobox", {})["Layers"] = ["x"]
-    assert c.mounts == [] and c.silobox["Layers"] == ["x"] and c.data["Name"] == "/web"
+    c.name = "db"
+    assert c.to_document()["Name"] == "/db"
     older = {k: v for k, v in doc.items() if k not in ("RestartCount", "Mounts", "Silobox")}
     c = Container.from_document(older)
     assert c.restart_count == 0 and c.mounts == [] and c.silobox == {}
+
+
+def test_ps_filters_and_inspect(tmp_path) -> None:
+    from engine_fakes import FakeImages, FakeStorage
+    from silobox.engine.views import ContainerViews
+
+    rig = Rig(str(tmp_path))
+    views = ContainerViews(rig.config, rig.store, rig.compute, FakeImages(), FakeImages(),
+                           FakeStorage(str(tmp_path)), [], rig.service.execs)
+
+    async def go() -> None:
+        up = (await rig.service.container_create("up", {"Image": "busybox",
+                                                        "Labels": {"tier": "web"}}))["Id"]
+        await rig.service.container_create("idle", {"Image": "busybox"})
+        await rig.service.container_start(up)
+        assert [c["Names"] for c in await views.container_list()] == [["/up"]]
+        assert {c["Names"][0] for c in await views.container_list(all=True)} == {"/up", "/idle"}
+        only = await views.container_list(all=True, filters={"label": ["tier=web"]})
+        assert [c["Id"] for c in only] == [up]
+        created = await views.container_list(filters={"status": ["created"]})
+        assert [c["Names"] for c in created] == [["/idle"]]
+        with pytest.raises(InvalidArgument, match="invalid filter 'colour'"):
+            await views.container_list(filters={"colour": ["red"]})
+        with pytest.raises(InvalidArgument, match="status=sleepy"):
+            await views.container_list(filters={"status": ["sleepy"]})
+        exec_id = (await rig.service.execs.exec_create(up, {"Cmd": ["true"]}))["Id"]
+        out = await views.container_inspect("up")
+        assert out["ExecIDs"] == [exec_id] and "Silobox" in out and out["Name"] == "/up"
+        assert out["Silobox"]["ComputeSystem"] == "Running"
+        await rig.service.container_remove(up, force=True)
+        with pytest.raises(NotFound):
+            await rig.service.execs.exec_inspect(exec_id)
+    run(go())
+
+
+def test_exec_needs_a_running_container_and_a_command(tmp_path) -> None:
+    rig = Rig(str(tmp_path))
+
+    async def go() -> None:
+        cid = (await rig.service.container_create(None, {"Image": "busybox"}))["Id"]
+        with pytest.raises(Conflict, match="is not running"):
+            await rig.service.execs.exec_create(cid, {"Cmd": ["true"]})
+        await rig.service.container_start(cid)
+        with pytest.raises(InvalidArgument, match="No exec command"):
+            await rig.service.execs.exec_create(cid, {"Cmd": []})
+        await rig.service.container_pause(cid)
+        with pytest.raises(Conflict, match="is paused"):
+            await rig.service.execs.exec_create(cid, {"Cmd": ["true"]})
+    run(go())
