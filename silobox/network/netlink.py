@@ -54,12 +54,23 @@ class Netlink:
         self._host: Any = None
         self._switch: Any = None
         self._home = -1
+        self._jobs: list[concurrent.futures.Future[Any]] = []   # submitted, maybe not done
 
     # ----- running in the worker -------------------------------------------------------------
+    def _submit(self, fn: Callable[..., T], *args: Any) -> "concurrent.futures.Future[T]":
+        job = self._pool.submit(fn, *args)
+        self._jobs = [j for j in self._jobs if not j.done()] + [job]
+        return job
+
+    def idle(self) -> bool:
+        """No job is queued or running in the worker (asked on the loop, the only submitter,
+        so it stays true until the loop submits again)."""
+        return all(j.done() for j in self._jobs)
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` in the worker. A cancelled caller drops the job if it has not started;
         a started job finishes (the kernel work of a cancelled create may still land)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await asyncio.wrap_future(self._submit(fn, *args))
 
     async def settle(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` in the worker to completion even if the caller is cancelled: teardown.
@@ -68,7 +79,7 @@ class Netlink:
         teardown therefore always sees what a create in flight when its caller was cancelled
         left behind (removing a namespace on the loop while the worker was still creating it
         left the namespace mounted)."""
-        job = asyncio.wrap_future(self._pool.submit(fn, *args))
+        job = asyncio.wrap_future(self._submit(fn, *args))
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -77,7 +88,7 @@ class Netlink:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Synchronous form, for start-up before the event loop serves requests."""
-        return self._pool.submit(fn, *args).result()
+        return self._submit(fn, *args).result()
 
     def close(self) -> None:
         def _close() -> None:

@@ -487,8 +487,9 @@ class HostNetworkingService:
         """Endpoint delete; removing the namespace lets the kernel destroy the veths with it.
 
         Idempotent and safe against cancellation: the records go first (a second caller, such
-        as the exit hook racing a remove, finds nothing left to do), then the kernel work runs
-        in the netlink worker to completion, after any attach still in flight there."""
+        as the exit hook racing a remove, finds nothing left to do); the kernel work runs in
+        the netlink worker to completion, after any attach still in flight there, or at once
+        when the worker is idle (then nothing can be creating the namespace)."""
         had_ports = had_l2 = False
         acl_namespaces = set()
         links: list[tuple[str, str]] = []
@@ -504,18 +505,17 @@ class HostNetworkingService:
             if e.namespace_id != remove_namespace:
                 links.append((self.netns_path(e.namespace_id), e.IfName))
             self._drop_endpoint(e)
-        namespace = None
         if remove_namespace:
             self.namespaces.pop(remove_namespace, None)
-            namespace = self.netns_path(remove_namespace)
-
-        def kernel() -> None:
-            for ns, ifname in links:
-                if is_netns(ns):
-                    self.netlink.remove_endpoint_link(ns, ifname)
-            if namespace:
-                self.netlink.remove_netns(namespace)
-        await self.netlink.settle(kernel)
+            path = self.netns_path(remove_namespace)
+            if self.netlink.idle():
+                # Nothing can be creating it: unmount at once, without yielding to the loop
+                # (the container's exit is then recorded before a waiting stop goes on).
+                self.netlink.remove_netns(path)
+            else:
+                await self.netlink.settle(self.netlink.remove_netns, path)
+        if links:
+            await self.netlink.settle(self._remove_links, links)
         if had_ports:
             self.apply_rules()
         if had_l2:
@@ -523,6 +523,12 @@ class HostNetworkingService:
         for ns_id in acl_namespaces - {remove_namespace}:
             if is_netns(self.netns_path(ns_id)):
                 await self._apply_acls(ns_id)
+
+    def _remove_links(self, links: list[tuple[str, str]]) -> None:
+        """In the worker: endpoint vNICs of namespaces that stay."""
+        for ns, ifname in links:
+            if is_netns(ns):
+                self.netlink.remove_endpoint_link(ns, ifname)
 
     # ----- ACL and Route policies (HCN ModifyEndpoint) ----------------------------------------
     async def modify_endpoint_policies(self, ref: str, request_type: str,

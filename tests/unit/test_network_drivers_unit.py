@@ -44,6 +44,9 @@ class RecordingNetlink:
 
     settle = run
 
+    def idle(self) -> bool:
+        return True
+
     def call(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
 
@@ -207,12 +210,14 @@ def test_settle_runs_after_a_cancelled_job_in_flight_and_survives_cancellation()
         while not started.is_set():
             await asyncio.sleep(0.01)
         attach.cancel()                        # the client went away mid-start
+        assert not nl.idle()                   # the create still runs: no inline teardown
         teardown = asyncio.ensure_future(nl.settle(order.append, "remove"))
         await asyncio.sleep(0)
         teardown.cancel()                      # and the cleanup was cancelled too
         with pytest.raises(asyncio.CancelledError):
             await teardown
         await asyncio.sleep(0.4)
+        assert nl.idle()
     try:
         asyncio.run(main())
     finally:

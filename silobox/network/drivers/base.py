@@ -9,6 +9,7 @@ seam is enough to test a driver's decisions without a kernel.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -75,7 +76,7 @@ class Names:
                                         for k in ("nat", "vx"))
 
 
-class NetworkDriver:
+class NetworkDriver(abc.ABC):
     """One kind of HNS network. Class attributes state what the service must do around it;
     the methods are the driver's verbs. Defaults fit a driver with nothing of that kind."""
 
@@ -86,7 +87,6 @@ class NetworkDriver:
     host_subnets_matter: ClassVar[bool] = False   # its subnet must avoid the host's routes
     rewrites_macs: ClassVar[bool] = False  # takes part in the vSwitch's MAC rewrite table
     encap_overhead: ClassVar[int] = 0      # bytes the endpoint MTU leaves for encapsulation
-    takes_nic: ClassVar[bool] = False      # the NIC moves into the vSwitch namespace
     isolated_ports: ClassVar[bool] = False  # container ports only forward to the uplink
     uplink_required: ClassVar[str] = ""    # why a network of it cannot do without a NIC
 
@@ -121,14 +121,14 @@ class NetworkDriver:
         transaction that creates the record)."""
 
     # ----- the kernel ---------------------------------------------------------------------------
+    @abc.abstractmethod
     async def create(self, n: HostComputeNetwork) -> None:
         """Make the network exist in the kernel. Idempotent: silod's start calls it for every
         stored network to restore what a reboot or a kill left missing."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def remove(self, n: HostComputeNetwork) -> None:
         """``network rm``: everything ``create`` made goes; a borrowed NIC goes back."""
-        raise NotImplementedError
 
     async def release(self, n: HostComputeNetwork) -> None:
         """silod stops with no endpoint left: give the host back what the network borrowed."""
@@ -141,7 +141,9 @@ class NetworkDriver:
     async def attach(self, n: HostComputeNetwork, e: HostComputeEndpoint, netns: str,
                      create_ns: bool) -> None:
         """The endpoint's vNIC: a bridge port of the network, its peer in ``netns`` (created
-        there first if ``create_ns``) with the endpoint's addresses, MAC and routes."""
+        there first if ``create_ns``) with the endpoint's addresses, MAC and routes. (Its
+        removal is the same for every driver: the veth goes with the namespace, or by name;
+        the service does it.)"""
         gw = None if n.Internal or e.IfName != "eth0" else e.GatewayAddress
         addresses = [(e.IPAddress, e.PrefixLength)]
         if e.IPv6Address:

@@ -23,7 +23,6 @@ from silobox.network.objects import HostComputeNetwork
 class ExternalSwitchDriver(NetworkDriver):
     """A bridge in the vSwitch namespace with the host NIC as its uplink port."""
 
-    takes_nic: ClassVar[bool] = True
     learning: ClassVar[bool] = True        # the uplink port learns source MACs
 
     @classmethod
