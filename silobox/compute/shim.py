@@ -68,6 +68,7 @@ class _Proc:
     stdin_buf: bytearray = field(default_factory=bytearray)
     status: int | None = None
     close_stdin_on_detach: bool = False
+    stdin_eof: bool = False                    # closed by the client: close once written
 
     @property
     def done(self) -> bool:
@@ -766,6 +767,9 @@ class Shim:
                 proc.stdin_buf.clear()
                 break
             del proc.stdin_buf[:n]
+        if proc.stdin_eof and not proc.stdin_buf:
+            self._close_stdin(proc)
+            return
         if fd in proc.out_fds:  # pty master: readable and writable on one fd
             return
         try:
@@ -783,6 +787,9 @@ class Shim:
         if proc.tty and not force:
             # A terminal has no half-close, and a client leaving (detach keys, a dropped
             # connection) must not end the shell it leaves behind: keep the terminal open.
+            return
+        if not force and proc.stdin_buf:   # what the client sent before its EOF goes first
+            proc.stdin_eof = True
             return
         proc.stdin_fd = None
         if fd in proc.out_fds:        # a pty master still being read: _close_out closes it

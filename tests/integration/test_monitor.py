@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from typing import Any
 
@@ -182,5 +183,50 @@ def test_log_records_of_odd_output_are_json_file_records(silod):
         assert all(len(r["log"]) <= 65536 for r in records)
         assert [r["log"] for r in records if r["stream"] == "stderr"] == ["tail-no-newline"]
         assert all(r["time"].endswith("Z") for r in records)
+    finally:
+        api.remove_container(c, force=True)
+
+
+def test_concurrent_execs_and_a_large_stdin_round_trip(silod):
+    """Many execs in flight at once on one monitor, and 4 MiB through an exec's stdin and
+    stdout (the monitor stops reading a client whose process does not keep up)."""
+    import concurrent.futures
+    import hashlib
+    import threading
+
+    from docker.utils.socket import frames_iter
+    api = silod.client
+    c = api.create_container(IMAGE, ["sleep", "1000"])
+    cid = c["Id"]
+    try:
+        api.start(c)
+
+        def one(i: int) -> tuple[int, bytes]:
+            e = api.exec_create(cid, ["sh", "-c", f"echo out-{i}; exit {i % 5}"])
+            out = api.exec_start(e)
+            return api.exec_inspect(e)["ExitCode"], out
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(one, range(32)))
+        assert results == [(i % 5, f"out-{i}\n".encode()) for i in range(32)]
+
+        data = os.urandom(4 << 20)
+        e = api.exec_create(cid, ["cat"], stdin=True)
+        sock = api.exec_start(e, socket=True)
+        raw = sock._sock
+
+        def feed() -> None:
+            raw.sendall(data)
+            raw.shutdown(socket.SHUT_WR)
+
+        writer = threading.Thread(target=feed)
+        writer.start()
+        raw.settimeout(60)
+        got = b"".join(d for stream, d in frames_iter(sock, tty=False) if stream == 1)
+        writer.join()
+        sock.close()
+        assert len(got) == len(data) and hashlib.sha256(got).digest() == \
+            hashlib.sha256(data).digest()
+        assert _wait_for(lambda: api.exec_inspect(e)["ExitCode"] == 0)
     finally:
         api.remove_container(c, force=True)

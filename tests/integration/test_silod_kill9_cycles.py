@@ -178,4 +178,13 @@ def _diagnose(base: str) -> str:
                             held[(ns, src)] = (pid, g.read().strip(), line.split()[4])
         except OSError:
             pass
-    return f"loops: {loops}; mounted: {held}"
+    opened = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in loops:
+                    with open(f"/proc/{pid}/cmdline", "rb") as g:
+                        opened.append((pid, fd, g.read()[:60]))
+        except OSError:
+            pass
+    return f"loops: {loops}; mounted: {held}; open: {opened}"

@@ -318,6 +318,7 @@ struct proc {
     int out_fd[2], out_stream[2];
     struct buf stdin_buf;
     int has_status, status, reapable, removed;
+    int stdin_eof;        /* the client closed stdin: close it once the buffer is written */
     struct proc *next;
 };
 
@@ -595,7 +596,12 @@ static void close_stdin(struct proc *p, int force)
     /* A terminal has no half-close: a client leaving must not end the shell it leaves. */
     if (p->tty && !force)
         return;
+    if (!force && p->stdin_buf.n) {   /* what the client sent before its EOF goes first */
+        p->stdin_eof = 1;
+        return;
+    }
     p->stdin_fd = -1;
+    p->stdin_eof = 0;
     buf_free(&p->stdin_buf);
     if (fd == p->out_fd[0] || fd == p->out_fd[1])
         return;    /* a pty master still being read: close_out closes it */
@@ -611,6 +617,8 @@ static void flush_stdin(struct proc *p)
         if (n <= 0) { p->stdin_buf.n = 0; break; }
         buf_drop(&p->stdin_buf, (size_t)n);
     }
+    if (p->stdin_eof && !p->stdin_buf.n)
+        close_stdin(p, 0);
 }
 
 static void write_stdin(struct proc *p, const char *data, size_t n)
@@ -1572,10 +1580,12 @@ static void loop(void)
             case K_STDIN: {
                 struct proc *p = s.obj;
                 if (p->stdin_fd == fd) {
-                    if (pfd[i].revents & (POLLERR | POLLHUP) && !(pfd[i].revents & POLLOUT))
+                    if (pfd[i].revents & (POLLERR | POLLHUP) && !(pfd[i].revents & POLLOUT)) {
                         p->stdin_buf.n = 0;
-                    else
+                        if (p->stdin_eof) close_stdin(p, 0);
+                    } else {
                         flush_stdin(p);
+                    }
                 }
                 break;
             }
