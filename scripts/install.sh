@@ -49,6 +49,10 @@ fi
 
 [ -x "$PREFIX/bin/python" ] || /usr/bin/python3 -m venv "$PREFIX"
 "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade pip==24.3.1
+# The CRI's Python stubs are build output: generated from silobox/cri/api.proto with the
+# pinned grpcio-tools before the package is installed (not kept in git; see docs/kubernetes.md).
+"$PREFIX/bin/pip" install -q --disable-pip-version-check grpcio-tools==1.85.1 protobuf==7.36.2
+(cd "$SRC" && "$PREFIX/bin/python" -m silobox.cri.protogen)
 if [ "$WITH_TESTS" = 1 ]; then
     "$PREFIX/bin/pip" install -q --disable-pip-version-check "$SRC[test]"
 else
