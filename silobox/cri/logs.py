@@ -59,6 +59,8 @@ class LogCopier:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Open the file now (the kubelet may read it as soon as the start returns), then copy."""
+        self._open()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def _open(self) -> None:
@@ -76,7 +78,6 @@ class LogCopier:
         since = last_stamp(self.path)
         skip_until = parse_iso(since) if since else 0.0
         try:
-            self._open()
             _, chunks = await self.backend.container_logs(
                 self.container_id, follow=True, timestamps=True, since=skip_until)
             async for stream, data in chunks:

@@ -325,6 +325,9 @@ class CriRuntime:
             body["Entrypoint"] = list(cfg.command)
         if cfg.args:
             body["Cmd"] = list(cfg.args)
+        if sc.HasField("run_as_group") and not (sc.HasField("run_as_user")
+                                                or sc.run_as_username):
+            raise InvalidArgument("run_as_group needs run_as_user or run_as_username")
         if sc.HasField("run_as_user"):
             body["User"] = str(sc.run_as_user.value) + (
                 f":{sc.run_as_group.value}" if sc.HasField("run_as_group") else "")
