@@ -106,8 +106,10 @@ for t in 1.29-2 latest; do
 done
 build e2e-test-images/httpd:2.4.39-4 "$WEB" \
     'CMD ["sh", "-c", "echo \"[core:notice] Command line: '"'"'httpd -D FOREGROUND'"'"'\"; exec httpd -f -v -p 80 -h /www"]'
-build e2e-test-images/nginx:1.14-2 "$WEB" \
-    'CMD ["sh", "-c", "echo $$ > /var/run/nginx.pid; exec httpd -f -p 80 -h /www"]'
+# The nginx stand-in keeps a shell as PID 1 whose command line says "master process", as
+# nginx's does, and writes nginx's pid file: the PID namespace specs look for both.
+build e2e-test-images/nginx:1.14-2 "$WEB" 'RUN mkdir -p /var/run' \
+    'CMD ["sh", "-c", "echo $$ > /var/run/nginx.pid; httpd -f -p 80 -h /www", "nginx: master process"]'
 build "k8s-staging-cri-tools/hostnet-nginx-$(dpkg --print-architecture):latest" "$WEB" \
     'CMD ["httpd", "-f", "-p", "12003", "-h", "/www"]'
 for n in 1 2 3; do build "k8s-staging-cri-tools/test-image-$n:latest" "LABEL n=$n"; done

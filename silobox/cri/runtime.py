@@ -3,9 +3,9 @@
 A **pod sandbox** is a compute system that holds the pod's namespaces: its network compartment
 (one HNS endpoint on the pod network, ``nat`` unless configured), IPC, UTS (the pod's hostname,
 hosts and resolv.conf) and, with ``pid = POD``, the PID namespace. No pause image is pulled:
-its only process is ``tini`` (the engine's ``--init``, which reaps what the pod's containers
-orphan in a shared PID namespace) over ``sleep`` from the built-in busybox image, which silod
-makes offline from the host's busybox-static. Port mappings, DNS, sysctls are the holder's.
+its only process is silod's own holder program (``pause.c``, mapped read-only into it), which
+waits and reaps what the pod's containers orphan; its root is the built-in busybox image, made
+offline from the host's busybox-static. Port mappings, DNS, sysctls are the holder's.
 
 A **container** of the pod joins the holder's namespaces the way ``--network container:X``,
 ``--ipc container:X`` and ``--pid container:X`` do (``engine/networks.py``, ``engine/sharing.py``).
@@ -26,6 +26,7 @@ from google.protobuf import json_format
 
 from silobox import __version__
 from silobox.cri import api_pb2 as pb
+from silobox.cri import pause
 from silobox.cri.logs import LogCopier
 from silobox.errors import Conflict, InvalidArgument, NotFound, NotModified, SiloboxError
 from silobox.timeutil import parse_iso
@@ -43,7 +44,6 @@ POD_UID = "io.kubernetes.pod.uid"
 CONTAINER_NAME = "io.kubernetes.container.name"
 
 HOLDER_IMAGE = "busybox"            # the built-in image, made offline (storage/builtin.py)
-HOLDER_COMMAND = ["sleep", "2147483647"]
 POD_NETWORK = os.environ.get("SILOBOX_CRI_POD_NETWORK", "nat")
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024   # the kubelet's own cap on an ExecSync answer
 API_VERSION = "v1"
@@ -77,8 +77,9 @@ def _docker_name(*parts: Any) -> str:
 class CriRuntime:
     """RuntimeService on the engine's ``ContainerBackend``/``NetworkBackend``."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, holder: str) -> None:
         self.backend = backend
+        self.holder = holder   # the pod holder binary (pause.py)
         self.copiers: dict[str, LogCopier] = {}
 
     # ----- lookup ---------------------------------------------------------------------------
@@ -129,12 +130,12 @@ class CriRuntime:
             "NetworkMode": "host" if host_net else POD_NETWORK,
             "IpcMode": "host" if nso.ipc == pb.NODE else "shareable",
             "PidMode": "host" if nso.pid == pb.NODE else "",
-            "Init": True,
             "Sysctls": dict(linux.sysctls),
             "RestartPolicy": {"Name": "no"},
+            "Binds": [f"{self.holder}:{pause.CONTAINER_PATH}:ro"],
         }
-        body: dict[str, Any] = {"Image": HOLDER_IMAGE, "Entrypoint": HOLDER_COMMAND[:1],
-                                "Cmd": HOLDER_COMMAND[1:], "HostConfig": hc}
+        body: dict[str, Any] = {"Image": HOLDER_IMAGE, "Entrypoint": [pause.CONTAINER_PATH],
+                                "Cmd": [], "HostConfig": hc}
         if host_net:
             hc["UTSMode"] = "host"
         else:

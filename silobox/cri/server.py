@@ -21,6 +21,7 @@ protogen.ensure()   # a checkout that was never installed: make the stubs now
 
 from silobox.cri import api_pb2 as pb  # noqa: E402
 from silobox.cri import api_pb2_grpc as rpc  # noqa: E402
+from silobox.cri import pause  # noqa: E402
 from silobox.cri.images import CriImages  # noqa: E402
 from silobox.cri.runtime import CriRuntime  # noqa: E402
 from silobox.cri.streaming import StreamingServer  # noqa: E402
@@ -207,7 +208,7 @@ class CriServer:
                  streaming_address: str = os.environ.get("SILOBOX_CRI_STREAMING",
                                                          "127.0.0.1:0")) -> None:
         self.socket_path = socket_path
-        self.runtime = CriRuntime(backend)
+        self.runtime = CriRuntime(backend, pause.ensure_built())
         self.streaming = StreamingServer(backend, self.runtime, streaming_address)
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
