@@ -109,7 +109,7 @@ build e2e-test-images/httpd:2.4.39-4 "$WEB" \
 # The nginx stand-in keeps a shell as PID 1 whose command line says "master process", as
 # nginx's does, and writes nginx's pid file: the PID namespace specs look for both.
 build e2e-test-images/nginx:1.14-2 "$WEB" 'RUN mkdir -p /var/run' \
-    'CMD ["sh", "-c", "echo $$ > /var/run/nginx.pid; httpd -f -p 80 -h /www", "nginx: master process"]'
+    'CMD ["sh", "-c", "httpd -f -p 80 -h /www & echo $$ > /var/run/nginx.pid; wait", "nginx: master process"]'
 build "k8s-staging-cri-tools/hostnet-nginx-$(dpkg --print-architecture):latest" "$WEB" \
     'CMD ["httpd", "-f", "-p", "12003", "-h", "/www"]'
 for n in 1 2 3; do build "k8s-staging-cri-tools/test-image-$n:latest" "LABEL n=$n"; done
