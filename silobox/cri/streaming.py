@@ -11,7 +11,11 @@ clients read it. For port forwarding, port *i* of the request has data channel 2
 channel 2i+1, and the first message on each names the port (2 bytes, little-endian); the
 connection is made to localhost inside the pod's network namespace.
 
-SPDY, the other upgrade the kubelet's clients know, is not served: a client must use WebSocket.
+The same URLs also take the SPDY/3.1 upgrade (``spdy.py``), which crictl and the kubelet's
+clients of v1.28 use: the client opens one SPDY stream per channel (``streamType`` error, stdin,
+stdout, stderr, resize; for port forwarding a data and an error stream per ``requestID`` and
+``port``) and the status goes on the error stream as above (``v4.channel.k8s.io``) or as a bare
+message when the command failed (older versions).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from silobox.cri import spdy
 from silobox.errors import InvalidArgument, SiloboxError
 
 log = logging.getLogger("silod.cri")
@@ -38,6 +43,8 @@ STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io",
              "v2.channel.k8s.io", "channel.k8s.io")
 PF_PROTOCOLS = ("v4.channel.k8s.io", "portforward.k8s.io", "channel.k8s.io")
+SPDY_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io",
+                  "channel.k8s.io")
 
 
 def _status(exit_code: int | None, message: str = "") -> bytes:
@@ -67,9 +74,10 @@ class StreamingServer:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/exec/{token}", self._exec)
-        app.router.add_get("/attach/{token}", self._attach)
-        app.router.add_get("/portforward/{token}", self._port_forward)
+        for path, handler in (("/exec/{token}", self._exec), ("/attach/{token}", self._attach),
+                              ("/portforward/{token}", self._port_forward)):
+            app.router.add_get(path, handler)     # WebSocket upgrades
+            app.router.add_post(path, handler)    # SPDY upgrades
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
@@ -136,6 +144,8 @@ class StreamingServer:
 
     async def _exec(self, request: web.Request) -> web.StreamResponse:
         r = self._take("exec", request.match_info["token"])
+        if _wants_spdy(request):
+            return await self._spdy_exec(request, r, "exec")
         ex = await self.backend.exec_create(r["id"], {
             "Cmd": r["cmd"], "Tty": r["tty"], "AttachStdin": r["stdin"],
             "AttachStdout": r["stdout"], "AttachStderr": r["stderr"]})
@@ -158,6 +168,8 @@ class StreamingServer:
 
     async def _attach(self, request: web.Request) -> web.StreamResponse:
         r = self._take("attach", request.match_info["token"])
+        if _wants_spdy(request):
+            return await self._spdy_exec(request, r, "attach")
         ws = await self._open_ws(request, PROTOCOLS)
         sess = await self.backend.container_attach(r["id"], stdin=r["stdin"], stdout=r["stdout"],
                                                    stderr=r["stderr"], logs=False, stream=True)
@@ -227,13 +239,18 @@ class StreamingServer:
     # ----- port forwarding --------------------------------------------------------------------
     async def _port_forward(self, request: web.Request) -> web.StreamResponse:
         r = self._take("portforward", request.match_info["token"])
-        ports = [int(p) for p in request.query.getall("port", [])] or r["ports"]
-        if not ports or any(not 0 < p < 65536 for p in ports):
-            raise web.HTTPBadRequest(text="port forwarding needs ports 1-65535")
         doc = await self.backend.container_inspect(r["id"])
         pid = int(doc["State"].get("Pid") or 0)
         if not pid:
             raise web.HTTPBadRequest(text="pod sandbox is not running")
+        if _wants_spdy(request):   # each stream names its port
+            return await self._spdy_port_forward(request, r, pid)
+        try:
+            ports = [int(p) for p in request.query.getall("port", [])] or r["ports"]
+        except ValueError:
+            raise web.HTTPBadRequest(text="invalid port") from None
+        if not ports or any(not 0 < p < 65536 for p in ports):
+            raise web.HTTPBadRequest(text="port forwarding needs ports 1-65535")
         ws = await self._open_ws(request, PF_PROTOCOLS)
         loop = asyncio.get_running_loop()
         conns: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
@@ -274,6 +291,208 @@ class StreamingServer:
                 w.close()
             await ws.close()
         return ws
+
+
+    # ----- SPDY -------------------------------------------------------------------------------
+    async def _spdy_upgrade(self, request: web.Request, supported: tuple[str, ...]
+                            ) -> tuple[spdy.Session, str, web.StreamResponse]:
+        offered = [p.strip() for h in request.headers.getall("X-Stream-Protocol-Version", [])
+                   for p in h.split(",")]
+        proto = next((p for p in supported if p in offered), "")
+        if offered and not proto:
+            raise web.HTTPForbidden(text=f"none of the stream protocols {offered} is supported; "
+                                         f"use one of {list(supported)}")
+        resp = web.StreamResponse(status=101, headers={
+            "Connection": "Upgrade", "Upgrade": "SPDY/3.1",
+            **({"X-Stream-Protocol-Version": proto} if proto else {})})
+        await resp.prepare(request)
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("the client went away")
+        session = spdy.Session(transport)
+        request.protocol.set_parser(session)  # type: ignore[arg-type]
+        return session, proto, resp
+
+    async def _spdy_exec(self, request: web.Request, r: dict[str, Any],
+                         kind: str) -> web.StreamResponse:
+        session, proto, resp = await self._spdy_upgrade(request, SPDY_PROTOCOLS)
+        want = {"error"} | {n for n in ("stdin", "stdout") if r[n]}
+        if r["stderr"] and not r["tty"]:
+            want.add("stderr")
+        if r["tty"] and proto in ("v4.channel.k8s.io", "v3.channel.k8s.io"):
+            want.add("resize")
+        streams: dict[str, spdy.Stream] = {}
+        deadline = time.monotonic() + 30
+        while not want <= set(streams) and time.monotonic() < deadline:
+            st = await session.accept(deadline - time.monotonic())
+            if st is None:
+                break
+            streams[st.headers.get("streamtype", "")] = st
+        try:
+            if not want <= set(streams):
+                return resp
+            code, message = await self._spdy_run(r, kind, streams)
+            for name in ("stdout", "stderr"):
+                if name in streams:
+                    streams[name].close()
+            err = streams["error"]
+            if proto == "v4.channel.k8s.io":
+                err.write(_status(code, message))
+            elif code != 0 or message:
+                err.write((message or f"command terminated with non-zero exit code: "
+                           f"{code}").encode())
+            err.close()
+            await asyncio.sleep(0)
+            return resp
+        finally:
+            session.end()
+
+    async def _spdy_run(self, r: dict[str, Any], kind: str, streams: dict[str, spdy.Stream]
+                        ) -> tuple[int | None, str]:
+        """Run the exec (or attach) with its stdio on SPDY streams → (exit code, error)."""
+        if kind == "exec":
+            ex = await self.backend.exec_create(r["id"], {
+                "Cmd": r["cmd"], "Tty": r["tty"], "AttachStdin": r["stdin"],
+                "AttachStdout": r["stdout"], "AttachStderr": r["stderr"]})
+            try:
+                sess = await self.backend.exec_start(ex["Id"])
+            except SiloboxError as e:
+                return None, str(e)
+
+            async def resize(h: int, w: int) -> None:
+                await self.backend.exec_resize(ex["Id"], h, w)
+        else:
+            sess = await self.backend.container_attach(
+                r["id"], stdin=r["stdin"], stdout=r["stdout"], stderr=r["stderr"],
+                logs=False, stream=True)
+
+            async def resize(h: int, w: int) -> None:
+                await self.backend.container_resize(r["id"], h, w)
+
+        async def output() -> None:
+            while True:
+                item = await sess.read()
+                if item is None:
+                    return
+                stream, data = item
+                name = "stderr" if stream == 2 and "stderr" in streams else "stdout"
+                if name in streams:
+                    streams[name].write(data)
+
+        async def stdin() -> None:
+            src = streams["stdin"]
+            while data := await src.read():
+                await sess.write(data)
+            await sess.close_stdin()
+
+        async def resizes() -> None:
+            buf, dec = "", json.JSONDecoder()
+            src = streams["resize"]
+            while data := await src.read():
+                buf += data.decode(errors="replace")
+                while buf.strip():
+                    try:
+                        size, end = dec.raw_decode(buf.lstrip())
+                    except ValueError:
+                        break
+                    buf = buf.lstrip()[end:]
+                    try:
+                        await resize(int(size.get("Height") or 0), int(size.get("Width") or 0))
+                    except (AttributeError, ValueError, SiloboxError):
+                        pass
+
+        helpers = [asyncio.ensure_future(stdin())] if "stdin" in streams else []
+        if "resize" in streams:
+            helpers.append(asyncio.ensure_future(resizes()))
+        out = asyncio.ensure_future(output())
+        lost = asyncio.ensure_future(_session_lost(streams["error"]))
+        try:
+            done, _ = await asyncio.wait({out, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (*helpers, lost):
+                t.cancel()
+        if out not in done:
+            out.cancel()
+            await sess.close()
+            return None, "the client went away"
+        if kind == "exec":
+            code = (await self.backend.exec_inspect(ex["Id"])).get("ExitCode")
+            return int(code if code is not None else 126), ""
+        doc = await self.backend.container_inspect(r["id"])
+        return int(doc["State"].get("ExitCode") or 0), ""
+
+    async def _spdy_port_forward(self, request: web.Request, r: dict[str, Any],
+                                 pid: int) -> web.StreamResponse:
+        session, _, resp = await self._spdy_upgrade(request, ("portforward.k8s.io",))
+        loop = asyncio.get_running_loop()
+        pairs: dict[str, dict[str, spdy.Stream]] = {}
+        tasks: list[asyncio.Future[Any]] = []
+
+        async def forward(data: spdy.Stream, err: spdy.Stream | None, port: int) -> None:
+            try:
+                sock = await loop.run_in_executor(None, _socket_in_netns, pid)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+                reader, writer = await asyncio.open_connection(sock=sock)
+            except OSError as e:
+                if err is not None:
+                    err.write(f"failed to connect to localhost:{port} in pod "
+                              f"{r['id'][:12]}: {e.strerror}".encode())
+                    err.close()
+                data.close()
+                return
+
+            async def inbound() -> None:
+                while chunk := await data.read():
+                    writer.write(chunk)
+                    await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+
+            t = asyncio.ensure_future(inbound())
+            try:
+                while chunk := await reader.read(65536):
+                    data.write(chunk)
+            finally:
+                t.cancel()
+                writer.close()
+                data.close()
+                if err is not None:
+                    err.close()
+
+        try:
+            while True:
+                st = await session.accept(3600)
+                if st is None:
+                    break
+                rid = st.headers.get("requestid", "")
+                kind = st.headers.get("streamtype", "")
+                pair = pairs.setdefault(rid, {})
+                pair[kind] = st
+                if kind == "data":
+                    try:
+                        port = int(st.headers.get("port", ""))
+                    except ValueError:
+                        port = 0
+                    if not 0 < port < 65536:
+                        st.close()
+                        continue
+                    tasks.append(asyncio.ensure_future(forward(st, pair.get("error"), port)))
+        finally:
+            for t in tasks:
+                t.cancel()
+            session.end()
+        return resp
+
+
+async def _session_lost(stream: spdy.Stream) -> None:
+    """Returns when the SPDY session behind ``stream`` has ended."""
+    while not stream.session.closed:
+        await asyncio.sleep(0.2)
+
+
+def _wants_spdy(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower().startswith("spdy/")
 
 
 def _socket_in_netns(pid: int) -> socket.socket:
