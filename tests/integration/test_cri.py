@@ -338,3 +338,31 @@ def test_pod_survives_silod_restart(cri: Cri, pods: list[str], silod: Any,
         time.sleep(0.1)
     kinds = [CRI_LINE.match(l).group(4) for l in _read(path).splitlines()]
     assert kinds == [b"before", b"after"], kinds
+
+
+def test_port_mapping_and_sysctls(cri: Cri, pods: list[str]) -> None:
+    import socket
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host_port = s.getsockname()[1]
+    pcfg = pod_config("ports", port_mappings=[pb.PortMapping(
+        protocol=pb.TCP, container_port=80, host_port=host_port, host_ip="127.0.0.1")],
+        linux=pb.LinuxPodSandboxConfig(sysctls={"net.ipv4.ip_unprivileged_port_start": "80",
+                                                "kernel.shm_rmid_forced": "1"}))
+    pid = run_pod(cri, pods, pcfg)
+    cid = container(cri, pid, pcfg, "web", [
+        "sh", "-c", "mkdir /www && echo hello-port > /www/index.html && "
+                    "exec httpd -f -p 80 -h /www"])
+    body = b""
+    deadline = time.time() + 15
+    while time.time() < deadline and b"hello-port" not in body:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{host_port}/", timeout=2).read()
+        except OSError:
+            time.sleep(0.2)
+    assert body == b"hello-port\n"
+    r = cri.rt.ExecSync(pb.ExecSyncRequest(container_id=cid, timeout=10, cmd=[
+        "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+        "/proc/sys/kernel/shm_rmid_forced"]))
+    assert r.stdout.split() == [b"80", b"1"]
