@@ -106,10 +106,46 @@ for t in 1.29-2 latest; do
 done
 build e2e-test-images/httpd:2.4.39-4 "$WEB" \
     'CMD ["sh", "-c", "echo \"[core:notice] Command line: '"'"'httpd -D FOREGROUND'"'"'\"; exec httpd -f -v -p 80 -h /www"]'
-# The nginx stand-in keeps a shell as PID 1 whose command line says "master process", as
-# nginx's does, and writes nginx's pid file: the PID namespace specs look for both.
-build e2e-test-images/nginx:1.14-2 "$WEB" 'RUN mkdir -p /var/run' \
-    'CMD ["sh", "-c", "httpd -f -p 80 -h /www & echo $$ > /var/run/nginx.pid; wait", "nginx: master process"]'
+# The nginx stand-in: a small program named nginx (as pidof finds it) whose command line says
+# "master process" and which writes nginx's pid file, then serves with busybox httpd as its
+# child: the PID namespace specs look for all three.
+mkdir -p "$WORK/ctx/nginx"
+cat > "$WORK/ctx/nginx/nginx.c" <<'EOF_NGINX'
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static pid_t child;
+static void pass(int sig) { if (child > 0) kill(child, sig); }
+int main(void)
+{
+    FILE *f = fopen("/var/run/nginx.pid", "w");
+    if (f) { fprintf(f, "%d\n", (int)getpid()); fclose(f); }
+    signal(SIGTERM, pass);
+    signal(SIGINT, pass);
+    child = fork();
+    if (child == 0) {
+        execlp("httpd", "httpd", "-f", "-p", "80", "-h", "/www", (char *)0);
+        _exit(127);
+    }
+    int status = 0;
+    while (waitpid(child, &status, 0) < 0) ;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+EOF_NGINX
+gcc -static -O2 -o "$WORK/ctx/nginx/nginx" "$WORK/ctx/nginx/nginx.c" || { echo "critest.sh: gcc failed" >&2; exit 1; }
+cat > "$WORK/ctx/nginx/Dockerfile" <<'EOF_DF'
+FROM busybox
+COPY nginx /usr/sbin/nginx
+RUN mkdir -p /var/run /www && echo "<html><body>It works!</body></html>" > /www/index.html
+CMD ["/usr/sbin/nginx", "-g", "master process"]
+EOF_DF
+silo build -q -t "$REG/e2e-test-images/nginx:1.14-2" "$WORK/ctx/nginx" >/dev/null \
+    || { echo "critest.sh: build of the nginx stand-in failed" >&2; exit 1; }
+for t in 1.14-2 latest; do
+    silo tag "$REG/e2e-test-images/nginx:1.14-2" "$REG/e2e-test-images/nginx:$t"
+    silo push "$REG/e2e-test-images/nginx:$t" >/dev/null
+done
 build "k8s-staging-cri-tools/hostnet-nginx-$(dpkg --print-architecture):latest" "$WEB" \
     'CMD ["httpd", "-f", "-p", "12003", "-h", "/www"]'
 for n in 1 2 3; do build "k8s-staging-cri-tools/test-image-$n:latest" "LABEL n=$n"; done
