@@ -3,9 +3,9 @@
 #   scripts/critest.sh CRITEST [CRITEST ARGS...]
 # It starts Debian's docker-registry on 127.0.0.1, builds stand-ins for every image critest
 # names (from the built-in busybox, with the property each spec checks), pushes them under the
-# paths critest's --registry-prefix maps its images to, writes the test-images file, runs
-# critest against that silod's CRI socket, and removes everything it made. The last line is
-# critest's own summary. See docs/kubernetes.md.
+# same paths, starts silod with that registry as the mirror of gcr.io and registry.k8s.io,
+# writes the test-images file, runs critest against that silod's CRI socket, and removes
+# everything it made. The last lines are critest's own summary. See docs/kubernetes.md.
 set -uo pipefail
 
 CRITEST=${1:?usage: scripts/critest.sh CRITEST [ARGS...]}
@@ -55,6 +55,9 @@ EOF
 REG_PID=$!
 
 # -- silod ----------------------------------------------------------------------------------------
+# The registries critest names are mirrored by the local one: pulls go there, and images keep
+# the names critest asked for (silobox/cri/images.py).
+export SILOBOX_CRI_REGISTRY_MIRRORS="gcr.io=$REG,registry.k8s.io=$REG"
 (cd "$SRC" && exec "$PY" -m silobox.engine.daemon --root "$ROOT" --exec-root "$EXEC" \
     --cgroup-parent "$CGROUP" -H "unix://$SOCK" --registry-loopback-only) >"$WORK/silod.log" 2>&1 &
 SILOD_PID=$!
@@ -71,12 +74,6 @@ build() {
     { echo "FROM busybox"; printf '%s\n' "$@"; } > "$ctx/Dockerfile"
     silo build -q -t "$REG/$name" "$ctx" >/dev/null || { echo "critest.sh: build of $name failed" >&2; exit 1; }
     silo push "$REG/$name" >/dev/null || { echo "critest.sh: push of $name failed" >&2; exit 1; }
-    # critest 1.28's --registry-prefix keeps an image's path but drops its tag: every image
-    # is also pulled as :latest.
-    local latest="${name%%:*}:latest"
-    if [ "$latest" != "$name" ]; then
-        silo tag "$REG/$name" "$REG/$latest" && silo push "$REG/$latest" >/dev/null
-    fi
 }
 WEB='RUN mkdir -p /www && echo "<html><body>It works!</body></html>" > /www/index.html'
 # The upstream busybox image has its applets as hard links and pgrep/ipcs applets that
@@ -174,28 +171,18 @@ silo push "$REG/e2e-test-images/nonewprivs:1.3" >/dev/null
 silo tag "$REG/e2e-test-images/nonewprivs:1.3" "$REG/e2e-test-images/nonewprivs:latest"
 silo push "$REG/e2e-test-images/nonewprivs:latest" >/dev/null
 
-# Some specs pull an image under the prefixed, tag-less name and then create the container
-# under the name with its tag, or under the upstream name: those images stay on the node under
-# each name, as a node's image cache would hold them. The image specs pull and remove their
-# own test-image-* images.
-HOSTNET="k8s-staging-cri-tools/hostnet-nginx-$(dpkg --print-architecture)"
-silo tag "$REG/$HOSTNET" "gcr.io/$HOSTNET:latest"
-for img in busybox:1.29-2 httpd:2.4.39-4 nginx:1.14-2 nonewprivs:1.3; do
-    silo tag "$REG/e2e-test-images/$img" "registry.k8s.io/e2e-test-images/$img"
-done
-for img in $(silo images --format '{{.Repository}}:{{.Tag}}' | grep "/k8s-staging-cri-tools/test-image"); do
-    silo rmi "$img" >/dev/null 2>&1
-done
+# silod starts critest with none of these: every spec pulls what it uses, through the mirror.
+for id in $(silo images -q | sort -u); do silo rmi -f "$id" >/dev/null 2>&1; done
 
 cat > "$WORK/test-images.yaml" <<EOF
-defaultTestContainerImage: $REG/e2e-test-images/busybox:1.29-2
-webServerTestImage: $REG/e2e-test-images/nginx:1.14-2
+defaultTestContainerImage: registry.k8s.io/e2e-test-images/busybox:1.29-2
+webServerTestImage: registry.k8s.io/e2e-test-images/nginx:1.14-2
 EOF
 
 # -- critest --------------------------------------------------------------------------------------
 # The digest-pinned spec names an upstream manifest digest that no stand-in can have.
 "$CRITEST" --runtime-endpoint "unix://$CRI" --image-endpoint "unix://$CRI" \
-    --registry-prefix "$REG" --test-images-file "$WORK/test-images.yaml" \
+    --test-images-file "$WORK/test-images.yaml" \
     -ginkgo.skip 'image with digest' -ginkgo.no-color "$@" 2>&1 | tee "$WORK/critest.log" | grep -vE '^\s*$' \
     | grep -E '^(•|S|\[Fail\]|\[FAIL\]|Summarizing|Ran |FAIL|PASS|  /)|Failure \[' || true
 rc=${PIPESTATUS[0]}

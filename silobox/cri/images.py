@@ -1,7 +1,8 @@
 """CRI ImageService on the engine's image store and registry client.
 
 Image names are answered in their full form (``docker.io/library/busybox:1.36``), as the
-kubelet compares them; the engine resolves short names the Docker way.
+kubelet compares them; the engine resolves short names the Docker way. A registry can have a
+mirror (``mirrors()``): the image comes from the mirror and is kept under the requested name.
 """
 
 from __future__ import annotations
@@ -24,6 +25,31 @@ def _full(name: str) -> str:
     except InvalidArgument:
         return name
     return f"{ref.name}@{ref.digest}" if ref.digest else f"{ref.name}:{ref.tag or 'latest'}"
+
+
+def mirrors() -> dict[str, str]:
+    """Registry mirrors for pulls: ``SILOBOX_CRI_REGISTRY_MIRRORS=gcr.io=127.0.0.1:5000,...``
+    (a registry host, ``=``, the mirror's host[:port]), as containerd's CRI plugin has them."""
+    out = {}
+    for item in os.environ.get("SILOBOX_CRI_REGISTRY_MIRRORS", "").split(","):
+        host, sep, mirror = item.strip().partition("=")
+        if sep and host and mirror:
+            out[host] = mirror
+    return out
+
+
+def _mirror_of(name: str) -> str | None:
+    """The name to pull ``name`` from when its registry has a mirror, else None."""
+    try:
+        ref = reference.parse(name)
+    except InvalidArgument:
+        return None
+    mirror = mirrors().get(ref.domain)
+    if mirror is None:
+        return None
+    path = ref.name[len(ref.domain) + 1:]
+    return f"{mirror}/{path}@{ref.digest}" if ref.digest else \
+        f"{mirror}/{path}:{ref.tag or 'latest'}"
 
 
 def _user(config: dict[str, Any]) -> tuple[int | None, str]:
@@ -98,8 +124,19 @@ class CriImages:
                    "serveraddress": auth.server_address,
                    "identitytoken": auth.identity_token, "registrytoken": auth.registry_token}
             header = base64.urlsafe_b64encode(json.dumps(doc).encode()).decode()
-        await self.backend.image_pull(name, auth_header=header)
-        doc = await self.backend.image_inspect(name)
+        mirror = _mirror_of(name)
+        if mirror is None:
+            await self.backend.image_pull(name, auth_header=header)
+            return (await self.backend.image_inspect(name))["Id"]
+        # Through a mirror: pulled from the mirror, kept under the name the kubelet asked for.
+        had_mirror_name = await self._inspect(mirror) is not None
+        await self.backend.image_pull(mirror, auth_header=header)
+        doc = await self.backend.image_inspect(mirror)
+        ref = reference.parse(name)
+        if not ref.digest:
+            await self.backend.image_tag(doc["Id"], ref.name, ref.tag or "latest")
+            if not had_mirror_name:
+                await self.backend.image_delete(mirror)   # only untags: the image keeps a tag
         return doc["Id"]
 
     async def remove(self, ref: str) -> None:

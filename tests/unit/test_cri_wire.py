@@ -122,3 +122,15 @@ def test_services_are_runtime_v1() -> None:
     services = pb.DESCRIPTOR.services_by_name
     assert services["RuntimeService"].full_name == "runtime.v1.RuntimeService"
     assert services["ImageService"].full_name == "runtime.v1.ImageService"
+
+
+def test_registry_mirrors(monkeypatch) -> None:
+    from silobox.cri.images import _mirror_of
+    monkeypatch.setenv("SILOBOX_CRI_REGISTRY_MIRRORS",
+                       "gcr.io=127.0.0.1:5000, registry.k8s.io=127.0.0.1:5001,bad")
+    assert _mirror_of("gcr.io/k8s-staging-cri-tools/test-image-tag:test") == \
+        "127.0.0.1:5000/k8s-staging-cri-tools/test-image-tag:test"
+    assert _mirror_of("registry.k8s.io/pause") == "127.0.0.1:5001/pause:latest"
+    digest = "sha256:" + "a" * 64
+    assert _mirror_of(f"gcr.io/x/y@{digest}") == f"127.0.0.1:5000/x/y@{digest}"
+    assert _mirror_of("busybox") is None
