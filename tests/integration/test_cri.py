@@ -314,7 +314,7 @@ def test_streaming_exec_and_port_forward(cri: Cri, pods: list[str]) -> None:
     assert b"200 OK" in got and b"hello-fwd" in got
 
 
-def test_pod_survives_silod_restart(cri: Cri, pods: list[str], silod: Any,
+def test_pod_survives_silod_kill(cri: Cri, pods: list[str], silod: Any,
                                     tmp_path: Any) -> None:
     logdir = str(tmp_path / "pods")
     pcfg = pod_config("durable", logdir)
@@ -326,7 +326,7 @@ def test_pod_survives_silod_restart(cri: Cri, pods: list[str], silod: Any,
     deadline = time.time() + 10
     while time.time() < deadline and b"before" not in _read(path):
         time.sleep(0.1)
-    silod.stop()
+    silod.kill9()   # killed, not stopped: the pod runs on under its shims
     silod.start()
     st = cri.rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pid)).status
     assert st.state == pb.SANDBOX_READY and st.network.ip
