@@ -204,11 +204,11 @@ class ImageServicer(rpc.ImageServiceServicer):
 class CriServer:
     """The gRPC server and the streaming server, started and stopped with silod."""
 
-    def __init__(self, backend: Any, socket_path: str,
+    def __init__(self, backend: Any, socket_path: str, holder: str = "",
                  streaming_address: str = os.environ.get("SILOBOX_CRI_STREAMING",
                                                          "127.0.0.1:0")) -> None:
         self.socket_path = socket_path
-        self.runtime = CriRuntime(backend, pause.ensure_built())
+        self.runtime = CriRuntime(backend, holder or pause.ensure_built())
         self.streaming = StreamingServer(backend, self.runtime, streaming_address)
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),

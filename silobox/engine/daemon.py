@@ -107,13 +107,12 @@ async def _serve(config: DaemonConfig, spawner: object) -> None:
     await engine.start()
     runner = await serve(create_app(engine), config.socket)
     log.info("silod %s serving on unix://%s (root %s)", __version__, config.socket, config.root)
-    from silobox.cri.server import CriServer   # the CRI v1 (gRPC) beside the Docker API
-    cri = CriServer(engine, os.path.join(config.exec_root, "cri.sock"))
-    await cri.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from silobox.cri import boot   # the CRI v1 (gRPC) beside the Docker API
+    cri = await boot.start(engine, os.path.join(config.exec_root, "cri.sock"))
     await stop.wait()
     log.info("silod stopping; containers keep running under their shims")
     await cri.stop()

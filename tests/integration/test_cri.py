@@ -42,6 +42,7 @@ class Cri:
 @pytest.fixture(scope="module")
 def cri(silod: Any) -> Iterator[Cri]:
     c = Cri(os.path.join(silod.exec_root, "cri.sock"))
+    c.rt.Version(pb.VersionRequest(), wait_for_ready=True, timeout=30)   # up after the API
     try:
         yield c
     finally:
@@ -328,6 +329,7 @@ def test_pod_survives_silod_kill(cri: Cri, pods: list[str], silod: Any,
         time.sleep(0.1)
     silod.kill9()   # killed, not stopped: the pod runs on under its shims
     silod.start()
+    cri.rt.Version(pb.VersionRequest(), wait_for_ready=True, timeout=30)
     st = cri.rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pid)).status
     assert st.state == pb.SANDBOX_READY and st.network.ip
     assert status(cri, cid).state == pb.CONTAINER_RUNNING
