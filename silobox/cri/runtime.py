@@ -335,8 +335,6 @@ class CriRuntime:
         elif sc.run_as_username:
             body["User"] = sc.run_as_username + (
                 f":{sc.run_as_group.value}" if sc.HasField("run_as_group") else "")
-        if host_net and pcfg.hostname:
-            pass   # the node's hostname, as the kubelet expects with hostNetwork
         name = _docker_name(md.name, pcfg.metadata.name, pcfg.metadata.namespace,
                             pcfg.metadata.uid, md.attempt)
         created = await self.backend.container_create(name, body)
