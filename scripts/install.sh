@@ -71,6 +71,8 @@ if [ "$WITH_TESTS" = 1 ]; then
 fi
 # The container entry helper: a static binary that silod runs from a sealed memfd.
 "$PREFIX/bin/python" -m silobox.kernel.entry build >/dev/null
+# The per-container monitor: a static binary each shim execs once its container is set up.
+"$PREFIX/bin/python" -m silobox.compute.monitor build >/dev/null
 # The CRI's pod holder (silobox/cri/pause.c): a static program instead of a pause image.
 "$PREFIX/bin/python" -m silobox.cri.pause >/dev/null
 ln -sf "$PREFIX/bin/silo" /usr/local/bin/silo
