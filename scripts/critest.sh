@@ -58,7 +58,7 @@ REG_PID=$!
 # The registries critest names are mirrored by the local one: pulls go there, and images keep
 # the names critest asked for (silobox/cri/images.py).
 export SILOBOX_CRI_REGISTRY_MIRRORS="gcr.io=$REG,registry.k8s.io=$REG"
-(cd "$SRC" && exec "$PY" -m silobox.engine.daemon --root "$ROOT" --exec-root "$EXEC" \
+(cd "$SRC" && exec "$PY" -m silobox.daemon --root "$ROOT" --exec-root "$EXEC" \
     --cgroup-parent "$CGROUP" -H "unix://$SOCK" --registry-loopback-only) >"$WORK/silod.log" 2>&1 &
 SILOD_PID=$!
 for _ in $(seq 200); do [ -S "$CRI" ] && break; sleep 0.1; done
