@@ -49,6 +49,10 @@ fi
 
 [ -x "$PREFIX/bin/python" ] || /usr/bin/python3 -m venv "$PREFIX"
 "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade pip==24.3.1
+# The CRI's Python stubs are build output: generated from silobox/cri/api.proto with the
+# pinned grpcio-tools before the package is installed (not kept in git; see docs/kubernetes.md).
+"$PREFIX/bin/pip" install -q --disable-pip-version-check grpcio-tools==1.85.1 protobuf==7.36.2
+(cd "$SRC" && "$PREFIX/bin/python" -m silobox.cri.protogen)
 if [ "$WITH_TESTS" = 1 ]; then
     "$PREFIX/bin/pip" install -q --disable-pip-version-check "$SRC[test]"
 else
@@ -69,6 +73,8 @@ fi
 "$PREFIX/bin/python" -m silobox.kernel.entry build >/dev/null
 # The per-container monitor: a static binary each shim execs once its container is set up.
 "$PREFIX/bin/python" -m silobox.compute.monitor build >/dev/null
+# The CRI's pod holder (silobox/cri/pause.c): a static program instead of a pause image.
+"$PREFIX/bin/python" -m silobox.cri.pause >/dev/null
 ln -sf "$PREFIX/bin/silo" /usr/local/bin/silo
 ln -sf "$PREFIX/bin/silod" /usr/local/bin/silod
 echo "silobox installed in $PREFIX (silo, silod on PATH)"

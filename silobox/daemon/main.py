@@ -111,8 +111,11 @@ async def _serve(config: DaemonConfig, spawner: object) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from silobox.cri import boot   # the CRI v1 (gRPC) beside the Docker API
+    cri = await boot.start(engine, os.path.join(config.exec_root, "cri.sock"))
     await stop.wait()
     log.info("silod stopping; containers keep running under their shims")
+    await cri.stop()
     await shutdown(runner)
     await engine.close()
 
