@@ -23,6 +23,7 @@ GUEST_TESTS = [
     f"{JOBOBJECT}::test_v2_freeze_and_kill_with_controllers",
     f"{JOBOBJECT}::test_v2_statistics_are_sane",
     f"{JOBOBJECT}::test_v2_io_max",
+    f"{JOBOBJECT}::test_v2_rename_keeps_members_and_limits",
 ]
 
 
