@@ -709,6 +709,49 @@ def test_v2_rename_keeps_members_and_limits(jobs) -> None:
     worker.wait(10.0)
 
 
+def cgroupfs_view(scratch: str):
+    """Body factory: what a container sees at /sys/fs/cgroup (private cgroup namespace)."""
+
+    def body(report: int, go: int) -> int:
+        from silobox.kernel.silo.cgroupfs import mount_cgroupfs
+        libc.unshare(libc.CLONE_NEWCGROUP | libc.CLONE_NEWNS)
+        libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+        libc.mount("tmpfs", scratch, "tmpfs", 0, "mode=755")
+        os.makedirs(os.path.join(scratch, "sys/fs/cgroup"))
+        mount_cgroupfs(scratch, private_ns=True, writable=False)
+        view = os.path.join(scratch, "sys/fs/cgroup")
+        out = {name: _read(os.path.join(view, name))
+               for name in ("memory.max", "cpu.max", "pids.max", "cgroup.procs")}
+        out["self"] = _read("/proc/self/cgroup")
+        try:
+            with open(os.path.join(view, "pids.max"), "w") as f:
+                f.write("1")
+            out["write"] = 0
+        except OSError as e:
+            out["write"] = e.errno or -1
+        os.write(report, (json.dumps(out) + "\n").encode())
+        return 0
+
+    return body
+
+
+def test_v2_container_sees_its_limits_at_sys_fs_cgroup(jobs) -> None:
+    """A silo's /sys/fs/cgroup on a v2 host: the unified hierarchy rooted at its job object."""
+    needs_v2_controllers()
+    job = jobs.new(JobLimits(memory=64 * MiB, cpu_quota=50000, cpu_period=100000,
+                             pids_limit=20), backend="v2")
+    with tempfile.TemporaryDirectory(prefix="sbx-cgfs-") as scratch:
+        worker = jobs.worker(job, cgroupfs_view(scratch))
+        view = json.loads(worker.read(30.0))
+        assert os.WEXITSTATUS(worker.wait(10.0)) == 0
+    assert view["memory.max"] == str(64 * MiB)
+    assert view["cpu.max"] == "50000 100000"
+    assert view["pids.max"] == "20"
+    assert view["self"] == "0::/"                   # its own group is the namespace's root
+    assert view["cgroup.procs"].split() == ["1"] or len(view["cgroup.procs"].split()) == 1
+    assert view["write"] == errno.EROFS
+
+
 def test_parent_paths_are_checked() -> None:
     with pytest.raises(InvalidArgument):
         list_job_objects("/")

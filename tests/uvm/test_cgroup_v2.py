@@ -24,6 +24,7 @@ GUEST_TESTS = [
     f"{JOBOBJECT}::test_v2_statistics_are_sane",
     f"{JOBOBJECT}::test_v2_io_max",
     f"{JOBOBJECT}::test_v2_rename_keeps_members_and_limits",
+    f"{JOBOBJECT}::test_v2_container_sees_its_limits_at_sys_fs_cgroup",
 ]
 
 

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--cpus", type=int, default=1)
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "run" and args.cmd[:1] == ["--"]:
+        args.cmd = args.cmd[1:]
 
     from silobox.compute.uvm import assets
     if args.command == "install-kernel":

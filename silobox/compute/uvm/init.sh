@@ -41,6 +41,10 @@ if [ -b /dev/vda ]; then
     $B mount --bind /scratch/tmp /tmp
     $B mount --bind /scratch/var /var
 fi
+if [ -d /host/var/lib/dpkg ]; then
+    $B mkdir -p /var/lib/dpkg
+    $B mount --bind /host/var/lib/dpkg /var/lib/dpkg
+fi
 $B mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 $B mkdir -p /dev/pts /dev/shm
 $B mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts

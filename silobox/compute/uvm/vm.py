@@ -49,11 +49,14 @@ class VMConfig:
 
 
 def default_shares(source: str | None = None) -> dict[str, str]:
-    """The host's /usr, silobox's venv and a silobox source tree (this one by default)."""
+    """The host's /usr, silobox's venv, a silobox source tree (this one by default) and the
+    host's package database."""
     import sys
     here = source or os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__)))))
     shares = {"usr": "/usr", "src": here}
+    if os.path.isdir("/var/lib/dpkg"):   # what is installed: the built-in busybox image asks dpkg
+        shares["var/lib/dpkg"] = "/var/lib/dpkg"
     if sys.prefix != sys.base_prefix:
         shares["opt/silobox"] = sys.prefix
     return shares
