@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import tempfile
 from typing import Iterator
 
 import pytest
 
 from silobox.compute.uvm.assets import installed_release
-from silobox.compute.uvm.vm import UtilityVM, VMConfig, cleanup_stale, default_shares
+from silobox.compute.uvm.vm import STATE_DIR, UtilityVM, VMConfig, cleanup_stale, default_shares
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,15 +35,15 @@ def uvm_unavailable() -> str | None:
 
 @pytest.fixture(scope="session")
 def uvm_state(run_id: str) -> Iterator[str]:
-    """A state directory of this run for VMs; empty (and removed) at the end."""
+    """The VMs' state directory; VMs of runs that were killed are removed first, and at the
+    end nothing of this run's VMs may be left."""
     reason = uvm_unavailable()
     if reason:
         pytest.skip(reason)
-    state = tempfile.mkdtemp(prefix=f"sbx-uvm-{run_id}-", dir="/var/tmp")
-    yield state
-    cleanup_stale(state)
-    left = os.listdir(state)
-    shutil.rmtree(state, ignore_errors=True)
+    cleanup_stale(STATE_DIR)
+    yield STATE_DIR
+    left = [n for n in os.listdir(STATE_DIR) if n.startswith(f"t{run_id}")] \
+        if os.path.isdir(STATE_DIR) else []
     assert not left, f"utility VM files left behind: {left}"
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 
@@ -46,6 +47,7 @@ class Agent:
         self.sel = selectors.DefaultSelector()
         self.children: dict[int, Child] = {}  # by pid
         self.by_id: dict[int, Child] = {}
+        self.conns: dict[int, socket.socket] = {}   # streams to guest unix sockets, by id
         self.inbuf = b""
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wakeup = r
@@ -109,6 +111,53 @@ class Agent:
             except ProcessLookupError:
                 pass
 
+    def connect(self, req: dict) -> None:
+        """A byte stream to a unix socket in the guest (the host forwards one of its own)."""
+        ident = req["id"]
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            conn.connect(req["path"])
+        except OSError as e:
+            conn.close()
+            self.send({"ev": "error", "id": ident, "errno": e.errno,
+                       "message": f"{req['path']}: {e.strerror}"})
+            return
+        self.conns[ident] = conn
+        self.sel.register(conn.fileno(), selectors.EVENT_READ, ("conn", ident))
+        self.send({"ev": "connected", "id": ident})
+
+    def conn_data(self, req: dict) -> None:
+        conn = self.conns.get(req["id"])
+        if conn is None:
+            return
+        try:
+            if req.get("data"):
+                conn.sendall(base64.b64decode(req["data"]))
+            if req.get("eof"):
+                conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop_conn(req["id"])
+
+    def _drop_conn(self, ident: int) -> None:
+        conn = self.conns.pop(ident, None)
+        if conn is not None:
+            self.sel.unregister(conn.fileno())
+            conn.close()
+            self.send({"ev": "closed", "id": ident})
+
+    def _read_conn(self, ident: int) -> None:
+        conn = self.conns.get(ident)
+        if conn is None:
+            return
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if data:
+            self.send({"ev": "data", "id": ident, "data": base64.b64encode(data).decode()})
+        else:
+            self._drop_conn(ident)
+
     def handle(self, req: dict) -> None:
         op = req.get("op")
         if op == "spawn":
@@ -117,6 +166,12 @@ class Agent:
             self.stdin(req)
         elif op == "signal":
             self.kill(req)
+        elif op == "connect":
+            self.connect(req)
+        elif op == "data":
+            self.conn_data(req)
+        elif op == "close":
+            self._drop_conn(req["id"])
         elif op == "ping":
             self.send({"ev": "pong", "id": req.get("id")})
         elif op == "shutdown":
@@ -196,6 +251,8 @@ class Agent:
                     except BlockingIOError:
                         pass
                     self._reap()
+                elif key.data[0] == "conn":
+                    self._read_conn(key.data[1])
                 else:
                     self._read_stream(*key.data)
 

@@ -32,6 +32,9 @@ for ko in $($B cat /.sbx/modules/order); do
 done
 $B mount -t virtiofs -o ro host /host || fail "cannot mount the host share"
 $B mount --bind /host/usr /usr || fail "no /usr in the host share"
+# A container's directories, shared read-write when the VM is one container's (tag "rw").
+$B mkdir /rw
+$B mount -t virtiofs rw /rw 2>/dev/null || $B rmdir /rw
 [ -d /host/opt/silobox ] && $B mount --bind /host/opt/silobox /opt/silobox
 [ -d /host/src ] && $B mount --bind /host/src /src
 if [ -b /dev/vda ]; then

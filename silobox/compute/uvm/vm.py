@@ -44,6 +44,9 @@ class VMConfig:
     cpus: int = 1
     disk_mib: int = 4096
     shares: dict[str, str] = field(default_factory=dict)
+    writable: dict[str, str] = field(default_factory=dict)
+    """Guest path → host directory shared read-write, at that path in the guest (a container's
+    sandbox, state and log directories)."""
     accel: str | None = None  # "kvm" or "tcg"; None detects
     boot_timeout: float = 60.0
 
@@ -66,8 +69,8 @@ def _die_with_parent() -> None:
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _share_tree(root: str, shares: dict[str, str]) -> None:
-    """In the calling process's new mount namespace: a tmpfs at ``root`` with read-only bind
+def _share_tree(root: str, shares: dict[str, str], readonly: bool = True) -> None:
+    """In the calling process's new mount namespace: a tmpfs at ``root`` with (read-only) bind
     mounts of ``shares``. Runs between fork and exec of virtiofsd."""
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     libc.unshare(libc.CLONE_NEWNS)
@@ -76,6 +79,9 @@ def _share_tree(root: str, shares: dict[str, str]) -> None:
     for name, source in shares.items():
         target = os.path.join(root, name)
         os.makedirs(target, exist_ok=True)
+        if not readonly:   # a sandbox's rootfs is a mount below its directory
+            libc.mount(source, target, None, libc.MS_BIND | libc.MS_REC)
+            continue
         libc.mount(source, target, None, libc.MS_BIND)
         libc.mount(None, target, None,
                    libc.MS_REMOUNT | libc.MS_BIND | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
@@ -140,11 +146,13 @@ class UtilityVM:
         self.kernel_release = ""
         self.boot_seconds = 0.0
         self._qemu: subprocess.Popen | None = None
-        self._virtiofsd: subprocess.Popen | None = None
+        self._virtiofsds: list[subprocess.Popen] = []
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._procs: dict[int, GuestProcess] = {}
+        self._streams: dict[int, socket.socket] = {}     # host ends of forwarded connections
+        self._listeners: list[socket.socket] = []
         self._pending: dict[int, queue.Queue] = {}
         self._next_id = 1
         self._ready = threading.Event()
@@ -174,27 +182,17 @@ class UtilityVM:
         os.makedirs(self.dir)
         atomic_write_json(os.path.join(self.dir, "owner.json"),
                           {"pid": os.getpid(), "start": _start_time(os.getpid())})
-        share_root = os.path.join(self.dir, "share")
-        os.mkdir(share_root)
-        fs_socket = os.path.join(self.dir, "fs.sock")
-        with open(os.path.join(self.dir, "virtiofsd.log"), "wb") as log:
-            shares = dict(self.config.shares)
-            self._virtiofsd = subprocess.Popen(
-                [VIRTIOFSD, f"--socket-path={fs_socket}", "-o", f"source={share_root}",
-                 "-o", "cache=always", "-o", "sandbox=namespace", "-o", "log_level=err"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=lambda: _share_tree(share_root, shares))
+        fs_socket = self._start_virtiofsd("host", dict(self.config.shares), readonly=True)
+        rw_socket = None
+        if self.config.writable:
+            rw_socket = self._start_virtiofsd(
+                "rw", {str(i): host for i, host in enumerate(self.config.writable.values())},
+                readonly=False)
         disk = os.path.join(self.dir, "disk.img")
         with open(disk, "wb") as f:
             f.truncate(self.config.disk_mib << 20)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1",
                         "-L", "silobox-uvm", disk], check=True, capture_output=True)
-        deadline = time.monotonic() + 5.0
-        while not os.path.exists(fs_socket):
-            if self._virtiofsd.poll() is not None or time.monotonic() > deadline:
-                raise SystemFailure(f"virtiofsd did not start: {self._log('virtiofsd.log')}",
-                                    object_id=self.id)
-            time.sleep(0.005)
         host_end, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = host_end
         mem = self.config.memory_mib
@@ -209,6 +207,9 @@ class UtilityVM:
                 "-kernel", assets.kernel, "-initrd", assets.initramfs, "-append", cmdline,
                 "-chardev", f"socket,id=fs,path={fs_socket}",
                 "-device", "vhost-user-fs-device,chardev=fs,tag=host,queue-size=1024",
+                *(["-chardev", f"socket,id=rw,path={rw_socket}",
+                   "-device", "vhost-user-fs-device,chardev=rw,tag=rw,queue-size=1024"]
+                  if rw_socket else []),
                 "-drive", f"file={disk},if=none,id=disk,format=raw,cache=unsafe,discard=unmap",
                 "-device", "virtio-blk-device,drive=disk",
                 "-device", "virtio-serial-device,max_ports=2",
@@ -222,7 +223,8 @@ class UtilityVM:
         guest_end.close()
         atomic_write_json(os.path.join(self.dir, "owner.json"),
                           {"pid": os.getpid(), "start": _start_time(os.getpid()),
-                           "qemu": self._qemu.pid, "virtiofsd": self._virtiofsd.pid})
+                           "qemu": self._qemu.pid,
+                           "virtiofsd": [p.pid for p in self._virtiofsds]})
         self._reader = threading.Thread(target=self._read_events, name=f"uvm-{self.id}",
                                         daemon=True)
         self._reader.start()
@@ -231,7 +233,36 @@ class UtilityVM:
                                 f"{self.config.boot_timeout:.0f}s ({self.accel.name}): "
                                 f"{self._log('console.log')} {self._log('qemu.log')}",
                                 object_id=self.id)
+        for i, guest_path in enumerate(self.config.writable):
+            status, _, err = self.run(["/.sbx/busybox", "sh", "-c",
+                                       'mkdir -p "$2" && mount --rbind "/rw/$1" "$2"', "bind",
+                                       str(i), guest_path], timeout=60)
+            if status != 0:
+                raise SystemFailure(f"utility VM {self.id}: cannot share {guest_path}: "
+                                    f"{err.decode(errors='replace').strip()}", object_id=self.id)
         self.boot_seconds = time.monotonic() - t0
+
+    def _start_virtiofsd(self, tag: str, shares: dict[str, str], readonly: bool) -> str:
+        """One virtiofsd serving ``shares`` as tag ``tag``; returns its vhost-user socket."""
+        root = os.path.join(self.dir, f"share-{tag}")
+        os.mkdir(root)
+        sock = os.path.join(self.dir, f"{tag}.sock")
+        with open(os.path.join(self.dir, f"virtiofsd-{tag}.log"), "wb") as log:
+            proc = subprocess.Popen(
+                [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={root}",
+                 "-o", "cache=always" if readonly else "cache=auto", "-o", "sandbox=namespace",
+                 "-o", "log_level=err", *([] if readonly else ["-o", "announce_submounts",
+                                                                "-o", "xattr"])],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                preexec_fn=lambda: _share_tree(root, shares, readonly))
+        self._virtiofsds.append(proc)
+        deadline = time.monotonic() + 10.0
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemFailure(f"virtiofsd did not start: {self._log(f'virtiofsd-{tag}.log')}",
+                                    object_id=self.id)
+            time.sleep(0.005)
+        return sock
 
     def _log(self, name: str) -> str:
         try:
@@ -248,11 +279,24 @@ class UtilityVM:
                 self._qemu.wait(timeout)
             except (OSError, subprocess.TimeoutExpired, SystemFailure):
                 pass
-        for proc in (self._qemu, self._virtiofsd):
+        for proc in (self._qemu, *self._virtiofsds):
             if proc is not None and proc.poll() is None:
                 proc.kill()
             if proc is not None:
                 proc.wait()
+        for listener in self._listeners:
+            try:
+                os.unlink(listener.getsockname())
+            except OSError:
+                pass
+            try:
+                listener.shutdown(socket.SHUT_RDWR)   # wakes the accept loop
+            except OSError:
+                pass
+            listener.close()
+        for conn in list(self._streams.values()):
+            conn.close()
+        self._streams.clear()
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -305,7 +349,22 @@ class UtilityVM:
             self._ready.set()
             return
         ident = event.get("id")
-        if kind in ("spawned", "error", "pong"):
+        if kind == "data" and ident in self._streams:
+            try:
+                self._streams[ident].sendall(base64.b64decode(event["data"]))
+            except OSError:
+                self._send_quiet({"op": "close", "id": ident})
+            return
+        if kind == "closed":
+            conn = self._streams.pop(ident, None)
+            if conn is not None:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+            return
+        if kind in ("spawned", "connected", "error", "pong"):
             waiter = self._pending.pop(ident, None)
             if waiter is not None:
                 waiter.put(event)
@@ -319,12 +378,70 @@ class UtilityVM:
             self._procs.pop(ident, None)
             proc.events.put((None, event["status"]))
 
-    def spawn(self, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
-              timeout: float = 30.0) -> GuestProcess:
-        """Start ``argv`` in the guest (outside any container): stdin, stdout, stderr are pipes."""
+    def _send_quiet(self, message: dict) -> None:
+        try:
+            self._send(message)
+        except (OSError, SystemFailure):
+            pass
+
+    def _new_id(self) -> int:
         with self._send_lock:
             ident = self._next_id
             self._next_id += 1
+        return ident
+
+    def forward_unix(self, host_path: str, guest_path: str) -> None:
+        """Listen at ``host_path``; each connection becomes a byte stream to the unix socket
+        ``guest_path`` in the guest (how the host's shim client reaches a shim in the VM)."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.unlink(host_path)
+        except FileNotFoundError:
+            pass
+        listener.bind(host_path)
+        os.chmod(host_path, 0o600)
+        listener.listen(16)
+        self._listeners.append(listener)
+        threading.Thread(target=self._accept_loop, args=(listener, guest_path),
+                         name=f"uvm-{self.id}-fwd", daemon=True).start()
+
+    def _accept_loop(self, listener: socket.socket, guest_path: str) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return   # closed by stop()
+            ident = self._new_id()
+            waiter: queue.Queue = queue.Queue()
+            self._pending[ident] = waiter
+            try:
+                self._send({"op": "connect", "id": ident, "path": guest_path})
+                reply = waiter.get(timeout=30)
+            except (OSError, SystemFailure, queue.Empty):
+                reply = {"ev": "error"}
+            if reply.get("ev") != "connected":
+                conn.close()
+                continue
+            self._streams[ident] = conn
+            threading.Thread(target=self._pump, args=(ident, conn), daemon=True).start()
+
+    def _pump(self, ident: int, conn: socket.socket) -> None:
+        """Host connection → guest, until the host side closes."""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._send_quiet({"op": "data", "id": ident, "eof": True})
+                return
+            self._send_quiet({"op": "data", "id": ident,
+                              "data": base64.b64encode(data).decode()})
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
+              timeout: float = 30.0) -> GuestProcess:
+        """Start ``argv`` in the guest (outside any container): stdin, stdout, stderr are pipes."""
+        ident = self._new_id()
         proc = GuestProcess(self, ident)
         waiter: queue.Queue = queue.Queue()
         self._procs[ident] = proc
@@ -374,10 +491,15 @@ def cleanup_stale(state_dir: str = STATE_DIR) -> list[str]:
                 owner = json.load(f)
         except (OSError, ValueError):
             owner = {}
+            try:
+                if time.time() - os.stat(path).st_mtime < 60:
+                    continue   # being created right now: owner.json comes next
+            except FileNotFoundError:
+                continue
         if owner and _start_time(owner.get("pid", -1)) == owner.get("start"):
             continue
-        for key in ("qemu", "virtiofsd"):
-            pid = owner.get(key)
+        pids = [owner.get("qemu")] + list(owner.get("virtiofsd") or [])
+        for pid in pids:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     if path.encode() in f.read():
