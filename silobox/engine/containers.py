@@ -27,6 +27,7 @@ from silobox.engine.hostconfig import (check_blkio, check_host_config, check_win
 from silobox.engine.hooks import ContainerHook
 from silobox.engine.logs import read_log
 from silobox.engine.names import random_name
+from silobox.engine.networks import shown_networks
 from silobox.timeutil import human_duration, now_iso, parse_iso, parse_until
 from silobox.engine.sessions import AttachSession, ExecSession, FailedExecStart
 from silobox.engine.state import (LIVE, Status, allowed, check, from_compute, initial_state,
@@ -877,7 +878,7 @@ class ContainerService:
             "Labels": c.config.get("Labels") or {}, "State": c.state["Status"],
             "Status": self._status_text(c),
             "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "none")},
-            "NetworkSettings": {"Networks": c.data["NetworkSettings"]["Networks"]},
+            "NetworkSettings": {"Networks": shown_networks(c)},
             "Mounts": c.data.get("Mounts") or [],
         }
         if size:

@@ -117,6 +117,8 @@ class NetworkHook(ContainerHook):
                 "MacAddress": cfg.get("MacAddress") or body.get("MacAddress") or ""}}
             c.data["Silobox"]["RequestedMac"] = {
                 n["Name"]: cfg.get("MacAddress") or body.get("MacAddress") or ""}
+            if n.get("Default") and "bridge" in (mode, *ec):
+                c.data["Silobox"]["ShownAs"] = {n["Name"]: "bridge"}
             # Config.MacAddress (API < 1.44) belongs to this network for the container's life:
             # docker-compose disconnects and reconnects it before the start.
             c.data["Silobox"]["ConfigMac"] = {n["Name"]: body.get("MacAddress") or ""}
@@ -369,12 +371,26 @@ class NetworkHook(ContainerHook):
     def on_inspect(self, c: Any, out: dict[str, Any]) -> None:
         ns = out.get("NetworkSettings") or {}
         ns.setdefault("Bridge", "")
+        if ns.get("Networks"):
+            out["NetworkSettings"] = ns = {**ns, "Networks": shown_networks(c)}
         for name, cfg in (ns.get("Networks") or {}).items():
             if name not in ("none", "host"):
                 try:
-                    cfg["NetworkID"] = self.hns.find_network(name)["DockerId"]
+                    cfg["NetworkID"] = self.hns.find_network(
+                        "nat" if name == "bridge" else name)["DockerId"]
                 except NotFound:
                     pass
+
+
+def shown_networks(c: Any) -> dict[str, Any]:
+    """A container's ``NetworkSettings.Networks`` as its client named them: the default network
+    keeps its name ``nat``, but a container created or connected with Docker's Linux name
+    ``bridge`` finds its entry under ``bridge``, as clients written for Linux read it."""
+    nets = c.data["NetworkSettings"]["Networks"]
+    shown = (c.data.get("Silobox") or {}).get("ShownAs") or {}
+    if not shown:
+        return nets
+    return {shown.get(k, k): v for k, v in nets.items()}
 
 
 class NetworkService:
@@ -651,6 +667,8 @@ class NetworkService:
                 await hook._serve_dns(c, ns_id)
         nets[n["Name"]] = cfg
         c.data["Silobox"].setdefault("RequestedMac", {})[n["Name"]] = mac
+        if n.get("Default") and ref == "bridge":
+            c.data["Silobox"].setdefault("ShownAs", {})[n["Name"]] = "bridge"
         self._save(c)  # type: ignore[attr-defined]
         self._network_event("connect", n, c)
 
@@ -664,6 +682,7 @@ class NetworkService:
                if e.get("ContainerId") == c.id and e["VirtualNetwork"] == n["ID"]]
         await self.hns.delete_endpoints(eps, None)
         del nets[n["Name"]]
+        (c.data["Silobox"].get("ShownAs") or {}).pop(n["Name"], None)
         NetworkHook(self)._top_level(c)
         self._save(c)  # type: ignore[attr-defined]
         self._network_event("disconnect", n, c)

@@ -4,21 +4,24 @@ A nat network's containers reach the world through the *host's* IP stack: their 
 on the host vNIC (``sbx<tag>nat<k>``), are routed, masqueraded and leave through the host's
 uplink. Two host settings decide whether that works, and silod takes care of both:
 
-* ``net.ipv4.ip_forward``: switched on while silod runs a nat network that is not internal.
+* ``net.ipv4.ip_forward``: switched on while silod runs a nat network that is not internal;
+  ``net.ipv6.conf.all.forwarding`` likewise while one of them has an IPv6 subnet (each with a
+  lease of its own).
   Several silods (tests, development) may share a host, so the switch is leased: a host-wide
   lease file under ``/run`` records the value found before the first silod changed it and the
   daemons holding it (``flock`` on the sysctl file guards it); the last holder to stop
   cleanly writes the found value back and the lease file goes. A value that
   was already 1 is never touched.
-* a host firewall whose ``forward`` hook drops by default (Docker's iptables ``FORWARD`` policy
+* a host firewall whose ``forward`` hook drops by default (IPv4 and IPv6) (Docker's iptables ``FORWARD`` policy
   DROP, an nftables ruleset with ``policy drop``): a packet dropped by any base chain is
   dropped, so an ``accept`` in silobox's own table cannot help. silod appends narrowly scoped
-  accept rules to each such chain, one pair per nat network: from the network's host vNIC
-  with a source in its subnet, and to it for replies and published (DNATed) connections.
+  accept rules to each such chain, one set per nat network and address family: from the
+  network's host vNIC with a source in its subnet, and to it for replies and published
+  (DNATed) connections.
   Every rule carries the comment ``silobox`` (``silobox_<tag>`` for other daemons); those and
   only those are removed when the network goes and at a clean stop. iptables' own chains
-  (``ip filter FORWARD`` of iptables-nft, legacy iptables' ``filter``) are written with the
-  iptables tool of that backend, so iptables keeps reading them; other tables through
+  (``ip``/``ip6 filter FORWARD`` of iptables-nft, legacy iptables' ``filter``) are written
+  with the iptables/ip6tables tool of that backend, so iptables keeps reading them; other tables through
   libnftables.
 
 ``HostForwarding.report()`` is what ``silo info`` shows.
@@ -44,17 +47,20 @@ from silobox.errors import SystemFailure
 log = logging.getLogger("silobox.network")
 
 LEASE_FILE = "/run/silobox-ip-forward.json"
+LEASE6_FILE = "/run/silobox-ipv6-forward.json"
 IPV4_FORWARD = "/proc/sys/net/ipv4/ip_forward"
-LEGACY_TABLES = "/proc/net/ip_tables_names"
+IPV6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
+LEGACY_TABLES = {"ip": "/proc/net/ip_tables_names", "ip6": "/proc/net/ip6_tables_names"}
 
 
 @dataclass(frozen=True)
 class RoutedNetwork:
-    """A network whose traffic the host forwards: its host vNIC and IPv4 subnet."""
+    """A network whose traffic the host forwards: its host vNIC, IPv4 and IPv6 subnets."""
 
     name: str
     host_port: str
     subnet: str
+    subnet6: str = ""          # '' unless the network has IPv6 (``--ipv6``)
 
 
 @dataclass
@@ -90,12 +96,18 @@ def _alive(pid: int) -> bool:
 
 
 class SysctlLease:
-    """``net.ipv4.ip_forward`` turned on while any silod holds it, restored by the last one."""
+    """A forwarding sysctl (``net.ipv4.ip_forward``, ``net.ipv6.conf.all.forwarding``) turned
+    on while any silod holds it, restored by the last one."""
 
-    def __init__(self, holder: str, path: str = LEASE_FILE, sysctl: str = IPV4_FORWARD) -> None:
+    def __init__(self, holder: str, path: str = LEASE_FILE, sysctl: str = IPV4_FORWARD,
+                 others: Callable[[], list[str]] | None = None) -> None:
         self.holder = holder                 # "<pid> <root>"
         self.path = path
         self.sysctl = sysctl
+        # Other engines' links that route through the host too (Docker started after silod
+        # found forwarding on and never recorded needing it): restoring would cut them off.
+        self.others = others or other_engines_links
+        self.name = sysctl.removeprefix("/proc/sys/").replace("/", ".")
         self.held = False
 
     @contextlib.contextmanager
@@ -151,8 +163,8 @@ class SysctlLease:
                 self._write("1")
                 if not holders:
                     doc["original"] = current
-                log.info("enabled net.ipv4.ip_forward (was %s) for the nat networks' outbound "
-                         "traffic; restored when the last silod stops", current)
+                log.info("enabled %s (was %s) for the nat networks' outbound traffic; "
+                         "restored when the last silod stops", self.name, current)
             if self.holder not in holders:
                 holders.append(self.holder)
             doc["holders"] = holders
@@ -169,18 +181,41 @@ class SysctlLease:
             holders = self._live_holders(doc, without=self.holder)
             doc["holders"] = holders
             if not holders and doc.get("original", "1") != "1" and self._read() == "1":
-                self._write(doc["original"])
-                log.info("restored net.ipv4.ip_forward to %s", doc["original"])
+                others = self.others()
+                if others:
+                    log.info("left %s on: %s of another engine route through the host",
+                             self.name, ", ".join(others[:5]))
+                else:
+                    self._write(doc["original"])
+                    log.info("restored %s to %s", self.name, doc["original"])
             self._save(doc)
         self.held = False
 
 
-def _iptables_tool(backend: str) -> str | None:
-    return shutil.which("iptables-legacy" if backend == "iptables-legacy" else "iptables-nft")
+OTHER_ENGINES = ("docker0", "br-", "podman", "cni", "virbr", "lxcbr", "lxdbr", "incusbr",
+                 "flannel", "cilium_", "kube-bridge")
+
+
+def other_engines_links(sys_net: str = "/sys/class/net") -> list[str]:
+    """Links other container engines and hypervisors route their guests through (Docker's
+    ``docker0`` and ``br-<id>``, Podman's, CNI's, libvirt's, LXC's, Kubernetes CNIs')."""
+    try:
+        names = os.listdir(sys_net)
+    except OSError:
+        return []
+    return sorted(n for n in names if n.startswith(OTHER_ENGINES))
+
+
+def _iptables_tool(backend: str, family: str = "ip") -> str | None:
+    """iptables' tool of a backend for a family (``ip6tables-nft`` for ``ip6``)."""
+    base = "ip6tables" if family == "ip6" else "iptables"
+    return shutil.which(f"{base}-legacy" if backend == "iptables-legacy" else f"{base}-nft")
 
 
 class ForwardRules:
     """Our accept rules in foreign forward-hook chains whose policy is drop."""
+
+    FAMILIES = ("ip", "ip6", "inet")
 
     def __init__(self, nft: Callable[[], Any], comment: str, own_tables: set[str]) -> None:
         self._nft = nft                       # lazily made libnftables context (nft.Nft)
@@ -191,7 +226,7 @@ class ForwardRules:
 
     # ----- discovery ----------------------------------------------------------------------------
     def drop_chains(self, legacy: bool = True) -> list[FirewallHook]:
-        """Every base chain of another owner on the IPv4 forward hook with policy drop
+        """Every base chain of another owner on the IPv4 or IPv6 forward hook with policy drop
         (legacy iptables' only when ``legacy``: that asks a subprocess)."""
         found: list[FirewallHook] = []
         try:
@@ -202,29 +237,33 @@ class ForwardRules:
             c = item.get("chain")
             if not c or c.get("hook") != "forward" or c.get("policy") != "drop":
                 continue
-            if c["family"] not in ("ip", "inet") or c["table"] in self.own_tables:
+            if c["family"] not in self.FAMILIES or c["table"] in self.own_tables:
                 continue
-            iptables = c["family"] == "ip" and c["table"] == "filter" and c["name"] == "FORWARD"
-            backend = "iptables-nft" if iptables and _iptables_tool("iptables-nft") else "nft"
+            iptables = (c["family"] in ("ip", "ip6") and c["table"] == "filter"
+                        and c["name"] == "FORWARD")
+            backend = ("iptables-nft" if iptables and _iptables_tool("iptables-nft", c["family"])
+                       else "nft")
             found.append(FirewallHook(backend, c["family"], c["table"], c["name"]))
-        if legacy and self._legacy_forward_drops():
-            found.append(FirewallHook("iptables-legacy", "ip", "filter", "FORWARD"))
+        if legacy:
+            for family in ("ip", "ip6"):
+                if self._legacy_forward_drops(family):
+                    found.append(FirewallHook("iptables-legacy", family, "filter", "FORWARD"))
         return found
 
     @staticmethod
-    def _legacy_filter_present() -> bool:
+    def _legacy_filter_present(family: str = "ip") -> bool:
         """Legacy iptables' filter table exists (never asked otherwise: listing it would
         instantiate it)."""
         try:
-            with open(LEGACY_TABLES) as f:
+            with open(LEGACY_TABLES[family]) as f:
                 return "filter" in f.read().split()
         except OSError:
             return False
 
-    def _legacy_forward_drops(self) -> bool:
-        if not self._legacy_filter_present():
+    def _legacy_forward_drops(self, family: str) -> bool:
+        if not self._legacy_filter_present(family):
             return False
-        tool = _iptables_tool("iptables-legacy")
+        tool = _iptables_tool("iptables-legacy", family)
         if not tool:
             return False
         r = subprocess.run([tool, "-w", "5", "-S", "FORWARD"], capture_output=True, text=True,
@@ -273,34 +312,39 @@ class ForwardRules:
     def _chains_with_ours(self) -> list[FirewallHook]:
         """Chains holding a rule with our comment (also after a killed silod)."""
         out: list[FirewallHook] = []
-        try:
-            doc = self._nft().run([{"list": {"ruleset": {"family": "ip"}}}])
-            doc2 = self._nft().run([{"list": {"ruleset": {"family": "inet"}}}])
-        except SystemFailure:
-            doc, doc2 = {}, {}
+        items: list[dict[str, Any]] = []
+        for family in self.FAMILIES:
+            try:
+                items += self._nft().run([{"list": {"ruleset": {"family": family}}}]).get(
+                    "nftables", [])
+            except SystemFailure:
+                pass
         seen = set()
-        for item in doc.get("nftables", []) + doc2.get("nftables", []):
+        for item in items:
             r = item.get("rule")
             if r and r.get("comment") == self.comment:
                 key = (r["family"], r["table"], r["chain"])
                 if key not in seen and r["table"] not in self.own_tables:
                     seen.add(key)
                     out.append(FirewallHook("nft", *key))
-        for backend in ("iptables-nft", "iptables-legacy"):
-            if backend == "iptables-legacy" and not self._legacy_filter_present():
-                continue
-            if backend == "iptables-nft" and not self._nft_filter_forward():
-                continue
-            if self._iptables_ours(backend, "FORWARD"):
-                out = [h for h in out if not (backend == "iptables-nft" and h.family == "ip"
-                                              and h.table == "filter" and h.chain == "FORWARD")]
-                out.append(FirewallHook(backend, "ip", "filter", "FORWARD"))
+        for family in ("ip", "ip6"):
+            for backend in ("iptables-nft", "iptables-legacy"):
+                if backend == "iptables-legacy" and not self._legacy_filter_present(family):
+                    continue
+                if backend == "iptables-nft" and not self._nft_filter_forward(family):
+                    continue
+                if self._iptables_ours(backend, family, "FORWARD"):
+                    out = [h for h in out if not (backend == "iptables-nft"
+                                                  and h.family == family and h.table == "filter"
+                                                  and h.chain == "FORWARD")]
+                    out.append(FirewallHook(backend, family, "filter", "FORWARD"))
         return out
 
-    def _nft_filter_forward(self) -> bool:
-        """iptables-nft's ``ip filter FORWARD`` exists (asked of libnftables, no subprocess)."""
+    def _nft_filter_forward(self, family: str = "ip") -> bool:
+        """iptables-nft's ``ip``/``ip6 filter FORWARD`` exists (asked of libnftables, no
+        subprocess)."""
         try:
-            self._nft().run([{"list": {"chain": {"family": "ip", "table": "filter",
+            self._nft().run([{"list": {"chain": {"family": family, "table": "filter",
                                                  "name": "FORWARD"}}}])
             return True
         except SystemFailure:
@@ -317,19 +361,32 @@ class ForwardRules:
             log.warning("%s", msg)
             self.errors.append(msg)
 
+    @staticmethod
+    def _subnets(family: str, n: RoutedNetwork) -> list[tuple[str, str]]:
+        """(payload protocol, subnet) pairs of a network that a chain of ``family`` sees."""
+        out = []
+        if family in ("ip", "inet"):
+            out.append(("ip", n.subnet))
+        if family in ("ip6", "inet") and n.subnet6:
+            out.append(("ip6", n.subnet6))
+        return out
+
     # nftables tables of others
     def _nft_rules(self, h: FirewallHook, n: RoutedNetwork) -> list[list[dict[str, Any]]]:
         from silobox.network import nft as N
-        sub = N.prefix(n.subnet)
-        return [
-            [N.match(N.meta("iifname"), n.host_port), N.match(N.payload("ip", "saddr"), sub),
-             {"accept": None}],
-            [N.match(N.meta("oifname"), n.host_port), N.match(N.payload("ip", "daddr"), sub),
-             N.match({"ct": {"key": "state"}}, ["established", "related"], "in"),
-             {"accept": None}],
-            [N.match(N.meta("oifname"), n.host_port), N.match(N.payload("ip", "daddr"), sub),
-             N.match({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}],
-        ]
+        rules = []
+        for proto, subnet in self._subnets(h.family, n):
+            sub = N.prefix(subnet)
+            rules += [
+                [N.match(N.meta("iifname"), n.host_port), N.match(N.payload(proto, "saddr"), sub),
+                 {"accept": None}],
+                [N.match(N.meta("oifname"), n.host_port), N.match(N.payload(proto, "daddr"), sub),
+                 N.match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                 {"accept": None}],
+                [N.match(N.meta("oifname"), n.host_port), N.match(N.payload(proto, "daddr"), sub),
+                 N.match({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}],
+            ]
+        return rules
 
     def _apply_nft(self, h: FirewallHook, networks: list[RoutedNetwork]) -> None:
         loc = {"family": h.family, "table": h.table, "chain": h.chain}
@@ -344,12 +401,14 @@ class ForwardRules:
             if r and r.get("comment") == self.comment:
                 cmds.append({"delete": {"rule": {**loc, "handle": r["handle"]}}})
         before = len(cmds)
+        added = 0
         for n in networks:
             for expr in self._nft_rules(h, n):
                 cmds.append({"add": {"rule": {**loc, "expr": expr, "comment": self.comment}}})
+                added += 1
         if cmds:
             self._nft().run(cmds)
-        h.rules = len(networks) * 3
+        h.rules = added
         self._log(h, before, h.rules, networks)
 
     @staticmethod
@@ -361,28 +420,31 @@ class ForwardRules:
             log.info("removed silod's %d accept rules from %s", before, h.label)
 
     # iptables' own chains
-    def _ipt_specs(self, n: RoutedNetwork) -> list[list[str]]:
+    def _ipt_specs(self, family: str, n: RoutedNetwork) -> list[list[str]]:
         c = ["-m", "comment", "--comment", self.comment, "-j", "ACCEPT"]
-        return [["-s", n.subnet, "-i", n.host_port] + c,
-                ["-d", n.subnet, "-o", n.host_port, "-m", "conntrack", "--ctstate",
-                 "RELATED,ESTABLISHED,DNAT"] + c]
+        out = []
+        for _, subnet in self._subnets(family, n):
+            out += [["-s", subnet, "-i", n.host_port] + c,
+                    ["-d", subnet, "-o", n.host_port, "-m", "conntrack", "--ctstate",
+                     "RELATED,ESTABLISHED,DNAT"] + c]
+        return out
 
-    def _iptables(self, backend: str, *args: str, check: bool = True
+    def _iptables(self, backend: str, family: str, *args: str, check: bool = True
                   ) -> subprocess.CompletedProcess[str]:
-        tool = _iptables_tool(backend)
+        tool = _iptables_tool(backend, family)
         if not tool:
-            raise SystemFailure(f"{backend} is not installed", operation="iptables")
+            raise SystemFailure(f"{backend} ({family}) is not installed", operation="iptables")
         r = subprocess.run([tool, "-w", "5", *args], capture_output=True, text=True, timeout=30)
         if check and r.returncode != 0:
             raise SystemFailure(f"{os.path.basename(tool)} {' '.join(args)}: "
                                 f"{r.stderr.strip()}", operation="iptables")
         return r
 
-    def _iptables_ours(self, backend: str, chain: str) -> list[list[str]]:
+    def _iptables_ours(self, backend: str, family: str, chain: str) -> list[list[str]]:
         """Our rules in the chain, as ``-S`` shows them (without ``-A CHAIN``)."""
-        if not _iptables_tool(backend):
+        if not _iptables_tool(backend, family):
             return []
-        r = self._iptables(backend, "-S", chain, check=False)
+        r = self._iptables(backend, family, "-S", chain, check=False)
         if r.returncode != 0:
             return []
         out = []
@@ -396,45 +458,61 @@ class ForwardRules:
         return out
 
     def _apply_iptables(self, h: FirewallHook, networks: list[RoutedNetwork]) -> None:
-        present = self._iptables_ours(h.backend, h.chain)
-        wanted = [s for n in networks for s in self._ipt_specs(n)]
+        present = self._iptables_ours(h.backend, h.family, h.chain)
+        wanted = [s for n in networks for s in self._ipt_specs(h.family, n)]
         if sorted(present) != sorted(wanted):
             self._log(h, len(present), len(wanted), networks)
         for spec in present:
             if spec not in wanted:
-                self._iptables(h.backend, "-D", h.chain, *spec)
+                self._iptables(h.backend, h.family, "-D", h.chain, *spec)
         for spec in wanted:
-            if self._iptables(h.backend, "-C", h.chain, *spec, check=False).returncode != 0:
-                self._iptables(h.backend, "-A", h.chain, *spec)
+            if self._iptables(h.backend, h.family, "-C", h.chain, *spec,
+                              check=False).returncode != 0:
+                self._iptables(h.backend, h.family, "-A", h.chain, *spec)
         h.rules = len(wanted)
 
 
 class HostForwarding:
-    """What silod changes on the host so that nat networks route: the sysctl and the rules.
+    """What silod changes on the host so that nat networks route: the sysctls and the rules.
 
     ``enabled`` False (``silod --ip-forward=false`` / ``--forward-rules=false``): the
     administrator owns both; silod only reports what it sees."""
 
     def __init__(self, nft: Callable[[], Any], comment: str, own_tables: set[str], holder: str,
                  manage_sysctl: bool = True, manage_rules: bool = True,
-                 lease_path: str = LEASE_FILE) -> None:
+                 lease_path: str = LEASE_FILE, lease6_path: str = LEASE6_FILE) -> None:
         self.manage_sysctl = manage_sysctl
         self.manage_rules = manage_rules
         self.lease = SysctlLease(holder, lease_path)
+        self.lease6 = SysctlLease(holder, lease6_path, IPV6_FORWARD)
         self.rules = ForwardRules(nft, comment, own_tables)
         self.ip_forward = ""
-        self.sysctl_error = ""
+        self.ip6_forward = ""
+        self.sysctl_errors: dict[str, str] = {}
         self._checked = 0.0
+
+    @property
+    def sysctl_error(self) -> str:
+        return "; ".join(self.sysctl_errors.values())
+
+    def _acquire(self, lease: SysctlLease) -> str:
+        try:
+            how = lease.acquire()
+            self.sysctl_errors.pop(lease.name, None)
+            return how
+        except OSError as e:
+            self.sysctl_errors[lease.name] = f"cannot enable {lease.name}: {e}"
+            log.warning("%s", self.sysctl_errors[lease.name])
+            return ""
 
     def sync(self, networks: list[RoutedNetwork]) -> None:
         """Called whenever the set of routed networks may have changed."""
         if networks and self.manage_sysctl and not self.lease.held:
-            try:
-                self.ip_forward = self.lease.acquire()
-                self.sysctl_error = ""
-            except OSError as e:
-                self.sysctl_error = f"cannot enable net.ipv4.ip_forward: {e}"
-                log.warning("%s", self.sysctl_error)
+            self.ip_forward = self._acquire(self.lease)
+        if (any(n.subnet6 for n in networks) and self.manage_sysctl
+                and not self.lease6.held):
+            _warn_router_advertisements()
+            self.ip6_forward = self._acquire(self.lease6)
         if self.manage_rules:
             self.rules.sync(networks)
 
@@ -452,30 +530,30 @@ class HostForwarding:
             self.rules.sync(networks)
 
     def close(self) -> None:
-        """Clean stop with no endpoint left: our rules go, the sysctl lease is released."""
+        """Clean stop with no endpoint left: our rules go, the sysctl leases are released."""
         if self.manage_rules:
             self.rules.remove_all()
         self.lease.release()
+        self.lease6.release()
 
     def report(self) -> dict[str, Any]:
-        try:
-            with open(IPV4_FORWARD) as f:
-                now = f.read().strip() == "1"
-        except OSError:
-            now = False
         if not self.manage_sysctl:
-            how = "not managed (--ip-forward=false)"
+            how = how6 = "not managed (--ip-forward=false)"
         else:
-            how = self.sysctl_error or self.ip_forward or "not needed (no routed network)"
+            how = (self.sysctl_errors.get(self.lease.name) or self.ip_forward
+                   or "not needed (no routed network)")
+            how6 = (self.sysctl_errors.get(self.lease6.name) or self.ip6_forward
+                    or "not needed (no routed IPv6 network)")
         return {
-            "IPv4Forwarding": now,
+            "IPv4Forwarding": _sysctl_on(IPV4_FORWARD),
             "IPForward": how,
+            "IPv6Forwarding": _sysctl_on(IPV6_FORWARD),
+            "IP6Forward": how6,
             "ForwardRules": ("not managed (--forward-rules=false)" if not self.manage_rules
                              else [{"Backend": h.backend, "Table": f"{h.family} {h.table}",
                                     "Chain": h.chain, "Rules": h.rules}
                                    for h in self.rules.hooks]),
-            "Errors": list(self.rules.errors) + ([self.sysctl_error] if self.sysctl_error
-                                                 else []),
+            "Errors": list(self.rules.errors) + list(self.sysctl_errors.values()),
         }
 
     def warnings(self) -> list[str]:
@@ -490,3 +568,36 @@ class HostForwarding:
                        "add accept rules (--forward-rules=false): allow the nat networks' "
                        "traffic yourself")
         return out
+
+
+def _sysctl_on(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def _warn_router_advertisements() -> None:
+    """With IPv6 forwarding on, an interface whose ``accept_ra`` is 1 stops taking router
+    advertisements (the kernel treats the host as a router); ``accept_ra=2`` keeps them. silod
+    does not change an interface's setting: it says which would be affected."""
+    base = "/proc/sys/net/ipv6/conf"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    affected = []
+    for name in names:
+        if name in ("all", "default", "lo"):
+            continue
+        try:
+            with open(os.path.join(base, name, "accept_ra")) as f:
+                if f.read().strip() == "1":
+                    affected.append(name)
+        except OSError:
+            continue
+    if affected and not _sysctl_on(IPV6_FORWARD):
+        log.warning("enabling IPv6 forwarding: %s accept router advertisements only while "
+                    "the host does not forward (accept_ra=1); set accept_ra=2 there if the "
+                    "host's IPv6 configuration comes from them", ", ".join(sorted(affected)))

@@ -118,7 +118,8 @@ class HostNetworkingService:
     def routed_networks(self) -> list[F.RoutedNetwork]:
         """Networks whose containers the host forwards for: nat ones that are not internal
         (the external drivers switch in the vSwitch namespace, the host never routes them)."""
-        return [F.RoutedNetwork(n["Name"], self.host_port(n), n["Subnets"][0]["AddressPrefix"])
+        return [F.RoutedNetwork(n["Name"], self.host_port(n), n["Subnets"][0]["AddressPrefix"],
+                                (self.subnet6(n) or {}).get("AddressPrefix", ""))
                 for n in self.nat_networks() if not n["Internal"] and not n.get("Degraded")]
 
     def sync_forwarding(self) -> None:
@@ -705,20 +706,10 @@ class HostNetworkingService:
         cmds = [{"add": {"table": t4}}, {"delete": {"table": t4}}, {"add": {"table": t4}}]
         cmds += self._ruleset()
         cmds += [{"add": {"table": t6}}, {"delete": {"table": t6}}]
-        v6 = [self.host_port(n) for n in self.nat_networks() if self.subnet6(n)]
+        v6 = [(self.host_port(n), s6["AddressPrefix"], n["Internal"])
+              for n in self.nat_networks() if (s6 := self.subnet6(n))]
         if v6:
-            # Containers' IPv6 reaches their own network and the host, nothing beyond (no
-            # IPv6 NAT): whatever the host's forwarding setting, nothing is forwarded from or
-            # to a vNIC, which also keeps IPv6 networks isolated from each other.
-            cmds += [{"add": {"table": t6}},
-                     {"add": {"chain": {"family": "ip6", "table": self.table, "name": "forward",
-                                        "type": "filter", "hook": "forward", "prio": -1,
-                                        "policy": "accept"}}}]
-            for hp in v6:
-                for key in ("iifname", "oifname"):
-                    cmds.append({"add": {"rule": {
-                        "family": "ip6", "table": self.table, "chain": "forward",
-                        "expr": [N.match(N.meta(key), hp), {"drop": None}]}}})
+            cmds += [{"add": {"table": t6}}] + self._ruleset6(v6)
         self.nft.run(cmds)
 
     async def apply_switch_rules(self) -> None:
@@ -794,6 +785,41 @@ class HostNetworkingService:
                     cmds.append(rule("forward", N.match(N.meta("iifname"), hp),
                                      N.match(N.meta("oifname"), self.host_port(other)),
                                      {"drop": None}))
+        return cmds
+
+    def _ruleset6(self, v6: list[tuple[str, str, bool]]) -> list[dict[str, Any]]:
+        """IPv6 of nat networks: OutBoundNAT (masquerade) of a subnet leaving through another
+        link, as Docker's default IPv6 bridge networks do; nothing from another link reaches a
+        vNIC but replies (no published IPv6 ports); networks stay apart; internal ones route
+        nothing. Host ↔ container and container ↔ container never pass this hook."""
+        T = self.table
+
+        def chain(name: str, **kw: Any) -> dict[str, Any]:
+            return {"add": {"chain": {"family": "ip6", "table": T, "name": name, **kw}}}
+
+        def rule(ch: str, *expr: dict[str, Any]) -> dict[str, Any]:
+            return {"add": {"rule": {"family": "ip6", "table": T, "chain": ch,
+                                     "expr": list(expr)}}}
+
+        cmds = [chain("postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
+                chain("forward", type="filter", hook="forward", prio=-1, policy="accept")]
+        ports = [hp for hp, _, _ in v6]
+        for hp, subnet6, internal in v6:
+            if internal:
+                cmds.append(rule("forward", N.match(N.meta("iifname"), hp), {"drop": None}))
+                cmds.append(rule("forward", N.match(N.meta("oifname"), hp), {"drop": None}))
+                continue
+            cmds.append(rule("postrouting",
+                             N.match(N.payload("ip6", "saddr"), N.prefix(subnet6)),
+                             N.match(N.meta("oifname"), hp, "!="), {"masquerade": None}))
+            for other in ports:
+                if other != hp:
+                    cmds.append(rule("forward", N.match(N.meta("iifname"), hp),
+                                     N.match(N.meta("oifname"), other), {"drop": None}))
+            cmds.append(rule("forward", N.match(N.meta("oifname"), hp),
+                             N.match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                             {"accept": None}))
+            cmds.append(rule("forward", N.match(N.meta("oifname"), hp), {"drop": None}))
         return cmds
 
     def remove_everything(self) -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import docker
@@ -221,15 +222,23 @@ def test_cpus_throttle_busy_loop(api):
     try:
         api.start(c)
         time.sleep(0.5)
+        # the same loop on the host, unlimited, alongside: on a loaded host neither gets its
+        # share, and only the cap can be shown
+        free = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 2"
+                                 "\nwhile time.monotonic() < end: pass\n"
+                                 "print(time.process_time())"], stdout=subprocess.PIPE, text=True)
         s1 = api.stats(c, stream=False, one_shot=True)
         t1 = time.monotonic()
         time.sleep(2.0)
         s2 = api.stats(c, stream=False, one_shot=True)
         t2 = time.monotonic()
+        free_share = float(free.communicate(timeout=30)[0]) / 2
         used = (s2["cpu_stats"]["cpu_usage"]["total_usage"]
                 - s1["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
         share = used / (t2 - t1)
-        assert 0.35 <= share <= 0.65, share
+        assert share <= 0.65, share
+        if free_share >= 0.8:
+            assert share >= 0.35, (share, free_share)
     finally:
         api.remove_container(c, force=True)
 

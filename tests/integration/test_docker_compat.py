@@ -213,13 +213,30 @@ def test_bridge_names_the_default_network(made: Made) -> None:
         networking_config=made.api.create_networking_config({
             "bridge": made.api.create_endpoint_config(mac_address="02:42:ac:11:00:99")}))
     made.api.start(name)
+    # ... and its entry is where a Linux client reads it, under the name it used
     nets = made.api.inspect_container(name)["NetworkSettings"]["Networks"]
-    assert nets["nat"]["MacAddress"] == "02:42:ac:11:00:99" and nets["nat"]["NetworkID"] == nid
+    assert list(nets) == ["bridge"], nets
+    assert nets["bridge"]["MacAddress"] == "02:42:ac:11:00:99"
+    assert nets["bridge"]["NetworkID"] == nid
+    listed = made.api.containers(filters={"name": name})[0]["NetworkSettings"]["Networks"]
+    assert list(listed) == ["bridge"]
+    # a container that never named it keeps the talk's name
+    plain = made.name()
+    made.api.create_container(IMAGE, ["sleep", "60"], name=plain)
+    assert list(made.api.inspect_container(plain)["NetworkSettings"]["Networks"]) == ["nat"]
+    cli = made.name()
+    made.docker("create", "--name", cli, "--network", "bridge", IMAGE, "true")
+    r = made.docker("inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
+                    cli)
+    assert r.stdout.decode().strip() == "bridge"
     # connect and disconnect by that name
     made.api.disconnect_container_from_network(name, "bridge")
     assert made.api.inspect_container(name)["NetworkSettings"]["Networks"] == {}
-    made.api.connect_container_to_network(name, "bridge")
+    made.api.connect_container_to_network(name, "nat")
     assert list(made.api.inspect_container(name)["NetworkSettings"]["Networks"]) == ["nat"]
+    made.api.disconnect_container_from_network(name, "nat")
+    made.api.connect_container_to_network(name, "bridge")
+    assert list(made.api.inspect_container(name)["NetworkSettings"]["Networks"]) == ["bridge"]
     with pytest.raises(docker.errors.APIError) as e:
         made.api.remove_network("bridge")
     assert e.value.status_code == 409

@@ -123,3 +123,81 @@ def test_ipv6_errors_and_default_pool(drv: Drivers) -> None:
         drv.api.create_network("v6never", driver="transparent", enable_ipv6=True,
                                options={"parent": "lo"}, ipam={
                                    "Driver": "default", "Config": [{"Subnet": "10.9.9.0/24"}]})
+
+
+def test_ipv6_outbound_nat_and_forward_drop_rules(drv: Drivers, silod: Any) -> None:
+    """An IPv6 network's containers reach beyond the host: IPv6 forwarding is on while the
+    network exists, their egress is masqueraded (the outside, a namespace of the test's own,
+    sees the host's address), and an ip6 forward hook that drops by default — a table of the
+    test's own that drops only this daemon's traffic — gets our scoped accept rules."""
+    name, subnet6 = f"v6o{secrets.token_hex(3)}", ula()
+    v6_network(drv, name, subnet6)
+    vnic = drv.hns(name)["Silobox"]["HostVNic"]
+    prefix = vnic[:vnic.rindex("nat")]
+    tag = prefix[3:]
+    comment = f"silobox_{tag}" if tag else "silobox"
+    hf = silod.client.info()["Silobox"]["HostForwarding"]
+    assert hf["IPv6Forwarding"] is True, hf
+    assert hf["IP6Forward"] in ("enabled by silod", "already enabled"), hf
+    with open("/proc/sys/net/ipv6/conf/all/forwarding") as f:
+        assert f.read().strip() == "1"
+    assert "net.ipv6.conf.all.forwarding: 1" in silod.silo("info").stdout.decode()
+
+    ns, tid = f"sbx6o{secrets.token_hex(3)}", secrets.token_hex(3)
+    host_end, table = f"sbx6o{tid}h", f"sbxdrop6{tid}"
+    server = ("import socket;s=socket.socket(socket.AF_INET6);"
+              "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('::',9000));"
+              "s.listen(1);s.settimeout(20);c,a=s.accept();print(a[0],flush=True);"
+              "c.recv(100);c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nfar\\n');c.close()")
+    srv = None
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0",
+                        "netns", ns], check=True)
+        subprocess.run(["ip", "addr", "add", "2001:db8:77::1/64", "dev", host_end, "nodad"],
+                       check=True)
+        subprocess.run(["ip", "link", "set", host_end, "up"], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", "2001:db8:77::2/64", "dev", "eth0",
+                        "nodad"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+        subprocess.run(["nft", f"add table ip6 {table}; add chain ip6 {table} forward "
+                        "{ type filter hook forward priority 0; policy drop; }; "
+                        f'add rule ip6 {table} forward iifname != "{prefix}*" '
+                        f'oifname != "{prefix}*" accept'], check=True)
+        srv = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-c", server],
+                               stdout=subprocess.PIPE, text=True)
+        time.sleep(1.1)   # container starts look for new firewalls at most once a second
+        cid = drv.run("sleep 60", name)
+        rules = [l for l in subprocess.run(["nft", "list", "chain", "ip6", table, "forward"],
+                                           capture_output=True, text=True).stdout.splitlines()
+                 if f'comment "{comment}"' in l]
+        assert any(f'iifname "{vnic}"' in r and "ip6 saddr" in r for r in rules), rules
+        hf = silod.client.info()["Silobox"]["HostForwarding"]
+        assert any(r["Table"] == f"ip6 {table}" and r["Rules"] == len(rules)
+                   for r in hf["ForwardRules"]), hf
+        code, out = 1, ""
+        for _ in range(20):
+            # (busybox 1.35's wget crashes on IPv6 literals: nc instead)
+            code, out = drv.exec(cid, "echo GET | nc -w 3 2001:db8:77::2 9000")
+            if code == 0:
+                break
+            time.sleep(0.2)
+        assert code == 0 and "far" in out, out
+        peer = srv.communicate(timeout=20)[0].strip()
+        # masqueraded: the outside sees the host's address on that link, not the container's
+        assert peer == "2001:db8:77::1", peer
+        # removing the network takes its rules out of the foreign chain
+        drv.api.remove_container(cid, force=True)
+        drv.containers.remove(cid)
+        drv.api.remove_network(name)
+        drv.networks.remove(name)
+        left = subprocess.run(["nft", "list", "chain", "ip6", table, "forward"],
+                              capture_output=True, text=True).stdout
+        assert f'"{vnic}"' not in left, left
+    finally:
+        if srv and srv.poll() is None:
+            srv.kill()
+            srv.wait()
+        subprocess.run(["nft", "delete", "table", "ip6", table], capture_output=True)
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

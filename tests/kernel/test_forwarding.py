@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from silobox.network.forwarding import SysctlLease
+from silobox.network.forwarding import SysctlLease as Lease, other_engines_links
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,7 +27,7 @@ from silobox.network.forwarding import ForwardRules, RoutedNetwork
 from silobox.network.nft import Nft
 nft = Nft()
 fr = ForwardRules(lambda: nft, "silobox_0042", {"silobox_0042"})
-nets = [RoutedNetwork(n, h, s) for n, h, s in json.loads(sys.argv[2])]
+nets = [RoutedNetwork(*n) for n in json.loads(sys.argv[2])]
 if sys.argv[1] == "sync":
     fr.sync(nets)
 else:
@@ -55,7 +55,7 @@ def netns():
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
-def child(ns: str, op: str, nets: list[tuple[str, str, str]]) -> dict:
+def child(ns: str, op: str, nets: list[tuple[str, ...]]) -> dict:
     out = ns_run(ns, sys.executable, "-c", CHILD, op, json.dumps(nets))
     return json.loads(out.strip().splitlines()[-1])
 
@@ -87,6 +87,30 @@ def test_iptables_nft_forward_drop_gets_exactly_our_rules(netns: str) -> None:
     rules = ns_run(netns, "iptables-nft", "-S", "FORWARD")
     assert "silobox" not in rules
     assert "-P FORWARD DROP" in rules and "-A FORWARD -i docker0 -j ACCEPT" in rules
+
+
+def test_ip6tables_and_inet_forward_drop_get_ipv6_rules(netns: str) -> None:
+    """Docker with its ip6tables on drops forwarded IPv6 too: an IPv6 network gets its pair
+    there (an IPv4-only one none), an inet chain gets both families' rules."""
+    if not shutil.which("ip6tables-nft"):
+        pytest.skip("ip6tables-nft is not installed")
+    nets = [("nat", "sbx0042nat0", "192.168.48.0/20"),
+            ("v6", "sbx0042nat1", "10.77.0.0/24", "fd00:42:42::/64")]
+    ns_run(netns, "ip6tables-nft", "-P", "FORWARD", "DROP")
+    ns_run(netns, "nft", "add table inet fw; add chain inet fw forward "
+           "{ type filter hook forward priority 0; policy drop; }")
+    r = child(netns, "sync", nets)
+    assert ["iptables-nft", "ip6", "filter", "FORWARD", 2] in r["hooks"], r
+    assert ["nft", "inet", "fw", "forward", 9] in r["hooks"], r
+    rules = ns_run(netns, "ip6tables-nft", "-S", "FORWARD")
+    ours = [l for l in rules.splitlines() if "silobox_0042" in l]
+    assert len(ours) == 2 and "-P FORWARD DROP" in rules, rules
+    assert any("-s fd00:42:42::/64 -i sbx0042nat1" in l for l in ours), ours
+    inet = ns_run(netns, "nft", "list", "chain", "inet", "fw", "forward")
+    assert "ip6 saddr fd00:42:42::/64" in inet and "ip saddr 192.168.48.0/20" in inet, inet
+    child(netns, "remove", [])
+    assert "silobox" not in ns_run(netns, "ip6tables-nft", "-S", "FORWARD")
+    assert "silobox" not in ns_run(netns, "nft", "list", "chain", "inet", "fw", "forward")
 
 
 def test_nft_table_with_policy_drop(netns: str) -> None:
@@ -141,6 +165,10 @@ def test_sysctl_lease_is_shared_and_restored(tmp_path) -> None:
     sysctl.write_text("0\n")
     lease = str(tmp_path / "lease.json")
     me = os.getpid()
+
+    def SysctlLease(holder: str, path: str, sysctl: str) -> Lease:
+        return Lease(holder, path, sysctl, others=lambda: [])
+
     a = SysctlLease(f"{me} /a", lease, str(sysctl))
     b = SysctlLease(f"{me} /b", lease, str(sysctl))
     assert a.acquire() == "enabled by silod" and sysctl.read_text() == "1"
@@ -175,3 +203,21 @@ def test_sysctl_lease_is_shared_and_restored(tmp_path) -> None:
     f3.acquire()
     f3.release()
     assert sysctl.read_text().strip() == "1"
+
+
+def test_forwarding_stays_on_for_another_engine(tmp_path) -> None:
+    """A Docker started after silod found forwarding on and relies on it: the last silod
+    leaves it on rather than cut Docker's containers off."""
+    sysctl = tmp_path / "ip_forward"
+    sysctl.write_text("0\n")
+    lease = str(tmp_path / "lease.json")
+    links: list[str] = []
+    a = Lease(f"{os.getpid()} /a", lease, str(sysctl), others=lambda: links)
+    a.acquire()
+    links.append("docker0")
+    a.release()
+    assert sysctl.read_text() == "1" and not os.path.exists(lease)
+    net = tmp_path / "net"
+    for name in ("lo", "eth0", "docker0", "br-0123456789ab", "sbx12nat0", "virbr0"):
+        (net / name).mkdir(parents=True)
+    assert other_engines_links(str(net)) == ["br-0123456789ab", "docker0", "virbr0"]

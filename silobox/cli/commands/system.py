@@ -198,6 +198,9 @@ def _forwarding_lines(f: dict | None) -> list[str]:
         return []
     out = [" Host Forwarding:", f"  net.ipv4.ip_forward: {'1' if f.get('IPv4Forwarding') else '0'}"
            f" ({f.get('IPForward', '')})"]
+    if "IPv6Forwarding" in f:
+        out.append(f"  net.ipv6.conf.all.forwarding: {'1' if f.get('IPv6Forwarding') else '0'}"
+                   f" ({f.get('IP6Forward', '')})")
     rules = f.get("ForwardRules")
     if isinstance(rules, str):
         out.append(f"  Forward rules: {rules}")
