@@ -6,6 +6,19 @@
 # reached userspace (the host's accelerator check) and resets the machine at once.
 B=/.sbx/busybox
 $B mount -t proc proc /proc
+if [ ! -e /.sbx/switched ] && ! $B grep -q sbx.mode=probe /proc/cmdline; then
+    $B umount /proc
+    # The initramfs is the kernel's rootfs, which pivot_root(2) cannot leave: containers in
+    # the VM need a real root, so everything moves to a tmpfs first.
+    $B mkdir /newroot
+    $B mount -t tmpfs -o mode=755 rootfs /newroot
+    for entry in /* /.sbx; do
+        [ "$entry" = /newroot ] || $B cp -a "$entry" /newroot/
+    done
+    $B touch /newroot/.sbx/switched
+    exec $B switch_root /newroot /init
+fi
+$B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
 mode=agent

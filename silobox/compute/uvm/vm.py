@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import queue
+import shlex
 import shutil
 import signal
 import socket
@@ -47,6 +48,8 @@ class VMConfig:
     writable: dict[str, str] = field(default_factory=dict)
     """Guest path → host directory shared read-write, at that path in the guest (a container's
     sandbox, state and log directories)."""
+    read_only: dict[str, str] = field(default_factory=dict)
+    """Guest path → host directory shared read-only at that path (a container's image layers)."""
     accel: str | None = None  # "kvm" or "tcg"; None detects
     boot_timeout: float = 60.0
 
@@ -182,7 +185,10 @@ class UtilityVM:
         os.makedirs(self.dir)
         atomic_write_json(os.path.join(self.dir, "owner.json"),
                           {"pid": os.getpid(), "start": _start_time(os.getpid())})
-        fs_socket = self._start_virtiofsd("host", dict(self.config.shares), readonly=True)
+        shares = dict(self.config.shares)
+        for i, host in enumerate(self.config.read_only.values()):
+            shares[f"ro/{i}"] = host
+        fs_socket = self._start_virtiofsd("host", shares, readonly=True)
         rw_socket = None
         if self.config.writable:
             rw_socket = self._start_virtiofsd(
@@ -233,12 +239,14 @@ class UtilityVM:
                                 f"{self.config.boot_timeout:.0f}s ({self.accel.name}): "
                                 f"{self._log('console.log')} {self._log('qemu.log')}",
                                 object_id=self.id)
-        for i, guest_path in enumerate(self.config.writable):
-            status, _, err = self.run(["/.sbx/busybox", "sh", "-c",
-                                       'mkdir -p "$2" && mount --rbind "/rw/$1" "$2"', "bind",
-                                       str(i), guest_path], timeout=60)
+        binds = [(f"/host/ro/{i}", path) for i, path in enumerate(self.config.read_only)]
+        binds += [(f"/rw/{i}", path) for i, path in enumerate(self.config.writable)]
+        if binds:   # one shell for all: each process start costs under emulation
+            script = "; ".join(f"mkdir -p {shlex.quote(dst)} && mount --rbind {src} "
+                               f"{shlex.quote(dst)} || exit 1" for src, dst in binds)
+            status, _, err = self.run(["/.sbx/busybox", "sh", "-c", script], timeout=60)
             if status != 0:
-                raise SystemFailure(f"utility VM {self.id}: cannot share {guest_path}: "
+                raise SystemFailure(f"utility VM {self.id}: cannot mount its shares: "
                                     f"{err.decode(errors='replace').strip()}", object_id=self.id)
         self.boot_seconds = time.monotonic() - t0
 
@@ -306,6 +314,10 @@ class UtilityVM:
         if self._reader is not None:
             self._reader.join(timeout)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def qemu_pid(self) -> int:
+        return self._qemu.pid if self._qemu is not None else 0
 
     @property
     def running(self) -> bool:
