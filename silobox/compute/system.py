@@ -622,6 +622,9 @@ class ComputeService:
         try:
             return self.systems[cid]
         except KeyError:
+            for system in self.systems.values():   # a hyperv container's utility VM
+                if system.in_vm and system.vm_summary() and system.vm_id == cid:
+                    return system.vm_view()
             raise NotFound(f"compute system {cid} does not exist", object_id=cid) from None
 
     def enumerate(self) -> list[dict[str, Any]]:

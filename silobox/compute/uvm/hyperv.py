@@ -214,6 +214,9 @@ class HypervComputeSystem(ComputeSystem):
                 "MemoryMiB": vm.config.memory_mib, "ProcessorCount": vm.config.cpus,
                 "BootSeconds": round(vm.boot_seconds, 2), "QemuPid": vm.qemu_pid}
 
+    def vm_view(self) -> "UtilityVMView":
+        return UtilityVMView(self)
+
     def properties(self, types: list[str] | None = None) -> dict[str, Any]:
         props = super().properties([t for t in (types or ["Memory"])
                                     if t not in ("Statistics", "ProcessList")])
@@ -222,3 +225,16 @@ class HypervComputeSystem(ComputeSystem):
                                                        "State": "Stopped"}
         props["JobObject"]["Host"] = "utility VM (guest cgroup v2)"
         return props
+
+
+class UtilityVMView:
+    """The utility VM of a hyperv container as a compute system of its own (HcsOpenComputeSystem
+    on the VM's id): it is inspected, not driven; the container's verbs drive it."""
+
+    def __init__(self, container: HypervComputeSystem) -> None:
+        self.container = container
+        self.id = container.vm_id
+
+    def properties(self, types: list[str] | None = None) -> dict[str, Any]:
+        return self.container.vm_summary() or {"Id": self.id, "SystemType": "VirtualMachine",
+                                               "State": "Stopped"}
