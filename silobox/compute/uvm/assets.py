@@ -31,15 +31,11 @@ ASSET_DIR = os.environ.get("SILOBOX_UVM_DIR") or os.path.join(sys.prefix, "uvm")
 CACHE_DIR = os.environ.get("SILOBOX_UVM_CACHE") or "/var/cache/silobox/uvm"
 BUSYBOX = "/bin/busybox"  # busybox-static: the initramfs runs before any shared library exists
 
-GUEST_MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "virtiofs",
-                 "overlay", "loop", "veth", "bridge", "br_netfilter", "tun", "nf_tables",
-                 "nft_chain_nat", "nft_nat", "nft_masq", "nft_ct", "nft_fib_inet", "nft_fib_ipv4",
-                 "nft_fib_ipv6", "nft_reject_inet", "nft_limit", "nft_redir", "macvlan", "ipvlan",
-                 "dummy")
+GUEST_MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "virtiofs", "overlay")
 """What the guest loads at boot (dependencies follow from each module's ``depends=``): the
-virtio-mmio transport of ``microvm``, the writable disk, the control channel, the host share;
-then what silobox itself needs in a guest (overlayfs and loop devices for sandboxes, veth,
-bridge and nftables for networks). The guest has no modprobe of its own, so nothing loads later."""
+virtio-mmio transport of ``microvm``, the writable disk, the control channel, the host share,
+and overlayfs for a container's root. The guest has no modprobe of its own, so nothing loads
+later; each module costs boot time under emulation, so only these."""
 
 _LZ4_LEGACY = b"\x02\x21\x4c\x18"
 _INIT = os.path.join(os.path.dirname(__file__), "init.sh")

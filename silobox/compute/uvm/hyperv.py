@@ -22,7 +22,7 @@ import secrets
 from typing import Any
 
 from silobox.compute.system import ComputeSystem, State
-from silobox.compute.uvm.vm import UtilityVM, VMConfig, default_shares
+from silobox.compute.uvm.vm import UtilityVM, VMConfig, cleanup_stale, default_shares
 from silobox.errors import InvalidArgument, NotRunning, SystemFailure, Unavailable
 
 MiB = 1 << 20
@@ -126,6 +126,7 @@ class HypervComputeSystem(ComputeSystem):
             source = bind["source"] if isinstance(bind, dict) else bind.source
             share(source if os.path.isdir(source) else os.path.dirname(source))
         shares = default_shares()
+        cleanup_stale()   # VMs of a silod that was killed: their processes died with it
         self.vm = UtilityVM(self.vm_id, VMConfig(
             memory_mib=memory_mib, cpus=cpus, shares=shares, writable=writable,
             read_only=read_only, boot_timeout=180))
