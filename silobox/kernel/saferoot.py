@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterator
+from typing import Callable, Iterator
 
 from silobox.errors import Unavailable
 from silobox.kernel import libc
@@ -29,6 +29,7 @@ from silobox.kernel import libc
 RESOLVE = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _EAGAIN_TRIES = 32
+_MAX_LINKS = 40                # the kernel's MAXSYMLINKS
 
 _openat2_state: str | None = None   # None: unknown yet; "" works; else why it does not
 _proc_checked = False
@@ -78,6 +79,39 @@ def split_name(rel: str) -> tuple[str, str]:
     if not parts or parts[-1] == "..":
         raise IsADirectoryError(errno.EISDIR, "the root itself has no parent", rel)
     return "/".join(parts[:-1]), parts[-1]
+
+
+def resolve_links(rel: str, link_at: Callable[[str, bool], str | None],
+                  follow_last: bool = True) -> str:
+    """``rel`` with every symlink on the way replaced by its target as if the tree's root were
+    ``/`` (``..`` stops at the root, an absolute target starts from it again), relative to the
+    root. ``link_at(prefix, is_last)`` says what the symlink at ``prefix`` holds, None for
+    anything else. Past 40 links: ELOOP.
+
+    For trees the kernel cannot resolve in one call: a name still to be made below a
+    dangling link (:meth:`SafeRoot.make`), an image's layers read without mounting them."""
+    todo = [p for p in rel.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        here = "/".join([*done, name])
+        last = not todo
+        target = link_at(here, last) if (follow_last or not last) else None
+        if target is not None:
+            hops += 1
+            if hops > _MAX_LINKS:
+                raise OSError(errno.ELOOP, f"{rel}: too many levels of symbolic links")
+            if target.startswith("/"):
+                done = []
+            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+            continue
+        done.append(name)
+    return "/".join(done)
 
 
 class SafeRoot:
@@ -164,6 +198,51 @@ class SafeRoot:
         component). The caller closes the fd and acts on the name with ``*at`` calls."""
         parent, name = split_name(rel)
         return self.open_dir(parent, create=create, mode=mode, symlinks=symlinks), name
+
+    def make(self, rel: str, is_dir: bool = True) -> int:
+        """An O_PATH fd of ``rel`` (a mount target, a working directory), made when missing
+        (a directory, or an empty file unless ``is_dir``) with its parents.
+
+        Symlinks are followed inside the root only, a dangling one too (an image's dangling
+        ``/data -> /host/dir`` makes ``/host/dir`` in the root); the caller acts on the fd,
+        so nothing swapped after the lookup can move what it names. The last component is
+        never a symlink (ELOOP if it keeps becoming one)."""
+        try:
+            fd = self.open(rel, os.O_PATH)
+        except FileNotFoundError:
+            fd = self._make_missing(rel, is_dir)
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.ELOOP, f"{rel}: the target keeps changing into a symlink")
+        return fd
+
+    def _make_missing(self, rel: str, is_dir: bool) -> int:
+        """Make the missing parts of ``rel`` one component at a time, each in its parent's fd,
+        a symlink met on the way read (through its parent's fd) and followed as if the root
+        were ``/``. The kernel resolves every existing prefix (RESOLVE_IN_ROOT); only a
+        dangling link's target needs reading here."""
+        def step(here: str, last: bool) -> str | None:
+            st = self.lstat(here)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                return self.readlink(here)
+            if st is None:
+                parent, name = self.parent(here)
+                try:
+                    if not last or is_dir:
+                        try:
+                            os.mkdir(name, 0o755, dir_fd=parent)
+                        except FileExistsError:
+                            pass
+                    else:
+                        try:
+                            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                                             | os.O_CLOEXEC, 0o644, dir_fd=parent))
+                        except FileExistsError:
+                            pass
+                finally:
+                    os.close(parent)
+            return None
+        return self.open(resolve_links(rel, step), os.O_PATH, follow=False)
 
     def lstat(self, rel: str) -> os.stat_result | None:
         """The entry itself (a last symlink not followed), or None if it is not there."""

@@ -31,16 +31,14 @@ from dataclasses import dataclass
 from silobox.atomic import atomic_write_json
 from silobox.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, SiloboxError, \
     SystemFailure, Unavailable
-from silobox.kernel import libc
+from silobox.kernel import libc, overlay
 from silobox.storage.layers import read_layerchain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from silobox.storage.disk import DiskPool
 
-OVERLAY_MAX_LOWERS = 500       # OVL_MAX_STACK in fs/overlayfs
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_UNSAFE_IN_OPTIONS = (",", ":", "\\", "\n")
 
 
 @dataclass(frozen=True)
@@ -280,38 +278,15 @@ class Sandbox:
     # -- overlay -------------------------------------------------------------------------------
 
     def overlay_options(self, lower_dirs: list[str]) -> str:
-        """The overlay mount data for this sandbox over ``lower_dirs`` (top first).
-
-        Overlay takes at most 500 lower layers and the whole option string must fit in one page
-        (4 KiB here); beyond that the mount would fail with an opaque EINVAL, so it is refused
-        with the reason.
-        """
-        if not lower_dirs:
-            raise InvalidArgument("an overlay needs at least one image layer",
-                                  operation="storage::Sandbox::Mount", object_id=self.container_id)
-        lowers: list[str] = []
-        for path in lower_dirs:
-            if path not in lowers:   # overlay refuses a repeated lowerdir; the top one suffices
-                lowers.append(path)
-        if len(lowers) > OVERLAY_MAX_LOWERS:
-            raise InvalidArgument(f"the image has {len(lowers)} layers; overlay stacks at most "
-                                  f"{OVERLAY_MAX_LOWERS}", operation="storage::Sandbox::Mount",
-                                  object_id=self.container_id)
-        for path in [*lowers, self.paths.upper, self.paths.work]:
-            if not path.startswith("/") or any(c in path for c in _UNSAFE_IN_OPTIONS):
-                raise InvalidArgument(f"layer path {path!r} cannot be given to overlay: it must "
-                                      "be absolute and contain no ',', ':' or '\\'",
-                                      operation="storage::Sandbox::Mount",
-                                      object_id=self.container_id)
-        options = (f"lowerdir={':'.join(lowers)},upperdir={self.paths.upper},"
-                   f"workdir={self.paths.work}")
-        limit = os.sysconf("SC_PAGE_SIZE") - 1
-        if len(options.encode()) > limit:
-            raise InvalidArgument(f"the overlay options for {len(lowers)} layers are "
-                                  f"{len(options.encode())} bytes, over the kernel's limit of "
-                                  f"{limit}: use a shorter storage root path",
-                                  operation="storage::Sandbox::Mount", object_id=self.container_id)
-        return options
+        """The overlay mount data for this sandbox over ``lower_dirs`` (top first), checked by
+        the kernel layer's one builder (at most 500 layers, one page, no separators in a
+        path): past those the mount would fail with an opaque EINVAL, so it is refused with
+        the reason."""
+        try:
+            return overlay.options(lower_dirs, self.paths.upper, self.paths.work)
+        except ValueError as e:
+            raise InvalidArgument(str(e), operation="storage::Sandbox::Mount",
+                                  object_id=self.container_id) from None
 
     def mount_on_host(self, lower_dirs: list[str] | None = None, readonly: bool = False) -> str:
         """Mount the merged view on ``rootfs/`` in the caller's mount namespace; returns its path.

@@ -3,7 +3,8 @@
 A volume is a directory ``<root>/volumes/<name>/_data`` plus a row in silod's store (driver,
 labels, options, creation time). Containers see it through a bind mount (HCS
 MappedDirectories). Which containers use a volume is the engine's knowledge (their Mounts), so
-the in-use refusal lives in the engine; this module only owns the directories and the rows.
+the in-use refusal lives in the engine; this module owns the directories, the rows, the mounts
+of volumes with options and the filling of a new volume from its image.
 """
 
 from __future__ import annotations
@@ -233,6 +234,58 @@ class VolumeStore:
             return not os.listdir(self.data_path(name))
         except FileNotFoundError:
             return True
+
+    def provide(self, plan: list[dict[str, Any]], made: list[str]) -> list[tuple[str, str]]:
+        """Make (or find) the volume of each ``volume`` record of a mount plan
+        (``storage/mounts.py``), filling in its Name and Source; the names of those made are
+        appended to ``made`` as they come (the caller's undo). Returns (volume, container path)
+        of the new empty ones to fill from the image: not ``nocopy``, not option volumes."""
+        populate: list[tuple[str, str]] = []
+        for m in plan:
+            if m["Type"] != "volume":
+                continue
+            vol, created = self.create(m.get("Name") or None, labels=m.pop("_labels", None),
+                                       options=m.pop("_options", None))
+            if created:
+                made.append(vol.name)
+            m["Name"], m["Source"] = vol.name, vol.mountpoint
+            if not m.pop("_nocopy", False) and not vol.options and self.is_empty(vol.name):
+                populate.append((vol.name, m["Destination"]))
+        return populate
+
+    def populate_from_image(self, lower_dirs: list[str], items: list[tuple[str, str]]) -> None:
+        """Fill each new volume of ``items`` (name, container path) with the image's content
+        at that path, as Docker does: the image (``lower_dirs``, top first) is mounted
+        read-only on a scratch point under ``<root>/tmp`` (the next daemon's sweep removes one
+        a crash left), and each path is resolved inside it, the image's symlinks followed as
+        the container would see them (SafeRoot)."""
+        if not lower_dirs:
+            return
+        from silobox.kernel import libc, overlay
+        from silobox.kernel.saferoot import SafeRoot
+        tmp = os.path.join(os.path.dirname(self.dir), "tmp", f"populate-{uuid.uuid4().hex[:8]}")
+        os.makedirs(tmp, mode=0o700)
+        try:
+            overlay.mount(tmp, lower_dirs)
+        except (OSError, ValueError) as e:
+            os.rmdir(tmp)
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            raise SystemFailure(f"cannot mount the image to fill its volumes: {why}",
+                                operation="volume::Populate", cause=e) from e
+        try:
+            with SafeRoot(tmp) as tree:
+                for name, dest in items:
+                    try:
+                        src = tree.open_dir(dest)
+                    except OSError:
+                        continue   # absent or not a directory in the image: nothing to copy
+                    try:
+                        self.populate(name, src)
+                    finally:
+                        os.close(src)
+        finally:
+            libc.umount2(tmp, libc.MNT_DETACH)
+            os.rmdir(tmp)
 
     def populate(self, name: str, source: int) -> bool:
         """Copy the directory ``source`` (an fd of a directory of the image, resolved inside

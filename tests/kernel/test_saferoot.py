@@ -226,3 +226,46 @@ def test_creating_parents_deep_and_with_dotdot_stays_inside(trees):
     os.close(r.open_dir("new/../../../../made", create=True))
     assert os.path.isdir(root / "new") and os.path.isdir(root / "made")
     assert not os.path.exists(root.parent / "made")
+
+
+def test_make_follows_links_inside_the_root_even_dangling(trees, tmp_path):
+    r, root, victim = trees
+    before = _victim_state(victim)
+    # a dangling absolute link: its target is made inside the root, not on the host
+    os.symlink(str(victim) + "/made", root / "data")
+    fd = r.make("data/sub", True)
+    try:
+        assert stat.S_ISDIR(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    assert os.path.isdir(str(root) + str(victim) + "/made/sub")
+    assert not os.path.exists(victim / "made")
+    # a file target; an existing link is followed inside the root
+    fd = r.make("etc-link/new.conf", False)
+    try:
+        assert stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    assert (root / "etc" / "new.conf").is_file()
+    fd = r.make("abs/x", True)                  # the victim's path, re-rooted
+    os.close(fd)
+    assert (root / str(victim).lstrip("/") / "x").is_dir()
+    with pytest.raises(OSError) as e:
+        r.make("loop1/x", True)
+    assert e.value.errno == errno.ELOOP
+    assert _victim_state(victim) == before
+
+
+def test_resolve_links_without_a_kernel_tree():
+    from silobox.kernel.saferoot import resolve_links
+    links = {"bin": "usr/bin", "usr/bin/sh": "/bin/busybox", "abs": "/../../etc",
+             "loop": "loop"}
+
+    def link_at(here, last):
+        return links.get(here)
+    assert resolve_links("/bin/sh", link_at) == "usr/bin/busybox"
+    assert resolve_links("/bin/sh", link_at, follow_last=False) == "usr/bin/sh"
+    assert resolve_links("../../abs/./passwd", link_at) == "etc/passwd"
+    with pytest.raises(OSError) as e:
+        resolve_links("loop/x", link_at)
+    assert e.value.errno == errno.ELOOP

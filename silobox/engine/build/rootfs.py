@@ -15,9 +15,8 @@ import os
 import stat
 from typing import Iterator
 
+from silobox.kernel.saferoot import resolve_links
 from silobox.storage.changes import is_opaque, is_whiteout
-
-_MAX_LINKS = 40
 
 
 class MergedView:
@@ -64,30 +63,12 @@ class MergedView:
     def resolve(self, rel: str, follow_last: bool = True) -> str:
         """``rel`` with every symlink in it resolved inside the image (``/bin`` → ``usr/bin``);
         the result is relative to the image root and never leaves it."""
-        todo = [p for p in rel.split("/") if p]
-        done: list[str] = []
-        hops = 0
-        while todo:
-            name = todo.pop(0)
-            if name == ".":
-                continue
-            if name == "..":
-                if done:
-                    done.pop()
-                continue
-            candidate = "/".join([*done, name])
-            entry = self._entry(candidate)
-            if entry is not None and stat.S_ISLNK(entry[1].st_mode) and (todo or follow_last):
-                hops += 1
-                if hops > _MAX_LINKS:
-                    raise OSError(f"too many levels of symbolic links in {rel}")
-                target = os.readlink(entry[0])
-                if target.startswith("/"):
-                    done = []
-                todo = [p for p in target.split("/") if p] + todo
-                continue
-            done.append(name)
-        return "/".join(done)
+        def link_at(here: str, last: bool) -> str | None:
+            entry = self._entry(here)
+            if entry is not None and stat.S_ISLNK(entry[1].st_mode):
+                return os.readlink(entry[0])
+            return None
+        return resolve_links(rel, link_at, follow_last)
 
     def lstat(self, rel: str) -> tuple[str, os.stat_result] | None:
         """(a host path holding the entry, its lstat), or None if ``rel`` does not exist."""

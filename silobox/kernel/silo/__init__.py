@@ -19,7 +19,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
-from silobox.kernel import libc
+from silobox.kernel import libc, overlay
 from silobox.kernel.saferoot import SafeRoot
 from silobox.kernel.silo.cgroupfs import mount_cgroupfs
 
@@ -167,67 +167,6 @@ def _loopback_up() -> None:
 _NULL_DEVICE = os.makedev(1, 3)
 
 
-def _target(root: SafeRoot, rel: str, is_dir: bool) -> int:
-    """An O_PATH fd of a mount target resolved inside the rootfs, made (a directory for a
-    directory, an empty file for a file) with its parents when missing.
-
-    Symlinks are followed only inside the rootfs (an image's ``/data -> /etc`` mounts on its
-    own /etc; a dangling ``/data -> /host/dir`` makes ``/host/dir`` in the rootfs), never
-    through /proc's magic links; the mount then goes onto the fd, so nothing swapped after
-    the lookup can move it."""
-    try:
-        fd = root.open(rel, os.O_PATH)
-    except FileNotFoundError:
-        fd = _make_target(root, rel, is_dir)
-    if stat.S_ISLNK(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.ELOOP, f"{rel}: the mount target keeps changing into a symlink")
-    return fd
-
-
-def _make_target(root: SafeRoot, rel: str, is_dir: bool) -> int:
-    """Make the missing parts of ``rel`` one component at a time, each in its parent's fd,
-    a symlink met on the way read and followed as if the rootfs were ``/``."""
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        here = "/".join([*done, part])
-        st = root.lstat(here)
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > 40:
-                raise OSError(errno.ELOOP, f"{rel}: too many levels of symbolic links")
-            link = root.readlink(here)
-            if link.startswith("/"):
-                done = []
-            parts = [p for p in link.split("/") if p not in ("", ".")] + parts
-            continue
-        if st is None:
-            parent = root.open_dir("/".join(done))
-            try:
-                if parts or is_dir:
-                    try:
-                        os.mkdir(part, 0o755, dir_fd=parent)
-                    except FileExistsError:
-                        pass
-                else:
-                    try:
-                        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
-                                         | os.O_CLOEXEC, 0o644, dir_fd=parent))
-                    except FileExistsError:
-                        pass
-            finally:
-                os.close(parent)
-        done.append(part)
-    return root.open("/".join(done), os.O_PATH, follow=False)
-
-
 def _remount(root: SafeRoot, rel: str, source_st: os.stat_result, flags: int) -> None:
     """Change the flags of the mount just made at ``rel``: a bind takes none at first. The
     mount's root is opened afresh and must be the source that was bound."""
@@ -326,11 +265,10 @@ def build_rootfs(spec: SiloSpec) -> None:
     """
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     if spec.upper_dir:
-        opts = (f"lowerdir={':'.join(spec.lower_dirs)},upperdir={spec.upper_dir},"
-                f"workdir={spec.work_dir}")
-        libc.mount("overlay", spec.rootfs, "overlay", 0, opts)
+        libc.mount("overlay", spec.rootfs, "overlay", 0,
+                   overlay.options(spec.lower_dirs, spec.upper_dir, spec.work_dir))
     elif spec.lower_dirs and len(spec.lower_dirs) > 1:
-        libc.mount("overlay", spec.rootfs, "overlay", 0, f"lowerdir={':'.join(spec.lower_dirs)}")
+        libc.mount("overlay", spec.rootfs, "overlay", 0, overlay.options(spec.lower_dirs))
     else:
         src = spec.lower_dirs[0] if spec.lower_dirs else spec.rootfs
         libc.mount(src, spec.rootfs, None, libc.MS_BIND | libc.MS_REC)
@@ -396,7 +334,7 @@ def _build_tree(root: SafeRoot, spec: SiloSpec) -> int:
                                                else m[0]).split("/") if p]))
     for m in mounts:
         if not isinstance(m, BindMount):
-            target = _target(root, m[0], True)
+            target = root.make(m[0], True)
             try:
                 libc.mount("tmpfs", root.mount_path(target), "tmpfs", int(m[1]), m[2] or None)
             finally:
@@ -405,7 +343,7 @@ def _build_tree(root: SafeRoot, spec: SiloSpec) -> int:
         source = os.open(m.source, os.O_PATH | os.O_CLOEXEC)
         try:
             source_st = os.fstat(source)
-            target = _target(root, m.target, stat.S_ISDIR(source_st.st_mode))
+            target = root.make(m.target, stat.S_ISDIR(source_st.st_mode))
             try:
                 libc.mount(f"/proc/self/fd/{source}", root.mount_path(target), None,
                            libc.MS_BIND | libc.MS_REC)
@@ -424,7 +362,7 @@ def make_workdir(path: str) -> None:
     names that same directory: a ``--pid host`` container's ``/proc/1/root/...`` would lead
     to the host's root instead."""
     with SafeRoot("/") as root:
-        fd = _target(root, path, True)
+        fd = root.make(path, True)
     try:
         made = os.fstat(fd)
     finally:
