@@ -89,7 +89,7 @@ def _demux(raw: bytes) -> str:
 def start_daemon(base: str) -> tuple[subprocess.Popen, str]:
     sock = os.path.join(base, "run", "silod.sock")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "silobox.engine.daemon", "--root", os.path.join(base, "root"),
+        [sys.executable, "-m", "silobox.daemon", "--root", os.path.join(base, "root"),
          "--exec-root", os.path.join(base, "run"), "--cgroup-parent", "silobox/bench-sandbox",
          "-H", f"unix://{sock}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)

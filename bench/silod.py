@@ -32,7 +32,7 @@ def start_silod(base: str, cgroup: str, extra: tuple[str, ...] = ()
     socket path has 108 bytes at most) in cgroup parent ``silobox/<cgroup>``; returns the
     process and its DOCKER_HOST once it answers."""
     sock = os.path.join(base, "r", "silod.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "silobox.engine.daemon", "--root",
+    proc = subprocess.Popen([sys.executable, "-m", "silobox.daemon", "--root",
                              os.path.join(base, "d"), "--exec-root", os.path.join(base, "r"),
                              "--cgroup-parent", f"silobox/{cgroup}", "-H", f"unix://{sock}",
                              *extra],

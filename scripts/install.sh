@@ -86,6 +86,8 @@ elif [ "$(cat "$UVM/release" 2>/dev/null)" != "${KPKG#linux-image-}" ]; then
 fi
 # The container entry helper: a static binary that silod runs from a sealed memfd.
 "$PREFIX/bin/python" -m silobox.kernel.entry build >/dev/null
+# The per-container monitor: a static binary each shim execs once its container is set up.
+"$PREFIX/bin/python" -m silobox.compute.monitor build >/dev/null
 ln -sf "$PREFIX/bin/silo" /usr/local/bin/silo
 ln -sf "$PREFIX/bin/silod" /usr/local/bin/silod
 echo "silobox installed in $PREFIX (silo, silod on PATH)"

@@ -8,7 +8,8 @@ Every method raises only ``silobox.errors`` classes; ``api/errors.py`` maps them
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Protocol
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Protocol
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 
@@ -36,8 +37,10 @@ class StreamSession(Protocol):
 
 
 class ContainerBackend(Protocol):
-    async def container_create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /containers/create → {"Id", "Warnings"}."""
+    async def container_create(self, name: str | None, body: dict[str, Any],
+                               platform: str = "") -> dict[str, Any]:
+        """POST /containers/create → {"Id", "Warnings"}; ``platform`` (os[/arch]) must be
+        the image's."""
 
     async def container_start(self, ref: str) -> None:
         """Raises NotModified when it is already running."""
@@ -133,6 +136,11 @@ class ImageBackend(Protocol):
     async def image_save(self, names: list[str], oci: bool = False) -> AsyncIterator[bytes]:
         """The archive of the named images (names are checked before the first chunk)."""
 
+    async def image_bootstrap(self, ref: str, suite: str | None = None,
+                              variant: str = "minbase", mirror: str | None = None,
+                              progress: Callable[[dict[str, Any]], None] | None = None) -> str:
+        """silobox's own: a Debian base image built from the Debian archive → its id."""
+
     async def container_commit(self, ref: str, repo: str = "", tag: str = "",
                                comment: str = "", author: str = "",
                                changes: list[str] | None = None, pause: bool = True,
@@ -210,8 +218,54 @@ class NetworkBackend(Protocol):
         ...
 
 
-class Backend(ContainerBackend, ImageBackend, SystemBackend, NetworkBackend, Protocol):
-    """Everything silod serves."""
+class DistributionBackend(Protocol):
+    async def image_pull(self, image: str, tag: str = "", auth_header: str | None = None,
+                         platform: str = "",
+                         progress: Callable[[dict[str, Any]], None] | None = None
+                         ) -> list[dict[str, Any]]: ...
+
+    async def image_push(self, name: str, tag: str = "", auth_header: str | None = None,
+                         progress: Callable[[dict[str, Any]], None] | None = None
+                         ) -> list[dict[str, Any]]: ...
+
+    async def registry_login(self, body: dict[str, Any]) -> dict[str, str]: ...
+
+    async def distribution_inspect(self, name: str, auth_header: str | None = None
+                                   ) -> dict[str, Any]: ...
+
+
+@dataclass
+class BuildOptions:
+    """``POST /build``'s query, parsed (moby's ``ImageBuildOptions``)."""
+
+    tags: list[str] = field(default_factory=list)
+    dockerfile: str = "Dockerfile"
+    buildargs: dict[str, str | None] = field(default_factory=dict)
+    nocache: bool = False
+    target: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    quiet: bool = False
+    rm: bool = True
+    forcerm: bool = False
+    networkmode: str = ""
+    host_config: dict[str, Any] = field(default_factory=dict)   # resource limits for RUN
+    pull: bool = False                 # pull FROM images even when they are here
+    registry_config: str = ""          # X-Registry-Config: credentials per registry
+    cache_from: list[str] = field(default_factory=list)   # the only cache sources, if given
+    platform: str = ""                 # os[/arch]: the backend refuses one it cannot build
+
+class BuildBackend(Protocol):
+    async def build_prepare(self, body: AsyncIterator[bytes], options: BuildOptions) -> Any:
+        """Unpack the context and parse the Dockerfile (errors raised here are the 400s)."""
+
+    async def build_run(self, build: Any, emit: Any) -> str:
+        """Run the build, calling ``emit`` with each JSON message; → the image id."""
+
+    def build_discard(self, build: Any) -> None:
+        """Forget a prepared build that will not run."""
+
+    async def build_prune(self, filters: dict[str, list[str]] | None = None,
+                          all: bool = False) -> dict[str, Any]: ...
 
 
 class VolumeBackend(Protocol):
@@ -243,7 +297,12 @@ class SandboxBackend(Protocol):
     async def sandbox_expand(self, ref: str, size: str | int) -> dict[str, Any]: ...
 
     async def sandbox_attach(self, ref: str, mountpoint: str = "", merged: bool = False,
-                             rw: bool = False) -> dict[str, Any]:
+                             rw: bool = False, allow_exec: bool = False) -> dict[str, Any]:
         """Refused (Conflict) while the container runs."""
 
     async def sandbox_detach(self, ref: str) -> dict[str, Any]: ...
+
+
+class Backend(ContainerBackend, ImageBackend, SystemBackend, NetworkBackend, VolumeBackend,
+              SandboxBackend, DistributionBackend, BuildBackend, Protocol):
+    """Everything silod serves."""

@@ -28,8 +28,9 @@ import time
 from dataclasses import dataclass, field
 
 from silobox.atomic import atomic_write_json
+from silobox.compute import monitor
 from silobox.timeutil import now_iso as rfc3339
-from silobox.kernel import libc
+from silobox.kernel import entry, libc
 from silobox.kernel.silo import SiloSpec
 from silobox.kernel.spawn import (ProcessSpec, child_exec, child_init, child_pooled,
                                   parse_messages, read_messages)
@@ -159,7 +160,7 @@ class Shim:
                           "errno": getattr(e, "errno", 0) or 0, "msg": str(e)})
             self._cleanup_job()
             os._exit(1)
-        self._loop()
+        self._serve()
 
     def _report(self, msg: dict) -> None:
         try:
@@ -351,7 +352,7 @@ class Shim:
                           "errno": getattr(e, "errno", 0) or 0, "msg": str(e)})
             self._cleanup_job()
             os._exit(1)
-        self._loop()
+        self._serve()
 
     def _start(self) -> dict:
         """Release the parked init to exec (HCS Start); answer whether exec succeeded."""
@@ -372,6 +373,81 @@ class Shim:
             return {"ok": False, "stage": m.get("stage"), "errno": m.get("errno", 0),
                     "msg": m.get("msg", "")}
         return {"ok": True, "started_at": self.started_at}
+
+    # ----- hand-over to the native monitor -------------------------------------------------
+    def _serve(self) -> None:
+        """From here on the container needs only its monitor: exec the native one with every
+        fd it must keep (same pid: still the parent and subreaper of the container), or, when
+        none is loaded, serve with this process's own loop."""
+        fd = monitor.monitor_fd()
+        if fd is not None:
+            try:
+                argv, keep = self._monitor_argv()
+                for k in keep:
+                    os.set_inheritable(k, True)
+                os.execve(fd, argv, {})
+            except Exception:   # keep serving in Python, and say why
+                self._note_error()
+        self._loop()
+
+    def _monitor_argv(self) -> tuple[list[str], list[int]]:
+        """The monitor's arguments (key=value words, see monitor.c) and the fds it inherits."""
+        assert self.init is not None and self.listener is not None
+        cfg, init = self.cfg, self.init
+        keep = [self.listener.fileno(), entry.helper_fd()]
+        args = [monitor.NAME, f"listen={keep[0]}", f"helper={keep[1]}", f"init={init.pid}",
+                f"tty={int(init.tty)}", f"stdin_once={int(init.close_stdin_on_detach)}",
+                f"state_dir={self.state_dir}", f"entry_timeout={ENTRY_TIMEOUT:g}"]
+        if init.stdin_fd is not None:
+            args.append(f"stdin={init.stdin_fd}")
+            keep.append(init.stdin_fd)
+        for fd, stream in init.out_fds.items():
+            args.append(f"out={fd}:{stream}")
+            keep.append(fd)
+        if self.start_w is not None and self.sync_r is not None:
+            args += [f"start={self.start_w}", f"sync={self.sync_r}"]
+            keep += [self.start_w, self.sync_r]
+        if self.started_at:
+            args.append(f"started_at={self.started_at}")
+        if self.log_fd is not None:
+            args += [f"log={self.log_fd}", f"log_path={cfg['log_path']}",
+                     f"log_max_size={int(cfg.get('log_max_size') or 0)}",
+                     f"log_max_files={int(cfg.get('log_max_files') or 1)}"]
+            keep.append(self.log_fd)
+        if cfg.get("exit_path"):
+            args.append(f"exit_path={cfg['exit_path']}")
+        for fd, flag in self.ns_fds:
+            args.append(f"ns={fd}:{flag}")
+            keep.append(fd)
+        if self.pidns_fd is not None:
+            args.append(f"pidns={self.pidns_fd}")
+            keep.append(self.pidns_fd)
+        args += [f"procs={p}" for p in cfg.get("procs_files") or []]
+        job = cfg.get("job")
+        if job:
+            from silobox.kernel.jobobject import JobObject
+            for d in JobObject(job["name"], job["parent"]).directories:
+                args.append(f"cg={d}")
+                if os.path.exists(os.path.join(d, "freezer.state")):
+                    args.append(f"freezer={d}")
+                for name in ("memory.oom_control", "memory.events"):
+                    if os.path.exists(os.path.join(d, name)):
+                        args.append(f"oom={os.path.join(d, name)}")
+                        break
+                if os.path.exists(os.path.join(d, "cgroup.kill")):
+                    args.append(f"cg_kill={os.path.join(d, 'cgroup.kill')}")
+        return args, keep
+
+    def _note_error(self) -> None:
+        """The traceback into shim.err (removed with the container) and silod's stderr."""
+        import sys
+        import traceback
+        try:
+            traceback.print_exc(file=sys.stderr)
+            with open(os.path.join(self.state_dir, "shim.err"), "a") as f:
+                traceback.print_exc(file=f)
+        except (OSError, ValueError):
+            pass
 
     # ----- event loop ---------------------------------------------------------------------
     def _loop(self) -> None:

@@ -212,9 +212,13 @@ class Spawner:
         """Start the spawner; call before any thread exists in the daemon.
 
         The entry helper is loaded into its sealed memfd first: every shim inherits that fd, and
-        a daemon that cannot enter containers refuses to start (EntryHelperMissing)."""
+        a daemon that cannot enter containers refuses to start (EntryHelperMissing). The native
+        monitor is opened here too: each shim execs it once its container is set up."""
+        from silobox.compute import monitor
         from silobox.kernel import entry
         entry.load(entry.ensure_built())
+        if monitor.enabled():
+            monitor.load(monitor.ensure_built())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:

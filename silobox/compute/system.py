@@ -28,6 +28,7 @@ from silobox.errors import (AlreadyExists, Conflict, InvalidArgument, NotFound, 
 from silobox.compute.schema import ContainerDocument, ProcessParameters, parse_document
 from silobox.compute.shimclient import ShimClient, ShimStream
 from silobox.compute.spawner import Spawner
+from silobox.kernel import entry
 from silobox.kernel.jobobject import UNLIMITED, JobLimits, JobObject
 from silobox.kernel.jobobject.devices import DeviceRule
 from silobox.kernel.silo import BindMount, SiloSpec
@@ -168,6 +169,21 @@ def effective_resources(doc: ContainerDocument) -> dict[str, Any]:
     return res
 
 
+def exec_entry(proc: ProcessSpec) -> dict[str, Any]:
+    """What the native monitor needs for an exec besides the fds it holds: the entry helper's
+    spec, made here so the monitor never interprets a process (it appends the sync fd, the PID
+    namespace fd and the path it resolves inside the root), and the lookup inputs."""
+    spec = entry.encode_spec(
+        mode=entry.MODE_FORK, sync_fd=0, path=proc.argv[0], argv=proc.argv, env=proc.env,
+        cwd=proc.cwd, uid=proc.uid, gid=proc.gid, groups=proc.groups,
+        capabilities=proc.capabilities, last_cap=proc.last_cap,
+        no_new_privs=proc.no_new_privs, seccomp=proc.seccomp, rlimits=proc.rlimits,
+        umask=proc.umask, oom_score_adj=proc.oom_score_adj, tty=proc.tty)
+    search = next((e[5:] for e in proc.env if e.startswith("PATH=")), None)
+    return {"spec": spec.hex(), "argv0": proc.argv[0], "search_path": search, "cwd": proc.cwd,
+            "tty": proc.tty}
+
+
 class ComputeSystem:
     in_vm = False
     """True for a container in a utility VM (``--isolation hyperv``; see compute.uvm.hyperv)."""
@@ -305,7 +321,19 @@ class ComputeSystem:
         record = await self.shim.wait()
         if record is None:
             record = self._read_exit_file()
+        if record is None:
+            # The monitor is gone without an exit record (killed): nothing holds the
+            # container's stdio or can learn its exit status any more. End what is left of
+            # it, as containerd does when a shim dies (docs/architecture.md).
+            await asyncio.get_running_loop().run_in_executor(None, self._end_orphaned_job)
         self._record_exit(record)
+
+    def _end_orphaned_job(self) -> None:
+        try:
+            self.job.kill_all()
+            self.job.delete()
+        except Exception:
+            pass   # already gone, or left for remove's own delete
 
     def _read_exit_file(self) -> dict | None:
         try:
@@ -512,7 +540,8 @@ class ComputeSystem:
         res, stream = await self.shim.stream({
             "op": "exec", "id": exec_id, "process": proc.to_dict(),
             "stdin": params.create_stdin_pipe,
-            "console_size": list(params.console_size) if params.console_size else None})
+            "console_size": list(params.console_size) if params.console_size else None,
+            **exec_entry(proc)})
         if not res.get("ok") and not res.get("pid"):
             await stream.close()
             raise NotRunning(res.get("msg", "cannot exec"), object_id=self.id)

@@ -23,7 +23,12 @@ EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr
 
 
 class BootstrapService:
-    config: Any
+    """Debian root filesystems made into images through ``import_image`` (the image service's
+    ``image_import``)."""
+
+    def __init__(self, config: Any, import_image: Callable[..., Any]) -> None:
+        self.config = config
+        self.import_image = import_image
 
     async def image_bootstrap(self, ref: str, suite: str | None = None,
                               variant: str = "minbase", mirror: str | None = None,
@@ -65,7 +70,7 @@ class BootstrapService:
                                     + " / ".join(tail[-3:]), operation="bootstrap")
             if progress:
                 progress({"status": "Importing the root filesystem"})
-            image_id = await self.image_import(  # type: ignore[attr-defined]
+            image_id = await self.import_image(
                 _chunks(tarball), repo=parsed.familiar_name, tag=parsed.tag or suite,
                 message=f"bootstrapped from Debian {suite} ({variant})",
                 changes=['CMD ["bash"]'])

@@ -1,6 +1,6 @@
 """Registry verbs of the engine: pull, push, login, distribution inspect (dockerd's
 ``distribution`` and ``registry`` services). The transfers live in ``storage/distribution``;
-this mixin turns API parameters into references and endpoints and reports progress."""
+this service turns API parameters into references and endpoints and reports progress."""
 
 from __future__ import annotations
 
@@ -8,24 +8,27 @@ import os
 import shutil
 from typing import Any, Callable
 
+from silobox.engine.events import Actor
+from silobox.engine.spec import runs_here
 from silobox.errors import InvalidArgument, NotFound
 
 Progress = Callable[[dict[str, Any]], None]
 
 
-class _Named:
-    """The actor of pull and push events: Docker names it by the reference, not an id."""
-
-    def __init__(self, id: str) -> None:
-        self.id = id
-
-
 class DistributionService:
-    config: Any
-    db: Any
-    images: Any
-    layers: Any
-    emit_event: Any
+    def __init__(self, config: Any, db: Any, images: Any, layers: Any, events: Any) -> None:
+        from collections import Counter
+
+        from silobox.storage.distribution.metadata import BlobMetadata
+        from silobox.storage.distribution.pull import SharedDownloads
+        self.config = config
+        self.images = images
+        self.layers = layers
+        self.events = events
+        self.blob_metadata = BlobMetadata(db)
+        self.pulling: Counter[str] = Counter()   # diff ids the running pulls need
+        # blob downloads shared by concurrent pulls, under <root>/distribution/blobs
+        self.downloads = SharedDownloads(os.path.join(self.transfer_dir, "blobs"))
 
     # -- shared pieces ---------------------------------------------------------------------------
 
@@ -38,29 +41,6 @@ class DistributionService:
         """Remove what an interrupted pull or push left (called at start, nothing runs yet)."""
         shutil.rmtree(self.transfer_dir, ignore_errors=True)
         os.makedirs(self.transfer_dir, mode=0o700, exist_ok=True)
-
-    def _blob_metadata(self) -> Any:
-        from silobox.storage.distribution.metadata import BlobMetadata
-        meta = getattr(self, "_blob_meta", None)
-        if meta is None:
-            meta = self._blob_meta = BlobMetadata(self.db)
-        return meta
-
-    def _pulling(self) -> Any:
-        """Diff ids the running pulls need (a Counter shared by them)."""
-        from collections import Counter
-        counter = getattr(self, "_pull_counter", None)
-        if counter is None:
-            counter = self._pull_counter = Counter()
-        return counter
-
-    def _shared_downloads(self) -> Any:
-        """Blob downloads shared by concurrent pulls, under ``<root>/distribution/blobs``."""
-        from silobox.storage.distribution.pull import SharedDownloads
-        shared = getattr(self, "_downloads", None)
-        if shared is None:
-            shared = self._downloads = SharedDownloads(os.path.join(self.transfer_dir, "blobs"))
-        return shared
 
     def _client(self, domain: str, auth_header: str | None = None,
                 auth: Any = None) -> Any:
@@ -98,14 +78,11 @@ class DistributionService:
         """``POST /images/create?fromImage=&tag=``: returns the closing status messages."""
         from silobox.storage import reference
         from silobox.storage.distribution.pull import Puller
-        from silobox.storage.images import host_architecture
         if not image:
             raise InvalidArgument("image name must not be empty")
-        if platform:
-            os_name, _, arch = platform.partition("/")
-            if os_name != "linux" or (arch and arch.split("/")[0] != host_architecture()):
-                raise InvalidArgument(f'image with reference {image} was found but does not '
-                                      f'match the specified platform: wanted {platform}')
+        if platform and not runs_here(platform):
+            raise InvalidArgument(f'image with reference {image} was found but does not '
+                                  f'match the specified platform: wanted {platform}')
         ref = reference.parse(image)
         if tag:   # the tag parameter wins over a tag in the name, as in moby
             if ref.digest:
@@ -121,11 +98,11 @@ class DistributionService:
             return builtin
         os.makedirs(self.transfer_dir, mode=0o700, exist_ok=True)
         async with self._client(ref.domain, auth_header) as client:
-            puller = Puller(client, ref, self.layers, self.images, self._blob_metadata(),
-                            self.transfer_dir, report, in_flight=self._pulling(),
-                            downloads=self._shared_downloads())
+            puller = Puller(client, ref, self.layers, self.images, self.blob_metadata,
+                            self.transfer_dir, report, in_flight=self.pulling,
+                            downloads=self.downloads)
             result = await puller.pull()
-        self.emit_event("image", "pull", _Named(ref.familiar()), {"name": ref.familiar()})
+        self.events.emit_event("image", "pull", Actor(ref.familiar()), {"name": ref.familiar()})
         status = ("Image is up to date for" if result.up_to_date
                   else "Downloaded newer image for")
         return [{"status": f"Digest: {result.digest}"},
@@ -174,7 +151,7 @@ class DistributionService:
         report({"status": f"The push refers to repository [{repo.name}]"})
         os.makedirs(self.transfer_dir, mode=0o700, exist_ok=True)
         async with self._client(repo.domain, auth_header) as client:
-            pusher = Pusher(client, repo, self.layers, self.images, self._blob_metadata(),
+            pusher = Pusher(client, repo, self.layers, self.images, self.blob_metadata,
                             self.transfer_dir, report)
             for tag_name, image in images:
                 result = await pusher.push(image, tag_name)
@@ -182,7 +159,7 @@ class DistributionService:
                 report({"progressDetail": {}, "aux": {"Tag": result.tag, "Digest": result.digest,
                                                       "Size": result.size}})
                 pushed = f"{repo.familiar_name}:{tag_name}"
-                self.emit_event("image", "push", _Named(pushed), {"name": pushed})
+                self.events.emit_event("image", "push", Actor(pushed), {"name": pushed})
         return []
 
     # -- login, distribution inspect ---------------------------------------------------------------
@@ -206,7 +183,7 @@ class DistributionService:
         from silobox.storage.distribution.pull import Puller
         ref = reference.parse_tagged(name)
         async with self._client(ref.domain, auth_header) as client:
-            puller = Puller(client, ref, self.layers, self.images, self._blob_metadata(),
+            puller = Puller(client, ref, self.layers, self.images, self.blob_metadata,
                             self.transfer_dir, lambda _: None)
             raw, content_type, digest = await puller.fetch_manifest(
                 ref.digest or ref.tag or "latest")

@@ -13,6 +13,14 @@ from silobox.filters import labels_match
 EVENT_FILTERS = ("type", "event", "container", "image", "label", "network", "volume", "scope")
 
 
+class Actor:
+    """The actor of an event about something that is not a container (an image reference,
+    a volume, a network): Docker names it by its id."""
+
+    def __init__(self, id: str) -> None:
+        self.id = id
+
+
 class EventLog:
     def __init__(self, size: int = 2048) -> None:
         self.ring: deque[dict[str, Any]] = deque(maxlen=size)

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from silobox.compute.schema import ProcessParameters
-from silobox.engine.state import Status, status, transition
+from silobox.engine.state import Status, status, system_of, transition
 from silobox.errors import InvalidArgument, SiloboxError
 from silobox.timeutil import now_iso
 
@@ -62,33 +62,36 @@ def effective(config: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-class HealthService:
-    """Mixin of the Engine: one probe loop per running container that has a health check."""
+class HealthMonitor:
+    """One probe loop per running container that has a health check."""
 
-    _health_tasks: dict[str, asyncio.Task]
+    def __init__(self, store: Any, compute: Any, events: Any) -> None:
+        self.store = store
+        self.compute = compute
+        self.events = events
+        self._tasks: dict[str, asyncio.Task] = {}
 
-    def _start_health(self, c: Any, system: Any) -> None:
+    def start(self, c: Any, system: Any) -> None:
+        """The container started: its Health begins as "starting" (or goes if none is set)."""
         settings = effective(c.config)
         if settings is None:
             transition(c, "health", Health=None)
             return
-        if not hasattr(self, "_health_tasks"):
-            self._health_tasks = {}
         transition(c, "health", Health={"Status": "starting", "FailingStreak": 0, "Log": []})
-        self._stop_health(c)
-        self._health_tasks[c.id] = asyncio.get_running_loop().create_task(
-            self._health_loop(c, system, settings))
+        self.stop(c)
+        self._tasks[c.id] = asyncio.get_running_loop().create_task(
+            self._loop(c, system, settings))
 
-    def _stop_health(self, c: Any) -> None:
-        task = getattr(self, "_health_tasks", {}).pop(c.id, None)
+    def stop(self, c: Any) -> None:
+        task = self._tasks.pop(c.id, None)
         if task is not None:
             task.cancel()
 
-    async def _health_loop(self, c: Any, system: Any, s: dict[str, Any]) -> None:
+    async def _loop(self, c: Any, system: Any, s: dict[str, Any]) -> None:
         started = time.monotonic()
         while True:
             await asyncio.sleep(s["Interval"] / SECOND)
-            if not c.running or self.system_of(c) is not system:  # type: ignore[attr-defined]
+            if not c.running or system_of(self.compute, c.id) is not system:
                 return
             if status(c) is Status.PAUSED:
                 continue
@@ -105,9 +108,8 @@ class HealthService:
                     health["Status"] = "unhealthy"
             transition(c, "health", Health=health)
             if health["Status"] != before:
-                self.emit_event("container",  # type: ignore[attr-defined]
-                                f"health_status: {health['Status']}", c)
-            self._save(c)  # type: ignore[attr-defined]
+                self.events.emit_event("container", f"health_status: {health['Status']}", c)
+            self.store.save(c)
 
     async def _probe(self, c: Any, system: Any, s: dict[str, Any]) -> dict[str, Any]:
         test = s["Test"]

@@ -125,8 +125,8 @@ class VolumesFromHook(ContainerHook):
     It runs before the storage hook, so a copied volume covers an image ``VOLUME`` of the same
     path (no anonymous volume is made there) and counts as a user of the volume."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, store: Any) -> None:
+        self.store = store
 
     def on_create(self, c: Any, body: dict[str, Any]) -> None:
         hc = c.host_config
@@ -140,21 +140,21 @@ class VolumesFromHook(ContainerHook):
         copied: dict[str, dict[str, Any]] = {}
         for spec in specs:
             ref, mode = parse_volumes_from(spec)
-            source = self.engine._find(ref)
+            source = self.store.find(ref)
             if source.id == c.id:
                 raise InvalidArgument("cannot mount volumes from the container itself")
-            for m in source.data.get("Mounts") or []:
+            for m in source.mounts:
                 dest = os.path.normpath(m["Destination"])
                 if dest in own:
                     continue
                 copied[dest] = {**m, "RW": bool(m.get("RW")) and "ro" not in mode.split(",")}
-        c.data["Mounts"] = list(c.data.get("Mounts") or []) + list(copied.values())
+        c.mounts = list(c.mounts) + list(copied.values())
 
     @staticmethod
     def _own_destinations(c: Any) -> set[str]:
         """Destinations the container's own binds, mounts and tmpfs claim."""
         hc = c.host_config
-        dests = {os.path.normpath(m["Destination"]) for m in c.data.get("Mounts") or []}
+        dests = {os.path.normpath(m["Destination"]) for m in c.mounts}
         for b in hc.get("Binds") or []:
             parts = b.split(":") if isinstance(b, str) else []
             if len(parts) >= 2 and parts[1].startswith("/"):
@@ -171,8 +171,8 @@ class VolumesFromHook(ContainerHook):
 class LinkHook(ContainerHook):
     """Legacy links on the default network, and the endpoint links of the create body."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, store: Any) -> None:
+        self.store = store
 
     def on_create(self, c: Any, body: dict[str, Any]) -> None:
         hc = c.host_config
@@ -187,7 +187,7 @@ class LinkHook(ContainerHook):
         for cfg in ec.values():
             check_endpoint_links((cfg or {}).get("Links"))
         mode = hc.get("NetworkMode") or "default"
-        for name, network in c.data["NetworkSettings"]["Networks"].items():
+        for name, network in c.network_settings["Networks"].items():
             # The network hook stored the endpoint under the network's name; the client may
             # have keyed it by the network mode (an alias such as "default").
             cfg = ec.get(name) or ec.get(mode) or {}
@@ -197,7 +197,7 @@ class LinkHook(ContainerHook):
         for item in links:
             name, _alias = parse_link(item)
             try:
-                child = self.engine._find(name)
+                child = self.store.find(name)
             except NotFound:
                 raise InvalidArgument(f"could not get container for {name}") from None
             if child.id == c.id:
@@ -210,7 +210,7 @@ class LinkHook(ContainerHook):
         """Name the linked containers in ``/etc/hosts`` (the network hook has written it) and
         give their variables to the container's first process (``Silobox.LinkEnv``)."""
         hc = c.host_config
-        c.data.setdefault("Silobox", {}).pop("LinkEnv", None)
+        c.silobox.pop("LinkEnv", None)
         if not hc.get("Links") or not is_default_network(hc.get("NetworkMode") or "default"):
             return
         from silobox.atomic import atomic_write
@@ -219,25 +219,25 @@ class LinkHook(ContainerHook):
         for item in hc["Links"]:
             name, alias = parse_link(item)
             try:
-                child = self.engine._find(name)
+                child = self.store.find(name)
             except NotFound:
                 raise Conflict(f"Cannot link to /{name}, as it does not exist") from None
             if not child.running:
                 raise Conflict(f"Cannot link to a non running container: /{child.name} AS "
                                f"/{c.name}/{alias}")
             ip = next((n.get("IPAddress") for n in
-                       child.data["NetworkSettings"].get("Networks", {}).values()
+                       child.network_settings.get("Networks", {}).values()
                        if n.get("IPAddress")), "")
             if ip:
                 names = dict.fromkeys([alias, child.id[:12], child.name])
                 lines.append(f"{ip}\t{' '.join(names)}")
             variables += link_env(c.name, alias, ip, child.config.get("ExposedPorts"),
                                   child.config.get("Env") or [])
-        c.data["Silobox"]["LinkEnv"] = variables
+        c.silobox["LinkEnv"] = variables
         if lines:
-            with open(c.data["HostsPath"]) as f:
+            with open(c.hosts_path) as f:
                 hosts = f.read()
-            atomic_write(c.data["HostsPath"], hosts + "\n".join(lines) + "\n")
+            atomic_write(c.hosts_path, hosts + "\n".join(lines) + "\n")
 
     def on_inspect(self, c: Any, out: dict[str, Any]) -> None:
         """Docker's view of legacy links, ``/child:/parent/alias``; none on user networks."""
@@ -250,24 +250,18 @@ class LinkHook(ContainerHook):
         for item in links:
             name, alias = parse_link(item)
             try:
-                child = self.engine._find(name)
+                child = self.store.find(name)
             except NotFound:
                 continue
             shown.append(f"/{child.name}:/{c.name}/{alias}")
         hc["Links"] = shown or None
 
 
-class LinkService:
-    """Engine mixin: registers the hooks, answers the embedded DNS for endpoint links."""
+class Links:
+    """Legacy links' removal, and the endpoint links the embedded DNS resolves."""
 
-    containers: dict[str, Any]
-    container_hooks: list[ContainerHook]
-
-    def _init_links(self) -> None:
-        # Before the storage hook (copied mounts claim their paths first); after the network
-        # hook (legacy links append to the /etc/hosts it writes).
-        self.container_hooks.insert(0, VolumesFromHook(self))
-        self.container_hooks.append(LinkHook(self))
+    def __init__(self, store: Any) -> None:
+        self.store = store
 
     async def container_remove_link(self, name: str) -> None:
         """``DELETE /containers/parent/alias?link=1``: drop a legacy link from its parent (moby
@@ -276,7 +270,7 @@ class LinkService:
         if not parent:
             raise Conflict("Conflict, cannot remove the default link name of the container")
         try:
-            c = self._find(parent)  # type: ignore[attr-defined]
+            c = self.store.find(parent)
         except NotFound:
             raise NotFound(f"Cannot get parent /{parent} for link name /{name.strip('/')}"
                            ) from None
@@ -285,14 +279,14 @@ class LinkService:
         if len(kept) == len(links):
             raise NotFound(f"No such container: {name.strip('/')}")
         c.host_config["Links"] = kept or None
-        self._save(c)  # type: ignore[attr-defined]
+        self.store.save(c)
 
     def link_target(self, container_id: str, name: str) -> str | None:
         """The container name an endpoint link alias of ``container_id`` stands for."""
-        c = self.containers.get(container_id)
+        c = self.store.get(container_id)
         if c is None:
             return None
-        for network, cfg in (c.data["NetworkSettings"].get("Networks") or {}).items():
+        for network, cfg in (c.network_settings.get("Networks") or {}).items():
             for item in cfg.get("Links") or []:
                 target, alias = parse_link(item)
                 if name in (alias.lower(), f"{alias.lower()}.{network.lower()}"):

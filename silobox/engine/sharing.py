@@ -19,15 +19,19 @@ import os
 from typing import Any
 
 from silobox.engine.hooks import ContainerHook
+from silobox.engine.host import Host
 from silobox.errors import Conflict, InvalidArgument
-from silobox.kernel import libc
 
 _SHARED = (("IpcMode", "ipc", "IPC"), ("PidMode", "pid", "PID"))
 
 
 class NamespaceSharingHook(ContainerHook):
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    """``--ipc``/``--pid container:NAME``: join the namespaces of another running container."""
+
+    def __init__(self, store: Any, containers_dir: str, host: Host) -> None:
+        self.store = store
+        self.containers_dir = containers_dir
+        self.host = host
 
     def on_create(self, c: Any, body: dict[str, Any]) -> None:
         hc = c.host_config
@@ -38,7 +42,7 @@ class NamespaceSharingHook(ContainerHook):
             ref = mode.split(":", 1)[1]
             if not ref:
                 raise InvalidArgument(f"invalid {field} {mode!r}: no container named")
-            target = self.engine._find(ref)
+            target = self.store.find(ref)
             if target.id == c.id:
                 raise InvalidArgument(f"invalid {field}: a container cannot join itself")
             hc[field] = f"container:{target.id}"
@@ -50,7 +54,7 @@ class NamespaceSharingHook(ContainerHook):
             if not mode.startswith("container:"):
                 continue
             tid = mode.split(":", 1)[1]
-            target = self.engine.containers.get(tid)
+            target = self.store.get(tid)
             if target is None or not target.running or not target.state.get("Pid"):
                 raise Conflict(f"cannot join {label} of a non running container: {tid}")
             if ns == "ipc":
@@ -63,30 +67,16 @@ class NamespaceSharingHook(ContainerHook):
             lx.setdefault("JoinNamespaces", {})[ns] = f"/proc/{pid}/ns/{ns}"
         if c.host_config.get("IpcMode") == "shareable":
             path = self._shm(c)
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            if not os.path.ismount(path):
-                size = c.host_config.get("ShmSize") or 64 * 1024 * 1024
-                libc.mount("shm", path, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
-                           f"mode=1777,size={size}")
+            size = c.host_config.get("ShmSize") or 64 * 1024 * 1024
+            self.host.mount_tmpfs(path, f"mode=1777,size={size}")
             document["Container"].setdefault("MappedDirectories", []).append(
                 {"HostPath": path, "ContainerPath": "/dev/shm"})
 
     def _shm(self, c: Any) -> str:
-        return os.path.join(self.engine.config.containers_dir, c.id, "shm")
+        return os.path.join(self.containers_dir, c.id, "shm")
 
     async def on_stop(self, c: Any) -> None:
-        path = self._shm(c)
-        if os.path.ismount(path):
-            libc.umount2(path, libc.MNT_DETACH)
+        self.host.unmount(self._shm(c))
 
     async def on_remove(self, c: Any) -> None:
         await self.on_stop(c)
-
-
-class NamespaceSharing:
-    """Engine mixin: registers the hook."""
-
-    container_hooks: list[ContainerHook]
-
-    def _init_sharing(self) -> None:
-        self.container_hooks.append(NamespaceSharingHook(self))

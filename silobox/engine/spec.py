@@ -26,28 +26,11 @@ def validate_name(name: str) -> str:
     return name.lstrip("/")
 
 
-def _typed(d: dict, key: str, kind: type | tuple, where: str) -> Any:
-    v = d.get(key)
-    if v is None:
-        return None
-    ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
-    if not ok:
-        k = kind.__name__ if isinstance(kind, type) else kind[0].__name__
-        raise InvalidArgument(f"json: cannot unmarshal {type(v).__name__} into Go struct field "
-                              f"{where}.{key} of type {k}")
-    return v
-
-
-def _str_list(d: dict, key: str, where: str) -> list[str] | None:
-    v = d.get(key)
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return [v]
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise InvalidArgument(f"json: cannot unmarshal {type(v).__name__} into Go struct field "
-                              f"{where}.{key} of type []string")
-    return list(v)
+def runs_here(platform: str) -> bool:
+    """Whether ``os[/arch[/variant]]`` names this host's platform (no emulation here)."""
+    from silobox.storage.images import host_architecture
+    os_name, _, arch = platform.lower().partition("/")
+    return os_name == "linux" and (not arch or arch.split("/")[0] == host_architecture())
 
 
 def parse_signal(value: str | int | None, default: int = _signal.SIGTERM) -> int:
@@ -72,28 +55,11 @@ def parse_signal(value: str | int | None, default: int = _signal.SIGTERM) -> int
 
 
 def check_create_body(body: Any) -> dict:
-    """Type-check the parts of a create body silobox reads; returns the normalised body."""
+    """What the engine itself requires of a create body. Its JSON types are checked once, where
+    the body is decoded (``api/routers/containers.py:CREATE_BODY``); the engine's own callers
+    (the builder's RUN containers) build well-typed bodies."""
     if not isinstance(body, dict):
         raise InvalidArgument("invalid JSON: the container config must be an object")
-    for key, kind in (("Image", str), ("Hostname", str), ("Domainname", str), ("User", str),
-                      ("WorkingDir", str), ("Tty", bool), ("OpenStdin", bool),
-                      ("StdinOnce", bool), ("AttachStdin", bool), ("AttachStdout", bool),
-                      ("AttachStderr", bool), ("StopSignal", str), ("StopTimeout", int),
-                      ("Labels", dict), ("HostConfig", dict), ("NetworkingConfig", dict),
-                      ("ExposedPorts", dict), ("Volumes", dict)):
-        _typed(body, key, kind, "container.Config")
-    for key in ("Env", "Cmd", "Entrypoint"):
-        _str_list(body, key, "container.Config")
-    hc = body.get("HostConfig") or {}
-    for key, kind in (("Memory", int), ("MemorySwap", int), ("MemoryReservation", int),
-                      ("NanoCpus", int), ("CpuShares", int), ("CpuPeriod", int),
-                      ("CpuQuota", int), ("CpusetCpus", str), ("CpusetMems", str),
-                      ("PidsLimit", int), ("Privileged", bool), ("ReadonlyRootfs", bool),
-                      ("AutoRemove", bool), ("Init", bool), ("Isolation", str),
-                      ("ShmSize", int), ("Ulimits", list), ("NetworkMode", str)):
-        _typed(hc, key, kind, "container.HostConfig")
-    for key in ("CapAdd", "CapDrop", "SecurityOpt", "Binds", "Dns", "ExtraHosts"):
-        _str_list(hc, key, "container.HostConfig")
     if not body.get("Image"):
         raise InvalidArgument("config: image name is required")
     return body

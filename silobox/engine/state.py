@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, Callable, Protocol
 
 from silobox.compute.system import State as ComputeState
-from silobox.errors import Conflict, NotModified, SiloboxError
+from silobox.errors import Conflict, NotFound, NotModified, SiloboxError
 from silobox.timeutil import ZERO_TIME
 
 
@@ -211,3 +211,11 @@ def from_compute(state: ComputeState) -> Status:
 def is_live(system: Any) -> bool:
     """True if ``system`` (a ComputeSystem or None) holds running or paused processes."""
     return system is not None and from_compute(system.state) in LIVE
+
+
+def system_of(compute: Any, cid: str) -> Any:
+    """The compute system of container ``cid`` if silod holds one (running or not), else None."""
+    try:
+        return compute.open(cid)
+    except NotFound:
+        return None

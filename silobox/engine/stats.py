@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any, AsyncIterator
 
-from silobox.engine.state import is_live
+from silobox.engine.state import is_live, system_of
 from silobox.errors import Conflict, InvalidArgument
 from silobox.timeutil import now_iso, ZERO_TIME
 
@@ -45,10 +45,14 @@ def _network_counters(pid: int) -> dict[str, dict[str, int]]:
 
 
 class StatsService:
-    config: Any
+    """``docker stats`` and ``docker top`` of the containers in the store."""
+
+    def __init__(self, store: Any, compute: Any) -> None:
+        self.store = store
+        self.compute = compute
 
     def _stats_doc(self, c: Any, pre: dict[str, Any] | None) -> dict[str, Any]:
-        system = self.system_of(c)  # type: ignore[attr-defined]
+        system = system_of(self.compute, c.id)
         base: dict[str, Any] = {"read": now_iso(), "preread": pre["read"] if pre else ZERO_TIME,
                                 "name": "/" + c.name, "id": c.id, "num_procs": 0}
         if not is_live(system) or not system.job.exists():
@@ -102,7 +106,7 @@ class StatsService:
 
     async def container_stats(self, ref: str, stream: bool = True,
                               one_shot: bool = False) -> AsyncIterator[dict[str, Any]]:
-        c = self._find(ref)  # type: ignore[attr-defined]
+        c = self.store.find(ref)
 
         async def gen() -> AsyncIterator[dict[str, Any]]:
             pre = None
@@ -112,7 +116,7 @@ class StatsService:
             while True:
                 doc = self._stats_doc(c, pre)
                 yield doc
-                if not stream or c.id not in self.containers or not c.running:  # type: ignore[attr-defined]
+                if not stream or c.id not in self.store or not c.running:
                     return
                 pre = doc
                 await asyncio.sleep(1.0)
@@ -120,8 +124,8 @@ class StatsService:
         return gen()
 
     async def container_top(self, ref: str, ps_args: str | None = None) -> dict[str, Any]:
-        c = self._find(ref)  # type: ignore[attr-defined]
-        system = self.system_of(c)  # type: ignore[attr-defined]
+        c = self.store.find(ref)
+        system = system_of(self.compute, c.id)
         if system is None or not c.running:
             raise Conflict(f"Container {c.id} is not running")
         pids = set(system.job.pids())

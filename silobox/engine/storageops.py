@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Any
 
+from silobox.engine.events import Actor
 from silobox.engine.hooks import ContainerHook
 from silobox.filters import labels_match
 from silobox.errors import Conflict, InvalidArgument, NotFound, SiloboxError
@@ -44,27 +45,27 @@ class StorageHook(ContainerHook):
         kind, size = self.e._sandbox_choice(hc.get("StorageOpt"))
         plan, tmpfs = self._plan_mounts(c, body)
         made: list[str] = []
-        c.data.setdefault("Silobox", {})["Storage"] = {"Created": made}
+        c.silobox["Storage"] = {"Created": made}
         # The container holds its image's layers (moby's RW layer over its parent chain): they
         # stay while it exists, also when ``rmi -f`` deletes the image record.
-        diff_ids = self.e.images.get(c.data["Image"]).diff_ids
+        diff_ids = self.e.images.get(c.image).diff_ids
         self.e.layers.hold(f"container:{c.id}", diff_ids)
-        c.data["Silobox"]["Layers"] = diff_ids
+        c.silobox["Layers"] = diff_ids
         try:
             if kind == "disk":
                 self.e.sandboxes.create_disk(c.id, size)
             populate = self.e.volumes.provide(plan, made)
             if populate:
-                self.e._populate_volumes(c.data["Image"], populate)
+                self.e._populate_volumes(c.image, populate)
         except BaseException:
             self.undo_create(c)
             raise
         for m in plan:
             for private in ("_labels", "_nocopy", "_options", "_mount"):
                 m.pop(private, None)
-        mounts = list(c.data.get("Mounts") or []) + plan
-        c.data["Mounts"] = mounts
-        c.data["Silobox"]["Storage"] = {"Sandbox": kind, "Size": size, "Tmpfs": tmpfs,
+        mounts = list(c.mounts) + plan
+        c.mounts = mounts
+        c.silobox["Storage"] = {"Sandbox": kind, "Size": size, "Tmpfs": tmpfs,
                                         "Created": made}
 
     def _plan_mounts(self, c: Any, body: dict[str, Any]) -> tuple[list[dict], list[dict]]:
@@ -72,17 +73,17 @@ class StorageHook(ContainerHook):
         created here."""
         volumes: dict[str, Any] = {}
         try:
-            image = self.e.images.resolve(c.data["Image"])
+            image = self.e.images.resolve(c.image)
             volumes.update((image.config.get("config") or {}).get("Volumes") or {})
         except NotFound:
             pass
         volumes.update(body.get("Volumes") or {})
-        return plan_mounts(c.host_config, c.data.get("Mounts") or [], volumes,
+        return plan_mounts(c.host_config, c.mounts, volumes,
                            self.e.volumes.exists)
 
     def undo_create(self, c: Any) -> None:
         self.e.layers.unhold(f"container:{c.id}")
-        for name in (c.data.get("Silobox", {}).get("Storage") or {}).get("Created") or []:
+        for name in (c.silobox.get("Storage") or {}).get("Created") or []:
             try:
                 self.e.volumes.remove(name)
             except SiloboxError:
@@ -103,11 +104,11 @@ class StorageHook(ContainerHook):
             raise Conflict(f"cannot start container {c.name}: its sandbox is mounted on the "
                            f"host at {sandbox.paths.rootfs} by another operation")
         await self.e.sandboxes.activate(c.id)
-        storage = c.data.get("Silobox", {}).get("Storage") or {}
+        storage = c.silobox.get("Storage") or {}
         cont = document.setdefault("Container", {})
         tmpfs = list(storage.get("Tmpfs") or [])
         tmpfs_paths = set()
-        for m in c.data.get("Mounts") or []:
+        for m in c.mounts:
             if m.get("Type") == "tmpfs":
                 tmpfs.append({"ContainerPath": m["Destination"],
                               "Options": tmpfs_of(c.host_config, m["Destination"])})
@@ -120,7 +121,7 @@ class StorageHook(ContainerHook):
 
     def _option_volumes(self, c: Any) -> list[str]:
         out = []
-        for m in c.data.get("Mounts") or []:
+        for m in c.mounts:
             if m.get("Type") == "volume" and m.get("Name"):
                 try:
                     if self.e.volumes.get(m["Name"]).options:
@@ -133,7 +134,7 @@ class StorageHook(ContainerHook):
         """Unmount the option volumes of ``c`` that no running container uses any more."""
         for name in self._option_volumes(c):
             if not [u for u in self.e._volume_users(name, exclude=c.id)
-                    if self.e.containers[u].running]:
+                    if self.e.store[u].running]:
                 try:
                     self.e.volumes.unmount(name)
                 except OSError as e:
@@ -152,12 +153,12 @@ class StorageHook(ContainerHook):
         self.e.sandboxes.get(c.id).deactivate()
         self._release_volumes(c)
         self.e.layers.unhold(f"container:{c.id}")
-        if not self.e.images.exists(c.data["Image"]):
+        if not self.e.images.exists(c.image):
             # its image was deleted (rmi -f) while it existed: the layers no image uses go now
             await asyncio.get_running_loop().run_in_executor(
-                None, self.e.release_layers, (c.data.get("Silobox") or {}).get("Layers") or [])
+                None, self.e.release_layers, c.silobox.get("Layers") or [])
         if getattr(c, "remove_volumes", False) or c.host_config.get("AutoRemove"):
-            for m in c.data.get("Mounts") or []:
+            for m in c.mounts:
                 if m.get("Type") != "volume" or not m.get("Name"):
                     continue
                 try:
@@ -177,26 +178,34 @@ class StorageHook(ContainerHook):
 
 
 class StorageOps:
-    """Engine mixin: volumes (``/volumes``) and sandbox views (``/silobox/sandboxes``)."""
+    """Volumes (``/volumes``), sandbox views (``/silobox/sandboxes``) and the storage hook."""
 
-    config: Any
-    db: Any
-    images: Any
-    containers: dict[str, Any]
-    container_hooks: list[ContainerHook]
+    def __init__(self, config: Any, db: Any, images: Any, layers: Any, store: Any,
+                 events: Any, hooks: list[ContainerHook]) -> None:
+        self.config = config
+        self.db = db
+        self.images = images
+        self.layers = layers
+        self.store = store
+        self.events = events
+        self._init_storage(hooks)
+
+    def sandbox_for(self, cid: str) -> Any:
+        """The container's sandbox (``storage.sandbox.Sandbox``)."""
+        return self.sandboxes.get(cid)
 
     # ----- set-up -------------------------------------------------------------------------
-    def _init_storage(self) -> None:
+    def _init_storage(self, hooks: list[ContainerHook]) -> None:
         self.volumes = VolumeStore(self.config.root, self.db)
         self.sandboxes = SandboxStore(self.config.root, self.config.exec_root, self.volumes,
                                       self._daemon_storage_opts())
         self.disk_pool = self.sandboxes.pool
         self.sandbox_readers = self.sandboxes.readers
-        self.container_hooks.append(StorageHook(self))
+        hooks.append(StorageHook(self))
         # what earlier daemons left of container data goes before the pool starts
-        running_volumes = {m.get("Name") for c in self.containers.values() if c.running
-                           for m in c.data.get("Mounts") or [] if m.get("Type") == "volume"}
-        self.sandboxes.open({cid: bool(c.running) for cid, c in self.containers.items()},
+        running_volumes = {m.get("Name") for c in self.store.values() if c.running
+                           for m in c.mounts if m.get("Type") == "volume"}
+        self.sandboxes.open({cid: bool(c.running) for cid, c in self.store.items()},
                             running_volumes)
 
     # ----- a container's layers ---------------------------------------------------------
@@ -204,9 +213,9 @@ class StorageOps:
         """The container's image layers, base first: its image's, or, once ``rmi -f``
         deleted the image record, the ones it holds (recorded at create)."""
         try:
-            return self.images.get(c.data["Image"]).layers
+            return self.images.get(c.image).layers
         except NotFound:
-            ids = (c.data.get("Silobox") or {}).get("Layers")
+            ids = c.silobox.get("Layers")
             if not ids:
                 raise
             return [self.layers.get(d) for d in ids]
@@ -249,9 +258,9 @@ class StorageOps:
         self.volumes.populate_from_image([e["Path"] for e in image.storage_layers()], items)
 
     def _volume_users(self, name: str, exclude: str = "") -> list[str]:
-        return [c.id for c in self.containers.values() if c.id != exclude and any(
+        return [c.id for c in self.store.values() if c.id != exclude and any(
             m.get("Type") == "volume" and m.get("Name") == name
-            for m in c.data.get("Mounts") or [])]
+            for m in c.mounts)]
 
     # ----- volumes: the API -----------------------------------------------------------------
     async def volume_list(self, filters: dict[str, list[str]] | None = None) -> dict[str, Any]:
@@ -334,13 +343,7 @@ class StorageOps:
         return {"VolumesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
     def emit_volume_event(self, action: str, name: str) -> None:
-        emit = getattr(self, "emit_event", None)
-        if emit is None:
-            return
-        try:
-            emit("volume", action, _Named(name), {"driver": "local"})
-        except Exception:   # events are best effort; the event log's shape is its own
-            log.debug("no volume event for %s", name, exc_info=True)
+        self.events.emit_event("volume", action, Actor(name), {"driver": "local"})
 
     # ----- sandboxes ------------------------------------------------------------------------
     def _attachment(self, cid: str) -> dict[str, Any] | None:
@@ -351,16 +354,16 @@ class StorageOps:
 
     async def sandbox_list(self) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
-        items = sorted(self.containers.values(), key=lambda c: c.data["Created"], reverse=True)
+        items = sorted(self.store.values(), key=lambda c: c.created, reverse=True)
         return [await loop.run_in_executor(None, self._sandbox_record, c) for c in items]
 
     async def sandbox_inspect(self, ref: str) -> dict[str, Any]:
-        c = self._find(ref)  # type: ignore[attr-defined]
+        c = self.store.find(ref)
         return await asyncio.get_running_loop().run_in_executor(None, self._sandbox_record, c)
 
     async def sandbox_expand(self, ref: str, size: str | int) -> dict[str, Any]:
         """ExpandSandboxSize: grow the disk (offline, or online while the container runs)."""
-        c = self._find(ref)  # type: ignore[attr-defined]
+        c = self.store.find(ref)
         sandbox = self.sandboxes.get(c.id)
         if sandbox.kind != "disk":
             raise InvalidArgument(f"the sandbox of container {c.name} is a plain directory: it "
@@ -369,7 +372,7 @@ class StorageOps:
         if self._attachment(c.id):
             raise Conflict(f"the sandbox of container {c.name} is attached on the host; "
                            "detach it first")
-        async with self._lock(c.id):  # type: ignore[attr-defined]
+        async with self.store.lock(c.id):
             await asyncio.get_running_loop().run_in_executor(None, sandbox.expand, new)
         return await self.sandbox_inspect(c.id)
 
@@ -382,8 +385,8 @@ class StorageOps:
         The container's files are untrusted: the mount is ``nosuid,nodev`` always and
         ``noexec`` unless ``allow_exec``, so a setuid binary or a device node the container
         made is inert on the host."""
-        c = self._find(ref)  # type: ignore[attr-defined]
-        async with self._lock(c.id):  # type: ignore[attr-defined]
+        c = self.store.find(ref)
+        async with self.store.lock(c.id):
             if c.running:
                 raise Conflict(f"cannot attach the sandbox of container {c.name}: the container "
                                "is running; stop it first")
@@ -401,16 +404,16 @@ class StorageOps:
                      lowers: list[str], allow_exec: bool = False) -> dict[str, Any]:
         # a directory bound into any container is part of that container's tree
         binds = [(os.path.realpath(m["Source"]), f"a directory of container {other.name}")
-                 for other in self.containers.values()
-                 for m in other.data.get("Mounts") or []
+                 for other in self.store.values()
+                 for m in other.mounts
                  if m.get("Type") == "bind" and (m.get("Source") or "").startswith("/")
                  and m.get("Source") != "/"]
         return self.sandboxes.attachments.attach(c.id, c.name, mountpoint, merged, rw, lowers,
                                                  allow_exec, binds)
 
     async def sandbox_detach(self, ref: str) -> dict[str, Any]:
-        c = self._find(ref)  # type: ignore[attr-defined]
-        async with self._lock(c.id):  # type: ignore[attr-defined]
+        c = self.store.find(ref)
+        async with self.store.lock(c.id):
             rec = await asyncio.get_running_loop().run_in_executor(None, self._detach, c.id)
         if rec is None:
             raise Conflict(f"the sandbox of container {c.name} is not attached")
@@ -418,13 +421,3 @@ class StorageOps:
 
     def _detach(self, cid: str) -> dict[str, Any] | None:
         return self.sandboxes.attachments.detach(cid)
-
-
-class _Named:
-    """What the event log needs of an object: an id and a name."""
-
-    def __init__(self, name: str) -> None:
-        self.id = name
-        self.name = name
-        self.data: dict[str, Any] = {"Config": {"Labels": {}}, "Name": "/" + name}
-        self.config = self.data["Config"]

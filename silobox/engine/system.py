@@ -6,7 +6,7 @@ import os
 import platform
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 import silobox
 from silobox.engine.state import Status, status
@@ -14,8 +14,27 @@ from silobox.timeutil import iso
 
 
 class SystemService:
-    config: Any
-    started: float
+    """``version``, ``info``, ``system df`` and the compute systems' own views.
+
+    ``summary`` is the container service's ``ps`` line of a container, ``volume_users`` the
+    volume service's users of a volume, ``registry_config`` the distribution service's view."""
+
+    def __init__(self, config: Any, daemon_id: str, store: Any, images: Any, layers: Any,
+                 volumes: Any, hns: Any, compute: Any, *,
+                 summary: Callable[[Any, bool], dict[str, Any]],
+                 volume_users: Callable[[str], list[str]],
+                 registry_config: Callable[[], dict[str, Any]]) -> None:
+        self.config = config
+        self.daemon_id = daemon_id
+        self.store = store
+        self.images = images
+        self.layers = layers
+        self.volumes = volumes
+        self.hns = hns
+        self.compute = compute
+        self.summary = summary
+        self.volume_users = volume_users
+        self.registry_config = registry_config
 
     async def version(self) -> dict[str, Any]:
         uname = os.uname()
@@ -36,12 +55,12 @@ class SystemService:
 
     async def info(self) -> dict[str, Any]:
         from silobox.kernel.features import cgroup_layout
-        cs = list(self.containers.values())  # type: ignore[attr-defined]
+        cs = list(self.store.values())
         running = sum(1 for c in cs if status(c) is Status.RUNNING)
         paused = sum(1 for c in cs if status(c) is Status.PAUSED)
         layout = cgroup_layout()
         mode = getattr(layout, "mode", "v1")
-        forwarding = self.hns.forwarding.report()  # type: ignore[attr-defined]
+        forwarding = self.hns.forwarding.report()
         with open("/proc/meminfo") as f:
             mem_total = int(f.readline().split()[1]) * 1024
         try:
@@ -83,7 +102,7 @@ class SystemService:
             "LiveRestoreEnabled": True, "Isolation": "process", "InitBinary": "tini",
             "ContainerdCommit": {"ID": ""}, "RuncCommit": {"ID": ""}, "InitCommit": {"ID": ""},
             "SecurityOptions": ["name=seccomp,profile=builtin", "name=cgroupns"],
-            "CDISpecDirs": [], "Warnings": self.hns.forwarding.warnings(),  # type: ignore
+            "CDISpecDirs": [], "Warnings": self.hns.forwarding.warnings(),
             "Silobox": {"CgroupParent": self.config.cgroup_parent, "CgroupMode": mode,
                         "ExecRoot": self.config.exec_root, "HostForwarding": forwarding,
                         "UtilityVM": await _utility_vm_status()},
@@ -95,46 +114,46 @@ class SystemService:
         return await asyncio.get_running_loop().run_in_executor(None, self._disk_usage)
 
     def _disk_usage(self) -> dict[str, Any]:
-        containers = list(self.containers.values())  # type: ignore[attr-defined]
+        containers = list(self.store.values())
         uses: dict[str, int] = {}
         for c in containers:
-            uses[c.data["Image"]] = uses.get(c.data["Image"], 0) + 1
+            uses[c.image] = uses.get(c.image, 0) + 1
         images = []
-        for image in self.images.list():  # type: ignore[attr-defined]
+        for image in self.images.list():
             doc = image.to_docker_summary()
             doc["Containers"] = uses.get(image.id, 0)
             images.append(doc)
         ctrs = []
         for c in containers:
-            doc = self._summary(c, True)  # type: ignore[attr-defined]
+            doc = self.summary(c, True)
             doc["SizeRootFs"] = doc.get("SizeRw", 0) + next(
-                (i["Size"] for i in images if i["Id"] == c.data["Image"]), 0)
+                (i["Size"] for i in images if i["Id"] == c.image), 0)
             ctrs.append(doc)
         volumes = []
-        for v in self.volumes.list():  # type: ignore[attr-defined]
+        for v in self.volumes.list():
             doc = v.to_docker()
-            doc["UsageData"] = {"Size": self.volumes.size(v.name),  # type: ignore[attr-defined]
-                                "RefCount": len(self._volume_users(v.name))}  # type: ignore[attr-defined]
+            doc["UsageData"] = {"Size": self.volumes.size(v.name),
+                                "RefCount": len(self.volume_users(v.name))}
             volumes.append(doc)
-        layers = sum(l.size for l in self.layers.list())  # type: ignore[attr-defined]
+        layers = sum(l.size for l in self.layers.list())
         return {"LayersSize": layers, "Images": images, "Containers": ctrs, "Volumes": volumes,
                 "BuildCache": []}
 
     async def compute_systems(self) -> list[dict[str, Any]]:
-        return self.compute.enumerate()  # type: ignore[attr-defined]
+        return self.compute.enumerate()
 
     async def compute_system_properties(self, ref: str,
                                         types: list[str] | None = None) -> dict[str, Any]:
         from silobox.errors import NotFound
         try:
-            system = self.compute.open(ref)  # type: ignore[attr-defined]
+            system = self.compute.open(ref)
         except NotFound:
-            matches = [s for s in self.compute.systems.values()  # type: ignore[attr-defined]
+            matches = [s for s in self.compute.systems.values()
                        if s.id.startswith(ref)]
             if len(matches) != 1:
                 try:
-                    c = self._find(ref)  # type: ignore[attr-defined]
-                    system = self.compute.open(c.id)  # type: ignore[attr-defined]
+                    c = self.store.find(ref)
+                    system = self.compute.open(c.id)
                 except NotFound:
                     raise NotFound(f"compute system {ref} does not exist", object_id=ref) from None
             else:

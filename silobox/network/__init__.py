@@ -1,8 +1,9 @@
 """The Host Networking Service (HNS) on Linux: networks, endpoints, namespaces and policies.
 
 ``service.HostNetworkingService`` keeps HostComputeNetwork/HostComputeEndpoint/
-HostComputeNamespace records in silod's store and derives the kernel state from them: a bridge
-per network in silobox's vSwitch namespace, veth vNICs, network namespaces as compartments
-(``netlink.py``, the only pyroute2 user) and one nftables table for WinNAT's job
-(``nft.py``, the only libnftables user).
+HostComputeNamespace records (``objects.py``) in silod's store and derives the kernel state
+from them: one driver class per network type (``drivers/``: nat, transparent, l2bridge,
+l2tunnel, overlay, null/host) makes a network's switch and vNICs in silobox's vSwitch network
+namespace, network namespaces are compartments (``netlink.py``, the only pyroute2 user), and
+one nftables table does WinNAT's job (``winnat.py`` over ``nft.py``, the only libnftables user).
 """

@@ -203,3 +203,89 @@ def default_candidates() -> list[str]:
             if str(n) != "192.168.48.0/20"]
     out += [str(n) for n in ipaddress.IPv4Network("172.16.0.0/12").subnets(new_prefix=20)]
     return out
+
+
+# ----- choosing a new network's subnets ------------------------------------------------------
+
+def choose_subnet(subnet: str | None, occupied: list[tuple[str, int]],
+                  ours: list[tuple[str, list[str]]]) -> ipaddress.IPv4Network:
+    """The given subnet if it is free, or the first free default pool."""
+    if not subnet:
+        free = free_subnet(occupied, default_candidates())
+        if free is None:
+            raise Conflict("could not find an available, non-overlapping IPv4 address pool "
+                           "among the defaults to assign to the network")
+        return ipaddress.IPv4Network(free)
+    net = _given(subnet, ipaddress.IPv4Network, 30)
+    if free_subnet(occupied, [str(net)]) is None:
+        raise Conflict(f"Pool overlaps with other one on this address space: {net} "
+                       f"overlaps {overlapped(net, occupied, ours)}")
+    return net
+
+
+def _given(text: str, kind: Any, longest: int) -> Any:
+    """A subnet the user gave, checked: a network of ``kind`` no longer than ``longest``."""
+    try:
+        net = kind(text, strict=False)
+    except ValueError as e:
+        raise InvalidArgument(f"invalid subnet {text}: {e}") from None
+    if net.prefixlen > longest:
+        raise InvalidArgument(f"subnet {text} is too small")
+    return net
+
+
+def overlapped(net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+               occupied: list[tuple[str, int]], ours: list[tuple[str, list[str]]]) -> str:
+    """What a new subnet overlaps, named for the user: a network of ours or a host route."""
+    for name, prefixes in ours:
+        for prefix in prefixes:
+            other = ipaddress.ip_network(prefix, strict=False)
+            if other.version == net.version and other.overlaps(net):  # type: ignore[arg-type]
+                return f"the subnet {other} of network {name}"
+    for address, length in occupied:
+        other = ipaddress.ip_network(f"{address}/{length}", strict=False)
+        if other.version == net.version and other.overlaps(net):  # type: ignore[arg-type]
+            return f"{other}, a route or address of this host"
+    return "a host route or another network"
+
+
+def choose_subnet6(subnet6: str | None, gateway6: str | None, ip_range6: str | None,
+                   host_routes6: list[tuple[str, int]], ours: list[tuple[str, list[str]]]
+                   ) -> dict[str, Any]:
+    """The IPv6 subnet record of a new network: the given one, or a random ULA /64, and
+    the range its addresses are leased from (``--ip-range``); the caller gives it an ID."""
+    if subnet6:
+        net6 = _given(subnet6, ipaddress.IPv6Network, 120)
+    occupied = list(host_routes6)
+    occupied += [(p.split("/")[0], int(p.split("/")[1]))
+                 for _, prefixes in ours for p in prefixes if ":" in p]
+    free = free_subnet6(occupied, subnet6)
+    if free is None:
+        if not subnet6:
+            raise Conflict("could not find an available IPv6 address pool")
+        raise Conflict(f"Pool overlaps with other one on this address space: {net6} "
+                       f"overlaps {overlapped(net6, occupied, ours)}")
+    net6 = ipaddress.IPv6Network(free)
+    range6 = ""
+    if ip_range6:
+        try:
+            r6 = ipaddress.IPv6Network(ip_range6, strict=False)
+        except ValueError as e:
+            raise InvalidArgument(f"invalid range {ip_range6}: {e}") from None
+        if not r6.subnet_of(net6):
+            raise InvalidArgument(f"no matching subnet for range {ip_range6}")
+        range6 = str(r6)
+    if gateway6:
+        try:
+            gw6 = ipaddress.IPv6Address(gateway6)
+        except ValueError:
+            raise InvalidArgument(f"invalid gateway {gateway6}") from None
+        if gw6 not in net6:
+            raise InvalidArgument(f"no matching subnet for gateway {gateway6}")
+    else:
+        gw6 = net6.network_address + 1
+    record = {"AddressPrefix": str(net6), "GatewayAddress": str(gw6), "ID": "",
+              "Policies": [], "State": 0, "AdditionalParams": {}}
+    if range6:
+        record["IPRange"] = range6
+    return record

@@ -57,7 +57,23 @@ class Netlink:
 
     # ----- running in the worker -------------------------------------------------------------
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in the worker. A cancelled caller drops the job if it has not started;
+        a started job finishes (the kernel work of a cancelled create may still land)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def settle(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in the worker to completion even if the caller is cancelled: teardown.
+
+        The worker takes jobs in order, so this runs after every job submitted before it; a
+        teardown therefore always sees what a create in flight when its caller was cancelled
+        left behind (removing a namespace on the loop while the worker was still creating it
+        left the namespace mounted)."""
+        job = asyncio.wrap_future(self._pool.submit(fn, *args))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(_log_failure)   # nobody is left to raise a failure to
+            raise
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Synchronous form, for start-up before the event loop serves requests."""
@@ -496,6 +512,12 @@ class Netlink:
 
     def host_addresses(self) -> list[str]:
         return [a.get_attr("IFA_ADDRESS") for a in self.host.get_addr(family=2)]
+
+
+def _log_failure(job: "asyncio.Future[Any]") -> None:
+    if not job.cancelled() and job.exception() is not None:
+        import logging
+        logging.getLogger("silobox.network").warning("network teardown: %s", job.exception())
 
 
 def is_netns(path: str) -> bool:

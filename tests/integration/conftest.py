@@ -55,7 +55,7 @@ class Silod:
         os.makedirs(self.base, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "silobox.engine.daemon", "--debug", "--root", self.root,
+            [sys.executable, "-m", "silobox.daemon", "--debug", "--root", self.root,
              "--exec-root", self.exec_root, "--cgroup-parent", self.cgroup_parent,
              "-H", f"unix://{self.socket}", "--registry-loopback-only", *self.extra_args],
             stdout=log, stderr=log, start_new_session=True)

@@ -460,7 +460,7 @@ def test_without_loop_devices_silod_falls_back_to_directories(silod, tmp_path):
             other.proc = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                  f"mount --bind {empty} /dev/loop-control && exec \"$0\" \"$@\"",
-                 sys.executable, "-m", "silobox.engine.daemon", "--debug", "--root",
+                 sys.executable, "-m", "silobox.daemon", "--debug", "--root",
                  other.root, "--exec-root", other.exec_root, "--cgroup-parent",
                  other.cgroup_parent, "-H", f"unix://{other.socket}"],
                 stdout=log, stderr=log, start_new_session=True)

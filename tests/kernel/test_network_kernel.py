@@ -133,7 +133,8 @@ def test_winnat_rules_outbound_and_hairpin_in_a_simulated_host(run_id: str, tmp_
     another engine's forward policy: a container's outbound connection reaches an "outside"
     namespace with the host's address as source, and a container reaches a published port on
     the host's address (hairpin). Everything lives in namespaces this test creates."""
-    from silobox.network.objects import PortMapping, policy_json
+    from silobox.network.objects import (HostComputeEndpoint, HostComputeNetwork, PortMapping,
+                                         policy_json)
     from silobox.network.service import HostNetworkingService
     from silobox.storage.db import Database
     tag = f"sbxk{int(run_id, 16) % 10000:04d}" if all(c in "0123456789abcdef" for c in run_id) \
@@ -169,12 +170,12 @@ def test_winnat_rules_outbound_and_hairpin_in_a_simulated_host(run_id: str, tmp_
         db = Database(os.path.join(str(tmp_path), "s.db"))
         svc = HostNetworkingService(db, str(tmp_path), str(tmp_path))
         svc.prefix, svc.table = tag, f"silobox_{tag}"
-        svc.networks = {"N": {"ID": "N", "Name": "nat", "Index": 0, "Internal": False,
-                              "Subnets": [{"AddressPrefix": "10.77.0.0/24"}]}}
-        svc.endpoints = {"E": {"ID": "E", "IPAddress": "10.77.0.2", "VirtualNetwork": "N",
-                               "Policies": [policy_json(PortMapping(6, 80, 8080))]}}
-        doc = {"nftables": [{"add": {"table": {"family": "ip", "name": svc.table}}}]
-               + svc._ruleset()}
+        svc.names.prefix = tag
+        svc.networks = {"N": HostComputeNetwork("N", "nat", Index=0, Subnets=[
+            {"AddressPrefix": "10.77.0.0/24"}])}
+        svc.endpoints = {"E": HostComputeEndpoint("E", IPAddress="10.77.0.2", VirtualNetwork="N",
+                                                  Policies=[policy_json(PortMapping(6, 80, 8080))])}
+        doc = {"nftables": svc.ruleset()}
         rules = os.path.join(str(tmp_path), "rules.json")
         with open(rules, "w") as f:
             json.dump(doc, f)

@@ -165,6 +165,6 @@ def test_cpusets_on_the_host_pass() -> None:
     lambda S, N: N.parse_port_bindings(None, {"http/tcp": {}}, True),
 ])
 def test_huge_numbers_in_strings_are_invalid(call) -> None:
-    from silobox.engine import networks, spec
+    from silobox.engine import endpoints, spec
     with pytest.raises(InvalidArgument):
-        call(spec, networks)
+        call(spec, endpoints)

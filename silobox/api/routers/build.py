@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, AsyncIterator, Protocol
+from typing import Any
 
 from aiohttp import web
 
 from silobox import jsonlimits
+from silobox.api.backend import BuildBackend, BuildOptions
 from silobox.api.routers import Query, Route, body_chunks, json_response
 from silobox.errors import InvalidArgument, SiloboxError
 
@@ -24,19 +25,6 @@ log = logging.getLogger("silobox.api.build")
 _HOST_CONFIG = {"memory": "Memory", "memswap": "MemorySwap", "cpushares": "CpuShares",
                 "cpuperiod": "CpuPeriod", "cpuquota": "CpuQuota", "shmsize": "ShmSize"}
 
-
-class BuildBackend(Protocol):
-    async def build_prepare(self, body: AsyncIterator[bytes], options: Any) -> Any:
-        """Unpack the context and parse the Dockerfile (errors raised here are the 400s)."""
-
-    async def build_run(self, build: Any, emit: Any) -> str:
-        """Run the build, calling ``emit`` with each JSON message; → the image id."""
-
-    def build_discard(self, build: Any) -> None:
-        """Forget a prepared build that will not run."""
-
-    async def build_prune(self, filters: dict[str, list[str]] | None = None,
-                          all: bool = False) -> dict[str, Any]: ...
 
 
 def _json_query(query: Query, name: str) -> dict[str, Any]:
@@ -68,7 +56,6 @@ def _cache_from(query: Query) -> list[str]:
 
 def build_options(request: web.Request) -> Any:
     """The query of ``POST /build`` as the builder's options; InvalidArgument if malformed."""
-    from silobox.engine.build.builder import BuildOptions
     query = Query(request)
     if query.text("remote"):
         raise InvalidArgument("remote build contexts are not supported: silobox's builder does "
@@ -79,13 +66,6 @@ def build_options(request: web.Request) -> Any:
     if query.flag("squash"):
         raise InvalidArgument("squash is an experimental dockerd feature silobox does not "
                               "implement: build without --squash")
-    platform = query.text("platform") or ""
-    if platform:
-        from silobox.storage.images import host_architecture
-        os_name, _, arch = platform.lower().partition("/")
-        if os_name != "linux" or (arch and arch.split("/")[0] != host_architecture()):
-            raise InvalidArgument(f'"{platform}": this host builds only linux/'
-                                  f"{host_architecture()} images")
     buildargs = _json_query(query, "buildargs")
     for key, value in buildargs.items():
         if value is not None and not isinstance(value, str):
@@ -114,7 +94,7 @@ def build_options(request: web.Request) -> Any:
         quiet=query.flag("q"), rm=query.flag("rm", default=True),
         forcerm=query.flag("forcerm"), host_config=host_config,
         networkmode="" if network == "default" else network, pull=query.flag("pull"),
-        cache_from=_cache_from(query),
+        cache_from=_cache_from(query), platform=query.text("platform") or "",
         registry_config=request.headers.get("X-Registry-Config", ""))
 
 

@@ -174,8 +174,8 @@ class ContainerRouter:
         if platform is None:
             result = await complete(self.backend.container_create(name, body))
         else:
-            result = await complete(self.backend.container_create(  # type: ignore[call-arg]
-                name, body, platform=platform))
+            result = await complete(self.backend.container_create(name, body,
+                                                                   platform=platform))
         return json_response(result, status=201)
 
     async def list_containers(self, request: web.Request) -> web.Response:

@@ -4,36 +4,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable
 
 from aiohttp import web
 
+from silobox.api.backend import DistributionBackend
 from silobox.api.routers import Query, Route, json_response, read_json_object
+from silobox.api.routers.progress import progress_stream
 from silobox.errors import InvalidArgument
 
-ProgressStream = Callable[[web.Request, Callable[[Callable[[dict[str, Any]], None]],
-                                                 Awaitable[list[dict[str, Any]]]]],
-                          Awaitable[web.StreamResponse]]
 
-
-class DistributionBackend(Protocol):
-    async def image_pull(self, image: str, tag: str = "", auth_header: str | None = None,
-                         platform: str = "",
-                         progress: Callable[[dict[str, Any]], None] | None = None
-                         ) -> list[dict[str, Any]]: ...
-
-    async def image_push(self, name: str, tag: str = "", auth_header: str | None = None,
-                         progress: Callable[[dict[str, Any]], None] | None = None
-                         ) -> list[dict[str, Any]]: ...
-
-    async def registry_login(self, body: dict[str, Any]) -> dict[str, str]: ...
-
-    async def distribution_inspect(self, name: str, auth_header: str | None = None
-                                   ) -> dict[str, Any]: ...
-
-
-async def pull(backend: DistributionBackend, request: web.Request,
-               stream: ProgressStream) -> web.StreamResponse:
+async def pull(backend: DistributionBackend, request: web.Request) -> web.StreamResponse:
     """``POST /images/create?fromImage=NAME&tag=TAG``, streamed as Docker's progress JSON."""
     query = Query(request)
     image = query.text("fromImage") or ""
@@ -46,7 +27,7 @@ async def pull(backend: DistributionBackend, request: web.Request,
                                         platform=query.text("platform") or "",
                                         progress=progress)
 
-    return await stream(request, run)
+    return await progress_stream(request, run)
 
 
 class DistributionRouter:
@@ -61,7 +42,6 @@ class DistributionRouter:
         ]
 
     async def push(self, request: web.Request) -> web.StreamResponse:
-        from silobox.api.routers.images import _progress_stream
         query = Query(request)
         name = request.match_info["name"]
         auth = request.headers.get("X-Registry-Auth")
@@ -70,7 +50,7 @@ class DistributionRouter:
             return await self.backend.image_push(name, tag=query.text("tag") or "",
                                                  auth_header=auth, progress=progress)
 
-        return await _progress_stream(request, run)
+        return await progress_stream(request, run)
 
     async def auth(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, required=True)

@@ -9,16 +9,17 @@ iterators, never read into memory whole.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
 from silobox.api.backend import ImageBackend
 from silobox.api.routers import (Query, Route, body_chunks, check_fields, complete,
-                                 json_response, no_content, read_json_object)
+                                 json_response, read_json_object)
 from silobox.api.routers.containers import CONFIG_BODY
+from silobox.api.routers.distribution import pull
+from silobox.api.routers.progress import progress_stream
 from silobox.errors import InvalidArgument, SiloboxError
 
 
@@ -85,8 +86,7 @@ class ImageRouter:
         query = Query(request)
         source = query.text("fromSrc")
         if source is None:
-            from silobox.api.routers.distribution import pull
-            return await pull(self.backend, request, _progress_stream)  # type: ignore[arg-type]
+            return await pull(self.backend, request)  # type: ignore[arg-type]
         if source != "-":
             raise InvalidArgument("importing from a URL is not supported: send the tarball as "
                                   "the request body (fromSrc=-)")
@@ -99,7 +99,7 @@ class ImageRouter:
                 platform=query.text("platform") or "", progress=progress)
             return [{"status": image_id}]
 
-        return await _progress_stream(request, run)
+        return await progress_stream(request, run)
 
     async def bootstrap(self, request: web.Request) -> web.StreamResponse:
         """silobox extension: build a Debian base image from the Debian archive."""
@@ -107,13 +107,13 @@ class ImageRouter:
         ref = query.text("tag") or "debian:bookworm"
 
         async def run(progress: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
-            image_id = await self.backend.image_bootstrap(  # type: ignore[attr-defined]
+            image_id = await self.backend.image_bootstrap(
                 ref, suite=query.text("suite") or None,
                 variant=query.text("variant") or "minbase",
                 mirror=query.text("mirror") or None, progress=progress)
             return [{"status": image_id}]
 
-        return await _progress_stream(request, run)
+        return await progress_stream(request, run)
 
     async def load(self, request: web.Request) -> web.StreamResponse:
         quiet = Query(request).flag("quiet")
@@ -123,7 +123,7 @@ class ImageRouter:
                                                   progress=progress)
             return [{"stream": line + "\n"} for line in lines]
 
-        return await _progress_stream(request, run)
+        return await progress_stream(request, run)
 
     async def save_many(self, request: web.Request) -> web.StreamResponse:
         names = [n for value in request.query.getall("names", []) for n in value.split(",") if n]
@@ -236,68 +236,3 @@ async def _send_tar(request: web.Request, chunks: AsyncIterator[bytes],
             await close()
     await response.write_eof()
     return response
-
-
-async def _progress_stream(request: web.Request,
-                           run: Callable[[Callable[[dict[str, Any]], None]],
-                                         Awaitable[list[dict[str, Any]]]]
-                           ) -> web.StreamResponse:
-    """Run a long operation, streaming its progress as Docker's JSON messages.
-
-    The 200 is sent with the first message; an error before any message keeps its HTTP status,
-    an error after it is reported in-band (``errorDetail``), as Docker does.
-    """
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-    response: web.StreamResponse | None = None
-
-    async def send(doc: dict[str, Any]) -> None:
-        nonlocal response
-        if response is None:
-            response = web.StreamResponse(status=200,
-                                          headers={"Content-Type": "application/json"})
-            await response.prepare(request)
-        await response.write((json.dumps(doc, separators=(",", ":")) + "\r\n").encode())
-
-    task = asyncio.ensure_future(run(queue.put_nowait))
-    task.add_done_callback(lambda _: queue.put_nowait(None))
-    try:
-        while True:
-            doc = await queue.get()
-            if doc is None:
-                break
-            detail = doc.get("progressDetail") or {}
-            if detail.get("total"):
-                doc = {**doc, "progress": _bar(detail["current"], detail["total"])}
-            await send(doc)
-        try:
-            final = await task
-        except SiloboxError as e:
-            if response is None:
-                raise
-            await send({"errorDetail": {"message": e.message}, "error": e.message})
-            final = []
-        for doc in final:
-            await send(doc)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if response is None:
-        return no_content()
-    await response.write_eof()
-    return response
-
-
-def _bar(current: int, total: int) -> str:
-    """Docker's progress bar text: ``[=====>     ]  1.2MB/5MB``."""
-    width = 50
-    filled = min(width, int(width * current / total)) if total else 0
-    bar = "=" * filled + (">" if filled < width else "") + " " * max(0, width - filled - 1)
-    return f"[{bar}] {_human(current)}/{_human(total)}"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.4g}{unit}" if unit != "B" else f"{int(n)}B"
-        n /= 1000
-    return f"{n}B"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from silobox import jsonlimits
+from silobox.api.backend import BuildOptions
 from silobox.engine.build import context as ctx
 from silobox.engine.build import remote
 from silobox.engine.build.dockerfile import (Dockerfile, DockerfileError, ExpansionError,
@@ -48,25 +49,6 @@ class BuildFailed(SiloboxError):
         super().__init__(message)
         self.code = code
 
-
-@dataclass
-class BuildOptions:
-    """``POST /build``'s query, parsed."""
-
-    tags: list[str] = field(default_factory=list)
-    dockerfile: str = "Dockerfile"
-    buildargs: dict[str, str | None] = field(default_factory=dict)
-    nocache: bool = False
-    target: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    quiet: bool = False
-    rm: bool = True
-    forcerm: bool = False
-    networkmode: str = ""
-    host_config: dict[str, Any] = field(default_factory=dict)   # resource limits for RUN
-    pull: bool = False                 # pull FROM images even when they are here
-    registry_config: str = ""          # X-Registry-Config: credentials per registry
-    cache_from: list[str] = field(default_factory=list)   # the only cache sources, if given
 
 
 @dataclass
@@ -272,9 +254,8 @@ class Build:
         platform = inst.flag("platform")
         if platform:
             platform = self._word(None, platform, inst)
-            from silobox.storage.images import host_architecture
-            os_name, _, arch = platform.partition("/")
-            if os_name != "linux" or (arch and arch.split("/")[0] != host_architecture()):
+            from silobox.engine.spec import runs_here
+            if not runs_here(platform):
                 raise line_error(inst.line, f'image platform "{platform}" cannot be used on '
                                             "this host")
         stage = Stage(index=len(self.stages), name=self._stage_name(inst))
@@ -311,11 +292,11 @@ class Build:
         """An image named by FROM or COPY --from: the local one, pulled first when ``pull``
         or when it is not here (dockerd's classic builder does the same), the pull's
         progress going into the build's stream."""
-        can_pull = hasattr(self.engine, "image_pull")
+        can_pull = self.engine.distribution is not None
         if pull and can_pull:
             await self._pull(name)
         try:
-            return await self.engine.image_for_create(name)
+            return await self.engine.image_service.image_for_create(name)
         except NotFound as missing:
             if not can_pull or pull:
                 raise BuildFailed(missing.message) from missing
@@ -330,7 +311,7 @@ class Build:
             if not self.options.quiet:
                 self.emit(msg)
         try:
-            final = await self.engine.image_pull(name, auth_header=self._auth_for(name),
+            final = await self.engine.distribution.image_pull(name, auth_header=self._auth_for(name),
                                                  progress=progress)
         except SiloboxError as e:
             raise BuildFailed(f"pulling {name}: {e.message}") from e
@@ -518,7 +499,7 @@ class Build:
     def _use_cache(self, stage: Stage, key: str) -> bool:
         if self.options.nocache:
             return False
-        image_id = self.engine.build_cache_lookup(key)
+        image_id = self.engine.cache.lookup(key)
         if image_id is None or not self._from_cache_sources(image_id):
             return False
         self._load_image(stage, image_id)
@@ -540,7 +521,7 @@ class Build:
                     continue
                 while current and current not in sources:
                     sources.add(current)
-                    current = self.engine._image_parent(current)
+                    current = self.engine.cache.parent(current)
             self._cache_sources = sources
         return image_id in self._cache_sources
 
@@ -581,7 +562,7 @@ class Build:
         doc.setdefault("os", "linux")
         image = self.engine.images.create(doc, diff_ids)
         parent = stage.image_id
-        self.engine.build_cache_record(key, image.id, parent)
+        self.engine.cache.record(key, image.id, parent)
         self._load_image(stage, image.id)
         if announce:
             self._out(f" ---> {image.short_id}\n")
@@ -611,23 +592,23 @@ class Build:
             "HostConfig": {**self.options.host_config,
                            "NetworkMode": self.options.networkmode or "default"},
         }
-        created = await self.engine.container_create(None, body)
+        created = await self.engine.containers.container_create(None, body)
         cid = created["Id"]
         ok = False
         try:
             self._out(f" ---> Running in {cid[:12]}\n")
-            await self.engine.container_start(cid)
-            _tty, lines = await self.engine.container_logs(cid, follow=True)
+            await self.engine.containers.container_start(cid)
+            _tty, lines = await self.engine.containers.container_logs(cid, follow=True)
             async for fd, data in lines:
                 text = data.decode("utf-8", "replace")
                 # dockerd's classic builder shows a RUN's stderr in red (streamformatter)
                 self._out(f"\x1b[91m{text}\x1b[0m" if fd == 2 else text)
-            status = await self.engine.container_wait(cid)
+            status = await self.engine.containers.container_wait(cid)
             code = status["StatusCode"]
             if code != 0:
                 raise BuildFailed(f"The command '{' '.join(argv)}' returned a non-zero code: "
                                   f"{code}", code=code)
-            c = self.engine._find(cid)
+            c = self.engine.store.find(cid)
             container_config = {**stage.config, "Cmd": history_cmd}
             layer, empty = await self.engine.build_commit_layer(c, stage.diff_ids,
                                                                  self.layer_owner)
@@ -645,7 +626,7 @@ class Build:
 
     async def _remove(self, cid: str, announce: bool) -> None:
         try:
-            await self.engine.container_remove(cid, force=True)
+            await self.engine.containers.container_remove(cid, force=True)
         except NotFound:
             return
         if announce:

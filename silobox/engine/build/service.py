@@ -1,64 +1,44 @@
 """The build service: ``POST /build`` and ``POST /build/prune`` on the engine.
 
-It owns the build cache table (which image a step made over which parent, under which key) and
-what Docker derives from it: an image made by a build step is the *child* of the image it was
-built on, so untagged intermediate images that have children are hidden from ``image ls``
-(unless ``-a``) and survive ``image prune`` as long as something built on them is kept; inspect
-shows the ``Parent``.
+A build (``builder.py``) runs its RUN steps as containers of the container service, pulls FROM
+images through the distribution service, stores layers and images, and records each step in
+the build cache (``cache.py``), which the image service also reads for images' parents.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, AsyncIterator, Iterator
 
-from silobox.engine.build.builder import (Build, BuildOptions, new_workdir, prepare_build,
-                                          remove_workdir)
+from silobox.api.backend import BuildOptions
+from silobox.engine.build.builder import Build, new_workdir, prepare_build, remove_workdir
+from silobox.engine.build.cache import BuildCache
 from silobox.errors import InvalidArgument, NotFound
 
-SCHEMA_COMPONENT = "engine.build"
-SCHEMA = [
-    """
-    CREATE TABLE build_cache (
-        cache_key TEXT NOT NULL,        -- sha256 of parent, instruction, config, inputs
-        image_id  TEXT NOT NULL,        -- the image the step made (--no-cache makes more)
-        parent_id TEXT NOT NULL,        -- the image it was made on ("" for scratch)
-        created   TEXT NOT NULL,
-        PRIMARY KEY (cache_key, image_id)
-    );
-    CREATE INDEX build_cache_by_parent ON build_cache(parent_id);
-    CREATE INDEX build_cache_by_image ON build_cache(image_id);
-    """,
-]
-
-
 class BuildService:
-    """Mixed into the Engine before the image services, whose listing and pruning it refines."""
+    """The classic builder's entry points and what its steps need from the other services."""
 
-    config: Any
-    db: Any
-    images: Any
-    layers: Any
-    containers: dict[str, Any]
-    emit_event: Any
-    _upper_of: Any
-
-    def _build_schema(self) -> None:
-        if not getattr(self, "_build_schema_ready", False):
-            self.db.migrate(SCHEMA_COMPONENT, SCHEMA)
-            # contexts of builds a previous silod did not finish (none of ours runs yet)
-            import shutil
-            shutil.rmtree(os.path.join(self.config.root, "build"), ignore_errors=True)
-            self._build_schema_ready = True
+    def __init__(self, config: Any, cache: BuildCache, images: Any, layers: Any, store: Any,
+                 events: Any, *, image_service: Any, containers: Any, filesystems: Any,
+                 distribution: Any) -> None:
+        self.config = config
+        self.cache = cache
+        self.images = images                # the image store
+        self.layers = layers
+        self.store = store
+        self.events = events
+        self.image_service = image_service  # FROM images (the built-in busybox too)
+        self.containers = containers        # RUN steps: create, start, logs, wait, remove
+        self.filesystems = filesystems      # a RUN container's upper directory
+        self.distribution = distribution    # FROM images not here yet
 
     # -- the build ------------------------------------------------------------------------------
 
     async def build_prepare(self, body: AsyncIterator[bytes], options: BuildOptions) -> Build:
         """Read the context and the Dockerfile; errors here come before any output."""
-        from silobox.engine.imageops import ThreadReader
+        from silobox.engine.readers import ThreadReader
         from silobox.storage import reference
-        self._build_schema()
+        _check_platform(options.platform)
         for tag in options.tags:
             try:
                 parsed = reference.parse_tagged(tag)
@@ -91,41 +71,7 @@ class BuildService:
         from silobox.storage import reference
         parsed = reference.parse_tagged(tag)
         self.images.tag(image, tag)
-        self.emit_event("image", "tag", image, {"name": parsed.with_default_tag().familiar()})
-
-    # -- the cache ------------------------------------------------------------------------------
-
-    def build_cache_lookup(self, key: str) -> str | None:
-        self._build_schema()
-        row = self.db.query_one("SELECT b.image_id FROM build_cache b JOIN images i "
-                                "ON i.id = b.image_id WHERE b.cache_key = ? "
-                                "ORDER BY b.created DESC LIMIT 1", (key,))
-        return row["image_id"] if row is not None else None
-
-    def build_cache_record(self, key: str, image_id: str, parent_id: str) -> None:
-        from silobox.storage.images import now_rfc3339
-        self._build_schema()
-        with self.db.tx():
-            self.db.execute("INSERT OR REPLACE INTO build_cache (cache_key, image_id, parent_id, "
-                            "created) VALUES (?, ?, ?, ?)",
-                            (key, image_id, parent_id, now_rfc3339()))
-
-    def _image_children(self, image_id: str) -> list[str]:
-        self._build_schema()
-        rows = self.db.query("SELECT DISTINCT b.image_id FROM build_cache b JOIN images i "
-                             "ON i.id = b.image_id WHERE b.parent_id = ? AND b.image_id != ?",
-                             (image_id, image_id))
-        return [r["image_id"] for r in rows]
-
-    def _has_children(self, image_id: str) -> bool:
-        return bool(self._image_children(image_id))
-
-    def _image_parent(self, image_id: str) -> str:
-        self._build_schema()
-        row = self.db.query_one("SELECT b.parent_id FROM build_cache b JOIN images i "
-                                "ON i.id = b.parent_id WHERE b.image_id = ? AND "
-                                "b.parent_id != ''", (image_id,))
-        return row["parent_id"] if row is not None else ""
+        self.events.emit_event("image", "tag", image, {"name": parsed.with_default_tag().familiar()})
 
     # -- layers ---------------------------------------------------------------------------------
 
@@ -133,7 +79,7 @@ class BuildService:
                                    owner: str | None = None) -> str:
         """Store a layer tar generated in a worker thread, held by ``owner``; returns its diff
         id."""
-        from silobox.engine.imageops import IteratorReader
+        from silobox.engine.readers import IteratorReader
         parent = diff_ids[-1] if diff_ids else None
         layer = await asyncio.get_running_loop().run_in_executor(
             None, self.layers.add_from_tar, IteratorReader(chunks), parent, owner)
@@ -147,7 +93,7 @@ class BuildService:
         from silobox.engine.build.rootfs import MergedView
         lower = MergedView([self.layers.get(d).path for d in reversed(diff_ids)])
         loop = asyncio.get_running_loop()
-        async with self._upper_of(c) as upper:
+        async with self.filesystems.upper_of(c) as upper:
             chunks = await loop.run_in_executor(None, run_layer_tar, upper, lower)
             if chunks is None:
                 return "", True
@@ -159,21 +105,19 @@ class BuildService:
                           all: bool = False) -> dict[str, Any]:
         """``POST /build/prune``: drop the build cache. Intermediate images (untagged, made by a
         build step, used by no container) go with it; layers still used by a kept image stay."""
-        self._build_schema()
         filters = filters or {}
         for key in filters:
             if key not in ("until", "unused-for", "id", "type", "inuse", "shared", "private",
                            "description"):
                 raise InvalidArgument(f"invalid filter '{key}'")
-        used = {c.data.get("Image") for c in self.containers.values()}
+        used = {c.image for c in self.store.values()}
         deleted: list[str] = []
         reclaimed = 0
-        rows = self.db.query("SELECT DISTINCT image_id FROM build_cache")
         loop = asyncio.get_running_loop()
         candidates = []
-        for row in rows:
+        for image_id in self.cache.image_ids():
             try:
-                candidates.append(self.images.get(row["image_id"]))
+                candidates.append(self.images.get(image_id))
             except NotFound:
                 continue
         candidates.sort(key=lambda i: i.created, reverse=True)   # children before parents
@@ -181,78 +125,20 @@ class BuildService:
             if image.tags or image.id in used:
                 continue
             sizes = {l.diff_id: l.size for l in image.layers}
-            await loop.run_in_executor(None, self._delete_image, image.id)   # type: ignore
+            await loop.run_in_executor(None, self.image_service.delete_image, image.id)
             reclaimed += sum(s for d, s in sizes.items() if not self.layers.exists(d))
             deleted.append(image.id)
-            self.emit_event("image", "delete", image)
-        with self.db.tx():
-            self.db.execute("DELETE FROM build_cache WHERE image_id NOT IN (SELECT id FROM "
-                            "images) OR image_id IN (SELECT i.id FROM images i WHERE NOT EXISTS "
-                            "(SELECT 1 FROM image_tags t WHERE t.image_id = i.id))")
+            self.events.emit_event("image", "delete", image)
+        self.cache.forget_pruned()
         return {"CachesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
-    # -- refinements of the image services --------------------------------------------------------
 
-    async def image_list(self, all: bool = False,
-                         filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-        """Docker hides intermediate images (untagged, with children) unless ``all``."""
-        items = await super().image_list(all=all, filters=filters)   # type: ignore[misc]
-        for item in items:
-            item["ParentId"] = self._image_parent(item["Id"]) or item.get("ParentId", "")
-        if all:
-            return items
-        return [i for i in items if i.get("RepoTags") or not self._has_children(i["Id"])]
-
-    async def image_history(self, ref: str) -> list[dict[str, Any]]:
-        """Entries made by images still here carry their ids and tags, as in Docker (the
-        others stay ``<missing>``): walk the parent chain the build cache recorded."""
-        out = await super().image_history(ref)   # type: ignore[misc]
-        image = self.images.resolve(ref)
-        total = len(out)
-        seen: set[str] = set()
-        while image is not None and image.id not in seen:
-            seen.add(image.id)
-            depth = total - len(image.config.get("history") or [None])
-            if 0 <= depth < total:
-                out[depth]["Id"] = image.id
-                out[depth]["Tags"] = list(image.tags) or None
-            parent = self._image_parent(image.id)
-            try:
-                image = self.images.get(parent) if parent else None
-            except NotFound:
-                image = None
-        return out
-
-    async def image_delete(self, ref: str, force: bool = False,
-                           noprune: bool = False) -> list[dict[str, str]]:
-        """Docker's ``rmi`` also deletes the untagged parents a build left (its intermediate
-        images) once nothing else uses them, unless ``noprune``."""
-        try:
-            parent = self._image_parent(self.images.resolve(ref).id)
-        except NotFound:
-            parent = ""
-        records = await super().image_delete(ref, force=force,   # type: ignore[misc]
-                                             noprune=noprune)
-        deleted = {r["Deleted"] for r in records if "Deleted" in r}
-        if noprune or not deleted:
-            return records
-        used = {c.data.get("Image") for c in self.containers.values()}
-        loop = asyncio.get_running_loop()
-        while parent:
-            try:
-                image = self.images.get(parent)
-            except NotFound:
-                break
-            if image.tags or image.id in used or self._has_children(image.id):
-                break
-            parent = self._image_parent(image.id)
-            records.extend(await loop.run_in_executor(None, self._delete_image,  # type: ignore
-                                                      image.id))
-            self.emit_event("image", "delete", image)
-        return records
-
-    async def image_inspect(self, ref: str) -> dict[str, Any]:
-        out = await super().image_inspect(ref)   # type: ignore[misc]
-        out["Parent"] = self._image_parent(out["Id"]) or out.get("Parent", "")   # or commit's
-        return out
-
+def _check_platform(platform: str) -> None:
+    """Only this host's own platform is built (no emulation)."""
+    if not platform:
+        return
+    from silobox.engine.spec import runs_here
+    from silobox.storage.images import host_architecture
+    if not runs_here(platform):
+        raise InvalidArgument(f'"{platform}": this host builds only linux/'
+                              f"{host_architecture()} images")

@@ -1,0 +1,106 @@
+"""The native per-container monitor: ``monitor.c`` beside this file, a small static program.
+
+A shim (``silobox.compute.shim``) does a container's start in Python and then execve's this
+monitor, which keeps every fd the shim held and speaks the same protocol on ``shim.sock``. The
+reasons, the numbers and what a kill of it costs are in docs/architecture.md ("The
+per-container monitor").
+
+Life cycle, like the entry helper's (``silobox.kernel.entry``):
+
+* ``ensure_built`` finds the binary built for the source's hash (``scripts/install.sh`` builds
+  it; a checkout builds it on first use with gcc, ``-static``);
+* ``load`` opens it once, in the spawner before any shim is forked; shims exec that fd, so a
+  rebuilt or removed file never changes what a running engine starts.
+
+``SILOBOX_MONITOR=python`` keeps the shim's own Python loop instead (for comparisons).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "monitor.c")
+CACHE_DIR = os.environ.get("SILOBOX_MONITOR_DIR", "/var/cache/silobox/monitor")
+NAME = "silobox-monitor"
+
+_fd: int | None = None
+
+
+class MonitorMissing(RuntimeError):
+    """The monitor is neither built nor buildable here."""
+
+
+def enabled() -> bool:
+    return os.environ.get("SILOBOX_MONITOR", "native") != "python"
+
+
+def source_hash() -> str:
+    with open(SOURCE, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def monitor_path() -> str:
+    return os.path.join(CACHE_DIR, source_hash(), NAME)
+
+
+def build(dest: str) -> None:
+    """Compile the monitor statically with the system's gcc; the file appears atomically."""
+    os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+    tmp = f"{dest}.{os.getpid()}.tmp"
+    try:
+        res = subprocess.run(["gcc", "-static", "-O2", "-s", "-Wall", "-o", tmp, SOURCE],
+                             capture_output=True, text=True)
+    except FileNotFoundError:
+        raise MonitorMissing(f"the container monitor {dest} is missing and gcc is not "
+                             "installed to build it (run scripts/install.sh)") from None
+    if res.returncode != 0:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise MonitorMissing("cannot build the container monitor (gcc -static; is libc6-dev "
+                             f"installed?): {res.stderr.strip()[-2000:]}")
+    os.chmod(tmp, 0o555)
+    os.rename(tmp, dest)
+
+
+def ensure_built() -> str:
+    path = monitor_path()
+    if not os.path.exists(path):
+        build(path)
+    return path
+
+
+def load(path: str) -> int:
+    """Open the monitor for the shims to exec (close-on-exec; forks inherit it)."""
+    global _fd
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if _fd is not None:
+        os.close(_fd)
+    _fd = fd
+    return fd
+
+
+def monitor_fd() -> int | None:
+    """The loaded monitor, or None: the shim then keeps its Python loop."""
+    return _fd
+
+
+def main(argv: list[str]) -> int:
+    """``python -m silobox.compute.monitor build|path``: what scripts/install.sh runs."""
+    cmd = argv[0] if argv else "build"
+    if cmd == "build":
+        try:
+            print(ensure_built())
+        except MonitorMissing as e:
+            print(f"silobox-monitor: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if cmd == "path":
+        print(monitor_path())
+        return 0
+    print("usage: python -m silobox.compute.monitor build|path", file=sys.stderr)
+    return 2

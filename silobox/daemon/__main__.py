@@ -1,0 +1,5 @@
+"""``python -m silobox.daemon``: run silod."""
+
+from silobox.daemon.main import main
+
+main()
