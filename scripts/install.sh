@@ -21,6 +21,9 @@ fi
 # gcc + libc6-dev (libc.a): the static container entry helper, built below and rebuilt by silod
 # if its source changes (silobox/kernel/entry/helper.c).
 PKGS="busybox-static tini libseccomp2 python3 python3-venv ca-certificates libnftables1 nftables iproute2 e2fsprogs gcc libc6-dev"
+# The utility VM (--isolation hyperv, and the cgroup v2 tests): QEMU (its virtiofsd comes with
+# qemu-system-common), lz4 to unpack the guest kernel (see below).
+PKGS="$PKGS qemu-system-x86 lz4"
 # Tests only: skopeo and umoci check the image archive formats against independent tools;
 # gcc builds a static probe for syscalls busybox has no applet for (keyctl);
 # docker-registry (+ apache2-utils for htpasswd -B, openssl for a test CA): the registry the
@@ -68,6 +71,22 @@ if [ "$WITH_TESTS" = 1 ]; then
     "$CPIP" install -q --disable-pip-version-check setuptools==69.5.1 wheel==0.43.0 cython==0.29.37
     "$CPIP" install -q --disable-pip-version-check --no-build-isolation PyYAML==5.4.1
     "$CPIP" install -q --disable-pip-version-check -r "$SRC/scripts/compose-requirements.txt"
+fi
+# The utility VM's guest kernel: Debian's cloud kernel package, downloaded with apt and unpacked
+# (never installed: the host keeps its own kernel), reduced to an uncompressed vmlinux and the
+# few virtio modules the guest loads. Redone only when the package's version changes.
+UVM="$PREFIX/uvm"
+KPKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
+if [ -z "$KPKG" ]; then
+    echo "install.sh: apt knows no linux-image-cloud-amd64; the utility VM is not installed" >&2
+elif [ "$(cat "$UVM/release" 2>/dev/null)" != "${KPKG#linux-image-}" ]; then
+    ktmp=$(mktemp -d)
+    trap 'rm -rf "$ktmp"' EXIT
+    (cd "$ktmp" && apt-get download -qq -o APT::Sandbox::User=root "$KPKG")
+    dpkg-deb -x "$ktmp"/"$KPKG"_*.deb "$ktmp/root"
+    "$PREFIX/bin/python" -m silobox.compute.uvm install-kernel "$ktmp/root" "$UVM"
+    rm -rf "$ktmp"
+    trap - EXIT
 fi
 # The container entry helper: a static binary that silod runs from a sealed memfd.
 "$PREFIX/bin/python" -m silobox.kernel.entry build >/dev/null

@@ -185,6 +185,9 @@ def exec_entry(proc: ProcessSpec) -> dict[str, Any]:
 
 
 class ComputeSystem:
+    in_vm = False
+    """True for a container in a utility VM (``--isolation hyperv``; see compute.uvm.hyperv)."""
+
     def __init__(self, service: "ComputeService", cid: str, doc: ContainerDocument) -> None:
         self.service = service
         self.id = cid
@@ -248,8 +251,8 @@ class ComputeSystem:
             # those in the host's PID namespace take the cold path.
             joins_pid = "pid" in lx.join_namespaces
             pooled = self.service.pool and not lx.privileged and not extra and not lx.host_pid \
-                and not joins_pid
-            if not pooled:
+                and not joins_pid and not self.in_vm
+            if not pooled and not self.in_vm:
                 self.job.create(limits)
             try:
                 silo, proc = await asyncio.get_running_loop().run_in_executor(
@@ -268,8 +271,7 @@ class ComputeSystem:
                     "pool": pooled, "limits": resources, "host_pid": lx.host_pid,
                     "pid_namespace": lx.join_namespaces.get("pid"),
                 }
-                report, report_sock = await self.service.spawner.spawn_shim(cfg)
-                report_sock.close()
+                report = await self._spawn_shim(cfg)
             except BaseException:
                 self.job.delete()
                 raise
@@ -298,6 +300,12 @@ class ComputeSystem:
             self.started_at = result.get("started_at") or _now()
             if not self._exited.is_set():   # a command that ended at once has been recorded
                 self._enter("start")
+
+    async def _spawn_shim(self, cfg: dict) -> dict:
+        """The shim's first report; a utility VM's system starts its shim in the guest."""
+        report, report_sock = await self.service.spawner.spawn_shim(cfg)
+        report_sock.close()
+        return report
 
     def _start_error(self, report: dict) -> StartError:
         import errno as _errno
@@ -631,7 +639,11 @@ class ComputeService:
             raise AlreadyExists(f"compute system {cid} already exists", operation="create",
                                 object_id=cid)
         doc = document if isinstance(document, ContainerDocument) else parse_document(document)
-        system = ComputeSystem(self, cid, doc)
+        if doc.raw.get("HostingSystem"):   # --isolation hyperv: the container in a utility VM
+            from silobox.compute.uvm.hyperv import HypervComputeSystem
+            system: ComputeSystem = HypervComputeSystem(self, cid, doc)
+        else:
+            system = ComputeSystem(self, cid, doc)
         self.systems[cid] = system
         return system
 
@@ -639,13 +651,18 @@ class ComputeService:
         try:
             return self.systems[cid]
         except KeyError:
+            for system in self.systems.values():   # a hyperv container's utility VM
+                if system.in_vm and system.vm_summary() and system.vm_id == cid:
+                    return system.vm_view()
             raise NotFound(f"compute system {cid} does not exist", object_id=cid) from None
 
     def enumerate(self) -> list[dict[str, Any]]:
-        return [{"Id": s.id, "SystemType": "Container", "Name": s.id, "Owner": s.doc.owner,
-                 "State": s.state.value, "RuntimeOsType": "Linux", "InitPid": s.pid,
-                 "ShimPid": s.shim_pid, "JobObject": s.job.path}
-                for s in self.systems.values()]
+        out = [{"Id": s.id, "SystemType": "Container", "Name": s.id, "Owner": s.doc.owner,
+                "State": s.state.value, "RuntimeOsType": "Linux", "InitPid": s.pid,
+                "ShimPid": s.shim_pid, "JobObject": s.job.path}
+               for s in self.systems.values()]
+        out += [s.vm_summary() for s in self.systems.values() if s.in_vm and s.vm_summary()]
+        return out
 
     def close_system(self, cid: str) -> None:
         """Forget a stopped system and remove its state directory (HcsCloseComputeSystem)."""

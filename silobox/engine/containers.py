@@ -81,9 +81,13 @@ class ContainerService:
         warnings = check_host_config(hc)
         check_device_requests(hc)
         iso = (hc.get("Isolation") or "").lower()
-        if iso not in ("", "default", "process"):
-            raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - linux only '
-                                  "supports 'default' (silobox also accepts 'process')")
+        if iso not in ("", "default", "process", "hyperv"):
+            raise InvalidArgument(f'Invalid isolation: "{hc.get("Isolation")}" - silobox '
+                                  "supports 'default', 'process' and 'hyperv'")
+        if iso == "hyperv":   # the container in a utility VM (compute.uvm.hyperv)
+            from silobox.compute.uvm.hyperv import check_host_config as check_hyperv
+            await asyncio.get_running_loop().run_in_executor(None, check_hyperv, hc,
+                                                             bool(body.get("Tty")))
         net = hc.get("NetworkMode") or "default"  # validated by the network hook
         resources = S.resources_from_hostconfig(hc)
         sec = S.parse_security_opts(hc.get("SecurityOpt") or [])

@@ -34,8 +34,10 @@ def compute_document(c: Any, init_binary: str, layers: list[dict[str, str]],
         mapped.append({"HostPath": "/dev/shm", "ContainerPath": "/dev/shm"})
     res = dict(c.silobox["Resources"])
     processor, qos = hcs_settings(hc)
+    hyperv = (hc.get("Isolation") or "").lower() == "hyperv"   # in a utility VM
     return {
         "Owner": "silod", "SchemaVersion": {"Major": 2, "Minor": 1},
+        **({"HostingSystem": {"Type": "UtilityVM"}} if hyperv else {}),
         "ShouldTerminateOnLastHandleClosed": False,
         "Container": {
             "GuestOs": {"HostName": c.config["Hostname"]},

@@ -104,7 +104,8 @@ class SystemService:
             "SecurityOptions": ["name=seccomp,profile=builtin", "name=cgroupns"],
             "CDISpecDirs": [], "Warnings": self.hns.forwarding.warnings(),
             "Silobox": {"CgroupParent": self.config.cgroup_parent, "CgroupMode": mode,
-                        "ExecRoot": self.config.exec_root, "HostForwarding": forwarding},
+                        "ExecRoot": self.config.exec_root, "HostForwarding": forwarding,
+                        "UtilityVM": await _utility_vm_status()},
         }
 
     async def system_df(self) -> dict[str, Any]:
@@ -158,3 +159,10 @@ class SystemService:
             else:
                 system = matches[0]
         return system.properties(types)
+
+
+async def _utility_vm_status() -> dict[str, Any]:
+    """The utility VM's kernel and accelerator (the first call may boot a probe VM)."""
+    import asyncio
+    from silobox.compute.uvm.status import utility_vm_status
+    return await asyncio.get_running_loop().run_in_executor(None, utility_vm_status)

@@ -370,6 +370,9 @@ def test_version_and_info(silo) -> None:
     assert silo.ok("version", "--format", "{{.Server.ApiVersion}}").strip() == "1.47"
     info = silo.ok("info")
     assert "\nServer:\n Containers: " in info
+    assert "\n Utility VM:" in info   # its kernel and accelerator, or why it is unavailable
+    uvm = json.loads(silo.ok("info", "--format", "{{json .Silobox.UtilityVM}}"))
+    assert uvm["Accelerator"] in ("kvm", "tcg") if uvm["Available"] else uvm["Reason"]
     assert int(silo.ok("info", "--format", "{{.Containers}}")) >= 0
 
 

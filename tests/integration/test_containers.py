@@ -471,7 +471,7 @@ def test_bad_seccomp_profile_and_isolation(api):
     assert e.value.status_code == 400
     with pytest.raises(docker.errors.APIError) as e:
         api.create_container(IMAGE, ["true"], host_config=api.create_host_config(
-            isolation="hyperv"))
+            isolation="sandboxed"))
     assert e.value.status_code == 400 and "isolation" in e.value.explanation
 
 

@@ -173,10 +173,16 @@ def test_isolation_is_stored_as_given(made: Made) -> None:
     assert [c["Names"] for c in listed] == [[f"/{name}"]]
     with pytest.raises(docker.errors.APIError) as e:
         made.api.create_container(IMAGE, ["true"], host_config=made.api.create_host_config(
-            isolation="hyperv"))
+            isolation="bogus"))
     assert e.value.status_code == 400
-    assert e.value.explanation.startswith(
-        'Invalid isolation: "hyperv" - linux only supports \'default\'')
+    assert e.value.explanation.startswith('Invalid isolation: "bogus" - silobox supports')
+    # hyperv (a utility VM) exists, but what its VM cannot do is refused before it boots
+    with pytest.raises(docker.errors.APIError) as e:
+        made.api.create_container(IMAGE, ["true"], ports=[80],
+                                  host_config=made.api.create_host_config(
+                                      isolation="hyperv", port_bindings={80: None}))
+    assert e.value.status_code == 400
+    assert "--isolation hyperv: publishing ports is not supported" in e.value.explanation
 
 
 def test_info_lists_runtimes(made: Made) -> None:

@@ -26,7 +26,10 @@ def test_create_refuses_before_anything_is_made(tmp_path) -> None:
             await rig.service.container_create(None, {"Image": "missing"})
         with pytest.raises(InvalidArgument, match="Invalid isolation"):
             await rig.service.container_create(None, {"Image": "busybox",
-                                                      "HostConfig": {"Isolation": "hyperv"}})
+                                                      "HostConfig": {"Isolation": "bogus"}})
+        with pytest.raises(InvalidArgument, match="--isolation hyperv: --privileged"):
+            await rig.service.container_create(None, {"Image": "busybox", "HostConfig": {
+                "Isolation": "hyperv", "Privileged": True}})
         with pytest.raises(InvalidArgument, match="image name is required"):
             await rig.service.container_create(None, {})
         with pytest.raises(InvalidArgument, match="--init needs"):

@@ -175,10 +175,21 @@ def info(ctx: Context, argv: list[str]) -> int:
     add("Experimental", "ExperimentalBuild")
     add("Live Restore Enabled", "LiveRestoreEnabled")
     out += _forwarding_lines((doc.get("Silobox") or {}).get("HostForwarding"))
+    out += _utility_vm_lines((doc.get("Silobox") or {}).get("UtilityVM"))
     ctx.out("\n".join(out) + "\n")
     for w in doc.get("Warnings") or []:
         ctx.err(f"{w}\n" if w.startswith("WARNING") else f"WARNING: {w}\n")
     return 0
+
+
+def _utility_vm_lines(u: dict | None) -> list[str]:
+    """The utility VM (--isolation hyperv, cgroup v2 tests): kernel and accelerator, or why not."""
+    if not u:
+        return []
+    if not u.get("Available"):
+        return [" Utility VM: unavailable", f"  Reason: {u.get('Reason', '')}"]
+    return [" Utility VM:", f"  Kernel: {u.get('Kernel', '')}",
+            f"  Accelerator: {u.get('Accelerator', '')} ({u.get('AcceleratorReason', '')})"]
 
 
 def _forwarding_lines(f: dict | None) -> list[str]:

@@ -464,9 +464,13 @@ class JobObject:
         """Give the job object another name under the same parent; members and limits stay.
 
         A cgroupfs rename moves no process, so it costs none of the attach's RCU grace period:
-        this is how a job object prepared ahead of time becomes a container's.
+        this is how a job object prepared ahead of time becomes a container's. cgroup v2 has
+        no rename, so there the members move to a new group with the same limits.
         """
         new = JobObject(new_name, self.parent, backend=self.backend)
+        if self.backend == "v2":
+            self._impl.move_to(new._impl)  # type: ignore[attr-defined]
+            return new
         done: list[tuple[str, str]] = []
         try:
             for old_dir, new_dir in zip(self.directories, new.directories):

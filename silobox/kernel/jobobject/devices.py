@@ -279,6 +279,21 @@ def apply_device_filter(cgroup_dir: str, rules: tuple[DeviceRule, ...]) -> None:
         os.close(cgroup_fd)
 
 
+def copy_device_filters(source_dir: str, target_dir: str) -> None:
+    """Attach the device programs of one v2 cgroup to another (a job object's rename on v2)."""
+    target_fd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for prog_id in attached_device_filters(source_dir):
+            prog_fd = libc.bpf_prog_get_fd_by_id(prog_id)
+            try:
+                libc.bpf_prog_attach(target_fd, prog_fd, libc.BPF_CGROUP_DEVICE,
+                                     libc.BPF_F_ALLOW_MULTI)
+            finally:
+                os.close(prog_fd)
+    finally:
+        os.close(target_fd)
+
+
 def attached_device_filters(cgroup_dir: str) -> list[int]:
     """Ids of the device programs attached to a v2 cgroup (for inspection and tests)."""
     fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -13,11 +13,14 @@ import os
 import signal
 import time
 
-from silobox.errors import Conflict, InvalidArgument, NotFound, SystemFailure, Unavailable
+from silobox.errors import (Conflict, InvalidArgument, NotFound, SiloboxError, SystemFailure,
+                            Unavailable)
 from silobox.kernel.jobobject import (THROTTLES, UNLIMITED, JobLimits, JobStatistics, parse_int, parse_keyed,
                                       read_file, read_optional, read_pids, remove_tree,
                                       signal_pids, tree_dirs, wait_until, write_file)
-from silobox.kernel.jobobject.devices import apply_device_filter, effective_rules
+from silobox.kernel.jobobject.devices import apply_device_filter, copy_device_filters, effective_rules
+
+FREEZE_TIMEOUT = 5.0
 
 DELEGATED_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "pids")
 """Controllers enabled down to the job objects, where the host offers them."""
@@ -139,6 +142,54 @@ class V2JobObject:
                                f"{timeout}s: {self.dir} still busy (pids {self.pids()})",
                                operation="delete", object_id=self.object_id)
             time.sleep(0.005)
+
+    _CARRIED = ("memory.max", "memory.swap.max", "memory.low", "cpu.max", "cpu.weight",
+                "pids.max", "io.max", "io.weight", "cpuset.cpus", "cpuset.mems")
+    """Interface files a rename carries over (one value per line is written back as is)."""
+
+    def move_to(self, new: "V2JobObject") -> None:
+        """The rename of a v2 job object: cgroup v2 refuses rename(2) (kernfs has no rename
+        for the unified hierarchy), so the new group is made with this one's limits and device
+        filter, the members move (frozen, so none forks past the move) and this group goes."""
+        self._require()
+        if new.exists():
+            raise Conflict(f"job object {new.object_id} exists already", operation="rename",
+                           object_id=new.object_id)
+        new._make_groups()
+        was_frozen = self.frozen()
+        try:
+            for name in self._CARRIED:
+                value = read_optional(self._path(name))
+                target = new._path(name)
+                if value is None or not os.path.exists(target):
+                    continue
+                for line in value.splitlines():
+                    if line.strip() and line.strip() != (read_optional(target) or "").strip():
+                        write_file(target, line.strip(), new.object_id, "rename")
+            copy_device_filters(self.dir, new.dir)
+            if self.pids():
+                self.freeze(FREEZE_TIMEOUT)
+                write_file(new._path("cgroup.freeze"), 1, new.object_id, "rename")
+                for pid in self.pids():
+                    try:
+                        new.assign(pid)
+                    except NotFound:
+                        pass   # it exited meanwhile
+                if not was_frozen:
+                    write_file(new._path("cgroup.freeze"), 0, new.object_id, "rename")
+            if not remove_tree(self.dir):
+                raise Conflict(f"job object {self.object_id}: {self.dir} still busy after its "
+                               "members moved", operation="rename", object_id=self.object_id)
+        except BaseException:
+            for pid in new.pids():
+                try:
+                    self.assign(pid)
+                except SiloboxError:
+                    pass
+            if self.exists() and not was_frozen:
+                self.thaw()
+            new.delete(1.0)
+            raise
 
     # -- membership ------------------------------------------------------------------------------
 

@@ -1,0 +1,241 @@
+"""``--isolation hyperv``: a container in a utility VM of its own.
+
+As on Windows, the container is the same container (the same document, the same shim, silo,
+job object, seccomp and capabilities); only its host is a VM. The compute system boots a utility
+VM sized by the container's limits (memory + the guest's own needs; CPUs from the quota or the
+CPU set), shares the image's layers read-only and the sandbox, state and log directories
+read-write at the same paths, starts the shim in the guest (:mod:`.guest`) and forwards the
+shim's socket to the host path where silod's shim client looks for it. stdio, exec, logs and
+exit codes therefore work unchanged. The VM stops when the container exits.
+
+What a VM here cannot do is refused by the engine before a VM is booted (networks other than
+none, published ports, devices, --privileged, host namespaces); pause is refused here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import secrets
+from typing import Any
+
+from silobox.compute.system import ComputeSystem, State
+from silobox.compute.uvm.vm import UtilityVM, VMConfig, cleanup_stale, default_shares
+from silobox.errors import InvalidArgument, NotRunning, SystemFailure, Unavailable
+
+MiB = 1 << 20
+GUEST_OVERHEAD_MIB = 256   # the guest kernel, the agent and the shim (both Python)
+MIN_VM_MIB = 512
+GUEST_STATE = "/run/silobox/shims"
+
+
+def check_host_config(hc: dict[str, Any], tty: bool = False) -> None:
+    """Refuse, before any VM boots, what a hyperv container cannot have here; the default
+    network of a hyperv container is none (its VM has no network card yet). Edits ``hc``."""
+    def refuse(what: str) -> None:
+        raise InvalidArgument(f"--isolation hyperv: {what} is not supported for containers in "
+                              "a utility VM")
+
+    net = hc.get("NetworkMode") or "default"
+    if net == "default":
+        hc["NetworkMode"] = "none"
+    elif net != "none":
+        refuse(f"the network {net!r} (the utility VM has no network card: use --network none)")
+    if tty:
+        refuse("a terminal (-t)")
+    if hc.get("PortBindings") or hc.get("PublishAllPorts"):
+        refuse("publishing ports")
+    if hc.get("Privileged"):
+        refuse("--privileged")
+    if hc.get("Devices") or hc.get("DeviceRequests") or hc.get("DeviceCgroupRules"):
+        refuse("giving host devices")
+    for key, flag in (("PidMode", "--pid"), ("IpcMode", "--ipc"), ("UTSMode", "--uts"),
+                      ("CgroupnsMode", "--cgroupns")):
+        mode = hc.get(key) or ""
+        if mode == "host" or mode.startswith("container:"):
+            refuse(f"{flag} {mode}")
+    from silobox.compute.uvm.status import utility_vm_status
+    status = utility_vm_status()
+    if not status.get("Available"):
+        raise Unavailable(f"--isolation hyperv: no utility VM on this host: {status.get('Reason')}")
+
+
+def vm_size(resources: dict[str, Any]) -> tuple[int, int]:
+    """(memory MiB, vCPUs) of a container's VM: the limits are the VM's size, as on Windows."""
+    memory = resources.get("memory") or 0
+    mib = max(MIN_VM_MIB, (memory // MiB) + GUEST_OVERHEAD_MIB) if memory > 0 else MIN_VM_MIB
+    cpus = 1
+    if resources.get("cpu_quota") and resources["cpu_quota"] > 0:
+        cpus = math.ceil(resources["cpu_quota"] / (resources.get("cpu_period") or 100000))
+    elif resources.get("cpuset_cpus"):
+        cpus = len(_cpu_list(resources["cpuset_cpus"]))
+    return mib, max(1, min(cpus, os.cpu_count() or 1))
+
+
+def _cpu_list(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out += range(int(lo), int(hi) + 1)
+        elif part.strip():
+            out.append(int(part))
+    return out
+
+
+class HypervComputeSystem(ComputeSystem):
+    """A container whose host is a utility VM (HCS: a container with a HostingSystemId)."""
+
+    in_vm = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.vm: UtilityVM | None = None
+        self.vm_id = f"c{self.id[:12]}-{secrets.token_hex(3)}"
+
+    # -- start ------------------------------------------------------------------------------------
+
+    async def _spawn_shim(self, cfg: dict) -> dict:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, self._boot_and_spawn, cfg)
+        except BaseException:
+            await loop.run_in_executor(None, self._stop_vm)
+            raise
+
+    def _boot_and_spawn(self, cfg: dict) -> dict:
+        resources = dict(cfg.get("limits") or {})
+        memory_mib, cpus = vm_size(resources)
+        silo = cfg["silo"]
+        read_only: dict[str, str] = {path: path for path in silo.get("lower_dirs") or []}
+        from silobox.kernel import entry   # the static entry helper, as the host built it
+        helper_dir = os.path.dirname(entry.ensure_built())
+        read_only[helper_dir] = helper_dir
+        writable: dict[str, str] = {}
+
+        def share(path: str | None) -> None:
+            if path and os.path.isdir(path):
+                writable.setdefault(path, path)
+
+        share(self.state_dir)
+        share(self.doc.sandbox_path)
+        share(os.path.dirname(cfg["log_path"]) if cfg.get("log_path") else None)
+        for bind in silo.get("binds") or []:
+            source = bind["source"] if isinstance(bind, dict) else bind.source
+            share(source if os.path.isdir(source) else os.path.dirname(source))
+        shares = default_shares()
+        cleanup_stale()   # VMs of a silod that was killed: their processes died with it
+        self.vm = UtilityVM(self.vm_id, VMConfig(
+            memory_mib=memory_mib, cpus=cpus, shares=shares, writable=writable,
+            read_only=read_only, boot_timeout=180))
+        self.vm.start()
+        guest = dict(cfg)
+        guest["state_dir"] = f"{GUEST_STATE}/{self.id}"
+        guest["pool"] = False
+        # Inside the VM the whole VM is the container's: CPU sets and throttles of host
+        # devices mean nothing there (the VM's size carries them).
+        guest["limits"] = {k: v for k, v in resources.items()
+                           if k in ("memory", "memory_swap", "memory_reservation", "cpu_quota",
+                                    "cpu_period", "cpu_shares", "pids_limit")}
+        guest["silo"] = dict(silo, netns_path=None)
+        proc = self.vm.spawn(["/opt/silobox/bin/python", "-m", "silobox.compute.uvm.guest"],
+                             cwd="/src")
+        proc.write(json.dumps(guest).encode())
+        proc.close_stdin()
+        status, out, err = proc.communicate(180)
+        line = out.decode(errors="replace").strip().splitlines()[:1]
+        if status != 0 or not line:
+            raise SystemFailure(f"the shim did not start in utility VM {self.vm_id}: "
+                                f"{err.decode(errors='replace')[-1500:]}", operation="start",
+                                object_id=self.id)
+        report = json.loads(line[0])
+        if report.get("t") == "ready":
+            self.vm.forward_unix(os.path.join(self.state_dir, "shim.sock"),
+                                 f"{guest['state_dir']}/shim.sock")
+        return report
+
+    # -- exit and teardown ------------------------------------------------------------------------
+
+    def _stop_vm(self) -> None:
+        vm, self.vm = self.vm, None
+        if vm is not None:
+            vm.stop(timeout=3.0)
+
+    def _record_exit(self, record: dict | None) -> None:
+        super()._record_exit(record)
+        if self.vm is not None:
+            asyncio.get_running_loop().run_in_executor(None, self._stop_vm)
+
+    async def terminate(self) -> None:
+        """SIGKILL to the container's init (its PID namespace goes with it); if the guest does
+        not answer, the VM itself is stopped, which ends everything in it."""
+        self._check("terminate")
+        if self.pending is None:
+            self.pending = "terminate"
+        try:
+            await self.shim.request({"op": "signal", "signal": 9}, timeout=10)
+        except (NotRunning, SystemFailure, OSError):
+            pass
+        try:
+            async with asyncio.timeout(10):
+                await self._exited.wait()
+                return
+        except TimeoutError:
+            pass
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_vm)
+        async with asyncio.timeout(10):
+            await self._exited.wait()
+
+    async def pause(self) -> None:
+        raise InvalidArgument(f"cannot pause container {self.id[:12]}: pausing a hyperv "
+                              "container (freezing its utility VM) is not supported",
+                              operation="pause", object_id=self.id)
+
+    def modify(self, request: dict) -> None:
+        raise InvalidArgument(f"cannot update container {self.id[:12]}: the limits of a hyperv "
+                              "container are its utility VM's size, fixed at start",
+                              operation="modify", object_id=self.id)
+
+    def close(self) -> None:
+        super().close()
+        self._stop_vm()
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    def vm_summary(self) -> dict[str, Any] | None:
+        vm = self.vm
+        if vm is None:
+            return None
+        return {"Id": vm.id, "SystemType": "VirtualMachine", "Name": vm.id,
+                "Owner": self.doc.owner, "State": "Running" if vm.running else "Stopped",
+                "RuntimeOsType": "Linux", "HostedContainer": self.id,
+                "Kernel": vm.kernel_release, "Accelerator": vm.accel.name if vm.accel else "",
+                "MemoryMiB": vm.config.memory_mib, "ProcessorCount": vm.config.cpus,
+                "BootSeconds": round(vm.boot_seconds, 2), "QemuPid": vm.qemu_pid}
+
+    def vm_view(self) -> "UtilityVMView":
+        return UtilityVMView(self)
+
+    def properties(self, types: list[str] | None = None) -> dict[str, Any]:
+        props = super().properties([t for t in (types or ["Memory"])
+                                    if t not in ("Statistics", "ProcessList")])
+        props["HostingSystemId"] = self.vm.id if self.vm else ""
+        props["HostingSystem"] = self.vm_summary() or {"SystemType": "VirtualMachine",
+                                                       "State": "Stopped"}
+        props["JobObject"]["Host"] = "utility VM (guest cgroup v2)"
+        return props
+
+
+class UtilityVMView:
+    """The utility VM of a hyperv container as a compute system of its own (HcsOpenComputeSystem
+    on the VM's id): it is inspected, not driven; the container's verbs drive it."""
+
+    def __init__(self, container: HypervComputeSystem) -> None:
+        self.container = container
+        self.id = container.vm_id
+
+    def properties(self, types: list[str] | None = None) -> dict[str, Any]:
+        return self.container.vm_summary() or {"Id": self.id, "SystemType": "VirtualMachine",
+                                               "State": "Stopped"}

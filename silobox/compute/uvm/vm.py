@@ -1,0 +1,523 @@
+"""One utility VM: QEMU on a ``microvm`` machine, its virtiofsd, its disk, its control channel.
+
+Resources of a VM live in one directory (``<state>/<id>/``): the virtiofsd socket, the sparse
+ext4 disk image, the logs and ``owner.json``. :meth:`UtilityVM.stop` removes all of it; QEMU and
+virtiofsd get ``PR_SET_PDEATHSIG`` so they cannot outlive the process that started them, and
+:func:`cleanup_stale` removes directories whose owner died without stopping its VMs.
+
+The share is read-only on the host side, not only in the guest: virtiofsd runs in a mount
+namespace of its own where a tmpfs holds read-only bind mounts of the shared host trees (the
+guest's kernel could remount a virtiofs mount read-write, but not the host's bind mounts).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+from silobox.atomic import atomic_write_json
+from silobox.compute.uvm.accel import Accelerator, detect_accelerator, kernel_args
+from silobox.compute.uvm.assets import BootAssets, boot_assets
+from silobox.errors import InvalidArgument, SystemFailure, Unavailable
+from silobox.kernel import libc
+
+QEMU = "qemu-system-x86_64"
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+STATE_DIR = os.environ.get("SILOBOX_UVM_STATE") or "/var/lib/silobox/uvm"
+
+
+@dataclass
+class VMConfig:
+    """Size and shares of a VM. ``shares`` maps a name under the guest's ``/host`` to a host
+    directory; the guest's init bind-mounts ``usr``, ``opt/silobox`` and ``src`` from there."""
+
+    memory_mib: int = 512
+    cpus: int = 1
+    disk_mib: int = 4096
+    shares: dict[str, str] = field(default_factory=dict)
+    writable: dict[str, str] = field(default_factory=dict)
+    """Guest path → host directory shared read-write, at that path in the guest (a container's
+    sandbox, state and log directories)."""
+    read_only: dict[str, str] = field(default_factory=dict)
+    """Guest path → host directory shared read-only at that path (a container's image layers)."""
+    accel: str | None = None  # "kvm" or "tcg"; None detects
+    boot_timeout: float = 60.0
+
+
+def default_shares(source: str | None = None) -> dict[str, str]:
+    """The host's /usr, silobox's venv, a silobox source tree (this one by default) and the
+    host's package database."""
+    import sys
+    here = source or os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+    shares = {"usr": "/usr", "src": here}
+    if os.path.isdir("/var/lib/dpkg"):   # what is installed: the built-in busybox image asks dpkg
+        shares["var/lib/dpkg"] = "/var/lib/dpkg"
+    if sys.prefix != sys.base_prefix:
+        shares["opt/silobox"] = sys.prefix
+    return shares
+
+
+def _die_with_parent() -> None:
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _share_tree(root: str, shares: dict[str, str], readonly: bool = True) -> None:
+    """In the calling process's new mount namespace: a tmpfs at ``root`` with (read-only) bind
+    mounts of ``shares``. Runs between fork and exec of virtiofsd."""
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.unshare(libc.CLONE_NEWNS)
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    libc.mount("silobox-uvm", root, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=755")
+    for name, source in shares.items():
+        target = os.path.join(root, name)
+        os.makedirs(target, exist_ok=True)
+        if not readonly:   # a sandbox's rootfs is a mount below its directory
+            libc.mount(source, target, None, libc.MS_BIND | libc.MS_REC)
+            continue
+        libc.mount(source, target, None, libc.MS_BIND)
+        libc.mount(None, target, None,
+                   libc.MS_REMOUNT | libc.MS_BIND | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
+    libc.mount(None, root, None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
+
+
+class GuestProcess:
+    """A process inside the VM; output arrives as ``(fd, bytes)`` items, then ``(None, status)``."""
+
+    def __init__(self, vm: "UtilityVM", ident: int) -> None:
+        self.vm = vm
+        self.ident = ident
+        self.events: queue.Queue = queue.Queue()
+        self.pid = 0
+        self.status: int | None = None
+
+    def write(self, data: bytes) -> None:
+        self.vm._send({"op": "stdin", "id": self.ident, "data": base64.b64encode(data).decode()})
+
+    def close_stdin(self) -> None:
+        self.vm._send({"op": "stdin", "id": self.ident, "eof": True})
+
+    def signal(self, sig: int) -> None:
+        self.vm._send({"op": "signal", "id": self.ident, "sig": int(sig)})
+
+    def output(self, timeout: float | None = None):
+        """Yield ``(fd, data)`` until the process exits; sets :attr:`status`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.status is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                fd, data = self.events.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError(f"guest process {self.ident} still running after {timeout}s")
+            if fd is None:
+                self.status = data
+            else:
+                yield fd, data
+
+    def communicate(self, timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        out, err = bytearray(), bytearray()
+        for fd, data in self.output(timeout):
+            (out if fd == 1 else err).extend(data)
+        assert self.status is not None
+        return self.status, bytes(out), bytes(err)
+
+
+class UtilityVM:
+    """Boot, use and tear down one utility VM. Use as a context manager, or start()/stop()."""
+
+    def __init__(self, vm_id: str, config: VMConfig | None = None, *, state_dir: str = STATE_DIR,
+                 assets: BootAssets | None = None) -> None:
+        if not vm_id or "/" in vm_id or vm_id.startswith("."):
+            raise InvalidArgument(f"invalid utility VM id {vm_id!r}")
+        self.id = vm_id
+        self.config = config or VMConfig(shares=default_shares())
+        if "usr" not in self.config.shares:
+            raise InvalidArgument("a utility VM needs the host's /usr shared as 'usr'")
+        self.assets = assets
+        self.dir = os.path.join(state_dir, vm_id)
+        self.accel: Accelerator | None = None
+        self.kernel_release = ""
+        self.boot_seconds = 0.0
+        self._qemu: subprocess.Popen | None = None
+        self._virtiofsds: list[subprocess.Popen] = []
+        self._sock: socket.socket | None = None
+        self._reader: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._procs: dict[int, GuestProcess] = {}
+        self._streams: dict[int, socket.socket] = {}     # host ends of forwarded connections
+        self._listeners: list[socket.socket] = []
+        self._pending: dict[int, queue.Queue] = {}
+        self._next_id = 1
+        self._ready = threading.Event()
+        self._closed = threading.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def __enter__(self) -> "UtilityVM":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        t0 = time.monotonic()
+        assets = self.assets or boot_assets()
+        self.accel = (Accelerator(self.config.accel, "requested") if self.config.accel
+                      else detect_accelerator(assets))
+        os.makedirs(self.dir)
+        atomic_write_json(os.path.join(self.dir, "owner.json"),
+                          {"pid": os.getpid(), "start": _start_time(os.getpid())})
+        shares = dict(self.config.shares)
+        for i, host in enumerate(self.config.read_only.values()):
+            shares[f"ro/{i}"] = host
+        fs_socket = self._start_virtiofsd("host", shares, readonly=True)
+        rw_socket = None
+        if self.config.writable:
+            rw_socket = self._start_virtiofsd(
+                "rw", {str(i): host for i, host in enumerate(self.config.writable.values())},
+                readonly=False)
+        disk = os.path.join(self.dir, "disk.img")
+        with open(disk, "wb") as f:
+            f.truncate(self.config.disk_mib << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1",
+                        "-L", "silobox-uvm", disk], check=True, capture_output=True)
+        host_end, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = host_end
+        mem = self.config.memory_mib
+        cmdline = (f"{os.environ.get('SILOBOX_UVM_KERNEL_ARGS', 'quiet')} console=ttyS0 reboot=t "
+                   f"panic=-1 {kernel_args(self.accel.name)} sbx.mode=agent")
+        argv = [QEMU, "-M", "microvm,memory-backend=mem,rtc=on", "-accel", self.accel.name,
+                "-cpu", "host" if self.accel.name == "kvm" else "max",
+                "-m", f"{mem}M", "-smp", str(self.config.cpus),
+                "-object", f"memory-backend-memfd,id=mem,size={mem}M,share=on",
+                "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+                "-global", "virtio-mmio.force-legacy=false",  # vhost-user needs virtio 1.0
+                "-kernel", assets.kernel, "-initrd", assets.initramfs, "-append", cmdline,
+                "-chardev", f"socket,id=fs,path={fs_socket}",
+                "-device", "vhost-user-fs-device,chardev=fs,tag=host,queue-size=1024",
+                *(["-chardev", f"socket,id=rw,path={rw_socket}",
+                   "-device", "vhost-user-fs-device,chardev=rw,tag=rw,queue-size=1024"]
+                  if rw_socket else []),
+                "-drive", f"file={disk},if=none,id=disk,format=raw,cache=unsafe,discard=unmap",
+                "-device", "virtio-blk-device,drive=disk",
+                "-device", "virtio-serial-device,max_ports=2",
+                "-chardev", f"socket,id=ctl,fd={guest_end.fileno()}",
+                "-device", "virtserialport,chardev=ctl,name=silobox.ctl",
+                "-serial", f"file:{os.path.join(self.dir, 'console.log')}"]
+        with open(os.path.join(self.dir, "qemu.log"), "wb") as log:
+            self._qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                          pass_fds=(guest_end.fileno(),),
+                                          preexec_fn=_die_with_parent)
+        guest_end.close()
+        atomic_write_json(os.path.join(self.dir, "owner.json"),
+                          {"pid": os.getpid(), "start": _start_time(os.getpid()),
+                           "qemu": self._qemu.pid,
+                           "virtiofsd": [p.pid for p in self._virtiofsds]})
+        self._reader = threading.Thread(target=self._read_events, name=f"uvm-{self.id}",
+                                        daemon=True)
+        self._reader.start()
+        if not self._ready.wait(self.config.boot_timeout) or self._closed.is_set():
+            raise SystemFailure(f"utility VM {self.id} did not boot within "
+                                f"{self.config.boot_timeout:.0f}s ({self.accel.name}): "
+                                f"{self._log('console.log')} {self._log('qemu.log')}",
+                                object_id=self.id)
+        binds = [(f"/host/ro/{i}", path) for i, path in enumerate(self.config.read_only)]
+        binds += [(f"/rw/{i}", path) for i, path in enumerate(self.config.writable)]
+        if binds:   # one shell for all: each process start costs under emulation
+            script = "; ".join(f"mkdir -p {shlex.quote(dst)} && mount --rbind {src} "
+                               f"{shlex.quote(dst)} || exit 1" for src, dst in binds)
+            status, _, err = self.run(["/.sbx/busybox", "sh", "-c", script], timeout=60)
+            if status != 0:
+                raise SystemFailure(f"utility VM {self.id}: cannot mount its shares: "
+                                    f"{err.decode(errors='replace').strip()}", object_id=self.id)
+        self.boot_seconds = time.monotonic() - t0
+
+    def _start_virtiofsd(self, tag: str, shares: dict[str, str], readonly: bool) -> str:
+        """One virtiofsd serving ``shares`` as tag ``tag``; returns its vhost-user socket."""
+        root = os.path.join(self.dir, f"share-{tag}")
+        os.mkdir(root)
+        sock = os.path.join(self.dir, f"{tag}.sock")
+        with open(os.path.join(self.dir, f"virtiofsd-{tag}.log"), "wb") as log:
+            proc = subprocess.Popen(
+                [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={root}",
+                 "-o", "cache=always" if readonly else "cache=auto", "-o", "sandbox=namespace",
+                 "-o", "log_level=err", *([] if readonly else ["-o", "announce_submounts",
+                                                                "-o", "xattr"])],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                preexec_fn=lambda: _share_tree(root, shares, readonly))
+        self._virtiofsds.append(proc)
+        deadline = time.monotonic() + 10.0
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemFailure(f"virtiofsd did not start: {self._log(f'virtiofsd-{tag}.log')}",
+                                    object_id=self.id)
+            time.sleep(0.005)
+        return sock
+
+    def _log(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.dir, name), "rb") as f:
+                return f.read()[-2000:].decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Shut the guest down, end QEMU and virtiofsd, remove every file of the VM."""
+        if self._qemu is not None and self._qemu.poll() is None and self._ready.is_set():
+            try:
+                self._send({"op": "shutdown"})
+                self._qemu.wait(timeout)
+            except (OSError, subprocess.TimeoutExpired, SystemFailure):
+                pass
+        for proc in (self._qemu, *self._virtiofsds):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            if proc is not None:
+                proc.wait()
+        for listener in self._listeners:
+            try:
+                os.unlink(listener.getsockname())
+            except OSError:
+                pass
+            try:
+                listener.shutdown(socket.SHUT_RDWR)   # wakes the accept loop
+            except OSError:
+                pass
+            listener.close()
+        for conn in list(self._streams.values()):
+            conn.close()
+        self._streams.clear()
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+        if self._reader is not None:
+            self._reader.join(timeout)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def qemu_pid(self) -> int:
+        return self._qemu.pid if self._qemu is not None else 0
+
+    @property
+    def running(self) -> bool:
+        return self._qemu is not None and self._qemu.poll() is None and not self._closed.is_set()
+
+    # -- channel ----------------------------------------------------------------------------------
+
+    def _send(self, message: dict) -> None:
+        if self._sock is None or self._closed.is_set():
+            raise SystemFailure(f"utility VM {self.id} is not running", object_id=self.id)
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        with self._send_lock:
+            self._sock.sendall(data)
+
+    def _read_events(self) -> None:
+        assert self._sock is not None
+        buf = b""
+        try:
+            while True:
+                chunk = self._sock.recv(262144)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    line, _, buf = buf.partition(b"\n")
+                    self._dispatch(json.loads(line))
+        except OSError:
+            pass
+        finally:
+            self._closed.set()
+            self._ready.set()
+            for proc in list(self._procs.values()):
+                proc.events.put((None, 255))
+            for waiter in list(self._pending.values()):
+                waiter.put({"ev": "error", "message": "the utility VM stopped"})
+
+    def _dispatch(self, event: dict) -> None:
+        kind = event.get("ev")
+        if kind == "ready":
+            self.kernel_release = event.get("kernel", "")
+            self._ready.set()
+            return
+        ident = event.get("id")
+        if kind == "data" and ident in self._streams:
+            try:
+                self._streams[ident].sendall(base64.b64decode(event["data"]))
+            except OSError:
+                self._send_quiet({"op": "close", "id": ident})
+            return
+        if kind == "closed":
+            conn = self._streams.pop(ident, None)
+            if conn is not None:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+            return
+        if kind in ("spawned", "connected", "error", "pong"):
+            waiter = self._pending.pop(ident, None)
+            if waiter is not None:
+                waiter.put(event)
+            return
+        proc = self._procs.get(ident)
+        if proc is None:
+            return
+        if kind == "out":
+            proc.events.put((event["fd"], base64.b64decode(event["data"])))
+        elif kind == "exit":
+            self._procs.pop(ident, None)
+            proc.events.put((None, event["status"]))
+
+    def _send_quiet(self, message: dict) -> None:
+        try:
+            self._send(message)
+        except (OSError, SystemFailure):
+            pass
+
+    def _new_id(self) -> int:
+        with self._send_lock:
+            ident = self._next_id
+            self._next_id += 1
+        return ident
+
+    def forward_unix(self, host_path: str, guest_path: str) -> None:
+        """Listen at ``host_path``; each connection becomes a byte stream to the unix socket
+        ``guest_path`` in the guest (how the host's shim client reaches a shim in the VM)."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.unlink(host_path)
+        except FileNotFoundError:
+            pass
+        listener.bind(host_path)
+        os.chmod(host_path, 0o600)
+        listener.listen(16)
+        self._listeners.append(listener)
+        threading.Thread(target=self._accept_loop, args=(listener, guest_path),
+                         name=f"uvm-{self.id}-fwd", daemon=True).start()
+
+    def _accept_loop(self, listener: socket.socket, guest_path: str) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return   # closed by stop()
+            ident = self._new_id()
+            waiter: queue.Queue = queue.Queue()
+            self._pending[ident] = waiter
+            try:
+                self._send({"op": "connect", "id": ident, "path": guest_path})
+                reply = waiter.get(timeout=30)
+            except (OSError, SystemFailure, queue.Empty):
+                reply = {"ev": "error"}
+            if reply.get("ev") != "connected":
+                conn.close()
+                continue
+            self._streams[ident] = conn
+            threading.Thread(target=self._pump, args=(ident, conn), daemon=True).start()
+
+    def _pump(self, ident: int, conn: socket.socket) -> None:
+        """Host connection → guest, until the host side closes."""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._send_quiet({"op": "data", "id": ident, "eof": True})
+                return
+            self._send_quiet({"op": "data", "id": ident,
+                              "data": base64.b64encode(data).decode()})
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
+              timeout: float = 30.0) -> GuestProcess:
+        """Start ``argv`` in the guest (outside any container): stdin, stdout, stderr are pipes."""
+        ident = self._new_id()
+        proc = GuestProcess(self, ident)
+        waiter: queue.Queue = queue.Queue()
+        self._procs[ident] = proc
+        self._pending[ident] = waiter
+        self._send({"op": "spawn", "id": ident, "argv": list(argv), "env": env, "cwd": cwd})
+        try:
+            reply = waiter.get(timeout=timeout)
+        except queue.Empty:
+            raise SystemFailure(f"utility VM {self.id} did not answer a spawn in {timeout}s",
+                                object_id=self.id)
+        if reply.get("ev") != "spawned":
+            self._procs.pop(ident, None)
+            raise Unavailable(f"cannot start {argv[0]} in utility VM {self.id}: "
+                              f"{reply.get('message')}", object_id=self.id)
+        proc.pid = reply["pid"]
+        return proc
+
+    def run(self, argv: list[str], env: dict[str, str] | None = None, cwd: str = "/",
+            stdin: bytes = b"", timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        proc = self.spawn(argv, env, cwd)
+        if stdin:
+            proc.write(stdin)
+        proc.close_stdin()
+        return proc.communicate(timeout)
+
+
+def _start_time(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def cleanup_stale(state_dir: str = STATE_DIR) -> list[str]:
+    """Remove VM directories whose owning process is gone (its QEMU and virtiofsd died with it,
+    by PR_SET_PDEATHSIG; any still found are killed after checking they are that VM's)."""
+    removed = []
+    try:
+        names = os.listdir(state_dir)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        path = os.path.join(state_dir, name)
+        try:
+            with open(os.path.join(path, "owner.json")) as f:
+                owner = json.load(f)
+        except (OSError, ValueError):
+            owner = {}
+            try:
+                if time.time() - os.stat(path).st_mtime < 60:
+                    continue   # being created right now: owner.json comes next
+            except FileNotFoundError:
+                continue
+        if owner and _start_time(owner.get("pid", -1)) == owner.get("start"):
+            continue
+        pids = [owner.get("qemu")] + list(owner.get("virtiofsd") or [])
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if path.encode() in f.read():
+                        os.kill(pid, signal.SIGKILL)
+            except (OSError, TypeError):
+                pass
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(name)
+    return removed
