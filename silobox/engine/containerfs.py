@@ -55,32 +55,25 @@ class ContainerFilesystems:
     async def upper_of(self, c: Any) -> AsyncIterator[str]:
         """The container's upper directory, its sandbox disk activated meanwhile if stopped
         (under the container's lock, so a start cannot mount the disk a second time)."""
-        sandbox = self.storage.sandbox_for(c.id)
+        sandboxes = self.storage.sandboxes
         if c.running:
-            readers = self.storage.sandbox_readers
-            readers[c.id] = readers.get(c.id, 0) + 1
-            try:
-                yield sandbox.paths.upper
-            finally:
-                readers[c.id] -= 1
-                if not readers[c.id]:
-                    del readers[c.id]
-                    if not c.running:   # it stopped meanwhile: unmount what its stop left
-                        async with self.store.lock(c.id):
-                            if not c.running and not self.storage.attachment(c.id):
-                                await asyncio.get_running_loop().run_in_executor(
-                                    None, sandbox.deactivate)
+            with sandboxes.reading(c.id) as upper:
+                yield upper
+            if not sandboxes.readers.get(c.id) and not c.running:
+                # it stopped meanwhile: unmount what its stop left to the last reader
+                async with self.store.lock(c.id):
+                    if not c.running and not self.storage.attachment(c.id):
+                        await sandboxes.deactivate(c.id)
             return
         async with self.store.lock(c.id):
-            loop = asyncio.get_running_loop()
-            activated = await _activate(sandbox)
+            activated = await sandboxes.activate_stopped(c.id)
             try:
-                if not sandbox.exists():
+                if not sandboxes.get(c.id).exists():
                     raise NotFound(f"No such container: {c.id}: it has no writable layer")
-                yield sandbox.paths.upper
+                yield sandboxes.get(c.id).paths.upper
             finally:
                 if activated:
-                    await loop.run_in_executor(None, sandbox.deactivate)
+                    await sandboxes.deactivate(c.id)
 
     async def container_commit(self, ref: str, repo: str = "", tag: str = "",
                                comment: str = "", author: str = "",
@@ -278,20 +271,6 @@ def _check_cp_path(path: str) -> None:
         raise InvalidArgument("path cannot be empty")
     if "\x00" in path:
         raise InvalidArgument("invalid path")
-
-
-async def _activate(sandbox: Any, wait: float = 5.0) -> str:
-    """Mount a stopped container's sandbox disk; while the container's own mount of it is
-    still going away (the loop device detaches itself a moment after), wait for it."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while True:
-        try:
-            return await loop.run_in_executor(None, sandbox.activate)
-        except Conflict:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 def _release(lock: asyncio.Lock | None) -> None:

@@ -200,7 +200,6 @@ class StorageOps:
         self.sandboxes = SandboxStore(self.config.root, self.config.exec_root, self.volumes,
                                       self._daemon_storage_opts())
         self.disk_pool = self.sandboxes.pool
-        self.sandbox_readers = self.sandboxes.readers
         hooks.append(StorageHook(self))
         # what earlier daemons left of container data goes before the pool starts
         running_volumes = {m.get("Name") for c in self.store.values() if c.running

@@ -11,12 +11,13 @@ of what a killed daemon left. Which container, and when, is the engine's to say.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
-from silobox.errors import InvalidArgument, SiloboxError, Unavailable
+from silobox.errors import Conflict, InvalidArgument, SiloboxError, Unavailable
 from silobox.storage import disk as D
 from silobox.storage.attach import SandboxAttachments
 from silobox.storage.sandbox import Sandbox
@@ -165,6 +166,38 @@ class SandboxStore:
         if sandbox.kind == "disk" and not self.readers.get(cid):
             self.pool.busy()
             sandbox.deactivate()
+
+    # ----- readers of a sandbox (commit, diff, export) ---------------------------------------
+    @contextlib.contextmanager
+    def reading(self, cid: str) -> Iterator[str]:
+        """Read a running container's upper directory: its disk stays mounted past a stop
+        until the last reader is done (the stop leaves it for :meth:`release_reader`)."""
+        self.readers[cid] = self.readers.get(cid, 0) + 1
+        try:
+            yield self.get(cid).paths.upper
+        finally:
+            self.readers[cid] -= 1
+            if not self.readers[cid]:
+                del self.readers[cid]
+
+    async def activate_stopped(self, cid: str, wait: float = 5.0) -> bool:
+        """Mount a stopped container's disk to read it; True when this call mounted it (the
+        caller then :meth:`deactivate` s it). The container's own mount may still be going
+        away (its loop device detaches itself a moment after): wait up to ``wait`` s."""
+        sandbox = self.get(cid)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            try:
+                return bool(await loop.run_in_executor(None, sandbox.activate))
+            except Conflict:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def deactivate(self, cid: str) -> None:
+        """Unmount a container's disk (after a reader, or a stop that left it to one)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.get(cid).deactivate)
 
     # ----- views ------------------------------------------------------------------------------
     def record(self, cid: str, name: str, status: str) -> dict[str, Any]:

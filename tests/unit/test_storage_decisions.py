@@ -198,3 +198,17 @@ def test_tmpfs_options_of_the_wrong_type_are_client_errors(options):
         tmpfs_mount_options({"Type": "tmpfs", "Target": "/t", "TmpfsOptions": options}, "/t")
     assert "size=65536,mode=1777" in tmpfs_mount_options(
         {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 65536, "Mode": 0o1777}})
+
+
+def test_sandbox_readers_count_and_release(tmp_path):
+    """A reader keeps a running container's disk readable; the count goes when the last
+    reader is done (the engine then unmounts what a stop left)."""
+    from silobox.storage.sandboxes import SandboxStore
+    store = SandboxStore.__new__(SandboxStore)
+    store.root, store.readers = str(tmp_path), {}
+    with store.reading("c1") as upper:
+        assert upper.endswith("upper") and store.readers == {"c1": 1}
+        with store.reading("c1"):
+            assert store.readers == {"c1": 2}
+        assert store.readers == {"c1": 1}
+    assert store.readers == {}
