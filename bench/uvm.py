@@ -80,7 +80,7 @@ def container_runs(runs: int, hyperv_runs: int) -> None:
         if not sock:
             sock = os.path.join(base, "r", "silod.sock")
             own = subprocess.Popen(
-                [sys.executable, "-m", "silobox.engine.daemon", "--root",
+                [sys.executable, "-m", "silobox.daemon", "--root",
                  os.path.join(base, "root"), "--exec-root", os.path.join(base, "r"),
                  "--cgroup-parent", "silobox/bench-uvm", "-H", f"unix://{sock}"],
                 stdout=open(os.path.join(base, "silod.log"), "wb"), stderr=subprocess.STDOUT,
