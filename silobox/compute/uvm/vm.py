@@ -160,6 +160,7 @@ class UtilityVM:
         self._next_id = 1
         self._ready = threading.Event()
         self._closed = threading.Event()
+        self._made_dir = False
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -182,7 +183,8 @@ class UtilityVM:
         assets = self.assets or boot_assets()
         self.accel = (Accelerator(self.config.accel, "requested") if self.config.accel
                       else detect_accelerator(assets))
-        os.makedirs(self.dir)
+        os.makedirs(self.dir)   # fails for an id in use: that VM's files are not ours
+        self._made_dir = True
         atomic_write_json(os.path.join(self.dir, "owner.json"),
                           {"pid": os.getpid(), "start": _start_time(os.getpid())})
         shares = dict(self.config.shares)
@@ -313,7 +315,9 @@ class UtilityVM:
             self._sock.close()
         if self._reader is not None:
             self._reader.join(timeout)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._listeners.clear()
+        if self._made_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     @property
     def qemu_pid(self) -> int:
