@@ -4,7 +4,6 @@ accelerator, or run one command in a throwaway utility VM."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 

@@ -11,7 +11,6 @@ Only the standard library is used here: this runs on the host's Python, shared i
 from __future__ import annotations
 
 import base64
-import errno
 import fcntl
 import glob
 import json

@@ -21,7 +21,7 @@ import os
 import secrets
 from typing import Any
 
-from silobox.compute.system import ComputeSystem, State
+from silobox.compute.system import ComputeSystem
 from silobox.compute.uvm.vm import UtilityVM, VMConfig, cleanup_stale, default_shares
 from silobox.errors import InvalidArgument, NotRunning, SystemFailure, Unavailable
 
