@@ -8,11 +8,10 @@ root is the built-in busybox image: nothing is pulled.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
 
 from silobox.errors import Unavailable
+from silobox.kernel import native
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pause.c")
 CACHE_DIR = os.environ.get("SILOBOX_CRI_DIR", "/var/cache/silobox/cri")
@@ -20,27 +19,16 @@ CONTAINER_PATH = "/.silobox-pause"
 
 
 def binary_path() -> str:
-    with open(SOURCE, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    return os.path.join(CACHE_DIR, digest, "pause")
+    return native.binary_path(SOURCE, CACHE_DIR, "pause")
 
 
 def ensure_built() -> str:
     path = binary_path()
-    if os.path.exists(path):
-        return path
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        res = subprocess.run(["gcc", "-static", "-O2", "-s", "-Wall", "-o", tmp, SOURCE],
-                             capture_output=True, text=True)
-    except FileNotFoundError:
-        raise Unavailable("the pod holder needs gcc to be built (run scripts/install.sh)") \
-            from None
-    if res.returncode != 0:
-        raise Unavailable(f"cannot build the pod holder: {res.stderr.strip()[-1000:]}")
-    os.chmod(tmp, 0o555)
-    os.rename(tmp, path)
+    if not os.path.exists(path):
+        try:
+            native.build_static(SOURCE, path, "the pod holder")
+        except native.NativeBuildError as e:
+            raise Unavailable(str(e)) from None
     return path
 
 

@@ -17,10 +17,10 @@ Life cycle, like the entry helper's (``silobox.kernel.entry``):
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
 import sys
+
+from silobox.kernel import native
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "monitor.c")
 CACHE_DIR = os.environ.get("SILOBOX_MONITOR_DIR", "/var/cache/silobox/monitor")
@@ -37,34 +37,16 @@ def enabled() -> bool:
     return os.environ.get("SILOBOX_MONITOR", "native") != "python"
 
 
-def source_hash() -> str:
-    with open(SOURCE, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
-
-
 def monitor_path() -> str:
-    return os.path.join(CACHE_DIR, source_hash(), NAME)
+    return native.binary_path(SOURCE, CACHE_DIR, NAME)
 
 
 def build(dest: str) -> None:
     """Compile the monitor statically with the system's gcc; the file appears atomically."""
-    os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
-    tmp = f"{dest}.{os.getpid()}.tmp"
     try:
-        res = subprocess.run(["gcc", "-static", "-O2", "-s", "-Wall", "-o", tmp, SOURCE],
-                             capture_output=True, text=True)
-    except FileNotFoundError:
-        raise MonitorMissing(f"the container monitor {dest} is missing and gcc is not "
-                             "installed to build it (run scripts/install.sh)") from None
-    if res.returncode != 0:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise MonitorMissing("cannot build the container monitor (gcc -static; is libc6-dev "
-                             f"installed?): {res.stderr.strip()[-2000:]}")
-    os.chmod(tmp, 0o555)
-    os.rename(tmp, dest)
+        native.build_static(SOURCE, dest, "the container monitor")
+    except native.NativeBuildError as e:
+        raise MonitorMissing(str(e)) from None
 
 
 def ensure_built() -> str:

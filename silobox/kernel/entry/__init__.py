@@ -19,12 +19,12 @@ The spec format is the helper's, documented in ``helper.c``.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import struct
-import subprocess
 import sys
 from typing import NoReturn, Sequence
+
+from silobox.kernel import native
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helper.c")
 CACHE_DIR = os.environ.get("SILOBOX_ENTRY_DIR", "/var/cache/silobox/entry")
@@ -49,37 +49,17 @@ class EntryHelperMissing(RuntimeError):
     """The helper is neither built nor buildable here: starts and execs cannot proceed."""
 
 
-def source_hash() -> str:
-    with open(SOURCE, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
-
-
 def helper_path() -> str:
     """Where the helper built from this source lives (``SILOBOX_ENTRY_HELPER`` overrides)."""
-    return os.environ.get("SILOBOX_ENTRY_HELPER") or os.path.join(CACHE_DIR, source_hash(), NAME)
+    return os.environ.get("SILOBOX_ENTRY_HELPER") or native.binary_path(SOURCE, CACHE_DIR, NAME)
 
 
 def build(dest: str) -> None:
     """Compile the helper statically with the system's gcc; the file appears atomically."""
-    os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
-    tmp = f"{dest}.{os.getpid()}.tmp"
     try:
-        res = subprocess.run(["gcc", "-static", "-O2", "-s", "-Wall", "-o", tmp, SOURCE],
-                             capture_output=True, text=True)
-    except FileNotFoundError:
-        raise EntryHelperMissing(
-            f"the container entry helper {dest} is missing and gcc is not installed to build it "
-            "(run scripts/install.sh)") from None
-    if res.returncode != 0:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise EntryHelperMissing(
-            f"cannot build the container entry helper (gcc -static; is libc6-dev installed?): "
-            f"{res.stderr.strip()[-2000:]}")
-    os.chmod(tmp, 0o555)
-    os.rename(tmp, dest)
+        native.build_static(SOURCE, dest, "the container entry helper")
+    except native.NativeBuildError as e:
+        raise EntryHelperMissing(str(e)) from None
 
 
 def ensure_built() -> str:
