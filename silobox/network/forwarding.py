@@ -180,16 +180,34 @@ class SysctlLease:
         with self._locked() as doc:
             holders = self._live_holders(doc, without=self.holder)
             doc["holders"] = holders
-            if not holders and doc.get("original", "1") != "1" and self._read() == "1":
-                others = self.others()
-                if others:
-                    log.info("left %s on: %s of another engine route through the host",
-                             self.name, ", ".join(others[:5]))
-                else:
-                    self._write(doc["original"])
-                    log.info("restored %s to %s", self.name, doc["original"])
+            if not holders:
+                self._restore(doc)
             self._save(doc)
         self.held = False
+
+    def reap(self) -> None:
+        """A lease whose holders were all killed (no clean stop released it) is settled by
+        the next silod, also one that does not need the sysctl itself: the found value comes
+        back as after a release."""
+        if self.held or not os.path.exists(self.path):
+            return
+        with self._locked() as doc:
+            if self._live_holders(doc):
+                return
+            doc["holders"] = []
+            self._restore(doc)
+            self._save(doc)
+
+    def _restore(self, doc: dict[str, Any]) -> None:
+        if doc.get("original", "1") == "1" or self._read() != "1":
+            return
+        others = self.others()
+        if others:
+            log.info("left %s on: %s of another engine route through the host",
+                     self.name, ", ".join(others[:5]))
+        else:
+            self._write(doc["original"])
+            log.info("restored %s to %s", self.name, doc["original"])
 
 
 OTHER_ENGINES = ("docker0", "br-", "podman", "cni", "virbr", "lxcbr", "lxdbr", "incusbr",
@@ -513,6 +531,8 @@ class HostForwarding:
                 and not self.lease6.held):
             _warn_router_advertisements()
             self.ip6_forward = self._acquire(self.lease6)
+        elif self.manage_sysctl and not self.lease6.held:
+            self._reap(self.lease6)
         if self.manage_rules:
             self.rules.sync(networks)
 
@@ -535,6 +555,15 @@ class HostForwarding:
             self.rules.remove_all()
         self.lease.release()
         self.lease6.release()
+        if self.manage_sysctl:
+            self._reap(self.lease6)
+
+    @staticmethod
+    def _reap(lease: SysctlLease) -> None:
+        try:
+            lease.reap()
+        except OSError as e:
+            log.warning("cannot settle the %s lease of a killed silod: %s", lease.name, e)
 
     def report(self) -> dict[str, Any]:
         if not self.manage_sysctl:

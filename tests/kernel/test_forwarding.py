@@ -221,3 +221,25 @@ def test_forwarding_stays_on_for_another_engine(tmp_path) -> None:
     for name in ("lo", "eth0", "docker0", "br-0123456789ab", "sbx12nat0", "virbr0"):
         (net / name).mkdir(parents=True)
     assert other_engines_links(str(net)) == ["br-0123456789ab", "docker0", "virbr0"]
+
+
+def test_a_killed_holders_lease_is_settled_by_the_next_silod(tmp_path) -> None:
+    """A silod killed while it held IPv6 forwarding leaves the lease; the next silod settles
+    it even when it has no IPv6 network itself (it never acquires that lease)."""
+    sysctl = tmp_path / "forwarding"
+    sysctl.write_text("0\n")
+    lease = str(tmp_path / "lease6.json")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    Lease(f"{dead.pid} /killed", lease, str(sysctl), others=lambda: []).acquire()
+    assert sysctl.read_text().strip() == "1" and os.path.exists(lease)
+    live = Lease(f"{os.getpid()} /live", lease, str(sysctl), others=lambda: [])
+    other = Lease(f"{os.getpid()} /other", lease, str(sysctl), others=lambda: [])
+    other.acquire()
+    live.reap()                       # a live holder: nothing to settle
+    assert sysctl.read_text().strip() == "1"
+    other.release()
+    assert sysctl.read_text().strip() == "0" and not os.path.exists(lease)
+    Lease(f"{dead.pid} /killed", lease, str(sysctl), others=lambda: []).acquire()
+    live.reap()
+    assert sysctl.read_text().strip() == "0" and not os.path.exists(lease)
