@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
+from typing import Callable
 
 
 class NativeBuildError(RuntimeError):
@@ -46,3 +48,21 @@ def build_static(source: str, dest: str, what: str) -> None:
                                f"{res.stderr.strip()[-2000:]}")
     os.chmod(tmp, 0o555)
     os.rename(tmp, dest)
+
+
+def command(argv: list[str], module: str, name: str, ensure_built: Callable[[], str],
+            path: Callable[[], str], missing: type[Exception]) -> int:
+    """``python -m <module> build|path``, what scripts/install.sh runs for each program."""
+    cmd = argv[0] if argv else "build"
+    if cmd == "build":
+        try:
+            print(ensure_built())
+        except missing as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if cmd == "path":
+        print(path())
+        return 0
+    print(f"usage: python -m {module} build|path", file=sys.stderr)
+    return 2

@@ -509,10 +509,6 @@ class HostForwarding:
         self.sysctl_errors: dict[str, str] = {}
         self._checked = 0.0
 
-    @property
-    def sysctl_error(self) -> str:
-        return "; ".join(self.sysctl_errors.values())
-
     def _acquire(self, lease: SysctlLease) -> str:
         try:
             how = lease.acquire()

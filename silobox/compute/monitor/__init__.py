@@ -18,7 +18,6 @@ Life cycle, like the entry helper's (``silobox.kernel.entry``):
 from __future__ import annotations
 
 import os
-import sys
 
 from silobox.kernel import native
 
@@ -73,16 +72,4 @@ def monitor_fd() -> int | None:
 
 def main(argv: list[str]) -> int:
     """``python -m silobox.compute.monitor build|path``: what scripts/install.sh runs."""
-    cmd = argv[0] if argv else "build"
-    if cmd == "build":
-        try:
-            print(ensure_built())
-        except MonitorMissing as e:
-            print(f"silobox-monitor: {e}", file=sys.stderr)
-            return 1
-        return 0
-    if cmd == "path":
-        print(monitor_path())
-        return 0
-    print("usage: python -m silobox.compute.monitor build|path", file=sys.stderr)
-    return 2
+    return native.command(argv, "silobox.compute.monitor", "silobox-monitor", ensure_built, monitor_path, MonitorMissing)

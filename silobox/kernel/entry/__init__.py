@@ -174,19 +174,7 @@ def exec_helper(spec: bytes, pass_fds: Sequence[int]) -> NoReturn:
 
 def main(argv: list[str]) -> int:
     """``python -m silobox.kernel.entry build|path``: what scripts/install.sh runs."""
-    cmd = argv[0] if argv else "build"
-    if cmd == "build":
-        try:
-            print(ensure_built())
-        except EntryHelperMissing as e:
-            print(f"silobox-entry: {e}", file=sys.stderr)
-            return 1
-        return 0
-    if cmd == "path":
-        print(helper_path())
-        return 0
-    print("usage: python -m silobox.kernel.entry build|path", file=sys.stderr)
-    return 2
+    return native.command(argv, "silobox.kernel.entry", "silobox-entry", ensure_built, helper_path, EntryHelperMissing)
 
 
 if __name__ == "__main__":
