@@ -41,6 +41,7 @@ class MappedDirectory:
     host_path: str
     container_path: str
     read_only: bool = False
+    propagation: str = ""     # a bind's propagation in Docker's words (rprivate when empty)
 
 
 @dataclass
@@ -119,7 +120,12 @@ def parse_document(doc: Any) -> ContainerDocument:
         if not m["ContainerPath"].startswith("/"):
             raise InvalidArgument(f"Container.MappedDirectories[{i}].ContainerPath: must be an "
                                   "absolute path")
-        maps.append(MappedDirectory(m["HostPath"], m["ContainerPath"], bool(m.get("ReadOnly"))))
+        prop = m.get("Propagation") or ""
+        if prop not in ("", "private", "rprivate", "slave", "rslave", "shared", "rshared"):
+            raise InvalidArgument(f"Container.MappedDirectories[{i}].Propagation: {prop!r} is "
+                                  "not one of private, rprivate, slave, rslave, shared, rshared")
+        maps.append(MappedDirectory(m["HostPath"], m["ContainerPath"], bool(m.get("ReadOnly")),
+                                    prop))
     net = _get(c, "Networking", dict, {}, "Container.")
     lx = _get(c, "Linux", dict, {}, "Container.")
     w = "Container.Linux."

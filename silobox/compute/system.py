@@ -694,7 +694,7 @@ class ComputeService:
             rootfs=rootfs, lower_dirs=[l.path for l in doc.layers], upper_dir=upper, work_dir=work,
             namespaces=list(lx.namespaces), netns_path=doc.network_namespace,
             hostname=doc.hostname, domainname=lx.domainname,
-            binds=[BindMount(m.host_path, m.container_path, m.read_only)
+            binds=[BindMount(m.host_path, m.container_path, m.read_only, m.propagation)
                    for m in doc.mapped_directories],
             masked_paths=list(paths.MASKED_PATHS if lx.masked_paths is None else lx.masked_paths),
             readonly_paths=list(paths.READONLY_PATHS if lx.readonly_paths is None

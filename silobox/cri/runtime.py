@@ -48,6 +48,7 @@ POD_NETWORK = os.environ.get("SILOBOX_CRI_POD_NETWORK", "nat")
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024   # the kubelet's own cap on an ExecSync answer
 API_VERSION = "v1"
 CRI_VERSION = "0.1.0"
+_PROPAGATION = {pb.PROPAGATION_HOST_TO_CONTAINER: "rslave", pb.PROPAGATION_BIDIRECTIONAL: "rshared"}
 
 
 def _ns(iso: str) -> int:
@@ -294,11 +295,10 @@ class CriRuntime:
             if not m.host_path.startswith("/") or not m.container_path.startswith("/"):
                 raise InvalidArgument(f"mount {m.host_path}:{m.container_path}: paths must be "
                                       "absolute")
-            if m.propagation != pb.PROPAGATION_PRIVATE:
-                raise InvalidArgument(f"mount {m.container_path}: propagation "
-                                      f"{pb.MountPropagation.Name(m.propagation)} is not "
-                                      "supported by silobox (private only)")
-            binds.append(f"{m.host_path}:{m.container_path}:{'ro' if m.readonly else 'rw'}")
+            mode = "ro" if m.readonly else "rw"
+            if m.propagation in _PROPAGATION:
+                mode += "," + _PROPAGATION[m.propagation]
+            binds.append(f"{m.host_path}:{m.container_path}:{mode}")
         if binds:
             hc["Binds"] = binds
         if cfg.devices:
