@@ -71,6 +71,7 @@ class LinuxSettings:
     host_pid: bool = False                                      # no PID namespace of its own
     join_namespaces: dict[str, str] = field(default_factory=dict)  # {"ipc"|"pid": ns path}
     device_rules: list[dict] = field(default_factory=list)      # extra job object device rules
+    cgroup_parent: str = ""                                     # the job object's parent group
 
 
 @dataclass
@@ -153,7 +154,11 @@ def parse_document(doc: Any) -> ContainerDocument:
         device_rules=_get(lx, "DeviceCgroupRules", list, [], w),
         host_pid=_get(lx, "HostPid", bool, False, w),
         join_namespaces=_get(lx, "JoinNamespaces", dict, {}, w),
+        cgroup_parent=_get(lx, "CgroupParent", str, "", w),
     )
+    if linux.cgroup_parent:
+        from silobox.kernel.jobobject import check_component_path
+        linux.cgroup_parent = check_component_path(linux.cgroup_parent, f"{w}CgroupParent")
     if not all(k in ("ipc", "pid") and isinstance(v, str) and v.startswith("/proc/")
                for k, v in linux.join_namespaces.items()):
         raise InvalidArgument(f"{w}JoinNamespaces: only ipc and pid, as /proc/<pid>/ns paths")
