@@ -69,7 +69,7 @@ class LinuxSettings:
     oom_score_adj: int | None = None                            # every process of the container
     devices: list[dict] = field(default_factory=list)           # host nodes made in the silo
     host_pid: bool = False                                      # no PID namespace of its own
-    join_namespaces: dict[str, str] = field(default_factory=dict)  # {"ipc"|"pid": ns path}
+    join_namespaces: dict[str, str] = field(default_factory=dict)  # {"ipc"|"pid"|"uts": path}
     device_rules: list[dict] = field(default_factory=list)      # extra job object device rules
     cgroup_parent: str = ""                                     # the job object's parent group
 
@@ -159,9 +159,10 @@ def parse_document(doc: Any) -> ContainerDocument:
     if linux.cgroup_parent:
         from silobox.kernel.jobobject import check_component_path
         linux.cgroup_parent = check_component_path(linux.cgroup_parent, f"{w}CgroupParent")
-    if not all(k in ("ipc", "pid") and isinstance(v, str) and v.startswith("/proc/")
+    if not all(k in ("ipc", "pid", "uts") and isinstance(v, str) and v.startswith("/proc/")
                for k, v in linux.join_namespaces.items()):
-        raise InvalidArgument(f"{w}JoinNamespaces: only ipc and pid, as /proc/<pid>/ns paths")
+        raise InvalidArgument(f"{w}JoinNamespaces: only ipc, pid and uts, as /proc/<pid>/ns "
+                              "paths")
     for i, d in enumerate(linux.devices):
         if not isinstance(d, dict) or not isinstance(d.get("Path"), str) \
                 or not d["Path"].startswith("/") or d.get("Type") not in ("c", "b") \

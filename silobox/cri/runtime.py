@@ -135,6 +135,8 @@ class CriRuntime:
             "RestartPolicy": {"Name": "no"},
             "Binds": [f"{self.holder}:{pause.CONTAINER_PATH}:ro"],
         }
+        if linux.cgroup_parent:   # the kubelet's pod cgroup (cgroupfs driver)
+            hc["CgroupParent"] = linux.cgroup_parent
         body: dict[str, Any] = {"Image": HOLDER_IMAGE, "Entrypoint": [pause.CONTAINER_PATH],
                                 "Cmd": [], "HostConfig": hc}
         if host_net:
@@ -275,8 +277,10 @@ class CriRuntime:
         host_net = pnso.network == pb.NODE
         hc: dict[str, Any] = {"NetworkMode": "host" if host_net else f"container:{pid}",
                               "RestartPolicy": {"Name": "no"}}
-        if host_net:
-            hc["UTSMode"] = "host"
+        # the pod's UTS namespace (its hostname), as its network: the node's or the holder's
+        hc["UTSMode"] = "host" if host_net else f"container:{pid}"
+        if pcfg.linux.cgroup_parent:
+            hc["CgroupParent"] = pcfg.linux.cgroup_parent
         if nso.ipc == pb.NODE:
             hc["IpcMode"] = "host"
         elif nso.ipc == pb.POD:

@@ -29,14 +29,14 @@ _MODES: dict[str, tuple[tuple[str, ...], str]] = {
                 "use private, host or container:NAME"),
     "IpcMode": (("", "private", "shareable", "host"),
                 "use private, shareable, host or container:NAME"),
-    "UTSMode": (("", "host"), "a container has its own UTS namespace or the host's"),
+    "UTSMode": (("", "host"), "use host or container:NAME"),
     "CgroupnsMode": (("", "private", "host"),
                      "a container has its own cgroup namespace or the host's"),
     "UsernsMode": (("", "host"), "containers run in the host's user namespace"),
     "Cgroup": (("",), "every container has its own job object"),
 }
 
-_JOINABLE = ("IpcMode", "PidMode")
+_JOINABLE = ("IpcMode", "PidMode", "UTSMode")
 """Modes that may name a container (``container:X``; engine/sharing.py joins it)."""
 
 # field → what is not applied (the value is discarded with a warning)

@@ -75,7 +75,7 @@ def test_windows_cpu_controls() -> None:
     ("PidMode", "shared", "invalid PidMode 'shared': use private, host or container:NAME"),
     ("IpcMode", "none",
      "invalid IpcMode 'none': use private, shareable, host or container:NAME"),
-    ("UTSMode", "container:x", "invalid UTSMode 'container:x'"),
+    ("UTSMode", "private", "invalid UTSMode 'private'"),
     ("CgroupnsMode", "shared", "invalid CgroupnsMode 'shared'"),
     ("PidMode", 3, "HostConfig.PidMode of type string"),
     ("Runtime", "kata", "Unknown runtime specified kata"),

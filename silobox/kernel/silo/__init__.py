@@ -343,9 +343,10 @@ def build_rootfs(spec: SiloSpec) -> None:
             os.close(old_root)
     if spec.readonly_rootfs:
         libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
-    if spec.hostname and "uts" in spec.namespaces:
+    own_uts = "uts" in spec.namespaces and "uts" not in spec.join   # a joined one is set
+    if spec.hostname and own_uts:
         libc.sethostname(spec.hostname)
-    if spec.domainname and "uts" in spec.namespaces:
+    if spec.domainname and own_uts:
         libc.setdomainname(spec.domainname)
 
 
