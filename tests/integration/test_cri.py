@@ -433,3 +433,98 @@ def test_mount_propagation_host_to_container(cri: Cri, pods: list[str], tmp_path
     finally:
         for _ in range(4):
             subprocess.run(["umount", "-R", "-l", src], capture_output=True)
+
+
+async def _ws_leave(url: str, marker: bytes) -> None:
+    """Connect to an exec, read until ``marker`` is seen, then hang up."""
+    import aiohttp
+    seen = b""
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(url, protocols=("v5.channel.k8s.io",)) as ws:
+            while marker not in seen:
+                msg = await asyncio.wait_for(ws.receive(), 10)
+                assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                seen += msg.data[1:]
+
+
+def test_events_metrics_checkpoint_and_exec_ended_with_its_client(cri: Cri,
+                                                                  pods: list[str]) -> None:
+    import queue
+    import threading
+    got: "queue.Queue[pb.ContainerEventResponse]" = queue.Queue()
+    stream = cri.rt.GetContainerEvents(pb.GetEventsRequest())
+
+    def follow() -> None:
+        try:
+            for ev in stream:
+                got.put(ev)
+        except grpc.RpcError:
+            pass   # cancelled at the end
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)   # subscribed
+        pcfg = pod_config("ev")
+        pid = run_pod(cri, pods, pcfg)
+        cid = container(cri, pid, pcfg, "app", ["sleep", "60"])
+        seen: list[tuple[str, int]] = []
+        deadline = time.time() + 20
+        while (cid, pb.CONTAINER_STARTED_EVENT) not in seen and time.time() < deadline:
+            try:
+                ev = got.get(timeout=1)
+            except queue.Empty:
+                continue
+            seen.append((ev.container_id, ev.container_event_type))
+            if ev.container_id == cid and ev.container_event_type == pb.CONTAINER_STARTED_EVENT:
+                assert ev.pod_sandbox_status.id == pid
+                assert ev.pod_sandbox_status.state == pb.SANDBOX_READY
+                assert [s.id for s in ev.containers_statuses] == [cid]
+                assert ev.containers_statuses[0].state == pb.CONTAINER_RUNNING
+        assert (pid, pb.CONTAINER_CREATED_EVENT) in seen and \
+            (pid, pb.CONTAINER_STARTED_EVENT) in seen, seen
+        assert (cid, pb.CONTAINER_CREATED_EVENT) in seen, seen
+        assert (cid, pb.CONTAINER_STARTED_EVENT) in seen, seen
+
+        # metrics from the job objects
+        names = {d.name: list(d.label_keys) for d in cri.rt.ListMetricDescriptors(
+            pb.ListMetricDescriptorsRequest()).descriptors}
+        assert names["container_memory_usage_bytes"] == ["container", "id", "pod", "namespace"]
+        pm = {m.pod_sandbox_id: m for m in cri.rt.ListPodSandboxMetrics(
+            pb.ListPodSandboxMetricsRequest()).pod_metrics}[pid]
+        cm = {c.container_id: c for c in pm.container_metrics}[cid]
+        mem = {m.name: m for m in cm.metrics}["container_memory_usage_bytes"]
+        assert mem.value.value > 0 and list(mem.label_values) == ["app", cid, "ev", "default"]
+        assert all(m.name in names for m in pm.metrics)
+
+        with pytest.raises(grpc.RpcError) as e:
+            cri.rt.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid))
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and "CRIU" in e.value.details()
+
+        # an exec whose client hangs up is killed, not left running in the pod
+        url = cri.rt.Exec(pb.ExecRequest(
+            container_id=cid, cmd=["sh", "-c", "echo started; exec sleep 1234"],
+            stdout=True)).url
+        asyncio.run(_ws_leave(url, b"started"))
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            r = cri.rt.ExecSync(pb.ExecSyncRequest(container_id=cid, timeout=10,
+                                                   cmd=["ps", "-o", "args"]))
+            if b"sleep 1234" not in r.stdout:
+                break
+            time.sleep(0.2)
+        assert b"sleep 1234" not in r.stdout, r.stdout
+
+        cri.rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+        cri.rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+        deadline = time.time() + 20
+        while (cid, pb.CONTAINER_DELETED_EVENT) not in seen and time.time() < deadline:
+            try:
+                ev = got.get(timeout=1)
+            except queue.Empty:
+                continue
+            seen.append((ev.container_id, ev.container_event_type))
+        assert (cid, pb.CONTAINER_STOPPED_EVENT) in seen and \
+            (cid, pb.CONTAINER_DELETED_EVENT) in seen, seen
+    finally:
+        stream.cancel()
+        t.join(5)
