@@ -11,8 +11,8 @@ its store names them, never a group someone else made (the kubelet removes its o
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 from typing import Any
 
 from silobox.atomic import atomic_write_json
@@ -54,6 +54,13 @@ class CgroupParentHook(ContainerHook):
         document["Container"]["Linux"]["CgroupParent"] = parent
 
     async def on_remove(self, c: Any) -> None:
+        value = c.host_config.get("CgroupParent")
+        if value:
+            # its own job object, if a silod killed meanwhile left it (silod's start only
+            # sweeps its default parent)
+            from silobox.kernel.jobobject import JobObject
+            job = JobObject(c.id, check_cgroup_parent(value))
+            await asyncio.get_running_loop().run_in_executor(None, job.delete)
         if not self.made:
             return
         from silobox.kernel.jobobject import remove_groups
