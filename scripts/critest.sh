@@ -19,6 +19,7 @@ REGISTRY_BIN=${REGISTRY_BIN:-/usr/bin/docker-registry}
 [ -x "$REGISTRY_BIN" ] || { echo "critest.sh: needs docker-registry (apt-get install docker-registry)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/sct.XXXXXX)   # short: shim socket paths live under it
+touch "$WORK/.started"
 RUN_ID=$(basename "$WORK" | tr -dc 'a-zA-Z0-9' | tail -c 8)
 ROOT="$WORK/root"; EXEC="$WORK/r"; SOCK="$EXEC/silod.sock"; CRI="$EXEC/cri.sock"
 CGROUP="silobox/critest$RUN_ID"
@@ -40,6 +41,16 @@ cleanup() {
         [ -d "$d" ] && rmdir "$d" 2>/dev/null
     done
     grep -o " $WORK[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
+    # critest's mount propagation specs bind /tmp/test<pod id>/mnt onto itself and leave it
+    # when a spec fails before its own cleanup: those made during this run go too
+    find /tmp -maxdepth 1 -name 'test*' -type d -newer "$WORK/.started" 2>/dev/null |
+        grep -E '^/tmp/test[0-9a-f]{64}' | while read -r d; do
+            for _ in 1 2 3 4; do   # stacked mounts: one layer a time
+                grep -o " $d/[^ ]*" /proc/self/mounts | sort -r | while read -r m; do
+                    umount -l "$m"; done
+            done
+            grep -q " $d/" /proc/self/mounts || rm -rf --one-file-system "$d"
+        done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
