@@ -240,7 +240,7 @@ class NetworkHook(ContainerHook):
 
         def atomic_write(path: str, text: str) -> None:
             if not live:
-                _atomic(path, text)
+                _atomic(path, text, durable=False)   # derived from the records
                 return
             with open(path, "r+") as f:
                 f.truncate(0)
