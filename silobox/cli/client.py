@@ -26,6 +26,8 @@ USER_AGENT = f"silo/{__version__}"
 
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 RAW_STREAM = "application/vnd.docker.raw-stream"
+EXEC_STREAM = "application/vnd.silobox.exec-stream"   # stdcopy frames + an exit-status frame
+EXIT_STATUS_FRAME = 0x80
 
 
 class APIError(Exception):
@@ -318,8 +320,10 @@ def error_message(status: int, body: bytes) -> str:
 class Hijacked:
     """The raw, bidirectional stream left once the daemon switched protocols (attach, exec)."""
 
-    def __init__(self, conn: Connection, content_type: str) -> None:
+    def __init__(self, conn: Connection, content_type: str,
+                 headers: dict[str, str] | None = None) -> None:
         self.sock = conn.sock
+        self.headers = headers or {}
         self.pending = bytes(conn.buf)  # bytes that arrived with the 101 headers
         conn.buf.clear()
         self.content_type = content_type
@@ -564,7 +568,7 @@ class Client:
         if resp.status not in (101, 200):
             resp.conn.close()
             raise ProtocolError(f"unable to upgrade to tcp, received {resp.status}")
-        return Hijacked(resp.conn, resp.content_type)
+        return Hijacked(resp.conn, resp.content_type, resp.headers)
 
 
 def default_host() -> str:
