@@ -483,8 +483,9 @@ class ContainerService:
             self.compute.close_system(c.id)
             for hook in self.hooks:
                 await hook.on_remove(c)
-            self.storage.sandbox_for(c.id).remove()
-            shutil.rmtree(self.store.directory(c.id), ignore_errors=True)
+            # Unmounts, renames and unlinks wait on the filesystem's journal: in a thread, so
+            # the loop serves other requests and parallel removals overlap their waits.
+            await asyncio.get_running_loop().run_in_executor(None, self._remove_files, c.id)
             self.store.delete(c)
             self.execs.forget(c.id)
             code = c.state.get("ExitCode", 0)
@@ -492,6 +493,10 @@ class ContainerService:
                 if not fut.done():
                     fut.set_result(code)
             self.events.emit_event("container", "destroy", c)
+
+    def _remove_files(self, cid: str) -> None:
+        self.storage.sandbox_for(cid).remove()
+        shutil.rmtree(self.store.directory(cid), ignore_errors=True)
 
     # ----- update / prune ------------------------------------------------------------------
     _UPDATABLE = ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus", "CpuShares",
