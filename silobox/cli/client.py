@@ -557,13 +557,20 @@ class Client:
             resp.conn.close()
 
     def hijack(self, method: str, path: str, params: dict[str, Any] | None = None,
-               body: Any = None) -> Hijacked:
-        """Upgrade a request (attach, exec start) to a raw stream; the connection is consumed."""
+               body: Any = None, created: bool = False) -> Any:
+        """Upgrade a request (attach, exec start) to a raw stream; the connection is consumed.
+
+        ``created``: a 201 is an answer too (a daemon that ignored silod's ``exec?start=1``
+        created the exec only); its JSON is returned instead of a stream."""
         headers = {"Connection": "Upgrade", "Upgrade": "tcp"}
         resp = self.send(method, path, params, body, headers)
-        if resp.status >= 400:
+        if resp.status >= 400 or (created and resp.status == 201):
             data = resp.read()
             resp.conn.close()
+            if resp.status == 201:
+                import json
+
+                return json.loads(data)
             raise APIError(resp.status, error_message(resp.status, data))
         if resp.status not in (101, 200):
             resp.conn.close()

@@ -88,6 +88,9 @@ class ExecRouter:
         if run:
             await complete(self.backend.exec_start(result["Id"], detach=True,
                                                    tty=bool(body.get("Tty"))))
+            response = json_response(result, status=201)
+            response.headers["X-Silobox-Exec-Id"] = result["Id"]   # started, not only created
+            return response
         return json_response(result, status=201)
 
     async def _run_attached(self, request: web.Request, body: dict[str, Any]

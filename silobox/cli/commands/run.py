@@ -397,7 +397,13 @@ def exec_(ctx: Context, argv: list[str]) -> int:
     client = ctx.client
     path = f"/containers/{quote(ns.container)}/exec"
     if ns.detach:
-        client.post(path, {"start": "1"}, {**body, "Detach": True})
+        _, data, headers = client.request("POST", path, {"start": "1"},
+                                          {**body, "Detach": True})
+        if "x-silobox-exec-id" not in headers:   # a daemon that only created it (dockerd)
+            import json
+
+            client.request("POST", f"/exec/{json.loads(data)['Id']}/start", None,
+                           {"Detach": True, "Tty": ns.tty})
         return 0
     size = ttymod.get_size(1) if ns.tty else None
     if size:
@@ -405,11 +411,18 @@ def exec_(ctx: Context, argv: list[str]) -> int:
     from silobox.cli import attach as attach_mod
 
     try:
-        stream = client.hijack("POST", path, {"start": "1"}, body)
+        stream = client.hijack("POST", path, {"start": "1"}, body, created=True)
+        if isinstance(stream, dict):   # a daemon that only created it (dockerd): start it
+            eid = stream["Id"]
+            start_body = {"Detach": False, "Tty": ns.tty}
+            if "ConsoleSize" in body:
+                start_body["ConsoleSize"] = body["ConsoleSize"]
+            stream = client.hijack("POST", f"/exec/{eid}/start", None, start_body)
+        else:
+            eid = stream.headers.get("x-silobox-exec-id", "")
     except APIError as e:
         code = copts.start_error_status(e.message)
         raise StatusError(1 if code == 125 else code, str(e)) from None
-    eid = stream.headers.get("x-silobox-exec-id", "")
     status: dict[str, Any] = {}
     try:
         _stream(ctx, ns.container, stream, None, None, tty=ns.tty, stdin=ns.interactive,
