@@ -96,7 +96,7 @@ fi
 "$PREFIX/bin/python" -m silobox.cri.pause >/dev/null
 # silo starts isolated and without site (-IS): no .pth files, sitecustomize or PYTHON*
 # variables, about 8 ms less per command; the CLI needs nothing but silobox and the stdlib.
-SITE=$("$PREFIX/bin/python" -c 'import os, silobox; print(os.path.dirname(os.path.dirname(silobox.__file__)))')
+SITE=$("$PREFIX/bin/python" -I -c 'import os, silobox; print(os.path.dirname(os.path.dirname(silobox.__file__)))')
 cat > "$PREFIX/bin/silo" <<EOF
 #!$PREFIX/bin/python3 -IS
 import sys
