@@ -70,7 +70,11 @@ def test_the_monitor_is_native_and_the_parent_of_the_init(silod):
     try:
         api.start(c)
         mon = _monitor_pid(silod, c["Id"])
-        exe = os.readlink(f"/proc/{mon}/exe")
+        # The shim reports "ready" and then execs the monitor: give that exec a moment.
+        deadline = time.monotonic() + 5
+        while "silobox-monitor" not in (exe := os.readlink(f"/proc/{mon}/exe")) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
         if "silobox-monitor" not in exe:
             pytest.skip(f"silod runs the Python monitor here ({exe})")
         pid = api.inspect_container(c)["State"]["Pid"]
