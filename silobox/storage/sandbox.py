@@ -196,7 +196,12 @@ class Sandbox:
         aside and deleted, so a crash never leaves a half-deleted sandbox under its real name.
         """
         try:
-            for mount_point in mounts_under(self.path):
+            # silod mounts a sandbox in its own namespace only on sandbox/ (the disk) and on
+            # rootfs/ (a host-side view: attach, cp); a container's mounts live in the
+            # container's namespace. Neither mounted (the usual case, after deactivate): no
+            # mount table to read, whose size grows with the number of containers.
+            held = os.path.ismount(self.path) or os.path.ismount(self.paths.rootfs)
+            for mount_point in mounts_under(self.path) if held else ():
                 try:
                     libc.umount2(mount_point, libc.MNT_DETACH)
                 except OSError as e:
@@ -347,23 +352,43 @@ class Sandbox:
 
 
 def mounts_under(path: str) -> list[str]:
-    """Mount points at or below ``path`` in this mount namespace, deepest first."""
+    """Mount points at or below ``path`` in this mount namespace, deepest first.
+
+    The table has a line per mount (several per running container); only the lines that hold
+    ``path`` (as mountinfo escapes it) are decoded."""
     base = os.path.realpath(path)
-    found: list[str] = []
+    key = _escape(base.rstrip("/") or "/").encode("utf-8", "surrogateescape")
     try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            lines = f.read().decode("utf-8", "surrogateescape").splitlines()
+        fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks: list[bytes] = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise SystemFailure(f"cannot read /proc/self/mountinfo: {e}",
                             operation="storage::Sandbox", cause=e) from e
-    for line in lines:
-        fields = line.split(" ")
+    table = b"".join(chunks)
+    if key not in table:
+        return []
+    found: list[str] = []
+    for line in table.split(b"\n"):
+        if key not in line:
+            continue
+        fields = line.decode("utf-8", "surrogateescape").split(" ")
         if len(fields) < 5:
             continue
         point = _unescape(fields[4])
         if point == base or point.startswith(base.rstrip("/") + "/"):
             found.append(point)
     return sorted(set(found), key=lambda p: (-p.count("/"), p))
+
+
+def _escape(path: str) -> str:
+    """A path as mountinfo writes it (space, tab, newline and backslash as octal escapes)."""
+    return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011") \
+        .replace("\n", "\\012")
 
 
 def _unescape(field: str) -> str:
