@@ -839,9 +839,12 @@ class Template:
                 v = value.get(part[0], MISSING)
             else:
                 v = getattr(value, part[0], MISSING)
+                if type(v) is str:   # nearly every field of a list view
+                    out.append(v)
+                    continue
                 if v is MISSING or callable(v):
                     return None
-            out.append(_top_str(v))
+            out.append(v if type(v) is str else _top_str(v))
         return "".join(out)
 
     def execute(self, value: Any, header: bool = False) -> str:
@@ -883,16 +886,20 @@ def tabwrite(text: str, minwidth: int = 10, tabwidth: int = 1, padding: int = 3,
     if trailing_nl:
         lines = lines[:-1]
     cells = [line.split("\t") for line in lines]
+    # each cell's display width, measured once (a thousand-row ps has seven thousand cells)
+    sizes = [[len(c) if c.isascii() else _display_width(c) for c in row] for row in cells]
     out: list[str] = []
     widths: list[int] = []
 
     def write_lines(a: int, b: int) -> None:
-        for row in cells[a:b]:
+        for i in range(a, b):
+            row, size = cells[i], sizes[i]
+            last = len(row) - 1
             parts: list[str] = []
             for j, c in enumerate(row):
-                if j < len(row) - 1:
+                if j < last:
                     w = widths[j] if j < len(widths) else 0
-                    parts.append(c + padchar * max(0, w - _display_width(c)))
+                    parts.append(c + padchar * (w - size[j]) if w > size[j] else c)
                 else:
                     parts.append(c)
             out.append("".join(parts))
@@ -908,7 +915,7 @@ def tabwrite(text: str, minwidth: int = 10, tabwidth: int = 1, padding: int = 3,
             line0 = this
             width = minwidth
             while this < line1 and column < len(cells[this]) - 1:
-                w = _display_width(cells[this][column]) + padding
+                w = sizes[this][column] + padding
                 if w > width:
                     width = w
                 this += 1

@@ -252,7 +252,7 @@ class ContainerRow:
         import json
 
         command = self.c.get("Command") or ""
-        if self.trunc:
+        if self.trunc and not (len(command) <= 20 and command.isascii()):
             command = formatter.ellipsis(command, 20)
         return json.dumps(command, ensure_ascii=False)
 
@@ -268,7 +268,8 @@ class ContainerRow:
 
     @property
     def Ports(self) -> str:
-        return display_ports(self.c.get("Ports") or [])
+        ports = self.c.get("Ports")
+        return display_ports(ports) if ports else ""
 
     @property
     def State(self) -> str:
