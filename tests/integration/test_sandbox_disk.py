@@ -494,3 +494,46 @@ def test_without_loop_devices_silod_falls_back_to_directories(silod, tmp_path):
         other.remove_cgroup_parent()
         shutil.rmtree(other.base, ignore_errors=True)
     assert _loops_of_root(other.root) == []
+
+
+def test_a_vm_share_namespace_keeps_no_sandbox_disk(silod, api, ctr, tmp_path):
+    """virtiofsd is started (as a utility VM starts it) while a container runs: once the
+    container stops its disk is free, also after virtiofsd has pivoted into its share.
+    Before, its namespace's copy of the host's mounts kept the disk attached, in no mount
+    table, for the VM's whole life: the container could not start again (409)."""
+    import socket
+    from silobox.compute.uvm import vm
+    if not os.access(vm.VIRTIOFSD, os.X_OK):
+        pytest.skip(f"{vm.VIRTIOFSD} is not installed")
+    c = ctr()
+    r = silod.silo("run", "-d", "--name", c, IMAGE, "sleep", "60")
+    assert r.returncode == 0, r.stderr
+    ctr.track(c)
+    image = os.path.join(silod.root, "containers", api.inspect_container(c)["Id"], "sandbox.img")
+    assert D.loops_of(image)
+    share = tmp_path / "share"
+    share.mkdir()
+    sock = str(tmp_path / "vfs.sock")
+    proc = subprocess.Popen(
+        [vm.VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={share}", "-o",
+         "sandbox=namespace", "-o", "log_level=err"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: vm._share_tree(str(share), {"usr": "/usr"}, True))
+    client = socket.socket(socket.AF_UNIX)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            assert proc.poll() is None and time.monotonic() < deadline, "virtiofsd did not start"
+            time.sleep(0.01)
+        api.kill(c)
+        api.wait(c, timeout=30)
+        assert D.wait_detached(image, 5.0), "the stopped container's disk is still attached"
+        client.connect(sock)   # virtiofsd sets up its sandbox (pivots) once QEMU connects
+        api.start(c)
+        api.kill(c)
+        api.wait(c, timeout=30)
+        assert D.wait_detached(image, 5.0), "the stopped container's disk is still attached"
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()
