@@ -4,11 +4,13 @@ loop device or mount left by rm or by a daemon killed mid-way (orphans removed a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 
@@ -537,3 +539,36 @@ def test_a_vm_share_namespace_keeps_no_sandbox_disk(silod, api, ctr, tmp_path):
         client.close()
         proc.kill()
         proc.wait()
+
+
+def test_a_copy_of_the_disk_in_another_namespace_does_not_stop_a_start(silod, api, ctr):
+    """A mount namespace made elsewhere on the host while a container runs (another tool's, a
+    service's private /tmp: the host's mounts are private) keeps a copy of its disk's mount,
+    and so the disk, after the container stops. The container starts again on that same
+    filesystem, cp works, a read-only host attach is refused with the reason, and the disk
+    goes with the other namespace."""
+    c = ctr()
+    r = silod.silo("run", "-d", "--name", c, IMAGE, "sh", "-c",
+                   "echo run >> /runs; sleep 60")
+    assert r.returncode == 0, r.stderr
+    ctr.track(c)
+    image = os.path.join(silod.root, "containers", api.inspect_container(c)["Id"], "sandbox.img")
+    other = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "60"])
+    try:
+        time.sleep(0.2)   # unshare has made its namespace (it execs sleep right after)
+        api.kill(c)
+        api.wait(c, timeout=30)
+        assert not D.wait_detached(image, 0.5), "the other namespace should hold the disk"
+        api.start(c)
+        api.kill(c)
+        api.wait(c, timeout=30)
+        r = silod.silo("cp", f"{c}:/runs", "-")
+        assert r.returncode == 0, r.stderr
+        with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tf:
+            assert tf.extractfile("runs").read() == b"run\nrun\n"
+        r = silod.silo("sandbox", "attach", c)
+        assert r.returncode != 0 and b"is in use" in r.stderr, r.stderr
+    finally:
+        other.kill()
+        other.wait()
+    assert D.wait_detached(image, 5.0)
