@@ -248,7 +248,7 @@ class Shim:
         self.sel.register(self.listener, selectors.EVENT_READ, ("accept", None))
         self.sel.register(self.wake_r, selectors.EVENT_READ, ("signal", None))
         atomic_write_json(os.path.join(self.state_dir, "shim.json"),
-                          {"ShimPid": os.getpid(), "Pid": pid})
+                          {"ShimPid": os.getpid(), "Pid": pid}, durable=False)   # runtime state
         if cfg.get("autostart"):
             result = self._start()
             self._report({"t": "ready", "pid": pid, "shim_pid": os.getpid(), **result})

@@ -143,7 +143,7 @@ class Sandbox:
         if self.kind != "disk":
             return ""
         from silobox.storage import disk
-        found = disk.loops_of(self.image)
+        found = disk.attached_loops(self.image)
         return found[0] if found else ""
 
     # -- lifecycle -----------------------------------------------------------------------------

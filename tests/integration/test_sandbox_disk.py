@@ -529,12 +529,12 @@ def test_a_vm_share_namespace_keeps_no_sandbox_disk(silod, api, ctr, tmp_path):
             time.sleep(0.01)
         api.kill(c)
         api.wait(c, timeout=30)
-        assert D.wait_detached(image, 5.0), "the stopped container's disk is still attached"
+        assert D.wait_detached(image, 5.0, scan=True), "the stopped container's disk is held"
         client.connect(sock)   # virtiofsd sets up its sandbox (pivots) once QEMU connects
         api.start(c)
         api.kill(c)
         api.wait(c, timeout=30)
-        assert D.wait_detached(image, 5.0), "the stopped container's disk is still attached"
+        assert D.wait_detached(image, 5.0, scan=True), "the stopped container's disk is held"
     finally:
         client.close()
         proc.kill()
@@ -558,7 +558,7 @@ def test_a_copy_of_the_disk_in_another_namespace_does_not_stop_a_start(silod, ap
         time.sleep(0.2)   # unshare has made its namespace (it execs sleep right after)
         api.kill(c)
         api.wait(c, timeout=30)
-        assert not D.wait_detached(image, 0.5), "the other namespace should hold the disk"
+        assert not D.wait_detached(image, 0.5, scan=True), "the other namespace should hold the disk"
         api.start(c)
         api.kill(c)
         api.wait(c, timeout=30)
@@ -571,4 +571,4 @@ def test_a_copy_of_the_disk_in_another_namespace_does_not_stop_a_start(silod, ap
     finally:
         other.kill()
         other.wait()
-    assert D.wait_detached(image, 5.0)
+    assert D.wait_detached(image, 5.0, scan=True)
