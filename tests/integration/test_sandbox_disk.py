@@ -558,7 +558,7 @@ def test_a_copy_of_the_disk_in_another_namespace_does_not_stop_a_start(silod, ap
         time.sleep(0.2)   # unshare has made its namespace (it execs sleep right after)
         api.kill(c)
         api.wait(c, timeout=30)
-        assert not D.wait_detached(image, 0.5, scan=True), "the other namespace should hold the disk"
+        assert not D.wait_detached(image, 0.5, scan=True), "the other namespace holds the disk"
         api.start(c)
         api.kill(c)
         api.wait(c, timeout=30)
