@@ -664,8 +664,11 @@ class ComputeService:
         out += [s.vm_summary() for s in self.systems.values() if s.in_vm and s.vm_summary()]
         return out
 
-    def close_system(self, cid: str) -> None:
-        """Forget a stopped system and remove its state directory (HcsCloseComputeSystem)."""
+    def close_system(self, cid: str, delete_state: bool = True) -> None:
+        """Forget a stopped system and remove its state directory (HcsCloseComputeSystem).
+
+        ``delete_state=False`` leaves the directory to the caller (``state_dir``), who deletes
+        it off the event loop: unlinking waits on the filesystem's journal."""
         system = self.systems.get(cid)
         if system is not None and system.state in _LIVE:
             raise Conflict(f"compute system {cid[:12]} is running", object_id=cid)
@@ -677,7 +680,12 @@ class ComputeService:
             except NotFound:
                 pass
         self.systems.pop(cid, None)
-        shutil.rmtree(os.path.join(self.state_root, cid), ignore_errors=True)
+        if delete_state:
+            shutil.rmtree(self.state_dir(cid), ignore_errors=True)
+
+    def state_dir(self, cid: str) -> str:
+        """Where a compute system's runtime state (shim socket, exit record) lives."""
+        return os.path.join(self.state_root, cid)
 
     # ----- translation (hcsoci): documents → plain specs for the child ----------------------
     def translate(self, doc: ContainerDocument, init: ProcessParameters) -> tuple[SiloSpec, ProcessSpec]:

@@ -480,7 +480,7 @@ class ContainerService:
                 await system.terminate()
                 await self._settled(c)     # the exit is recorded (and "die" sent) first
             transition(c, "begin_removal")
-            self.compute.close_system(c.id)
+            self.compute.close_system(c.id, delete_state=False)   # deleted in _remove_files
             for hook in self.hooks:
                 await hook.on_remove(c)
             # Unmounts, renames and unlinks wait on the filesystem's journal: in a thread, so
@@ -495,6 +495,7 @@ class ContainerService:
             self.events.emit_event("container", "destroy", c)
 
     def _remove_files(self, cid: str) -> None:
+        shutil.rmtree(self.compute.state_dir(cid), ignore_errors=True)
         self.storage.sandbox_for(cid).remove()
         shutil.rmtree(self.store.directory(cid), ignore_errors=True)
 

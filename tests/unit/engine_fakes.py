@@ -119,8 +119,11 @@ class FakeCompute:
         except KeyError:
             raise NotFound(f"compute system {cid} does not exist") from None
 
-    def close_system(self, cid: str) -> None:
+    def close_system(self, cid: str, delete_state: bool = True) -> None:
         self.systems.pop(cid, None)
+
+    def state_dir(self, cid: str) -> str:
+        return os.path.join("/nonexistent-state", cid)
 
 
 class FakeSandbox:
