@@ -127,20 +127,27 @@ def for_each(ctx: Context, names: Iterable[str], action: Callable[[Client, str],
     else:
         import threading
 
-        gate = threading.BoundedSemaphore(16)
+        # Sixteen workers, each with one keep-alive connection, take the names in turn: a
+        # thread and a connection per name cost silod an accept and a new HTTP connection
+        # each (a thousand for ``rm -f $(silo ps -aq)`` at scale).
+        todo = iter(range(1, len(names)))
+        take = threading.Lock()
 
-        def worker(i: int, n: str) -> None:
-            with gate:
-                c = Client(ctx.host, debug=ctx.debug)
-                try:
-                    results[i] = _attempt(action, c, n)
-                finally:
-                    c.close()
+        def worker() -> None:
+            c = Client(ctx.host, debug=ctx.debug)
+            try:
+                while True:
+                    with take:
+                        i = next(todo, None)
+                    if i is None:
+                        return
+                    results[i] = _attempt(action, c, names[i])
+            finally:
+                c.close()
 
         # one request first: it starts silod if needed, so workers do not race to start it
         results[0] = _attempt(action, ctx.client, names[0])
-        threads = [threading.Thread(target=worker, args=(i, n))
-                   for i, n in enumerate(names) if i > 0]
+        threads = [threading.Thread(target=worker) for _ in range(min(16, len(names) - 1))]
         for t in threads:
             t.start()
         for t in threads:
