@@ -16,6 +16,12 @@ if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
 
 from silobox.cli.client import APIError, Client, ConnectError
 
+# argparse's messages are matched by their English text (``_translate``) and docker's CLI is
+# English only; argparse's gettext lookups also cost ~1.3 ms per process (an import of locale
+# and a stat of every locale directory of every language in the environment).
+argparse._ = str  # type: ignore[attr-defined]
+argparse.ngettext = lambda singular, plural, n: singular if n == 1 else plural  # type: ignore[attr-defined]
+
 
 class UsageError(Exception):
     """Bad flags or arguments: docker exits 125 and points at ``--help``."""
