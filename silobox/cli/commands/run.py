@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import select
-import signal
 import sys
 
 TYPE_CHECKING = False
@@ -255,6 +254,8 @@ def _stream(ctx: Context, cid: str, stream: Hijacked, wait_conn: Connection | No
 
     if want_resize:
         resize()
+    import signal   # only an attached session proxies signals: ``run -d`` skips the import
+
     sigs: list[int] = []
     if want_resize:
         sigs.append(signal.SIGWINCH)
