@@ -192,6 +192,10 @@ class NetworkHook(ContainerHook):
                                    bool(c.host_config.get("PublishAllPorts")))
         created: list[str] = []
         first = True
+        # --isolation hyperv: each endpoint is a tap on the switch, a network card of the
+        # container's utility VM (compute.uvm), not a veth into a namespace of the host.
+        vm = (c.host_config.get("Isolation") or "").lower() == "hyperv"
+        adapters: list[dict[str, Any]] = []
         try:
             for name, cfg in c.network_settings["Networks"].items():
                 n = self.hns.find_network(name)
@@ -201,9 +205,11 @@ class NetworkHook(ContainerHook):
                     ip=ipam.get("IPv4Address") or None, ip6=ipam.get("IPv6Address") or None,
                     mac=(c.silobox.get("RequestedMac") or {}).get(name) or None,
                     port_mappings=maps if first else [], aliases=cfg.get("Aliases") or [],
-                    ifname="eth0" if first else f"eth{len(created)}")
+                    ifname="eth0" if first else f"eth{len(created)}", guest=vm)
                 created.append(e["ID"])
                 await self.hns.attach(e, create_ns=first)
+                if vm:
+                    adapters.append(self._adapter(n, e))
                 self._fill(cfg, n, e)
                 first = False
         except BaseException:
@@ -214,14 +220,27 @@ class NetworkHook(ContainerHook):
         user_dns = any(not self.hns.find_network(name).get("Default")
                        for name in c.network_settings["Networks"])
         self._write_files(c, user_dns)
-        if user_dns:
+        if user_dns and not vm:
             await self._serve_dns(c, ns_id)
         ns = c.network_settings
         ns["SandboxID"] = ns_id
-        ns["SandboxKey"] = self.hns.netns_path(ns_id)
+        ns["SandboxKey"] = "" if vm else self.hns.netns_path(ns_id)
         ns["Ports"] = self._ports(c)
         self._top_level(c)
-        document["Container"]["Networking"] = {"Namespace": self.hns.netns_path(ns_id)}
+        document["Container"]["Networking"] = (
+            {"NetworkAdapters": adapters} if vm else {"Namespace": self.hns.netns_path(ns_id)})
+
+    def _adapter(self, n: Any, e: Any) -> dict[str, Any]:
+        """A utility VM's network card for endpoint ``e``: the tap QEMU opens in the vSwitch
+        namespace and what the guest configures on it."""
+        gw = "" if n["Internal"] or e["IfName"] != "eth0" else e["GatewayAddress"]
+        return {"EndpointId": e["ID"], "Tap": self.hns.endpoint_port(e["ID"]),
+                "SwitchNamespace": self.hns.netlink.switch_path, "MacAddress": e.mac,
+                "IfName": e["IfName"], "IPAddress": f"{e['IPAddress']}/{e['PrefixLength']}",
+                "Gateway": gw, "Mtu": self.hns.driver_of(n).endpoint_mtu(n),
+                "IPv6Address": f"{e['IPv6Address']}/{e['IPv6PrefixLength']}"
+                if e.get("IPv6Address") else "",
+                "IPv6Gateway": e.get("GatewayAddressV6") or "" if gw else ""}
 
     async def _serve_dns(self, c: Any, ns_id: str) -> None:
         from silobox.network.dns import DNS_ADDRESS

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import time
 from typing import Any
 
@@ -27,7 +29,8 @@ def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
     status, body = silod.request("POST", "/containers/create", {
         "Image": "busybox", "Cmd": ["sh", "-c", "echo out; echo err >&2; "
                                     "cat /sys/fs/cgroup/memory.max; sleep 600"],
-        "HostConfig": {"Isolation": "hyperv", "Memory": 128 << 20, "NanoCpus": 10**9}})
+        "HostConfig": {"Isolation": "hyperv", "Memory": 128 << 20, "NanoCpus": 10**9,
+                       "NetworkMode": "none"}})
     assert status == 201, body
     cid = body["Id"]
     made.append(cid)
@@ -37,7 +40,6 @@ def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
         time.sleep(0.5)
     assert api.logs(cid, stdout=True, stderr=False).decode().split() == ["out", "134217728"]
     assert api.logs(cid, stdout=False, stderr=True).decode().split() == ["err"]
-    assert api.inspect_container(cid)["HostConfig"]["NetworkMode"] == "none"
 
     def exec_(cmd: list[str]) -> tuple[int, str]:
         ex = api.exec_create(cid, cmd)
@@ -71,12 +73,78 @@ def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
 
 
 def test_hyperv_refuses_what_a_vm_cannot_do(silod: Any) -> None:
-    for hc, what in (({"NetworkMode": "nat"}, "network"), ({"Privileged": True}, "--privileged"),
-                     ({"PidMode": "host"}, "--pid host"),
-                     ({"PortBindings": {"80/tcp": [{"HostPort": ""}]}}, "publishing ports")):
+    for hc, what in (({"NetworkMode": "host"}, "--network host"),
+                     ({"Privileged": True}, "--privileged"), ({"PidMode": "host"}, "--pid host")):
         status, body = silod.request("POST", "/containers/create", {
             "Image": "busybox", "Cmd": ["true"], "HostConfig": {"Isolation": "hyperv", **hc}})
         assert status == 400 and what in body["message"], (hc, body)
     status, body = silod.request("POST", "/containers/create", {
         "Image": "busybox", "Cmd": ["true"], "Tty": True, "HostConfig": {"Isolation": "hyperv"}})
     assert status == 400 and "terminal" in body["message"]
+
+
+def _wait_log(api: Any, cid: str, text: str, timeout: float = 150) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = api.logs(cid).decode()
+        if text in logs or api.inspect_container(cid)["State"]["Status"] != "running":
+            return logs
+        time.sleep(0.5)
+    return api.logs(cid).decode()
+
+
+def test_hyperv_container_on_the_nat_network(silod: Any, made: list[str]) -> None:
+    """The VM's network card is a tap on the nat network's switch: a process container and the
+    VM reach each other, a published port reaches the VM from the host's loopback, and after
+    rm neither the tap nor the port's rule remains."""
+    api = silod.client
+    srv = api.create_container("busybox", ["sh", "-c", "echo from-proc | nc -l -p 7000; "
+                                           "sleep 600"])["Id"]
+    made.append(srv)
+    api.start(srv)
+    srv_ip = api.inspect_container(srv)["NetworkSettings"]["IPAddress"]
+    status, body = silod.request("POST", "/containers/create", {
+        "Image": "busybox", "ExposedPorts": {"8080/tcp": {}},
+        "Cmd": ["sh", "-c", f"ping -c 1 -W 10 {srv_ip} >/dev/null && echo ping-ok; "
+                            f"nc {srv_ip} 7000; "
+                            "while true; do echo from-vm | nc -l -p 8080; done"],
+        "HostConfig": {"Isolation": "hyperv", "PortBindings": {"8080/tcp": [{"HostPort": ""}]}}})
+    assert status == 201, body
+    cid = body["Id"]
+    made.append(cid)
+    api.start(cid)
+    info = api.inspect_container(cid)
+    ip = info["NetworkSettings"]["IPAddress"]
+    port = int(info["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
+    assert info["HostConfig"]["NetworkMode"] == "default" and ip
+    logs = _wait_log(api, cid, "from-proc")
+    assert logs.split()[:2] == ["ping-ok", "from-proc"], logs
+    vm = json.loads(silod.silo("hcs", "inspect", cid).stdout)[0]["HostingSystem"]
+    assert [a["IPAddress"] for a in vm["NetworkAdapters"]] == [ip]
+    tap = vm["NetworkAdapters"][0]["Tap"]
+    switch = os.path.join(silod.exec_root, "netns", "vswitch")
+
+    def links() -> str:
+        return subprocess.run(["nsenter", f"--net={switch}", "ip", "-o", "link"],
+                              capture_output=True, text=True).stdout
+
+    assert f" {tap}:" in links() and "master" in links()
+    ex = api.exec_create(srv, ["nc", "-w", "10", ip, "8080"])
+    assert api.exec_start(ex["Id"]).decode().strip() == "from-vm"
+    got = b""
+    for _ in range(40):   # the VM's loop listens again after each connection
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                got = s.recv(100)
+        except ConnectionRefusedError:
+            pass
+        if got:
+            break
+        time.sleep(0.5)
+    assert got.strip() == b"from-vm"
+
+    api.remove_container(cid, force=True)
+    made.remove(cid)
+    assert f" {tap}:" not in links()
+    rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    assert f"dport {port} " not in rules and ip not in rules

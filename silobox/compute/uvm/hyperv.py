@@ -8,8 +8,13 @@ read-write at the same paths, starts the shim in the guest (:mod:`.guest`) and f
 shim's socket to the host path where silod's shim client looks for it. stdio, exec, logs and
 exit codes therefore work unchanged. The VM stops when the container exits.
 
-What a VM here cannot do is refused by the engine before a VM is booted (networks other than
-none, published ports, devices, --privileged, host namespaces); pause is refused here.
+Networks: each of the container's endpoints is a tap on the HNS switch that QEMU opens as a
+virtio-net card; the guest's init gives the card the endpoint's MAC, addresses and routes, and
+the container joins the guest's network namespace (the VM is the container's alone). Published
+ports are the host's nftables DNAT to the endpoint's address, as for process containers.
+
+What a VM here cannot do is refused by the engine before a VM is booted (the host's or another
+container's network, devices, --privileged, host namespaces); pause is refused here.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import secrets
 from typing import Any
 
 from silobox.compute.system import ComputeSystem
-from silobox.compute.uvm.vm import UtilityVM, VMConfig, cleanup_stale, default_shares
+from silobox.compute.uvm.vm import (NetworkAdapter, UtilityVM, VMConfig, cleanup_stale,
+                                    default_shares)
 from silobox.errors import InvalidArgument, NotRunning, SystemFailure, Unavailable
 
 MiB = 1 << 20
@@ -32,21 +38,16 @@ GUEST_STATE = "/run/silobox/shims"
 
 
 def check_host_config(hc: dict[str, Any], tty: bool = False) -> None:
-    """Refuse, before any VM boots, what a hyperv container cannot have here; the default
-    network of a hyperv container is none (its VM has no network card yet). Edits ``hc``."""
+    """Refuse, before any VM boots, what a hyperv container cannot have here."""
     def refuse(what: str) -> None:
         raise InvalidArgument(f"--isolation hyperv: {what} is not supported for containers in "
                               "a utility VM")
 
     net = hc.get("NetworkMode") or "default"
-    if net == "default":
-        hc["NetworkMode"] = "none"
-    elif net != "none":
-        refuse(f"the network {net!r} (the utility VM has no network card: use --network none)")
+    if net == "host" or net.startswith("container:"):
+        refuse(f"--network {net} (the utility VM has network cards of its own)")
     if tty:
         refuse("a terminal (-t)")
-    if hc.get("PortBindings") or hc.get("PublishAllPorts"):
-        refuse("publishing ports")
     if hc.get("Privileged"):
         refuse("--privileged")
     if hc.get("Devices") or hc.get("DeviceRequests") or hc.get("DeviceCgroupRules"):
@@ -127,9 +128,10 @@ class HypervComputeSystem(ComputeSystem):
             share(source if os.path.isdir(source) else os.path.dirname(source))
         shares = default_shares()
         cleanup_stale()   # VMs of a silod that was killed: their processes died with it
+        nics = self.network_adapters()
         self.vm = UtilityVM(self.vm_id, VMConfig(
             memory_mib=memory_mib, cpus=cpus, shares=shares, writable=writable,
-            read_only=read_only, boot_timeout=180))
+            read_only=read_only, nics=nics, boot_timeout=180))
         self.vm.start()
         guest = dict(cfg)
         guest["state_dir"] = f"{GUEST_STATE}/{self.id}"
@@ -139,7 +141,9 @@ class HypervComputeSystem(ComputeSystem):
         guest["limits"] = {k: v for k, v in resources.items()
                            if k in ("memory", "memory_swap", "memory_reservation", "cpu_quota",
                                     "cpu_period", "cpu_shares", "pids_limit")}
-        guest["silo"] = dict(silo, netns_path=None)
+        # With network cards, the container joins the guest's own network namespace, where
+        # init configured them; without, it gets a new, empty one.
+        guest["silo"] = dict(silo, netns_path="/proc/1/ns/net" if nics else None)
         proc = self.vm.spawn(["/opt/silobox/bin/python", "-m", "silobox.compute.uvm.guest"],
                              cwd="/src")
         proc.write(json.dumps(guest).encode())
@@ -155,6 +159,17 @@ class HypervComputeSystem(ComputeSystem):
             self.vm.forward_unix(os.path.join(self.state_dir, "shim.sock"),
                                  f"{guest['state_dir']}/shim.sock")
         return report
+
+    def network_adapters(self) -> list[NetworkAdapter]:
+        """The VM's network cards: the endpoints the engine attached as taps on the switch
+        (``Container.Networking.NetworkAdapters``)."""
+        net = (self.doc.raw.get("Container") or {}).get("Networking") or {}
+        return [NetworkAdapter(tap=a["Tap"], switch_netns=a["SwitchNamespace"],
+                               mac=a["MacAddress"], ifname=a.get("IfName") or f"eth{i}",
+                               address=a["IPAddress"], gateway=a.get("Gateway") or "",
+                               mtu=int(a.get("Mtu") or 0), address6=a.get("IPv6Address") or "",
+                               gateway6=a.get("IPv6Gateway") or "")
+                for i, a in enumerate(net.get("NetworkAdapters") or [])]
 
     # -- exit and teardown ------------------------------------------------------------------------
 
@@ -213,7 +228,10 @@ class HypervComputeSystem(ComputeSystem):
                 "RuntimeOsType": "Linux", "HostedContainer": self.id,
                 "Kernel": vm.kernel_release, "Accelerator": vm.accel.name if vm.accel else "",
                 "MemoryMiB": vm.config.memory_mib, "ProcessorCount": vm.config.cpus,
-                "BootSeconds": round(vm.boot_seconds, 2), "QemuPid": vm.qemu_pid}
+                "BootSeconds": round(vm.boot_seconds, 2), "QemuPid": vm.qemu_pid,
+                "NetworkAdapters": [{"Tap": n.tap, "MacAddress": n.mac, "IfName": n.ifname,
+                                     "IPAddress": n.address.split("/")[0]}
+                                    for n in vm.config.nics]}
 
     def vm_view(self) -> "UtilityVMView":
         return UtilityVMView(self)

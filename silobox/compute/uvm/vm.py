@@ -13,6 +13,7 @@ guest's kernel could remount a virtiofs mount read-write, but not the host's bin
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import queue
@@ -20,6 +21,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -37,6 +39,68 @@ STATE_DIR = os.environ.get("SILOBOX_UVM_STATE") or "/var/lib/silobox/uvm"
 
 
 @dataclass
+class NetworkAdapter:
+    """A network card of the VM: a tap on the HNS switch (an endpoint's port, made by the
+    networking service in its vSwitch namespace ``switch_netns``), addressed in the guest as the
+    endpoint says (HCS: a VM's NetworkAdapter with its EndpointId)."""
+
+    tap: str
+    switch_netns: str
+    mac: str
+    ifname: str = "eth0"
+    address: str = ""          # "10.0.0.2/24"
+    gateway: str = ""
+    mtu: int = 0
+    address6: str = ""
+    gateway6: str = ""
+
+    def kernel_arg(self) -> str:
+        """How the guest's init learns it (init.sh: ``sbx.nic=``)."""
+        fields = [self.mac, self.ifname, self.address, self.gateway or "-", str(self.mtu or 0)]
+        if self.address6:
+            fields += [self.address6, self.gateway6 or "-"]
+        return "sbx.nic=" + ",".join(fields)
+
+
+def open_tap(switch_netns: str, name: str) -> int:
+    """An fd of the existing tap ``name`` in the network namespace bound at ``switch_netns``,
+    for QEMU (``-netdev tap,fd=``). A tap is found by name in the namespace that opened
+    /dev/net/tun, so a short-lived thread enters that namespace (namespaces are per thread),
+    opens it and ends; the fd works from anywhere."""
+    result: list = []
+
+    def opener() -> None:
+        try:
+            ns = os.open(switch_netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc.setns(ns, libc.CLONE_NEWNET)
+            finally:
+                os.close(ns)
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(),
+                                                       IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+            except BaseException:
+                os.close(fd)
+                raise
+            result.append(fd)
+        except BaseException as e:
+            result.append(e)
+
+    thread = threading.Thread(target=opener, name=f"tap-{name}")
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise SystemFailure(f"cannot open the tap {name} of the HNS switch: {result[0]}",
+                            operation="start", cause=result[0])
+    return result[0]
+
+
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+
+
+@dataclass
 class VMConfig:
     """Size and shares of a VM. ``shares`` maps a name under the guest's ``/host`` to a host
     directory; the guest's init bind-mounts ``usr``, ``opt/silobox`` and ``src`` from there."""
@@ -50,6 +114,7 @@ class VMConfig:
     sandbox, state and log directories)."""
     read_only: dict[str, str] = field(default_factory=dict)
     """Guest path → host directory shared read-only at that path (a container's image layers)."""
+    nics: list[NetworkAdapter] = field(default_factory=list)
     accel: str | None = None  # "kvm" or "tcg"; None detects
     boot_timeout: float = 60.0
 
@@ -206,6 +271,18 @@ class UtilityVM:
         mem = self.config.memory_mib
         cmdline = (f"{os.environ.get('SILOBOX_UVM_KERNEL_ARGS', 'quiet')} console=ttyS0 reboot=t "
                    f"panic=-1 {kernel_args(self.accel.name)} sbx.mode=agent")
+        net_args: list[str] = []
+        tap_fds: list[int] = []
+        try:
+            for i, nic in enumerate(self.config.nics):
+                tap_fds.append(open_tap(nic.switch_netns, nic.tap))
+                net_args += ["-netdev", f"tap,id=net{i},fd={tap_fds[-1]},vhost=off",
+                             "-device", f"virtio-net-device,netdev=net{i},mac={nic.mac}"]
+                cmdline += " " + nic.kernel_arg()
+        except BaseException:
+            for fd in tap_fds:
+                os.close(fd)
+            raise
         argv = [QEMU, "-M", "microvm,memory-backend=mem,rtc=on", "-accel", self.accel.name,
                 "-cpu", "host" if self.accel.name == "kvm" else "max",
                 "-m", f"{mem}M", "-smp", str(self.config.cpus),
@@ -219,16 +296,20 @@ class UtilityVM:
                    "-device", "vhost-user-fs-device,chardev=rw,tag=rw,queue-size=1024"]
                   if rw_socket else []),
                 "-drive", f"file={disk},if=none,id=disk,format=raw,cache=unsafe,discard=unmap",
-                "-device", "virtio-blk-device,drive=disk",
+                "-device", "virtio-blk-device,drive=disk", *net_args,
                 "-device", "virtio-serial-device,max_ports=2",
                 "-chardev", f"socket,id=ctl,fd={guest_end.fileno()}",
                 "-device", "virtserialport,chardev=ctl,name=silobox.ctl",
                 "-serial", f"file:{os.path.join(self.dir, 'console.log')}"]
-        with open(os.path.join(self.dir, "qemu.log"), "wb") as log:
-            self._qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          pass_fds=(guest_end.fileno(),),
-                                          preexec_fn=_die_with_parent)
-        guest_end.close()
+        try:
+            with open(os.path.join(self.dir, "qemu.log"), "wb") as log:
+                self._qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                              stderr=log, pass_fds=(guest_end.fileno(), *tap_fds),
+                                              preexec_fn=_die_with_parent)
+        finally:
+            guest_end.close()
+            for fd in tap_fds:
+                os.close(fd)
         atomic_write_json(os.path.join(self.dir, "owner.json"),
                           {"pid": os.getpid(), "start": _start_time(os.getpid()),
                            "qemu": self._qemu.pid,
