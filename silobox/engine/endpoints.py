@@ -371,7 +371,7 @@ class NetworkHook(ContainerHook):
         """The endpoints of a running container stay as stored (the kernel kept them); only the
         embedded DNS responder, which lived in the old silod, is served again."""
         ns_id = c.silobox.get("NetworkNamespace")
-        if not ns_id:
+        if not ns_id or (c.host_config.get("Isolation") or "").lower() == "hyperv":
             return
         if any(e.get("ContainerId") == c.id and
                not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)

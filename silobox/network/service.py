@@ -214,6 +214,9 @@ class HostNetworkingService:
             if e.ContainerId not in live_containers or \
                     (not e.in_guest and not is_netns(self.netns_path(e.namespace_id))):
                 self._drop_endpoint(e)
+                if e.in_guest:   # a VM's tap does not go with a namespace
+                    self.netlink.call(self.netlink.delete_link, "switch",
+                                      self.endpoint_port(e.ID))
         for ns_id in [i for i, ns in self.namespaces.items() if not ns.Endpoints]:
             del self.namespaces[ns_id]
         try:

@@ -21,15 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import secrets
+import shutil
+import signal
 from typing import Any
 
-from silobox.compute.system import ComputeSystem
-from silobox.compute.uvm.vm import (NetworkAdapter, UtilityVM, VMConfig, cleanup_stale,
-                                    default_shares)
-from silobox.errors import InvalidArgument, NotRunning, SystemFailure, Unavailable
+from silobox.atomic import atomic_write_json
+from silobox.compute.system import ComputeSystem, State
+from silobox.compute.uvm.vm import (STATE_DIR, NetworkAdapter, UtilityVM, VMConfig,
+                                    _start_time, cleanup_stale, default_shares)
+from silobox.errors import InvalidArgument, NotFound, NotRunning, SystemFailure, Unavailable
+
+log = logging.getLogger("silobox.compute")
 
 MiB = 1 << 20
 GUEST_OVERHEAD_MIB = 256   # the guest kernel, the agent and the shim (both Python)
@@ -61,6 +67,23 @@ def check_host_config(hc: dict[str, Any], tty: bool = False) -> None:
     status = utility_vm_status()
     if not status.get("Available"):
         raise Unavailable(f"--isolation hyperv: no utility VM on this host: {status.get('Reason')}")
+
+
+def _remove_vm(vm_id: str) -> None:
+    """The files of a VM that cannot be adopted; its QEMU, if it still runs, is killed."""
+    path = os.path.join(STATE_DIR, vm_id)
+    try:
+        with open(os.path.join(path, "owner.json")) as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        owner = {}
+    qemu = owner.get("qemu") or 0
+    if qemu and _start_time(qemu) == owner.get("qemu_start"):
+        try:
+            os.kill(qemu, signal.SIGKILL)
+        except OSError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def vm_size(resources: dict[str, Any]) -> tuple[int, int]:
@@ -129,9 +152,11 @@ class HypervComputeSystem(ComputeSystem):
         shares = default_shares()
         cleanup_stale()   # VMs of a silod that was killed: their processes died with it
         nics = self.network_adapters()
+        # The VM outlives silod, as a process container does: the next silod adopts it.
         self.vm = UtilityVM(self.vm_id, VMConfig(
             memory_mib=memory_mib, cpus=cpus, shares=shares, writable=writable,
-            read_only=read_only, nics=nics, boot_timeout=180))
+            read_only=read_only, nics=nics, boot_timeout=180, outlives_owner=True,
+            owner_ref=self.state_dir))
         self.vm.start()
         guest = dict(cfg)
         guest["state_dir"] = f"{GUEST_STATE}/{self.id}"
@@ -158,7 +183,42 @@ class HypervComputeSystem(ComputeSystem):
         if report.get("t") == "ready":
             self.vm.forward_unix(os.path.join(self.state_dir, "shim.sock"),
                                  f"{guest['state_dir']}/shim.sock")
+            # What a restarted silod finds the container by (the shim's own shim.json is in
+            # the guest): its VM and the shim's guest pid.
+            atomic_write_json(os.path.join(self.state_dir, "shim.json"),
+                              {"ShimPid": report.get("shim_pid", 0), "HostingSystemId": self.vm_id,
+                               "GuestStateDir": guest["state_dir"]})
         return report
+
+    # -- recovery after a silod restart -----------------------------------------------------------
+
+    async def reattach(self) -> None:
+        """Adopt the container's VM, which kept running (its control socket is dialled again
+        and the shim's socket forwarded anew), then reattach to the shim as for any container.
+        A VM that is gone leaves the exit the shim recorded on the shared state directory."""
+        try:
+            with open(os.path.join(self.state_dir, "shim.json")) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            info = {}
+        if info.get("HostingSystemId"):
+            self.vm_id = info["HostingSystemId"]
+            loop = asyncio.get_running_loop()
+            try:
+                self.vm = await loop.run_in_executor(None, UtilityVM.adopt, self.vm_id)
+                self.vm.forward_unix(os.path.join(self.state_dir, "shim.sock"),
+                                     f"{info['GuestStateDir']}/shim.sock")
+            except (NotFound, SystemFailure) as e:
+                log.warning("container %s: its utility VM cannot be adopted: %s", self.id[:12], e)
+                if self.vm is not None:
+                    await loop.run_in_executor(None, self._stop_vm)
+                else:
+                    await loop.run_in_executor(None, _remove_vm, self.vm_id)
+                try:
+                    os.unlink(os.path.join(self.state_dir, "shim.sock"))
+                except FileNotFoundError:
+                    pass
+        await super().reattach()
 
     def network_adapters(self) -> list[NetworkAdapter]:
         """The VM's network cards: the endpoints the engine attached as taps on the switch
@@ -214,8 +274,14 @@ class HypervComputeSystem(ComputeSystem):
                               operation="modify", object_id=self.id)
 
     def close(self) -> None:
+        """silod stops (or the container is removed): a running container's VM keeps
+        running for the next silod to adopt; a stopped one's goes."""
         super().close()
-        self._stop_vm()
+        if self.state in (State.RUNNING, State.PAUSED) and self.vm is not None:
+            vm, self.vm = self.vm, None
+            vm.detach()
+        else:
+            self._stop_vm()
 
     # -- inspection -------------------------------------------------------------------------------
 
