@@ -9,19 +9,41 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from silobox.compute.uvm.assets import installed_release
-from silobox.compute.uvm.vm import STATE_DIR
+from silobox.compute.uvm.vm import STATE_DIR, _start_time
 
 pytestmark = pytest.mark.skipif(
     installed_release() is None or not os.path.exists("/usr/lib/qemu/virtiofsd"),
     reason="no utility VM here (scripts/install.sh installs QEMU and the guest kernel)")
+
+
+@pytest.fixture(autouse=True)
+def no_vm_left(silod: Any) -> Iterator[None]:
+    """After each test (and its containers' removal): no VM of this silod may remain. Those
+    that do (a failed test, a silod that died) are killed, so no run leaves one running."""
+    yield
+    left = []
+    for name in os.listdir(STATE_DIR) if os.path.isdir(STATE_DIR) else []:
+        try:
+            with open(os.path.join(STATE_DIR, name, "owner.json")) as f:
+                owner = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not str(owner.get("ref") or "").startswith(silod.exec_root + "/"):
+            continue
+        left.append(name)
+        if owner.get("qemu") and _start_time(owner["qemu"]) == owner.get("qemu_start"):
+            os.kill(owner["qemu"], 9)
+        shutil.rmtree(os.path.join(STATE_DIR, name), ignore_errors=True)
+    assert not left, f"utility VMs left behind: {left}"
 
 
 def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
@@ -93,10 +115,12 @@ def _wait_log(api: Any, cid: str, text: str, timeout: float = 150) -> str:
     return api.logs(cid).decode()
 
 
-def test_hyperv_container_on_the_nat_network(silod: Any, made: list[str]) -> None:
+def test_hyperv_container_on_the_nat_network_survives_silod(silod: Any, made: list[str]) -> None:
     """The VM's network card is a tap on the nat network's switch: a process container and the
-    VM reach each other, a published port reaches the VM from the host's loopback, and after
-    rm neither the tap nor the port's rule remains."""
+    VM reach each other and a published port reaches the VM from the host's loopback. silod
+    stops, later is killed: the VM keeps running and the next silod adopts it (ps, exec, logs,
+    the port), and an exit while no silod runs is not lost. After rm neither the tap, the port's rule nor
+    the VM remains."""
     api = silod.client
     srv = api.create_container("busybox", ["sh", "-c", "echo from-proc | nc -l -p 7000; "
                                            "sleep 600"])["Id"]
@@ -107,7 +131,8 @@ def test_hyperv_container_on_the_nat_network(silod: Any, made: list[str]) -> Non
         "Image": "busybox", "ExposedPorts": {"8080/tcp": {}},
         "Cmd": ["sh", "-c", f"ping -c 1 -W 10 {srv_ip} >/dev/null && echo ping-ok; "
                             f"nc {srv_ip} 7000; "
-                            "while true; do echo from-vm | nc -l -p 8080; done"],
+                            "(while true; do echo from-vm | nc -l -p 8080; done) & "
+                            "while [ ! -e /tmp/quit ]; do sleep 0.2; done; exit 7"],
         "HostConfig": {"Isolation": "hyperv", "PortBindings": {"8080/tcp": [{"HostPort": ""}]}}})
     assert status == 201, body
     cid = body["Id"]
@@ -129,22 +154,48 @@ def test_hyperv_container_on_the_nat_network(silod: Any, made: list[str]) -> Non
                               capture_output=True, text=True).stdout
 
     assert f" {tap}:" in links() and "master" in links()
-    ex = api.exec_create(srv, ["nc", "-w", "10", ip, "8080"])
-    assert api.exec_start(ex["Id"]).decode().strip() == "from-vm"
-    got = b""
-    for _ in range(40):   # the VM's loop listens again after each connection
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                got = s.recv(100)
-        except ConnectionRefusedError:
-            pass
-        if got:
-            break
-        time.sleep(0.5)
-    assert got.strip() == b"from-vm"
 
-    api.remove_container(cid, force=True)
+    def reached_from_both() -> None:
+        ex = api.exec_create(srv, ["nc", "-w", "10", ip, "8080"])
+        assert api.exec_start(ex["Id"]).decode().strip() == "from-vm"
+        got = b""
+        for _ in range(40):   # the VM's loop listens again after each connection
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    got = s.recv(100)
+            except ConnectionRefusedError:
+                pass
+            if got:
+                break
+            time.sleep(0.5)
+        assert got.strip() == b"from-vm"
+
+    reached_from_both()
+
+    silod.stop()   # the VM outlives silod (stopped, here; killed below); the next adopts it
+    silod.start()
+    api = silod.client
+    assert cid in [c["Id"] for c in api.containers()]
+    ex = api.exec_create(cid, ["uname", "-r"])
+    assert api.exec_start(ex["Id"]).decode().strip() == vm["Kernel"]
+    assert api.logs(cid).decode().split()[:2] == ["ping-ok", "from-proc"]
+    again = json.loads(silod.silo("hcs", "inspect", cid).stdout)[0]["HostingSystem"]
+    assert again["Id"] == vm["Id"] and again["QemuPid"] == vm["QemuPid"]
+    reached_from_both()
+
+    ex = api.exec_create(cid, ["sh", "-c", "sleep 3; touch /tmp/quit"])
+    api.exec_start(ex["Id"], detach=True)
+    silod.kill9()   # the container exits while no silod runs
+    time.sleep(6)
+    silod.start()
+    api = silod.client
+    assert api.wait(cid, timeout=60)["StatusCode"] == 7
+    api.remove_container(cid)
     made.remove(cid)
     assert f" {tap}:" not in links()
     rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
     assert f"dport {port} " not in rules and ip not in rules
+    deadline = time.monotonic() + 20
+    while os.path.exists(os.path.join(STATE_DIR, vm["Id"])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(os.path.join(STATE_DIR, vm["Id"])), "the VM's files remain"

@@ -69,6 +69,13 @@ def check_host_config(hc: dict[str, Any], tty: bool = False) -> None:
         raise Unavailable(f"--isolation hyperv: no utility VM on this host: {status.get('Reason')}")
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _remove_vm(vm_id: str) -> None:
     """The files of a VM that cannot be adopted; its QEMU, if it still runs, is killed."""
     path = os.path.join(STATE_DIR, vm_id)
@@ -206,18 +213,18 @@ class HypervComputeSystem(ComputeSystem):
             loop = asyncio.get_running_loop()
             try:
                 self.vm = await loop.run_in_executor(None, UtilityVM.adopt, self.vm_id)
-                self.vm.forward_unix(os.path.join(self.state_dir, "shim.sock"),
-                                     f"{info['GuestStateDir']}/shim.sock")
+                guest_sock = f"{info['GuestStateDir']}/shim.sock"
+                if await loop.run_in_executor(None, self.vm.guest_socket_listens, guest_sock):
+                    self.vm.forward_unix(os.path.join(self.state_dir, "shim.sock"), guest_sock)
+                else:   # the container ended while no silod ran: its exit is on record
+                    _unlink(os.path.join(self.state_dir, "shim.sock"))
             except (NotFound, SystemFailure) as e:
                 log.warning("container %s: its utility VM cannot be adopted: %s", self.id[:12], e)
                 if self.vm is not None:
                     await loop.run_in_executor(None, self._stop_vm)
                 else:
                     await loop.run_in_executor(None, _remove_vm, self.vm_id)
-                try:
-                    os.unlink(os.path.join(self.state_dir, "shim.sock"))
-                except FileNotFoundError:
-                    pass
+                _unlink(os.path.join(self.state_dir, "shim.sock"))
         await super().reattach()
 
     def network_adapters(self) -> list[NetworkAdapter]:

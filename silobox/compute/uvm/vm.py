@@ -604,6 +604,23 @@ class UtilityVM:
             self._next_id += 1
         return ident
 
+    def guest_socket_listens(self, guest_path: str, timeout: float = 30.0) -> bool:
+        """Whether a unix socket in the guest takes connections (a shim still serving)."""
+        ident = self._new_id()
+        waiter: queue.Queue = queue.Queue()
+        self._pending[ident] = waiter
+        try:
+            self._send({"op": "connect", "id": ident, "path": guest_path})
+            reply = waiter.get(timeout=timeout)
+        except (OSError, SystemFailure, queue.Empty):
+            return False
+        finally:
+            self._pending.pop(ident, None)
+        if reply.get("ev") == "connected":
+            self._send_quiet({"op": "close", "id": ident})
+            return True
+        return False
+
     def forward_unix(self, host_path: str, guest_path: str) -> None:
         """Listen at ``host_path``; each connection becomes a byte stream to the unix socket
         ``guest_path`` in the guest (how the host's shim client reaches a shim in the VM)."""
