@@ -66,7 +66,10 @@ if [ -n "$nics" ]; then
         $B ip link set dev "sbxnic$i" name "$2" || fail "no network card with MAC $1"
         [ "$5" != 0 ] && $B ip link set dev "$2" mtu "$5"
         $B ip addr add "$3" dev "$2" || fail "cannot address $2"
-        [ -n "$6" ] && $B ip -6 addr add "$6" dev "$2" nodad
+        if [ -n "$6" ]; then   # no duplicate address detection: IPAM made it unique
+            echo 0 > "/proc/sys/net/ipv6/conf/$2/accept_dad"
+            $B ip -6 addr add "$6" dev "$2" || fail "cannot address $2 (IPv6)"
+        fi
         $B ip link set dev "$2" up
         [ "$4" != - ] && { $B ip route add default via "$4" dev "$2" || fail "no route via $4"; }
         [ -n "$7" ] && [ "$7" != - ] && $B ip -6 route add default via "$7" dev "$2"
