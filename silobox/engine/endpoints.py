@@ -220,7 +220,10 @@ class NetworkHook(ContainerHook):
         user_dns = any(not self.hns.find_network(name).get("Default")
                        for name in c.network_settings["Networks"])
         self._write_files(c, user_dns)
-        if user_dns and not vm:
+        dns = None
+        if user_dns and vm:
+            dns = await self._serve_dns_for_vm(c)
+        elif user_dns:
             await self._serve_dns(c, ns_id)
         ns = c.network_settings
         ns["SandboxID"] = ns_id
@@ -228,7 +231,20 @@ class NetworkHook(ContainerHook):
         ns["Ports"] = self._ports(c)
         self._top_level(c)
         document["Container"]["Networking"] = (
-            {"NetworkAdapters": adapters} if vm else {"Namespace": self.hns.netns_path(ns_id)})
+            {"NetworkAdapters": adapters, **({"Dns": dns} if dns else {})} if vm
+            else {"Namespace": self.hns.netns_path(ns_id)})
+
+    async def _serve_dns_for_vm(self, c: Any, recovering: bool = False) -> dict[str, Any]:
+        """The embedded DNS of a hyperv container: its socket is bound on the loopback of
+        silobox's vSwitch namespace (no host process can ask it), and the utility VM relays
+        the guest's 127.0.0.11:53 to it. The port stays the container's across silod restarts
+        (the adopted VM relays to it again)."""
+        port = int(c.silobox.get("DnsRelayPort") or 0) if recovering else 0
+        path = self.hns.netlink.switch_path
+        sock = await self.hns.netlink.run(self.hns.netlink.udp_socket_in, path, "127.0.0.1", port)
+        c.silobox["DnsRelayPort"] = sock.getsockname()[1]
+        await self.dns.serve(c.id, sock)
+        return {"Namespace": path, "Address": "127.0.0.1", "Port": sock.getsockname()[1]}
 
     def _adapter(self, n: Any, e: Any) -> dict[str, Any]:
         """A utility VM's network card for endpoint ``e``: the tap QEMU opens in the vSwitch
@@ -371,13 +387,16 @@ class NetworkHook(ContainerHook):
         """The endpoints of a running container stay as stored (the kernel kept them); only the
         embedded DNS responder, which lived in the old silod, is served again."""
         ns_id = c.silobox.get("NetworkNamespace")
-        if not ns_id or (c.host_config.get("Isolation") or "").lower() == "hyperv":
+        if not ns_id:
             return
         if any(e.get("ContainerId") == c.id and
                not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)
                for e in self.hns.endpoints.values()):
             try:
-                await self._serve_dns(c, ns_id)
+                if (c.host_config.get("Isolation") or "").lower() == "hyperv":
+                    await self._serve_dns_for_vm(c, recovering=True)
+                else:
+                    await self._serve_dns(c, ns_id)
             except Exception as e:  # the container keeps running without name resolution
                 import logging
                 logging.getLogger("silobox.network").warning("embedded DNS for %s: %s",

@@ -115,33 +115,44 @@ def _wait_log(api: Any, cid: str, text: str, timeout: float = 150) -> str:
     return api.logs(cid).decode()
 
 
-def test_hyperv_container_on_the_nat_network_survives_silod(silod: Any, made: list[str]) -> None:
-    """The VM's network card is a tap on the nat network's switch: a process container and the
-    VM reach each other and a published port reaches the VM from the host's loopback. silod
-    stops, later is killed: the VM keeps running and the next silod adopts it (ps, exec, logs,
-    the port), and an exit while no silod runs is not lost. After rm neither the tap, the port's rule nor
-    the VM remains."""
+@pytest.fixture
+def network(silod: Any) -> Iterator[str]:
+    name = f"hv{os.urandom(3).hex()}"
+    silod.client.create_network(name, driver="nat")
+    yield name
+    silod.client.remove_network(name)
+
+
+def test_hyperv_container_on_a_nat_network_survives_silod(silod: Any, network: str,
+                                                          made: list[str]) -> None:
+    """The VM's network card is a tap on a nat network's switch: a process container and the
+    VM reach each other (by name: the embedded DNS is relayed into the VM) and a published port
+    reaches the VM from the host's loopback. silod stops, later is killed: the VM keeps running
+    and the next silod adopts it (ps, exec, logs, the port, DNS), and an exit while no silod
+    runs is not lost. After rm neither the tap, the port's rule nor the VM remains."""
     api = silod.client
+    srv_name = f"srv{os.urandom(3).hex()}"
     srv = api.create_container("busybox", ["sh", "-c", "echo from-proc | nc -l -p 7000; "
-                                           "sleep 600"])["Id"]
+                                           "sleep 600"], name=srv_name,
+                               host_config=api.create_host_config(network_mode=network))["Id"]
     made.append(srv)
     api.start(srv)
-    srv_ip = api.inspect_container(srv)["NetworkSettings"]["IPAddress"]
     status, body = silod.request("POST", "/containers/create", {
         "Image": "busybox", "ExposedPorts": {"8080/tcp": {}},
-        "Cmd": ["sh", "-c", f"ping -c 1 -W 10 {srv_ip} >/dev/null && echo ping-ok; "
-                            f"nc {srv_ip} 7000; "
+        "Cmd": ["sh", "-c", f"ping -c 1 -W 10 {srv_name} >/dev/null && echo ping-ok; "
+                            f"nc {srv_name} 7000; "
                             "(while true; do echo from-vm | nc -l -p 8080; done) & "
                             "while [ ! -e /tmp/quit ]; do sleep 0.2; done; exit 7"],
-        "HostConfig": {"Isolation": "hyperv", "PortBindings": {"8080/tcp": [{"HostPort": ""}]}}})
+        "HostConfig": {"Isolation": "hyperv", "NetworkMode": network,
+                       "PortBindings": {"8080/tcp": [{"HostPort": ""}]}}})
     assert status == 201, body
     cid = body["Id"]
     made.append(cid)
     api.start(cid)
     info = api.inspect_container(cid)
-    ip = info["NetworkSettings"]["IPAddress"]
+    ip = info["NetworkSettings"]["Networks"][network]["IPAddress"]
     port = int(info["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
-    assert info["HostConfig"]["NetworkMode"] == "default" and ip
+    assert ip
     logs = _wait_log(api, cid, "from-proc")
     assert logs.split()[:2] == ["ping-ok", "from-proc"], logs
     vm = json.loads(silod.silo("hcs", "inspect", cid).stdout)[0]["HostingSystem"]
@@ -176,8 +187,9 @@ def test_hyperv_container_on_the_nat_network_survives_silod(silod: Any, made: li
     silod.start()
     api = silod.client
     assert cid in [c["Id"] for c in api.containers()]
-    ex = api.exec_create(cid, ["uname", "-r"])
-    assert api.exec_start(ex["Id"]).decode().strip() == vm["Kernel"]
+    ex = api.exec_create(cid, ["sh", "-c", f"uname -r; ping -c 1 -W 10 {srv_name} >/dev/null "
+                                           "&& echo name-ok"])
+    assert api.exec_start(ex["Id"]).decode().split() == [vm["Kernel"], "name-ok"]
     assert api.logs(cid).decode().split()[:2] == ["ping-ok", "from-proc"]
     again = json.loads(silod.silo("hcs", "inspect", cid).stdout)[0]["HostingSystem"]
     assert again["Id"] == vm["Id"] and again["QemuPid"] == vm["QemuPid"]

@@ -52,6 +52,8 @@ class Agent:
         self.children: dict[int, Child] = {}  # by pid
         self.by_id: dict[int, Child] = {}
         self.conns: dict[int, socket.socket] = {}   # streams to guest unix sockets, by id
+        self.relays: dict[tuple[str, int], socket.socket] = {}   # UDP relays by address
+        self.relay_ids: dict[tuple[str, int], int] = {}
         self.inbuf = b""
         self.connected = False
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -171,6 +173,41 @@ class Agent:
         self.sel.register(conn.fileno(), selectors.EVENT_READ, ("conn", ident))
         self.send({"ev": "connected", "id": ident})
 
+    def udp_listen(self, req: dict) -> None:
+        """A UDP port in the guest whose datagrams go to the host as ``dgram`` events (the
+        embedded DNS at 127.0.0.11:53); it stays bound across host reconnections."""
+        key = (req["address"], int(req["port"]))
+        if key not in self.relays:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind(key)
+            except OSError as e:
+                sock.close()
+                self.send({"ev": "error", "id": req["id"], "errno": e.errno,
+                           "message": f"{key[0]}:{key[1]}: {e.strerror}"})
+                return
+            sock.setblocking(False)
+            self.relays[key] = sock
+            self.sel.register(sock.fileno(), selectors.EVENT_READ, ("udp", key))
+        self.relay_ids[key] = req["id"]
+        self.send({"ev": "connected", "id": req["id"]})
+
+    def _read_udp(self, key: tuple[str, int]) -> None:
+        try:
+            data, peer = self.relays[key].recvfrom(65536)
+        except OSError:
+            return
+        self.send({"ev": "dgram", "id": self.relay_ids[key], "peer": list(peer),
+                   "data": base64.b64encode(data).decode()})
+
+    def dgram(self, req: dict) -> None:
+        for key, ident in self.relay_ids.items():
+            if ident == req["id"]:
+                try:
+                    self.relays[key].sendto(base64.b64decode(req["data"]), tuple(req["peer"]))
+                except OSError:
+                    pass
+
     def conn_data(self, req: dict) -> None:
         conn = self.conns.get(req["id"])
         if conn is None:
@@ -217,6 +254,10 @@ class Agent:
             self.conn_data(req)
         elif op == "close":
             self._drop_conn(req["id"])
+        elif op == "udp_listen":
+            self.udp_listen(req)
+        elif op == "dgram":
+            self.dgram(req)
         elif op == "ping":
             self.send({"ev": "pong", "id": req.get("id")})
         elif op == "shutdown":
@@ -297,6 +338,8 @@ class Agent:
                     self._reap()
                 elif key.data[0] == "conn":
                     self._read_conn(key.data[1])
+                elif key.data[0] == "udp":
+                    self._read_udp(key.data[1])
                 else:
                     self._read_stream(*key.data)
 

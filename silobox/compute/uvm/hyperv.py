@@ -159,12 +159,15 @@ class HypervComputeSystem(ComputeSystem):
         shares = default_shares()
         cleanup_stale()   # VMs of a silod that was killed: their processes died with it
         nics = self.network_adapters()
+        net = (self.doc.raw.get("Container") or {}).get("Networking") or {}
         # The VM outlives silod, as a process container does: the next silod adopts it.
         self.vm = UtilityVM(self.vm_id, VMConfig(
             memory_mib=memory_mib, cpus=cpus, shares=shares, writable=writable,
-            read_only=read_only, nics=nics, boot_timeout=180, outlives_owner=True,
-            owner_ref=self.state_dir))
+            read_only=read_only, nics=nics, dns=net.get("Dns") or {}, boot_timeout=180,
+            outlives_owner=True, owner_ref=self.state_dir))
         self.vm.start()
+        if self.vm.config.dns:
+            self.vm.relay_dns()
         guest = dict(cfg)
         guest["state_dir"] = f"{GUEST_STATE}/{self.id}"
         guest["pool"] = False
@@ -213,6 +216,8 @@ class HypervComputeSystem(ComputeSystem):
             loop = asyncio.get_running_loop()
             try:
                 self.vm = await loop.run_in_executor(None, UtilityVM.adopt, self.vm_id)
+                if self.vm.config.dns:
+                    await loop.run_in_executor(None, self.vm.relay_dns)
                 guest_sock = f"{info['GuestStateDir']}/shim.sock"
                 if await loop.run_in_executor(None, self.vm.guest_socket_listens, guest_sock):
                     self.vm.forward_unix(os.path.join(self.state_dir, "shim.sock"), guest_sock)

@@ -66,38 +66,56 @@ class NetworkAdapter:
         return "sbx.nic=" + ",".join(fields)
 
 
-def open_tap(switch_netns: str, name: str) -> int:
-    """An fd of the existing tap ``name`` in the network namespace bound at ``switch_netns``,
-    for QEMU (``-netdev tap,fd=``). A tap is found by name in the namespace that opened
-    /dev/net/tun, so a short-lived thread enters that namespace (namespaces are per thread),
-    opens it and ends; the fd works from anywhere."""
+def in_netns(netns: str, fn, *args):
+    """``fn(*args)`` in the network namespace bound at ``netns``: a short-lived thread enters it
+    (namespaces are per thread) and ends; what it opened stays in that namespace."""
     result: list = []
 
-    def opener() -> None:
+    def run() -> None:
         try:
-            ns = os.open(switch_netns, os.O_RDONLY | os.O_CLOEXEC)
+            ns = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 libc.setns(ns, libc.CLONE_NEWNET)
             finally:
                 os.close(ns)
-            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-            try:
-                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(),
-                                                       IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
-            except BaseException:
-                os.close(fd)
-                raise
-            result.append(fd)
+            result.append(fn(*args))
         except BaseException as e:
             result.append(e)
 
-    thread = threading.Thread(target=opener, name=f"tap-{name}")
+    thread = threading.Thread(target=run, name="uvm-netns")
     thread.start()
     thread.join()
     if isinstance(result[0], BaseException):
-        raise SystemFailure(f"cannot open the tap {name} of the HNS switch: {result[0]}",
-                            operation="start", cause=result[0])
+        raise result[0]
     return result[0]
+
+
+def _open_tun(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(),
+                                               IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_tap(switch_netns: str, name: str) -> int:
+    """An fd of the existing tap ``name`` in the network namespace bound at ``switch_netns``,
+    for QEMU (``-netdev tap,fd=``): a tap is found by name in the namespace that opens
+    /dev/net/tun; the fd works from anywhere."""
+    try:
+        return in_netns(switch_netns, _open_tun, name)
+    except OSError as e:
+        raise SystemFailure(f"cannot open the tap {name} of the HNS switch: {e}",
+                            operation="start", cause=e) from None
+
+
+def _udp_to(address: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    sock.connect((address, port))
+    return sock
 
 
 TUNSETIFF = 0x400454CA
@@ -119,6 +137,9 @@ class VMConfig:
     read_only: dict[str, str] = field(default_factory=dict)
     """Guest path → host directory shared read-only at that path (a container's image layers)."""
     nics: list[NetworkAdapter] = field(default_factory=list)
+    dns: dict = field(default_factory=dict)
+    """The container's embedded DNS: ``Namespace`` (the vSwitch's), ``Address``, ``Port`` of
+    the host's server socket, which the guest's 127.0.0.11:53 is relayed to."""
     outlives_owner: bool = False
     """The VM keeps running when the process that started it dies (a hyperv container's, as
     process containers outlive silod); the next owner adopts it (:meth:`UtilityVM.adopt`)."""
@@ -244,6 +265,7 @@ class UtilityVM:
         self._procs: dict[int, GuestProcess] = {}
         self._streams: dict[int, socket.socket] = {}     # host ends of forwarded connections
         self._listeners: list[socket.socket] = []
+        self._relays: dict[int, tuple[socket.socket, dict]] = {}
         self._pending: dict[int, queue.Queue] = {}
         self._next_id = 1 + secrets.randbelow(1 << 30)   # an adopted agent may know old ids
         self._ready = threading.Event()
@@ -442,7 +464,7 @@ class UtilityVM:
         for listener in self._listeners:
             try:
                 os.unlink(listener.getsockname())
-            except OSError:
+            except (OSError, TypeError):   # (a relay's UDP socket has no path)
                 pass
             try:
                 listener.shutdown(socket.SHUT_RDWR)   # wakes the accept loop
@@ -569,6 +591,17 @@ class UtilityVM:
             except OSError:
                 self._send_quiet({"op": "close", "id": ident})
             return
+        if kind == "dgram" and ident in self._relays:
+            sock, peers = self._relays[ident]
+            data = base64.b64decode(event["data"])
+            if len(peers) > 256:   # queries nobody answered
+                peers.clear()
+            peers[data[:2]] = event["peer"]
+            try:
+                sock.send(data)
+            except OSError:
+                pass
+            return
         if kind == "closed":
             conn = self._streams.pop(ident, None)
             if conn is not None:
@@ -620,6 +653,42 @@ class UtilityVM:
             self._send_quiet({"op": "close", "id": ident})
             return True
         return False
+
+    def relay_dns(self, guest: tuple[str, int] = ("127.0.0.11", 53)) -> None:
+        """Relay the guest's UDP ``guest`` address to the host's DNS server of ``config.dns``
+        (queries are told apart by their ids, as a resolver's are)."""
+        dns = self.config.dns
+        sock = in_netns(dns["Namespace"], _udp_to, dns["Address"], int(dns["Port"]))
+        ident = self._new_id()
+        waiter: queue.Queue = queue.Queue()
+        self._pending[ident] = waiter
+        self._send({"op": "udp_listen", "id": ident, "address": guest[0], "port": guest[1]})
+        try:
+            reply = waiter.get(timeout=30)
+        except queue.Empty:
+            reply = {"message": "no answer"}
+        if reply.get("ev") != "connected":
+            sock.close()
+            raise SystemFailure(f"utility VM {self.id}: no DNS relay: {reply.get('message')}",
+                                object_id=self.id)
+        self._relays[ident] = (sock, {})
+        self._listeners.append(sock)   # closed by detach()
+        threading.Thread(target=self._relay_replies, args=(ident,), daemon=True,
+                         name=f"uvm-{self.id}-dns").start()
+
+    def _relay_replies(self, ident: int) -> None:
+        sock, peers = self._relays[ident]
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:   # shut down by detach()
+                return
+            peer = peers.pop(data[:2], None)
+            if peer is not None:
+                self._send_quiet({"op": "dgram", "id": ident, "peer": peer,
+                                  "data": base64.b64encode(data).decode()})
 
     def forward_unix(self, host_path: str, guest_path: str) -> None:
         """Listen at ``host_path``; each connection becomes a byte stream to the unix socket
