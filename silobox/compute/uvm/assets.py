@@ -21,7 +21,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 from silobox.atomic import atomic_write
@@ -104,8 +103,11 @@ def install_kernel(unpacked: str, dest: str = ASSET_DIR) -> str:
         raise InvalidArgument(f"{unpacked}: no boot/vmlinuz-* (not an unpacked linux-image package)")
     release = os.path.basename(kernels[-1])[len("vmlinuz-"):]
     modules = _module_closure(os.path.join(unpacked, "lib", "modules", release), GUEST_MODULES)
-    net_modules = [path for path in _module_closure(
-        os.path.join(unpacked, "lib", "modules", release), NET_MODULES) if path not in modules]
+    try:
+        net_modules = [path for path in _module_closure(
+            os.path.join(unpacked, "lib", "modules", release), NET_MODULES) if path not in modules]
+    except Unavailable:   # built into this kernel
+        net_modules = []
     staging = dest + ".new"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(os.path.join(staging, "modules"))
@@ -218,10 +220,9 @@ def build_initramfs(asset_dir: str = ASSET_DIR, cache_dir: str = CACHE_DIR) -> s
         cpio.file(name, data, 0o755 if name in ("init", ".sbx/busybox") else 0o644)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     atomic_write(target, cpio.finish())
-    for stale in os.listdir(cache_dir):   # images of earlier kernels or init scripts
-        # (one built in the last hour may be another checkout's, about to boot)
-        if stale != os.path.basename(os.path.dirname(target)) and \
-                time.time() - os.stat(os.path.join(cache_dir, stale)).st_mtime > 3600:
+    # Images of earlier kernels or init scripts (a VM about to boot holds its image open).
+    for stale in os.listdir(cache_dir):
+        if stale != os.path.basename(os.path.dirname(target)):
             shutil.rmtree(os.path.join(cache_dir, stale), ignore_errors=True)
     return target
 
