@@ -51,7 +51,7 @@ def check_host_config(hc: dict[str, Any], tty: bool = False) -> None:
 
     net = hc.get("NetworkMode") or "default"
     if net == "host" or net.startswith("container:"):
-        refuse(f"--network {net} (the utility VM has network cards of its own)")
+        refuse(f"--network {net}")
     if tty:
         refuse("a terminal (-t)")
     if hc.get("Privileged"):
