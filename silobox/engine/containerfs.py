@@ -225,6 +225,11 @@ class ContainerFilesystems:
         held = mount_tree(c.mounts, str(args.get("path") or "/"))
         if held is not None and args["op"] == "put" and not held[0].get("RW", True):
             raise InvalidArgument("mounted volume is marked read-only")
+        if c.running and (c.host_config.get("Isolation") or "").lower() == "hyperv":
+            # Its root is in the VM, and its Pid is the guest's (/proc/<Pid> on the host is
+            # some other process): see docs/isolation.md.
+            raise Conflict(f"container {c.id[:12]} runs in a utility VM (--isolation hyperv): "
+                           "copying its files while it runs is not supported")
         if c.running and c.state.get("Pid"):
             args = {**args, "pid": c.state["Pid"]}
         elif held is not None:

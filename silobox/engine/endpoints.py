@@ -157,6 +157,10 @@ class NetworkHook(ContainerHook):
             raise InvalidArgument("cannot join own network")
         if not target.running or not target.state.get("Pid"):
             raise Conflict(f"cannot join network of a non running container: {tid}")
+        if (target.host_config.get("Isolation") or "").lower() == "hyperv":
+            # its Pid is the guest's: /proc/<Pid> on the host is some other process
+            raise Conflict(f"cannot join network of container {tid}: it runs in a utility VM "
+                           "(--isolation hyperv)")
         ct = document["Container"]
         if target.host_config.get("NetworkMode") == "host":
             ct["Linux"]["Namespaces"] = without_net(ct["Linux"])

@@ -82,6 +82,17 @@ def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
 
     status, body = silod.request("POST", f"/containers/{cid}/pause")
     assert status == 400 and "hyperv" in body["message"]
+    # Its Pid is the guest's: nothing may take /proc/<Pid> on the host for its root or its
+    # namespaces (that is some other process of the host).
+    status, body = silod.request("GET", f"/containers/{cid}/archive?path=/etc/hostname")
+    assert status == 409 and "utility VM" in body["message"], body
+    for mode in ({"NetworkMode": f"container:{cid}"}, {"PidMode": f"container:{cid}"}):
+        status, body = silod.request("POST", "/containers/create", {
+            "Image": "busybox", "Cmd": ["true"], "HostConfig": mode})
+        assert status == 201, body
+        made.append(body["Id"])
+        status, err = silod.request("POST", f"/containers/{body['Id']}/start")
+        assert status == 409 and "utility VM" in err["message"], (mode, err)
     api.stop(cid, timeout=1)
     assert api.wait(cid, timeout=60)["StatusCode"] == 137
     api.remove_container(cid)
