@@ -33,7 +33,7 @@ from silobox.atomic import atomic_write_json
 from silobox.compute.system import ComputeSystem, State
 from silobox.compute.uvm.vm import (STATE_DIR, NetworkAdapter, UtilityVM, VMConfig,
                                     _start_time, cleanup_stale, default_shares)
-from silobox.errors import InvalidArgument, NotFound, NotRunning, SystemFailure, Unavailable
+from silobox.errors import InvalidArgument, NotRunning, SystemFailure, Unavailable
 
 log = logging.getLogger("silobox.compute")
 
@@ -223,7 +223,7 @@ class HypervComputeSystem(ComputeSystem):
                     self.vm.forward_unix(os.path.join(self.state_dir, "shim.sock"), guest_sock)
                 else:   # the container ended while no silod ran: its exit is on record
                     _unlink(os.path.join(self.state_dir, "shim.sock"))
-            except (NotFound, SystemFailure) as e:
+            except Exception as e:   # one container's VM must not keep silod from starting
                 log.warning("container %s: its utility VM cannot be adopted: %s", self.id[:12], e)
                 if self.vm is not None:
                     await loop.run_in_executor(None, self._stop_vm)

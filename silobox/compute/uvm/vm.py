@@ -720,7 +720,7 @@ class UtilityVM:
             except (OSError, SystemFailure, queue.Empty):
                 reply = {"ev": "error"}
             if reply.get("ev") != "connected":
-                conn.close()
+                _close_read(conn)
                 continue
             self._streams[ident] = conn
             threading.Thread(target=self._pump, args=(ident, conn), daemon=True).start()
@@ -766,6 +766,18 @@ class UtilityVM:
             proc.write(stdin)
         proc.close_stdin()
         return proc.communicate(timeout)
+
+
+def _close_read(conn: socket.socket) -> None:
+    """Close after reading what the peer sent: a unix socket closed with unread data makes
+    the peer's read fail with ECONNRESET instead of seeing the end (a shim that is gone)."""
+    conn.setblocking(False)
+    try:
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
+    conn.close()
 
 
 def _start_time(pid: int) -> int:
