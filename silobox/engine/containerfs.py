@@ -225,12 +225,19 @@ class ContainerFilesystems:
         held = mount_tree(c.mounts, str(args.get("path") or "/"))
         if held is not None and args["op"] == "put" and not held[0].get("RW", True):
             raise InvalidArgument("mounted volume is marked read-only")
-        if c.running and (c.host_config.get("Isolation") or "").lower() == "hyperv":
-            # Its root is in the VM, and its Pid is the guest's (/proc/<Pid> on the host is
-            # some other process): see docs/isolation.md.
+        hyperv = c.running and (c.host_config.get("Isolation") or "").lower() == "hyperv"
+        if hyperv and held is None:
+            # Its root is in the VM and its Pid is the guest's (/proc/<Pid> on the host is
+            # some other process): the same helper runs in the guest, on the guest's /proc.
+            system = self.containers.system_of(c)
+            if system is None or not getattr(system, "in_vm", False):
+                raise Conflict(f"container {c.id[:12]} is not running")
+            return await system.run_helper(
+                ["-m", "silobox.storage.changes", json.dumps({**args, "pid": c.state["Pid"]})])
+        if hyperv and args.get("user"):
             raise Conflict(f"container {c.id[:12]} runs in a utility VM (--isolation hyperv): "
-                           "copying its files while it runs is not supported")
-        if c.running and c.state.get("Pid"):
+                           "cp -a into its volumes while it runs is not supported")
+        if c.running and c.state.get("Pid") and not hyperv:
             args = {**args, "pid": c.state["Pid"]}
         elif held is not None:
             # a stopped container's volume or bind is not in its overlay: read its source;

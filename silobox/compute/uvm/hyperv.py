@@ -200,6 +200,17 @@ class HypervComputeSystem(ComputeSystem):
                                "GuestStateDir": guest["state_dir"]})
         return report
 
+    async def run_helper(self, argv: list[str]) -> "GuestHelper":
+        """silobox's Python with ``argv`` in the guest, outside the container (the engine's
+        file helper, on the container's ``/proc/<Pid>/root`` there), as an asyncio process."""
+        vm = self.vm
+        if vm is None:
+            raise NotRunning(f"container {self.id[:12]} is not running", object_id=self.id)
+        loop = asyncio.get_running_loop()
+        proc = await loop.run_in_executor(
+            None, vm.spawn, ["/opt/silobox/bin/python", *argv], None, "/src")
+        return GuestHelper(proc, loop)
+
     # -- recovery after a silod restart -----------------------------------------------------------
 
     async def reattach(self) -> None:
@@ -322,6 +333,77 @@ class HypervComputeSystem(ComputeSystem):
                                                        "State": "Stopped"}
         props["JobObject"]["Host"] = "utility VM (guest cgroup v2)"
         return props
+
+
+class GuestHelper:
+    """A process in the guest as ``asyncio.subprocess.Process`` offers it: stdout and stderr
+    readers fed by a thread that drains the agent's events, stdin written over the channel."""
+
+    def __init__(self, proc: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.proc = proc
+        self.stdout = asyncio.StreamReader(limit=1 << 20)
+        self.stderr = asyncio.StreamReader(limit=1 << 20)
+        self.stdin = _GuestStdin(proc, loop)
+        self.returncode: int | None = None
+        self._done = asyncio.Event()
+        self._loop = loop
+        import threading
+        threading.Thread(target=self._drain, daemon=True, name="uvm-helper").start()
+
+    def _drain(self) -> None:
+        call = self._loop.call_soon_threadsafe
+        try:
+            for fd, data in self.proc.output():
+                call((self.stdout if fd == 1 else self.stderr).feed_data, data)
+            status = self.proc.status
+        except Exception:
+            status = 255
+        call(self._finish, status)
+
+    def _finish(self, status: int) -> None:
+        self.stdout.feed_eof()
+        self.stderr.feed_eof()
+        self.returncode = status
+        self._done.set()
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            self.proc.signal(signal.SIGKILL)
+        except Exception:
+            pass
+
+
+class _GuestStdin:
+    """Writes are buffered and sent over the control channel by ``drain``, off the loop."""
+
+    def __init__(self, proc: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.proc = proc
+        self.loop = loop
+        self.pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.pending.append(bytes(data))
+
+    async def drain(self) -> None:
+        data, self.pending = b"".join(self.pending), []
+        if data:
+            try:
+                await self.loop.run_in_executor(None, self.proc.write, data)
+            except SystemFailure as e:
+                raise BrokenPipeError(str(e)) from None
+
+    def close(self) -> None:
+        try:
+            if self.pending:
+                self.proc.write(b"".join(self.pending))
+            self.proc.close_stdin()
+        except Exception:
+            pass
 
 
 class UtilityVMView:
