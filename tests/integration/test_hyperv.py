@@ -100,6 +100,9 @@ def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
     assert stat["name"] == "copied-in" and stat["size"] == 6
     status, body = silod.request("GET", f"/containers/{cid}/archive?path=/nonexistent")
     assert status == 404, body
+    assert {"Path": "/tmp/copied-in", "Kind": 1} in api.diff(cid)   # listed in the guest
+    status, body = silod.request("POST", f"/commit?container={cid}&pause=0")
+    assert status == 400 and "utility VM" in body["message"], body
     for mode in ({"NetworkMode": f"container:{cid}"}, {"PidMode": f"container:{cid}"}):
         status, body = silod.request("POST", "/containers/create", {
             "Image": "busybox", "Cmd": ["true"], "HostConfig": mode})
