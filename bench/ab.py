@@ -8,12 +8,19 @@ machine falls on both alike; the medians are comparable even when absolute times
 
 exec: ``exec_create`` + ``exec_start`` of ``true`` in a running busybox container;
 run: create + start + wait + remove of ``busybox true`` (the API calls ``docker run --rm`` makes).
+
+With ``--a-src``/``--b-src`` (the two checkouts) the same also goes through each checkout's own
+``silo`` (started as scripts/install.sh's launcher starts it: ``python -IS``), so what the CLI
+does (its start-up, its requests: one for ``silo exec`` where the daemon serves it) counts too.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import docker
@@ -36,11 +43,25 @@ def _run(c: docker.APIClient) -> float:
     return (time.perf_counter() - t) * 1000
 
 
+def _silo(src: str, host: str, *args: str) -> list[str]:
+    code = f"import sys; sys.path.insert(0, {src!r}); from silobox.cli.main import main; " \
+           "sys.exit(main())"
+    return [sys.executable, "-IS", "-c", code, "-H", host, *args]
+
+
+def _cli(argv: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - t) * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--a", required=True, help="daemon A (e.g. before), unix://PATH")
     ap.add_argument("--b", required=True, help="daemon B (e.g. after), unix://PATH")
     ap.add_argument("--n", type=int, default=200, help="calls per daemon and test")
+    ap.add_argument("--a-src", help="checkout of daemon A: also time its silo")
+    ap.add_argument("--b-src", help="checkout of daemon B: also time its silo")
     a = ap.parse_args()
     clients = {"A": docker.APIClient(base_url=a.a, version="auto", timeout=60),
                "B": docker.APIClient(base_url=a.b, version="auto", timeout=60)}
@@ -50,7 +71,15 @@ def main() -> None:
         c.create_container("busybox", ["sleep", "1000"], name=NAME)
         c.start(NAME)
     try:
-        for test, fn in (("exec c true", _exec), ("run --rm busybox true", _run)):
+        tests = [("exec c true", _exec), ("run --rm busybox true", _run)]
+        if a.a_src and a.b_src:
+            hosts = {"A": (os.path.abspath(a.a_src), a.a), "B": (os.path.abspath(a.b_src), a.b)}
+            tests += [
+                ("silo exec c true", lambda c: _cli(_silo(*hosts[_name(c, clients)], "exec",
+                                                          NAME, "true"))),
+                ("silo run --rm", lambda c: _cli(_silo(*hosts[_name(c, clients)], "run", "--rm",
+                                                       "busybox", "true")))]
+        for test, fn in tests:
             times: dict[str, list[float]] = {"A": [], "B": []}
             for _ in range(3):
                 for c in clients.values():
@@ -65,6 +94,10 @@ def main() -> None:
     finally:
         for c in clients.values():
             c.remove_container(NAME, force=True)
+
+
+def _name(c: docker.APIClient, clients: dict[str, docker.APIClient]) -> str:
+    return next(k for k, v in clients.items() if v is c)
 
 
 if __name__ == "__main__":

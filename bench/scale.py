@@ -23,6 +23,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -35,7 +36,11 @@ from silod import start_silod, stop   # bench/silod.py
 ANCHOR = "unix:///run/docker-anchor.sock"
 DOCKER = "/usr/bin/docker"
 PODMAN = "/usr/bin/podman"
-SILO = os.environ.get("SILO", "").split() or [sys.executable, "-m", "silobox.cli.main"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout's CLI, started as scripts/install.sh's ``silo`` starts (-IS: no site, no .pth).
+SILO = os.environ.get("SILO", "").split() or [
+    sys.executable, "-IS", "-c",
+    f"import sys; sys.path.insert(0, {REPO!r}); from silobox.cli.main import main; sys.exit(main())"]
 
 
 def engines(only: set[str], silobox_host: str) -> dict[str, dict]:
@@ -83,7 +88,7 @@ def ppid(pid: int) -> int:
 def hyperfine_ms(e: dict, cmd: list[str], runs: int) -> float:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run(["hyperfine", "-N", "--warmup", "1", "--runs", str(runs), "--export-json",
-                        out.name, "--output", "null", " ".join(e["cli"] + cmd)],
+                        out.name, "--output", "null", shlex.join(e["cli"] + cmd)],
                        env={**os.environ, **e["env"]}, check=True, capture_output=True)
         return statistics.median(json.load(open(out.name))["results"][0]["times"]) * 1000
 

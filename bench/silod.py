@@ -30,14 +30,16 @@ def start_silod(base: str, cgroup: str, extra: tuple[str, ...] = ()
                 ) -> tuple[subprocess.Popen, str]:
     """silod on ``base`` (short folder names: container shim sockets live below it and a unix
     socket path has 108 bytes at most) in cgroup parent ``silobox/<cgroup>``; returns the
-    process and its DOCKER_HOST once it answers."""
+    process and its DOCKER_HOST once it answers. It runs this checkout's silobox (the working
+    directory is the repository's root), not an installed copy."""
     sock = os.path.join(base, "r", "silod.sock")
     proc = subprocess.Popen([sys.executable, "-m", "silobox.daemon", "--root",
                              os.path.join(base, "d"), "--exec-root", os.path.join(base, "r"),
                              "--cgroup-parent", f"silobox/{cgroup}", "-H", f"unix://{sock}",
                              *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     deadline = time.time() + 20
     while not answers(sock):
         if time.time() > deadline or proc.poll() is not None:

@@ -19,6 +19,7 @@ REGISTRY_BIN=${REGISTRY_BIN:-/usr/bin/docker-registry}
 [ -x "$REGISTRY_BIN" ] || { echo "critest.sh: needs docker-registry (apt-get install docker-registry)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/sct.XXXXXX)   # short: shim socket paths live under it
+touch "$WORK/.started"
 RUN_ID=$(basename "$WORK" | tr -dc 'a-zA-Z0-9' | tail -c 8)
 ROOT="$WORK/root"; EXEC="$WORK/r"; SOCK="$EXEC/silod.sock"; CRI="$EXEC/cri.sock"
 CGROUP="silobox/critest$RUN_ID"
@@ -40,6 +41,16 @@ cleanup() {
         [ -d "$d" ] && rmdir "$d" 2>/dev/null
     done
     grep -o " $WORK[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
+    # critest's mount propagation specs bind /tmp/test<pod id>/mnt onto itself and leave it
+    # when a spec fails before its own cleanup: those made during this run go too
+    find /tmp -maxdepth 1 -name 'test*' -type d -newer "$WORK/.started" 2>/dev/null |
+        grep -E '^/tmp/test[0-9a-f]{64}' | while read -r d; do
+            for _ in 1 2 3 4; do   # stacked mounts: one layer a time
+                grep -o " $d/[^ ]*" /proc/self/mounts | sort -r | while read -r m; do
+                    umount -l "$m"; done
+            done
+            grep -q " $d/" /proc/self/mounts || rm -rf --one-file-system "$d"
+        done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -76,10 +87,53 @@ build() {
     silo push "$REG/$name" >/dev/null || { echo "critest.sh: push of $name failed" >&2; exit 1; }
 }
 WEB='RUN mkdir -p /www && echo "<html><body>It works!</body></html>" > /www/index.html'
-# The upstream busybox image has its applets as hard links and pgrep/ipcs applets that
-# Debian's busybox-static lacks: the stand-in copies /bin/ls (a masked-path spec masks it) and
-# adds small pgrep and ipcs programs.
+
+# upstream_sh DEST: busybox's ash as the upstream busybox image has it, which runs other
+# commands by exec'ing them. Debian's busybox-static prefers its own applets: its sh runs `ls`
+# in-process, so a masked /bin/ls (the MaskedPaths spec) is never exec'd. Built statically
+# from Debian's busybox source (apt-get source through private lists: the host's apt
+# configuration is not touched), allnoconfig + ash and the shell features of busybox's
+# defconfig (echo -n, printf, test, arithmetic...); cached by version and options.
+upstream_sh() {
+    local cache="${XDG_CACHE_HOME:-$HOME/.cache}/silobox" src="$WORK/busybox-src"
+    local opts="STATIC ASH SH_IS_ASH ASH_BASH_COMPAT ASH_ECHO ASH_PRINTF ASH_TEST ASH_GETOPTS
+                ASH_CMDCMD ASH_ALIAS ASH_JOB_CONTROL ASH_INTERNAL_GLOB ASH_RANDOM_SUPPORT
+                ASH_EXPAND_PRMT FEATURE_FANCY_ECHO FEATURE_SH_MATH FEATURE_SH_MATH_64
+                FEATURE_SH_READ_FRAC FEATURE_TEST_64 FEATURE_EDITING LONG_OPTS"
+    local ver; ver=$(dpkg-query -W -f '${Version}' busybox-static 2>/dev/null | tr ':+~' '___')
+    ver="$ver-$(echo $opts | cksum | cut -d' ' -f1)"
+    if [ ! -x "$cache/ash-$ver" ]; then
+        mkdir -p "$src/lists/partial" "$src/cache" "$cache"
+        echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
+             "http://deb.debian.org/debian bookworm main" > "$src/sources.list"
+        local apt=(-q -o APT::Sandbox::User=root -o Dir::Etc::SourceList="$src/sources.list"
+                   -o Dir::Etc::SourceParts=/nonexistent -o Dir::State::Lists="$src/lists"
+                   -o Dir::Cache="$src/cache")
+        (cd "$src" && apt-get "${apt[@]}" update >/dev/null 2>&1 &&
+            apt-get "${apt[@]}" source --download-only busybox >/dev/null 2>&1 &&
+            tar xjf busybox_*.orig.tar.bz2) || return 1
+        (cd "$src"/busybox-*/ && make -s allnoconfig >/dev/null 2>&1 &&
+            for o in $opts; do
+                sed -i "s/^# CONFIG_$o is not set/CONFIG_$o=y/" .config
+            done &&
+            yes "" | make -s oldconfig >/dev/null 2>&1 &&
+            make -s -j"$(nproc)" busybox >/dev/null 2>&1 &&
+            cp busybox "$cache/ash-$ver.tmp" && mv "$cache/ash-$ver.tmp" "$cache/ash-$ver") || return 1
+    fi
+    cp "$cache/ash-$ver" "$1"
+}
+
+# The upstream busybox image has its applets as hard links, a shell that exec's them and
+# pgrep/ipcs applets that Debian's busybox-static lacks: the stand-in copies /bin/ls (a
+# masked-path spec masks it), takes the upstream shell, and adds small pgrep and ipcs programs.
 mkdir -p "$WORK/ctx/e2e-busybox"
+SH_LINE='RUN ["/bin/busybox", "mv", "/bin/sh.upstream", "/bin/sh"]'
+if ! upstream_sh "$WORK/ctx/e2e-busybox/sh.upstream"; then
+    echo "critest.sh: could not build busybox's ash from Debian's source; the busybox stand-in" \
+         "keeps Debian's sh (the MaskedPaths spec then fails)" >&2
+    cp /bin/busybox "$WORK/ctx/e2e-busybox/sh.upstream" 2>/dev/null || : > "$WORK/ctx/e2e-busybox/sh.upstream"
+    SH_LINE='RUN rm /bin/sh.upstream'
+fi
 cat > "$WORK/ctx/e2e-busybox/pgrep" <<'EOF_PGREP'
 #!/bin/sh
 ps -o pid,args | awk -v p="$1" 'NR > 1 && $0 !~ /pgrep|awk/ && $2 ~ p { print $1; n++ } END { exit n ? 0 : 1 }'
@@ -90,10 +144,11 @@ echo; echo "------ Shared Memory Segments --------"
 echo "key        shmid      owner      perms      bytes      nattch     status"
 awk 'NR > 1 { printf "0x%08x %-10s %-10s %-10s %-10s %-10s\n", $1, $2, $8, $3, $4, $7 }' /proc/sysvipc/shm
 EOF_IPCS
-cat > "$WORK/ctx/e2e-busybox/Dockerfile" <<'EOF_DF'
+cat > "$WORK/ctx/e2e-busybox/Dockerfile" <<EOF_DF
 FROM busybox
-COPY pgrep ipcs /bin/
-RUN chmod 755 /bin/pgrep /bin/ipcs && rm /bin/ls && cp /bin/busybox /bin/ls
+COPY pgrep ipcs sh.upstream /bin/
+RUN chmod 755 /bin/pgrep /bin/ipcs /bin/sh.upstream && rm /bin/ls && cp /bin/busybox /bin/ls
+$SH_LINE
 EOF_DF
 silo build -q -t "$REG/e2e-test-images/busybox:1.29-2" "$WORK/ctx/e2e-busybox" >/dev/null \
     || { echo "critest.sh: build of the busybox stand-in failed" >&2; exit 1; }

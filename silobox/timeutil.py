@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import functools
 import re
 import time
 
@@ -51,9 +52,11 @@ def parse_rfc3339(text: str, *, naive: str | None = None, partial: bool = False)
     return seconds + (int(fraction[:9].ljust(9, "0")) / 1e9 if fraction else 0.0)
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_iso(s: str) -> float:
     """Seconds since the epoch of a time silobox wrote; 0 for Docker's zero time or anything
-    unparsable (a record is never refused for its times)."""
+    unparsable (a record is never refused for its times). Cached: ``ps`` asks for the same
+    few times of every container at each call."""
     if not s or s.startswith("0001"):
         return 0.0
     try:

@@ -20,7 +20,7 @@ import logging
 import socket
 import struct
 import termios
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
@@ -38,6 +38,12 @@ MULTIPLEXED_MEDIA_SINCE = (1, 42)
 SYSTEMERR = 3
 """stdcopy's fourth stream: an error from the daemon, shown by Docker's clients as such."""
 
+MEDIA_EXEC_RUN = "application/vnd.silobox.exec-stream"
+"""silobox's one-request exec (``POST /containers/{id}/exec?start=1``): stdcopy frames for
+output whether or not the process has a tty, ended by one ``EXIT_STATUS`` frame."""
+EXIT_STATUS = 0x80
+"""A frame only that stream carries: ``{"Id": ..., "ExitCode": ...}`` once the process ended."""
+
 _HEADER = struct.Struct(">BxxxL")
 _MAX_FRAME = 2**32 - 1
 
@@ -53,7 +59,7 @@ CLIENT_GONE = (ConnectionResetError, BrokenPipeError, ClientConnectionResetError
 
 def frame(stream: int, data: bytes) -> bytes:
     """One stdcopy frame: stream id, three zero bytes, big-endian payload length, payload."""
-    if stream not in (STDIN, STDOUT, STDERR, SYSTEMERR):
+    if stream not in (STDIN, STDOUT, STDERR, SYSTEMERR, EXIT_STATUS):
         raise ValueError(f"unknown stream {stream}")
     if len(data) > _MAX_FRAME:
         raise ValueError("frame payload longer than 4 GiB")
@@ -250,22 +256,31 @@ class Hijack:
         return "Upgrade" in self._request.headers
 
     async def run(self, session: StreamSession, *, detach_keys: bytes,
-                  api_version: tuple[int, ...]) -> web.StreamResponse:
+                  api_version: tuple[int, ...],
+                  trailer: Callable[[], Awaitable[bytes | None]] | None = None,
+                  headers: dict[str, str] | None = None) -> web.StreamResponse:
         """Answer 101 (or 200 without Upgrade) and pump both directions until the stream ends.
 
         The stream ends when the process's output ends, when the client types the detach
         sequence (tty sessions only, as in Docker) or when the client goes away. The session is
         closed in every case.
+
+        ``trailer``: silobox's one-request exec: output is framed even with a tty
+        (``MEDIA_EXEC_RUN``) and, once the output has ended, the frame ``trailer()`` returns
+        (if any) is the stream's last.
         """
         request = self._request
+        framed = trailer is not None
         if self.upgrade:
             response: web.StreamResponse = web.StreamResponse(status=101, reason="UPGRADED")
-            response.headers["Content-Type"] = stream_media_type(session.tty, api_version)
+            response.headers["Content-Type"] = MEDIA_EXEC_RUN if framed else \
+                stream_media_type(session.tty, api_version)
             response.headers["Connection"] = "Upgrade"
             response.headers["Upgrade"] = "tcp"
         else:
             response = RawStreamResponse(status=200)
-            response.headers["Content-Type"] = MEDIA_RAW
+            response.headers["Content-Type"] = MEDIA_EXEC_RUN if framed else MEDIA_RAW
+        response.headers.update(headers or {})
         response.force_close()
         tasks: list[asyncio.Task[Any]] = []
         try:
@@ -273,13 +288,16 @@ class Hijack:
             detached = asyncio.Event()
             scanner = DetachScanner(detach_keys) if session.tty and detach_keys else None
             tasks = [
-                asyncio.create_task(_copy_output(session, response, request.transport)),
+                asyncio.create_task(_copy_output(session, response, request.transport,
+                                                 framed)),
                 asyncio.create_task(detached.wait()),
                 asyncio.create_task(_copy_stdin(self.feed, session, scanner, detached)),
             ]
             await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
             if detached.is_set():
                 log.debug("%s: client detached", request.path)
+            elif trailer is not None and tasks[0].done() and (last := await trailer()) is not None:
+                await response.write(last)
         except CLIENT_GONE:
             log.debug("%s: client went away", request.path)
         finally:
@@ -291,9 +309,9 @@ class Hijack:
 
 
 async def _copy_output(session: StreamSession, response: web.StreamResponse,
-                       transport: asyncio.BaseTransport | None) -> None:
+                       transport: asyncio.BaseTransport | None, framed: bool = False) -> None:
     """Process output → client, framed unless tty, until the output ends or the client leaves."""
-    tty = session.tty
+    tty = session.tty and not framed
     first = True
     try:
         while True:

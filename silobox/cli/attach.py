@@ -17,7 +17,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs start-up time
     from typing import Callable
 
-from silobox.cli.client import MULTIPLEXED, RAW_STREAM, Hijacked, StdDemux
+from silobox.cli.client import (EXEC_STREAM, EXIT_STATUS_FRAME, MULTIPLEXED, RAW_STREAM,
+                                Hijacked, StdDemux)
 from silobox.cli.tty import SignalPipe
 
 DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p ctrl-q
@@ -70,9 +71,12 @@ def pump(stream: Hijacked, *, tty: bool, use_stdin: bool,
          signals: SignalPipe | None = None,
          on_signal: Callable[[int], None] | None = None,
          detach_keys: bytes = DEFAULT_DETACH_KEYS,
-         stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int = 2) -> bool:
-    """Run until the daemon closes the stream; True when the user detached (detach keys)."""
-    if stream.content_type == MULTIPLEXED:
+         stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int = 2,
+         exit_status: dict | None = None) -> bool:
+    """Run until the daemon closes the stream; True when the user detached (detach keys).
+
+    ``exit_status`` receives the exit-status frame of silod's one-request exec stream."""
+    if stream.content_type in (MULTIPLEXED, EXEC_STREAM):
         raw = False
     elif stream.content_type == RAW_STREAM:
         raw = True
@@ -94,6 +98,10 @@ def pump(stream: Hijacked, *, tty: bool, use_stdin: bool,
                 out.write(payload)
             elif kind in (2, 3):
                 err.write(payload)
+            elif kind == EXIT_STATUS_FRAME and exit_status is not None:
+                import json
+
+                exit_status.update(json.loads(payload))
 
     if stream.pending:
         emit(stream.recv())

@@ -26,6 +26,8 @@ USER_AGENT = f"silo/{__version__}"
 
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 RAW_STREAM = "application/vnd.docker.raw-stream"
+EXEC_STREAM = "application/vnd.silobox.exec-stream"   # stdcopy frames + an exit-status frame
+EXIT_STATUS_FRAME = 0x80
 
 
 class APIError(Exception):
@@ -318,8 +320,10 @@ def error_message(status: int, body: bytes) -> str:
 class Hijacked:
     """The raw, bidirectional stream left once the daemon switched protocols (attach, exec)."""
 
-    def __init__(self, conn: Connection, content_type: str) -> None:
+    def __init__(self, conn: Connection, content_type: str,
+                 headers: dict[str, str] | None = None) -> None:
         self.sock = conn.sock
+        self.headers = headers or {}
         self.pending = bytes(conn.buf)  # bytes that arrived with the 101 headers
         conn.buf.clear()
         self.content_type = content_type
@@ -553,18 +557,25 @@ class Client:
             resp.conn.close()
 
     def hijack(self, method: str, path: str, params: dict[str, Any] | None = None,
-               body: Any = None) -> Hijacked:
-        """Upgrade a request (attach, exec start) to a raw stream; the connection is consumed."""
+               body: Any = None, created: bool = False) -> Any:
+        """Upgrade a request (attach, exec start) to a raw stream; the connection is consumed.
+
+        ``created``: a 201 is an answer too (a daemon that ignored silod's ``exec?start=1``
+        created the exec only); its JSON is returned instead of a stream."""
         headers = {"Connection": "Upgrade", "Upgrade": "tcp"}
         resp = self.send(method, path, params, body, headers)
-        if resp.status >= 400:
+        if resp.status >= 400 or (created and resp.status == 201):
             data = resp.read()
             resp.conn.close()
+            if resp.status == 201:
+                import json
+
+                return json.loads(data)
             raise APIError(resp.status, error_message(resp.status, data))
         if resp.status not in (101, 200):
             resp.conn.close()
             raise ProtocolError(f"unable to upgrade to tcp, received {resp.status}")
-        return Hijacked(resp.conn, resp.content_type)
+        return Hijacked(resp.conn, resp.content_type, resp.headers)
 
 
 def default_host() -> str:

@@ -806,8 +806,50 @@ class Template:
         if funcs:
             self.funcs.update(funcs)
         self.nodes = _Parser(src).parse()
+        self._flat = self._flatten(self.nodes)
+
+    @staticmethod
+    def _flatten(nodes: list[_Node]) -> list[str | tuple[str]] | None:
+        """Text and plain ``{{.Field}}`` actions only (``ps``'s default table): the parts to
+        render without the interpreter, a field as a 1-tuple; None for anything else."""
+        flat: list[str | tuple[str]] = []
+        for n in nodes:
+            if isinstance(n, _Text):
+                flat.append(n.text)
+                continue
+            if not isinstance(n, _Action) or n.pipe.decl or len(n.pipe.cmds) != 1:
+                return None
+            cmd = n.pipe.cmds[0]
+            if len(cmd) != 1 or not isinstance(cmd[0], _Field) or cmd[0].base is not None \
+                    or len(cmd[0].names) != 1 or cmd[0].names[0].startswith("_"):
+                return None
+            flat.append((cmd[0].names[0],))
+        return flat
+
+    def _execute_flat(self, flat: list[str | tuple[str]], value: Any) -> str | None:
+        """What ``execute`` returns for a flat template; None where a field needs the full
+        rules (a method, a missing attribute: the interpreter calls it or reports it)."""
+        out: list[str] = []
+        is_dict = isinstance(value, dict)
+        for part in flat:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            if is_dict:
+                v = value.get(part[0], MISSING)
+            else:
+                v = getattr(value, part[0], MISSING)
+                if v is MISSING or callable(v):
+                    return None
+            out.append(_top_str(v))
+        return "".join(out)
 
     def execute(self, value: Any, header: bool = False) -> str:
+        if self._flat is not None and not header and value is not None \
+                and value is not MISSING and not isinstance(value, (str, int, float, list, tuple)):
+            text = self._execute_flat(self._flat, value)
+            if text is not None:
+                return text
         ex = _Exec(self.funcs, header, value)
         out: list[str] = []
         try:

@@ -9,8 +9,23 @@ from __future__ import annotations
 import re
 import time
 
-from silobox.timeutil import human_duration  # noqa: F401  (shared with the daemon)
-from silobox.timeutil import parse_go_duration, parse_rfc3339
+
+
+# silobox.timeutil (shared with the daemon) imports calendar and datetime: only when a time is
+# parsed or printed, so that ``run`` and ``exec`` start without them.
+def human_duration(seconds: float) -> str:
+    from silobox.timeutil import human_duration as impl
+    return impl(seconds)
+
+
+def parse_go_duration(value: str) -> float:
+    from silobox.timeutil import parse_go_duration as impl
+    return impl(value)
+
+
+def parse_rfc3339(text: str, **kw: object) -> float:
+    from silobox.timeutil import parse_rfc3339 as impl
+    return impl(text, **kw)  # type: ignore[arg-type]
 
 _SIZE_RE = r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$"
 _BINARY = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}

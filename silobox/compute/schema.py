@@ -41,6 +41,7 @@ class MappedDirectory:
     host_path: str
     container_path: str
     read_only: bool = False
+    propagation: str = ""     # a bind's propagation in Docker's words (rprivate when empty)
 
 
 @dataclass
@@ -68,8 +69,9 @@ class LinuxSettings:
     oom_score_adj: int | None = None                            # every process of the container
     devices: list[dict] = field(default_factory=list)           # host nodes made in the silo
     host_pid: bool = False                                      # no PID namespace of its own
-    join_namespaces: dict[str, str] = field(default_factory=dict)  # {"ipc"|"pid": ns path}
+    join_namespaces: dict[str, str] = field(default_factory=dict)  # {"ipc"|"pid"|"uts": path}
     device_rules: list[dict] = field(default_factory=list)      # extra job object device rules
+    cgroup_parent: str = ""                                     # the job object's parent group
 
 
 @dataclass
@@ -119,7 +121,12 @@ def parse_document(doc: Any) -> ContainerDocument:
         if not m["ContainerPath"].startswith("/"):
             raise InvalidArgument(f"Container.MappedDirectories[{i}].ContainerPath: must be an "
                                   "absolute path")
-        maps.append(MappedDirectory(m["HostPath"], m["ContainerPath"], bool(m.get("ReadOnly"))))
+        prop = m.get("Propagation") or ""
+        if prop not in ("", "private", "rprivate", "slave", "rslave", "shared", "rshared"):
+            raise InvalidArgument(f"Container.MappedDirectories[{i}].Propagation: {prop!r} is "
+                                  "not one of private, rprivate, slave, rslave, shared, rshared")
+        maps.append(MappedDirectory(m["HostPath"], m["ContainerPath"], bool(m.get("ReadOnly")),
+                                    prop))
     net = _get(c, "Networking", dict, {}, "Container.")
     lx = _get(c, "Linux", dict, {}, "Container.")
     w = "Container.Linux."
@@ -147,10 +154,15 @@ def parse_document(doc: Any) -> ContainerDocument:
         device_rules=_get(lx, "DeviceCgroupRules", list, [], w),
         host_pid=_get(lx, "HostPid", bool, False, w),
         join_namespaces=_get(lx, "JoinNamespaces", dict, {}, w),
+        cgroup_parent=_get(lx, "CgroupParent", str, "", w),
     )
-    if not all(k in ("ipc", "pid") and isinstance(v, str) and v.startswith("/proc/")
+    if linux.cgroup_parent:
+        from silobox.kernel.jobobject import check_component_path
+        linux.cgroup_parent = check_component_path(linux.cgroup_parent, f"{w}CgroupParent")
+    if not all(k in ("ipc", "pid", "uts") and isinstance(v, str) and v.startswith("/proc/")
                for k, v in linux.join_namespaces.items()):
-        raise InvalidArgument(f"{w}JoinNamespaces: only ipc and pid, as /proc/<pid>/ns paths")
+        raise InvalidArgument(f"{w}JoinNamespaces: only ipc, pid and uts, as /proc/<pid>/ns "
+                              "paths")
     for i, d in enumerate(linux.devices):
         if not isinstance(d, dict) or not isinstance(d.get("Path"), str) \
                 or not d["Path"].startswith("/") or d.get("Type") not in ("c", "b") \

@@ -248,7 +248,7 @@ class Shim:
         self.sel.register(self.listener, selectors.EVENT_READ, ("accept", None))
         self.sel.register(self.wake_r, selectors.EVENT_READ, ("signal", None))
         atomic_write_json(os.path.join(self.state_dir, "shim.json"),
-                          {"ShimPid": os.getpid(), "Pid": pid})
+                          {"ShimPid": os.getpid(), "Pid": pid}, durable=False)   # runtime state
         if cfg.get("autostart"):
             result = self._start()
             self._report({"t": "ready", "pid": pid, "shim_pid": os.getpid(), **result})
@@ -515,6 +515,15 @@ class Shim:
             self._maybe_proc_done(proc)
 
     def _init_exited(self) -> None:
+        # No exec can enter the container any more: its namespaces go with its last process
+        # (its mounts, and with them its sandbox disk), not with this monitor, and before
+        # anyone is told it exited.
+        for fd, _flag in self.ns_fds:
+            os.close(fd)
+        self.ns_fds = []
+        if self.pidns_fd is not None:
+            os.close(self.pidns_fd)
+            self.pidns_fd = None
         for p in self.procs.values():
             if p is not self.init and p.status is None and p.pid in self.pid_to_proc:
                 _kill(p.pid)

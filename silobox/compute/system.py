@@ -194,7 +194,7 @@ class ComputeSystem:
         self.doc = doc
         self.state = State.CREATED
         self.state_dir = os.path.join(service.state_root, cid)
-        self.job = JobObject(cid, service.cgroup_parent)
+        self.job = JobObject(cid, doc.linux.cgroup_parent or service.cgroup_parent)
         self.shim = ShimClient(self.state_dir, cid)
         self.pid = 0
         self.shim_pid = 0
@@ -251,7 +251,7 @@ class ComputeSystem:
             # those in the host's PID namespace take the cold path.
             joins_pid = "pid" in lx.join_namespaces
             pooled = self.service.pool and not lx.privileged and not extra and not lx.host_pid \
-                and not joins_pid and not self.in_vm
+                and not joins_pid and not self.in_vm and not lx.cgroup_parent
             if not pooled and not self.in_vm:
                 self.job.create(limits)
             try:
@@ -266,7 +266,7 @@ class ComputeSystem:
                     "console_size": list(init.console_size) if init.console_size else None,
                     "silo": silo.__dict__ | {"binds": [b.__dict__ for b in silo.binds]},
                     "process": proc.to_dict(), "procs_files": self.job.procs_files(),
-                    "job": {"name": self.id, "parent": self.service.cgroup_parent},
+                    "job": {"name": self.id, "parent": self.job.parent},
                     "autostart": before_release is None,
                     "pool": pooled, "limits": resources, "host_pid": lx.host_pid,
                     "pid_namespace": lx.join_namespaces.get("pid"),
@@ -694,7 +694,7 @@ class ComputeService:
             rootfs=rootfs, lower_dirs=[l.path for l in doc.layers], upper_dir=upper, work_dir=work,
             namespaces=list(lx.namespaces), netns_path=doc.network_namespace,
             hostname=doc.hostname, domainname=lx.domainname,
-            binds=[BindMount(m.host_path, m.container_path, m.read_only)
+            binds=[BindMount(m.host_path, m.container_path, m.read_only, m.propagation)
                    for m in doc.mapped_directories],
             masked_paths=list(paths.MASKED_PATHS if lx.masked_paths is None else lx.masked_paths),
             readonly_paths=list(paths.READONLY_PATHS if lx.readonly_paths is None

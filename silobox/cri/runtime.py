@@ -20,7 +20,7 @@ import asyncio
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from google.protobuf import json_format
 
@@ -48,6 +48,31 @@ POD_NETWORK = os.environ.get("SILOBOX_CRI_POD_NETWORK", "nat")
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024   # the kubelet's own cap on an ExecSync answer
 API_VERSION = "v1"
 CRI_VERSION = "0.1.0"
+_EVENTS = {"create": pb.CONTAINER_CREATED_EVENT, "start": pb.CONTAINER_STARTED_EVENT,
+           "die": pb.CONTAINER_STOPPED_EVENT, "destroy": pb.CONTAINER_DELETED_EVENT}
+"""The engine's container events → the CRI's."""
+_CONTAINER_LABELS = ("container", "id", "pod", "namespace")
+_NETWORK_LABELS = ("interface", "pod", "namespace")
+_METRICS: dict[str, tuple[str, tuple[str, ...], int]] = {
+    "container_cpu_usage_nanoseconds_total": (
+        "CPU time the container used, in ns (its job object's)", _CONTAINER_LABELS, pb.COUNTER),
+    "container_memory_usage_bytes": (
+        "Memory the container uses, page cache included", _CONTAINER_LABELS, pb.GAUGE),
+    "container_memory_working_set_bytes": (
+        "Memory in use less inactive file pages", _CONTAINER_LABELS, pb.GAUGE),
+    "container_memory_rss": ("Anonymous and swap cache memory", _CONTAINER_LABELS, pb.GAUGE),
+    "container_network_receive_bytes_total": (
+        "Bytes the pod received, per interface", _NETWORK_LABELS, pb.COUNTER),
+    "container_network_transmit_bytes_total": (
+        "Bytes the pod sent, per interface", _NETWORK_LABELS, pb.COUNTER),
+    "container_network_receive_errors_total": (
+        "Receive errors of the pod, per interface", _NETWORK_LABELS, pb.COUNTER),
+    "container_network_transmit_errors_total": (
+        "Transmit errors of the pod, per interface", _NETWORK_LABELS, pb.COUNTER),
+}
+"""ListMetricDescriptors: name → (help, label keys, type); cAdvisor's names where the unit is
+the same (CPU is whole nanoseconds here: the CRI's values are integers)."""
+_PROPAGATION = {pb.PROPAGATION_HOST_TO_CONTAINER: "rslave", pb.PROPAGATION_BIDIRECTIONAL: "rshared"}
 
 
 def _ns(iso: str) -> int:
@@ -134,6 +159,8 @@ class CriRuntime:
             "RestartPolicy": {"Name": "no"},
             "Binds": [f"{self.holder}:{pause.CONTAINER_PATH}:ro"],
         }
+        if linux.cgroup_parent:   # the kubelet's pod cgroup (cgroupfs driver)
+            hc["CgroupParent"] = linux.cgroup_parent
         body: dict[str, Any] = {"Image": HOLDER_IMAGE, "Entrypoint": [pause.CONTAINER_PATH],
                                 "Cmd": [], "HostConfig": hc}
         if host_net:
@@ -274,8 +301,10 @@ class CriRuntime:
         host_net = pnso.network == pb.NODE
         hc: dict[str, Any] = {"NetworkMode": "host" if host_net else f"container:{pid}",
                               "RestartPolicy": {"Name": "no"}}
-        if host_net:
-            hc["UTSMode"] = "host"
+        # the pod's UTS namespace (its hostname), as its network: the node's or the holder's
+        hc["UTSMode"] = "host" if host_net else f"container:{pid}"
+        if pcfg.linux.cgroup_parent:
+            hc["CgroupParent"] = pcfg.linux.cgroup_parent
         if nso.ipc == pb.NODE:
             hc["IpcMode"] = "host"
         elif nso.ipc == pb.POD:
@@ -294,11 +323,10 @@ class CriRuntime:
             if not m.host_path.startswith("/") or not m.container_path.startswith("/"):
                 raise InvalidArgument(f"mount {m.host_path}:{m.container_path}: paths must be "
                                       "absolute")
-            if m.propagation != pb.PROPAGATION_PRIVATE:
-                raise InvalidArgument(f"mount {m.container_path}: propagation "
-                                      f"{pb.MountPropagation.Name(m.propagation)} is not "
-                                      "supported by silobox (private only)")
-            binds.append(f"{m.host_path}:{m.container_path}:{'ro' if m.readonly else 'rw'}")
+            mode = "ro" if m.readonly else "rw"
+            if m.propagation in _PROPAGATION:
+                mode += "," + _PROPAGATION[m.propagation]
+            binds.append(f"{m.host_path}:{m.container_path}:{mode}")
         if binds:
             hc["Binds"] = binds
         if cfg.devices:
@@ -669,6 +697,68 @@ class CriRuntime:
                 id=f.id, label_selector=f.label_selector))):
             if p.state == pb.SANDBOX_READY:
                 out.append(await self.pod_stats(p.id))
+        return out
+
+    # ----- events and metrics -----------------------------------------------------------------
+    async def container_events(self) -> AsyncIterator[pb.ContainerEventResponse]:
+        """Life-cycle changes of pods and their containers as they happen (the kubelet's
+        evented PLEG), each with the pod's status and its containers' at that moment."""
+        stream = await self.backend.events(filters={"type": ["container"], "label": [KIND]})
+        async for ev in stream:
+            kind = _EVENTS.get(ev["Action"])
+            if kind is None:
+                continue
+            attrs = ev["Actor"]["Attributes"]
+            cid = ev["Actor"]["ID"]
+            pod_id = cid if attrs.get(KIND) == "sandbox" else attrs.get(POD_ID, "")
+            out = pb.ContainerEventResponse(container_id=cid, container_event_type=kind,
+                                            created_at=ev["timeNano"])
+            try:
+                out.pod_sandbox_status.CopyFrom(
+                    self._pod_status(await self._resolve(pod_id, "sandbox")))
+                for c in await self._pod_containers(pod_id):
+                    try:
+                        doc = await self.backend.container_inspect(c["Id"])
+                    except NotFound:
+                        continue
+                    out.containers_statuses.append(self._container_status(doc))
+            except NotFound:
+                pass   # the pod is gone already (its removal's own events)
+            yield out
+
+    async def metric_descriptors(self) -> list[pb.MetricDescriptor]:
+        return [pb.MetricDescriptor(name=name, help=help, label_keys=list(keys))
+                for name, (help, keys, _kind) in _METRICS.items()]
+
+    async def pod_metrics(self) -> list[pb.PodSandboxMetrics]:
+        """The pods' stats (job objects, endpoints) as metrics named by :data:`_METRICS`."""
+        out = []
+        for st in await self.list_pod_stats(pb.PodSandboxStatsFilter()):
+            md = st.attributes.metadata
+            now = time.time_ns()
+
+            def metric(name: str, value: int, *labels: str) -> pb.Metric:
+                return pb.Metric(name=name, timestamp=now, metric_type=_METRICS[name][2],
+                                 label_values=list(labels), value=pb.UInt64Value(value=value))
+            pm = pb.PodSandboxMetrics(pod_sandbox_id=st.attributes.id)
+            for iface in st.linux.network.interfaces:
+                for name, value in (
+                        ("container_network_receive_bytes_total", iface.rx_bytes.value),
+                        ("container_network_transmit_bytes_total", iface.tx_bytes.value),
+                        ("container_network_receive_errors_total", iface.rx_errors.value),
+                        ("container_network_transmit_errors_total", iface.tx_errors.value)):
+                    pm.metrics.append(metric(name, value, iface.name, md.name, md.namespace))
+            for cs in st.linux.containers:
+                labels = (cs.attributes.metadata.name, cs.attributes.id, md.name, md.namespace)
+                cm = pb.ContainerMetrics(container_id=cs.attributes.id, metrics=[
+                    metric("container_cpu_usage_nanoseconds_total",
+                           cs.cpu.usage_core_nano_seconds.value, *labels),
+                    metric("container_memory_usage_bytes", cs.memory.usage_bytes.value, *labels),
+                    metric("container_memory_working_set_bytes",
+                           cs.memory.working_set_bytes.value, *labels),
+                    metric("container_memory_rss", cs.memory.rss_bytes.value, *labels)])
+                pm.container_metrics.append(cm)
+            out.append(pm)
         return out
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import os
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -30,7 +30,12 @@ from silobox.errors import (AlreadyExists, Conflict, InsufficientStorage,  # noq
 
 log = logging.getLogger("silod.cri")
 
+class _Unimplemented(Exception):
+    """An RPC of the interface that silobox cannot serve: UNIMPLEMENTED with the reason."""
+
+
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (_Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -173,6 +178,33 @@ class RuntimeServicer(rpc.RuntimeServiceServicer):
     @_rpc
     async def ListPodSandboxStats(self, req: Any) -> Any:
         return pb.ListPodSandboxStatsResponse(stats=await self.rt.list_pod_stats(req.filter))
+
+
+    @_rpc
+    async def CheckpointContainer(self, req: Any) -> Any:
+        # Honest refusal: a checkpoint needs CRIU, which silobox does not carry.
+        raise _Unimplemented("checkpointing containers is not supported by silobox (it "
+                             "needs CRIU)")
+
+    @_rpc
+    async def ListMetricDescriptors(self, req: Any) -> Any:
+        return pb.ListMetricDescriptorsResponse(descriptors=await self.rt.metric_descriptors())
+
+    @_rpc
+    async def ListPodSandboxMetrics(self, req: Any) -> Any:
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=await self.rt.pod_metrics())
+
+    async def GetContainerEvents(self, req: Any, context: grpc.aio.ServicerContext
+                                 ) -> AsyncIterator[Any]:
+        """Server streaming: until the kubelet hangs up (the generator is then cancelled)."""
+        try:
+            async for ev in self.rt.container_events():
+                yield ev
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - answered as a status, as _rpc does
+            log.exception("CRI GetContainerEvents failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
 
 class ImageServicer(rpc.ImageServiceServicer):

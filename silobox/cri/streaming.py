@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from silobox.cri import spdy
+from silobox.cri.runtime import _kill_exec
 from silobox.errors import InvalidArgument, SiloboxError
 
 log = logging.getLogger("silod.cri")
@@ -160,7 +161,11 @@ class StreamingServer:
         async def resize(h: int, w: int) -> None:
             await self.backend.exec_resize(ex["Id"], h, w)
 
-        await self._pump(ws, sess, r, resize)
+        if not await self._pump(ws, sess, r, resize):
+            # the client went away: nobody can read the command's output or give it input
+            # any more, so it does not outlive the session (as the kubelet's runtimes do)
+            await _kill_exec(sess)
+            return ws
         code = (await self.backend.exec_inspect(ex["Id"])).get("ExitCode")
         await ws.send_bytes(bytes([ERROR]) + _status(int(code if code is not None else 126)))
         await ws.close()
@@ -413,6 +418,8 @@ class StreamingServer:
                 t.cancel()
         if out not in done:
             out.cancel()
+            if kind == "exec":   # its output has no reader any more: end it
+                await _kill_exec(sess)
             await sess.close()
             return None, "the client went away"
         if kind == "exec":

@@ -27,6 +27,7 @@ from silobox.engine.networks import NetworkService
 from silobox.engine.sharing import NamespaceSharingHook
 from silobox.engine.stats import StatsService
 from silobox.engine.storageops import StorageOps
+from silobox.engine.cgroupparent import CgroupParentHook
 from silobox.engine.store import ContainerStore
 from silobox.engine.system import SystemService
 from silobox.engine.views import ContainerViews
@@ -58,7 +59,8 @@ def build_engine(config: DaemonConfig, spawner: Spawner) -> Engine:
     # before the storage hook plans its own; legacy links append to the /etc/hosts that the
     # network hook writes.
     hooks[:] = [VolumesFromHook(store), *hooks, networks.hook, LinkHook(store),
-                NamespaceSharingHook(store, config.containers_dir, host)]
+                NamespaceSharingHook(store, config.containers_dir, host),
+                CgroupParentHook(store, os.path.join(config.root, "cgroup-parents.json"))]
     health = HealthMonitor(store, compute, events)
     execs = ExecService(store, compute, events)
     containers = ContainerService(config, store, compute, image_store, images, storage, hooks,

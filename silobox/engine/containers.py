@@ -190,12 +190,13 @@ class ContainerService:
         return {"Id": cid, "Warnings": warnings}
 
     def _write_etc_files(self, c: Container) -> None:
+        """hostname, hosts, resolv.conf: derived from the record, so written without fsync."""
         cfg = c.config
-        atomic_write(c.hostname_path, cfg["Hostname"] + "\n")
+        atomic_write(c.hostname_path, cfg["Hostname"] + "\n", durable=False)
         hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                  "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n"
                  "ff02::2\tip6-allrouters\n")
-        atomic_write(c.hosts_path, hosts)
+        atomic_write(c.hosts_path, hosts, durable=False)
         try:
             with open("/etc/resolv.conf") as f:
                 lines = f.read().splitlines()
@@ -203,7 +204,7 @@ class ContainerService:
             lines = []
         kept = [l for l in lines if not (l.startswith("nameserver") and
                                          (" 127." in l or " ::1" in l))]
-        atomic_write(c.resolv_conf_path, "\n".join(kept) + "\n")
+        atomic_write(c.resolv_conf_path, "\n".join(kept) + "\n", durable=False)
 
     def _document(self, c: Container) -> dict[str, Any]:
         return compute_document(c, self.config.init_binary,
@@ -482,8 +483,9 @@ class ContainerService:
             self.compute.close_system(c.id)
             for hook in self.hooks:
                 await hook.on_remove(c)
-            self.storage.sandbox_for(c.id).remove()
-            shutil.rmtree(self.store.directory(c.id), ignore_errors=True)
+            # Unmounts, renames and unlinks wait on the filesystem's journal: in a thread, so
+            # the loop serves other requests and parallel removals overlap their waits.
+            await asyncio.get_running_loop().run_in_executor(None, self._remove_files, c.id)
             self.store.delete(c)
             self.execs.forget(c.id)
             code = c.state.get("ExitCode", 0)
@@ -491,6 +493,10 @@ class ContainerService:
                 if not fut.done():
                     fut.set_result(code)
             self.events.emit_event("container", "destroy", c)
+
+    def _remove_files(self, cid: str) -> None:
+        self.storage.sandbox_for(cid).remove()
+        shutil.rmtree(self.store.directory(cid), ignore_errors=True)
 
     # ----- update / prune ------------------------------------------------------------------
     _UPDATABLE = ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus", "CpuShares",

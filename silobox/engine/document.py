@@ -25,7 +25,10 @@ def compute_document(c: Any, init_binary: str, layers: list[dict[str, str]],
         {"HostPath": c.resolv_conf_path, "ContainerPath": "/etc/resolv.conf"},
     ]
     mapped += [{"HostPath": m["Source"], "ContainerPath": m["Destination"],
-                "ReadOnly": not m["RW"]} for m in c.mounts]
+                "ReadOnly": not m["RW"],
+                **({"Propagation": m["Propagation"]} if m["Type"] == "bind" and
+                   m.get("Propagation") not in (None, "", "rprivate") else {})}
+               for m in c.mounts]
     if hc.get("Init"):
         mapped.append({"HostPath": init_binary,
                        "ContainerPath": "/sbin/docker-init", "ReadOnly": True})

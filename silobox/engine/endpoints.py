@@ -279,7 +279,7 @@ class NetworkHook(ContainerHook):
 
         def atomic_write(path: str, text: str) -> None:
             if not live:
-                _atomic(path, text)
+                _atomic(path, text, durable=False)   # derived from the records
                 return
             with open(path, "r+") as f:
                 f.truncate(0)
@@ -355,9 +355,7 @@ class NetworkHook(ContainerHook):
             out[key if "/" in key else f"{key}/tcp"] = None
         for key in (c.host_config.get("PortBindings") or {}):
             out.setdefault(key if "/" in key else f"{key}/tcp", None)
-        for e in self.hns.endpoints.values():
-            if e.get("ContainerId") != c.id:
-                continue
+        for e in self.hns.endpoints_of_container(c.id):
             for p in e["Policies"]:
                 if p["Type"] == "PortMapping":
                     m = port_mapping_from(p)
@@ -369,7 +367,7 @@ class NetworkHook(ContainerHook):
     async def on_stop(self, c: Any) -> None:
         self.dns.stop(c.id)
         ns_id = c.silobox.pop("NetworkNamespace", None)
-        eps = [e["ID"] for e in self.hns.endpoints.values() if e.get("ContainerId") == c.id]
+        eps = [e["ID"] for e in self.hns.endpoints_of_container(c.id)]
         if eps and ns_id and self._joined_by_others(c):
             # Containers that joined this one keep the namespace alive: its vNICs must go
             # explicitly, or they would outlive their released addresses.
@@ -393,9 +391,8 @@ class NetworkHook(ContainerHook):
         ns_id = c.silobox.get("NetworkNamespace")
         if not ns_id:
             return
-        if any(e.get("ContainerId") == c.id and
-               not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)
-               for e in self.hns.endpoints.values()):
+        if any(not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)
+               for e in self.hns.endpoints_of_container(c.id)):
             try:
                 if (c.host_config.get("Isolation") or "").lower() == "hyperv":
                     await self._serve_dns_for_vm(c, recovering=True)

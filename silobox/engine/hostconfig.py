@@ -29,14 +29,14 @@ _MODES: dict[str, tuple[tuple[str, ...], str]] = {
                 "use private, host or container:NAME"),
     "IpcMode": (("", "private", "shareable", "host"),
                 "use private, shareable, host or container:NAME"),
-    "UTSMode": (("", "host"), "a container has its own UTS namespace or the host's"),
+    "UTSMode": (("", "host"), "use host or container:NAME"),
     "CgroupnsMode": (("", "private", "host"),
                      "a container has its own cgroup namespace or the host's"),
     "UsernsMode": (("", "host"), "containers run in the host's user namespace"),
     "Cgroup": (("",), "every container has its own job object"),
 }
 
-_JOINABLE = ("IpcMode", "PidMode")
+_JOINABLE = ("IpcMode", "PidMode", "UTSMode")
 """Modes that may name a container (``container:X``; engine/sharing.py joins it)."""
 
 # field → what is not applied (the value is discarded with a warning)
@@ -70,8 +70,6 @@ BLKIO_FIELDS: dict[str, tuple[str, str]] = {
 
 _REFUSED: dict[str, str] = {
     "DeviceRequests": "device requests (--gpus) are not supported by silobox",
-    "CgroupParent": "a cgroup parent (--cgroup-parent) per container is not supported by "
-                    "silobox; silod's --cgroup-parent places every container",
     "CpuRealtimePeriod": "the CPU real-time scheduler is not supported by silobox",
     "CpuRealtimeRuntime": "the CPU real-time scheduler is not supported by silobox",
 }
@@ -108,6 +106,9 @@ def check_host_config(hc: dict[str, Any]) -> list[str]:
     for field, why in _REFUSED.items():
         if not _is_default(field, hc.get(field)):
             raise InvalidArgument(f"invalid HostConfig.{field}: {why}")
+    if hc.get("CgroupParent") not in (None, ""):
+        from silobox.engine.cgroupparent import check_cgroup_parent
+        check_cgroup_parent(hc["CgroupParent"])
     _check_sysctls(hc.get("Sysctls") or {}, hc.get("NetworkMode") or "default",
                    hc.get("IpcMode") or "")
     oom = hc.get("OomScoreAdj")

@@ -1,4 +1,6 @@
-"""``--ipc container:X`` and ``--pid container:X``: a container in another one's namespaces.
+"""``--ipc container:X``, ``--pid container:X`` and ``UTSMode: container:X``: a container in
+another one's namespaces (the last one a silobox extension: Docker's UTSMode knows only
+``host``; the CRI's pods need it, their containers share the pod's hostname namespace).
 
 Windows containers share nothing but a network compartment; on Linux Docker lets a container
 join the IPC or PID namespace of a running one (compose's ``ipc: service:x`` and
@@ -22,7 +24,7 @@ from silobox.engine.hooks import ContainerHook
 from silobox.engine.host import Host
 from silobox.errors import Conflict, InvalidArgument
 
-_SHARED = (("IpcMode", "ipc", "IPC"), ("PidMode", "pid", "PID"))
+_SHARED = (("IpcMode", "ipc", "IPC"), ("PidMode", "pid", "PID"), ("UTSMode", "uts", "UTS"))
 
 
 class NamespaceSharingHook(ContainerHook):

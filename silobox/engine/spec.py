@@ -14,6 +14,7 @@ import signal as _signal
 from typing import Any
 
 from silobox.errors import InvalidArgument
+from silobox.storage.mounts import PROPAGATIONS, bind_propagation, check_propagation
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -300,12 +301,14 @@ def parse_binds(binds: list[str] | None) -> list[dict[str, Any]]:
             raise InvalidArgument(f"invalid volume specification: '{b}': mount path must be "
                                   "absolute and not /")
         opts = [o for o in mode.split(",") if o]
-        if any(o not in ("ro", "rw", "z", "Z", "private", "rprivate") for o in opts):
+        if any(o not in ("ro", "rw", "z", "Z", *PROPAGATIONS) for o in opts):
             raise InvalidArgument(f"invalid mode: {mode}")
+        propagation = bind_propagation(opts)
         if not os.path.exists(src):
             os.makedirs(src, 0o755, exist_ok=True)
+        check_propagation(src, propagation)
         out.append({"Type": "bind", "Source": src, "Destination": dst, "Mode": mode,
-                    "RW": "ro" not in opts, "Propagation": "rprivate"})
+                    "RW": "ro" not in opts, "Propagation": propagation})
     return out
 
 

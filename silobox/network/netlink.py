@@ -436,13 +436,15 @@ class Netlink:
                         peer={"ifname": ifname, "net_ns_fd": fd, "address": mac})
             finally:
                 os.close(fd)
-            pidx = self._index(sw, port)
             if isolated:
-                sw.brport("set", index=pidx, isolated=1)
+                sw.brport("set", index=self._index(sw, port), isolated=1)
             with self.inside(netns_path):
                 inner = _iproute()
                 try:
-                    self._link_up_by_name(inner, "lo")
+                    if create_ns:   # a new namespace's loopback is always index 1
+                        inner.link("set", index=1, state="up")
+                    else:
+                        self._link_up_by_name(inner, "lo")
                     idx = self._index(inner, ifname)
                     if mtu:
                         inner.link("set", index=idx, mtu=mtu)

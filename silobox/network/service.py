@@ -82,13 +82,17 @@ class HostNetworkingService:
                                            manage_rules=forward_rules)
         self.networks: dict[str, HostComputeNetwork] = {}
         self.endpoints: dict[str, HostComputeEndpoint] = {}
+        # The same endpoints by container and by network, so that starting, stopping and
+        # removing one container looks only at its own (not at every other one's).
+        self._by_container: dict[str, dict[str, None]] = {}
+        self._by_network: dict[str, dict[str, None]] = {}
         self.namespaces: dict[str, HostComputeNamespace] = {}
         for r in db.query("SELECT data FROM hns_networks"):
             n = HostComputeNetwork.from_json(json.loads(r["data"]))
             self.networks[n.ID] = n
         for r in db.query("SELECT data FROM hns_endpoints"):
             e = HostComputeEndpoint.from_json(json.loads(r["data"]))
-            self.endpoints[e.ID] = e
+            self._index_endpoint(e)
             if e.namespace_id:
                 self._namespace(e.namespace_id, e.ContainerId).Endpoints.append(e.ID)
 
@@ -389,7 +393,25 @@ class HostNetworkingService:
         raise NotFound(f"endpoint {ref} not found", object_id=ref)
 
     def endpoints_of(self, network_id: str) -> list[HostComputeEndpoint]:
-        return [e for e in self.endpoints.values() if e.VirtualNetwork == network_id]
+        return [self.endpoints[i] for i in self._by_network.get(network_id, ())]
+
+    def endpoints_of_container(self, container_id: str) -> list[HostComputeEndpoint]:
+        return [self.endpoints[i] for i in self._by_container.get(container_id, ())]
+
+    def _index_endpoint(self, e: HostComputeEndpoint) -> None:
+        self.endpoints[e.ID] = e
+        self._by_container.setdefault(e.ContainerId, {})[e.ID] = None
+        self._by_network.setdefault(e.VirtualNetwork, {})[e.ID] = None
+
+    def _unindex_endpoint(self, e: HostComputeEndpoint) -> None:
+        self.endpoints.pop(e.ID, None)
+        for index, key in ((self._by_container, e.ContainerId),
+                           (self._by_network, e.VirtualNetwork)):
+            ids = index.get(key)
+            if ids is not None:
+                ids.pop(e.ID, None)
+                if not ids:
+                    del index[key]
 
     def create_endpoint(self, network: HostComputeNetwork, *, container_id: str,
                         namespace_id: str, name: str = "", ip: str | None = None,
@@ -434,15 +456,17 @@ class HostNetworkingService:
                 e.GatewayAddressV6 = s6["GatewayAddress"]
             self._save_endpoint(e)
             network.TotalEndpoints += 1
-            self.endpoints[eid] = e
+            self._index_endpoint(e)
             self._namespace(namespace_id, container_id).Endpoints.append(eid)
-            cur = len(self.endpoints_of(network.ID))
+            cur = len(self._by_network[network.ID])
             network.MaxConcurrentEndpoints = max(network.MaxConcurrentEndpoints, cur)
             self.save_network(network)
         return e
 
     def _resolve_ports(self, maps: list[PortMapping]) -> list[PortMapping]:
         """Pick host ports for ``-p 80`` and refuse ports another endpoint already maps."""
+        if not maps:
+            return []
         taken = {(m.Protocol, m.ExternalPort, m.VIP) for m in self.all_port_mappings()}
         out = []
         for m in maps:
@@ -486,7 +510,7 @@ class HostNetworkingService:
         with self.db.tx():
             self.ipam.release(e.VirtualNetwork, e.ID)
             self.db.execute("DELETE FROM hns_endpoints WHERE id = ?", (e.ID,))
-        self.endpoints.pop(e.ID, None)
+        self._unindex_endpoint(e)
         ns = self.namespaces.get(e.namespace_id)
         if ns is not None and e.ID in ns.Endpoints:
             ns.Endpoints.remove(e.ID)

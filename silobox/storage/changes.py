@@ -539,10 +539,15 @@ def _container_root(args: dict[str, object]) -> str:
     if args.get("tree"):
         return str(args["tree"])
     else:
-        libc.unshare(libc.CLONE_NEWNS)
-        libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE, None)
+        from silobox.kernel import mountns
         from silobox.storage.sandbox import Sandbox
         sandbox = Sandbox(str(args["root"]), str(args["cid"]))
+        mountns.unshare_private()
+        # Of the host's mounts, only what this helper uses: the copy of any other sandbox
+        # disk mounted right now would keep that disk attached until this helper exits.
+        lowers = _overlay_lowers(str(args["options"]))
+        mountns.detach_unneeded([sandbox.folder, "/proc", "/dev"],
+                                [*lowers, "/sys", *_python_paths(), *_TOOL_DIRS])
         import time
         deadline = time.monotonic() + 5
         while True:   # a just-stopped container's disk detaches itself a moment later
@@ -559,6 +564,25 @@ def _container_root(args: dict[str, object]) -> str:
         flags = libc.MS_RDONLY if args.get("readonly") else 0
         libc.mount("overlay", root, "overlay", flags, str(args["options"]))
         return root
+
+
+def _overlay_lowers(options: str) -> list[str]:
+    """The ``lowerdir`` trees named in overlay mount data (kernel.overlay.options refuses
+    ``,``, ``:`` and ``\\`` in a path, so they need no unescaping)."""
+    for opt in options.split(","):
+        if opt.startswith("lowerdir="):
+            return [p for p in opt[len("lowerdir="):].split(":") if p]
+    return []
+
+
+_TOOL_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/lib", "/lib", "/lib64", "/etc")
+"""What the helper may run (e2fsck on a disk left unclean) needs."""
+
+
+def _python_paths() -> list[str]:
+    """Where this interpreter finds its modules (imports go on after the namespace is made)."""
+    return [p for p in {*sys.path, sys.prefix, sys.base_prefix, sys.exec_prefix}
+            if p and os.path.isabs(p)]
 
 
 class OwnerLookupError(ValueError):

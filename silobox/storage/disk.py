@@ -167,6 +167,7 @@ def attach(image: str, readonly: bool = False, direct_io: bool | None = None) ->
                     if e.errno == errno.EBUSY:
                         continue
                     raise
+                _attached.remember(_file_key(ffd), dev)
                 return lfd, dev
             raise SystemFailure("no free loop device after 64 attempts",
                                 operation="storage::SandboxDisk::Attach", object_id=image)
@@ -201,16 +202,96 @@ def loop_devices() -> list[LoopDevice]:
     return out
 
 
+class _AttachedIndex:
+    """The loop devices each image file (by device and inode: a pool disk is renamed while
+    attached) was attached to, as far as this process knows: seeded by one scan of every
+    device (those attached before it started), then kept by ``attach``. ``attached_loops``
+    reads only the recorded devices' backing files, so a start or a removal costs the same
+    with 1,000 containers as with one (a scan reads a sysfs file per device)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._devices: dict[tuple[int, int], set[str]] | None = None
+
+    def remember(self, key: tuple[int, int], device: str) -> None:
+        with self._lock:
+            if self._devices is not None:
+                self._devices.setdefault(key, set()).add(device)
+
+    def devices(self, key: tuple[int, int]) -> list[str]:
+        with self._lock:
+            if self._devices is None:
+                seeded: dict[tuple[int, int], set[str]] = {}
+                for d in loop_devices():
+                    k = _path_key(d.backing_file)
+                    if k is not None:
+                        seeded.setdefault(k, set()).add(d.path)
+                self._devices = seeded
+            return sorted(self._devices.get(key, ()))
+
+    def forget(self, key: tuple[int, int], device: str) -> None:
+        with self._lock:
+            devs = (self._devices or {}).get(key)
+            if devs is not None:
+                devs.discard(device)
+                if not devs:
+                    del self._devices[key]   # type: ignore[index]
+
+
+_attached = _AttachedIndex()
+
+
+def _file_key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _path_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _backing_file(device: str) -> str:
+    try:
+        with open(f"/sys/block/{os.path.basename(device)}/loop/backing_file") as f:
+            backing = f.read().rstrip("\n")
+    except OSError:
+        return ""
+    return backing[:-len(" (deleted)")] if backing.endswith(" (deleted)") else backing
+
+
 def loops_of(image: str) -> list[str]:
+    """The loop devices ``image`` is attached to now, whoever attached them (a full scan)."""
     image = os.path.realpath(image)
     return [d.path for d in loop_devices() if d.backing_file == image]
 
 
-def wait_detached(image: str, timeout: float = 2.0) -> bool:
+def attached_loops(image: str) -> list[str]:
+    """``loops_of`` for the daemon's own disks, without a scan: the devices this process
+    attached (or found attached when it first asked) that still hold ``image``."""
+    image = os.path.realpath(image)
+    key = _path_key(image)
+    if key is None:
+        return []
+    out = []
+    for dev in _attached.devices(key):
+        if _backing_file(dev) == image:
+            out.append(dev)
+        else:   # detached (AUTOCLEAR) or reused for another file since
+            _attached.forget(key, dev)
+    return out
+
+
+def wait_detached(image: str, timeout: float = 2.0, scan: bool = False) -> bool:
     """Wait for an AUTOCLEAR device of ``image`` to go once its last mount is gone (a container
-    that just exited keeps its mount namespace a moment longer); True when none is left."""
+    that just exited keeps its mount namespace a moment longer); True when none is left.
+    ``scan``: look at every device (``loops_of``), for a process that did not attach them
+    (this process's index knows only its own and those found at its first look)."""
     deadline = time.monotonic() + timeout
-    while loops_of(image):
+    while (loops_of if scan else attached_loops)(image):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.005)
@@ -384,11 +465,47 @@ def _has_capability(cap: int) -> bool:
     return False
 
 
+def _open_attached(image: str, readonly: bool) -> tuple[int, str] | None:
+    """An open fd on the loop device ``image`` is attached to already, and that device; None
+    when it is not attached (any more).
+
+    A disk stays attached while any mount of it lives, in any mount namespace: a container
+    that is going away, or the copy a namespace made elsewhere on the host (another tool's,
+    a service's private /tmp) kept after we unmounted. Mounting that same device again gives
+    the filesystem instance still alive on it (the kernel keeps one superblock per block
+    device), so it is shared, never doubled; only a second device on one image would make a
+    second instance. The fd, held until the mount is made, keeps AUTOCLEAR from detaching
+    the device meanwhile; the device is checked to still be this image's once it is held."""
+    for _ in range(8):
+        found = attached_loops(image)
+        if not found:
+            return None
+        if len(found) > 1:
+            raise Conflict(f"the sandbox disk {image} is in use (attached to "
+                           f"{', '.join(found)})",
+                           operation="storage::SandboxDisk::Mount", object_id=image)
+        dev = found[0]
+        try:
+            fd = os.open(dev, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in (errno.ENXIO, errno.ENOENT) and wait_detached(image):
+                return None   # it was detaching itself
+            raise Conflict(f"the sandbox disk {image} is in use (attached to {dev}"
+                           f"{', read-only' if e.errno == errno.EROFS else ''})",
+                           operation="storage::SandboxDisk::Mount", object_id=image) from None
+        if _backing_file(dev) == os.path.realpath(image):
+            return fd, dev
+        os.close(fd)   # detached and given to another image between the look and the open
+    raise Conflict(f"the sandbox disk {image} keeps changing loop devices",
+                   operation="storage::SandboxDisk::Mount", object_id=image)
+
+
 def mount_image(image: str, target: str, readonly: bool = False,
                 root: str | None = None, flags: int = 0) -> str:
-    """Attach and mount ``image`` on ``target``; returns the loop device. Refuses an image that is
-    attached already: ext4 must never be mounted twice from two devices. ``flags`` are
-    added to the mount's (``MS_NOSUID|MS_NODEV|MS_NOEXEC`` for a mount on the host).
+    """Attach and mount ``image`` on ``target``; returns the loop device. An image attached
+    already is mounted through that device (see :func:`_open_attached`): ext4 must never be
+    mounted from two devices at once. ``flags`` are added to the mount's
+    (``MS_NOSUID|MS_NODEV|MS_NOEXEC`` for a mount on the host).
 
     With ``root`` (the daemon's storage root), a device the pool attached ahead of time for
     this image is used (read-write) or let go (read-only)."""
@@ -403,18 +520,22 @@ def mount_image(image: str, target: str, readonly: bool = False,
     if spare is not None:
         fd, dev = spare.fd, spare.device   # a fresh disk from the pool: clean, never mounted
     else:
-        if loops_of(image):
-            raise Conflict(f"the sandbox disk {image} is in use (attached to "
-                           f"{', '.join(loops_of(image))})",
-                           operation="storage::SandboxDisk::Mount", object_id=image)
-        if not readonly and not read_superblock(image).clean:
-            check(image)   # no journal: a disk that was mounted when the host went down
-        fd, dev = attach(image, readonly=readonly)
+        held = _open_attached(image, readonly)
+        if held is not None:
+            fd, dev = held   # its filesystem may be alive: never checked (e2fsck) under it
+        else:
+            if not readonly and not read_superblock(image).clean:
+                check(image)   # no journal: a disk that was mounted when the host went down
+            fd, dev = attach(image, readonly=readonly)
     try:
         flags |= libc.MS_NOATIME | (libc.MS_RDONLY if readonly else 0)
         data = "noload" if readonly else MOUNT_DATA
         libc.mount(dev, target, "ext4", flags, data or None)
     except OSError as e:
+        if e.errno == errno.EBUSY:   # alive elsewhere, read-write, and asked read-only here
+            raise Conflict(f"the sandbox disk {image} is in use (mounted read-write through "
+                           f"{dev})", operation="storage::SandboxDisk::Mount",
+                           object_id=image) from None
         raise SystemFailure(f"cannot mount the sandbox disk {image} on {target}: {e.strerror}",
                             operation="storage::SandboxDisk::Mount", object_id=image,
                             cause=e) from e

@@ -21,6 +21,35 @@ _BIND_MODES = {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared",
                "rslave", "nocopy"}
 
 
+PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
+
+
+def bind_propagation(opts: list[str]) -> str:
+    """The propagation named among a bind's ``-v`` options (rprivate when none; Docker
+    refuses two)."""
+    named = [o for o in opts if o in PROPAGATIONS]
+    if len(named) > 1:
+        raise InvalidArgument(f"invalid mode: {','.join(opts)}")
+    return named[0] if named else "rprivate"
+
+
+def check_propagation(source: str, propagation: str) -> None:
+    """A shared bind needs a shared source mount, a slave one a shared or slave source (else
+    nothing would propagate): Docker's check and its words. silobox does not change the
+    host's mounts to make them so; the kubelet makes its directories rshared as it does
+    for containerd."""
+    if propagation not in ("shared", "rshared", "slave", "rslave"):
+        return
+    from silobox.kernel.silo import mount_of
+    point, tags = mount_of(source)
+    if propagation in ("shared", "rshared") and "shared" not in tags:
+        raise InvalidArgument(f"path {source} is mounted on {point} but it is not a shared "
+                              "mount")
+    if not tags & {"shared", "master"}:
+        raise InvalidArgument(f"path {source} is mounted on {point} but it is not a shared "
+                              "or slave mount")
+
+
 def _depth(path: str) -> int:
     return len([p for p in path.split("/") if p])
 
@@ -148,6 +177,9 @@ def mount_entry(m: Any, claim: Callable[[str], str]) -> dict[str, Any]:
             else:
                 raise InvalidArgument(f"{where}: bind source path does not exist: {src}")
         prop = (m.get("BindOptions") or {}).get("Propagation") or "rprivate"
+        if prop not in PROPAGATIONS:
+            raise InvalidArgument(f"{where}: invalid propagation mode: {prop}")
+        check_propagation(src, prop)
         return {"Type": "bind", "Source": src, "Destination": claim(target), "Mode": "",
                 "RW": not ro, "Propagation": prop}
     if kind == "volume":

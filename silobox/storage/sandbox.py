@@ -98,18 +98,13 @@ class Sandbox:
         returns the device. A no-op returning "" for a ``dir`` sandbox or an active disk.
 
         A disk fresh from the pool is attached already (the pool holds its device): only the
-        mount is left to do."""
+        mount is left to do. So is one whose filesystem something still holds (a container
+        that just exited, whose mount namespace goes a moment after its last process): it is
+        mounted through that device, sharing that filesystem (``disk.mount_image``)."""
         if self.kind != "disk" or self.is_active():
             return ""
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         from silobox.storage import disk
-        pool = disk.pool_of(self.root)
-        if pool is None or not pool.holds(self.image):
-            # A container that just exited can hold its disk a moment longer (its mount
-            # namespace goes after its last process); AUTOCLEAR then detaches the device.
-            # Mounting the image again before that would make a second ext4 instance of one
-            # disk: wait for it.
-            disk.wait_detached(self.image)
         return disk.mount_image(self.image, self.path, root=self.root)
 
     def release_spare(self) -> None:
@@ -148,7 +143,7 @@ class Sandbox:
         if self.kind != "disk":
             return ""
         from silobox.storage import disk
-        found = disk.loops_of(self.image)
+        found = disk.attached_loops(self.image)
         return found[0] if found else ""
 
     # -- lifecycle -----------------------------------------------------------------------------

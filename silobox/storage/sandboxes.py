@@ -146,16 +146,8 @@ class SandboxStore:
         if sandbox.kind != "disk":
             return
         self.pool.busy()
-        if not sandbox.is_active() and not self.pool.holds(sandbox.image):
-            # A container that just exited may still hold its disk for a moment (its mount
-            # namespace is torn down after its last process); AUTOCLEAR then detaches the
-            # loop device. Mounting the image again before that would make a second ext4
-            # instance of the same disk, so wait for it. (A disk fresh from the pool comes
-            # attached: the pool holds its device.)
-            for _ in range(400):
-                if not sandbox.loop_device():
-                    break
-                await asyncio.sleep(0.005)
+        # A disk something still holds (the container's previous run going away, a copy of
+        # its mount in another namespace) is mounted through its device, nothing waited for.
         sandbox.activate()   # a mount (~1 ms): cheaper inline than a thread hop
 
     def deactivate_after_stop(self, cid: str) -> None:

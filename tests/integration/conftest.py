@@ -44,7 +44,9 @@ class Silod:
         self.root = os.path.join(base, "root")
         self.exec_root = os.path.join(base, "run")
         self.socket = os.path.join(self.exec_root, "silod.sock")
-        self.cgroup_parent = f"silobox/i{run_id}"
+        # A top-level parent of the test's own, not one under silod's default ``silobox``: a
+        # nested one made ``silobox`` in every hierarchy as a side effect and left it there.
+        self.cgroup_parent = f"silobox-i{run_id}"
         self.env = {**os.environ, "SILOBOX_HOST": f"unix://{self.socket}"}
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(base, "silod.log")

@@ -323,6 +323,79 @@ def test_exec(silo, sleeper) -> None:
     assert silo.ok("exec", "-t", name, "echo", "tty") == "tty\r\n"
 
 
+def _requests(stderr: bytes) -> list[str]:
+    """The requests ``silo -D`` logged."""
+    return [l for l in stderr.decode().splitlines() if l.startswith("silo: ")]
+
+
+def test_exec_is_one_request(silo, sleeper) -> None:
+    """silo's exec creates, starts and streams in one request; the exit status is the
+    stream's last frame, so no inspect follows."""
+    name, _ = sleeper
+    r = silo("-D", "exec", name, "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout) == (3, b"out\n")
+    assert b"err\n" in r.stderr
+    assert len(_requests(r.stderr)) == 1, r.stderr
+    r = silo("-D", "exec", "-d", name, "sh", "-c", "echo d > /tmp/one-request")
+    assert r.returncode == 0 and len(_requests(r.stderr)) == 1, r.stderr
+    assert wait_for(lambda: silo("exec", name, "cat", "/tmp/one-request").stdout) == b"d\n"
+    r = silo("-D", "exec", "-i", name, "sh", "-c", "cat; exit 2", input=b"in\n")
+    assert (r.returncode, r.stdout, len(_requests(r.stderr))) == (2, b"in\n", 1)
+    r = silo("-D", "exec", "-t", name, "sh", "-c", "tty >/dev/null && echo t; exit 5")
+    assert (r.returncode, r.stdout, len(_requests(r.stderr))) == (5, b"t\r\n", 1)
+
+
+def test_exec_errors(silo, sleeper) -> None:
+    name, _ = sleeper
+    r = silo("exec", name, "no-such-command-here")
+    assert r.returncode == 127 and b"executable file not found" in r.stdout + r.stderr
+    r = silo("exec", f"{name}-missing", "true")
+    assert r.returncode == 1 and b"No such container" in r.stderr
+    stopped = silo.name()
+    silo.ok("create", "--name", stopped, IMAGE, "true")
+    r = silo("exec", stopped, "true")
+    assert r.returncode == 1 and b"is not running" in r.stderr, r.stderr
+
+
+def test_exec_one_request_api(silod, sleeper) -> None:
+    """``POST /containers/{id}/exec?start=1`` directly: 4xx before the stream, JSON errors."""
+    import socket
+
+    name, _ = sleeper
+    sock_path = silod.env["SILOBOX_HOST"][len("unix://"):]
+
+    def post(path: str, body: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(sock_path)
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\n"
+                      f"Upgrade: tcp\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            out = b""
+            while True:
+                data = s.recv(65536)
+                out += data
+                if not data or (b" 101 " not in out[:20] and b"\r\n\r\n" in out
+                                and out.endswith(b"}\n")):
+                    return out
+
+    out = post(f"/containers/{name}/exec?start=1", b'{"Cmd": ["sh", "-c", "echo x; exit 7"],'
+               b' "AttachStdout": true, "Tty": true}')
+    head, _, stream = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101") and b"vnd.silobox.exec-stream" in head
+    assert stream.startswith(b"\x01\x00\x00\x00\x00\x00\x00\x03x\r\n")   # framed, tty too
+    last = stream[11:]
+    assert last[0] == 0x80 and json.loads(last[8:])["ExitCode"] == 7
+    for path, body, status in (
+            (f"/containers/{name}/exec?start=1", b'{"Cmd": ["true"], "Detach": "yes"}', b"400"),
+            (f"/containers/{name}/exec?start=1", b'{"Cmd": []}', b"400"),
+            (f"/containers/{name}-nope/exec?start=1", b'{"Cmd": ["true"]}', b"404"),
+            (f"/containers/{name}/exec?start=maybe", b'{"Cmd": ["true"]}', b"400")):
+        out = post(path, body)
+        assert out.startswith(b"HTTP/1.1 " + status), (path, body, out)
+        assert b'"message"' in out
+
+
 def test_top(silo, sleeper) -> None:
     name, _ = sleeper
     out = silo.ok("top", name).splitlines()
@@ -504,6 +577,10 @@ def test_exec_it_on_a_pty(silo, sleeper) -> None:
     code, out = _pty_run(silo.env, ["exec", "-it", name, "sh"], [
         (b"", b"# "),
         (b"echo ex$((1+1))\r", b"ex2"),
+        (b"stty size\r", b"33 101"),  # the initial size, given with the one request
+        (_set_size(41, 123), b""),
+        (b"stty size\r", b"41 123", 0.5),  # a resize, by the exec id the stream named
+        (b"", b"# "),
         (b"exit 6\r", b""),
     ])
     assert code == 6, out

@@ -368,3 +368,163 @@ def test_port_mapping_and_sysctls(cri: Cri, pods: list[str]) -> None:
         "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start",
         "/proc/sys/kernel/shm_rmid_forced"]))
     assert r.stdout.split() == [b"80", b"1"]
+
+
+def _inspect(silod: Any, cid: str) -> dict:
+    code, doc = silod.request("GET", f"/containers/{cid}/json")
+    assert code == 200, doc
+    return doc
+
+
+def test_pod_cgroup_parent_and_shared_uts(cri: Cri, pods: list[str], silod: Any) -> None:
+    """The kubelet's pod cgroup (cgroupfs driver) holds the pod's job objects; the pod's
+    containers share its UTS namespace; the groups silod made go with the pod."""
+    from silobox.kernel.jobobject import missing_groups
+    top = f"sbxcri-{uuid.uuid4().hex[:8]}"
+    parent = f"/{top}/burstable/pod{uuid.uuid4().hex[:8]}"
+    pcfg = pod_config("cg", linux=pb.LinuxPodSandboxConfig(cgroup_parent=parent))
+    try:
+        pid = run_pod(cri, pods, pcfg)
+        cid = container(cri, pid, pcfg, "app", ["sleep", "60"])
+        holder, ctr = (_inspect(silod, i)["State"]["Pid"] for i in (pid, cid))
+        for who, p in ((pid, holder), (cid, ctr)):
+            with open(f"/proc/{p}/cgroup") as f:
+                paths = {line.rstrip("\n").split(":", 2)[2] for line in f}
+            assert f"{parent}/{who}" in paths, (who, paths)
+        assert os.readlink(f"/proc/{holder}/ns/uts") == os.readlink(f"/proc/{ctr}/ns/uts")
+        assert os.readlink(f"/proc/{holder}/ns/uts") != os.readlink("/proc/self/ns/uts")
+        r = cri.rt.ExecSync(pb.ExecSyncRequest(container_id=cid, timeout=10, cmd=["hostname"]))
+        assert r.stdout == b"cg\n"
+        cri.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pid))
+        cri.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pid))
+        left = [d for d in missing_groups(parent[1:]) if os.path.isdir(d)]
+        assert not left and len(missing_groups(top)) > 0   # every level of it is gone again
+    finally:
+        from silobox.kernel.jobobject import _parent_directories, remove_groups
+        remove_groups([d for sub in ("", "/burstable", parent[len(top) + 1:])
+                       for d in _parent_directories(top + sub, None)])
+
+
+def test_mount_propagation_host_to_container(cri: Cri, pods: list[str], tmp_path: Any) -> None:
+    """HOST_TO_CONTAINER (rslave): a mount the node makes under the source after the start
+    is seen inside; the source is a shared mount of the test's own."""
+    import subprocess
+    src = str(tmp_path / "kubelet-dir")
+    os.mkdir(src)
+    subprocess.run(["mount", "--bind", src, src], check=True)
+    try:
+        subprocess.run(["mount", "--make-rshared", src], check=True)
+        os.mkdir(os.path.join(src, "sub"))
+        pcfg = pod_config("prop")
+        pid = run_pod(cri, pods, pcfg)
+        cfg = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name="app2"), image=pb.ImageSpec(image=IMAGE),
+            args=["sleep", "60"],
+            mounts=[pb.Mount(container_path="/m", host_path=src,
+                             propagation=pb.PROPAGATION_HOST_TO_CONTAINER)])
+        cid = cri.rt.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pid, config=cfg, sandbox_config=pcfg)).container_id
+        cri.rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", os.path.join(src, "sub")], check=True)
+        open(os.path.join(src, "sub", "marker"), "w").close()
+        r = cri.rt.ExecSync(pb.ExecSyncRequest(container_id=cid, timeout=10,
+                                               cmd=["ls", "/m/sub"]))
+        assert r.stdout == b"marker\n", r
+    finally:
+        for _ in range(4):
+            subprocess.run(["umount", "-R", "-l", src], capture_output=True)
+
+
+async def _ws_leave(url: str, marker: bytes) -> None:
+    """Connect to an exec, read until ``marker`` is seen, then hang up."""
+    import aiohttp
+    seen = b""
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(url, protocols=("v5.channel.k8s.io",)) as ws:
+            while marker not in seen:
+                msg = await asyncio.wait_for(ws.receive(), 10)
+                assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                seen += msg.data[1:]
+
+
+def test_events_metrics_checkpoint_and_exec_ended_with_its_client(cri: Cri,
+                                                                  pods: list[str]) -> None:
+    import queue
+    import threading
+    got: "queue.Queue[pb.ContainerEventResponse]" = queue.Queue()
+    stream = cri.rt.GetContainerEvents(pb.GetEventsRequest())
+
+    def follow() -> None:
+        try:
+            for ev in stream:
+                got.put(ev)
+        except grpc.RpcError:
+            pass   # cancelled at the end
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)   # subscribed
+        pcfg = pod_config("ev")
+        pid = run_pod(cri, pods, pcfg)
+        cid = container(cri, pid, pcfg, "app", ["sleep", "60"])
+        seen: list[tuple[str, int]] = []
+        deadline = time.time() + 20
+        while (cid, pb.CONTAINER_STARTED_EVENT) not in seen and time.time() < deadline:
+            try:
+                ev = got.get(timeout=1)
+            except queue.Empty:
+                continue
+            seen.append((ev.container_id, ev.container_event_type))
+            if ev.container_id == cid and ev.container_event_type == pb.CONTAINER_STARTED_EVENT:
+                assert ev.pod_sandbox_status.id == pid
+                assert ev.pod_sandbox_status.state == pb.SANDBOX_READY
+                assert [s.id for s in ev.containers_statuses] == [cid]
+                assert ev.containers_statuses[0].state == pb.CONTAINER_RUNNING
+        assert (pid, pb.CONTAINER_CREATED_EVENT) in seen and \
+            (pid, pb.CONTAINER_STARTED_EVENT) in seen, seen
+        assert (cid, pb.CONTAINER_CREATED_EVENT) in seen, seen
+        assert (cid, pb.CONTAINER_STARTED_EVENT) in seen, seen
+
+        # metrics from the job objects
+        names = {d.name: list(d.label_keys) for d in cri.rt.ListMetricDescriptors(
+            pb.ListMetricDescriptorsRequest()).descriptors}
+        assert names["container_memory_usage_bytes"] == ["container", "id", "pod", "namespace"]
+        pm = {m.pod_sandbox_id: m for m in cri.rt.ListPodSandboxMetrics(
+            pb.ListPodSandboxMetricsRequest()).pod_metrics}[pid]
+        cm = {c.container_id: c for c in pm.container_metrics}[cid]
+        mem = {m.name: m for m in cm.metrics}["container_memory_usage_bytes"]
+        assert mem.value.value > 0 and list(mem.label_values) == ["app", cid, "ev", "default"]
+        assert all(m.name in names for m in pm.metrics)
+
+        with pytest.raises(grpc.RpcError) as e:
+            cri.rt.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid))
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and "CRIU" in e.value.details()
+
+        # an exec whose client hangs up is killed, not left running in the pod
+        url = cri.rt.Exec(pb.ExecRequest(
+            container_id=cid, cmd=["sh", "-c", "echo started; exec sleep 1234"],
+            stdout=True)).url
+        asyncio.run(_ws_leave(url, b"started"))
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            r = cri.rt.ExecSync(pb.ExecSyncRequest(container_id=cid, timeout=10,
+                                                   cmd=["ps", "-o", "args"]))
+            if b"sleep 1234" not in r.stdout:
+                break
+            time.sleep(0.2)
+        assert b"sleep 1234" not in r.stdout, r.stdout
+
+        cri.rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+        cri.rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+        deadline = time.time() + 20
+        while (cid, pb.CONTAINER_DELETED_EVENT) not in seen and time.time() < deadline:
+            try:
+                ev = got.get(timeout=1)
+            except queue.Empty:
+                continue
+            seen.append((ev.container_id, ev.container_event_type))
+        assert (cid, pb.CONTAINER_STOPPED_EVENT) in seen and \
+            (cid, pb.CONTAINER_DELETED_EVENT) in seen, seen
+    finally:
+        stream.cancel()
+        t.join(5)

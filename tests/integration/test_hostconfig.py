@@ -169,8 +169,8 @@ def test_masked_paths_from_the_create_body(silod: Any, made: list[str]) -> None:
 
 
 @pytest.mark.parametrize("hc, message", [
-    ({"UTSMode": "container:other"},
-     "invalid UTSMode 'container:other': a container has its own UTS namespace or the host's"),
+    ({"UTSMode": "private"}, "invalid UTSMode 'private': use host or container:NAME"),
+    ({"UTSMode": "container:no-such-one"}, "No such container: no-such-one"),
     ({"PidMode": "container:no-such-one"}, "No such container: no-such-one"),
     ({"OomScoreAdj": -1001}, "Invalid value -1001, range for oom score adj is [-1000, 1000]"),
     ({"Devices": [{"PathOnHost": "/dev/zero", "PathInContainer": "/dev/z",
@@ -244,3 +244,20 @@ def test_ipc_and_pid_of_another_container(silod: Any, made: list[str]) -> None:
     assert os.path.ismount(shm)
     api.stop(donor["Id"], timeout=0)
     assert not os.path.ismount(shm)
+
+
+def test_uts_of_another_container(silod: Any, made: list[str]) -> None:
+    """``UTSMode: container:X`` (a silobox extension the CRI's pods use): the joiner is in the
+    donor's UTS namespace, sees its hostname, and does not set its own over it."""
+    api = silod.client
+    status, donor = create(silod, made, ["sleep", "60"])
+    assert status == 201, donor
+    api.start(donor["Id"])
+    _, joiner = create(silod, made, ["sh", "-c", "hostname; readlink /proc/self/ns/uts"],
+                       UTSMode=f"container:{donor['Id'][:12]}")
+    api.start(joiner["Id"])
+    assert api.wait(joiner["Id"], timeout=30)["StatusCode"] == 0
+    e = api.exec_create(donor["Id"], ["readlink", "/proc/self/ns/uts"])
+    donor_ns = api.exec_start(e["Id"]).decode().strip()
+    assert api.logs(joiner["Id"]).decode().split() == [donor["Id"][:12], donor_ns]
+    assert donor_ns != os.readlink("/proc/self/ns/uts")

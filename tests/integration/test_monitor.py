@@ -29,6 +29,24 @@ def _monitor_pid(silod: Any, cid: str) -> int:
         return json.load(f)["ShimPid"]
 
 
+def _monitor_serving(silod: Any, cid: str) -> int:
+    """The monitor's pid once it answers on ``shim.sock``. A start without attached clients
+    returns as soon as the shim reports, and the shim execs the native monitor just after: an
+    answer comes from the process that owns the listener after that exec (the monitor, past
+    its set-up), or from the Python shim when no native monitor is loaded."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(15)
+        s.connect(os.path.join(silod.exec_root, "c", cid, "shim.sock"))
+        s.sendall(b'{"op": "state"}\n')
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = s.recv(4096)
+            assert chunk, "the monitor closed the connection without answering"
+            got += chunk
+    assert json.loads(got).get("ok"), got
+    return _monitor_pid(silod, cid)
+
+
 def _ppid(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
@@ -69,7 +87,7 @@ def test_the_monitor_is_native_and_the_parent_of_the_init(silod):
     c = api.create_container(IMAGE, ["sleep", "1000"])
     try:
         api.start(c)
-        mon = _monitor_pid(silod, c["Id"])
+        mon = _monitor_serving(silod, c["Id"])
         exe = os.readlink(f"/proc/{mon}/exe")
         if "silobox-monitor" not in exe:
             pytest.skip(f"silod runs the Python monitor here ({exe})")

@@ -4,11 +4,13 @@ loop device or mount left by rm or by a daemon killed mid-way (orphans removed a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 
@@ -494,3 +496,79 @@ def test_without_loop_devices_silod_falls_back_to_directories(silod, tmp_path):
         other.remove_cgroup_parent()
         shutil.rmtree(other.base, ignore_errors=True)
     assert _loops_of_root(other.root) == []
+
+
+def test_a_vm_share_namespace_keeps_no_sandbox_disk(silod, api, ctr, tmp_path):
+    """virtiofsd is started (as a utility VM starts it) while a container runs: once the
+    container stops its disk is free, also after virtiofsd has pivoted into its share.
+    Before, its namespace's copy of the host's mounts kept the disk attached, in no mount
+    table, for the VM's whole life: the container could not start again (409)."""
+    import socket
+    from silobox.compute.uvm import vm
+    if not os.access(vm.VIRTIOFSD, os.X_OK):
+        pytest.skip(f"{vm.VIRTIOFSD} is not installed")
+    c = ctr()
+    r = silod.silo("run", "-d", "--name", c, IMAGE, "sleep", "60")
+    assert r.returncode == 0, r.stderr
+    ctr.track(c)
+    image = os.path.join(silod.root, "containers", api.inspect_container(c)["Id"], "sandbox.img")
+    assert D.loops_of(image)
+    share = tmp_path / "share"
+    share.mkdir()
+    sock = str(tmp_path / "vfs.sock")
+    proc = subprocess.Popen(
+        [vm.VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={share}", "-o",
+         "sandbox=namespace", "-o", "log_level=err"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: vm._share_tree(str(share), {"usr": "/usr"}, True))
+    client = socket.socket(socket.AF_UNIX)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            assert proc.poll() is None and time.monotonic() < deadline, "virtiofsd did not start"
+            time.sleep(0.01)
+        api.kill(c)
+        api.wait(c, timeout=30)
+        assert D.wait_detached(image, 5.0, scan=True), "the stopped container's disk is held"
+        client.connect(sock)   # virtiofsd sets up its sandbox (pivots) once QEMU connects
+        api.start(c)
+        api.kill(c)
+        api.wait(c, timeout=30)
+        assert D.wait_detached(image, 5.0, scan=True), "the stopped container's disk is held"
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()
+
+
+def test_a_copy_of_the_disk_in_another_namespace_does_not_stop_a_start(silod, api, ctr):
+    """A mount namespace made elsewhere on the host while a container runs (another tool's, a
+    service's private /tmp: the host's mounts are private) keeps a copy of its disk's mount,
+    and so the disk, after the container stops. The container starts again on that same
+    filesystem, cp works, a read-only host attach is refused with the reason, and the disk
+    goes with the other namespace."""
+    c = ctr()
+    r = silod.silo("run", "-d", "--name", c, IMAGE, "sh", "-c",
+                   "echo run >> /runs; sleep 60")
+    assert r.returncode == 0, r.stderr
+    ctr.track(c)
+    image = os.path.join(silod.root, "containers", api.inspect_container(c)["Id"], "sandbox.img")
+    other = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "60"])
+    try:
+        time.sleep(0.2)   # unshare has made its namespace (it execs sleep right after)
+        api.kill(c)
+        api.wait(c, timeout=30)
+        assert not D.wait_detached(image, 0.5, scan=True), "the other namespace holds the disk"
+        api.start(c)
+        api.kill(c)
+        api.wait(c, timeout=30)
+        r = silod.silo("cp", f"{c}:/runs", "-")
+        assert r.returncode == 0, r.stderr
+        with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tf:
+            assert tf.extractfile("runs").read() == b"run\nrun\n"
+        r = silod.silo("sandbox", "attach", c)
+        assert r.returncode != 0 and b"is in use" in r.stderr, r.stderr
+    finally:
+        other.kill()
+        other.wait()
+    assert D.wait_detached(image, 5.0, scan=True)

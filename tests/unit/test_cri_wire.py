@@ -113,6 +113,10 @@ def test_spdy_session_accepts_streams_and_moves_data() -> None:
     (pb.LinuxContainerSecurityContext, "run_as_group", 12),
     (pb.LinuxContainerSecurityContext, "seccomp", 15), (pb.ImageSpec, "user_specified_image", 18),
     (pb.LinuxContainerResources, "memory_swap_limit_in_bytes", 10),
+    (pb.ContainerEventResponse, "containers_statuses", 5),
+    (pb.ContainerEventResponse, "pod_sandbox_status", 4), (pb.Metric, "value", 5),
+    (pb.PodSandboxMetrics, "container_metrics", 3), (pb.CheckpointContainerRequest, "timeout", 3),
+    (pb.LinuxPodSandboxConfig, "cgroup_parent", 1), (pb.Mount, "propagation", 5),
 ])
 def test_proto_field_numbers(message, field, number) -> None:
     assert message.DESCRIPTOR.fields_by_name[field].number == number
@@ -122,6 +126,14 @@ def test_services_are_runtime_v1() -> None:
     services = pb.DESCRIPTOR.services_by_name
     assert services["RuntimeService"].full_name == "runtime.v1.RuntimeService"
     assert services["ImageService"].full_name == "runtime.v1.ImageService"
+
+
+def test_event_and_metric_enums() -> None:
+    assert (pb.CONTAINER_CREATED_EVENT, pb.CONTAINER_STARTED_EVENT, pb.CONTAINER_STOPPED_EVENT,
+            pb.CONTAINER_DELETED_EVENT) == (0, 1, 2, 3)
+    assert (pb.COUNTER, pb.GAUGE) == (0, 1)
+    assert (pb.PROPAGATION_PRIVATE, pb.PROPAGATION_HOST_TO_CONTAINER,
+            pb.PROPAGATION_BIDIRECTIONAL) == (0, 1, 2)
 
 
 def test_registry_mirrors(monkeypatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -23,6 +24,7 @@ EXEC_CREATE_BODY = {
     "Privileged": "bool", "User": "str", "WorkingDir": "str",
 }
 EXEC_START_BODY = {"Detach": "bool", "Tty": "bool", "ConsoleSize": ["int"]}
+EXEC_RUN_BODY = {**EXEC_CREATE_BODY, "Detach": "bool"}
 
 
 def validate_console_size(value: Any) -> tuple[int, int] | None:
@@ -69,14 +71,55 @@ class ExecRouter:
             ("GET", "/exec/{id}/json", self.inspect),
         ]
 
-    async def create(self, request: web.Request) -> web.Response:
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        run = Query(request).flag("start")
         body = go_field_names(await read_json_object(request, required=False),
-                              EXEC_CREATE_BODY)
+                              EXEC_RUN_BODY if run else EXEC_CREATE_BODY)
+        detach = False
+        if run:
+            check_fields(body, EXEC_RUN_BODY)
+            detach = bool(body.pop("Detach", False))
         validate_exec_create(body)
         if not version_at_least(request, CONSOLE_SIZE_SINCE):
             body = {**body, "ConsoleSize": None}
+        if run and not detach:
+            return await self._run_attached(request, body)
         result = await complete(self.backend.exec_create(request.match_info["id"], body))
+        if run:
+            await complete(self.backend.exec_start(result["Id"], detach=True,
+                                                   tty=bool(body.get("Tty"))))
+            response = json_response(result, status=201)
+            response.headers["X-Silobox-Exec-Id"] = result["Id"]   # started, not only created
+            return response
         return json_response(result, status=201)
+
+    async def _run_attached(self, request: web.Request, body: dict[str, Any]
+                            ) -> web.StreamResponse:
+        """silobox's exec in one request (``?start=1``, what ``silo exec`` sends): create,
+        start and hijack, output framed even with a tty, the exit status as the last frame
+        (``streams.MEDIA_EXEC_RUN``). Errors before the stream are ordinary 4xx answers; the
+        exec's id is in the ``X-Silobox-Exec-Id`` header (for resizes)."""
+        hijack = streams.Hijack(request)
+        result = await complete(self.backend.exec_create(request.match_info["id"], body))
+        exec_id = result["Id"]
+        session = await self.backend.exec_start(exec_id, detach=False,
+                                                tty=bool(body.get("Tty")))
+        if session is None:
+            return web.Response(status=200)
+
+        async def exit_status() -> bytes | None:
+            info = await self.backend.exec_inspect(exec_id)
+            if info.get("Running") or info.get("ExitCode") is None:
+                return None
+            return streams.frame(streams.EXIT_STATUS, json.dumps(
+                {"Id": exec_id, "ExitCode": info["ExitCode"]}).encode())
+
+        try:
+            keys = streams.parse_detach_keys(body.get("DetachKeys") or None)
+        except InvalidArgument:
+            keys = streams.DEFAULT_DETACH_KEYS
+        return await hijack.run(session, detach_keys=keys, api_version=api_version(request),
+                                trailer=exit_status, headers={"X-Silobox-Exec-Id": exec_id})
 
     async def start(self, request: web.Request) -> web.StreamResponse:
         body = await read_json_object(request, required=False)

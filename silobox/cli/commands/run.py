@@ -238,7 +238,7 @@ def _drain_wait(conn: Connection, resp: Any, timeout: float = 2.0) -> None:
 def _stream(ctx: Context, cid: str, stream: Hijacked, wait_conn: Connection | None,
             wait_resp: Any, *, tty: bool, stdin: bool, sig_proxy: bool,
             detach_keys: str | None, resize_path: str, kill_path: str | None,
-            attach_mod: Any) -> int:
+            attach_mod: Any, exit_status: dict | None = None) -> int:
     client = ctx.client
     keys = attach_mod.DEFAULT_DETACH_KEYS
     if detach_keys:
@@ -282,7 +282,8 @@ def _stream(ctx: Context, cid: str, stream: Hijacked, wait_conn: Connection | No
             raw.__enter__()
         try:
             detached = attach_mod.pump(stream, tty=tty, use_stdin=stdin, signals=sp,
-                                       on_signal=on_signal, detach_keys=keys if tty else b"")
+                                       on_signal=on_signal, detach_keys=keys if tty else b"",
+                                       exit_status=exit_status)
         finally:
             if raw is not None:
                 raw.restore()
@@ -391,37 +392,47 @@ def exec_(ctx: Context, argv: list[str]) -> int:
         raise UsageError(str(e)) from None
     if ns.tty and ns.interactive and not ttymod.is_tty(0) and not ns.detach:
         raise StatusError(1, "the input device is not a TTY")
+    # One request (silod's ``?start=1``): create, start and, unless detached, the stream,
+    # which ends with the exit status; the docker CLI's create/start/inspect stay served.
     client = ctx.client
-    created = client.post(f"/containers/{quote(ns.container)}/exec", None, body)
-    eid = created["Id"]
+    path = f"/containers/{quote(ns.container)}/exec"
     if ns.detach:
-        client.request("POST", f"/exec/{eid}/start", None, {"Detach": True, "Tty": ns.tty})
+        _, data, headers = client.request("POST", path, {"start": "1"},
+                                          {**body, "Detach": True})
+        if "x-silobox-exec-id" not in headers:   # a daemon that only created it (dockerd)
+            import json
+
+            client.request("POST", f"/exec/{json.loads(data)['Id']}/start", None,
+                           {"Detach": True, "Tty": ns.tty})
         return 0
-    start_body: dict[str, Any] = {"Detach": False, "Tty": ns.tty}
     size = ttymod.get_size(1) if ns.tty else None
     if size:
-        start_body["ConsoleSize"] = [size[0], size[1]]
+        body["ConsoleSize"] = [size[0], size[1]]
     from silobox.cli import attach as attach_mod
 
     try:
-        stream = client.hijack("POST", f"/exec/{eid}/start", None, start_body)
+        stream = client.hijack("POST", path, {"start": "1"}, body, created=True)
+        if isinstance(stream, dict):   # a daemon that only created it (dockerd): start it
+            eid = stream["Id"]
+            start_body = {"Detach": False, "Tty": ns.tty}
+            if "ConsoleSize" in body:
+                start_body["ConsoleSize"] = body["ConsoleSize"]
+            stream = client.hijack("POST", f"/exec/{eid}/start", None, start_body)
+        else:
+            eid = stream.headers.get("x-silobox-exec-id", "")
     except APIError as e:
-        code = None
-        try:
-            code = client.get(f"/exec/{eid}/json").get("ExitCode")
-        except (APIError, ConnectError):
-            pass
-        if code is None:
-            code = copts.start_error_status(e.message)
-            code = 1 if code == 125 else code
-        raise StatusError(int(code), str(e)) from None
+        code = copts.start_error_status(e.message)
+        raise StatusError(1 if code == 125 else code, str(e)) from None
+    status: dict[str, Any] = {}
     try:
         _stream(ctx, ns.container, stream, None, None, tty=ns.tty, stdin=ns.interactive,
                 sig_proxy=False, detach_keys=ns.detach_keys, resize_path=f"/exec/{eid}/resize",
-                kill_path=None, attach_mod=attach_mod)
+                kill_path=None, attach_mod=attach_mod, exit_status=status)
     finally:
         stream.close()
-    return _exec_exit_code(client, eid)
+    if "ExitCode" in status:
+        return int(status["ExitCode"])
+    return _exec_exit_code(client, eid) if eid else 0
 
 
 def _exec_exit_code(client: Client, eid: str) -> int:

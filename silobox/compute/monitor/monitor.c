@@ -1452,6 +1452,12 @@ static void reap(void)
         p->has_status = 1;
         p->status = exit_code(status);
         if (p == M.init) {
+            /* No exec can enter the container any more: its namespaces go with its last
+             * process (its mounts, and with them its sandbox disk), not with this monitor,
+             * and before anyone is told it exited. */
+            for (int i = 0; i < M.n_ns; i++) close(M.ns_fd[i]);
+            M.n_ns = 0;
+            if (M.pidns_fd >= 0) { close(M.pidns_fd); M.pidns_fd = -1; }
             /* The kernel kills the rest of the PID namespace now; their output ends with them. */
             for (struct proc *q = M.procs_list; q; q = q->next)
                 if (q != M.init && !q->has_status && q->reapable) kill_pid(q->pid);

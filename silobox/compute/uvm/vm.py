@@ -35,7 +35,7 @@ from silobox.atomic import atomic_write_json
 from silobox.compute.uvm.accel import Accelerator, detect_accelerator, kernel_args
 from silobox.compute.uvm.assets import BootAssets, boot_assets
 from silobox.errors import InvalidArgument, NotFound, SystemFailure, Unavailable
-from silobox.kernel import libc
+from silobox.kernel import libc, mountns
 
 QEMU = "qemu-system-x86_64"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -182,10 +182,14 @@ def _config_from(data: dict) -> VMConfig:
 
 def _share_tree(root: str, shares: dict[str, str], readonly: bool = True) -> None:
     """In the calling process's new mount namespace: a tmpfs at ``root`` with (read-only) bind
-    mounts of ``shares``. Runs between fork and exec of virtiofsd."""
+    mounts of ``shares``, and of the host's mounts only what virtiofsd uses until it pivots
+    into ``root``. Runs between fork and exec of virtiofsd.
+
+    The namespace's copy of the host's mount table would otherwise keep every container
+    sandbox disk mounted at this moment (anyone's, on this host) attached until virtiofsd has
+    set up its own sandbox: a container stopping meanwhile could not start again."""
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    libc.unshare(libc.CLONE_NEWNS)
-    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    mountns.unshare_private()
     libc.mount("silobox-uvm", root, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=755")
     for name, source in shares.items():
         target = os.path.join(root, name)
@@ -197,6 +201,11 @@ def _share_tree(root: str, shares: dict[str, str], readonly: bool = True) -> Non
         libc.mount(None, target, None,
                    libc.MS_REMOUNT | libc.MS_BIND | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
     libc.mount(None, root, None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
+    # virtiofsd: its binary and libraries, /proc and /dev, its pid-file directory, and the
+    # VM's directory (its socket), which holds ``root``
+    mountns.detach_unneeded([root, "/proc", "/dev"],
+                            [VIRTIOFSD, "/usr/lib", "/lib", "/lib64", "/etc", "/sys",
+                             "/run/virtiofsd", "/var/run/virtiofsd"])
 
 
 class GuestProcess:

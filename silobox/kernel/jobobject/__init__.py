@@ -40,7 +40,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 
 __all__ = [
     "DEFAULT_PARENT", "DeviceRule", "JobLimits", "JobObject", "JobStatistics", "UNLIMITED",
-    "backend_name", "cleanup_parent", "list_job_objects",
+    "backend_name", "cleanup_parent", "list_job_objects", "missing_groups", "remove_groups",
 ]
 
 
@@ -511,6 +511,35 @@ def cleanup_parent(parent: str, *, backend: str | None = None) -> None:
             continue
         except OSError as e:
             raise cgroup_error(e, directory, operation="cleanup_parent", object_id=parent) from e
+
+
+def missing_groups(parent: str, *, backend: str | None = None) -> list[str]:
+    """The directories of ``parent`` and of each group above it, in every hierarchy, that do
+    not exist yet (outermost first): what creating a job object below it will make."""
+    parent = check_component_path(parent, "parent group")
+    parts = parent.split("/")
+    out = []
+    for depth in range(1, len(parts) + 1):
+        for directory in _parent_directories("/".join(parts[:depth]), backend):
+            if not os.path.isdir(directory):
+                out.append(directory)
+    return out
+
+
+def remove_groups(directories: list[str]) -> list[str]:
+    """rmdir cgroup directories, deepest first, where empty (no sub-group, no process): the
+    parent groups we made once nothing uses them. Returns those still there."""
+    left = []
+    for directory in sorted(directories, key=lambda d: d.count("/"), reverse=True):
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                raise cgroup_error(e, directory, operation="rmdir") from e
+            left.append(directory)
+    return left
 
 
 def _parent_directories(parent: str, backend: str | None) -> list[str]:

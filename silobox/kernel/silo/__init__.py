@@ -41,6 +41,7 @@ class BindMount:
     source: str
     target: str
     readonly: bool = False
+    propagation: str = ""          # Docker's words: "" and rprivate, private, rslave, rshared...
 
 
 @dataclass
@@ -85,6 +86,42 @@ _TMPFS_FLAGS = {"ro": (libc.MS_RDONLY, True), "rw": (libc.MS_RDONLY, False),
                 "strictatime": (libc.MS_STRICTATIME, True)}
 _TMPFS_DATA = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "huge", "mpol")
 _PROPAGATION = ("private", "rprivate", "shared", "rshared", "slave", "rslave", "bind", "rbind")
+BIND_PROPAGATION = {"": libc.MS_PRIVATE | libc.MS_REC, "rprivate": libc.MS_PRIVATE | libc.MS_REC,
+                    "private": libc.MS_PRIVATE, "rslave": libc.MS_SLAVE | libc.MS_REC,
+                    "slave": libc.MS_SLAVE, "rshared": libc.MS_SHARED | libc.MS_REC,
+                    "shared": libc.MS_SHARED}
+"""A bind's propagation (``-v src:dst:rslave``, CRI's HOST_TO_CONTAINER = rslave and
+BIDIRECTIONAL = rshared) → the flags that set it on the container's copy."""
+
+
+def mount_of(path: str) -> tuple[str, set[str]]:
+    """The mount point holding ``path`` on this host and its propagation tags (``shared``,
+    ``master``; none for a private mount), from mountinfo: the last mount at the longest
+    mount point that is a prefix of the path wins (a later mount hides an earlier one)."""
+    from silobox.kernel.features import _unescape
+    real = os.path.realpath(path)
+    best, tags = "/", set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" - ", 1)[0].split()
+            point = _unescape(fields[4])
+            if real == point or real.startswith(point.rstrip("/") + "/"):
+                if len(point) >= len(best):
+                    best = point
+                    tags = {t.split(":")[0] for t in fields[6:]}
+    return best, tags
+
+
+def root_propagation(binds: list["BindMount"]) -> int:
+    """What the silo's copy of the host's mounts starts as: private unless a bind has to stay
+    linked to the host (a shared bind joins its source's peer group only if the copies are
+    still peers; a slave one needs them to be at least slaves)."""
+    props = {b.propagation for b in binds}
+    if props & {"shared", "rshared"}:
+        return libc.MS_SHARED
+    if props & {"slave", "rslave"}:
+        return libc.MS_SLAVE
+    return libc.MS_PRIVATE
 
 
 def tmpfs_options(options: str, defaults: int = 0) -> tuple[int, str]:
@@ -263,7 +300,13 @@ def build_rootfs(spec: SiloSpec) -> None:
     target inside the rootfs is the image's to shape (a symlink, a planted file): each is opened
     inside the rootfs (:class:`SafeRoot`) and mounted onto through its fd.
     """
-    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    root_flag = root_propagation(spec.binds)
+    libc.mount(None, "/", None, libc.MS_REC | root_flag)
+    if root_flag == libc.MS_SHARED:
+        # Everything mounted from here on must stay in the silo: the mount holding the rootfs
+        # is made private (pivot_root refuses a shared parent anyway), so the root, /proc,
+        # /dev... are private; only the shared binds, peers of their sources, reach the host.
+        libc.mount(None, mount_of(spec.rootfs)[0], None, libc.MS_PRIVATE)
     if spec.upper_dir:
         libc.mount("overlay", spec.rootfs, "overlay", 0,
                    overlay.options(spec.lower_dirs, spec.upper_dir, spec.work_dir))
@@ -275,9 +318,17 @@ def build_rootfs(spec: SiloSpec) -> None:
 
     with SafeRoot(spec.rootfs) as root:
         null = _build_tree(root, spec)
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC) \
+        if root_flag == libc.MS_SHARED else -1
     try:
         os.chdir(spec.rootfs)
         libc.pivot_root(".", ".")
+        if old_root >= 0:
+            # the old root's mounts are peers of the host's: detaching them would unmount the
+            # host's too. Made slaves (from the old root itself, stacked on ".") they send
+            # nothing.
+            os.fchdir(old_root)
+            libc.mount(None, ".", None, libc.MS_SLAVE | libc.MS_REC)
         libc.umount2(".", libc.MNT_DETACH)
         os.chdir("/")
         if not spec.privileged:
@@ -288,11 +339,14 @@ def build_rootfs(spec: SiloSpec) -> None:
                     _readonly(root, path)
     finally:
         os.close(null)
+        if old_root >= 0:
+            os.close(old_root)
     if spec.readonly_rootfs:
         libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
-    if spec.hostname and "uts" in spec.namespaces:
+    own_uts = "uts" in spec.namespaces and "uts" not in spec.join   # a joined one is set
+    if spec.hostname and own_uts:
         libc.sethostname(spec.hostname)
-    if spec.domainname and "uts" in spec.namespaces:
+    if spec.domainname and own_uts:
         libc.setdomainname(spec.domainname)
 
 
@@ -319,6 +373,9 @@ def _build_tree(root: SafeRoot, spec: SiloSpec) -> int:
         if e.errno not in (errno.EPERM, errno.EBUSY):
             raise
         libc.mount("/sys", root.mount_path(sys_fd), None, libc.MS_BIND | libc.MS_REC)
+        # the host's copy may still be a peer of the host's /sys (a silo with a shared bind):
+        # what is mounted below it here (the cgroup view) must not reach the host
+        libc.mount(None, root.mount_path(sys_fd), None, libc.MS_PRIVATE | libc.MS_REC)
         if not spec.privileged:
             _remount(root, "sys", os.stat("/sys"), libc.MS_RDONLY | sys_flags)
     finally:
@@ -329,6 +386,7 @@ def _build_tree(root: SafeRoot, spec: SiloSpec) -> int:
                    spec.privileged)
 
     # Binds and tmpfs mounts together, parents before what is mounted inside them.
+    linked = root_propagation(spec.binds) != libc.MS_PRIVATE
     mounts: list = [*spec.binds, *spec.tmpfs]
     mounts.sort(key=lambda m: len([p for p in (m.target if isinstance(m, BindMount)
                                                else m[0]).split("/") if p]))
@@ -353,7 +411,19 @@ def _build_tree(root: SafeRoot, spec: SiloSpec) -> int:
             os.close(source)
         if m.readonly:
             _remount(root, m.target, source_st, libc.MS_RDONLY)
+        if linked:
+            _propagate(root, m.target, BIND_PROPAGATION[m.propagation])
     return null
+
+
+def _propagate(root: SafeRoot, rel: str, flags: int) -> None:
+    """Set the propagation of the bind just made at ``rel`` (every bind, also a private one:
+    in a silo with a shared bind the copies start shared)."""
+    fd = root.open(rel, os.O_PATH)
+    try:
+        libc.mount(None, root.mount_path(fd), None, flags)
+    finally:
+        os.close(fd)
 
 
 def make_workdir(path: str) -> None:
