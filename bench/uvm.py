@@ -5,8 +5,10 @@
   then ``echo hi`` in it; reports boot-to-agent, the first output byte and the whole cycle with
   the VM's teardown, for TCG and (where the accelerator probe proves it works) KVM. This is the
   floor of a ``--isolation hyperv`` container's start: what the VM costs before any container.
-* containers: ``silo run --rm [--isolation hyperv] busybox echo hi`` against a silod of its own
-  (or SILOBOX_HOST), first byte on the CLI's stdout, CLI start-up included.
+* containers: ``silo run --rm [--isolation hyperv [--network none]] busybox echo hi`` against a
+  silod of its own (or SILOBOX_HOST), first byte on the CLI's stdout, CLI start-up included; a
+  hyperv container on the default nat network boots with a network card (virtio-net, a tap on
+  the switch), one with ``--network none`` without.
 
     bench/uvm.py [--runs 3] [--process-runs 10] [--hyperv-runs 3] [--accel tcg,kvm]
 """
@@ -98,10 +100,14 @@ def container_runs(runs: int, hyperv_runs: int) -> None:
             first = [first_byte(cli, env) for _ in range(runs)]
             print("process isolation: silo run --rm busybox echo hi (CLI start-up included):")
             print(f"  first output          {summary(first)}")
-        if hyperv_runs:
-            hv = cli[:5] + ["--isolation", "hyperv"] + cli[5:]
+        for extra, what in (([], "on the default nat network (a tap, virtio-net)"),
+                            (["--network", "none"], "--network none (no network card)")):
+            if not hyperv_runs:
+                break
+            hv = cli[:5] + ["--isolation", "hyperv", *extra] + cli[5:]
             first = [first_byte(hv, env) for _ in range(hyperv_runs)]
-            print("hyperv isolation: silo run --rm --isolation hyperv busybox echo hi:")
+            print(f"hyperv isolation: silo run --rm --isolation hyperv {' '.join(extra)}"
+                  f"{' ' if extra else ''}busybox echo hi, {what}:")
             print(f"  first output          {summary(first)}")
     finally:
         if own is not None:

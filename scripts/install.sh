@@ -79,7 +79,8 @@ UVM="$PREFIX/uvm"
 KPKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
 if [ -z "$KPKG" ]; then
     echo "install.sh: apt knows no linux-image-cloud-amd64; the utility VM is not installed" >&2
-elif [ "$(cat "$UVM/release" 2>/dev/null)" != "${KPKG#linux-image-}" ]; then
+elif [ "$(cat "$UVM/release" 2>/dev/null)" != "${KPKG#linux-image-}" ] || \
+        [ ! -e "$UVM/modules/net.order" ]; then   # (an install before the guest's network card)
     ktmp=$(mktemp -d)
     trap 'rm -rf "$ktmp"' EXIT
     (cd "$ktmp" && apt-get download -qq -o APT::Sandbox::User=root "$KPKG")

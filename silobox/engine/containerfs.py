@@ -47,6 +47,15 @@ class ContainerFilesystems:
         from silobox.storage.changes import list_changes
         c = self.store.find(ref)
         lowers = self.storage.container_lower_dirs(c)
+        system = self.containers.system_of(c) if c.running else None
+        if system is not None and getattr(system, "in_vm", False):
+            # --isolation hyperv: the upper directory is on the VM's disk (compute.uvm.guest)
+            proc = await system.run_helper(["-c", _GUEST_CHANGES, c.id, json.dumps(lowers)])
+            out = await proc.stdout.read()
+            if await proc.wait() != 0:
+                err = (await proc.stderr.read()).decode(errors="replace")[-500:]
+                raise SystemFailure(f"cannot list the changes of container {c.name}: {err}")
+            return json.loads(out) or None
         async with self.upper_of(c) as upper:
             return await asyncio.get_running_loop().run_in_executor(
                 None, list_changes, upper, lowers) or None
@@ -85,6 +94,9 @@ class ContainerFilesystems:
         from silobox.storage.changes import tar_overlay_dir
         from silobox.storage.images import now_rfc3339
         c = self.store.find(ref)
+        if (c.host_config.get("Isolation") or "").lower() == "hyperv":
+            raise InvalidArgument(f"cannot commit container {c.id[:12]}: its writable layer is "
+                                  "on its utility VM's disk (--isolation hyperv)")
         target = None
         if repo:
             target = reference.parse_tagged(f"{repo}:{tag}" if tag else repo)
@@ -225,7 +237,19 @@ class ContainerFilesystems:
         held = mount_tree(c.mounts, str(args.get("path") or "/"))
         if held is not None and args["op"] == "put" and not held[0].get("RW", True):
             raise InvalidArgument("mounted volume is marked read-only")
-        if c.running and c.state.get("Pid"):
+        hyperv = c.running and (c.host_config.get("Isolation") or "").lower() == "hyperv"
+        if hyperv and held is None:
+            # Its root is in the VM and its Pid is the guest's (/proc/<Pid> on the host is
+            # some other process): the same helper runs in the guest, on the guest's /proc.
+            system = self.containers.system_of(c)
+            if system is None or not getattr(system, "in_vm", False):
+                raise Conflict(f"container {c.id[:12]} is not running")
+            return await system.run_helper(
+                ["-m", "silobox.storage.changes", json.dumps({**args, "pid": c.state["Pid"]})])
+        if hyperv and args.get("user"):
+            raise Conflict(f"container {c.id[:12]} runs in a utility VM (--isolation hyperv): "
+                           "cp -a into its volumes while it runs is not supported")
+        if c.running and c.state.get("Pid") and not hyperv:
             args = {**args, "pid": c.state["Pid"]}
         elif held is not None:
             # a stopped container's volume or bind is not in its overlay: read its source;
@@ -259,6 +283,14 @@ class ContainerFilesystems:
             await _finish(proc, c, path)
             raise SystemFailure("the copy helper ended without an answer")
         return proc, json.loads(line)
+
+
+_GUEST_CHANGES = (
+    "import json, sys\n"
+    "from silobox.storage.changes import list_changes\n"
+    "print(json.dumps(list_changes(f'/scratch/sandboxes/{sys.argv[1]}/upper', "
+    "json.loads(sys.argv[2]))))\n")
+"""In a hyperv container's VM: its change list (the writable layer's place: compute.uvm.guest)."""
 
 
 def _src_path() -> str:

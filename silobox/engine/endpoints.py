@@ -157,6 +157,10 @@ class NetworkHook(ContainerHook):
             raise InvalidArgument("cannot join own network")
         if not target.running or not target.state.get("Pid"):
             raise Conflict(f"cannot join network of a non running container: {tid}")
+        if (target.host_config.get("Isolation") or "").lower() == "hyperv":
+            # its Pid is the guest's: /proc/<Pid> on the host is some other process
+            raise Conflict(f"cannot join network of container {tid}: it runs in a utility VM "
+                           "(--isolation hyperv)")
         ct = document["Container"]
         if target.host_config.get("NetworkMode") == "host":
             ct["Linux"]["Namespaces"] = without_net(ct["Linux"])
@@ -192,6 +196,10 @@ class NetworkHook(ContainerHook):
                                    bool(c.host_config.get("PublishAllPorts")))
         created: list[str] = []
         first = True
+        # --isolation hyperv: each endpoint is a tap on the switch, a network card of the
+        # container's utility VM (compute.uvm), not a veth into a namespace of the host.
+        vm = (c.host_config.get("Isolation") or "").lower() == "hyperv"
+        adapters: list[dict[str, Any]] = []
         try:
             for name, cfg in c.network_settings["Networks"].items():
                 n = self.hns.find_network(name)
@@ -201,9 +209,11 @@ class NetworkHook(ContainerHook):
                     ip=ipam.get("IPv4Address") or None, ip6=ipam.get("IPv6Address") or None,
                     mac=(c.silobox.get("RequestedMac") or {}).get(name) or None,
                     port_mappings=maps if first else [], aliases=cfg.get("Aliases") or [],
-                    ifname="eth0" if first else f"eth{len(created)}")
+                    ifname="eth0" if first else f"eth{len(created)}", guest=vm)
                 created.append(e["ID"])
                 await self.hns.attach(e, create_ns=first)
+                if vm:
+                    adapters.append(self._adapter(n, e))
                 self._fill(cfg, n, e)
                 first = False
         except BaseException:
@@ -214,14 +224,43 @@ class NetworkHook(ContainerHook):
         user_dns = any(not self.hns.find_network(name).get("Default")
                        for name in c.network_settings["Networks"])
         self._write_files(c, user_dns)
-        if user_dns:
+        dns = None
+        if user_dns and vm:
+            dns = await self._serve_dns_for_vm(c)
+        elif user_dns:
             await self._serve_dns(c, ns_id)
         ns = c.network_settings
         ns["SandboxID"] = ns_id
-        ns["SandboxKey"] = self.hns.netns_path(ns_id)
+        ns["SandboxKey"] = "" if vm else self.hns.netns_path(ns_id)
         ns["Ports"] = self._ports(c)
         self._top_level(c)
-        document["Container"]["Networking"] = {"Namespace": self.hns.netns_path(ns_id)}
+        document["Container"]["Networking"] = (
+            {"NetworkAdapters": adapters, **({"Dns": dns} if dns else {})} if vm
+            else {"Namespace": self.hns.netns_path(ns_id)})
+
+    async def _serve_dns_for_vm(self, c: Any, recovering: bool = False) -> dict[str, Any]:
+        """The embedded DNS of a hyperv container: its socket is bound on the loopback of
+        silobox's vSwitch namespace (no host process can ask it), and the utility VM relays
+        the guest's 127.0.0.11:53 to it. The port stays the container's across silod restarts
+        (the adopted VM relays to it again)."""
+        port = int(c.silobox.get("DnsRelayPort") or 0) if recovering else 0
+        path = self.hns.netlink.switch_path
+        sock = await self.hns.netlink.run(self.hns.netlink.udp_socket_in, path, "127.0.0.1", port)
+        c.silobox["DnsRelayPort"] = sock.getsockname()[1]
+        await self.dns.serve(c.id, sock)
+        return {"Namespace": path, "Address": "127.0.0.1", "Port": sock.getsockname()[1]}
+
+    def _adapter(self, n: Any, e: Any) -> dict[str, Any]:
+        """A utility VM's network card for endpoint ``e``: the tap QEMU opens in the vSwitch
+        namespace and what the guest configures on it."""
+        gw = "" if n["Internal"] or e["IfName"] != "eth0" else e["GatewayAddress"]
+        return {"EndpointId": e["ID"], "Tap": self.hns.endpoint_port(e["ID"]),
+                "SwitchNamespace": self.hns.netlink.switch_path, "MacAddress": e.mac,
+                "IfName": e["IfName"], "IPAddress": f"{e['IPAddress']}/{e['PrefixLength']}",
+                "Gateway": gw, "Mtu": self.hns.driver_of(n).endpoint_mtu(n),
+                "IPv6Address": f"{e['IPv6Address']}/{e['IPv6PrefixLength']}"
+                if e.get("IPv6Address") else "",
+                "IPv6Gateway": e.get("GatewayAddressV6") or "" if gw else ""}
 
     async def _serve_dns(self, c: Any, ns_id: str) -> None:
         from silobox.network.dns import DNS_ADDRESS
@@ -355,7 +394,10 @@ class NetworkHook(ContainerHook):
         if any(not self.hns.networks.get(e["VirtualNetwork"], {}).get("Default", True)
                for e in self.hns.endpoints_of_container(c.id)):
             try:
-                await self._serve_dns(c, ns_id)
+                if (c.host_config.get("Isolation") or "").lower() == "hyperv":
+                    await self._serve_dns_for_vm(c, recovering=True)
+                else:
+                    await self._serve_dns(c, ns_id)
             except Exception as e:  # the container keeps running without name resolution
                 import logging
                 logging.getLogger("silobox.network").warning("embedded DNS for %s: %s",

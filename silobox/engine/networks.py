@@ -270,6 +270,9 @@ class NetworkService:
                "Links": check_endpoint_links(endpoint_config.get("Links")),
                "MacAddress": mac}
         ns_id = c.silobox.get("NetworkNamespace")
+        if c.running and (c.host_config.get("Isolation") or "").lower() == "hyperv":
+            raise Conflict("a running hyperv container cannot be connected to another network "
+                           "(its utility VM's network cards are fixed at start)")
         if c.running and ns_id:
             e = self.hns.create_endpoint(
                 n, container_id=c.id, namespace_id=ns_id, name=f"{c.name}-{n['Name']}",

@@ -59,6 +59,10 @@ class NamespaceSharingHook(ContainerHook):
             target = self.store.get(tid)
             if target is None or not target.running or not target.state.get("Pid"):
                 raise Conflict(f"cannot join {label} of a non running container: {tid}")
+            if (target.host_config.get("Isolation") or "").lower() == "hyperv":
+                # its Pid is the guest's: /proc/<Pid> on the host is some other process
+                raise Conflict(f"cannot join {label} of container {tid}: it runs in a utility "
+                               "VM (--isolation hyperv)")
             if ns == "ipc":
                 if target.host_config.get("IpcMode") != "shareable":
                     raise InvalidArgument("non-shareable IPC (hint: use IpcMode:shareable for "

@@ -488,6 +488,28 @@ class Netlink:
             self._bridges[bridge] = idx
         return self._bridges[bridge]
 
+    def create_tap_endpoint(self, bridge: str, port: str, mtu: int = 0,
+                            isolated: bool = False) -> None:
+        """A VM's vNIC: a persistent tap ``port`` on the bridge, which the VM's QEMU opens (the
+        guest addresses its end; ``delete_link("switch", port)`` removes it)."""
+        sw = self.switch
+        try:
+            bidx = self._index(sw, bridge)
+            if bidx is None:
+                raise SystemFailure(f"vSwitch {bridge} is missing", operation="create endpoint")
+            with self.inside(self.switch_path):   # the tap ioctl finds names in this namespace
+                sw.link("add", ifname=port, kind="tuntap", mode="tap",
+                        ifr={"no_pi": True, "vnet_hdr": True, "one_queue": False,
+                             "multi_queue": False})
+            pidx = self._index(sw, port)
+            sw.link("set", index=pidx, master=bidx, state="up", **({"mtu": mtu} if mtu else {}))
+            if isolated:
+                sw.brport("set", index=pidx, isolated=1)
+        except SystemFailure:
+            raise
+        except Exception as e:
+            raise _err("create endpoint", e, port) from e
+
     def remove_endpoint_link(self, netns_path: str, ifname: str) -> None:
         """Detach one vNIC from a namespace that stays (network disconnect)."""
         with self.inside(netns_path):

@@ -230,6 +230,12 @@ class HostComputeEndpoint(_Record):
         return (self.Namespace or {}).get("ID", "")
 
     @property
+    def in_guest(self) -> bool:
+        """A utility VM's vNIC (a tap on the switch): its namespace is the guest's, not a
+        network namespace of the host (HCN's namespace ``Type`` ``Guest``)."""
+        return (self.Namespace or {}).get("Type") == "Guest"
+
+    @property
     def mac(self) -> str:
         """The MAC in the kernel's form, 00:15:5d:..."""
         return self.MacAddress.replace("-", ":").lower()

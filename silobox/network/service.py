@@ -216,8 +216,11 @@ class HostNetworkingService:
         files nobody owns, are removed; their leases are released."""
         for e in list(self.endpoints.values()):
             if e.ContainerId not in live_containers or \
-                    not is_netns(self.netns_path(e.namespace_id)):
+                    (not e.in_guest and not is_netns(self.netns_path(e.namespace_id))):
                 self._drop_endpoint(e)
+                if e.in_guest:   # a VM's tap does not go with a namespace
+                    self.netlink.call(self.netlink.delete_link, "switch",
+                                      self.endpoint_port(e.ID))
         for ns_id in [i for i, ns in self.namespaces.items() if not ns.Endpoints]:
             del self.namespaces[ns_id]
         try:
@@ -414,8 +417,9 @@ class HostNetworkingService:
                         namespace_id: str, name: str = "", ip: str | None = None,
                         mac: str | None = None, port_mappings: list[PortMapping] | None = None,
                         aliases: list[str] | None = None, ifname: str = "eth0",
-                        ip6: str | None = None) -> HostComputeEndpoint:
-        """HNS ``POST /endpoints``: address and MAC leased in one store transaction."""
+                        ip6: str | None = None, guest: bool = False) -> HostComputeEndpoint:
+        """HNS ``POST /endpoints``: address and MAC leased in one store transaction;
+        ``guest``: the vNIC of a utility VM (a tap), in the guest's namespace."""
         eid = new_guid()
         s = network.subnet
         if port_mappings and not self.driver_of(network).publishes_ports:
@@ -439,7 +443,8 @@ class HostNetworkingService:
                 VirtualNetworkName=network.Name, IPAddress=addr,
                 PrefixLength=network.prefix_length, GatewayAddress=s["GatewayAddress"],
                 MacAddress=mac_addr.replace(":", "-").upper(),
-                Namespace={"ID": namespace_id, "CompartmentId": 0},
+                Namespace={"ID": namespace_id, "CompartmentId": 0,
+                           **({"Type": "Guest"} if guest else {})},
                 Policies=[policy_json(m) for m in maps] + list(network.Policies),
                 State=1, ContainerId=container_id, IfName=ifname, Aliases=aliases or [],
                 EnableInternalDNS=False, Created=time.time())
@@ -488,7 +493,10 @@ class HostNetworkingService:
                 n.Degraded = ""
             except Exception as err:
                 raise Unavailable(f"network {n.Name} is not available: {err}") from None
-        await drv.attach(n, e, self.netns_path(e.namespace_id), create_ns)
+        if e.in_guest:
+            await drv.attach_tap(n, e)
+        else:
+            await drv.attach(n, e, self.netns_path(e.namespace_id), create_ns)
         e.State = HostComputeEndpoint.ATTACHED
         self._save_endpoint(e)
         if drv.routed and not n.Internal:
@@ -517,6 +525,7 @@ class HostNetworkingService:
         had_ports = had_l2 = False
         acl_namespaces = set()
         links: list[tuple[str, str]] = []
+        taps: list[str] = []
         for eid in endpoint_ids:
             e = self.endpoints.get(eid)
             if e is None:
@@ -526,7 +535,9 @@ class HostNetworkingService:
             had_ports |= e.has_policy("PortMapping")
             n = self.networks.get(e.VirtualNetwork)
             had_l2 |= n is not None and self.driver_of(n).rewrites_macs
-            if e.namespace_id != remove_namespace:
+            if e.in_guest:   # a VM's tap stays on the switch until removed by name
+                taps.append(self.endpoint_port(e.ID))
+            elif e.namespace_id != remove_namespace:
                 links.append((self.netns_path(e.namespace_id), e.IfName))
             self._drop_endpoint(e)
         if remove_namespace:
@@ -540,6 +551,8 @@ class HostNetworkingService:
                 await self.netlink.settle(self.netlink.remove_netns, path)
         if links:
             await self.netlink.settle(self._remove_links, links)
+        for tap in taps:
+            await self.netlink.settle(self.netlink.delete_link, "switch", tap)
         if had_ports:
             self.apply_rules()
         if had_l2:
@@ -561,6 +574,9 @@ class HostNetworkingService:
         (replace) the endpoint's ACL and Route policies, enforced at once in its compartment.
         On a kernel error the previous policies are restored."""
         e = self.find_endpoint(ref)
+        if e.in_guest:
+            raise InvalidArgument(f"endpoint {e.ID} is a utility VM's: its ACL and Route "
+                                  "policies are not supported")
         if not isinstance(policies, list):
             raise InvalidArgument("Policies must be a list")
         given = [P.normalise(p) for p in policies]

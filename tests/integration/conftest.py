@@ -154,6 +154,25 @@ def cgroup_dirs(parent: str) -> list[str]:
     return found
 
 
+def kill_cgroup_processes(parent: str) -> None:
+    """SIGKILL every process in the cgroups under ``parent`` and wait for them to go."""
+    for _ in range(50):
+        pids = set()
+        for h in os.listdir(HIERARCHIES):
+            for dirpath, _, files in os.walk(os.path.join(HIERARCHIES, h, parent)):
+                if "cgroup.procs" in files:
+                    with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                        pids.update(int(p) for p in f.read().split())
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
 def remove_cgroup_parent(parent: str) -> None:
     for h in os.listdir(HIERARCHIES):
         top = os.path.join(HIERARCHIES, h, parent)
@@ -197,16 +216,24 @@ def running_silod(base: str, run_id: str, extra_args: list[str] | None = None
     try:
         yield d
     finally:
-        if d.proc and d.proc.poll() is not None:
-            d.start()
-        d.remove_all()
-        d.stop()
+        restart_error = None
+        try:
+            if d.proc and d.proc.poll() is not None:
+                d.start()
+            d.remove_all()
+        except Exception as e:   # the host is cleaned below all the same, and the test fails
+            restart_error = e
+        finally:
+            d.stop()
         leftovers = cgroup_dirs(d.cgroup_parent)
         mounts = mounts_under(base)
+        if restart_error is not None:
+            kill_cgroup_processes(d.cgroup_parent)   # what a silod that cannot start left running
         remove_cgroup_parent(d.cgroup_parent)
         for m in reversed(mounts):
             subprocess.run(["umount", "-l", m], check=False)
         shutil.rmtree(base, ignore_errors=True)
+        assert restart_error is None, f"silod did not come back to clean up: {restart_error}"
         assert not leftovers, f"cgroups left behind: {leftovers}"
         assert not mounts, f"mounts left behind: {mounts}"
 

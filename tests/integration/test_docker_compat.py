@@ -178,11 +178,10 @@ def test_isolation_is_stored_as_given(made: Made) -> None:
     assert e.value.explanation.startswith('Invalid isolation: "bogus" - silobox supports')
     # hyperv (a utility VM) exists, but what its VM cannot do is refused before it boots
     with pytest.raises(docker.errors.APIError) as e:
-        made.api.create_container(IMAGE, ["true"], ports=[80],
-                                  host_config=made.api.create_host_config(
-                                      isolation="hyperv", port_bindings={80: None}))
+        made.api.create_container(IMAGE, ["true"], host_config=made.api.create_host_config(
+            isolation="hyperv", network_mode="host"))
     assert e.value.status_code == 400
-    assert "--isolation hyperv: publishing ports is not supported" in e.value.explanation
+    assert "--isolation hyperv: --network host is not supported" in e.value.explanation
 
 
 def test_info_lists_runtimes(made: Made) -> None:

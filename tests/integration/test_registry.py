@@ -366,7 +366,6 @@ def test_push_rmi_pull_run_busybox(daemon, plain):
 
 
 def test_pull_and_push_errors(daemon, plain):
-    c = daemon.client
     status, body = daemon.request("POST", f"/images/create?fromImage={plain.address}/nope/none"
                                           "&tag=latest")
     assert status == 404, body

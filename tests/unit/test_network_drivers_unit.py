@@ -193,6 +193,28 @@ def test_endpoint_teardown_is_idempotent(hns: Any) -> None:
     assert hns.netlink.named("remove_netns")[0] == (hns.netns_path("NS1"),)
 
 
+def test_a_utility_vms_endpoint_is_a_tap_on_the_switch(hns: Any) -> None:
+    n = create(hns, "n1", subnet="10.9.0.0/24")
+    e = hns.create_endpoint(n, container_id="c1", namespace_id="NS1", guest=True)
+    assert e.in_guest and e.Namespace["Type"] == "Guest"
+    asyncio.run(hns.attach(e))
+    port = hns.endpoint_port(e.ID)
+    assert hns.netlink.named("create_tap_endpoint") == [("sbxbr0", port, 0, False)]
+    assert not hns.netlink.named("create_endpoint") and not hns.netlink.named("ensure_netns")
+    hns.reconcile_endpoints({"c1"})   # no namespace file on the host: kept while it runs
+    assert e.ID in hns.endpoints
+    with pytest.raises(InvalidArgument, match="utility VM"):
+        asyncio.run(hns.modify_endpoint_policies(e.ID, "Add", []))
+    hns.netlink.calls.clear()
+    asyncio.run(hns.delete_endpoints([e.ID], "NS1"))
+    assert ("switch", port) in hns.netlink.named("delete_link") and hns.endpoints == {}
+    e2 = hns.create_endpoint(n, container_id="c2", namespace_id="NS2", guest=True)
+    hns.netlink.calls.clear()
+    hns.reconcile_endpoints(set())   # its container is gone: so are the record and the tap
+    assert e2.ID not in hns.endpoints
+    assert hns.netlink.named("delete_link") == [("switch", hns.endpoint_port(e2.ID))]
+
+
 def test_settle_runs_after_a_cancelled_job_in_flight_and_survives_cancellation() -> None:
     """The race behind a namespace that stayed mounted: a teardown must run after a create
     still running in the worker, even when every caller has been cancelled."""

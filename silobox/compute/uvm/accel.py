@@ -13,13 +13,11 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
 
 from silobox.atomic import atomic_write_json
-from silobox.kernel import libc
 
 PROBE_MARKER = b"silobox-uvm: userspace reached"
 PROBE_TIMEOUT = 4.0
@@ -56,10 +54,6 @@ def kernel_args(accel: str) -> str:
     return f"tsc_early_khz={khz} lpj={khz * 4} no_timer_check"
 
 
-def _die_with_parent() -> None:
-    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def probe_boot(assets, accel: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str, float]:
     """Boot the guest to its init under ``accel``; (reached, what happened, seconds)."""
     qemu = shutil.which("qemu-system-x86_64")
@@ -71,8 +65,10 @@ def probe_boot(assets, accel: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool
             "-append", f"console=ttyS0 quiet reboot=t panic=-1 {kernel_args(accel)} sbx.mode=probe",
             "-serial", "stdio"]
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    # setpriv, not a preexec_fn: no fork handlers of silod's libraries (gRPC) run in the child.
+    proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", *argv],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     out = b""
     try:
         assert proc.stdout is not None

@@ -5,6 +5,11 @@ the agent to ``spawn`` processes (argv, env, cwd), feeds their ``stdin``, sends 
 and finally ``shutdown``s the VM; the agent streams ``out`` (fd 1/2, base64) and ``exit`` events
 back. An ``exit`` follows the last output of its process. As PID 1 it also reaps every orphan.
 
+The host end of the port is a socket QEMU listens on, so the host may go away and come back (a
+silod restart): reading the port then returns end-of-file. The agent closes the streams the
+host had open, drops what it would send, and looks for the host again every tenth of a second;
+each time the host (re)connects it says ``ready`` first.
+
 Only the standard library is used here: this runs on the host's Python, shared into the guest.
 """
 
@@ -47,15 +52,19 @@ class Agent:
         self.children: dict[int, Child] = {}  # by pid
         self.by_id: dict[int, Child] = {}
         self.conns: dict[int, socket.socket] = {}   # streams to guest unix sockets, by id
+        self.relays: dict[tuple[str, int], socket.socket] = {}   # UDP relays by address
+        self.relay_ids: dict[tuple[str, int], int] = {}
         self.inbuf = b""
+        self.connected = False
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wakeup = r
         signal.set_wakeup_fd(w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        self.sel.register(self.port, selectors.EVENT_READ, "port")
         self.sel.register(self.wakeup, selectors.EVENT_READ, "signal")
 
     def send(self, message: dict) -> None:
+        if not self.connected:
+            return
         data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
         while data:
             try:
@@ -63,9 +72,48 @@ class Agent:
             except InterruptedError:
                 continue
             except BlockingIOError:
+                # Full, or the host is gone (the port takes no writes then): a read tells.
+                if not self._poll_port():
+                    return
                 selectors.DefaultSelector().select(0.01)
                 continue
             data = data[n:]
+
+    def _poll_port(self) -> bool:
+        """Read what the host sent (kept for the main loop); False once the host is gone."""
+        try:
+            data = os.read(self.port, 65536)
+        except (BlockingIOError, InterruptedError):
+            return True
+        if not data:
+            self._host_gone()
+            return False
+        self.inbuf += data
+        return True
+
+    def _host_gone(self) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        self.sel.unregister(self.port)
+        self.inbuf = b""
+        for ident in list(self.conns):
+            conn = self.conns.pop(ident)
+            self.sel.unregister(conn.fileno())
+            conn.close()
+
+    def _look_for_host(self) -> None:
+        """While disconnected: a read that would block means the host is back."""
+        try:
+            data = os.read(self.port, 65536)
+        except (BlockingIOError, InterruptedError):
+            data = None
+        if data == b"":
+            return
+        self.connected = True
+        self.sel.register(self.port, selectors.EVENT_READ, "port")
+        self.inbuf = data or b""
+        self.send({"ev": "ready", "kernel": os.uname().release})
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -125,6 +173,41 @@ class Agent:
         self.sel.register(conn.fileno(), selectors.EVENT_READ, ("conn", ident))
         self.send({"ev": "connected", "id": ident})
 
+    def udp_listen(self, req: dict) -> None:
+        """A UDP port in the guest whose datagrams go to the host as ``dgram`` events (the
+        embedded DNS at 127.0.0.11:53); it stays bound across host reconnections."""
+        key = (req["address"], int(req["port"]))
+        if key not in self.relays:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind(key)
+            except OSError as e:
+                sock.close()
+                self.send({"ev": "error", "id": req["id"], "errno": e.errno,
+                           "message": f"{key[0]}:{key[1]}: {e.strerror}"})
+                return
+            sock.setblocking(False)
+            self.relays[key] = sock
+            self.sel.register(sock.fileno(), selectors.EVENT_READ, ("udp", key))
+        self.relay_ids[key] = req["id"]
+        self.send({"ev": "connected", "id": req["id"]})
+
+    def _read_udp(self, key: tuple[str, int]) -> None:
+        try:
+            data, peer = self.relays[key].recvfrom(65536)
+        except OSError:
+            return
+        self.send({"ev": "dgram", "id": self.relay_ids[key], "peer": list(peer),
+                   "data": base64.b64encode(data).decode()})
+
+    def dgram(self, req: dict) -> None:
+        for key, ident in self.relay_ids.items():
+            if ident == req["id"]:
+                try:
+                    self.relays[key].sendto(base64.b64decode(req["data"]), tuple(req["peer"]))
+                except OSError:
+                    pass
+
     def conn_data(self, req: dict) -> None:
         conn = self.conns.get(req["id"])
         if conn is None:
@@ -171,6 +254,10 @@ class Agent:
             self.conn_data(req)
         elif op == "close":
             self._drop_conn(req["id"])
+        elif op == "udp_listen":
+            self.udp_listen(req)
+        elif op == "dgram":
+            self.dgram(req)
         elif op == "ping":
             self.send({"ev": "pong", "id": req.get("id")})
         elif op == "shutdown":
@@ -220,15 +307,12 @@ class Agent:
         self._finish(child)
 
     def _read_port(self) -> None:
-        try:
-            data = os.read(self.port, 65536)
-        except (BlockingIOError, InterruptedError):
+        if not self._poll_port():
             return
-        if not data:
-            # The host side went away: nobody can use this VM any more.
-            self.shutdown()
-        self.inbuf += data
-        while b"\n" in self.inbuf:
+        self._handle_input()
+
+    def _handle_input(self) -> None:
+        while self.connected and b"\n" in self.inbuf:
             line, _, self.inbuf = self.inbuf.partition(b"\n")
             if line.strip():
                 self.handle(json.loads(line))
@@ -238,10 +322,12 @@ class Agent:
         os.execv("/.sbx/busybox", ["reboot", "-f"])
 
     def serve(self) -> None:
-        self.send({"ev": "ready", "kernel": os.uname().release,
-                   "cgroup": open("/proc/self/mountinfo").read().count(" - cgroup2 ")})
         while True:
-            for key, _ in self.sel.select():
+            if not self.connected:
+                self._look_for_host()
+            elif self.inbuf:
+                self._handle_input()   # read while a send waited
+            for key, _ in self.sel.select(None if self.connected else 0.1):
                 if key.data == "port":
                     self._read_port()
                 elif key.data == "signal":
@@ -252,6 +338,8 @@ class Agent:
                     self._reap()
                 elif key.data[0] == "conn":
                     self._read_conn(key.data[1])
+                elif key.data[0] == "udp":
+                    self._read_udp(key.data[1])
                 else:
                     self._read_stream(*key.data)
 

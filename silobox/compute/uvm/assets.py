@@ -37,6 +37,10 @@ virtio-mmio transport of ``microvm``, the writable disk, the control channel, th
 and overlayfs for a container's root. The guest has no modprobe of its own, so nothing loads
 later; each module costs boot time under emulation, so only these."""
 
+NET_MODULES = ("virtio_net",)
+"""Loaded only by a VM that has a network card (a hyperv container on a network): the
+virtio-mmio network device and what it depends on."""
+
 _LZ4_LEGACY = b"\x02\x21\x4c\x18"
 _INIT = os.path.join(os.path.dirname(__file__), "init.sh")
 
@@ -99,6 +103,11 @@ def install_kernel(unpacked: str, dest: str = ASSET_DIR) -> str:
         raise InvalidArgument(f"{unpacked}: no boot/vmlinuz-* (not an unpacked linux-image package)")
     release = os.path.basename(kernels[-1])[len("vmlinuz-"):]
     modules = _module_closure(os.path.join(unpacked, "lib", "modules", release), GUEST_MODULES)
+    try:
+        net_modules = [path for path in _module_closure(
+            os.path.join(unpacked, "lib", "modules", release), NET_MODULES) if path not in modules]
+    except Unavailable:   # built into this kernel
+        net_modules = []
     staging = dest + ".new"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(os.path.join(staging, "modules"))
@@ -111,6 +120,10 @@ def install_kernel(unpacked: str, dest: str = ASSET_DIR) -> str:
         order.append(name)
     with open(os.path.join(staging, "modules", "order"), "w") as f:
         f.write("\n".join(order) + "\n")
+    for path in net_modules:
+        shutil.copyfile(path, os.path.join(staging, "modules", os.path.basename(path)))
+    with open(os.path.join(staging, "modules", "net.order"), "w") as f:
+        f.write("".join(os.path.basename(path) + "\n" for path in net_modules))
     with open(os.path.join(staging, "release"), "w") as f:
         f.write(release + "\n")
     old = dest + ".old"
@@ -165,11 +178,15 @@ class _Cpio:
 
 def _initramfs_inputs(asset_dir: str) -> list[tuple[str, str]]:
     modules_dir = os.path.join(asset_dir, "modules")
-    with open(os.path.join(modules_dir, "order")) as f:
-        order = f.read().split()
+    lists = [name for name in ("order", "net.order")
+             if os.path.exists(os.path.join(modules_dir, name))]
+    order = []
+    for name in lists:
+        with open(os.path.join(modules_dir, name)) as f:
+            order += f.read().split()
     return ([("init", _INIT), (".sbx/busybox", BUSYBOX)]
             + [(f".sbx/modules/{name}", os.path.join(modules_dir, name)) for name in order]
-            + [(".sbx/modules/order", os.path.join(modules_dir, "order"))])
+            + [(f".sbx/modules/{name}", os.path.join(modules_dir, name)) for name in lists])
 
 
 def build_initramfs(asset_dir: str = ASSET_DIR, cache_dir: str = CACHE_DIR) -> str:
@@ -203,7 +220,8 @@ def build_initramfs(asset_dir: str = ASSET_DIR, cache_dir: str = CACHE_DIR) -> s
         cpio.file(name, data, 0o755 if name in ("init", ".sbx/busybox") else 0o644)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     atomic_write(target, cpio.finish())
-    for stale in os.listdir(cache_dir):   # images of earlier kernels or init scripts
+    # Images of earlier kernels or init scripts (a VM about to boot holds its image open).
+    for stale in os.listdir(cache_dir):
         if stale != os.path.basename(os.path.dirname(target)):
             shutil.rmtree(os.path.join(cache_dir, stale), ignore_errors=True)
     return target

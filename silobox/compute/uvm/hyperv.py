@@ -8,22 +8,34 @@ read-write at the same paths, starts the shim in the guest (:mod:`.guest`) and f
 shim's socket to the host path where silod's shim client looks for it. stdio, exec, logs and
 exit codes therefore work unchanged. The VM stops when the container exits.
 
-What a VM here cannot do is refused by the engine before a VM is booted (networks other than
-none, published ports, devices, --privileged, host namespaces); pause is refused here.
+Networks: each of the container's endpoints is a tap on the HNS switch that QEMU opens as a
+virtio-net card; the guest's init gives the card the endpoint's MAC, addresses and routes, and
+the container joins the guest's network namespace (the VM is the container's alone). Published
+ports are the host's nftables DNAT to the endpoint's address, as for process containers.
+
+What a VM here cannot do is refused by the engine before a VM is booted (the host's or another
+container's network, devices, --privileged, host namespaces); pause is refused here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import secrets
+import shutil
+import signal
 from typing import Any
 
-from silobox.compute.system import ComputeSystem
-from silobox.compute.uvm.vm import UtilityVM, VMConfig, cleanup_stale, default_shares
+from silobox.atomic import atomic_write_json
+from silobox.compute.system import ComputeSystem, State
+from silobox.compute.uvm.vm import (STATE_DIR, NetworkAdapter, UtilityVM, VMConfig,
+                                    _start_time, cleanup_stale, default_shares)
 from silobox.errors import InvalidArgument, NotRunning, SystemFailure, Unavailable
+
+log = logging.getLogger("silobox.compute")
 
 MiB = 1 << 20
 GUEST_OVERHEAD_MIB = 256   # the guest kernel, the agent and the shim (both Python)
@@ -32,21 +44,16 @@ GUEST_STATE = "/run/silobox/shims"
 
 
 def check_host_config(hc: dict[str, Any], tty: bool = False) -> None:
-    """Refuse, before any VM boots, what a hyperv container cannot have here; the default
-    network of a hyperv container is none (its VM has no network card yet). Edits ``hc``."""
+    """Refuse, before any VM boots, what a hyperv container cannot have here."""
     def refuse(what: str) -> None:
         raise InvalidArgument(f"--isolation hyperv: {what} is not supported for containers in "
                               "a utility VM")
 
     net = hc.get("NetworkMode") or "default"
-    if net == "default":
-        hc["NetworkMode"] = "none"
-    elif net != "none":
-        refuse(f"the network {net!r} (the utility VM has no network card: use --network none)")
+    if net == "host" or net.startswith("container:"):
+        refuse(f"--network {net}")
     if tty:
         refuse("a terminal (-t)")
-    if hc.get("PortBindings") or hc.get("PublishAllPorts"):
-        refuse("publishing ports")
     if hc.get("Privileged"):
         refuse("--privileged")
     if hc.get("Devices") or hc.get("DeviceRequests") or hc.get("DeviceCgroupRules"):
@@ -60,6 +67,30 @@ def check_host_config(hc: dict[str, Any], tty: bool = False) -> None:
     status = utility_vm_status()
     if not status.get("Available"):
         raise Unavailable(f"--isolation hyperv: no utility VM on this host: {status.get('Reason')}")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _remove_vm(vm_id: str) -> None:
+    """The files of a VM that cannot be adopted; its QEMU, if it still runs, is killed."""
+    path = os.path.join(STATE_DIR, vm_id)
+    try:
+        with open(os.path.join(path, "owner.json")) as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        owner = {}
+    qemu = owner.get("qemu") or 0
+    if qemu and _start_time(qemu) == owner.get("qemu_start"):
+        try:
+            os.kill(qemu, signal.SIGKILL)
+        except OSError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def vm_size(resources: dict[str, Any]) -> tuple[int, int]:
@@ -127,10 +158,16 @@ class HypervComputeSystem(ComputeSystem):
             share(source if os.path.isdir(source) else os.path.dirname(source))
         shares = default_shares()
         cleanup_stale()   # VMs of a silod that was killed: their processes died with it
+        nics = self.network_adapters()
+        net = (self.doc.raw.get("Container") or {}).get("Networking") or {}
+        # The VM outlives silod, as a process container does: the next silod adopts it.
         self.vm = UtilityVM(self.vm_id, VMConfig(
             memory_mib=memory_mib, cpus=cpus, shares=shares, writable=writable,
-            read_only=read_only, boot_timeout=180))
+            read_only=read_only, nics=nics, dns=net.get("Dns") or {}, boot_timeout=180,
+            outlives_owner=True, owner_ref=self.state_dir))
         self.vm.start()
+        if self.vm.config.dns:
+            self.vm.relay_dns()
         guest = dict(cfg)
         guest["state_dir"] = f"{GUEST_STATE}/{self.id}"
         guest["pool"] = False
@@ -139,7 +176,9 @@ class HypervComputeSystem(ComputeSystem):
         guest["limits"] = {k: v for k, v in resources.items()
                            if k in ("memory", "memory_swap", "memory_reservation", "cpu_quota",
                                     "cpu_period", "cpu_shares", "pids_limit")}
-        guest["silo"] = dict(silo, netns_path=None)
+        # With network cards, the container joins the guest's own network namespace, where
+        # init configured them; without, it gets a new, empty one.
+        guest["silo"] = dict(silo, netns_path="/proc/1/ns/net" if nics else None)
         proc = self.vm.spawn(["/opt/silobox/bin/python", "-m", "silobox.compute.uvm.guest"],
                              cwd="/src")
         proc.write(json.dumps(guest).encode())
@@ -154,7 +193,66 @@ class HypervComputeSystem(ComputeSystem):
         if report.get("t") == "ready":
             self.vm.forward_unix(os.path.join(self.state_dir, "shim.sock"),
                                  f"{guest['state_dir']}/shim.sock")
+            # What a restarted silod finds the container by (the shim's own shim.json is in
+            # the guest): its VM and the shim's guest pid.
+            atomic_write_json(os.path.join(self.state_dir, "shim.json"),
+                              {"ShimPid": report.get("shim_pid", 0), "HostingSystemId": self.vm_id,
+                               "GuestStateDir": guest["state_dir"]})
         return report
+
+    async def run_helper(self, argv: list[str]) -> "GuestHelper":
+        """silobox's Python with ``argv`` in the guest, outside the container (the engine's
+        file helper, on the container's ``/proc/<Pid>/root`` there), as an asyncio process."""
+        vm = self.vm
+        if vm is None:
+            raise NotRunning(f"container {self.id[:12]} is not running", object_id=self.id)
+        loop = asyncio.get_running_loop()
+        proc = await loop.run_in_executor(
+            None, vm.spawn, ["/opt/silobox/bin/python", *argv], None, "/src")
+        return GuestHelper(proc, loop)
+
+    # -- recovery after a silod restart -----------------------------------------------------------
+
+    async def reattach(self) -> None:
+        """Adopt the container's VM, which kept running (its control socket is dialled again
+        and the shim's socket forwarded anew), then reattach to the shim as for any container.
+        A VM that is gone leaves the exit the shim recorded on the shared state directory."""
+        try:
+            with open(os.path.join(self.state_dir, "shim.json")) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            info = {}
+        if info.get("HostingSystemId"):
+            self.vm_id = info["HostingSystemId"]
+            loop = asyncio.get_running_loop()
+            try:
+                self.vm = await loop.run_in_executor(None, UtilityVM.adopt, self.vm_id)
+                if self.vm.config.dns:
+                    await loop.run_in_executor(None, self.vm.relay_dns)
+                guest_sock = f"{info['GuestStateDir']}/shim.sock"
+                if await loop.run_in_executor(None, self.vm.guest_socket_listens, guest_sock):
+                    self.vm.forward_unix(os.path.join(self.state_dir, "shim.sock"), guest_sock)
+                else:   # the container ended while no silod ran: its exit is on record
+                    _unlink(os.path.join(self.state_dir, "shim.sock"))
+            except Exception as e:   # one container's VM must not keep silod from starting
+                log.warning("container %s: its utility VM cannot be adopted: %s", self.id[:12], e)
+                if self.vm is not None:
+                    await loop.run_in_executor(None, self._stop_vm)
+                else:
+                    await loop.run_in_executor(None, _remove_vm, self.vm_id)
+                _unlink(os.path.join(self.state_dir, "shim.sock"))
+        await super().reattach()
+
+    def network_adapters(self) -> list[NetworkAdapter]:
+        """The VM's network cards: the endpoints the engine attached as taps on the switch
+        (``Container.Networking.NetworkAdapters``)."""
+        net = (self.doc.raw.get("Container") or {}).get("Networking") or {}
+        return [NetworkAdapter(tap=a["Tap"], switch_netns=a["SwitchNamespace"],
+                               mac=a["MacAddress"], ifname=a.get("IfName") or f"eth{i}",
+                               address=a["IPAddress"], gateway=a.get("Gateway") or "",
+                               mtu=int(a.get("Mtu") or 0), address6=a.get("IPv6Address") or "",
+                               gateway6=a.get("IPv6Gateway") or "")
+                for i, a in enumerate(net.get("NetworkAdapters") or [])]
 
     # -- exit and teardown ------------------------------------------------------------------------
 
@@ -199,8 +297,14 @@ class HypervComputeSystem(ComputeSystem):
                               operation="modify", object_id=self.id)
 
     def close(self) -> None:
+        """silod stops (or the container is removed): a running container's VM keeps
+        running for the next silod to adopt; a stopped one's goes."""
         super().close()
-        self._stop_vm()
+        if self.state in (State.RUNNING, State.PAUSED) and self.vm is not None:
+            vm, self.vm = self.vm, None
+            vm.detach()
+        else:
+            self._stop_vm()
 
     # -- inspection -------------------------------------------------------------------------------
 
@@ -213,7 +317,10 @@ class HypervComputeSystem(ComputeSystem):
                 "RuntimeOsType": "Linux", "HostedContainer": self.id,
                 "Kernel": vm.kernel_release, "Accelerator": vm.accel.name if vm.accel else "",
                 "MemoryMiB": vm.config.memory_mib, "ProcessorCount": vm.config.cpus,
-                "BootSeconds": round(vm.boot_seconds, 2), "QemuPid": vm.qemu_pid}
+                "BootSeconds": round(vm.boot_seconds, 2), "QemuPid": vm.qemu_pid,
+                "NetworkAdapters": [{"Tap": n.tap, "MacAddress": n.mac, "IfName": n.ifname,
+                                     "IPAddress": n.address.split("/")[0]}
+                                    for n in vm.config.nics]}
 
     def vm_view(self) -> "UtilityVMView":
         return UtilityVMView(self)
@@ -226,6 +333,77 @@ class HypervComputeSystem(ComputeSystem):
                                                        "State": "Stopped"}
         props["JobObject"]["Host"] = "utility VM (guest cgroup v2)"
         return props
+
+
+class GuestHelper:
+    """A process in the guest as ``asyncio.subprocess.Process`` offers it: stdout and stderr
+    readers fed by a thread that drains the agent's events, stdin written over the channel."""
+
+    def __init__(self, proc: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.proc = proc
+        self.stdout = asyncio.StreamReader(limit=1 << 20)
+        self.stderr = asyncio.StreamReader(limit=1 << 20)
+        self.stdin = _GuestStdin(proc, loop)
+        self.returncode: int | None = None
+        self._done = asyncio.Event()
+        self._loop = loop
+        import threading
+        threading.Thread(target=self._drain, daemon=True, name="uvm-helper").start()
+
+    def _drain(self) -> None:
+        call = self._loop.call_soon_threadsafe
+        try:
+            for fd, data in self.proc.output():
+                call((self.stdout if fd == 1 else self.stderr).feed_data, data)
+            status = self.proc.status
+        except Exception:
+            status = 255
+        call(self._finish, status)
+
+    def _finish(self, status: int) -> None:
+        self.stdout.feed_eof()
+        self.stderr.feed_eof()
+        self.returncode = status
+        self._done.set()
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            self.proc.signal(signal.SIGKILL)
+        except Exception:
+            pass
+
+
+class _GuestStdin:
+    """Writes are buffered and sent over the control channel by ``drain``, off the loop."""
+
+    def __init__(self, proc: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.proc = proc
+        self.loop = loop
+        self.pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.pending.append(bytes(data))
+
+    async def drain(self) -> None:
+        data, self.pending = b"".join(self.pending), []
+        if data:
+            try:
+                await self.loop.run_in_executor(None, self.proc.write, data)
+            except SystemFailure as e:
+                raise BrokenPipeError(str(e)) from None
+
+    def close(self) -> None:
+        try:
+            if self.pending:
+                self.proc.write(b"".join(self.pending))
+            self.proc.close_stdin()
+        except Exception:
+            pass
 
 
 class UtilityVMView:

@@ -23,9 +23,11 @@ $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
 mode=agent
 mmio=""
+nics=""
 for arg in $($B cat /proc/cmdline); do
     case "$arg" in
         sbx.mode=*) mode=${arg#sbx.mode=} ;;
+        sbx.nic=*) nics="$nics ${arg#sbx.nic=}" ;;
         virtio_mmio.device=*) mmio="$mmio device=${arg#virtio_mmio.device=}" ;;
     esac
 done
@@ -43,6 +45,37 @@ for ko in $($B cat /.sbx/modules/order); do
         *) $B insmod "/.sbx/modules/$ko" ;;
     esac || fail "insmod $ko failed"
 done
+# Network cards (a hyperv container's endpoints, taps on the HNS switch), each given as
+# sbx.nic=MAC,NAME,ADDRESS/PREFIX,GATEWAY|-,MTU|0[,ADDRESS6/PREFIX,GATEWAY6|-]: found by MAC,
+# named as the endpoint's interface, addressed statically (silobox has no DHCP).
+if [ -n "$nics" ]; then
+    for ko in $($B cat /.sbx/modules/net.order); do
+        $B insmod "/.sbx/modules/$ko" || fail "insmod $ko failed"
+    done
+    i=0
+    for nic in $nics; do   # temporary names first: eth1 may be what eth0 is called now
+        mac=${nic%%,*}
+        for dev in /sys/class/net/*; do
+            [ "$($B cat "$dev/address")" = "$mac" ] && $B ip link set dev "${dev##*/}" name "sbxnic$i"
+        done
+        i=$((i + 1))
+    done
+    i=0
+    for nic in $nics; do
+        IFS_=$IFS; IFS=,; set -- $nic; IFS=$IFS_
+        $B ip link set dev "sbxnic$i" name "$2" || fail "no network card with MAC $1"
+        [ "$5" != 0 ] && $B ip link set dev "$2" mtu "$5"
+        $B ip addr add "$3" dev "$2" || fail "cannot address $2"
+        if [ -n "$6" ]; then   # no duplicate address detection: IPAM made it unique
+            echo 0 > "/proc/sys/net/ipv6/conf/$2/accept_dad"
+            $B ip -6 addr add "$6" dev "$2" || fail "cannot address $2 (IPv6)"
+        fi
+        $B ip link set dev "$2" up
+        [ "$4" != - ] && { $B ip route add default via "$4" dev "$2" || fail "no route via $4"; }
+        [ -n "$7" ] && [ "$7" != - ] && $B ip -6 route add default via "$7" dev "$2"
+        i=$((i + 1))
+    done
+fi
 $B mount -t virtiofs -o ro host /host || fail "cannot mount the host share"
 $B mount --bind /host/usr /usr || fail "no /usr in the host share"
 # A container's directories, shared read-write when the VM is one container's (tag "rw").

@@ -1,8 +1,10 @@
 """One utility VM: QEMU on a ``microvm`` machine, its virtiofsd, its disk, its control channel.
 
-Resources of a VM live in one directory (``<state>/<id>/``): the virtiofsd socket, the sparse
-ext4 disk image, the logs and ``owner.json``. :meth:`UtilityVM.stop` removes all of it; QEMU and
-virtiofsd get ``PR_SET_PDEATHSIG`` so they cannot outlive the process that started them, and
+Resources of a VM live in one directory (``<state>/<id>/``): the virtiofsd and control sockets,
+the sparse ext4 disk image, the logs and ``owner.json``. :meth:`UtilityVM.stop` removes all of
+it. :mod:`.launch` starts virtiofsd and becomes QEMU; virtiofsd die with QEMU, and QEMU with the
+process that started it (``PR_SET_PDEATHSIG``) unless the VM outlives its owner (a hyperv
+container's, adopted by the next silod through its control socket, :meth:`UtilityVM.adopt`).
 :func:`cleanup_stale` removes directories whose owner died without stopping its VMs.
 
 The share is read-only on the host side, not only in the guest: virtiofsd runs in a mount
@@ -13,14 +15,18 @@ guest's kernel could remount a virtiofs mount read-write, but not the host's bin
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import queue
+import secrets
 import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,12 +34,92 @@ from dataclasses import dataclass, field
 from silobox.atomic import atomic_write_json
 from silobox.compute.uvm.accel import Accelerator, detect_accelerator, kernel_args
 from silobox.compute.uvm.assets import BootAssets, boot_assets
-from silobox.errors import InvalidArgument, SystemFailure, Unavailable
+from silobox.errors import InvalidArgument, NotFound, SystemFailure, Unavailable
 from silobox.kernel import libc, mountns
 
 QEMU = "qemu-system-x86_64"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 STATE_DIR = os.environ.get("SILOBOX_UVM_STATE") or "/var/lib/silobox/uvm"
+
+
+@dataclass
+class NetworkAdapter:
+    """A network card of the VM: a tap on the HNS switch (an endpoint's port, made by the
+    networking service in its vSwitch namespace ``switch_netns``), addressed in the guest as the
+    endpoint says (HCS: a VM's NetworkAdapter with its EndpointId)."""
+
+    tap: str
+    switch_netns: str
+    mac: str
+    ifname: str = "eth0"
+    address: str = ""          # "10.0.0.2/24"
+    gateway: str = ""
+    mtu: int = 0
+    address6: str = ""
+    gateway6: str = ""
+
+    def kernel_arg(self) -> str:
+        """How the guest's init learns it (init.sh: ``sbx.nic=``)."""
+        fields = [self.mac, self.ifname, self.address, self.gateway or "-", str(self.mtu or 0)]
+        if self.address6:
+            fields += [self.address6, self.gateway6 or "-"]
+        return "sbx.nic=" + ",".join(fields)
+
+
+def in_netns(netns: str, fn, *args):
+    """``fn(*args)`` in the network namespace bound at ``netns``: a short-lived thread enters it
+    (namespaces are per thread) and ends; what it opened stays in that namespace."""
+    result: list = []
+
+    def run() -> None:
+        try:
+            ns = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc.setns(ns, libc.CLONE_NEWNET)
+            finally:
+                os.close(ns)
+            result.append(fn(*args))
+        except BaseException as e:
+            result.append(e)
+
+    thread = threading.Thread(target=run, name="uvm-netns")
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _open_tun(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(),
+                                               IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_tap(switch_netns: str, name: str) -> int:
+    """An fd of the existing tap ``name`` in the network namespace bound at ``switch_netns``,
+    for QEMU (``-netdev tap,fd=``): a tap is found by name in the namespace that opens
+    /dev/net/tun; the fd works from anywhere."""
+    try:
+        return in_netns(switch_netns, _open_tun, name)
+    except OSError as e:
+        raise SystemFailure(f"cannot open the tap {name} of the HNS switch: {e}",
+                            operation="start", cause=e) from None
+
+
+def _udp_to(address: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    sock.connect((address, port))
+    return sock
+
+
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 
 
 @dataclass
@@ -50,6 +136,16 @@ class VMConfig:
     sandbox, state and log directories)."""
     read_only: dict[str, str] = field(default_factory=dict)
     """Guest path → host directory shared read-only at that path (a container's image layers)."""
+    nics: list[NetworkAdapter] = field(default_factory=list)
+    dns: dict = field(default_factory=dict)
+    """The container's embedded DNS: ``Namespace`` (the vSwitch's), ``Address``, ``Port`` of
+    the host's server socket, which the guest's 127.0.0.11:53 is relayed to."""
+    outlives_owner: bool = False
+    """The VM keeps running when the process that started it dies (a hyperv container's, as
+    process containers outlive silod); the next owner adopts it (:meth:`UtilityVM.adopt`)."""
+    owner_ref: str = ""
+    """A directory whose existence keeps an ownerless VM worth adopting (the container's
+    state directory); once it is gone, :func:`cleanup_stale` removes the VM."""
     accel: str | None = None  # "kvm" or "tcg"; None detects
     boot_timeout: float = 60.0
 
@@ -68,8 +164,20 @@ def default_shares(source: str | None = None) -> dict[str, str]:
     return shares
 
 
-def _die_with_parent() -> None:
-    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+_SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+
+
+def _config_json(config: VMConfig) -> dict:
+    from dataclasses import asdict
+    return asdict(config)
+
+
+def _config_from(data: dict) -> VMConfig:
+    data = dict(data)
+    nics = [NetworkAdapter(**n) for n in data.pop("nics", None) or []]
+    known = {f for f in VMConfig.__dataclass_fields__}
+    return VMConfig(nics=nics, **{k: v for k, v in data.items() if k in known})
 
 
 def _share_tree(root: str, shares: dict[str, str], readonly: bool = True) -> None:
@@ -158,15 +266,17 @@ class UtilityVM:
         self.kernel_release = ""
         self.boot_seconds = 0.0
         self._qemu: subprocess.Popen | None = None
-        self._virtiofsds: list[subprocess.Popen] = []
+        self._qemu_pid = 0
+        self._qemu_start = -1       # QEMU of an adopted VM (not our child) is known by these
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._procs: dict[int, GuestProcess] = {}
         self._streams: dict[int, socket.socket] = {}     # host ends of forwarded connections
         self._listeners: list[socket.socket] = []
+        self._relays: dict[int, tuple[socket.socket, dict]] = {}
         self._pending: dict[int, queue.Queue] = {}
-        self._next_id = 1
+        self._next_id = 1 + secrets.randbelow(1 << 30)   # an adopted agent may know old ids
         self._ready = threading.Event()
         self._closed = threading.Event()
         self._made_dir = False
@@ -190,58 +300,90 @@ class UtilityVM:
     def _start(self) -> None:
         t0 = time.monotonic()
         assets = self.assets or boot_assets()
+        # QEMU gets the initramfs as an open file: the cache may replace it meanwhile (another
+        # silobox of a different version builds its own image and removes older ones).
+        for _ in range(3):
+            try:
+                initrd = os.open(assets.initramfs, os.O_RDONLY | os.O_CLOEXEC)
+                break
+            except FileNotFoundError:
+                assets = self.assets or boot_assets()
+        else:
+            raise SystemFailure(f"the utility VM's initramfs {assets.initramfs} keeps vanishing",
+                                object_id=self.id)
+        try:
+            self._boot(assets, initrd, t0)
+        finally:
+            os.close(initrd)
+
+    def _boot(self, assets: BootAssets, initrd: int, t0: float) -> None:
         self.accel = (Accelerator(self.config.accel, "requested") if self.config.accel
                       else detect_accelerator(assets))
         os.makedirs(self.dir)   # fails for an id in use: that VM's files are not ours
         self._made_dir = True
-        atomic_write_json(os.path.join(self.dir, "owner.json"),
-                          {"pid": os.getpid(), "start": _start_time(os.getpid())})
+        self._write_owner()
         shares = dict(self.config.shares)
         for i, host in enumerate(self.config.read_only.values()):
             shares[f"ro/{i}"] = host
-        fs_socket = self._start_virtiofsd("host", shares, readonly=True)
-        rw_socket = None
+        virtiofsd = [self._virtiofsd("host", shares, readonly=True)]
         if self.config.writable:
-            rw_socket = self._start_virtiofsd(
+            virtiofsd.append(self._virtiofsd(
                 "rw", {str(i): host for i, host in enumerate(self.config.writable.values())},
-                readonly=False)
+                readonly=False))
         disk = os.path.join(self.dir, "disk.img")
         with open(disk, "wb") as f:
             f.truncate(self.config.disk_mib << 20)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1",
                         "-L", "silobox-uvm", disk], check=True, capture_output=True)
-        host_end, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock = host_end
         mem = self.config.memory_mib
         cmdline = (f"{os.environ.get('SILOBOX_UVM_KERNEL_ARGS', 'quiet')} console=ttyS0 reboot=t "
                    f"panic=-1 {kernel_args(self.accel.name)} sbx.mode=agent")
-        argv = [QEMU, "-M", "microvm,memory-backend=mem,rtc=on", "-accel", self.accel.name,
-                "-cpu", "host" if self.accel.name == "kvm" else "max",
-                "-m", f"{mem}M", "-smp", str(self.config.cpus),
-                "-object", f"memory-backend-memfd,id=mem,size={mem}M,share=on",
-                "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-                "-global", "virtio-mmio.force-legacy=false",  # vhost-user needs virtio 1.0
-                "-kernel", assets.kernel, "-initrd", assets.initramfs, "-append", cmdline,
-                "-chardev", f"socket,id=fs,path={fs_socket}",
-                "-device", "vhost-user-fs-device,chardev=fs,tag=host,queue-size=1024",
-                *(["-chardev", f"socket,id=rw,path={rw_socket}",
-                   "-device", "vhost-user-fs-device,chardev=rw,tag=rw,queue-size=1024"]
-                  if rw_socket else []),
-                "-drive", f"file={disk},if=none,id=disk,format=raw,cache=unsafe,discard=unmap",
-                "-device", "virtio-blk-device,drive=disk",
-                "-device", "virtio-serial-device,max_ports=2",
-                "-chardev", f"socket,id=ctl,fd={guest_end.fileno()}",
-                "-device", "virtserialport,chardev=ctl,name=silobox.ctl",
-                "-serial", f"file:{os.path.join(self.dir, 'console.log')}"]
-        with open(os.path.join(self.dir, "qemu.log"), "wb") as log:
-            self._qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          pass_fds=(guest_end.fileno(),),
-                                          preexec_fn=_die_with_parent)
-        guest_end.close()
-        atomic_write_json(os.path.join(self.dir, "owner.json"),
-                          {"pid": os.getpid(), "start": _start_time(os.getpid()),
-                           "qemu": self._qemu.pid,
-                           "virtiofsd": [p.pid for p in self._virtiofsds]})
+        net_args: list[str] = []
+        tap_fds: list[int] = []
+        try:
+            for i, nic in enumerate(self.config.nics):
+                tap_fds.append(open_tap(nic.switch_netns, nic.tap))
+                net_args += ["-netdev", f"tap,id=net{i},fd={tap_fds[-1]},vhost=off",
+                             "-device", f"virtio-net-device,netdev=net{i},mac={nic.mac}"]
+                cmdline += " " + nic.kernel_arg()
+            # The control channel is a socket QEMU listens on: a restarted owner dials it again.
+            ctl = os.path.join(self.dir, "ctl.sock")
+            argv = [QEMU, "-M", "microvm,memory-backend=mem,rtc=on", "-accel", self.accel.name,
+                    "-cpu", "host" if self.accel.name == "kvm" else "max",
+                    "-m", f"{mem}M", "-smp", str(self.config.cpus),
+                    "-object", f"memory-backend-memfd,id=mem,size={mem}M,share=on",
+                    "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+                    "-global", "virtio-mmio.force-legacy=false",  # vhost-user needs virtio 1.0
+                    "-kernel", assets.kernel, "-initrd", f"/proc/self/fd/{initrd}",
+                    "-append", cmdline]
+            for d in virtiofsd:
+                argv += ["-chardev", f"socket,id={d['tag']},path={d['socket']}",
+                         "-device", f"vhost-user-fs-device,chardev={d['tag']},tag={d['tag']},"
+                         "queue-size=1024"]
+            argv += ["-drive", f"file={disk},if=none,id=disk,format=raw,cache=unsafe,"
+                     "discard=unmap",
+                     "-device", "virtio-blk-device,drive=disk", *net_args,
+                     "-device", "virtio-serial-device,max_ports=2",
+                     "-chardev", f"socket,id=ctl,path={ctl},server=on,wait=off",
+                     "-device", "virtserialport,chardev=ctl,name=silobox.ctl",
+                     "-serial", f"file:{os.path.join(self.dir, 'console.log')}"]
+            atomic_write_json(os.path.join(self.dir, "launch.json"), {
+                "qemu": argv, "virtiofsd": virtiofsd, "parent": os.getpid(),
+                "die_with_parent": not self.config.outlives_owner})
+            path = os.pathsep.join(filter(None, [_SOURCE, os.environ.get("PYTHONPATH")]))
+            with open(os.path.join(self.dir, "qemu.log"), "wb") as log:
+                # No preexec_fn: the launcher does its own set-up (see launch.py).
+                self._qemu = subprocess.Popen(
+                    [sys.executable, "-m", "silobox.compute.uvm.launch", self.dir],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(initrd, *tap_fds),
+                    env={**os.environ, "PYTHONPATH": path})
+        finally:
+            for fd in tap_fds:
+                os.close(fd)
+        self._qemu_pid = self._qemu.pid
+        self._qemu_start = _start_time(self._qemu_pid)
+        self._write_owner()
+        self._sock = self._dial(ctl)
         self._reader = threading.Thread(target=self._read_events, name=f"uvm-{self.id}",
                                         daemon=True)
         self._reader.start()
@@ -260,28 +402,47 @@ class UtilityVM:
                 raise SystemFailure(f"utility VM {self.id}: cannot mount its shares: "
                                     f"{err.decode(errors='replace').strip()}", object_id=self.id)
         self.boot_seconds = time.monotonic() - t0
+        self._write_owner()
 
-    def _start_virtiofsd(self, tag: str, shares: dict[str, str], readonly: bool) -> str:
-        """One virtiofsd serving ``shares`` as tag ``tag``; returns its vhost-user socket."""
+    def _virtiofsd(self, tag: str, shares: dict[str, str], readonly: bool) -> dict:
+        """How the launcher starts the virtiofsd serving ``shares`` as tag ``tag``."""
         root = os.path.join(self.dir, f"share-{tag}")
         os.mkdir(root)
         sock = os.path.join(self.dir, f"{tag}.sock")
-        with open(os.path.join(self.dir, f"virtiofsd-{tag}.log"), "wb") as log:
-            proc = subprocess.Popen(
-                [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={root}",
-                 "-o", "cache=always" if readonly else "cache=auto", "-o", "sandbox=namespace",
-                 "-o", "log_level=err", *([] if readonly else ["-o", "announce_submounts",
-                                                                "-o", "xattr"])],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=lambda: _share_tree(root, shares, readonly))
-        self._virtiofsds.append(proc)
-        deadline = time.monotonic() + 10.0
-        while not os.path.exists(sock):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemFailure(f"virtiofsd did not start: {self._log(f'virtiofsd-{tag}.log')}",
-                                    object_id=self.id)
-            time.sleep(0.005)
-        return sock
+        argv = [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={root}",
+                "-o", "cache=always" if readonly else "cache=auto", "-o", "sandbox=namespace",
+                "-o", "log_level=err", *([] if readonly else ["-o", "announce_submounts",
+                                                               "-o", "xattr"])]
+        return {"tag": tag, "socket": sock, "root": root, "shares": shares, "readonly": readonly,
+                "argv": argv, "log": os.path.join(self.dir, f"virtiofsd-{tag}.log")}
+
+    def _write_owner(self) -> None:
+        """``owner.json``: who owns the VM, its QEMU, and what keeps it adoptable."""
+        atomic_write_json(os.path.join(self.dir, "owner.json"), {
+            "pid": os.getpid(), "start": _start_time(os.getpid()),
+            "qemu": self._qemu_pid, "qemu_start": _start_time(self._qemu_pid)
+            if self._qemu_pid else -1,
+            "outlives_owner": self.config.outlives_owner, "ref": self.config.owner_ref,
+            "kernel": self.kernel_release, "accel": self.accel.name if self.accel else "",
+            "boot_seconds": self.boot_seconds, "config": _config_json(self.config)})
+
+    def _dial(self, path: str) -> socket.socket:
+        """Connect to QEMU's control socket once it listens (or fail if QEMU is gone)."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            if self._qemu is not None and self._qemu.poll() is not None:
+                raise SystemFailure(f"utility VM {self.id}: QEMU exited: {self._log('qemu.log')}"
+                                    f" {self._log('virtiofsd-host.log')}", object_id=self.id)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(path)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise SystemFailure(f"utility VM {self.id}: no control socket after 30s: "
+                                        f"{self._log('qemu.log')}", object_id=self.id) from None
+                time.sleep(0.01)
 
     def _log(self, name: str) -> str:
         try:
@@ -291,22 +452,28 @@ class UtilityVM:
             return ""
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Shut the guest down, end QEMU and virtiofsd, remove every file of the VM."""
-        if self._qemu is not None and self._qemu.poll() is None and self._ready.is_set():
+        """Shut the guest down, end QEMU (its virtiofsd die with it), remove every file of
+        the VM."""
+        if self._qemu_alive() and self._ready.is_set() and not self._closed.is_set():
             try:
                 self._send({"op": "shutdown"})
-                self._qemu.wait(timeout)
-            except (OSError, subprocess.TimeoutExpired, SystemFailure):
+                self._qemu_wait(timeout)
+            except (OSError, SystemFailure):
                 pass
-        for proc in (self._qemu, *self._virtiofsds):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-            if proc is not None:
-                proc.wait()
+        if self._qemu_alive():
+            self._qemu_kill()
+            self._qemu_wait(10.0)
+        self.detach(timeout)
+        if self._made_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def detach(self, timeout: float = 5.0) -> None:
+        """Let go of a VM that keeps running (its owner stops): the control channel and the
+        forwarded sockets close; the next owner adopts the VM."""
         for listener in self._listeners:
             try:
                 os.unlink(listener.getsockname())
-            except OSError:
+            except (OSError, TypeError):   # (a relay's UDP socket has no path)
                 pass
             try:
                 listener.shutdown(socket.SHUT_RDWR)   # wakes the accept loop
@@ -322,19 +489,72 @@ class UtilityVM:
             except OSError:
                 pass
             self._sock.close()
-        if self._reader is not None:
+        if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout)
         self._listeners.clear()
-        if self._made_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _qemu_alive(self) -> bool:
+        if self._qemu is not None:
+            return self._qemu.poll() is None
+        return bool(self._qemu_pid) and _start_time(self._qemu_pid) == self._qemu_start
+
+    def _qemu_wait(self, timeout: float) -> None:
+        if self._qemu is not None:
+            try:
+                self._qemu.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            return
+        deadline = time.monotonic() + timeout
+        while self._qemu_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _qemu_kill(self) -> None:
+        if self._qemu is not None:
+            self._qemu.kill()
+        elif self._qemu_alive():
+            try:
+                os.kill(self._qemu_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    @classmethod
+    def adopt(cls, vm_id: str, *, state_dir: str = STATE_DIR,
+              timeout: float = 30.0) -> "UtilityVM":
+        """Take over a running VM that outlived its owner: dial its control channel again
+        and make this process its owner. Raises NotFound if the VM is gone."""
+        path = os.path.join(state_dir, vm_id)
+        try:
+            with open(os.path.join(path, "owner.json")) as f:
+                owner = json.load(f)
+        except (OSError, ValueError):
+            raise NotFound(f"utility VM {vm_id} does not exist", object_id=vm_id) from None
+        vm = cls(vm_id, _config_from(owner.get("config") or {}), state_dir=state_dir)
+        vm._qemu_pid = int(owner.get("qemu") or 0)
+        vm._qemu_start = owner.get("qemu_start", -1)
+        vm.kernel_release = owner.get("kernel", "")
+        vm.accel = Accelerator(owner.get("accel") or "tcg", "adopted")
+        vm.boot_seconds = float(owner.get("boot_seconds") or 0.0)
+        vm._made_dir = True
+        if not vm._qemu_alive():
+            raise NotFound(f"utility VM {vm_id} is not running", object_id=vm_id)
+        vm._sock = vm._dial(os.path.join(path, "ctl.sock"))
+        vm._reader = threading.Thread(target=vm._read_events, name=f"uvm-{vm_id}", daemon=True)
+        vm._reader.start()
+        if not vm._ready.wait(timeout) or vm._closed.is_set():
+            vm.detach()
+            raise SystemFailure(f"utility VM {vm_id}: its agent did not answer again within "
+                                f"{timeout:.0f}s", object_id=vm_id)
+        vm._write_owner()
+        return vm
 
     @property
     def qemu_pid(self) -> int:
-        return self._qemu.pid if self._qemu is not None else 0
+        return self._qemu_pid
 
     @property
     def running(self) -> bool:
-        return self._qemu is not None and self._qemu.poll() is None and not self._closed.is_set()
+        return self._qemu_alive() and not self._closed.is_set()
 
     # -- channel ----------------------------------------------------------------------------------
 
@@ -380,6 +600,17 @@ class UtilityVM:
             except OSError:
                 self._send_quiet({"op": "close", "id": ident})
             return
+        if kind == "dgram" and ident in self._relays:
+            sock, peers = self._relays[ident]
+            data = base64.b64decode(event["data"])
+            if len(peers) > 256:   # queries nobody answered
+                peers.clear()
+            peers[data[:2]] = event["peer"]
+            try:
+                sock.send(data)
+            except OSError:
+                pass
+            return
         if kind == "closed":
             conn = self._streams.pop(ident, None)
             if conn is not None:
@@ -415,6 +646,59 @@ class UtilityVM:
             self._next_id += 1
         return ident
 
+    def guest_socket_listens(self, guest_path: str, timeout: float = 30.0) -> bool:
+        """Whether a unix socket in the guest takes connections (a shim still serving)."""
+        ident = self._new_id()
+        waiter: queue.Queue = queue.Queue()
+        self._pending[ident] = waiter
+        try:
+            self._send({"op": "connect", "id": ident, "path": guest_path})
+            reply = waiter.get(timeout=timeout)
+        except (OSError, SystemFailure, queue.Empty):
+            return False
+        finally:
+            self._pending.pop(ident, None)
+        if reply.get("ev") == "connected":
+            self._send_quiet({"op": "close", "id": ident})
+            return True
+        return False
+
+    def relay_dns(self, guest: tuple[str, int] = ("127.0.0.11", 53)) -> None:
+        """Relay the guest's UDP ``guest`` address to the host's DNS server of ``config.dns``
+        (queries are told apart by their ids, as a resolver's are)."""
+        dns = self.config.dns
+        sock = in_netns(dns["Namespace"], _udp_to, dns["Address"], int(dns["Port"]))
+        ident = self._new_id()
+        waiter: queue.Queue = queue.Queue()
+        self._pending[ident] = waiter
+        self._send({"op": "udp_listen", "id": ident, "address": guest[0], "port": guest[1]})
+        try:
+            reply = waiter.get(timeout=30)
+        except queue.Empty:
+            reply = {"message": "no answer"}
+        if reply.get("ev") != "connected":
+            sock.close()
+            raise SystemFailure(f"utility VM {self.id}: no DNS relay: {reply.get('message')}",
+                                object_id=self.id)
+        self._relays[ident] = (sock, {})
+        self._listeners.append(sock)   # closed by detach()
+        threading.Thread(target=self._relay_replies, args=(ident,), daemon=True,
+                         name=f"uvm-{self.id}-dns").start()
+
+    def _relay_replies(self, ident: int) -> None:
+        sock, peers = self._relays[ident]
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:   # shut down by detach()
+                return
+            peer = peers.pop(data[:2], None)
+            if peer is not None:
+                self._send_quiet({"op": "dgram", "id": ident, "peer": peer,
+                                  "data": base64.b64encode(data).decode()})
+
     def forward_unix(self, host_path: str, guest_path: str) -> None:
         """Listen at ``host_path``; each connection becomes a byte stream to the unix socket
         ``guest_path`` in the guest (how the host's shim client reaches a shim in the VM)."""
@@ -445,7 +729,7 @@ class UtilityVM:
             except (OSError, SystemFailure, queue.Empty):
                 reply = {"ev": "error"}
             if reply.get("ev") != "connected":
-                conn.close()
+                _close_read(conn)
                 continue
             self._streams[ident] = conn
             threading.Thread(target=self._pump, args=(ident, conn), daemon=True).start()
@@ -493,6 +777,18 @@ class UtilityVM:
         return proc.communicate(timeout)
 
 
+def _close_read(conn: socket.socket) -> None:
+    """Close after reading what the peer sent: a unix socket closed with unread data makes
+    the peer's read fail with ECONNRESET instead of seeing the end (a shim that is gone)."""
+    conn.setblocking(False)
+    try:
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
+    conn.close()
+
+
 def _start_time(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -502,8 +798,10 @@ def _start_time(pid: int) -> int:
 
 
 def cleanup_stale(state_dir: str = STATE_DIR) -> list[str]:
-    """Remove VM directories whose owning process is gone (its QEMU and virtiofsd died with it,
-    by PR_SET_PDEATHSIG; any still found are killed after checking they are that VM's)."""
+    """Remove VM directories whose owning process is gone (its QEMU died with it, by
+    PR_SET_PDEATHSIG; one still found is killed after checking it is that VM's, and its
+    virtiofsd die with it). A VM that outlives its owner is kept while its QEMU runs and its
+    ``ref`` (the container's state directory) exists: the next silod adopts it."""
     removed = []
     try:
         names = os.listdir(state_dir)
@@ -523,13 +821,15 @@ def cleanup_stale(state_dir: str = STATE_DIR) -> list[str]:
                 continue
         if owner and _start_time(owner.get("pid", -1)) == owner.get("start"):
             continue
-        pids = [owner.get("qemu")] + list(owner.get("virtiofsd") or [])
-        for pid in pids:
+        qemu = owner.get("qemu") or 0
+        qemu_alive = bool(qemu) and _start_time(qemu) == owner.get("qemu_start")
+        if qemu_alive and owner.get("outlives_owner") and owner.get("ref") and \
+                os.path.isdir(owner["ref"]):
+            continue
+        if qemu_alive:
             try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if path.encode() in f.read():
-                        os.kill(pid, signal.SIGKILL)
-            except (OSError, TypeError):
+                os.kill(qemu, signal.SIGKILL)
+            except OSError:
                 pass
         shutil.rmtree(path, ignore_errors=True)
         removed.append(name)

@@ -154,6 +154,13 @@ class NetworkDriver(abc.ABC):
             self.names.endpoint_port(e.ID), e.mac, addresses, gw, e.IfName, create_ns,
             self.endpoint_mtu(n), self.isolated_ports, gw6)
 
+    async def attach_tap(self, n: HostComputeNetwork, e: HostComputeEndpoint) -> None:
+        """A utility VM's vNIC: a tap as the bridge port, opened by the VM's QEMU; the guest
+        gives its card the endpoint's MAC, addresses and routes."""
+        await self.netlink.run(self.netlink.create_tap_endpoint, self.names.bridge(n),
+                               self.names.endpoint_port(e.ID), self.endpoint_mtu(n),
+                               self.isolated_ports)
+
     def endpoint_mtu(self, n: HostComputeNetwork) -> int:
         """The vNIC's MTU (0: the kernel's default)."""
         return 0
