@@ -1,8 +1,9 @@
 """``--isolation hyperv``: a container in a utility VM of its own, driven as any container.
 
-One VM boots for the module (under TCG where KVM does not work, half a minute): the container
-runs a long command, and stdio, logs, exec, exit codes, the limits as the VM's size and the
-HCS view are checked on it; then it is stopped and removed, and nothing of its VM may remain.
+The end-to-end container runs a long command, and stdio, logs, exec, exit codes, the limits as
+the VM's size and the HCS view are checked on it; it is stopped and started again (a second VM,
+under TCG where KVM does not work about 16 s each) with its writable layer kept on its own
+disk; then it is removed, and nothing of its VMs or its disk may remain.
 """
 
 from __future__ import annotations
@@ -110,16 +111,35 @@ def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
         made.append(body["Id"])
         status, err = silod.request("POST", f"/containers/{body['Id']}/start")
         assert status == 409 and "utility VM" in err["message"], (mode, err)
+    # The writable layer is the container's, on a disk of its own: written without a sync,
+    # it survives a stop and the next start (a new VM) has it, until rm.
+    assert exec_(["sh", "-c", "echo kept > /kept; mkdir -p /d/e && echo deep > /d/e/f"])[0] == 0
+    disk = vm["Disk"]
+    assert disk and os.path.isfile(disk) and not disk.startswith(silod.exec_root + "/")
+    api.stop(cid, timeout=1)
+    assert api.wait(cid, timeout=60)["StatusCode"] == 137
+    assert os.path.isfile(disk)
+    stopped = json.loads(silod.silo("hcs", "inspect", cid).stdout)[0]["HostingSystem"]
+    assert stopped["State"] == "Stopped" and stopped["Disk"] == disk
+    api.start(cid)
+    code, out = exec_(["cat", "/kept", "/d/e/f", "/tmp/copied-in"])
+    assert (code, out) == (0, "kept\ndeep\nhello\n"), out
+    again = json.loads(silod.silo("hcs", "inspect", cid).stdout)[0]["HostingSystem"]
+    assert again["Id"] != vm["Id"] and again["Disk"] == disk
+    assert {"Path": "/kept", "Kind": 1} in api.diff(cid)
     api.stop(cid, timeout=1)
     assert api.wait(cid, timeout=60)["StatusCode"] == 137
     api.remove_container(cid)
     made.remove(cid)
+    assert not os.path.exists(os.path.dirname(disk)), "the container's disk remains"
     deadline = time.monotonic() + 20
-    while os.path.exists(os.path.join(STATE_DIR, vm["Id"])) and time.monotonic() < deadline:
+    while any(os.path.exists(os.path.join(STATE_DIR, v["Id"])) for v in (vm, again)) \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not os.path.exists(os.path.join(STATE_DIR, vm["Id"])), "the VM's files remain"
-    assert not os.path.exists(f"/proc/{vm['QemuPid']}") or \
-        b"qemu" not in open(f"/proc/{vm['QemuPid']}/cmdline", "rb").read()
+    for v in (vm, again):
+        assert not os.path.exists(os.path.join(STATE_DIR, v["Id"])), "the VM's files remain"
+        assert not os.path.exists(f"/proc/{v['QemuPid']}") or \
+            b"qemu" not in open(f"/proc/{v['QemuPid']}/cmdline", "rb").read()
 
 
 def test_hyperv_refuses_what_a_vm_cannot_do(silod: Any) -> None:

@@ -27,6 +27,8 @@ import os
 import secrets
 import shutil
 import signal
+import threading
+import time
 from typing import Any
 
 from silobox.atomic import atomic_write_json
@@ -91,6 +93,56 @@ def _remove_vm(vm_id: str) -> None:
         except OSError:
             pass
     shutil.rmtree(path, ignore_errors=True)
+
+
+DISK_ROOT = STATE_DIR.rstrip("/") + "-disks"
+"""``<id>/disk.img``: each hyperv container's writable disk, kept from stop to start until
+``rm``. Not in the container's directory: the guest has that directory read-write (its log
+and the files bound into it), and the guest must never choose which host file QEMU opens."""
+
+
+_STOPPING: dict[str, list[threading.Event]] = {}
+"""Container id → its VMs being stopped now (on executor threads): a start waits for them."""
+_STOPPING_LOCK = threading.Lock()
+
+
+def container_disk(cid: str) -> str:
+    """Where the writable disk of the hyperv container ``cid`` is (whether or not it exists)."""
+    if not cid or "/" in cid or cid.startswith("."):
+        raise InvalidArgument(f"invalid container id {cid!r}")
+    return os.path.join(DISK_ROOT, cid, "disk.img")
+
+
+def remove_container_disk(cid: str) -> None:
+    """At ``rm``: the container's writable disk goes with it."""
+    shutil.rmtree(os.path.dirname(container_disk(cid)), ignore_errors=True)
+
+
+def cleanup_stale_disks() -> list[str]:
+    """Remove the disks of containers that are gone (a daemon killed during ``rm``): each
+    disk's ``ref.json`` names its container's directory."""
+    removed = []
+    try:
+        names = os.listdir(DISK_ROOT)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        path = os.path.join(DISK_ROOT, name)
+        try:
+            with open(os.path.join(path, "ref.json")) as f:
+                ref = json.load(f).get("ref") or ""
+        except (OSError, ValueError, AttributeError):
+            ref = ""
+            try:
+                if time.time() - os.stat(path).st_mtime < 60:
+                    continue   # being created right now: ref.json comes first, then the disk
+            except FileNotFoundError:
+                continue
+        if ref and os.path.isdir(ref):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(name)
+    return removed
 
 
 def vm_size(resources: dict[str, Any]) -> tuple[int, int]:
@@ -158,12 +210,24 @@ class HypervComputeSystem(ComputeSystem):
             share(source if os.path.isdir(source) else os.path.dirname(source))
         shares = default_shares()
         cleanup_stale()   # VMs of a silod that was killed: their processes died with it
+        cleanup_stale_disks()
+        with _STOPPING_LOCK:   # the last VM may still be powering off: one VM per disk
+            stopping = list(_STOPPING.get(self.id, []))
+        for event in stopping:
+            event.wait(30)
+        # The writable layer's disk is the container's: kept while its directory (the one
+        # holding its sandbox) exists. A system without a sandbox gets the VM's scratch disk.
+        disk = container_disk(self.id) if self.doc.sandbox_path else ""
+        if disk and not os.path.exists(disk):
+            os.makedirs(os.path.dirname(disk), mode=0o700, exist_ok=True)
+            atomic_write_json(os.path.join(os.path.dirname(disk), "ref.json"),
+                              {"ref": os.path.dirname(self.doc.sandbox_path.rstrip("/"))})
         nics = self.network_adapters()
         net = (self.doc.raw.get("Container") or {}).get("Networking") or {}
         # The VM outlives silod, as a process container does: the next silod adopts it.
         self.vm = UtilityVM(self.vm_id, VMConfig(
             memory_mib=memory_mib, cpus=cpus, shares=shares, writable=writable,
-            read_only=read_only, nics=nics, dns=net.get("Dns") or {}, boot_timeout=180,
+            read_only=read_only, disk=disk, nics=nics, dns=net.get("Dns") or {}, boot_timeout=180,
             outlives_owner=True, owner_ref=self.state_dir))
         self.vm.start()
         if self.vm.config.dns:
@@ -258,8 +322,21 @@ class HypervComputeSystem(ComputeSystem):
 
     def _stop_vm(self) -> None:
         vm, self.vm = self.vm, None
-        if vm is not None:
-            vm.stop(timeout=3.0)
+        if vm is None:
+            return
+        done = threading.Event()
+        with _STOPPING_LOCK:
+            _STOPPING.setdefault(self.id, []).append(done)
+        try:   # the guest syncs the container's disk and makes it read-only first
+            vm.stop(timeout=10.0)
+        finally:
+            done.set()
+            with _STOPPING_LOCK:
+                left = [e for e in _STOPPING.get(self.id, []) if not e.is_set()]
+                if left:
+                    _STOPPING[self.id] = left
+                else:
+                    _STOPPING.pop(self.id, None)
 
     def _record_exit(self, record: dict | None) -> None:
         super()._record_exit(record)
@@ -318,6 +395,7 @@ class HypervComputeSystem(ComputeSystem):
                 "Kernel": vm.kernel_release, "Accelerator": vm.accel.name if vm.accel else "",
                 "MemoryMiB": vm.config.memory_mib, "ProcessorCount": vm.config.cpus,
                 "BootSeconds": round(vm.boot_seconds, 2), "QemuPid": vm.qemu_pid,
+                "Disk": vm.config.disk,
                 "NetworkAdapters": [{"Tap": n.tap, "MacAddress": n.mac, "IfName": n.ifname,
                                      "IPAddress": n.address.split("/")[0]}
                                     for n in vm.config.nics]}
@@ -329,8 +407,10 @@ class HypervComputeSystem(ComputeSystem):
         props = super().properties([t for t in (types or ["Memory"])
                                     if t not in ("Statistics", "ProcessList")])
         props["HostingSystemId"] = self.vm.id if self.vm else ""
-        props["HostingSystem"] = self.vm_summary() or {"SystemType": "VirtualMachine",
-                                                       "State": "Stopped"}
+        disk = container_disk(self.id)
+        props["HostingSystem"] = self.vm_summary() or {
+            "SystemType": "VirtualMachine", "State": "Stopped",
+            "Disk": disk if os.path.exists(disk) else ""}
         props["JobObject"]["Host"] = "utility VM (guest cgroup v2)"
         return props
 

@@ -136,6 +136,10 @@ class VMConfig:
     sandbox, state and log directories)."""
     read_only: dict[str, str] = field(default_factory=dict)
     """Guest path → host directory shared read-only at that path (a container's image layers)."""
+    disk: str = ""
+    """A disk image that outlives the VM (a hyperv container's writable disk): made and
+    formatted on the host when missing, used as it is when present. "" gives the VM a scratch
+    disk in its own directory, gone with it."""
     nics: list[NetworkAdapter] = field(default_factory=list)
     dns: dict = field(default_factory=dict)
     """The container's embedded DNS: ``Namespace`` (the vSwitch's), ``Address``, ``Port`` of
@@ -178,6 +182,24 @@ def _config_from(data: dict) -> VMConfig:
     nics = [NetworkAdapter(**n) for n in data.pop("nics", None) or []]
     known = {f for f in VMConfig.__dataclass_fields__}
     return VMConfig(nics=nics, **{k: v for k, v in data.items() if k in known})
+
+
+def new_disk(path: str, mib: int) -> None:
+    """A sparse ext4 image of ``mib`` MiB at ``path``, formatted on the host (nothing of the
+    guest's is read here) and put in place whole: a half-made image is never used."""
+    tmp = f"{path}.new"
+    with open(tmp, "wb") as f:
+        f.truncate(mib << 20)
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1",
+                        "-L", "silobox-uvm", tmp], check=True, capture_output=True)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _share_tree(root: str, shares: dict[str, str], readonly: bool = True) -> None:
@@ -330,11 +352,9 @@ class UtilityVM:
             virtiofsd.append(self._virtiofsd(
                 "rw", {str(i): host for i, host in enumerate(self.config.writable.values())},
                 readonly=False))
-        disk = os.path.join(self.dir, "disk.img")
-        with open(disk, "wb") as f:
-            f.truncate(self.config.disk_mib << 20)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1",
-                        "-L", "silobox-uvm", disk], check=True, capture_output=True)
+        disk = self.config.disk or os.path.join(self.dir, "disk.img")
+        if not os.path.exists(disk):
+            new_disk(disk, self.config.disk_mib)
         mem = self.config.memory_mib
         cmdline = (f"{os.environ.get('SILOBOX_UVM_KERNEL_ARGS', 'quiet')} console=ttyS0 reboot=t "
                    f"panic=-1 {kernel_args(self.accel.name)} sbx.mode=agent")
@@ -360,7 +380,10 @@ class UtilityVM:
                 argv += ["-chardev", f"socket,id={d['tag']},path={d['socket']}",
                          "-device", f"vhost-user-fs-device,chardev={d['tag']},tag={d['tag']},"
                          "queue-size=1024"]
-            argv += ["-drive", f"file={disk},if=none,id=disk,format=raw,cache=unsafe,"
+            # A disk that outlives the VM honours the guest's flushes (a host crash then
+            # loses no more than the guest's unsynced writes); a scratch disk need not.
+            cache = "writeback" if self.config.disk else "unsafe"
+            argv += ["-drive", f"file={disk},if=none,id=disk,format=raw,cache={cache},"
                      "discard=unmap",
                      "-device", "virtio-blk-device,drive=disk", *net_args,
                      "-device", "virtio-serial-device,max_ports=2",
