@@ -121,6 +121,10 @@ def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
     assert os.path.isfile(disk)
     stopped = json.loads(silod.silo("hcs", "inspect", cid).stdout)[0]["HostingSystem"]
     assert stopped["State"] == "Stopped" and stopped["Disk"] == disk
+    # only its VM reads that disk: a stopped one's changes and files are refused, not faked
+    for method, url in (("GET", "changes"), ("GET", "archive?path=/kept"), ("GET", "export")):
+        status, body = silod.request(method, f"/containers/{cid}/{url}")
+        assert status == 409 and "start it first" in body["message"], (url, body)
     api.start(cid)
     code, out = exec_(["cat", "/kept", "/d/e/f", "/tmp/copied-in"])
     assert (code, out) == (0, "kept\ndeep\nhello\n"), out

@@ -4,7 +4,8 @@ As on Windows, the container is the same container (the same document, the same 
 job object, seccomp and capabilities); only its host is a VM. The compute system boots a utility
 VM sized by the container's limits (memory + the guest's own needs; CPUs from the quota or the
 CPU set), shares the image's layers read-only and the sandbox, state and log directories
-read-write at the same paths, starts the shim in the guest (:mod:`.guest`) and forwards the
+read-write at the same paths, gives it the container's own disk for the writable layer (kept
+from stop to start until ``rm``), starts the shim in the guest (:mod:`.guest`) and forwards the
 shim's socket to the host path where silod's shim client looks for it. stdio, exec, logs and
 exit codes therefore work unchanged. The VM stops when the container exits.
 

@@ -1,10 +1,11 @@
 """One utility VM: QEMU on a ``microvm`` machine, its virtiofsd, its disk, its control channel.
 
 Resources of a VM live in one directory (``<state>/<id>/``): the virtiofsd and control sockets,
-the sparse ext4 disk image, the logs and ``owner.json``. :meth:`UtilityVM.stop` removes all of
-it. :mod:`.launch` starts virtiofsd and becomes QEMU; virtiofsd die with QEMU, and QEMU with the
-process that started it (``PR_SET_PDEATHSIG``) unless the VM outlives its owner (a hyperv
-container's, adopted by the next silod through its control socket, :meth:`UtilityVM.adopt`).
+the sparse ext4 disk image (unless the VM is given one that outlives it, ``VMConfig.disk``),
+the logs and ``owner.json``. :meth:`UtilityVM.stop` removes all of it. :mod:`.launch` starts
+virtiofsd and becomes QEMU; virtiofsd die with QEMU, and QEMU with the process that started it
+(``PR_SET_PDEATHSIG``) unless the VM outlives its owner (a hyperv container's, adopted by the
+next silod through its control socket, :meth:`UtilityVM.adopt`).
 :func:`cleanup_stale` removes directories whose owner died without stopping its VMs.
 
 The share is read-only on the host side, not only in the guest: virtiofsd runs in a mount
