@@ -606,6 +606,16 @@ class UtilityVM:
         finally:
             self._closed.set()
             self._ready.set()
+            # QEMU is gone (or the owner let go): the host ends of forwarded connections see
+            # the end, so a shim client learns that its shim went with the VM.
+            for ident in list(self._streams):
+                conn = self._streams.pop(ident, None)
+                if conn is not None:
+                    try:
+                        conn.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    conn.close()
             for proc in list(self._procs.values()):
                 proc.events.put((None, 255))
             for waiter in list(self._pending.values()):
