@@ -322,12 +322,23 @@ class HypervComputeSystem(ComputeSystem):
     # -- exit and teardown ------------------------------------------------------------------------
 
     def _stop_vm(self) -> None:
+        self._finish_stop(*self._begin_stop())
+
+    def _begin_stop(self) -> tuple[UtilityVM | None, threading.Event]:
+        """Take the VM and mark it as stopping (at once, on the caller's thread: a start that
+        comes before the stop itself runs must wait for it)."""
         vm, self.vm = self.vm, None
+        done = threading.Event()
+        if vm is None:
+            done.set()
+        else:
+            with _STOPPING_LOCK:
+                _STOPPING.setdefault(self.id, []).append(done)
+        return vm, done
+
+    def _finish_stop(self, vm: UtilityVM | None, done: threading.Event) -> None:
         if vm is None:
             return
-        done = threading.Event()
-        with _STOPPING_LOCK:
-            _STOPPING.setdefault(self.id, []).append(done)
         try:   # the guest syncs the container's disk and makes it read-only first
             vm.stop(timeout=10.0)
         finally:
@@ -342,7 +353,8 @@ class HypervComputeSystem(ComputeSystem):
     def _record_exit(self, record: dict | None) -> None:
         super()._record_exit(record)
         if self.vm is not None:
-            asyncio.get_running_loop().run_in_executor(None, self._stop_vm)
+            asyncio.get_running_loop().run_in_executor(None, self._finish_stop,
+                                                       *self._begin_stop())
 
     async def terminate(self) -> None:
         """SIGKILL to the container's init (its PID namespace goes with it); if the guest does
