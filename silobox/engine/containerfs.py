@@ -48,6 +48,7 @@ class ContainerFilesystems:
         c = self.store.find(ref)
         lowers = self.storage.container_lower_dirs(c)
         system = self.containers.system_of(c) if c.running else None
+        _refuse_stopped_vm_disk(c, "list the changes of")
         if system is not None and getattr(system, "in_vm", False):
             # --isolation hyperv: the upper directory is on the VM's disk (compute.uvm.guest)
             proc = await system.run_helper(["-c", _GUEST_CHANGES, c.id, json.dumps(lowers)])
@@ -238,6 +239,8 @@ class ContainerFilesystems:
         if held is not None and args["op"] == "put" and not held[0].get("RW", True):
             raise InvalidArgument("mounted volume is marked read-only")
         hyperv = c.running and (c.host_config.get("Isolation") or "").lower() == "hyperv"
+        if held is None:
+            _refuse_stopped_vm_disk(c, "read or write files of")
         if hyperv and held is None:
             # Its root is in the VM and its Pid is the guest's (/proc/<Pid> on the host is
             # some other process): the same helper runs in the guest, on the guest's /proc.
@@ -291,6 +294,17 @@ _GUEST_CHANGES = (
     "print(json.dumps(list_changes(f'/scratch/sandboxes/{sys.argv[1]}/upper', "
     "json.loads(sys.argv[2]))))\n")
 """In a hyperv container's VM: its change list (the writable layer's place: compute.uvm.guest)."""
+
+
+def _refuse_stopped_vm_disk(c: Any, what: str) -> None:
+    """A stopped hyperv container's changes are on its own disk, which only a VM reads (the
+    host's kernel does not mount what the guest wrote): refuse rather than show the image."""
+    if c.running or (c.host_config.get("Isolation") or "").lower() != "hyperv":
+        return
+    from silobox.compute.uvm.hyperv import container_disk
+    if os.path.exists(container_disk(c.id)):
+        raise Conflict(f"cannot {what} container {c.id[:12]} while it is stopped: its writable "
+                       "layer is on its utility VM's disk (--isolation hyperv); start it first")
 
 
 def _src_path() -> str:

@@ -495,8 +495,10 @@ class ContainerService:
             self.events.emit_event("container", "destroy", c)
 
     def _remove_files(self, cid: str) -> None:
+        from silobox.compute.uvm.hyperv import remove_container_disk
         shutil.rmtree(self.compute.state_dir(cid), ignore_errors=True)
         self.storage.sandbox_for(cid).remove()
+        remove_container_disk(cid)   # a hyperv container's writable disk (kept from stop to start)
         shutil.rmtree(self.store.directory(cid), ignore_errors=True)
 
     # ----- update / prune ------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """``--isolation hyperv``: a container in a utility VM of its own, driven as any container.
 
-One VM boots for the module (under TCG where KVM does not work, half a minute): the container
-runs a long command, and stdio, logs, exec, exit codes, the limits as the VM's size and the
-HCS view are checked on it; then it is stopped and removed, and nothing of its VM may remain.
+The end-to-end container runs a long command, and stdio, logs, exec, exit codes, the limits as
+the VM's size and the HCS view are checked on it; it is stopped and started again (a second VM,
+under TCG where KVM does not work about 16 s each) with its writable layer kept on its own
+disk; then it is removed, and nothing of its VMs or its disk may remain.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Iterator
 import pytest
 
 from silobox.compute.uvm.assets import installed_release
+from silobox.compute.uvm.hyperv import DISK_ROOT
 from silobox.compute.uvm.vm import STATE_DIR, _start_time
 
 pytestmark = pytest.mark.skipif(
@@ -46,6 +48,34 @@ def no_vm_left(silod: Any) -> Iterator[None]:
             os.kill(owner["qemu"], 9)
         shutil.rmtree(os.path.join(STATE_DIR, name), ignore_errors=True)
     assert not left, f"utility VMs left behind: {left}"
+    disks = []   # hyperv containers' disks, kept until rm
+    for name in os.listdir(DISK_ROOT) if os.path.isdir(DISK_ROOT) else []:
+        try:
+            with open(os.path.join(DISK_ROOT, name, "ref.json")) as f:
+                ref = json.load(f).get("ref") or ""
+        except (OSError, ValueError):
+            continue
+        if ref.startswith(silod.root + "/"):
+            disks.append(name)
+            shutil.rmtree(os.path.join(DISK_ROOT, name), ignore_errors=True)
+    assert not disks, f"hyperv container disks left behind: {disks}"
+
+
+def test_disks_of_removed_containers_are_swept(tmp_path: Any, monkeypatch: Any) -> None:
+    """A disk outlives its container only while the container's directory exists (a silod
+    killed during rm leaves one; the next hyperv start removes it)."""
+    from silobox.compute.uvm import hyperv
+    monkeypatch.setattr(hyperv, "DISK_ROOT", str(tmp_path / "disks"))
+    kept, gone = tmp_path / "containers" / "a", tmp_path / "containers" / "b"
+    kept.mkdir(parents=True)
+    for cid, ref in (("a", kept), ("b", gone)):
+        os.makedirs(os.path.dirname(hyperv.container_disk(cid)))
+        with open(os.path.join(os.path.dirname(hyperv.container_disk(cid)), "ref.json"), "w") as f:
+            json.dump({"ref": str(ref)}, f)
+    assert hyperv.cleanup_stale_disks() == ["b"]
+    assert os.path.isdir(os.path.dirname(hyperv.container_disk("a")))
+    hyperv.remove_container_disk("a")
+    assert not os.path.exists(tmp_path / "disks" / "a")
 
 
 def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
@@ -110,16 +140,46 @@ def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
         made.append(body["Id"])
         status, err = silod.request("POST", f"/containers/{body['Id']}/start")
         assert status == 409 and "utility VM" in err["message"], (mode, err)
+    # The writable layer is the container's, on a disk of its own: written without a sync,
+    # it survives a stop and the next start (a new VM) has it, until rm.
+    assert exec_(["sh", "-c", "echo kept > /kept; mkdir -p /d/e && echo deep > /d/e/f"])[0] == 0
+    disk = vm["Disk"]
+    assert disk and os.path.isfile(disk) and not disk.startswith(silod.exec_root + "/")
+    api.stop(cid, timeout=1)
+    assert api.wait(cid, timeout=60)["StatusCode"] == 137
+    assert os.path.isfile(disk)
+    stopped = json.loads(silod.silo("hcs", "inspect", cid).stdout)[0]["HostingSystem"]
+    assert stopped["State"] == "Stopped" and stopped["Disk"] == disk
+    # only its VM reads that disk: a stopped one's changes and files are refused, not faked
+    for method, url in (("GET", "changes"), ("GET", "archive?path=/kept"), ("GET", "export")):
+        status, body = silod.request(method, f"/containers/{cid}/{url}")
+        assert status == 409 and "start it first" in body["message"], (url, body)
+    api.start(cid)
+    code, out = exec_(["cat", "/kept", "/d/e/f", "/tmp/copied-in"])
+    assert (code, out) == (0, "kept\ndeep\nhello\n"), out
+    again = json.loads(silod.silo("hcs", "inspect", cid).stdout)[0]["HostingSystem"]
+    assert again["Id"] != vm["Id"] and again["Disk"] == disk
+    assert {"Path": "/kept", "Kind": 1} in api.diff(cid)
+    # QEMU dies without a shutdown: the next boot checks the disk, and what was synced is there
+    assert exec_(["sh", "-c", "echo synced > /synced; sync"])[0] == 0
+    os.kill(again["QemuPid"], 9)
+    api.wait(cid, timeout=60)
+    api.start(cid)
+    assert exec_(["cat", "/kept", "/synced"]) == (0, "kept\nsynced\n")
+    third = json.loads(silod.silo("hcs", "inspect", cid).stdout)[0]["HostingSystem"]
     api.stop(cid, timeout=1)
     assert api.wait(cid, timeout=60)["StatusCode"] == 137
     api.remove_container(cid)
     made.remove(cid)
+    assert not os.path.exists(os.path.dirname(disk)), "the container's disk remains"
     deadline = time.monotonic() + 20
-    while os.path.exists(os.path.join(STATE_DIR, vm["Id"])) and time.monotonic() < deadline:
+    while any(os.path.exists(os.path.join(STATE_DIR, v["Id"])) for v in (vm, again, third)) \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not os.path.exists(os.path.join(STATE_DIR, vm["Id"])), "the VM's files remain"
-    assert not os.path.exists(f"/proc/{vm['QemuPid']}") or \
-        b"qemu" not in open(f"/proc/{vm['QemuPid']}/cmdline", "rb").read()
+    for v in (vm, again, third):
+        assert not os.path.exists(os.path.join(STATE_DIR, v["Id"])), "the VM's files remain"
+        assert not os.path.exists(f"/proc/{v['QemuPid']}") or \
+            b"qemu" not in open(f"/proc/{v['QemuPid']}/cmdline", "rb").read()
 
 
 def test_hyperv_refuses_what_a_vm_cannot_do(silod: Any) -> None:

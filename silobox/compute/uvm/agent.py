@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 PORT_NAME = "silobox.ctl"
 
@@ -318,6 +319,30 @@ class Agent:
                 self.handle(json.loads(line))
 
     def shutdown(self) -> None:
+        """Power off with the disk clean: every other process ends (the container's mount
+        namespaces, whose overlays hold the disk, go with their last process), then the disk
+        is synced and unmounted (read-only if something still holds it). A hyperv container's
+        disk outlives the VM and is used again at its next start."""
+        try:
+            os.kill(-1, signal.SIGKILL)   # from PID 1: all processes but this one
+        except OSError:
+            pass
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    time.sleep(0.02)
+            except ChildProcessError:
+                break   # no process left
+        os.sync()
+        if os.path.ismount("/scratch"):
+            # read-only rather than unmounted: the shares are mounted below its /var
+            done = subprocess.run(["/.sbx/busybox", "mount", "-o", "remount,ro", "/scratch"],
+                                  capture_output=True)
+            if done.returncode != 0:
+                print("silobox-uvm agent: the disk stays writable: "
+                      f"{done.stderr.decode(errors='replace').strip()}", file=sys.stderr,
+                      flush=True)
         os.sync()
         os.execv("/.sbx/busybox", ["reboot", "-f"])
 

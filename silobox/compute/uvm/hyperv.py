@@ -4,7 +4,8 @@ As on Windows, the container is the same container (the same document, the same 
 job object, seccomp and capabilities); only its host is a VM. The compute system boots a utility
 VM sized by the container's limits (memory + the guest's own needs; CPUs from the quota or the
 CPU set), shares the image's layers read-only and the sandbox, state and log directories
-read-write at the same paths, starts the shim in the guest (:mod:`.guest`) and forwards the
+read-write at the same paths, gives it the container's own disk for the writable layer (kept
+from stop to start until ``rm``), starts the shim in the guest (:mod:`.guest`) and forwards the
 shim's socket to the host path where silod's shim client looks for it. stdio, exec, logs and
 exit codes therefore work unchanged. The VM stops when the container exits.
 
@@ -27,6 +28,8 @@ import os
 import secrets
 import shutil
 import signal
+import threading
+import time
 from typing import Any
 
 from silobox.atomic import atomic_write_json
@@ -91,6 +94,56 @@ def _remove_vm(vm_id: str) -> None:
         except OSError:
             pass
     shutil.rmtree(path, ignore_errors=True)
+
+
+DISK_ROOT = STATE_DIR.rstrip("/") + "-disks"
+"""``<id>/disk.img``: each hyperv container's writable disk, kept from stop to start until
+``rm``. Not in the container's directory: the guest has that directory read-write (its log
+and the files bound into it), and the guest must never choose which host file QEMU opens."""
+
+
+_STOPPING: dict[str, list[threading.Event]] = {}
+"""Container id → its VMs being stopped now (on executor threads): a start waits for them."""
+_STOPPING_LOCK = threading.Lock()
+
+
+def container_disk(cid: str) -> str:
+    """Where the writable disk of the hyperv container ``cid`` is (whether or not it exists)."""
+    if not cid or "/" in cid or cid.startswith("."):
+        raise InvalidArgument(f"invalid container id {cid!r}")
+    return os.path.join(DISK_ROOT, cid, "disk.img")
+
+
+def remove_container_disk(cid: str) -> None:
+    """At ``rm``: the container's writable disk goes with it."""
+    shutil.rmtree(os.path.dirname(container_disk(cid)), ignore_errors=True)
+
+
+def cleanup_stale_disks() -> list[str]:
+    """Remove the disks of containers that are gone (a daemon killed during ``rm``): each
+    disk's ``ref.json`` names its container's directory."""
+    removed = []
+    try:
+        names = os.listdir(DISK_ROOT)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        path = os.path.join(DISK_ROOT, name)
+        try:
+            with open(os.path.join(path, "ref.json")) as f:
+                ref = json.load(f).get("ref") or ""
+        except (OSError, ValueError, AttributeError):
+            ref = ""
+            try:
+                if time.time() - os.stat(path).st_mtime < 60:
+                    continue   # being created right now: ref.json comes first, then the disk
+            except FileNotFoundError:
+                continue
+        if ref and os.path.isdir(ref):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(name)
+    return removed
 
 
 def vm_size(resources: dict[str, Any]) -> tuple[int, int]:
@@ -158,12 +211,24 @@ class HypervComputeSystem(ComputeSystem):
             share(source if os.path.isdir(source) else os.path.dirname(source))
         shares = default_shares()
         cleanup_stale()   # VMs of a silod that was killed: their processes died with it
+        cleanup_stale_disks()
+        with _STOPPING_LOCK:   # the last VM may still be powering off: one VM per disk
+            stopping = list(_STOPPING.get(self.id, []))
+        for event in stopping:
+            event.wait(30)
+        # The writable layer's disk is the container's: kept while its directory (the one
+        # holding its sandbox) exists. A system without a sandbox gets the VM's scratch disk.
+        disk = container_disk(self.id) if self.doc.sandbox_path else ""
+        if disk and not os.path.exists(disk):
+            os.makedirs(os.path.dirname(disk), mode=0o700, exist_ok=True)
+            atomic_write_json(os.path.join(os.path.dirname(disk), "ref.json"),
+                              {"ref": os.path.dirname(self.doc.sandbox_path.rstrip("/"))})
         nics = self.network_adapters()
         net = (self.doc.raw.get("Container") or {}).get("Networking") or {}
         # The VM outlives silod, as a process container does: the next silod adopts it.
         self.vm = UtilityVM(self.vm_id, VMConfig(
             memory_mib=memory_mib, cpus=cpus, shares=shares, writable=writable,
-            read_only=read_only, nics=nics, dns=net.get("Dns") or {}, boot_timeout=180,
+            read_only=read_only, disk=disk, nics=nics, dns=net.get("Dns") or {}, boot_timeout=180,
             outlives_owner=True, owner_ref=self.state_dir))
         self.vm.start()
         if self.vm.config.dns:
@@ -257,14 +322,39 @@ class HypervComputeSystem(ComputeSystem):
     # -- exit and teardown ------------------------------------------------------------------------
 
     def _stop_vm(self) -> None:
+        self._finish_stop(*self._begin_stop())
+
+    def _begin_stop(self) -> tuple[UtilityVM | None, threading.Event]:
+        """Take the VM and mark it as stopping (at once, on the caller's thread: a start that
+        comes before the stop itself runs must wait for it)."""
         vm, self.vm = self.vm, None
-        if vm is not None:
-            vm.stop(timeout=3.0)
+        done = threading.Event()
+        if vm is None:
+            done.set()
+        else:
+            with _STOPPING_LOCK:
+                _STOPPING.setdefault(self.id, []).append(done)
+        return vm, done
+
+    def _finish_stop(self, vm: UtilityVM | None, done: threading.Event) -> None:
+        if vm is None:
+            return
+        try:   # the guest syncs the container's disk and makes it read-only first
+            vm.stop(timeout=10.0)
+        finally:
+            done.set()
+            with _STOPPING_LOCK:
+                left = [e for e in _STOPPING.get(self.id, []) if not e.is_set()]
+                if left:
+                    _STOPPING[self.id] = left
+                else:
+                    _STOPPING.pop(self.id, None)
 
     def _record_exit(self, record: dict | None) -> None:
         super()._record_exit(record)
         if self.vm is not None:
-            asyncio.get_running_loop().run_in_executor(None, self._stop_vm)
+            asyncio.get_running_loop().run_in_executor(None, self._finish_stop,
+                                                       *self._begin_stop())
 
     async def terminate(self) -> None:
         """SIGKILL to the container's init (its PID namespace goes with it); if the guest does
@@ -318,6 +408,7 @@ class HypervComputeSystem(ComputeSystem):
                 "Kernel": vm.kernel_release, "Accelerator": vm.accel.name if vm.accel else "",
                 "MemoryMiB": vm.config.memory_mib, "ProcessorCount": vm.config.cpus,
                 "BootSeconds": round(vm.boot_seconds, 2), "QemuPid": vm.qemu_pid,
+                "Disk": vm.config.disk,
                 "NetworkAdapters": [{"Tap": n.tap, "MacAddress": n.mac, "IfName": n.ifname,
                                      "IPAddress": n.address.split("/")[0]}
                                     for n in vm.config.nics]}
@@ -329,8 +420,10 @@ class HypervComputeSystem(ComputeSystem):
         props = super().properties([t for t in (types or ["Memory"])
                                     if t not in ("Statistics", "ProcessList")])
         props["HostingSystemId"] = self.vm.id if self.vm else ""
-        props["HostingSystem"] = self.vm_summary() or {"SystemType": "VirtualMachine",
-                                                       "State": "Stopped"}
+        disk = container_disk(self.id)
+        props["HostingSystem"] = self.vm_summary() or {
+            "SystemType": "VirtualMachine", "State": "Stopped",
+            "Disk": disk if os.path.exists(disk) else ""}
         props["JobObject"]["Host"] = "utility VM (guest cgroup v2)"
         return props
 

@@ -84,7 +84,12 @@ $B mount -t virtiofs rw /rw 2>/dev/null || $B rmdir /rw
 [ -d /host/opt/silobox ] && $B mount --bind /host/opt/silobox /opt/silobox
 [ -d /host/src ] && $B mount --bind /host/src /src
 if [ -b /dev/vda ]; then
+    # A hyperv container's disk comes back at each start: if its last VM ended without a
+    # clean shutdown, e2fsck (the host's, from /usr) repairs what the journal cannot.
+    /usr/sbin/e2fsck -p /dev/vda > /dev/console 2>&1
+    [ $? -ge 4 ] && echo "silobox-uvm: e2fsck left errors on the disk" > /dev/console
     $B mount -t ext4 -o noatime /dev/vda /scratch || fail "cannot mount the scratch disk"
+    $B rm -rf /scratch/tmp /scratch/var   # the guest's own, not the container's
     $B mkdir -p /scratch/tmp /scratch/var
     $B chmod 1777 /scratch/tmp
     $B mount --bind /scratch/tmp /tmp

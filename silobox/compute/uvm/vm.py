@@ -1,10 +1,11 @@
 """One utility VM: QEMU on a ``microvm`` machine, its virtiofsd, its disk, its control channel.
 
 Resources of a VM live in one directory (``<state>/<id>/``): the virtiofsd and control sockets,
-the sparse ext4 disk image, the logs and ``owner.json``. :meth:`UtilityVM.stop` removes all of
-it. :mod:`.launch` starts virtiofsd and becomes QEMU; virtiofsd die with QEMU, and QEMU with the
-process that started it (``PR_SET_PDEATHSIG``) unless the VM outlives its owner (a hyperv
-container's, adopted by the next silod through its control socket, :meth:`UtilityVM.adopt`).
+the sparse ext4 disk image (unless the VM is given one that outlives it, ``VMConfig.disk``),
+the logs and ``owner.json``. :meth:`UtilityVM.stop` removes all of it. :mod:`.launch` starts
+virtiofsd and becomes QEMU; virtiofsd die with QEMU, and QEMU with the process that started it
+(``PR_SET_PDEATHSIG``) unless the VM outlives its owner (a hyperv container's, adopted by the
+next silod through its control socket, :meth:`UtilityVM.adopt`).
 :func:`cleanup_stale` removes directories whose owner died without stopping its VMs.
 
 The share is read-only on the host side, not only in the guest: virtiofsd runs in a mount
@@ -136,6 +137,10 @@ class VMConfig:
     sandbox, state and log directories)."""
     read_only: dict[str, str] = field(default_factory=dict)
     """Guest path → host directory shared read-only at that path (a container's image layers)."""
+    disk: str = ""
+    """A disk image that outlives the VM (a hyperv container's writable disk): made and
+    formatted on the host when missing, used as it is when present. "" gives the VM a scratch
+    disk in its own directory, gone with it."""
     nics: list[NetworkAdapter] = field(default_factory=list)
     dns: dict = field(default_factory=dict)
     """The container's embedded DNS: ``Namespace`` (the vSwitch's), ``Address``, ``Port`` of
@@ -178,6 +183,24 @@ def _config_from(data: dict) -> VMConfig:
     nics = [NetworkAdapter(**n) for n in data.pop("nics", None) or []]
     known = {f for f in VMConfig.__dataclass_fields__}
     return VMConfig(nics=nics, **{k: v for k, v in data.items() if k in known})
+
+
+def new_disk(path: str, mib: int) -> None:
+    """A sparse ext4 image of ``mib`` MiB at ``path``, formatted on the host (nothing of the
+    guest's is read here) and put in place whole: a half-made image is never used."""
+    tmp = f"{path}.new"
+    with open(tmp, "wb") as f:
+        f.truncate(mib << 20)
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1",
+                        "-L", "silobox-uvm", tmp], check=True, capture_output=True)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _share_tree(root: str, shares: dict[str, str], readonly: bool = True) -> None:
@@ -330,11 +353,9 @@ class UtilityVM:
             virtiofsd.append(self._virtiofsd(
                 "rw", {str(i): host for i, host in enumerate(self.config.writable.values())},
                 readonly=False))
-        disk = os.path.join(self.dir, "disk.img")
-        with open(disk, "wb") as f:
-            f.truncate(self.config.disk_mib << 20)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1",
-                        "-L", "silobox-uvm", disk], check=True, capture_output=True)
+        disk = self.config.disk or os.path.join(self.dir, "disk.img")
+        if not os.path.exists(disk):
+            new_disk(disk, self.config.disk_mib)
         mem = self.config.memory_mib
         cmdline = (f"{os.environ.get('SILOBOX_UVM_KERNEL_ARGS', 'quiet')} console=ttyS0 reboot=t "
                    f"panic=-1 {kernel_args(self.accel.name)} sbx.mode=agent")
@@ -360,7 +381,10 @@ class UtilityVM:
                 argv += ["-chardev", f"socket,id={d['tag']},path={d['socket']}",
                          "-device", f"vhost-user-fs-device,chardev={d['tag']},tag={d['tag']},"
                          "queue-size=1024"]
-            argv += ["-drive", f"file={disk},if=none,id=disk,format=raw,cache=unsafe,"
+            # A disk that outlives the VM honours the guest's flushes (a host crash then
+            # loses no more than the guest's unsynced writes); a scratch disk need not.
+            cache = "writeback" if self.config.disk else "unsafe"
+            argv += ["-drive", f"file={disk},if=none,id=disk,format=raw,cache={cache},"
                      "discard=unmap",
                      "-device", "virtio-blk-device,drive=disk", *net_args,
                      "-device", "virtio-serial-device,max_ports=2",
@@ -582,6 +606,16 @@ class UtilityVM:
         finally:
             self._closed.set()
             self._ready.set()
+            # QEMU is gone (or the owner let go): the host ends of forwarded connections see
+            # the end, so a shim client learns that its shim went with the VM.
+            for ident in list(self._streams):
+                conn = self._streams.pop(ident, None)
+                if conn is not None:
+                    try:
+                        conn.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    conn.close()
             for proc in list(self._procs.values()):
                 proc.events.put((None, 255))
             for waiter in list(self._pending.values()):
