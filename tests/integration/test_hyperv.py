@@ -184,7 +184,10 @@ def test_hyperv_container_end_to_end(silod: Any, made: list[str]) -> None:
 
 def test_hyperv_refuses_what_a_vm_cannot_do(silod: Any) -> None:
     for hc, what in (({"NetworkMode": "host"}, "--network host"),
-                     ({"Privileged": True}, "--privileged"), ({"PidMode": "host"}, "--pid host")):
+                     ({"Privileged": True}, "--privileged"), ({"PidMode": "host"}, "--pid host"),
+                     ({"Binds": ["/etc/hostname:/h:ro"]}, "binding a file"),
+                     ({"Mounts": [{"Type": "bind", "Source": "/etc/hostname", "Target": "/h"}]},
+                      "binding a file")):
         status, body = silod.request("POST", "/containers/create", {
             "Image": "busybox", "Cmd": ["true"], "HostConfig": {"Isolation": "hyperv", **hc}})
         assert status == 400 and what in body["message"], (hc, body)

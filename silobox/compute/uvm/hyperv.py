@@ -61,6 +61,11 @@ def check_host_config(hc: dict[str, Any], tty: bool = False) -> None:
         refuse("--privileged")
     if hc.get("Devices") or hc.get("DeviceRequests") or hc.get("DeviceCgroupRules"):
         refuse("giving host devices")
+    for source in _bind_sources(hc):
+        if os.path.exists(source) and not os.path.isdir(source):
+            # a VM is given directories (virtiofs): a file's whole directory would be writable
+            # by the guest, more than the bind grants
+            refuse(f"binding a file ({source}; bind its directory)")
     for key, flag in (("PidMode", "--pid"), ("IpcMode", "--ipc"), ("UTSMode", "--uts"),
                       ("CgroupnsMode", "--cgroupns")):
         mode = hc.get(key) or ""
@@ -70,6 +75,14 @@ def check_host_config(hc: dict[str, Any], tty: bool = False) -> None:
     status = utility_vm_status()
     if not status.get("Available"):
         raise Unavailable(f"--isolation hyperv: no utility VM on this host: {status.get('Reason')}")
+
+
+def _bind_sources(hc: dict[str, Any]) -> list[str]:
+    """The host paths of the container's binds (``Binds`` and ``Mounts`` of type bind)."""
+    found = [b.split(":", 1)[0] for b in hc.get("Binds") or [] if isinstance(b, str)]
+    found += [m.get("Source") or "" for m in hc.get("Mounts") or []
+              if isinstance(m, dict) and m.get("Type") == "bind"]
+    return [p for p in found if p.startswith("/")]
 
 
 def _unlink(path: str) -> None:
