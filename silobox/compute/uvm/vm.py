@@ -609,13 +609,7 @@ class UtilityVM:
             # QEMU is gone (or the owner let go): the host ends of forwarded connections see
             # the end, so a shim client learns that its shim went with the VM.
             for ident in list(self._streams):
-                conn = self._streams.pop(ident, None)
-                if conn is not None:
-                    try:
-                        conn.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                    conn.close()
+                self._close_stream(ident)
             for proc in list(self._procs.values()):
                 proc.events.put((None, 255))
             for waiter in list(self._pending.values()):
@@ -646,13 +640,7 @@ class UtilityVM:
                 pass
             return
         if kind == "closed":
-            conn = self._streams.pop(ident, None)
-            if conn is not None:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                conn.close()
+            self._close_stream(ident)
             return
         if kind in ("spawned", "connected", "error", "pong"):
             waiter = self._pending.pop(ident, None)
@@ -667,6 +655,16 @@ class UtilityVM:
         elif kind == "exit":
             self._procs.pop(ident, None)
             proc.events.put((None, event["status"]))
+
+    def _close_stream(self, ident: int) -> None:
+        """The host end of a forwarded connection sees the end (its guest end is gone)."""
+        conn = self._streams.pop(ident, None)
+        if conn is not None:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
 
     def _send_quiet(self, message: dict) -> None:
         try:
