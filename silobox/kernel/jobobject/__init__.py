@@ -175,6 +175,8 @@ def cgroup_error(err: OSError, path: str, value: str | None = None,
         return Conflict(f"{what}: {reason}", **kwargs)
     if err.errno == errno.ESRCH:
         return NotFound(f"{what}: no such process", **kwargs)
+    if err.errno == errno.ENODEV:   # a file of a cgroup removed meanwhile (its last task ended)
+        return NotFound(f"{what}: the job object was removed meanwhile", **kwargs)
     return SystemFailure(f"{what}: {reason}", **kwargs)
 
 
